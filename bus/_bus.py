@@ -1,0 +1,527 @@
+"""The in-process bus: topic registry, routing, latest values, request/response."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, overload
+
+import attrs
+import structlog
+import trio
+
+from bus._errors import (
+    CallTimeoutError,
+    MethodAlreadyServedError,
+    NoSuchMethodError,
+    PermissionDeniedError,
+    RemoteError,
+    StaleValueError,
+    TopicError,
+    UnknownTopicError,
+    ValueRefusedError,
+)
+from bus._pattern import check_pattern, is_pattern, matches
+from bus._permissions import Action, Permissions
+from bus._sample import Sample
+from bus._subscription import Subscription, SubscriptionStatistics
+from bus._topic import Method, Overflow, QoS, Topic
+
+T = TypeVar("T")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+_log = structlog.get_logger("vwos.bus")
+_now = time.time
+
+#: How long `BusClient.call` waits for a reply unless told otherwise.
+DEFAULT_CALL_TIMEOUT = 5.0
+
+
+class _TopicState:
+    """Everything the bus keeps per topic. ``subs`` is rebuilt when subscriptions change, never per publish."""
+
+    __slots__ = ("blocking", "check", "latest", "name", "seq", "subs", "topic")
+
+    def __init__(self, topic: Topic[Any], subs: tuple[Subscription[Any], ...]) -> None:
+        self.topic = topic
+        self.name = topic.name
+        self.check = topic._check
+        self.seq = 0
+        self.latest: Sample[Any] | None = None
+        self.subs: tuple[Subscription[Any], ...] = ()
+        self.blocking: tuple[Subscription[Any], ...] = ()
+        self.set_subs(subs)
+
+    def set_subs(self, subs: tuple[Subscription[Any], ...]) -> None:
+        self.subs = subs
+        self.blocking = tuple(s for s in subs if s.overflow is Overflow.BLOCK)
+
+
+@attrs.frozen
+class TopicStatistics:
+    """A snapshot of one topic."""
+
+    name: str
+    type: str
+    published: int
+    subscribers: int
+    latest_bus_time: float | None
+
+
+@attrs.frozen
+class BusStatistics:
+    """A snapshot of the whole bus: topics, subscriptions, served methods."""
+
+    topics: tuple[TopicStatistics, ...]
+    subscriptions: tuple[SubscriptionStatistics, ...]
+    methods: dict[str, str]
+
+    @property
+    def dropped(self) -> int:
+        """Samples dropped by all subscriber queues together."""
+        return sum(s.dropped for s in self.subscriptions)
+
+
+def _default_clock() -> Callable[[], float]:
+    try:
+        return trio.lowlevel.current_clock().current_time
+    except RuntimeError:
+        return time.monotonic
+
+
+class Bus:
+    """A typed publish/subscribe bus in one process.
+
+    Services do not use the bus directly: each gets a `BusClient` (``bus.client(name, permissions)``)
+    through which it publishes, subscribes, serves and calls, within its permissions. Created inside
+    ``trio.run``, the bus reads trio's clock (so tests under MockClock see mock time); ``clock`` overrides.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+        self._topics: dict[str, _TopicState] = {}
+        self._subscriptions: list[Subscription[Any]] = []
+        self._servers: dict[str, _Server] = {}
+        self.clock: Callable[[], float] = clock if clock is not None else _default_clock()
+
+    def client(self, name: str, permissions: Permissions = Permissions.ALL) -> BusClient:
+        """A handle on the bus for one client (a service, a tool), limited to ``permissions``."""
+        return BusClient(self, name, permissions)
+
+    # -- topics --------------------------------------------------------------------------------------
+
+    def declare(self, topic: Topic[T]) -> Topic[T]:
+        """Make ``topic`` known. Declaring the same name again with another type or other rules fails."""
+        state = self._topics.get(topic.name)
+        if state is not None:
+            if state.topic is not topic and not state.topic.same_declaration(topic):
+                raise TopicError(
+                    f"{topic.name}: already declared as {state.topic!r}; cannot declare it again as {topic!r}"
+                )
+            return topic
+        subs = tuple(s for s in self._subscriptions if matches(s.pattern, topic.name))
+        self._topics[topic.name] = _TopicState(topic, subs)
+        return topic
+
+    def topic(self, name: str) -> Topic[Any]:
+        """The declared topic called ``name``."""
+        state = self._topics.get(name)
+        if state is None:
+            raise UnknownTopicError(name)
+        return state.topic
+
+    def topics(self, pattern: str = "**") -> list[Topic[Any]]:
+        """Declared topics whose names match ``pattern``, sorted by name."""
+        check_pattern(pattern)
+        return [s.topic for n, s in sorted(self._topics.items()) if matches(pattern, n)]
+
+    def latest(self, pattern: str = "**") -> list[Sample[Any]]:
+        """The latest sample of every topic matching ``pattern`` that has one, sorted by topic."""
+        check_pattern(pattern)
+        return [
+            s.latest for n, s in sorted(self._topics.items()) if s.latest is not None and matches(pattern, n)
+        ]
+
+    def _state(self, topic: Topic[Any] | str) -> _TopicState:
+        if isinstance(topic, str):
+            state = self._topics.get(topic)
+            if state is None:
+                raise UnknownTopicError(topic)
+            return state
+        self.declare(topic)
+        return self._topics[topic.name]
+
+    # -- subscriptions -------------------------------------------------------------------------------
+
+    def _attach(self, sub: Subscription[Any]) -> None:
+        self._subscriptions.append(sub)
+        for name, state in self._topics.items():
+            if matches(sub.pattern, name):
+                state.set_subs((*state.subs, sub))
+
+    def _detach(self, sub: Subscription[Any]) -> None:
+        self._subscriptions.remove(sub)
+        for state in self._topics.values():
+            if sub in state.subs:
+                state.set_subs(tuple(s for s in state.subs if s is not sub))
+
+    def statistics(self) -> BusStatistics:
+        """Per-topic publish counts and per-subscription queue figures (drops included)."""
+        return BusStatistics(
+            topics=tuple(
+                TopicStatistics(
+                    name=n,
+                    type=s.topic.type.__qualname__,
+                    published=s.seq,
+                    subscribers=len(s.subs),
+                    latest_bus_time=None if s.latest is None else s.latest.bus_time,
+                )
+                for n, s in sorted(self._topics.items())
+            ),
+            subscriptions=tuple(s.statistics() for s in self._subscriptions),
+            methods={name: server.owner for name, server in sorted(self._servers.items())},
+        )
+
+
+class _Call:
+    """One request in flight between a caller and a server."""
+
+    __slots__ = ("arg", "caller", "done", "error", "result", "scope")
+
+    def __init__(self, arg: Any, caller: str) -> None:
+        self.arg = arg
+        self.caller = caller
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: Exception | None = None
+        self.scope: trio.CancelScope | None = None
+
+    def finish(self, result: Any = None, error: Exception | None = None) -> None:
+        if not self.done.is_set():
+            self.result = result
+            self.error = error
+            self.done.set()
+
+
+@attrs.frozen
+class _Server:
+    method: Method[Any, Any]
+    owner: str
+    send: trio.MemorySendChannel[_Call]
+
+
+def _method_of(method: Method[Any, Any] | str) -> Method[Any, Any]:
+    return Method(method) if isinstance(method, str) else method
+
+
+class BusClient:
+    """One client's handle on the bus. Every operation is checked against the client's permissions.
+
+    Publishing never waits unless a subscriber chose `Overflow.BLOCK`: ``publish_nowait`` is synchronous
+    and is the fast path; ``await publish(...)`` waits for room in blocking queues and is a checkpoint.
+    """
+
+    def __init__(self, bus: Bus, name: str, permissions: Permissions) -> None:
+        self.bus = bus
+        self.name = name
+        self.permissions = permissions
+        self._publishable: dict[str, _TopicState] = {}
+        self._fast: dict[int, tuple[_TopicState, Topic[Any]]] = {}
+        self._clock = bus.clock
+        self._subscriptions: list[Subscription[Any]] = []
+        self._closed = False
+
+    def _require(self, action: Action, name: str) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError(f"bus client {self.name!r} is closed")
+        if not self.permissions.allows(action, name):
+            _log.warning("permission denied", client=self.name, action=action.value, name=name)
+            raise PermissionDeniedError(self.name, action.value, name)
+
+    def declare(self, topic: Topic[T]) -> Topic[T]:
+        """Declare a topic on the bus (see `Bus.declare`). Needs no permission: it delivers nothing."""
+        return self.bus.declare(topic)
+
+    # -- publish -------------------------------------------------------------------------------------
+
+    def _publish_state(self, topic: Topic[Any] | str) -> _TopicState:
+        name = topic if isinstance(topic, str) else topic.name
+        state = self._publishable.get(name)
+        if state is not None and (isinstance(topic, str) or state.topic is topic):
+            return state
+        self._require(Action.PUBLISH, name)
+        state = self.bus._state(topic)
+        self._publishable[name] = state
+        return state
+
+    @overload
+    def publish_nowait(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> Sample[T]: ...
+    @overload
+    def publish_nowait(self, topic: str, value: Any, *, timestamp: float | None = None) -> Sample[Any]: ...
+    def publish_nowait(
+        self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None
+    ) -> Sample[Any]:
+        """Check ``value`` against the topic's rules and deliver it to every matching subscriber.
+
+        Raises `ValueRefusedError` (nothing delivered) if a rule is broken, `PermissionDeniedError` if
+        the client may not publish the topic, and `trio.WouldBlock` if a subscriber that chose
+        `Overflow.BLOCK` has a full queue (nothing delivered: retry, or use ``await publish``).
+        """
+        # The hot path: one dict look-up by the topic object's identity (or the name), no permission check
+        # after the first publish, the rules compiled into one function, the sample built once and shared.
+        if isinstance(topic, str):
+            state = self._publishable.get(topic) or self._publish_state(topic)
+        else:
+            try:
+                state = self._fast[id(topic)][0]
+            except KeyError:
+                state = self._publish_state(topic)
+                if len(self._fast) > 4096:  # someone builds a new Topic per publish: stay bounded
+                    self._fast.clear()
+                self._fast[id(topic)] = (state, topic)  # kept alive, so its id is not reused
+        value = state.check(value)
+        if state.blocking:
+            for sub in state.blocking:
+                if sub.full:
+                    raise trio.WouldBlock
+        seq = state.seq + 1
+        state.seq = seq
+        sample = Sample(
+            state.name, value, _now() if timestamp is None else timestamp, self._clock(), self.name, seq
+        )
+        state.latest = sample
+        for sub in state.subs:
+            sub.push(sample)
+        return sample
+
+    @overload
+    async def publish(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> Sample[T]: ...
+    @overload
+    async def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> Sample[Any]: ...
+    async def publish(
+        self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None
+    ) -> Sample[Any]:
+        """Like `publish_nowait`, but waits for room in the queues of blocking subscribers."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        state = self._publish_state(topic)
+        value = state.check(value)
+        waited = False
+        while True:
+            full = [sub for sub in state.blocking if sub.full and not sub.closed]
+            if not full:
+                break
+            waited = True
+            await full[0]._wait_for_space()
+        sample = self.publish_nowait(topic, value, timestamp=timestamp)  # no await since the check: fits
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return sample
+
+    # -- subscribe and read --------------------------------------------------------------------------
+
+    @overload
+    def subscribe(
+        self,
+        topic: Topic[T],
+        *,
+        queue_size: int | None = None,
+        overflow: Overflow | str | None = None,
+        latest: bool = False,
+    ) -> Subscription[T]: ...
+    @overload
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        queue_size: int | None = None,
+        overflow: Overflow | str | None = None,
+        latest: bool = False,
+    ) -> Subscription[Any]: ...
+    def subscribe(
+        self,
+        topic: Topic[Any] | str,
+        *,
+        queue_size: int | None = None,
+        overflow: Overflow | str | None = None,
+        latest: bool = False,
+    ) -> Subscription[Any]:
+        """Subscribe to a topic, or to a pattern of names (``*`` one segment, ``**`` any depth).
+
+        The queue takes ``queue_size`` and ``overflow`` if given, else the topic's QoS (for a `Topic`) or
+        the default QoS (for a name or pattern). With ``latest=True`` the latest value of each matching
+        topic is queued at once, so the subscriber starts from the current state.
+        """
+        if isinstance(topic, Topic):
+            self.bus.declare(topic)
+            pattern, qos = topic.name, topic.qos
+        else:
+            pattern, qos = check_pattern(topic), QoS()
+            if not is_pattern(pattern) and pattern in self.bus._topics:
+                qos = self.bus._topics[pattern].topic.qos
+        self._require(Action.SUBSCRIBE, pattern)
+        qos = QoS(
+            queue_size=qos.queue_size if queue_size is None else queue_size,
+            overflow=qos.overflow if overflow is None else Overflow(overflow),
+        )
+        sub: Subscription[Any] = Subscription(self.name, pattern, qos.queue_size, qos.overflow, self._detach)
+        if latest:
+            for sample in self.bus.latest(pattern):
+                sub.push(sample)
+        self.bus._attach(sub)
+        self._subscriptions.append(sub)
+        return sub
+
+    def _detach(self, sub: Subscription[Any]) -> None:
+        self.bus._detach(sub)
+        self._subscriptions.remove(sub)
+
+    @overload
+    def get(self, topic: Topic[T], *, allow_stale: bool = False) -> Sample[T] | None: ...
+    @overload
+    def get(self, topic: str, *, allow_stale: bool = False) -> Sample[Any] | None: ...
+    def get(self, topic: Topic[Any] | str, *, allow_stale: bool = False) -> Sample[Any] | None:
+        """The topic's latest sample, or None if nothing was published yet.
+
+        Raises `StaleValueError` if the topic has a ``max_age`` and its latest sample is older, unless
+        ``allow_stale``. Reading needs the subscribe permission.
+        """
+        state = self.bus._state(topic)
+        self._require(Action.SUBSCRIBE, state.name)
+        sample = state.latest
+        if sample is None or allow_stale:
+            return sample
+        max_age = state.topic.max_age
+        if max_age is not None:
+            age = self.bus.clock() - sample.bus_time
+            if age > max_age:
+                raise StaleValueError(state.name, age, max_age)
+        return sample
+
+    def is_stale(self, topic: Topic[Any] | str) -> bool:
+        """True if the topic has a value older than its ``max_age``, or no value at all."""
+        state = self.bus._state(topic)
+        self._require(Action.SUBSCRIBE, state.name)
+        sample, max_age = state.latest, state.topic.max_age
+        if sample is None:
+            return True
+        return max_age is not None and self.bus.clock() - sample.bus_time > max_age
+
+    # -- methods -------------------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        method: Method[Req, Resp] | str,
+        handler: Callable[[Req], Awaitable[Resp]],
+        *,
+        concurrency: int = 16,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve ``method`` until cancelled: each call runs ``await handler(arg)`` in a task of its own.
+
+        Start it with ``await nursery.start(ctx.bus.serve, LOCK, self.lock)``: it is registered once
+        started. At most ``concurrency`` calls wait in line; further callers wait for room (within their
+        timeout). An exception from the handler reaches the caller as `RemoteError`.
+        """
+        mdef: Method[Any, Any] = _method_of(method)
+        self._require(Action.SERVE, mdef.name)
+        existing = self.bus._servers.get(mdef.name)
+        if existing is not None:
+            raise MethodAlreadyServedError(mdef.name, existing.owner)
+        send, receive = trio.open_memory_channel[_Call](concurrency)
+        server = _Server(mdef, self.name, send)
+        self.bus._servers[mdef.name] = server
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                async for call in receive:
+                    nursery.start_soon(self._handle, mdef, handler, call)
+        finally:
+            if self.bus._servers.get(mdef.name) is server:
+                del self.bus._servers[mdef.name]
+            send.close()
+            while True:
+                try:
+                    pending = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                pending.finish(error=NoSuchMethodError(mdef.name))
+            receive.close()
+
+    async def _handle(self, mdef: Method[Any, Any], handler: Callable[[Any], Awaitable[Any]], call: _Call) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                call.scope = scope
+                try:
+                    result = await handler(call.arg)
+                except Exception as exc:
+                    _log.info("method handler raised", method=mdef.name, caller=call.caller, error=repr(exc))
+                    call.finish(error=RemoteError(mdef.name, type(exc).__name__, str(exc)))
+                    return
+                if mdef.response is not object and not isinstance(result, mdef.response):
+                    error = f"handler returned {type(result).__name__}, expected {mdef.response.__qualname__}"
+                    call.finish(error=RemoteError(mdef.name, "TypeError", error))
+                else:
+                    call.finish(result)
+        finally:
+            # Abandoned by its caller (who has its answer already), or the server is stopping.
+            call.finish(error=RemoteError(mdef.name, "Cancelled", "the server stopped before replying"))
+
+    @overload
+    async def call(self, method: Method[Req, Resp], arg: Req, *, timeout: float = ...) -> Resp: ...
+    @overload
+    async def call(self, method: str, arg: Any = None, *, timeout: float = ...) -> Any: ...
+    async def call(
+        self, method: Method[Any, Any] | str, arg: Any = None, *, timeout: float = DEFAULT_CALL_TIMEOUT
+    ) -> Any:
+        """Call a method and return its reply.
+
+        Raises `NoSuchMethodError` if nobody serves it, `RemoteError` if its handler raised,
+        `CallTimeoutError` if no reply came within ``timeout`` seconds (``math.inf`` waits for ever),
+        `ValueRefusedError` if ``arg`` is not of the method's request type.
+        """
+        mdef = _method_of(method)
+        self._require(Action.CALL, mdef.name)
+        if mdef.request is not object and not isinstance(arg, mdef.request):
+            raise ValueRefusedError(mdef.name, f"expected a {mdef.request.__qualname__} argument", arg)
+        if not (timeout > 0):
+            raise ValueError(f"timeout must be positive seconds, not {timeout!r}")
+        server = self.bus._servers.get(mdef.name)
+        if server is None:
+            await trio.lowlevel.checkpoint()
+            raise NoSuchMethodError(mdef.name)
+        call = _Call(arg, self.name)
+        with trio.move_on_after(timeout if math.isfinite(timeout) else math.inf):
+            try:
+                await server.send.send(call)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise NoSuchMethodError(mdef.name) from None
+            await call.done.wait()
+        if not call.done.is_set():
+            if call.scope is not None:
+                call.scope.cancel()
+            call.finish(error=CallTimeoutError(mdef.name, timeout))
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    # -- life cycle ----------------------------------------------------------------------------------
+
+    def statistics(self) -> list[SubscriptionStatistics]:
+        """Statistics of this client's subscriptions."""
+        return [s.statistics() for s in self._subscriptions]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close every subscription of this client; further operations raise `trio.ClosedResourceError`."""
+        for sub in list(self._subscriptions):
+            sub.close()
+        self._closed = True
+        self._publishable.clear()
+        self._fast.clear()
+
+    def __repr__(self) -> str:
+        return f"<BusClient {self.name!r}>"

@@ -1,0 +1,108 @@
+"""Errors raised by the bus. Every one says which topic, method or client it concerns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BusError(Exception):
+    """Base class of every error the bus raises."""
+
+
+class TopicError(BusError):
+    """A topic name, pattern or declaration is not acceptable."""
+
+
+class UnknownTopicError(TopicError):
+    """A topic was named by string but has never been declared on this bus."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name}: no such topic is declared on this bus")
+        self.name = name
+
+
+class ValueRefusedError(BusError):
+    """A published value broke one of its topic's rules; nothing was delivered."""
+
+    def __init__(self, topic: str, rule: str, value: Any) -> None:
+        super().__init__(f"{topic}: value {value!r} refused: {rule}")
+        self.topic = topic
+        self.rule = rule
+        self.value = value
+
+
+class PermissionDeniedError(BusError):
+    """A client tried an operation its permission set does not grant."""
+
+    def __init__(self, client: str, action: str, name: str) -> None:
+        super().__init__(f"client {client!r} may not {action} {name!r}")
+        self.client = client
+        self.action = action
+        self.name = name
+
+
+class StaleValueError(BusError):
+    """The latest value of a topic is older than the topic's max age."""
+
+    def __init__(self, topic: str, age: float, max_age: float) -> None:
+        super().__init__(f"{topic}: latest value is stale ({age:.3f} s old, max age {max_age:g} s)")
+        self.topic = topic
+        self.age = age
+        self.max_age = max_age
+
+
+class MethodError(BusError):
+    """Base class of the errors a method call can end with."""
+
+
+class NoSuchMethodError(MethodError):
+    """Nobody serves the method that was called."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"{method}: no such method is served on this bus")
+        self.method = method
+
+
+class MethodAlreadyServedError(MethodError):
+    """A second server tried to serve a method that is already served."""
+
+    def __init__(self, method: str, server: str) -> None:
+        super().__init__(f"{method}: already served by {server!r}")
+        self.method = method
+        self.server = server
+
+
+class RemoteError(MethodError):
+    """The method's handler raised; ``error_type`` names the exception it raised."""
+
+    def __init__(self, method: str, error_type: str, message: str) -> None:
+        super().__init__(f"{method}: handler raised {error_type}: {message}")
+        self.method = method
+        self.error_type = error_type
+        self.message = message
+
+
+class CallTimeoutError(MethodError):
+    """No reply came within the call's timeout."""
+
+    def __init__(self, method: str, timeout: float) -> None:
+        super().__init__(f"{method}: no reply within {timeout:g} s")
+        self.method = method
+        self.timeout = timeout
+
+
+class CodecError(BusError):
+    """Bytes could not be decoded, or a value could not be encoded."""
+
+
+class SchemaMismatchError(CodecError):
+    """A peer sent a registered type whose schema fingerprint differs from ours."""
+
+    def __init__(self, type_name: str, ours: str, theirs: str) -> None:
+        super().__init__(
+            f"{type_name}: schema fingerprint mismatch (ours {ours}, peer's {theirs}); "
+            "both sides must use the same definition of the type"
+        )
+        self.type_name = type_name
+        self.ours = ours
+        self.theirs = theirs

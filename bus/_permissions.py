@@ -1,0 +1,54 @@
+"""Permission sets: which names a bus client may publish, subscribe, serve and call."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import ClassVar
+
+import attrs
+
+from bus._pattern import check_pattern, covers, matches
+
+
+class Action(enum.Enum):
+    """An operation a bus client can be granted."""
+
+    PUBLISH = "publish"
+    SUBSCRIBE = "subscribe"
+    SERVE = "serve"
+    CALL = "call"
+
+
+def _patterns(values: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(values, str):
+        values = (values,)
+    return tuple(check_pattern(v) for v in values)
+
+
+@attrs.frozen
+class Permissions:
+    """Patterns a client may publish, subscribe to, serve and call.
+
+    Everything not granted is denied. ``Permissions.ALL`` grants everything (the default for a client of an
+    in-process bus created without a manifest); ``Permissions.NONE`` grants nothing.
+    """
+
+    publish: tuple[str, ...] = attrs.field(default=(), converter=_patterns)
+    subscribe: tuple[str, ...] = attrs.field(default=(), converter=_patterns)
+    serve: tuple[str, ...] = attrs.field(default=(), converter=_patterns)
+    call: tuple[str, ...] = attrs.field(default=(), converter=_patterns)
+
+    ALL: ClassVar[Permissions]
+    NONE: ClassVar[Permissions]
+
+    def allows(self, action: Action, name: str) -> bool:
+        """True if ``name`` (a topic or method name, or for SUBSCRIBE a pattern) is granted."""
+        grants: tuple[str, ...] = getattr(self, action.value)
+        if action is Action.SUBSCRIBE:
+            return any(covers(g, name) for g in grants)
+        return any(matches(g, name) for g in grants)
+
+
+Permissions.ALL = Permissions(publish=("**",), subscribe=("**",), serve=("**",), call=("**",))
+Permissions.NONE = Permissions()

@@ -1,0 +1,251 @@
+"""A subscriber's bounded queue, its overflow policies, and how its reader waits."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import attrs
+import trio
+
+from bus._sample import Sample
+from bus._topic import Overflow
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing import Self
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class SubscriptionStatistics:
+    """A snapshot of one subscription's queue."""
+
+    client: str
+    pattern: str
+    overflow: Overflow
+    capacity: int
+    queued: int
+    received: int
+    dropped: int
+
+
+class Subscription(Generic[T]):
+    """The receiving end of a subscription: a bounded queue of samples, read by one task at a time.
+
+    Read it with ``async for sample in sub``, ``await sub.receive()``, or in batches with
+    ``await sub.receive_batch()`` (everything queued, at least one sample: the fast way to keep up with a
+    busy topic). Close it (or use it as a context manager) to unsubscribe; the owning client closes it too.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_detach",
+        "_dropped",
+        "_latest",
+        "_queue",
+        "_received",
+        "_space",
+        "_waiter",
+        "capacity",
+        "client",
+        "overflow",
+        "pattern",
+        "push",
+    )
+
+    def __init__(
+        self,
+        client: str,
+        pattern: str,
+        capacity: int,
+        overflow: Overflow,
+        detach: Callable[[Subscription[Any]], None],
+    ) -> None:
+        self.client = client
+        self.pattern = pattern
+        self.capacity = capacity
+        self.overflow = overflow
+        self._detach = detach
+        self._queue: deque[Sample[T]] = deque()
+        self._latest: dict[str, Sample[T]] = {}
+        self._received = 0
+        self._dropped = 0
+        self._closed = False
+        self._waiter: trio.lowlevel.Task | None = None
+        self._space = trio.lowlevel.ParkingLot()
+        #: Called by the bus for each sample; the policy is chosen once, not per sample.
+        self.push: Callable[[Sample[T]], None]
+        if overflow is Overflow.LATEST:
+            self.push = self._push_latest
+        else:
+            self.push = self._push_queue
+
+    # -- the bus's side ------------------------------------------------------------------------------
+
+    def _push_queue(self, sample: Sample[T]) -> None:
+        queue = self._queue
+        if len(queue) >= self.capacity:
+            # BLOCK subscribers are never pushed to when full: the publisher waited or raised first.
+            queue.popleft()
+            self._dropped += 1
+        queue.append(sample)
+        if self._waiter is not None:
+            trio.lowlevel.reschedule(self._waiter)
+            self._waiter = None
+
+    def _push_latest(self, sample: Sample[T]) -> None:
+        latest = self._latest
+        topic = sample.topic
+        if topic in latest:
+            self._dropped += 1
+        elif len(latest) >= self.capacity:
+            del latest[next(iter(latest))]
+            self._dropped += 1
+        latest[topic] = sample
+        if self._waiter is not None:
+            trio.lowlevel.reschedule(self._waiter)
+            self._waiter = None
+
+    @property
+    def full(self) -> bool:
+        """True if the queue holds ``capacity`` samples."""
+        return len(self._queue) >= self.capacity
+
+    async def _wait_for_space(self) -> None:
+        await self._space.park()
+
+    def _pop_all(self, max_items: int | None) -> list[Sample[T]]:
+        if self._latest:
+            items = list(self._latest.values())
+            self._latest.clear()
+            if max_items is not None and len(items) > max_items:
+                for sample in items[max_items:]:
+                    self._latest[sample.topic] = sample
+                items = items[:max_items]
+        else:
+            queue = self._queue
+            if max_items is None or max_items >= len(queue):
+                items = list(queue)
+                queue.clear()
+            else:
+                items = [queue.popleft() for _ in range(max_items)]
+        self._received += len(items)
+        if self._space:
+            self._space.unpark_all()
+        return items
+
+    def _pop_one(self) -> Sample[T]:
+        if self._latest:
+            topic = next(iter(self._latest))
+            sample = self._latest.pop(topic)
+        else:
+            sample = self._queue.popleft()
+        self._received += 1
+        if self._space:
+            self._space.unpark_all()
+        return sample
+
+    # -- the reader's side ---------------------------------------------------------------------------
+
+    def receive_nowait(self) -> Sample[T]:
+        """Take the next sample; raise `trio.WouldBlock` if none is queued."""
+        if self._queue or self._latest:
+            return self._pop_one()
+        if self._closed:
+            raise trio.ClosedResourceError(f"subscription to {self.pattern!r} is closed")
+        raise trio.WouldBlock
+
+    def receive_batch_nowait(self, max_items: int | None = None) -> list[Sample[T]]:
+        """Take every queued sample (at most ``max_items``); raise `trio.WouldBlock` if none is queued."""
+        if self._queue or self._latest:
+            return self._pop_all(max_items)
+        if self._closed:
+            raise trio.ClosedResourceError(f"subscription to {self.pattern!r} is closed")
+        raise trio.WouldBlock
+
+    async def _wait(self) -> None:
+        if self._waiter is not None:
+            raise trio.BusyResourceError(f"another task is already receiving from {self.pattern!r}")
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def receive(self) -> Sample[T]:
+        """Wait for the next sample and take it."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            sample = self.receive_nowait()
+        except trio.WouldBlock:
+            await self._wait()
+            return self.receive_nowait()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return sample
+
+    async def receive_batch(self, max_items: int | None = None) -> list[Sample[T]]:
+        """Wait until at least one sample is queued, then take all queued (at most ``max_items``)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            batch = self.receive_batch_nowait(max_items)
+        except trio.WouldBlock:
+            await self._wait()
+            return self.receive_batch_nowait(max_items)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return batch
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Sample[T]:
+        try:
+            return await self.receive()
+        except trio.ClosedResourceError:
+            raise StopAsyncIteration from None
+
+    def statistics(self) -> SubscriptionStatistics:
+        """Queue depth, capacity, and how many samples were received and dropped."""
+        return SubscriptionStatistics(
+            client=self.client,
+            pattern=self.pattern,
+            overflow=self.overflow,
+            capacity=self.capacity,
+            queued=len(self._queue) + len(self._latest),
+            received=self._received,
+            dropped=self._dropped,
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Unsubscribe. Samples already queued can still be read; then reads raise or iteration ends."""
+        if self._closed:
+            return
+        self._closed = True
+        self._detach(self)
+        if self._waiter is not None:
+            trio.lowlevel.reschedule(self._waiter)
+            self._waiter = None
+        self._space.unpark_all()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.pattern!r} of {self.client!r} ({self.overflow.value}, {self.capacity})>"

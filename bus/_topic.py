@@ -1,0 +1,171 @@
+"""Topics, methods and quality of service: what a name on the bus means."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from bus._errors import TopicError, ValueRefusedError
+from bus._pattern import check_name
+
+T = TypeVar("T")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class Overflow(enum.Enum):
+    """What a subscriber's queue does when a sample arrives and the queue is full."""
+
+    #: Drop the oldest queued sample (the default). The subscriber sees the newest ``queue_size`` samples.
+    DROP_OLDEST = "drop_oldest"
+    #: Keep only the latest sample of each topic: a new sample replaces a queued one of the same topic.
+    #: Meant for state ("what is the speed now?"), where old values are worthless.
+    LATEST = "latest"
+    #: Make the publisher wait until the subscriber has made room. The only policy that can slow a
+    #: publisher down; ``publish_nowait`` raises `trio.WouldBlock` instead of waiting.
+    BLOCK = "block"
+
+
+def _positive_int(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < 1:
+        raise TopicError(f"{attribute.name} must be a positive int, not {value!r}")
+
+
+@attrs.frozen
+class QoS:
+    """A subscriber queue's size and overflow policy."""
+
+    queue_size: int = attrs.field(default=64, validator=_positive_int)
+    overflow: Overflow = attrs.field(default=Overflow.DROP_OLDEST, converter=Overflow)
+
+
+_NUMERIC = (int, float)
+
+
+def _build_checker(topic: Topic[Any]) -> Callable[[Any], Any]:
+    """Compile the topic's rules into one function: returns the (normalised) value or raises."""
+    name = topic.name
+    vtype = topic.type
+    lo, hi, allowed, unit = topic.min, topic.max, topic.allowed, topic.unit
+    suffix = f" {unit}" if unit else ""
+
+    def refuse(value: Any, rule: str) -> None:
+        raise ValueRefusedError(name, rule, value)
+
+    def check_type(value: Any) -> Any:
+        if vtype is float:
+            if type(value) is float:
+                return value
+            if type(value) is int:
+                return float(value)
+            refuse(value, f"expected float, got {type(value).__name__}")
+        if vtype is int:
+            if type(value) is int:
+                return value
+            refuse(value, f"expected int, got {type(value).__name__}")
+        if vtype is bool:
+            if type(value) is bool:
+                return value
+            refuse(value, f"expected bool, got {type(value).__name__}")
+        if isinstance(value, vtype):
+            return value
+        refuse(value, f"expected {vtype.__qualname__}, got {type(value).__name__}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    if lo is None and hi is None and allowed is None:
+        if vtype is float:
+
+            def check_float(value: Any) -> Any:
+                if type(value) is float:
+                    return value
+                return check_type(value)
+
+            return check_float
+        return check_type
+
+    allowed_set = frozenset(allowed) if allowed is not None else None
+
+    def check_rules(value: Any) -> Any:
+        if type(value) is not vtype:
+            value = check_type(value)
+        if lo is not None or hi is not None:
+            if value != value:
+                refuse(value, "not a number (the topic has a declared range)")
+            if lo is not None and value < lo:
+                refuse(value, f"below min {lo:g}{suffix}")
+            if hi is not None and value > hi:
+                refuse(value, f"above max {hi:g}{suffix}")
+        if allowed_set is not None and value not in allowed_set:
+            refuse(value, f"not one of the allowed values {list(allowed or ())!r}")
+        return value
+
+    return check_rules
+
+
+def _to_tuple(values: Iterable[Any] | None) -> tuple[Any, ...] | None:
+    return None if values is None else tuple(values)
+
+
+@attrs.frozen
+class Topic(Generic[T]):
+    """A named, typed stream of values on the bus.
+
+    ``Topic("Vehicle.Speed", float, unit="km/h", min=0, max=400)`` declares that every value published
+    under that name is a float between 0 and 400. The type may be a scalar (``bool``, ``int``, ``float``,
+    ``str``, ``bytes``), an `enum.Enum` or an attrs class. ``int`` values are accepted for a ``float`` topic
+    and delivered as floats; ``bool`` is never taken for a number.
+
+    ``max_age`` (seconds) marks the latest value stale once it is older; ``qos`` is the default queue of a
+    subscriber that gives none of its own.
+    """
+
+    name: str = attrs.field(validator=lambda _, __, v: check_name(v))
+    type: type[T]
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple[Any, ...] | None = attrs.field(default=None, converter=_to_tuple)
+    description: str = ""
+    max_age: float | None = None
+    qos: QoS = attrs.field(factory=QoS)
+    _check: Callable[[Any], Any] = attrs.field(init=False, eq=False, repr=False, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.type, type):
+            raise TopicError(f"{self.name}: type must be a class, not {self.type!r}")
+        if (self.min is not None or self.max is not None) and self.type not in _NUMERIC:
+            raise TopicError(f"{self.name}: min/max need an int or float topic, not {self.type.__name__}")
+        for bound in (self.min, self.max):
+            if bound is not None and (type(bound) not in _NUMERIC or math.isnan(bound)):
+                raise TopicError(f"{self.name}: min/max must be numbers, not {bound!r}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise TopicError(f"{self.name}: min {self.min} is above max {self.max}")
+        if self.max_age is not None and not (self.max_age > 0):
+            raise TopicError(f"{self.name}: max_age must be positive seconds, not {self.max_age!r}")
+        object.__setattr__(self, "_check", _build_checker(self))
+
+    def check(self, value: Any) -> T:
+        """Return ``value`` (an int made a float for a float topic) or raise `ValueRefusedError`."""
+        result: T = self._check(value)
+        return result
+
+    def same_declaration(self, other: Topic[Any]) -> bool:
+        """True if ``other`` declares the same name with the same type and rules (QoS aside)."""
+        return attrs.evolve(self, qos=other.qos, description=other.description) == other
+
+
+@attrs.frozen
+class Method(Generic[Req, Resp]):
+    """A named request/response endpoint: ``Method("Body.Doors.Lock", LockRequest, bool)``.
+
+    ``request`` and ``response`` are checked on each call; ``object`` accepts anything.
+    """
+
+    name: str = attrs.field(validator=lambda _, __, v: check_name(v, what="method name"))
+    request: type[Req] = attrs.field(default=object)  # type: ignore[assignment]
+    response: type[Resp] = attrs.field(default=object)  # type: ignore[assignment]
+    description: str = ""

@@ -1,0 +1,370 @@
+"""The in-process bus: typed topics, samples, latest values, subscriptions and their queues."""
+
+from __future__ import annotations
+
+import enum
+import math
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from bus import (
+    Bus,
+    Overflow,
+    PermissionDeniedError,
+    Permissions,
+    QoS,
+    Sample,
+    StaleValueError,
+    Topic,
+    TopicError,
+    UnknownTopicError,
+    ValueRefusedError,
+)
+
+SPEED = Topic("Vehicle.Speed", float, unit="km/h", min=0, max=400, max_age=1.0)
+GEAR = Topic("Vehicle.Powertrain.Gear", str, allowed=("P", "R", "N", "D"))
+LOCKED = Topic("Vehicle.Cabin.Door.Row1.Left.IsLocked", bool)
+
+
+class Mode(enum.Enum):
+    ECO = "eco"
+    SPORT = "sport"
+
+
+@attrs.frozen
+class Position:
+    lat: float
+    lon: float
+
+
+POSITION = Topic("Vehicle.CurrentLocation", Position)
+MODE = Topic("Vehicle.DriveMode", Mode)
+
+
+# -- topics and values -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("topic", "value", "rule"),
+    [
+        (SPEED, "fast", "expected float, got str"),
+        (SPEED, True, "expected float, got bool"),
+        (SPEED, -1.0, "below min 0 km/h"),
+        (SPEED, 400.5, "above max 400 km/h"),
+        (SPEED, math.nan, "not a number"),
+        (GEAR, "X", "not one of the allowed values"),
+        (LOCKED, 1, "expected bool, got int"),
+        (POSITION, (1.0, 2.0), "expected Position, got tuple"),
+        (MODE, "eco", "expected Mode, got str"),
+    ],
+)
+async def test_refused_values_name_topic_and_rule_and_deliver_nothing(
+    topic: Topic[object], value: object, rule: str
+) -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    with client.subscribe("**") as sub:
+        with pytest.raises(ValueRefusedError) as info:
+            client.publish_nowait(topic, value)
+        assert topic.name in str(info.value)
+        assert rule in str(info.value)
+        assert info.value.topic == topic.name
+        with pytest.raises(trio.WouldBlock):
+            sub.receive_nowait()
+    assert client.get(topic) is None
+
+
+async def test_int_is_accepted_for_float_topic_and_delivered_as_float() -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    sample = client.publish_nowait(SPEED, 50)
+    assert sample.value == 50.0
+    assert type(sample.value) is float
+
+
+async def test_attrs_and_enum_values_pass() -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    assert client.publish_nowait(POSITION, Position(52.4, 10.8)).value == Position(52.4, 10.8)
+    assert client.publish_nowait(MODE, Mode.SPORT).value is Mode.SPORT
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "Vehicle..Speed", "type": float}, "segment ''"),
+        ({"name": "1Vehicle", "type": float}, "must start with a letter"),
+        ({"name": "Vehicle.Sp-eed", "type": float}, "segment 'Sp-eed'"),
+        ({"name": "Vehicle.Speed", "type": str, "min": 0}, "min/max need an int or float topic"),
+        ({"name": "Vehicle.Speed", "type": float, "min": 5, "max": 1}, "min 5 is above max 1"),
+        ({"name": "Vehicle.Speed", "type": float, "max_age": 0}, "max_age must be positive"),
+        ({"name": "Vehicle.Speed", "type": "float"}, "type must be a class"),
+    ],
+)
+def test_bad_topic_declarations_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(TopicError, match=message):
+        Topic(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_conflicting_redeclaration_is_refused_but_an_equal_one_is_fine() -> None:
+    bus = Bus()
+    bus.declare(SPEED)
+    bus.declare(Topic("Vehicle.Speed", float, unit="km/h", min=0, max=400, max_age=1.0, description="x"))
+    with pytest.raises(TopicError, match="already declared"):
+        bus.declare(Topic("Vehicle.Speed", int))
+
+
+async def test_publishing_an_undeclared_name_is_refused() -> None:
+    client = Bus().client("svc")
+    with pytest.raises(UnknownTopicError, match="Vehicle.Nope"):
+        client.publish_nowait("Vehicle.Nope", 1)
+
+
+# -- samples and latest values -----------------------------------------------------------------------
+
+
+async def test_samples_carry_value_timestamps_publisher_and_per_topic_sequence(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bus = Bus()
+    client = bus.client("gateway")
+    first = client.publish_nowait(SPEED, 10.0, timestamp=1700000000.5)
+    await trio.sleep(2)
+    second = client.publish_nowait(SPEED, 20.0)
+    other = client.publish_nowait(LOCKED, True)
+    assert first == Sample("Vehicle.Speed", 10.0, 1700000000.5, first.bus_time, "gateway", 1)
+    assert second.seq == 2
+    assert other.seq == 1
+    assert second.bus_time - first.bus_time == pytest.approx(2.0)
+    assert second.timestamp > 1.7e9  # wall clock when the publisher gave none
+
+
+async def test_latest_value_and_staleness_follow_the_bus_clock(autojump_clock: trio.testing.MockClock) -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    assert client.get(SPEED) is None
+    assert client.is_stale(SPEED)
+    client.publish_nowait(SPEED, 42.0)
+    got = client.get(SPEED)
+    assert got is not None
+    assert got.value == 42.0
+    assert not client.is_stale(SPEED)
+    await trio.sleep(1.5)
+    assert client.is_stale(SPEED)
+    with pytest.raises(StaleValueError, match=r"Vehicle.Speed: latest value is stale \(1.500 s old"):
+        client.get(SPEED)
+    stale = client.get(SPEED, allow_stale=True)
+    assert stale is not None
+    assert stale.value == 42.0
+    # A topic without max_age never goes stale.
+    client.publish_nowait(LOCKED, True)
+    await trio.sleep(1000)
+    assert not client.is_stale(LOCKED)
+
+
+async def test_subscribe_latest_starts_from_current_state() -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    client.publish_nowait(SPEED, 42.0)
+    client.publish_nowait(LOCKED, False)
+    with client.subscribe("Vehicle.**", latest=True) as sub:
+        got = sub.receive_batch_nowait()
+    assert sorted((s.topic, s.value) for s in got) == [
+        ("Vehicle.Cabin.Door.Row1.Left.IsLocked", False),
+        ("Vehicle.Speed", 42.0),
+    ]
+
+
+# -- subscriptions -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("Vehicle.Speed", ["Vehicle.Speed"]),
+        ("Vehicle.*", ["Vehicle.Speed"]),
+        ("Vehicle.**", ["Vehicle.Speed", "Vehicle.Cabin.Door.Row1.Left.IsLocked"]),
+        ("Vehicle.Cabin.*.*.Left.IsLocked", ["Vehicle.Cabin.Door.Row1.Left.IsLocked"]),
+        ("**.IsLocked", ["Vehicle.Cabin.Door.Row1.Left.IsLocked"]),
+        ("Body.**", []),
+    ],
+)
+async def test_pattern_subscriptions_route_matching_topics_only(pattern: str, expected: list[str]) -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    client.declare(SPEED)  # declared before the subscription ...
+    with client.subscribe(pattern) as sub:
+        client.publish_nowait(SPEED, 1.0)
+        client.publish_nowait(LOCKED, True)  # ... and after it: both are routed
+        got = [s.topic for s in sub.receive_batch_nowait()] if expected else []
+        with pytest.raises(trio.WouldBlock):
+            sub.receive_nowait()
+    assert got == expected
+
+
+async def test_drop_oldest_keeps_newest_and_counts_drops() -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    with client.subscribe(SPEED, queue_size=3) as sub:
+        for v in range(10):
+            client.publish_nowait(SPEED, float(v))
+        assert [s.value for s in sub.receive_batch_nowait()] == [7.0, 8.0, 9.0]
+        stats = sub.statistics()
+    assert (stats.dropped, stats.received, stats.queued, stats.capacity) == (7, 3, 0, 3)
+    assert stats.overflow is Overflow.DROP_OLDEST
+
+
+async def test_latest_policy_keeps_the_latest_sample_of_each_topic() -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    with client.subscribe("Vehicle.**", overflow="latest", queue_size=8) as sub:
+        for v in range(5):
+            client.publish_nowait(SPEED, float(v))
+        client.publish_nowait(LOCKED, True)
+        client.publish_nowait(LOCKED, False)
+        got = [(s.topic, s.value) for s in sub.receive_batch_nowait()]
+        assert sub.statistics().dropped == 5
+    assert got == [("Vehicle.Speed", 4.0), ("Vehicle.Cabin.Door.Row1.Left.IsLocked", False)]
+
+
+async def test_slow_subscriber_never_stalls_publisher() -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    slow = client.subscribe(SPEED, queue_size=1)
+    fast = client.subscribe(SPEED, queue_size=1000)
+    for v in range(500):
+        client.publish_nowait(SPEED, float(v % 300))  # never raises, never waits
+    assert len(fast.receive_batch_nowait()) == 500
+    assert slow.statistics().dropped == 499
+    assert bus.statistics().dropped == 499
+
+
+async def test_block_policy_makes_publisher_wait_and_loses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    received: list[float] = []
+    sub = client.subscribe(SPEED, queue_size=2, overflow=Overflow.BLOCK)
+    client.publish_nowait(SPEED, 0.0)
+    client.publish_nowait(SPEED, 1.0)
+    with pytest.raises(trio.WouldBlock):
+        client.publish_nowait(SPEED, 2.0)
+
+    async def consume() -> None:
+        async for sample in sub:
+            received.append(sample.value)
+            await trio.sleep(1)  # a slow reader
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        for v in range(2, 10):
+            await client.publish(SPEED, float(v))
+        await trio.sleep(5)
+        sub.close()
+    assert received == [float(v) for v in range(10)]
+    assert sub.statistics().dropped == 0
+    assert trio.current_time() >= 7  # the publisher really waited on the reader
+
+
+async def test_receive_waits_for_a_sample_and_close_ends_iteration(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    sub = client.subscribe(SPEED)
+    got: list[float] = []
+
+    async def reader() -> None:
+        async for s in sub:
+            got.append(s.value)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.sleep(1)
+        client.publish_nowait(SPEED, 3.0)
+        await trio.sleep(1)
+        client.close()  # closes the client's subscriptions: the reader's loop ends
+    assert got == [3.0]
+    assert sub.closed
+    with pytest.raises(trio.ClosedResourceError):
+        client.publish_nowait(SPEED, 1.0)
+
+
+async def test_closed_subscription_gets_nothing_more() -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    sub = client.subscribe(SPEED)
+    sub.close()
+    client.publish_nowait(SPEED, 1.0)
+    with pytest.raises(trio.ClosedResourceError):
+        sub.receive_nowait()
+    assert bus.statistics().topics[0].subscribers == 0
+
+
+async def test_two_tasks_cannot_receive_from_one_subscription() -> None:
+    bus = Bus()
+    sub = bus.client("svc").subscribe(SPEED)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sub.receive)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError, match="another task is already receiving"):
+            await sub.receive()
+        nursery.cancel_scope.cancel()
+
+
+async def test_receive_batch_respects_max_items() -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    with client.subscribe(SPEED, queue_size=100) as sub:
+        for v in range(10):
+            client.publish_nowait(SPEED, float(v))
+        assert len(await sub.receive_batch(max_items=4)) == 4
+        assert len(await sub.receive_batch()) == 6
+
+
+async def test_topic_qos_is_the_default_queue_of_its_subscribers() -> None:
+    topic = Topic("Vehicle.Tiny", int, qos=QoS(queue_size=2, overflow=Overflow.LATEST))
+    bus = Bus()
+    client = bus.client("svc")
+    with client.subscribe(topic) as sub:
+        stats = sub.statistics()
+    assert (stats.capacity, stats.overflow) == (2, Overflow.LATEST)
+
+
+# -- permissions -------------------------------------------------------------------------------------
+
+
+async def test_permissions_are_enforced_and_refusals_name_client_action_and_name() -> None:
+    bus = Bus()
+    perms = Permissions(publish=["Vehicle.Speed"], subscribe=["Vehicle.Cabin.**"])
+    client = bus.client("trip", perms)
+    client.publish_nowait(SPEED, 1.0)
+    with pytest.raises(PermissionDeniedError, match="client 'trip' may not publish 'Vehicle.Cabin"):
+        client.publish_nowait(LOCKED, True)
+    with client.subscribe("Vehicle.Cabin.Door.*.Left.IsLocked"):
+        pass
+    with pytest.raises(PermissionDeniedError, match="may not subscribe 'Vehicle.\\*\\*'"):
+        client.subscribe("Vehicle.**")
+    with pytest.raises(PermissionDeniedError, match="subscribe"):
+        client.get(SPEED)
+    assert Permissions.NONE.allows is not None
+    with pytest.raises(PermissionDeniedError):
+        bus.client("nobody", Permissions.NONE).publish_nowait(SPEED, 1.0)
+
+
+def test_bad_permission_patterns_are_refused() -> None:
+    with pytest.raises(TopicError, match="wildcards stand alone"):
+        Permissions(publish=["Vehicle.Sp*"])
+
+
+async def test_statistics_count_published_samples_per_topic() -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    for _ in range(3):
+        client.publish_nowait(SPEED, 1.0)
+    (speed,) = bus.statistics().topics
+    assert (speed.name, speed.type, speed.published) == ("Vehicle.Speed", "float", 3)

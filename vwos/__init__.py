@@ -1,0 +1,1 @@
+"""vwos: the runtime."""

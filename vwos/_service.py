@@ -1,0 +1,82 @@
+"""The service API: what a car service is, and what the runtime hands it."""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import attrs
+import structlog
+import trio
+
+from bus import BusClient
+
+
+@attrs.frozen
+class NoConfig:
+    """The config of a service that takes none: its TOML table must be empty."""
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+@attrs.frozen
+class ServiceContext:
+    """What the runtime hands a service's ``run``.
+
+    ``bus`` is a bus handle scoped to the service's permissions; ``log`` a structlog logger bound with the
+    service's name; ``heartbeat()`` feeds the watchdog; ``state_dir`` is a private directory that survives
+    restarts (created before ``run`` is called).
+    """
+
+    name: str
+    bus: BusClient
+    log: structlog.typing.FilteringBoundLogger
+    state_dir: Path
+    _heartbeat: Callable[[], None] = attrs.field(alias="heartbeat", repr=False)
+
+    def heartbeat(self) -> None:
+        """Tell the watchdog the service is alive. Cheap: call it as often as is convenient."""
+        self._heartbeat()
+
+
+class Service(Generic[ConfigT]):
+    """Base class of a car service.
+
+    Subclass it with the service's config class as the type argument, ``class Trip(Service[TripConfig])``,
+    and write ``run``. The runtime builds the config from the service's TOML table, constructs the service
+    with it, and calls ``run`` in a task of its own. ``run`` calls ``task_status.started()`` once it is
+    ready (other services that start ``after`` it wait for that), then works until it is cancelled::
+
+        async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
+            with ctx.bus.subscribe(SPEED) as speeds:
+                task_status.started()
+                async for sample in speeds:
+                    ...
+    """
+
+    #: The attrs class the service's ``[services.NAME.config]`` table is built into. Found from the type
+    #: argument of ``Service[...]``; a subclass may also set it explicitly.
+    config_class: ClassVar[type[Any]] = NoConfig
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_class" in cls.__dict__:
+            return
+        for base in getattr(cls, "__orig_bases__", ()):
+            if typing.get_origin(base) is Service:
+                (arg,) = typing.get_args(base)
+                if isinstance(arg, type):
+                    cls.config_class = arg
+                return
+
+    def __init__(self, config: ConfigT) -> None:
+        self.config = config
+
+    async def run(
+        self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Do the service's work. Must call ``task_status.started()`` once ready."""
+        raise NotImplementedError
