@@ -4,6 +4,7 @@ The bus knows nothing of supervisors, CAN or MQTT. See ``docs/bus.md``.
 """
 
 from bus._bus import DEFAULT_CALL_TIMEOUT, Bus, BusClient, BusStatistics, TopicStatistics
+from bus._codec import Codec, default_codec
 from bus._errors import (
     BusError,
     CallTimeoutError,
@@ -33,6 +34,7 @@ __all__ = [
     "BusError",
     "BusStatistics",
     "CallTimeoutError",
+    "Codec",
     "CodecError",
     "Method",
     "MethodAlreadyServedError",
@@ -54,5 +56,6 @@ __all__ = [
     "UnknownTopicError",
     "ValueRefusedError",
     "covers",
+    "default_codec",
     "matches",
 ]

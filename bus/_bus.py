@@ -40,7 +40,7 @@ DEFAULT_CALL_TIMEOUT = 5.0
 
 
 class _TopicState:
-    """Everything the bus keeps per topic. ``subs`` is rebuilt when subscriptions change, never per publish."""
+    """What the bus keeps per topic. ``subs`` is rebuilt when subscriptions change, never per publish."""
 
     __slots__ = ("blocking", "check", "latest", "name", "seq", "subs", "topic")
 
@@ -448,7 +448,9 @@ class BusClient:
                 pending.finish(error=NoSuchMethodError(mdef.name))
             receive.close()
 
-    async def _handle(self, mdef: Method[Any, Any], handler: Callable[[Any], Awaitable[Any]], call: _Call) -> None:
+    async def _handle(
+        self, mdef: Method[Any, Any], handler: Callable[[Any], Awaitable[Any]], call: _Call
+    ) -> None:
         try:
             with trio.CancelScope() as scope:
                 call.scope = scope

@@ -14,7 +14,6 @@ from bus._topic import Overflow
 
 if TYPE_CHECKING:
     from types import TracebackType
-
     from typing import Self
 
 T = TypeVar("T")

@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from bus import (
+    Action,
     Bus,
     Overflow,
     PermissionDeniedError,
@@ -119,7 +120,7 @@ async def test_conflicting_redeclaration_is_refused_but_an_equal_one_is_fine() -
 
 async def test_publishing_an_undeclared_name_is_refused() -> None:
     client = Bus().client("svc")
-    with pytest.raises(UnknownTopicError, match="Vehicle.Nope"):
+    with pytest.raises(UnknownTopicError, match=r"Vehicle.Nope"):
         client.publish_nowait("Vehicle.Nope", 1)
 
 
@@ -142,7 +143,9 @@ async def test_samples_carry_value_timestamps_publisher_and_per_topic_sequence(
     assert second.timestamp > 1.7e9  # wall clock when the publisher gave none
 
 
-async def test_latest_value_and_staleness_follow_the_bus_clock(autojump_clock: trio.testing.MockClock) -> None:
+async def test_latest_value_and_staleness_follow_the_bus_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     bus = Bus()
     client = bus.client("svc")
     assert client.get(SPEED) is None
@@ -343,15 +346,16 @@ async def test_permissions_are_enforced_and_refusals_name_client_action_and_name
     perms = Permissions(publish=["Vehicle.Speed"], subscribe=["Vehicle.Cabin.**"])
     client = bus.client("trip", perms)
     client.publish_nowait(SPEED, 1.0)
-    with pytest.raises(PermissionDeniedError, match="client 'trip' may not publish 'Vehicle.Cabin"):
+    with pytest.raises(PermissionDeniedError, match=r"client 'trip' may not publish 'Vehicle.Cabin"):
         client.publish_nowait(LOCKED, True)
     with client.subscribe("Vehicle.Cabin.Door.*.Left.IsLocked"):
         pass
-    with pytest.raises(PermissionDeniedError, match="may not subscribe 'Vehicle.\\*\\*'"):
+    with pytest.raises(PermissionDeniedError, match=r"may not subscribe 'Vehicle\.\*\*'"):
         client.subscribe("Vehicle.**")
     with pytest.raises(PermissionDeniedError, match="subscribe"):
         client.get(SPEED)
-    assert Permissions.NONE.allows is not None
+    assert not Permissions.NONE.allows(Action.CALL, "Any.Thing")
+    assert Permissions.ALL.allows(Action.SUBSCRIBE, "**")
     with pytest.raises(PermissionDeniedError):
         bus.client("nobody", Permissions.NONE).publish_nowait(SPEED, 1.0)
 

@@ -1,0 +1,191 @@
+"""Hypothesis strategies shared by the whole test suite: grow this module rather than scattering strategies.
+
+Values
+    `cbor_scalars`, `cbor_values` (what the bus codec round-trips exactly), `cbor_values_with_tuples` (also
+    encodable; tuples come back as lists), `wide_integers`.
+Typed values
+    `values_of_type` draws values matching an annotation (``int``, ``tuple[Point, ...]``, ``Gear | None``,
+    ``Literal[...]``, ...); `instances_of` draws instances of an attrs class from its fields' annotations.
+Bytes
+    `mutated_bytes` damages a valid encoding (flips, overwrites, insertions, deletions, truncation, garbage).
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+import typing
+from typing import Any, Literal
+
+import attrs
+from hypothesis import strategies as st
+
+__all__ = [
+    "cbor_scalars",
+    "cbor_values",
+    "cbor_values_with_tuples",
+    "instances_of",
+    "mutated_bytes",
+    "values_of_type",
+    "wide_integers",
+]
+
+
+def wide_integers() -> st.SearchStrategy[int]:
+    """Integers of every size: small ones, 64-bit edges and bignums well past 64 bits."""
+    return st.one_of(
+        st.integers(),
+        st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**64), -(2**64) - 1]),
+        st.integers(min_value=-(2**200), max_value=2**200),
+    )
+
+
+def cbor_scalars() -> st.SearchStrategy[object]:
+    """``None``, bools, ints of any size, floats (nan, infinities and -0.0 included), text and bytes."""
+    return st.one_of(
+        st.none(),
+        st.booleans(),
+        wide_integers(),
+        st.floats(),
+        st.text(max_size=20),
+        st.binary(max_size=20),
+    )
+
+
+def cbor_values(*, max_leaves: int = 20) -> st.SearchStrategy[object]:
+    """Plain values the codec round-trips exactly: scalars, lists and str-keyed dicts, nested."""
+    return st.recursive(
+        cbor_scalars(),
+        lambda children: st.one_of(
+            st.lists(children, max_size=5),
+            st.dictionaries(st.text(max_size=8), children, max_size=5),
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+def cbor_values_with_tuples(*, max_leaves: int = 20) -> st.SearchStrategy[object]:
+    """Like `cbor_values`, with tuples too: encodable, but a tuple outside a typed field decodes as a list."""
+    return st.recursive(
+        cbor_scalars(),
+        lambda children: st.one_of(
+            st.lists(children, max_size=5),
+            st.lists(children, max_size=5).map(tuple),
+            st.dictionaries(st.text(max_size=8), children, max_size=5),
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+_SCALAR_STRATEGIES: dict[object, st.SearchStrategy[Any]] = {
+    type(None): st.none(),
+    None: st.none(),
+    bool: st.booleans(),
+    int: wide_integers(),
+    float: st.floats(),
+    str: st.text(max_size=20),
+    bytes: st.binary(max_size=20),
+}
+
+_instance_strategies: dict[tuple[type, int], st.SearchStrategy[Any]] = {}
+
+
+def values_of_type(tp: Any, *, depth: int = 3) -> st.SearchStrategy[Any]:
+    """Values matching the (resolved) annotation ``tp``, as the bus codec understands annotations.
+
+    ``depth`` bounds how many attrs instances may nest inside each other (see `instances_of`); containers
+    are kept small so that nested and self-referential attrs classes stay cheap to draw.
+    """
+    try:
+        scalar = _SCALAR_STRATEGIES.get(tp)
+    except TypeError:  # unhashable annotation
+        scalar = None
+    if scalar is not None:
+        return scalar
+    if tp is Any or tp is object:
+        return cbor_values(max_leaves=5)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return st.sampled_from(list(tp))
+    if isinstance(tp, type) and attrs.has(tp):
+        return instances_of(tp, depth=depth)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        return st.one_of([values_of_type(a, depth=depth) for a in args])
+    if origin is Literal:
+        return st.sampled_from(args)
+    item = values_of_type(args[0], depth=depth) if args else cbor_values(max_leaves=3)
+    size = _max_size(item)
+    if tp is list or origin is list:
+        return st.lists(item, max_size=size)
+    if tp is frozenset or origin is frozenset:
+        return st.frozensets(item, max_size=size)
+    if tp is set or origin is set:
+        return st.sets(item, max_size=size)
+    if tp is tuple or origin is tuple:
+        if origin is None:  # a bare ``tuple``
+            return st.lists(cbor_values(max_leaves=3), max_size=3).map(tuple)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return st.lists(item, max_size=size).map(tuple)
+        if not args or args == ((),):  # ``tuple[()]``
+            return st.just(())
+        return st.tuples(*(values_of_type(a, depth=depth) for a in args))
+    if tp is dict or origin is dict:
+        values = values_of_type(args[1], depth=depth) if args else cbor_values(max_leaves=3)
+        return st.dictionaries(st.text(max_size=8), values, max_size=_max_size(values))
+    raise TypeError(f"values_of_type: no strategy for the annotation {tp!r}")
+
+
+def _max_size(items: st.SearchStrategy[Any]) -> int:
+    """Containers stay small, and empty where the depth bound leaves nothing to put in them."""
+    return 0 if items.is_empty else 3
+
+
+def instances_of(cls: type, *, depth: int = 3) -> st.SearchStrategy[Any]:
+    """Instances of the attrs class ``cls``, each init field drawn from `values_of_type` of its annotation.
+
+    At most ``depth`` attrs instances nest inside each other: deeper, a self-referential class's optional
+    fields are ``None`` and its containers empty (an explicit bound draws far faster than `st.deferred`).
+    """
+    if depth <= 0:
+        return st.nothing()
+    cached = _instance_strategies.get((cls, depth))
+    if cached is None:
+        hints = typing.get_type_hints(cls)
+        fields = {
+            f.alias: values_of_type(hints.get(f.name, Any), depth=depth - 1)
+            for f in attrs.fields(cls)
+            if f.init
+        }
+        cached = _instance_strategies[(cls, depth)] = st.builds(cls, **fields)
+    return cached
+
+
+_MUTATIONS = ("flip", "overwrite", "insert", "delete", "truncate", "append")
+
+
+@st.composite
+def mutated_bytes(draw: st.DrawFn, data: bytes) -> bytes:
+    """``data`` damaged by one to four random edits: bit flips, overwrites, insertions, deletions,
+    truncation or appended garbage."""
+    out = bytearray(data)
+    for _ in range(draw(st.integers(min_value=1, max_value=4))):
+        kind = draw(st.sampled_from(_MUTATIONS))
+        if kind == "append":
+            out += draw(st.binary(min_size=1, max_size=8))
+        elif kind == "insert":
+            at = draw(st.integers(min_value=0, max_value=len(out)))
+            out[at:at] = draw(st.binary(min_size=1, max_size=4))
+        elif not out:
+            continue
+        elif kind == "truncate":
+            del out[draw(st.integers(min_value=0, max_value=len(out) - 1)) :]
+        else:
+            at = draw(st.integers(min_value=0, max_value=len(out) - 1))
+            if kind == "flip":
+                out[at] ^= 1 << draw(st.integers(min_value=0, max_value=7))
+            elif kind == "overwrite":
+                out[at] = draw(st.integers(min_value=0, max_value=255))
+            else:
+                del out[at]
+    return bytes(out)

@@ -1,0 +1,386 @@
+"""The trio supervisor, driven end to end under an autojump MockClock.
+
+The matrix strategy x restart type x how the child ended (the spirit of Erlang's supervisor_SUITE), then
+escalation, ordering, start and stop timeouts, the watchdog, operator commands and the status table.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from vwos import (
+    Exit,
+    Restart,
+    Service,
+    ServiceContext,
+    ServiceSpec,
+    ServiceStatus,
+    State,
+    Strategy,
+    Supervisor,
+    SupervisorGaveUp,
+    SupervisorPolicy,
+)
+from vwos._policy import BackoffPolicy
+
+NO_JITTER = BackoffPolicy(initial=1.0, multiplier=2.0, max_delay=10.0, jitter=0.0)
+
+
+@attrs.define
+class Journal:
+    """What the scripted services did, in order, with mock times."""
+
+    events: list[tuple[float, str, str]] = attrs.field(factory=list)
+    incarnations: dict[str, int] = attrs.field(factory=dict)
+
+    def note(self, what: str, name: str) -> None:
+        self.events.append((trio.current_time(), what, name))
+
+    def what(self, *kinds: str) -> list[tuple[str, str]]:
+        return [(w, n) for _, w, n in self.events if not kinds or w in kinds]
+
+
+@attrs.frozen
+class Script:
+    journal: Journal
+    #: What the first ``times`` incarnations do ``act_after`` seconds after ready: run, return, raise,
+    #: hang_start, no_heartbeat, ignore_stop; later incarnations run for ever.
+    behaviour: str = "run"
+    times: int = 1
+    act_after: float = 1.0
+    ready_after: float = 0.0
+    heartbeat_every: float | None = None
+
+
+class Scripted(Service[Script]):
+    async def run(
+        self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        journal, script = self.config.journal, self.config
+        n = journal.incarnations.get(ctx.name, 0) + 1
+        journal.incarnations[ctx.name] = n
+        behaviour = script.behaviour if n <= script.times else "run"
+        journal.note("start", ctx.name)
+        try:
+            if behaviour == "hang_start":
+                await trio.sleep_forever()
+            await trio.sleep(script.ready_after)
+            task_status.started()
+            journal.note("ready", ctx.name)
+            async with trio.open_nursery() as nursery:
+                if script.heartbeat_every is not None and behaviour != "no_heartbeat":
+                    nursery.start_soon(_beat, ctx, script.heartbeat_every)
+                await trio.sleep(script.act_after)
+                if behaviour == "return":
+                    journal.note("return", ctx.name)
+                    nursery.cancel_scope.cancel()
+                    return
+                if behaviour == "raise":
+                    journal.note("raise", ctx.name)
+                    raise RuntimeError(f"{ctx.name} broke")
+                await trio.sleep_forever()
+        except BaseException as exc:
+            if not _is_cancellation(exc):
+                raise
+            journal.note("cancelled", ctx.name)
+            if behaviour == "ignore_stop":
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(1000)
+            raise
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
+async def _beat(ctx: ServiceContext, every: float) -> None:
+    while True:
+        ctx.heartbeat()
+        await trio.sleep(every)
+
+
+def spec(name: str, journal: Journal, **kwargs: Any) -> ServiceSpec:
+    script_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in attrs.fields_dict(Script)}
+    kwargs.setdefault("backoff", NO_JITTER)
+    return ServiceSpec(name, Scripted, Script(journal, **script_fields), **kwargs)
+
+
+async def run_for(supervisor: Supervisor, seconds: float) -> list[ServiceStatus]:
+    """Run the supervisor for ``seconds`` of mock time, then shut it down; the status table before that."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        await trio.sleep(seconds)
+        status = supervisor.status()
+        supervisor.shutdown()
+    return status
+
+
+# -- the matrix ----------------------------------------------------------------------------------------
+
+EXITS = {"return": Exit.NORMAL, "raise": Exit.ERROR, "cancel": Exit.CANCELLED}
+
+
+def _restarted(restart: Restart, how: str) -> bool:
+    if restart is Restart.PERMANENT:
+        return True
+    if restart is Restart.TRANSIENT:
+        return how != "return"
+    return False
+
+
+@pytest.mark.parametrize(
+    ("strategy", "restart", "how"),
+    list(itertools.product(Strategy, Restart, EXITS)),
+    ids=lambda v: getattr(v, "value", v),
+)
+async def test_matrix(
+    autojump_clock: trio.testing.MockClock, strategy: Strategy, restart: Restart, how: str
+) -> None:
+    journal = Journal()
+    behaviour = "run" if how == "cancel" else how
+    supervisor = Supervisor(
+        [
+            spec("a", journal),
+            spec("b", journal, behaviour=behaviour, restart=restart, after=("a",)),
+            spec("c", journal, after=("b",)),
+        ],
+        policy=SupervisorPolicy(strategy=strategy, intensity=3, period=60),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        await trio.sleep(0.5)
+        if how == "cancel":  # cancelled by something other than the supervisor stopping it
+            scope = supervisor._children["b"].scope
+            assert scope is not None
+            scope.cancel()
+        await trio.sleep(30)
+        status = {row.name: row for row in supervisor.status()}
+        supervisor.shutdown()
+
+    starts = {n: journal.what("start").count(("start", n)) for n in "abc"}
+    if not _restarted(restart, how):
+        assert starts == {"a": 1, "b": 1, "c": 1}
+        assert status["b"].state is State.EXITED
+        assert status["b"].last_exit is EXITS[how]
+        assert (status["a"].state, status["c"].state) == (State.RUNNING, State.RUNNING)
+        return
+    assert status["b"].state is State.RUNNING
+    assert status["b"].restarts == 1
+    expected = {
+        Strategy.ONE_FOR_ONE: {"a": 1, "b": 2, "c": 1},
+        Strategy.ONE_FOR_ALL: {"a": 2, "b": 2, "c": 2},
+        Strategy.REST_FOR_ONE: {"a": 1, "b": 2, "c": 2},
+    }[strategy]
+    assert starts == expected
+    # Collateral siblings are stopped in reverse start order and started again in start order.
+    after_failure = [e for e in journal.what("start", "cancelled") if e != ("cancelled", "b")][3:]
+    if strategy is Strategy.ONE_FOR_ALL:
+        assert after_failure[:2] == [("cancelled", "c"), ("cancelled", "a")]
+        assert after_failure[2:5] == [("start", "a"), ("start", "b"), ("start", "c")]
+    if strategy is Strategy.REST_FOR_ONE:
+        assert after_failure[:1] == [("cancelled", "c")]
+        assert after_failure[1:3] == [("start", "b"), ("start", "c")]
+
+
+# -- escalation ----------------------------------------------------------------------------------------
+
+
+async def test_escalation_past_intensity_stops_everything_and_says_why(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [spec("a", journal), spec("b", journal, behaviour="raise", times=100, act_after=0.1)],
+        policy=SupervisorPolicy(intensity=2, period=10),
+    )
+    with pytest.raises(SupervisorGaveUp) as info:
+        await supervisor.run()
+    reason = info.value.reason
+    assert "'b' failed: RuntimeError: b broke" in reason
+    assert "3 restarts" in reason
+    assert "exceeds intensity 2 per 10" in reason
+    assert journal.what("start").count(("start", "b")) == 3  # first run + 2 restarts, then give up
+    assert ("cancelled", "a") in journal.what("cancelled")  # the healthy one was stopped too
+    assert {row.name: row.state for row in supervisor.status()}["b"] is State.FAILED
+
+
+async def test_restarts_spread_beyond_the_period_do_not_escalate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    backoff = BackoffPolicy(initial=1.0, multiplier=1.0, max_delay=1.0, jitter=0.0, reset_after=1000)
+    supervisor = Supervisor(
+        [spec("a", journal, behaviour="raise", times=10, act_after=20.0, backoff=backoff)],
+        policy=SupervisorPolicy(intensity=1, period=10),
+    )
+    (row,) = await run_for(supervisor, 200)
+    assert journal.what("raise").count(("raise", "a")) == 9
+    assert row.restarts == 9
+    assert row.state is State.RUNNING
+
+
+# -- backoff -------------------------------------------------------------------------------------------
+
+
+async def test_backoff_grows_between_restarts(autojump_clock: trio.testing.MockClock) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [spec("a", journal, behaviour="raise", times=4, act_after=0.0)],
+        policy=SupervisorPolicy(intensity=10, period=100),
+    )
+    await run_for(supervisor, 60)
+    starts = [t for t, w, _ in journal.events if w == "start"]
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(starts)]
+    assert gaps == [1.0, 2.0, 4.0, 8.0]
+
+
+# -- ordering, readiness, timeouts ---------------------------------------------------------------------
+
+
+async def test_start_waits_for_readiness_in_order_and_stop_is_reversed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [
+            spec("gateway", journal, ready_after=2.0),
+            spec("logic", journal, after=("gateway",), ready_after=1.0),
+            spec("uplink", journal, after=("logic",)),
+        ]
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        ready_at = trio.current_time()
+        supervisor.shutdown()
+    assert journal.what("start", "ready") == [
+        ("start", "gateway"),
+        ("ready", "gateway"),
+        ("start", "logic"),
+        ("ready", "logic"),
+        ("start", "uplink"),
+        ("ready", "uplink"),
+    ]
+    assert ready_at == pytest.approx(3.0)
+    assert journal.what("cancelled") == [
+        ("cancelled", "uplink"),
+        ("cancelled", "logic"),
+        ("cancelled", "gateway"),
+    ]
+    assert all(row.state is State.STOPPED for row in supervisor.status())
+
+
+async def test_start_timeout_counts_as_a_failure(autojump_clock: trio.testing.MockClock) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [spec("a", journal, behaviour="hang_start", start_timeout=5.0)],
+        policy=SupervisorPolicy(intensity=3, period=100),
+    )
+    (row,) = await run_for(supervisor, 30)
+    assert row.state is State.RUNNING
+    assert row.restarts == 1
+    assert row.last_exit is Exit.START_TIMEOUT
+    assert row.last_error == "not ready within its start timeout of 5 s"
+
+
+async def test_watchdog_restarts_a_service_whose_heartbeat_stops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [spec("a", journal, behaviour="no_heartbeat", heartbeat_every=0.5, watchdog=2.0)],
+        policy=SupervisorPolicy(intensity=3, period=100),
+    )
+    (row,) = await run_for(supervisor, 30)
+    assert row.restarts == 1
+    assert row.last_exit is Exit.WATCHDOG
+    assert row.last_error == "no heartbeat for 2 s"
+    assert row.state is State.RUNNING  # the second incarnation beats and stays
+
+
+async def test_a_service_that_ignores_its_stop_is_left_behind_after_its_stop_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [spec("a", journal), spec("b", journal, behaviour="ignore_stop", act_after=10_000, stop_timeout=3.0)]
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        await trio.sleep(1)
+        supervisor.shutdown()
+        stop_began = trio.current_time()
+    # 'a' was stopped after b's stop timeout, not after b's 1000 s of stubbornness.
+    a_cancelled = next(t for t, w, n in journal.events if (w, n) == ("cancelled", "a"))
+    assert a_cancelled - stop_began == pytest.approx(3.0)
+
+
+# -- operator commands, status, state --------------------------------------------------------------
+
+
+async def test_operator_stop_start_restart(autojump_clock: trio.testing.MockClock) -> None:
+    journal = Journal()
+    supervisor = Supervisor([spec("a", journal), spec("b", journal)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        supervisor.stop_service("b")
+        await trio.sleep(10)
+        assert {r.name: r.state for r in supervisor.status()} == {"a": State.RUNNING, "b": State.STOPPED}
+        supervisor.start_service("b")
+        await trio.sleep(1)
+        supervisor.restart_service("a")
+        await trio.sleep(1)
+        rows = {r.name: r for r in supervisor.status()}
+        supervisor.shutdown()
+    assert rows["a"].state is State.RUNNING
+    assert rows["b"].state is State.RUNNING
+    assert rows["a"].restarts == 0  # an operator's restart is not the policy's
+    assert rows["a"].uptime == pytest.approx(1.0)
+    assert journal.what("start").count(("start", "a")) == 2
+    assert journal.what("start").count(("start", "b")) == 2
+    with pytest.raises(KeyError, match="no such service: 'zzz'"):
+        supervisor.stop_service("zzz")
+
+
+async def test_cancelling_the_supervisor_still_stops_services_in_reverse_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor([spec("a", journal), spec("b", journal, after=("a",))])
+    with trio.move_on_after(5):
+        await supervisor.run()
+    assert journal.what("cancelled") == [("cancelled", "b"), ("cancelled", "a")]
+
+
+async def test_services_get_a_state_dir_and_a_scoped_bus(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    seen: dict[str, Any] = {}
+
+    class Probe(Service[Journal]):
+        async def run(
+            self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            seen["state_dir"] = ctx.state_dir
+            seen["exists"] = ctx.state_dir.is_dir()
+            seen["client"] = ctx.bus.name
+            task_status.started()
+            await trio.sleep_forever()
+
+    supervisor = Supervisor([ServiceSpec("probe", Probe, Journal())], state_dir=tmp_path)
+    await run_for(supervisor, 1)
+    assert seen == {"state_dir": tmp_path / "probe", "exists": True, "client": "probe"}
+
+
+def test_after_must_name_an_earlier_service() -> None:
+    journal = Journal()
+    with pytest.raises(ValueError, match="'after' names services that do not run before it: b"):
+        Supervisor([spec("a", journal, after=("b",)), spec("b", journal)])

@@ -1,0 +1,55 @@
+"""Logging: structlog, readable on a terminal, JSON lines otherwise (or when asked)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal, TextIO
+
+import structlog
+
+LogFormat = Literal["auto", "console", "json"]
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def configure_logging(
+    *, format: LogFormat = "auto", level: str = "info", stream: TextIO | None = None
+) -> None:
+    """Set up structlog for the process.
+
+    ``format="auto"`` renders for a person when ``stream`` is a terminal and as JSON lines otherwise (a
+    journal, a file, a pipe). Every line has a UTC ISO timestamp and a level; lines from a service carry
+    its name under ``service``.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
+    out = stream if stream is not None else sys.stderr
+    if format == "auto":
+        format = "console" if out.isatty() else "json"
+    renderer: structlog.typing.Processor
+    if format == "json":
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    elif format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    else:
+        raise ValueError(f"log format must be auto, console or json, not {format!r}")
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if format == "json":
+        processors.append(structlog.processors.dict_tracebacks)
+    processors.append(renderer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def service_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """The logger handed to a service: every line carries the service's name."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("vwos.service").bind(service=name)
+    return logger
