@@ -8,6 +8,9 @@ Typed values
     ``Literal[...]``, ...); `instances_of` draws instances of an attrs class from its fields' annotations.
 Bytes
     `mutated_bytes` damages a valid encoding (flips, overwrites, insertions, deletions, truncation, garbage).
+Config
+    `service_names`; `dependency_graphs` (acyclic ``after`` graphs), `cyclic_dependency_graphs`;
+    `toml_scalars`, `toml_values` (anything a TOML document can hold).
 """
 
 from __future__ import annotations
@@ -24,8 +27,13 @@ __all__ = [
     "cbor_scalars",
     "cbor_values",
     "cbor_values_with_tuples",
+    "cyclic_dependency_graphs",
+    "dependency_graphs",
     "instances_of",
     "mutated_bytes",
+    "service_names",
+    "toml_scalars",
+    "toml_values",
     "values_of_type",
     "wide_integers",
 ]
@@ -189,3 +197,60 @@ def mutated_bytes(draw: st.DrawFn, data: bytes) -> bytes:
             else:
                 del out[at]
     return bytes(out)
+
+
+# -- config: service dependency graphs and TOML values (tests/test_config.py) -------------------------------
+
+
+def service_names() -> st.SearchStrategy[str]:
+    """Valid service names: letters, digits, ``_`` and ``-``, not starting with ``-``."""
+    return st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_-]{0,11}\Z")
+
+
+@st.composite
+def dependency_graphs(draw: st.DrawFn, *, min_size: int = 1, max_size: int = 8) -> dict[str, list[str]]:
+    """An acyclic ``after`` graph: service name -> the names it starts after, keys in file order.
+
+    Edges follow a hidden topological order that is independent of the file order, so services often
+    depend on ones written after them. An ``after`` list may repeat a name.
+    """
+    names = draw(st.lists(service_names(), min_size=min_size, max_size=max_size, unique=True))
+    hidden = draw(st.permutations(names))  # a service may only depend on services before it here
+    graph: dict[str, list[str]] = {}
+    for name in names:
+        earlier = hidden[: hidden.index(name)]
+        graph[name] = draw(st.lists(st.sampled_from(earlier), max_size=3)) if earlier else []
+    return graph
+
+
+@st.composite
+def cyclic_dependency_graphs(draw: st.DrawFn, *, max_size: int = 8) -> tuple[dict[str, list[str]], list[str]]:
+    """A dependency graph with at least one cycle, and one cycle in it (``[a, b, ..., a]``: a after b ...)."""
+    graph = draw(dependency_graphs(min_size=1, max_size=max_size))
+    names = list(graph)
+    members = draw(st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True))
+    for name, nxt in zip(members, [*members[1:], members[0]], strict=True):
+        graph[name] = [*graph[name], nxt]
+    return graph, [*members, members[0]]
+
+
+def toml_scalars() -> st.SearchStrategy[object]:
+    """What TOML has for scalars: 64-bit integers, floats (nan and infinities too), booleans, strings."""
+    return st.one_of(
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.floats(),
+        st.booleans(),
+        st.text(max_size=10),
+    )
+
+
+def toml_values(*, max_leaves: int = 10) -> st.SearchStrategy[object]:
+    """Any value a TOML document can hold: scalars, arrays and tables, nested."""
+    return st.recursive(
+        toml_scalars(),
+        lambda children: st.one_of(
+            st.lists(children, max_size=4),
+            st.dictionaries(st.text(max_size=8), children, max_size=4),
+        ),
+        max_leaves=max_leaves,
+    )

@@ -125,7 +125,7 @@ async def test_wrong_request_or_response_type_is_refused(autojump_clock: trio.te
         await nursery.start(bus.client("body").serve, LOCK, wrong)
         app = bus.client("app")
         with pytest.raises(ValueRefusedError, match="expected a LockRequest argument"):
-            await app.call(LOCK, "lock")  # type: ignore[arg-type]
+            await app.call(LOCK, "lock")  # type: ignore[misc]
         with pytest.raises(RemoteError, match="handler returned str, expected bool"):
             await app.call(LOCK, LockRequest(lock=True))
         nursery.cancel_scope.cancel()

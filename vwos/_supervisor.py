@@ -320,6 +320,7 @@ class Supervisor:
             except trio.WouldBlock:
                 break
             if isinstance(event, _Exited) and event.stopped:
+                _log.info("service stopped", service=event.name)
                 with contextlib.suppress(TransitionError):
                     self._engine.on_stopped(event.name, self._clock())
 

@@ -1,0 +1,630 @@
+"""Build typed attrs objects from parsed TOML, strictly, reporting every problem with its exact key path.
+
+This is what turns a service's ``[services.NAME.config]`` table into its ``config_class``, and the config
+loader's own tables into their classes. It is deliberately strict -- TOML has real types, so nothing is
+coerced: no string becomes a number, no integer becomes a boolean. The one widening is integer -> float
+(``limit = 130`` for a ``float`` field).
+
+Supported field types: ``int``, ``float``, ``bool``, ``str``, ``pathlib.Path`` (from a string; a relative
+path is taken relative to ``base_dir`` when one is given), ``datetime``/``date``/``time`` (TOML's own),
+``enum.Enum`` subclasses (by value), ``typing.Literal``, ``X | None`` (TOML has no null: the key is simply
+left out to get the default), unions of the above, ``list[T]``, ``tuple[T, ...]``, fixed ``tuple[A, B]``,
+``Sequence[T]`` (built as a tuple), ``dict[K, T]`` / ``Mapping[K, T]`` (a table; ``K`` is ``str``, an enum
+or a ``Literal``), nested attrs classes (nested tables), and ``Any``.
+
+Every problem is collected, not just the first: a `Structurer` walks the whole value and records a
+`FieldProblem` (a key path and a message) for each thing that is wrong. Validators and converters of attrs
+fields run per field, so a failing validator is reported at the key it is about, with its own message.
+
+`describe_fields` documents an attrs class the same way (type, default, help text from
+``attrs.field(metadata={"help": ...})``), for generated TOML references.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import datetime
+import difflib
+import enum
+import math
+import re
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePath
+from typing import Any, Literal, TypeVar, Union, overload
+
+import attrs
+
+__all__ = [
+    "FieldDoc",
+    "FieldProblem",
+    "StructureError",
+    "Structurer",
+    "describe_fields",
+    "describe_value",
+    "expected_text",
+    "format_path",
+    "structure",
+    "suggest",
+    "toml_literal",
+    "type_text",
+    "unknown_key_message",
+]
+
+T = TypeVar("T")
+
+#: A key path: table keys (str) and array indices (int).
+KeyPath = tuple[str | int, ...]
+
+
+@attrs.frozen
+class FieldProblem:
+    """One thing wrong with a value: where (a key path) and what."""
+
+    path: KeyPath
+    message: str
+
+    def __str__(self) -> str:
+        where = format_path(self.path)
+        return f"{where}: {self.message}" if where else self.message
+
+
+class StructureError(ValueError):
+    """A value could not be built into the requested type; ``problems`` lists everything that was wrong."""
+
+    def __init__(self, problems: Sequence[FieldProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class _Invalid:
+    def __repr__(self) -> str:
+        return "INVALID"
+
+
+#: Returned by `Structurer.structure` for a value that could not be built (its problems are recorded).
+INVALID: Any = _Invalid()
+
+#: ``attrs.Factory`` is a class at runtime, though its stubs make it a function.
+_FACTORY: type[Any] = typing.cast("type[Any]", attrs.Factory)
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    """A key path as text, TOML style: ``services.overspeed.config.zones[2].name``.
+
+    Keys that are not bare TOML keys are quoted: ``labels."Vehicle.Speed"``.
+    """
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        key = part if _BARE_KEY.match(part) else _quote(part)
+        out = f"{out}.{key}" if out else key
+    return out
+
+
+def _quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in escaped)
+    return f'"{escaped}"'
+
+
+def suggest(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to ``word`` if one is close enough to be a likely typo, else None."""
+    lowered = {c.lower(): c for c in candidates}
+    if word.lower() in lowered:  # a difference in case only
+        return lowered[word.lower()]
+    matches = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.7)
+    return lowered[matches[0]] if matches else None
+
+
+def describe_value(value: object) -> str:
+    """A value as the error messages show it, naming its TOML type: ``the string 'fast'``."""
+    if isinstance(value, bool):
+        return f"the boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {_float_text(value)}"
+    if isinstance(value, str):
+        if not value:
+            return "an empty string"
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f"the string {shown!r}"
+    if isinstance(value, list):
+        return "an empty array" if not value else "an array"
+    if isinstance(value, dict):
+        return "an empty table" if not value else "a table"
+    if isinstance(value, datetime.datetime):
+        return f"the date-time {value.isoformat()}"
+    if isinstance(value, datetime.date):
+        return f"the date {value.isoformat()}"
+    if isinstance(value, datetime.time):
+        return f"the time {value.isoformat()}"
+    if value is None:
+        return "nothing (None)"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _float_text(value: float) -> str:
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return repr(value)
+
+
+def toml_literal(value: object) -> str:
+    """``value`` written as TOML (for defaults in generated references): ``30.0``, ``"info"``, ``[1, 2]``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _float_text(value)
+    if isinstance(value, str):
+        return _quote(value)
+    if isinstance(value, PurePath):
+        return _quote(str(value))
+    if isinstance(value, enum.Enum):
+        return toml_literal(value.value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, list | tuple | set | frozenset):
+        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
+    if isinstance(value, collections.abc.Mapping):
+        if not value:
+            return "{}"
+        return (
+            "{ " + ", ".join(f"{format_path([str(k)])} = {toml_literal(v)}" for k, v in value.items()) + " }"
+        )
+    cls = type(value)
+    if attrs.has(cls):
+        items = {f.alias: getattr(value, f.name) for f in attrs.fields(cls) if f.init}
+        return toml_literal(items)
+    return repr(value)
+
+
+# -- type descriptions ---------------------------------------------------------------------------------
+
+_NOUNS: dict[object, tuple[str, str, str]] = {
+    # type: (with article, bare, plural)
+    int: ("an integer", "integer", "integers"),
+    float: ("a number", "number", "numbers"),
+    bool: ("a boolean (true or false)", "boolean", "booleans"),
+    str: ("a string", "string", "strings"),
+    datetime.datetime: ("a date-time", "date-time", "date-times"),
+    datetime.date: ("a date", "date", "dates"),
+    datetime.time: ("a time", "time", "times"),
+}
+
+
+def _choices(values: Iterable[object]) -> str:
+    return ", ".join(repr(v) if isinstance(v, str) else toml_literal(v) for v in values)
+
+
+def _strip_optional(tp: Any) -> Any:
+    """``X | None`` -> ``X``; anything else unchanged."""
+    if _is_union(tp):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+        if len(args) < len(typing.get_args(tp)):
+            return Union[tuple(args)]  # noqa: UP007 -- built from a runtime tuple
+    return tp
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+def _noun(tp: Any, form: int) -> str:
+    """``form``: 0 with an article ("a number"), 1 bare ("number"), 2 plural ("numbers")."""
+    tp = _strip_optional(tp)
+    if tp in _NOUNS:
+        return _NOUNS[tp][form]
+    if tp is Any or tp is object:
+        return ("any value", "any", "values")[form]
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if _is_union(tp):
+        return " or ".join(_noun(a, form) for a in args)
+    if origin is Literal or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
+        values = args if origin is Literal else [m.value for m in tp]
+        listed = _choices(values)
+        return (f"one of {listed}", listed.replace(", ", " | "), f"values, each one of {listed}")[form]
+    if isinstance(tp, type) and issubclass(tp, PurePath):
+        return ("a path (a string)", "path", "paths")[form]
+    if isinstance(tp, type) and attrs.has(tp):
+        return ("a table", "table", "tables")[form]
+    if origin in _SEQUENCES or tp in _SEQUENCES:
+        if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis):
+            items = "nothing" if args == ((),) else ", ".join(_noun(a, 0) for a in args)
+            return (f"an array of exactly: {items}", f"array [{items}]", f"arrays [{items}]")[form]
+        item = _noun(args[0], 2) if args else "values"
+        return (f"an array of {item}", f"array of {item}", f"arrays of {item}")[form]
+    if origin in _MAPPINGS or tp in _MAPPINGS:
+        item = _noun(args[1], 2) if len(args) == 2 else "values"
+        return (f"a table of {item}", f"table of {item}", f"tables of {item}")[form]
+    name = getattr(tp, "__qualname__", None) or repr(tp)
+    return (f"a {name}", name, f"{name} values")[form]
+
+
+def expected_text(tp: Any) -> str:
+    """What a value of type ``tp`` looks like, for "expected ..." messages: ``an array of strings``."""
+    return _noun(tp, 0)
+
+
+def type_text(tp: Any) -> str:
+    """The type ``tp`` as a TOML reference shows it: ``number``, ``array of strings``, ``'a' | 'b'``."""
+    return _noun(tp, 1)
+
+
+_SEQUENCES: tuple[object, ...] = (
+    list,
+    tuple,
+    collections.abc.Sequence,
+    collections.abc.MutableSequence,
+    typing.List,  # noqa: UP006 -- the bare typing alias may be used unsubscripted
+    typing.Tuple,  # noqa: UP006
+    typing.Sequence,
+)
+_MAPPINGS: tuple[object, ...] = (
+    dict,
+    collections.abc.Mapping,
+    collections.abc.MutableMapping,
+    typing.Dict,  # noqa: UP006
+    typing.Mapping,
+)
+
+
+# -- structuring ---------------------------------------------------------------------------------------
+
+
+def _exception_message(exc: BaseException) -> str:
+    """The message of an exception raised by a validator or converter (attrs' own put extra args after it)."""
+    if exc.args and isinstance(exc.args[0], str) and exc.args[0]:
+        return exc.args[0]
+    return str(exc) or type(exc).__name__
+
+
+def _call_converter(converter: Any, value: object, instance: object, field: attrs.Attribute[Any]) -> object:
+    if isinstance(converter, attrs.Converter):
+        args: list[object] = [value]
+        if getattr(converter, "takes_self", False):
+            args.append(instance)
+        if getattr(converter, "takes_field", False):
+            args.append(field)
+        function: Any = getattr(converter, "converter")  # noqa: B009 -- not in attrs' stubs
+        return function(*args)
+    return converter(value)
+
+
+class Structurer:
+    """Builds values of given types from parsed TOML, recording every problem in ``problems``.
+
+    `structure` returns the built value, or `INVALID` after recording why not; use the module-level
+    `structure` function to get an exception instead. ``base_dir`` anchors relative paths.
+    """
+
+    def __init__(self, *, base_dir: Path | None = None) -> None:
+        self.base_dir = base_dir
+        self.problems: list[FieldProblem] = []
+        self._hints: dict[type, dict[str, Any]] = {}
+
+    def problem(self, path: KeyPath, message: str) -> None:
+        """Record a problem at ``path``."""
+        self.problems.append(FieldProblem(tuple(path), message))
+
+    def _wrong_type(self, value: object, tp: Any, path: KeyPath) -> Any:
+        self.problem(path, f"expected {expected_text(tp)}, got {describe_value(value)}")
+        return INVALID
+
+    def structure(self, value: object, tp: Any, path: KeyPath = ()) -> Any:
+        """``value`` built into ``tp``, or `INVALID` (with the problems recorded)."""
+        if tp is Any or tp is object:
+            return value
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin is typing.Annotated:
+            return self.structure(value, args[0], path)
+        if _is_union(tp):
+            return self._union(value, tp, path)
+        if origin is Literal:
+            return self._choice(value, tp, list(args), path)
+        if tp is bool:
+            return value if isinstance(value, bool) else self._wrong_type(value, tp, path)
+        if tp is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            return value if ok else self._wrong_type(value, tp, path)
+        if tp is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            return float(value) if ok else self._wrong_type(value, tp, path)  # type: ignore[arg-type]
+        if tp is str:
+            return value if isinstance(value, str) else self._wrong_type(value, tp, path)
+        if tp is datetime.datetime or tp is datetime.time:
+            return value if isinstance(value, tp) else self._wrong_type(value, tp, path)
+        if tp is datetime.date:
+            ok = isinstance(value, datetime.date) and not isinstance(value, datetime.datetime)
+            return value if ok else self._wrong_type(value, tp, path)
+        if isinstance(tp, type):
+            if issubclass(tp, PurePath):
+                return self._path(value, tp, path)
+            if issubclass(tp, enum.Enum):
+                return self._choice(value, tp, list(tp), path)
+            if attrs.has(tp):
+                return self._attrs(value, tp, path)
+        if origin in _SEQUENCES or tp in _SEQUENCES:
+            return self._sequence(value, tp, origin or tp, args, path)
+        if origin in _MAPPINGS or tp in _MAPPINGS:
+            return self._mapping(value, tp, args, path)
+        name = f"{tp.__module__}.{tp.__qualname__}" if isinstance(tp, type) else repr(tp)
+        self.problem(path, f"cannot be built from TOML: its type, {name}, is not supported")
+        return INVALID
+
+    def _union(self, value: object, tp: Any, path: KeyPath) -> Any:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        alternatives = [a for a in args if a is not type(None)]
+        if len(alternatives) == 1:
+            return self.structure(value, alternatives[0], path)
+        for alternative in alternatives:
+            trial = Structurer(base_dir=self.base_dir)
+            trial._hints = self._hints
+            result = trial.structure(value, alternative, path)
+            if not trial.problems:
+                return result
+        return self._wrong_type(value, tp, path)
+
+    def _choice(self, value: object, tp: Any, choices: list[Any], path: KeyPath) -> Any:
+        for choice in choices:
+            wanted = choice.value if isinstance(choice, enum.Enum) else choice
+            if type(wanted) is type(value) and wanted == value:
+                return choice
+        message = f"expected {expected_text(tp)}, got {describe_value(value)}"
+        if isinstance(value, str):
+            names = [c.value if isinstance(c, enum.Enum) else c for c in choices]
+            close = suggest(value, [n for n in names if isinstance(n, str)])
+            if close is not None:
+                message += f"; did you mean {close!r}?"
+        self.problem(path, message)
+        return INVALID
+
+    def _path(self, value: object, tp: type[PurePath], path: KeyPath) -> Any:
+        if not isinstance(value, str):
+            return self._wrong_type(value, tp, path)
+        if not value:
+            self.problem(path, "expected a path, got an empty string")
+            return INVALID
+        result = tp(value)
+        if self.base_dir is not None and issubclass(tp, Path) and not result.is_absolute():
+            result = tp(self.base_dir, result)
+        return result
+
+    def _sequence(self, value: object, tp: Any, origin: Any, args: tuple[Any, ...], path: KeyPath) -> Any:
+        if not isinstance(value, list):
+            return self._wrong_type(value, tp, path)
+        fixed = origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis)
+        if fixed:
+            types_ = [] if args == ((),) else list(args)
+            if len(value) != len(types_):
+                items = "item" if len(types_) == 1 else "items"
+                self.problem(path, f"expected an array of exactly {len(types_)} {items}, got {len(value)}")
+                return INVALID
+        else:
+            types_ = [args[0] if args else Any] * len(value)
+        before = len(self.problems)
+        items_ = [
+            self.structure(item, t, (*path, i)) for i, (item, t) in enumerate(zip(value, types_, strict=True))
+        ]
+        if len(self.problems) > before:
+            return INVALID
+        return items_ if origin in (list, collections.abc.MutableSequence, typing.List) else tuple(items_)  # noqa: UP006
+
+    def _mapping(self, value: object, tp: Any, args: tuple[Any, ...], path: KeyPath) -> Any:
+        if not isinstance(value, dict):
+            return self._wrong_type(value, tp, path)
+        key_type, item_type = args if len(args) == 2 else (Any, Any)
+        before = len(self.problems)
+        result = {}
+        for key, item in value.items():
+            built_key = self.structure(key, key_type, (*path, key))
+            built = self.structure(item, item_type, (*path, key))
+            result[built_key] = built
+        return INVALID if len(self.problems) > before else result
+
+    # -- attrs classes -------------------------------------------------------------------------------
+
+    def field_types(self, cls: type, path: KeyPath = ()) -> dict[str, Any] | None:
+        """The resolved types of the fields of the attrs class ``cls``, or None (with a problem) if they do
+        not resolve."""
+        if cls in self._hints:
+            return self._hints[cls]
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception as exc:
+            self.problem(
+                path,
+                f"cannot be built from TOML: the type annotations of {cls.__module__}.{cls.__qualname__} do "
+                f"not resolve ({type(exc).__name__}: {exc})",
+            )
+            return None
+        types_ = {}
+        for field in attrs.fields(cls):
+            if field.name in hints:
+                types_[field.name] = hints[field.name]
+            elif field.type is not None and not isinstance(field.type, str):
+                types_[field.name] = field.type
+            else:
+                types_[field.name] = Any
+        self._hints[cls] = types_
+        return types_
+
+    def table(self, value: object, cls: type, path: KeyPath = ()) -> dict[str, Any] | None:
+        """Check the table ``value`` against the attrs class ``cls`` key by key.
+
+        Returns the keys whose values are valid (built, converted and validated on their own, by their
+        ``__init__`` name; defaults are not filled in), recording problems for the others: unknown keys,
+        missing required keys, wrong types, converters and validators that raise. None if ``value`` is not
+        a table at all. ``cls(**result)`` builds the object when no problem was recorded.
+        """
+        if not isinstance(value, dict):
+            self._wrong_type(value, cls, path)
+            return None
+        types_ = self.field_types(cls, path)
+        if types_ is None:
+            return None
+        fields = [f for f in attrs.fields(cls) if f.init]
+        by_key = {f.alias: f for f in fields}
+        bare = self._bare_instance(cls)
+        good: dict[str, Any] = {}
+        for key, item in value.items():
+            field = by_key.get(key)
+            if field is None:
+                self.problem((*path, key), unknown_key_message(key, list(by_key)))
+                continue
+            key_path = (*path, key)
+            built = self.structure(item, types_[field.name], key_path)
+            if built is INVALID:
+                continue
+            try:
+                converted = (
+                    built if field.converter is None else _call_converter(field.converter, built, bare, field)
+                )
+                if bare is not None:
+                    object.__setattr__(bare, field.name, converted)
+                if field.validator is not None and bare is not None:
+                    try:
+                        field.validator(bare, field, converted)
+                    except AttributeError:
+                        pass  # it reads a field that is not there: the whole object is checked later
+            except Exception as exc:
+                self.problem(key_path, _exception_message(exc))
+                continue
+            good[key] = built
+        for field in fields:
+            if field.alias not in value and field.default is attrs.NOTHING:
+                self.problem(
+                    (*path, field.alias),
+                    f"required key is missing (expected {expected_text(types_[field.name])})",
+                )
+        return good
+
+    def _bare_instance(self, cls: type) -> object | None:
+        """An instance of ``cls`` bypassing ``__init__``, defaults set, for running validators one by one."""
+        try:
+            instance: object = object.__new__(cls)
+            for field in attrs.fields(cls):
+                default = field.default
+                if default is attrs.NOTHING:
+                    continue
+                if isinstance(default, _FACTORY):
+                    if default.takes_self:
+                        continue
+                    default = default.factory()
+                object.__setattr__(instance, field.name, default)
+        except Exception:
+            return None
+        return instance
+
+    def build(self, cls: type[T], values: dict[str, Any], path: KeyPath = ()) -> T | Any:
+        """``cls(**values)``, or `INVALID` with the exception's message recorded at ``path``."""
+        try:
+            return cls(**values)
+        except Exception as exc:
+            self.problem(path, _exception_message(exc))
+            return INVALID
+
+    def _attrs(self, value: object, cls: type, path: KeyPath) -> Any:
+        before = len(self.problems)
+        good = self.table(value, cls, path)
+        if good is None or len(self.problems) > before:
+            return INVALID
+        return self.build(cls, good, path)
+
+
+def unknown_key_message(key: str, valid: Sequence[str]) -> str:
+    """The message for an unknown ``key`` in a table whose keys are ``valid``: a suggestion, or the list."""
+    if not valid:
+        return "unknown key (this table takes no keys)"
+    close = suggest(key, valid)
+    if close is not None:
+        return f"unknown key; did you mean {close!r}?"
+    return f"unknown key (valid keys: {', '.join(valid)})"
+
+
+@overload
+def structure(value: object, tp: type[T], *, base_dir: Path | None = None) -> T: ...
+@overload
+def structure(value: object, tp: object, *, base_dir: Path | None = None) -> Any: ...
+def structure(value: object, tp: Any, *, base_dir: Path | None = None) -> Any:
+    """``value`` (parsed TOML) built into ``tp``; raises `StructureError` listing every problem."""
+    structurer = Structurer(base_dir=base_dir)
+    result = structurer.structure(value, tp)
+    if structurer.problems:
+        raise StructureError(structurer.problems)
+    return result
+
+
+# -- documentation -------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class FieldDoc:
+    """One key of a table, as a generated TOML reference shows it."""
+
+    #: The TOML key (the field's ``__init__`` name).
+    name: str
+    #: The expected type, in TOML words: ``number``, ``array of strings``, ``'a' | 'b'``.
+    type_text: str
+    #: The default written as TOML (``30.0``, ``"info"``), or None for a required key.
+    default_text: str | None
+    required: bool
+    #: From ``attrs.field(metadata={"help": ...})``; empty if none was given.
+    help: str
+    #: The keys of a nested table (a field whose type is an attrs class), else empty.
+    fields: tuple[FieldDoc, ...] = ()
+
+
+def describe_fields(cls: type) -> list[FieldDoc]:
+    """Document the keys of the attrs class ``cls``, in field order."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:
+        hints = {}
+    docs = []
+    for field in attrs.fields(cls):
+        if not field.init:
+            continue
+        tp = hints.get(field.name, field.type if not isinstance(field.type, str | None) else Any)
+        default = field.default
+        default_text: str | None
+        if default is attrs.NOTHING:
+            default_text = None
+        elif isinstance(default, _FACTORY):
+            default_text = "(computed)" if default.takes_self else _default_text(default.factory())
+        else:
+            default_text = _default_text(default)
+        inner = _strip_optional(tp)
+        nested = tuple(describe_fields(inner)) if isinstance(inner, type) and attrs.has(inner) else ()
+        docs.append(
+            FieldDoc(
+                name=field.alias,
+                type_text=type_text(tp),
+                default_text=default_text,
+                required=default is attrs.NOTHING,
+                help=str(field.metadata.get("help", "")),
+                fields=nested,
+            )
+        )
+    return docs
+
+
+def _default_text(value: object) -> str:
+    return "(not set)" if value is None else toml_literal(value)
