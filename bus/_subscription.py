@@ -43,8 +43,9 @@ class Subscription(Generic[T]):
     __slots__ = (
         "_closed",
         "_detach",
-        "_dropped",
         "_latest",
+        "_parked",
+        "_pushed",
         "_queue",
         "_received",
         "_space",
@@ -63,51 +64,48 @@ class Subscription(Generic[T]):
         capacity: int,
         overflow: Overflow,
         detach: Callable[[Subscription[Any]], None],
+        pushed: Callable[[], int],
+        parked: set[Subscription[Any]],
     ) -> None:
         self.client = client
         self.pattern = pattern
         self.capacity = capacity
         self.overflow = overflow
         self._detach = detach
-        self._queue: deque[Sample[T]] = deque()
+        #: How many samples the bus has pushed to this subscription so far (computed from the topics'
+        #: sequence numbers, so the hot path counts nothing): drops = pushed - received - queued.
+        self._pushed = pushed
+        # DROP_OLDEST: a deque with maxlen drops the oldest by itself, in C. BLOCK: the publisher never
+        # pushes to a full queue. LATEST: one slot per topic.
+        self._queue: deque[Sample[T]] = deque(maxlen=capacity if overflow is Overflow.DROP_OLDEST else None)
         self._latest: dict[str, Sample[T]] = {}
         self._received = 0
-        self._dropped = 0
+        self._parked = parked
         self._closed = False
         self._waiter: trio.lowlevel.Task | None = None
         self._space = trio.lowlevel.ParkingLot()
-        #: Called by the bus for each sample; the policy is chosen once, not per sample.
+        #: Called by the bus for each sample: for queues, the deque's own C ``append``.
         self.push: Callable[[Sample[T]], None]
         if overflow is Overflow.LATEST:
             self.push = self._push_latest
         else:
-            self.push = self._push_queue
+            self.push = self._queue.append
 
     # -- the bus's side ------------------------------------------------------------------------------
-
-    def _push_queue(self, sample: Sample[T]) -> None:
-        queue = self._queue
-        if len(queue) >= self.capacity:
-            # BLOCK subscribers are never pushed to when full: the publisher waited or raised first.
-            queue.popleft()
-            self._dropped += 1
-        queue.append(sample)
-        if self._waiter is not None:
-            trio.lowlevel.reschedule(self._waiter)
-            self._waiter = None
 
     def _push_latest(self, sample: Sample[T]) -> None:
         latest = self._latest
         topic = sample.topic
-        if topic in latest:
-            self._dropped += 1
-        elif len(latest) >= self.capacity:
+        if topic not in latest and len(latest) >= self.capacity:
             del latest[next(iter(latest))]
-            self._dropped += 1
         latest[topic] = sample
+
+    def wake(self) -> None:
+        """Wake the reader if it waits (the bus calls this after pushing)."""
         if self._waiter is not None:
             trio.lowlevel.reschedule(self._waiter)
             self._waiter = None
+            self._parked.discard(self)
 
     @property
     def full(self) -> bool:
@@ -170,9 +168,11 @@ class Subscription(Generic[T]):
         if self._waiter is not None:
             raise trio.BusyResourceError(f"another task is already receiving from {self.pattern!r}")
         self._waiter = trio.lowlevel.current_task()
+        self._parked.add(self)  # publishers look for readers to wake only while this set is not empty
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             self._waiter = None
+            self._parked.discard(self)
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
@@ -210,14 +210,15 @@ class Subscription(Generic[T]):
 
     def statistics(self) -> SubscriptionStatistics:
         """Queue depth, capacity, and how many samples were received and dropped."""
+        queued = len(self._queue) + len(self._latest)
         return SubscriptionStatistics(
             client=self.client,
             pattern=self.pattern,
             overflow=self.overflow,
             capacity=self.capacity,
-            queued=len(self._queue) + len(self._latest),
+            queued=queued,
             received=self._received,
-            dropped=self._dropped,
+            dropped=self._pushed() - self._received - queued,
         )
 
     @property
@@ -228,11 +229,11 @@ class Subscription(Generic[T]):
         """Unsubscribe. Samples already queued can still be read; then reads raise or iteration ends."""
         if self._closed:
             return
-        self._closed = True
+        pushed = self._pushed()
+        self._pushed = lambda: pushed  # frozen: nothing more is pushed
         self._detach(self)
-        if self._waiter is not None:
-            trio.lowlevel.reschedule(self._waiter)
-            self._waiter = None
+        self._closed = True
+        self.wake()
         self._space.unpark_all()
 
     def __enter__(self) -> Self:

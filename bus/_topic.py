@@ -88,20 +88,38 @@ def _build_checker(topic: Topic[Any]) -> Callable[[Any], Any]:
         return check_type
 
     allowed_set = frozenset(allowed) if allowed is not None else None
+    low = -math.inf if lo is None else lo
+    high = math.inf if hi is None else hi
+
+    def diagnose(value: Any) -> None:
+        if value != value:
+            refuse(value, "not a number (the topic has a declared range)")
+        if value < low:
+            refuse(value, f"below min {lo:g}{suffix}")
+        refuse(value, f"above max {hi:g}{suffix}")
+
+    def check_allowed(value: Any) -> Any:
+        if allowed_set is not None and value not in allowed_set:
+            refuse(value, f"not one of the allowed values {list(allowed or ())!r}")
+        return value
+
+    if allowed_set is None:
+
+        def check_range(value: Any) -> Any:
+            if type(value) is not vtype:
+                value = check_type(value)
+            if not low <= value <= high:  # false for NaN too
+                diagnose(value)
+            return value
+
+        return check_range
 
     def check_rules(value: Any) -> Any:
         if type(value) is not vtype:
             value = check_type(value)
-        if lo is not None or hi is not None:
-            if value != value:
-                refuse(value, "not a number (the topic has a declared range)")
-            if lo is not None and value < lo:
-                refuse(value, f"below min {lo:g}{suffix}")
-            if hi is not None and value > hi:
-                refuse(value, f"above max {hi:g}{suffix}")
-        if allowed_set is not None and value not in allowed_set:
-            refuse(value, f"not one of the allowed values {list(allowed or ())!r}")
-        return value
+        if (lo is not None or hi is not None) and not low <= value <= high:
+            diagnose(value)
+        return check_allowed(value)
 
     return check_rules
 
