@@ -318,7 +318,8 @@ class BusClient:
         seq = state.seq + 1
         state.seq = seq
         sample: Sample[Any] = _new_sample(
-            Sample, (state.name, value, _now() if timestamp is None else timestamp, self._clock(), self.name, seq)
+            Sample,
+            (state.name, value, _now() if timestamp is None else timestamp, self._clock(), self.name, seq),
         )
         state.latest = sample
         for push in state.pushes:

@@ -8,6 +8,11 @@ Typed values
     ``Literal[...]``, ...); `instances_of` draws instances of an attrs class from its fields' annotations.
 Bytes
     `mutated_bytes` damages a valid encoding (flips, overwrites, insertions, deletions, truncation, garbage).
+Bus
+    `topic_names`, `patterns` (with ``*`` and ``**``), `topic_values` for a topic's rules.
+Restart policy
+    `backoff_policies`, `supervisor_policies`, `child_specs`, and `steps` of a simulated supervisor driver
+    (`Step`, `DriverAction`).
 Config
     `service_names`; `dependency_graphs` (acyclic ``after`` graphs), `cyclic_dependency_graphs`;
     `toml_scalars`, `toml_values` (anything a TOML document can hold).
@@ -23,17 +28,27 @@ from typing import Any, Literal
 import attrs
 from hypothesis import strategies as st
 
+from vwos._policy import BackoffPolicy, ChildSpec, Exit, Restart, Strategy, SupervisorPolicy
+
 __all__ = [
+    "DriverAction",
+    "Step",
+    "backoff_policies",
     "cbor_scalars",
     "cbor_values",
     "cbor_values_with_tuples",
+    "child_specs",
     "cyclic_dependency_graphs",
     "dependency_graphs",
     "instances_of",
     "mutated_bytes",
+    "patterns",
     "service_names",
+    "steps",
+    "supervisor_policies",
     "toml_scalars",
     "toml_values",
+    "topic_names",
     "values_of_type",
     "wide_integers",
 ]
@@ -254,3 +269,110 @@ def toml_values(*, max_leaves: int = 10) -> st.SearchStrategy[object]:
         ),
         max_leaves=max_leaves,
     )
+
+
+# -- bus: names and patterns (tests/test_pattern.py) --------------------------------------------------------
+
+_SEGMENTS = st.sampled_from(["Vehicle", "Cabin", "Door", "Row1", "Left", "Speed", "IsLocked", "A", "b_2"])
+
+
+def topic_names(*, max_depth: int = 5) -> st.SearchStrategy[str]:
+    """Dot-path topic names over a small alphabet of segments, so that patterns hit them often."""
+    return st.lists(_SEGMENTS, min_size=1, max_size=max_depth).map(".".join)
+
+
+def patterns(*, max_depth: int = 5) -> st.SearchStrategy[str]:
+    """Subscription patterns: names whose segments may also be ``*`` or ``**``."""
+    segment = st.one_of(_SEGMENTS, st.just("*"), st.just("**"))
+    return st.lists(segment, min_size=1, max_size=max_depth).map(".".join)
+
+
+# -- restart policy (tests/test_policy.py) ------------------------------------------------------------------
+
+
+def _seconds(max_value: float) -> st.SearchStrategy[float]:
+    return st.floats(min_value=0.0, max_value=max_value, allow_nan=False, allow_infinity=False)
+
+
+def backoff_policies(*, max_seconds: float = 100.0) -> st.SearchStrategy[BackoffPolicy]:
+    """Any valid backoff policy with delays up to ``max_seconds``, including the edges (zero delays, no
+    jitter, full jitter)."""
+    return st.builds(
+        BackoffPolicy,
+        initial=_seconds(max_seconds / 10),
+        multiplier=st.floats(min_value=1.0, max_value=10.0),
+        max_delay=_seconds(max_seconds),
+        jitter=st.floats(min_value=0.0, max_value=1.0),
+        reset_after=_seconds(max_seconds),
+    )
+
+
+def supervisor_policies() -> st.SearchStrategy[SupervisorPolicy]:
+    """Any strategy, with small intensities so that escalation is reached often."""
+    return st.builds(
+        SupervisorPolicy,
+        strategy=st.sampled_from(Strategy),
+        intensity=st.integers(min_value=0, max_value=5),
+        period=st.floats(min_value=0.1, max_value=60.0),
+    )
+
+
+@st.composite
+def child_specs(
+    draw: st.DrawFn, *, min_size: int = 1, max_size: int = 5, max_seconds: float = 10.0
+) -> list[ChildSpec]:
+    """A start-ordered list of children with unique names ``c0``, ``c1``, ..., backoffs up to
+    ``max_seconds`` (short, so that simulated runs get through many restarts)."""
+    size = draw(st.integers(min_value=min_size, max_value=max_size))
+    return [
+        ChildSpec(
+            f"c{i}",
+            restart=draw(st.sampled_from(Restart)),
+            backoff=draw(backoff_policies(max_seconds=max_seconds)),
+        )
+        for i in range(size)
+    ]
+
+
+class DriverAction(enum.Enum):
+    """What a simulated driver does in one step."""
+
+    TICK = "tick"  # let time pass
+    READY = "ready"  # a starting child becomes ready
+    EXIT = "exit"  # an active child (starting, running or stopping) ends on its own
+    STOPPED = "stopped"  # a child being stopped finishes stopping
+    OPERATOR_STOP = "operator_stop"
+    OPERATOR_START = "operator_start"
+
+
+@attrs.frozen
+class Step:
+    """One step of a simulated driver: after ``dt`` seconds, do ``action`` to the ``pick``-th candidate."""
+
+    action: DriverAction
+    pick: int
+    exit: Exit
+    dt: float
+
+
+def steps(
+    *, operator: bool = True, min_size: int = 20, max_size: int = 100, max_dt: float = 10.0
+) -> st.SearchStrategy[list[Step]]:
+    """Sequences of driver steps; ``operator=False`` leaves out operator stops and starts.
+
+    Long by default (hypothesis draws short lists otherwise), so that runs get to restarts and escalation.
+    """
+    actions = [action for action in DriverAction if operator or not action.name.startswith("OPERATOR")]
+    # Bias towards exits and readiness, so that runs reach restarts and escalation.
+    weighted = st.one_of(
+        st.sampled_from([DriverAction.EXIT, DriverAction.READY, DriverAction.STOPPED, DriverAction.TICK]),
+        st.sampled_from(actions),
+    )
+    step = st.builds(
+        Step,
+        action=weighted,
+        pick=st.integers(min_value=0, max_value=10),
+        exit=st.sampled_from(Exit),
+        dt=st.one_of(st.just(0.0), _seconds(max_dt)),
+    )
+    return st.lists(step, min_size=min_size, max_size=max_size)

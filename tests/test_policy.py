@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 import pytest
-from _policy_strategies import Action, Step, backoff_policies, child_specs, steps, supervisor_policies
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import DriverAction as Action
+from strategies import Step, backoff_policies, child_specs, steps, supervisor_policies
 
 from vwos._policy import (
     BackoffPolicy,

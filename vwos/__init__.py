@@ -1,6 +1,15 @@
 """vwos: the runtime — service API, supervisor, restart policy, logging. See ``docs/``."""
 
+from vwos._config import (
+    ConfigError,
+    ConfiguredService,
+    Problem,
+    SupervisorConfig,
+    load_config,
+    parse_config,
+)
 from vwos._logging import configure_logging
+from vwos._plugins import PluginError, PluginInfo, installed_plugins, load_plugin
 from vwos._policy import (
     BackoffPolicy,
     ChildSpec,
@@ -21,9 +30,14 @@ __all__ = [
     "BackoffPolicy",
     "ChildSpec",
     "ChildStatus",
+    "ConfigError",
+    "ConfiguredService",
     "Decision",
     "Exit",
     "NoConfig",
+    "PluginError",
+    "PluginInfo",
+    "Problem",
     "Restart",
     "RestartEngine",
     "Service",
@@ -33,8 +47,13 @@ __all__ = [
     "State",
     "Strategy",
     "Supervisor",
+    "SupervisorConfig",
     "SupervisorGaveUp",
     "SupervisorPolicy",
     "TransitionError",
     "configure_logging",
+    "installed_plugins",
+    "load_config",
+    "load_plugin",
+    "parse_config",
 ]

@@ -80,7 +80,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -492,7 +492,7 @@ class _Loader:
         )
 
 
-def start_order(after: dict[str, Sequence[str]]) -> tuple[list[str], list[list[str]]]:
+def start_order(after: Mapping[str, Sequence[str]]) -> tuple[list[str], list[list[str]]]:
     """Order names so that each comes after all the names it lists, ties going to the earlier key.
 
     ``after`` maps each name (in file order) to the names it starts after; names it lists that are not keys

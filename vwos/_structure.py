@@ -23,6 +23,7 @@ fields run per field, so a failing validator is reported at the key it is about,
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import datetime
 import difflib
 import enum
@@ -109,8 +110,13 @@ def format_path(path: Iterable[str | int]) -> str:
 
 def _quote(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    escaped = "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in escaped)
+    escaped = "".join(ch if ch.isprintable() else _escape(ch) for ch in escaped)
     return f'"{escaped}"'
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def suggest(word: str, candidates: Iterable[str]) -> str | None:
@@ -226,12 +232,15 @@ def _is_union(tp: Any) -> bool:
 def _noun(tp: Any, form: int) -> str:
     """``form``: 0 with an article ("a number"), 1 bare ("number"), 2 plural ("numbers")."""
     tp = _strip_optional(tp)
-    if tp in _NOUNS:
-        return _NOUNS[tp][form]
+    for known, nouns in _NOUNS.items():
+        if tp is known:
+            return nouns[form]
     if tp is Any or tp is object:
         return ("any value", "any", "values")[form]
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is typing.Annotated:
+        return _noun(args[0], form)
     if _is_union(tp):
         return " or ".join(_noun(a, form) for a in args)
     if origin is Literal or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
@@ -249,7 +258,9 @@ def _noun(tp: Any, form: int) -> str:
         item = _noun(args[0], 2) if args else "values"
         return (f"an array of {item}", f"array of {item}", f"arrays of {item}")[form]
     if origin in _MAPPINGS or tp in _MAPPINGS:
-        item = _noun(args[1], 2) if len(args) == 2 else "values"
+        if len(args) != 2 or args[1] is Any or args[1] is object:
+            return ("a table", "table", "tables")[form]
+        item = _noun(args[1], 2)
         return (f"a table of {item}", f"table of {item}", f"tables of {item}")[form]
     name = getattr(tp, "__qualname__", None) or repr(tp)
     return (f"a {name}", name, f"{name} values")[form]
@@ -482,39 +493,72 @@ class Structurer:
             return None
         fields = [f for f in attrs.fields(cls) if f.init]
         by_key = {f.alias: f for f in fields}
-        bare = self._bare_instance(cls)
-        good: dict[str, Any] = {}
+        built: dict[str, Any] = {}  # by key, in the table's order
+        failed: set[str] = set()
         for key, item in value.items():
             field = by_key.get(key)
             if field is None:
                 self.problem((*path, key), unknown_key_message(key, list(by_key)))
                 continue
-            key_path = (*path, key)
-            built = self.structure(item, types_[field.name], key_path)
-            if built is INVALID:
-                continue
-            try:
-                converted = (
-                    built if field.converter is None else _call_converter(field.converter, built, bare, field)
-                )
-                if bare is not None:
-                    object.__setattr__(bare, field.name, converted)
-                if field.validator is not None and bare is not None:
-                    try:
-                        field.validator(bare, field, converted)
-                    except AttributeError:
-                        pass  # it reads a field that is not there: the whole object is checked later
-            except Exception as exc:
-                self.problem(key_path, _exception_message(exc))
-                continue
-            good[key] = built
+            result = self.structure(item, types_[field.name], (*path, key))
+            if result is INVALID:
+                failed.add(field.name)
+            else:
+                built[key] = result
         for field in fields:
             if field.alias not in value and field.default is attrs.NOTHING:
                 self.problem(
                     (*path, field.alias),
                     f"required key is missing (expected {expected_text(types_[field.name])})",
                 )
-        return good
+        return self._check_fields(cls, fields, built, failed, path)
+
+    def _check_fields(
+        self,
+        cls: type,
+        fields: list[attrs.Attribute[Any]],
+        built: dict[str, Any],
+        failed: set[str],
+        path: KeyPath,
+    ) -> dict[str, Any]:
+        """Run the converters, then the validators, of the fields in ``built`` as ``__init__`` would (in
+        field order), each on its own: a field whose converter or validator raises is left out."""
+        bare = self._bare_instance(cls)
+        for field in fields:  # a value that failed is not there, rather than its default
+            if field.name in failed and bare is not None:
+                with contextlib.suppress(AttributeError):
+                    object.__delattr__(bare, field.name)
+        good: dict[str, Any] = {}
+        for field in fields:
+            if field.alias not in built:
+                continue
+            value = built[field.alias]
+            try:
+                converted = (
+                    value if field.converter is None else _call_converter(field.converter, value, bare, field)
+                )
+            except Exception as exc:
+                self.problem((*path, field.alias), _exception_message(exc))
+                if bare is not None:
+                    with contextlib.suppress(AttributeError):
+                        object.__delattr__(bare, field.name)
+                continue
+            if bare is not None:
+                object.__setattr__(bare, field.name, converted)
+            good[field.alias] = value
+        if bare is None:
+            return good
+        for field in fields:
+            if field.alias not in good or field.validator is None:
+                continue
+            try:
+                field.validator(bare, field, getattr(bare, field.name))
+            except AttributeError:
+                pass  # it reads a field that is missing or wrong, already reported
+            except Exception as exc:
+                self.problem((*path, field.alias), _exception_message(exc))
+                del good[field.alias]
+        return {key: good[key] for key in built if key in good}  # the table's order
 
     def _bare_instance(self, cls: type) -> object | None:
         """An instance of ``cls`` bypassing ``__init__``, defaults set, for running validators one by one."""

@@ -1,0 +1,126 @@
+"""The benchmarks in ``bench/`` run, tiny, and report what they promise: no timing is checked here.
+
+Each benchmark is a case of `CASES`: its script runs as a subprocess with ``--json`` and a tiny workload, and
+must print exactly one JSON object whose figures are positive numbers and whose drop counts are 0.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+#: A benchmark that has not finished by then is hung, not slow.
+TIMEOUT = 120
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark script and what its ``--json`` object must hold."""
+
+    script: str
+    #: A workload small enough for the test suite.
+    args: tuple[str, ...]
+    #: Keys whose values must be positive numbers.
+    positive: tuple[str, ...]
+    #: Keys whose values must be 0 (samples dropped, errors).
+    zero: tuple[str, ...] = ()
+    #: Keys that may be null, but only when the module named is not installed (an optional reference).
+    optional: Mapping[str, str] = field(default_factory=dict)
+    #: Text the human-readable table must contain.
+    table_mentions: tuple[str, ...] = ()
+
+
+CASES = [
+    Case(
+        "bus.py",
+        ("--samples", "2000", "--repeat", "2"),
+        positive=(
+            "delivered_per_s_1to1",
+            "delivered_per_s_1to10",
+            "p50_latency_us_1to1",
+            "p99_latency_us_1to1",
+            "zenoh_per_s_1to1",
+            "trio_channel_per_s_1to1",
+        ),
+        zero=("dropped_1to1", "dropped_1to10", "zenoh_dropped_1to1"),
+        optional={"zenoh_per_s_1to1": "zenoh", "zenoh_dropped_1to1": "zenoh"},
+        table_mentions=("vwos 1 -> 1 delivered", "zenoh", "trio memory channel", "goal"),
+    ),
+]
+
+
+def run_bench(script: str, *args: str, python_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *python_args, str(BENCH / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.script)
+def test_json_figures(case: Case) -> None:
+    proc = run_bench(case.script, "--json", *case.args)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)  # exactly one JSON value: anything else on stdout fails here
+    assert isinstance(result, dict)
+    for key in (*case.positive, *case.zero):
+        assert key in result, f"{case.script}: no {key!r} in {sorted(result)}"
+        value = result[key]
+        if value is None and key in case.optional:
+            module = case.optional[key]
+            assert not installed(module), f"{key} is null although {module} is installed"
+            continue
+        assert is_number(value), f"{key} = {value!r} is not a number"
+        if key in case.zero:
+            assert value == 0, f"{key} = {value!r}"
+        else:
+            assert value > 0, f"{key} = {value!r}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.script)
+def test_table(case: Case) -> None:
+    proc = run_bench(case.script, *case.args)
+    assert proc.returncode == 0, proc.stderr
+    for text in case.table_mentions:
+        assert text in proc.stdout
+
+
+def test_bus_without_zenoh() -> None:
+    """Without zenoh, the bus benchmark reports its figure as null, says why, and still measures the rest."""
+    hide_zenoh = (
+        "import runpy, sys; sys.modules['zenoh'] = None; script = sys.argv[1]; sys.argv = sys.argv[1:]; "
+        "runpy.run_path(script, run_name='__main__')"
+    )
+    args = ("--samples", "500", "--repeat", "1")
+    proc = run_bench("bus.py", "--json", *args, python_args=("-c", hide_zenoh))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["zenoh_per_s_1to1"] is None
+    assert result["vwos_vs_zenoh_1to1"] is None
+    assert "zenoh is not importable" in result["zenoh_unavailable"]
+    assert result["delivered_per_s_1to1"] > 0
+    table = run_bench("bus.py", *args, python_args=("-c", hide_zenoh))
+    assert table.returncode == 0, table.stderr
+    assert "zenoh not measured: zenoh is not importable" in table.stdout
