@@ -270,7 +270,7 @@ def test_permissions_list_only_what_is_granted() -> None:
     assert service.permissions.publish == ()  # present: deny by default
 
 
-def test_service_without_config_gets_none_or_its_empty_class() -> None:
+def test_service_without_config_gets_an_empty_config() -> None:
     bare, gateway = parse(
         f"""
         [services.bare]
@@ -280,7 +280,7 @@ def test_service_without_config_gets_none_or_its_empty_class() -> None:
         config = {{}}
         """
     ).services
-    assert bare.config is None
+    assert bare.config == NoConfig()  # Service[None] means Service[NoConfig]
     assert gateway.config == NoConfig()
 
 

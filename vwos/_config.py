@@ -430,11 +430,10 @@ class _Loader:
             return entry
         config_class = entry.service_class.config_class
         config = entry.values.get("config", {})
-        none = config_class is type(None)  # Service[None]
-        if none or (attrs.has(config_class) and not any(f.init for f in attrs.fields(config_class))):
+        if attrs.has(config_class) and not any(f.init for f in attrs.fields(config_class)):
             for key in config:
                 self.problem((*path, "config", key), f"unknown key: {ref} takes no config")
-            entry.config = None if none else config_class()
+            entry.config = config_class()
             return entry
         entry.config = self.structurer.structure(config, config_class, (*path, "config"))
         return entry

@@ -68,7 +68,9 @@ class Service(Generic[ConfigT]):
         for base in getattr(cls, "__orig_bases__", ()):
             if typing.get_origin(base) is Service:
                 (arg,) = typing.get_args(base)
-                if isinstance(arg, type):
+                if arg is None or arg is type(None):
+                    cls.config_class = NoConfig  # ``Service[None]``: takes no config
+                elif isinstance(arg, type):
                     cls.config_class = arg
                 return
 
