@@ -3,7 +3,7 @@
 The bus knows nothing of supervisors, CAN or MQTT. See ``docs/bus.md``.
 """
 
-from bus._bus import DEFAULT_CALL_TIMEOUT, Bus, BusClient, BusStatistics, TopicStatistics
+from bus._bus import DEFAULT_CALL_TIMEOUT, Bus, BusClient, BusStatistics, Publisher, TopicStatistics
 from bus._codec import Codec, default_codec
 from bus._errors import (
     BusError,
@@ -43,6 +43,7 @@ __all__ = [
     "Overflow",
     "PermissionDeniedError",
     "Permissions",
+    "Publisher",
     "QoS",
     "RemoteError",
     "Sample",

@@ -19,6 +19,7 @@ from bus import (
     QoS,
     Sample,
     StaleValueError,
+    Subscription,
     Topic,
     TopicError,
     UnknownTopicError,
@@ -372,3 +373,65 @@ async def test_statistics_count_published_samples_per_topic() -> None:
         client.publish_nowait(SPEED, 1.0)
     (speed,) = bus.statistics().topics
     assert (speed.name, speed.type, speed.published) == ("Vehicle.Speed", "float", 3)
+
+
+# -- declared publishers -------------------------------------------------------------------------------
+
+
+async def test_declared_publisher_checks_permission_once_and_publishes_typed_values() -> None:
+    bus = Bus()
+    client = bus.client("gw", Permissions(publish=["Vehicle.Speed"], subscribe=["**"]))
+    speed = client.publisher(SPEED)
+    assert client.publisher(SPEED) is speed  # one per topic
+    with client.subscribe(SPEED) as sub:
+        first = speed.publish_nowait(10.0)
+        second = client.publish_nowait(SPEED, 20.0)  # the same publisher underneath
+        got = sub.receive_batch_nowait()
+    assert [s.seq for s in got] == [first.seq, second.seq] == [1, 2]
+    with pytest.raises(ValueRefusedError, match="above max"):
+        speed.publish_nowait(1000.0)
+    with pytest.raises(PermissionDeniedError):
+        client.publisher(LOCKED)
+
+
+async def test_declared_publisher_dies_with_its_client() -> None:
+    client = Bus().client("svc")
+    speed = client.publisher(SPEED)
+    client.close()
+    with pytest.raises(trio.ClosedResourceError, match="bus client 'svc' is closed"):
+        speed.publish_nowait(1.0)
+
+
+async def test_declared_publisher_of_an_undeclared_name_is_refused() -> None:
+    with pytest.raises(UnknownTopicError):
+        Bus().client("svc").publisher("Vehicle.Nope")
+
+
+async def test_readers_of_other_topics_waiting_do_not_disturb_delivery(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bus = Bus()
+    client = bus.client("svc")
+    got: list[float] = []
+
+    async def idle_reader() -> None:
+        with client.subscribe(LOCKED) as sub:
+            await sub.receive()
+
+    async def reader(sub: Subscription[float]) -> None:
+        async for sample in sub:
+            got.append(sample.value)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(idle_reader)
+        speeds = client.subscribe(SPEED)
+        nursery.start_soon(reader, speeds)
+        await trio.testing.wait_all_tasks_blocked()
+        for v in range(3):
+            client.publish_nowait(SPEED, float(v))
+            await trio.sleep(1)
+        client.publish_nowait(LOCKED, True)  # wakes the idle readers
+        await trio.sleep(1)
+        speeds.close()
+    assert got == [0.0, 1.0, 2.0]
