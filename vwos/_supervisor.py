@@ -287,7 +287,6 @@ class Supervisor:
             if event.incarnation != self._children[event.name].incarnation:
                 return None
             if event.stopped:
-                _log.info("service stopped", service=event.name)
                 engine.on_stopped(event.name, now)
                 return None
             log = _log.info if event.exit is Exit.NORMAL else _log.error
@@ -320,7 +319,6 @@ class Supervisor:
             except trio.WouldBlock:
                 break
             if isinstance(event, _Exited) and event.stopped:
-                _log.info("service stopped", service=event.name)
                 with contextlib.suppress(TransitionError):
                     self._engine.on_stopped(event.name, self._clock())
 
@@ -418,7 +416,9 @@ class Supervisor:
         child.scope.cancel()
         with trio.move_on_after(child.spec.stop_timeout) as timeout:
             await child.done.wait()
-        if timeout.cancelled_caught:
+        if not timeout.cancelled_caught:
+            _log.info("service stopped", service=name)
+        else:
             _log.error(
                 "service did not stop within its stop timeout; left behind",
                 service=name,
