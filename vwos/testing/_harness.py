@@ -14,7 +14,7 @@ import trio
 from bus import Bus, BusClient, Method, Overflow, Permissions, Sample, Topic, matches
 from vwos._policy import SupervisorPolicy
 from vwos._service import Service
-from vwos._supervisor import ServiceSpec, ServiceStatus, Supervisor
+from vwos._supervisor import ServiceSpec, ServiceStatus, Supervisor, SupervisorGaveUp
 
 T = TypeVar("T")
 Req = TypeVar("Req")
@@ -143,6 +143,13 @@ class Harness:
         return {row.name: row for row in self.supervisor.status()}
 
 
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _spec(item: Service[Any] | ServiceSpec) -> ServiceSpec:
     if isinstance(item, ServiceSpec):
         return item
@@ -190,11 +197,18 @@ async def open_harness(
                         break
                 harness._note()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(record)
-            await nursery.start(supervisor.run)
-            try:
-                yield harness
-            finally:
-                supervisor.shutdown()
-                tap.close()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(record)
+                await nursery.start(supervisor.run)
+                try:
+                    yield harness
+                finally:
+                    supervisor.shutdown()
+                    tap.close()
+        except BaseExceptionGroup as group:
+            # A service failure ends the test as itself, not wrapped: pytest.raises(SupervisorGaveUp) works.
+            gave_up, rest = group.split(SupervisorGaveUp)
+            if gave_up is not None and rest is None:
+                raise _first_leaf(gave_up) from group
+            raise

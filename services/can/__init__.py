@@ -1,0 +1,56 @@
+"""The CAN gateway: CAN networks as typed bus topics (SocketCAN, python-can), and the CAN tools.
+
+See ``docs/can.md``.
+"""
+
+from services.can._codec import (
+    STALE_AFTER_CYCLES,
+    CanCodec,
+    CanDatabaseError,
+    EncodeError,
+    Frame,
+    FrameError,
+    SignalMapping,
+    load_database,
+)
+from services.can._gateway import (
+    Actuator,
+    CanGateway,
+    CyclicMessage,
+    GatewayConfig,
+    LinkStatus,
+    SendRequest,
+    send_method,
+    status_topic,
+)
+from services.can._transport import (
+    CanTransport,
+    LinkDownError,
+    MemoryTransport,
+    PythonCanTransport,
+    open_python_can,
+)
+
+__all__ = [
+    "STALE_AFTER_CYCLES",
+    "Actuator",
+    "CanCodec",
+    "CanDatabaseError",
+    "CanGateway",
+    "CanTransport",
+    "CyclicMessage",
+    "EncodeError",
+    "Frame",
+    "FrameError",
+    "GatewayConfig",
+    "LinkDownError",
+    "LinkStatus",
+    "MemoryTransport",
+    "PythonCanTransport",
+    "SendRequest",
+    "SignalMapping",
+    "load_database",
+    "open_python_can",
+    "send_method",
+    "status_topic",
+]

@@ -1,0 +1,375 @@
+"""The CAN gateway service: a car's CAN traffic becomes typed bus topics, bus requests become frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import can
+import trio
+
+from bus import Method, Publisher, Topic, default_codec
+from services.can._codec import CanCodec, EncodeError, FrameError, SignalMapping, load_database
+from services.can._transport import CanTransport, LinkDownError, ReceiveMode, open_python_can
+from vwos import Service, ServiceContext
+
+#: SocketCAN error class bit of a bus-off error frame (linux/can/error.h, CAN_ERR_BUSOFF).
+CAN_ERR_BUSOFF = 0x40
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"must be positive, not {value}")
+
+
+def _network_name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not value.isidentifier():
+        raise ValueError(
+            f"{value!r} must be a name of letters, digits and underscores (it goes in topic names)"
+        )
+
+
+@attrs.frozen
+class CyclicMessage:
+    """A message the gateway sends every ``period`` seconds, with signal values that `Send` can change."""
+
+    message: str
+    period: float = attrs.field(validator=_positive, metadata={"help": "seconds"})
+    signals: dict[str, float] = attrs.field(factory=dict, metadata={"help": "initial signal values"})
+
+
+@attrs.frozen
+class Actuator:
+    """A bus topic whose samples are sent as one signal of a message (``value * scale + offset``)."""
+
+    topic: str
+    message: str
+    signal: str
+    type: Literal["float", "int", "bool"] = "float"
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+@attrs.frozen
+class GatewayConfig:
+    database: Path = attrs.field(metadata={"help": "the CAN database (DBC, KCD, SYM, ARXML)"})
+    network: str = attrs.field(
+        default="can0", validator=_network_name, metadata={"help": "the network's name in topic names"}
+    )
+    interface: str = attrs.field(default="socketcan", metadata={"help": "a python-can interface"})
+    channel: str = attrs.field(default="vcan0", metadata={"help": "the interface's channel"})
+    bitrate: int | None = attrs.field(default=None, metadata={"help": "for interfaces that set it"})
+    fd: bool = attrs.field(default=False, metadata={"help": "CAN FD frames"})
+    strict: bool = attrs.field(
+        default=True, metadata={"help": "false for real-world databases with overlaps"}
+    )
+    message_topics: bool = attrs.field(
+        default=True, metadata={"help": "one topic per message, CAN.<network>.<Message>"}
+    )
+    signals: tuple[SignalMapping, ...] = attrs.field(
+        default=(), metadata={"help": "signals under names of their own"}
+    )
+    transmit: tuple[str, ...] = attrs.field(
+        default=(), metadata={"help": "messages the Send method may send; '*' for all"}
+    )
+    cyclic: tuple[CyclicMessage, ...] = ()
+    actuators: tuple[Actuator, ...] = ()
+    kernel_filters: bool = attrs.field(
+        default=True, metadata={"help": "let the kernel drop frames nobody wants"}
+    )
+    receive_mode: ReceiveMode = attrs.field(default="auto", metadata={"help": "auto | fd | thread | poll"})
+    poll_interval: float = attrs.field(
+        default=0.01, validator=_positive, metadata={"help": "seconds, for poll"}
+    )
+    reconnect_initial: float = attrs.field(default=0.1, validator=_positive)
+    reconnect_max: float = attrs.field(default=5.0, validator=_positive)
+    status_period: float = attrs.field(
+        default=1.0, validator=_positive, metadata={"help": "seconds between status samples"}
+    )
+    log_interval: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata={"help": "at most one log line per problem kind this often"},
+    )
+
+
+@default_codec.register(name="vwos.can.SendRequest")
+@attrs.frozen
+class SendRequest:
+    """The argument of ``CAN.<network>.Send``: a message name and the signal values to set."""
+
+    message: str
+    signals: dict[str, float] = attrs.field(factory=dict)
+
+
+@default_codec.register(name="vwos.can.LinkStatus")
+@attrs.frozen
+class LinkStatus:
+    """What ``CAN.<network>.Status`` carries."""
+
+    state: str  # "up" or "down"
+    reason: str
+    mode: str
+    frames_received: int
+    frames_sent: int
+    unknown_ids: int
+    wrong_lengths: int
+    undecodable: int
+    error_frames: int
+    bus_off: int
+    reconnects: int
+
+
+def status_topic(network: str) -> Topic[LinkStatus]:
+    return Topic(f"CAN.{network}.Status", LinkStatus, description=f"health of CAN network {network}")
+
+
+def send_method(network: str) -> Method[SendRequest, bool]:
+    return Method(f"CAN.{network}.Send", SendRequest, bool, description=f"send a message on {network}")
+
+
+class _Counters:
+    __slots__ = (
+        "bus_off",
+        "error_frames",
+        "frames_received",
+        "frames_sent",
+        "reconnects",
+        "undecodable",
+        "unknown_id",
+        "wrong_length",
+    )
+
+    def __init__(self) -> None:
+        self.frames_received = self.frames_sent = self.error_frames = self.bus_off = self.reconnects = 0
+        self.unknown_id = self.wrong_length = self.undecodable = 0
+
+
+class CanGateway(Service[GatewayConfig]):
+    """Bridges one CAN network and the bus: decodes frames into typed topics, sends frames on request."""
+
+    async def run(
+        self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        cfg = self.config
+        self.ctx = ctx
+        self.codec = CanCodec(
+            load_database(cfg.database, strict=cfg.strict),
+            cfg.network,
+            message_topics=cfg.message_topics,
+            mappings=cfg.signals,
+        )
+        self.counters = _Counters()
+        self._publishers: dict[str, Publisher[Any]] = {
+            t.name: ctx.bus.publisher(t) for t in self.codec.topics
+        }
+        self._status = ctx.bus.publisher(status_topic(cfg.network))
+        self._transport: CanTransport | None = None
+        self._state, self._reason, self._mode = "down", "starting", ""
+        self._last_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._cyclic_values = {c.message: dict(c.signals) for c in cfg.cyclic}
+        for cyclic in cfg.cyclic:  # fail at start, not at the first period, if the config is wrong
+            self.codec.encode(cyclic.message, cyclic.signals)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ctx.bus.serve, send_method(cfg.network), self._send_request)
+            for actuator in cfg.actuators:
+                await nursery.start(self._actuate, actuator)
+            nursery.start_soon(self._link)
+            if cfg.cyclic:
+                nursery.start_soon(self._cyclic)
+            nursery.start_soon(self._report)
+            task_status.started()
+
+    # -- receive --------------------------------------------------------------------------------------
+
+    def open_transport(self) -> CanTransport:
+        """Open the CAN link (tests override this with a `MemoryTransport`)."""
+        cfg = self.config
+        filters = None
+        if cfg.kernel_filters:
+            wanted = self.codec.wanted_ids()
+            if len(wanted) <= 512:  # CAN_RAW_FILTER_MAX
+                filters = [
+                    {"can_id": fid, "can_mask": 0x1FFFFFFF if ext else 0x7FF, "extended": ext}
+                    for fid, ext in wanted
+                ]
+        return open_python_can(
+            cfg.interface,
+            cfg.channel,
+            fd=cfg.fd,
+            bitrate=cfg.bitrate,
+            filters=filters,
+            mode=cfg.receive_mode,
+            poll_interval=cfg.poll_interval,
+        )
+
+    async def _link(self) -> None:
+        """Keep the link open: receive while it is up; when it fails, report degraded and reopen with
+        exponential backoff (never a crash loop)."""
+        cfg = self.config
+        delay = cfg.reconnect_initial
+        first = True
+        while True:
+            try:
+                transport = self.open_transport()
+            except LinkDownError as exc:
+                self._down(str(exc))
+            else:
+                if not first:
+                    self.counters.reconnects += 1
+                first = False
+                self._transport = transport
+                self._up(transport.mode)
+                delay = cfg.reconnect_initial
+                try:
+                    while True:
+                        self._handle(await transport.receive())
+                except LinkDownError as exc:
+                    self._down(str(exc))
+                finally:
+                    self._transport = None
+                    transport.close()
+            await trio.sleep(delay)
+            delay = min(delay * 2, cfg.reconnect_max)
+
+    def _up(self, mode: str) -> None:
+        self._state, self._reason, self._mode = "up", "", mode
+        self.ctx.log.info("CAN link up", network=self.config.network, channel=self.config.channel, mode=mode)
+        self._publish_status()
+
+    def _down(self, reason: str) -> None:
+        if self._state != "down" or self._reason != reason:
+            self.ctx.log.warning(
+                "CAN link down: degraded, reconnecting", network=self.config.network, reason=reason
+            )
+        self._state, self._reason = "down", reason
+        self._publish_status()
+
+    def _handle(self, batch: list[can.Message]) -> None:
+        """Decode and publish a batch of received frames: the hot path."""
+        counters = self.counters
+        decode = self.codec.decode
+        publishers = self._publishers
+        counters.frames_received += len(batch)
+        for msg in batch:
+            if msg.is_error_frame:
+                counters.error_frames += 1
+                if msg.arbitration_id & CAN_ERR_BUSOFF:
+                    counters.bus_off += 1
+                    self._problem("bus_off", "bus-off error frame")
+                continue
+            try:
+                decoded = decode(msg.arbitration_id, msg.data)
+            except FrameError as exc:
+                setattr(counters, exc.kind, getattr(counters, exc.kind) + 1)
+                self._problem(exc.kind, str(exc))
+                continue
+            timestamp = msg.timestamp
+            for topic, value in decoded:
+                publishers[topic.name].publish_nowait(value, timestamp=timestamp)
+
+    def _problem(self, kind: str, message: str) -> None:
+        """Log a receive problem at a limited rate: the first at once, then one summary per interval."""
+        now = trio.current_time()
+        last = self._last_log.get(kind)
+        if last is not None and now - last < self.config.log_interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last_log[kind] = now
+        more = self._suppressed.pop(kind, 0)
+        self.ctx.log.warning("CAN frame problem", kind=kind, detail=message, suppressed_since_last=more)
+
+    # -- status ---------------------------------------------------------------------------------------
+
+    def status(self) -> LinkStatus:
+        c = self.counters
+        return LinkStatus(
+            state=self._state,
+            reason=self._reason,
+            mode=self._mode,
+            frames_received=c.frames_received,
+            frames_sent=c.frames_sent,
+            unknown_ids=c.unknown_id,
+            wrong_lengths=c.wrong_length,
+            undecodable=c.undecodable,
+            error_frames=c.error_frames,
+            bus_off=c.bus_off,
+            reconnects=c.reconnects,
+        )
+
+    def _publish_status(self) -> None:
+        self._status.publish_nowait(self.status())
+
+    async def _report(self) -> None:
+        while True:
+            await trio.sleep(self.config.status_period)
+            self._publish_status()
+            self.ctx.heartbeat()
+
+    # -- transmit -------------------------------------------------------------------------------------
+
+    def _may_send(self, message: str) -> bool:
+        cfg = self.config
+        return "*" in cfg.transmit or message in cfg.transmit or message in self._cyclic_values
+
+    def send(self, message: str, signals: dict[str, float]) -> None:
+        """Encode and send one message now. Raises `EncodeError` or `LinkDownError`."""
+        defaults = self.codec.defaults(message)  # EncodeError if there is no such message
+        if not self._may_send(message):
+            raise PermissionError(f"{message} is not in the gateway's transmit list of {self.config.network}")
+        base = self._cyclic_values.get(message)
+        frame = self.codec.encode(message, signals, base=None if base is None else defaults | base)
+        if base is not None:
+            base.update(signals)  # a cyclic message carries the new values from now on
+        transport = self._transport
+        if transport is None:
+            raise LinkDownError(f"CAN network {self.config.network} is down: {self._reason}")
+        transport.send(
+            can.Message(
+                arbitration_id=frame.arbitration_id,
+                data=frame.data,
+                is_extended_id=frame.is_extended_id,
+                is_fd=frame.is_fd,
+            )
+        )
+        self.counters.frames_sent += 1
+
+    async def _send_request(self, request: SendRequest) -> bool:
+        self.send(request.message, dict(request.signals))
+        return True
+
+    async def _cyclic(self) -> None:
+        """One task sends every cyclic message at its period, each by its own schedule."""
+        now = trio.current_time()
+        due = {c.message: now for c in self.config.cyclic}
+        periods = {c.message: c.period for c in self.config.cyclic}
+        while True:
+            message = min(due, key=due.__getitem__)
+            await trio.sleep_until(due[message])
+            try:
+                self.send(message, {})
+            except LinkDownError:
+                pass  # degraded: already reported; the schedule goes on
+            except EncodeError as exc:
+                self._problem("encode", str(exc))
+            due[message] += periods[message]
+            if due[message] < trio.current_time():  # fell behind (link was slow): do not burst to catch up
+                due[message] = trio.current_time() + periods[message]
+
+    async def _actuate(
+        self, actuator: Actuator, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        kinds: dict[str, type] = {"float": float, "int": int, "bool": bool}
+        topic: Topic[Any] = Topic(
+            actuator.topic, kinds[actuator.type], description=f"sent as {actuator.message}.{actuator.signal}"
+        )
+        with self.ctx.bus.subscribe(topic, queue_size=16) as samples:
+            task_status.started()
+            async for sample in samples:
+                value = float(sample.value) * actuator.scale + actuator.offset
+                try:
+                    self.send(actuator.message, {actuator.signal: value})
+                except (EncodeError, LinkDownError, PermissionError) as exc:
+                    self.ctx.log.warning("actuator not sent", topic=actuator.topic, error=str(exc))

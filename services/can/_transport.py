@@ -1,0 +1,200 @@
+"""How the gateway reads and writes frames: over python-can, or in memory for tests (the httpx habit:
+a transport interface with a mock implementation as the test seam)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+import can
+import trio
+
+#: At most this many frames are handed over at once (keeps a burst from starving other tasks).
+MAX_BATCH = 512
+
+ReceiveMode = Literal["auto", "fd", "thread", "poll"]
+
+
+class LinkDownError(Exception):
+    """The CAN interface is down or gone; the message says why."""
+
+
+class CanTransport(Protocol):
+    """Frames in and out of one CAN network."""
+
+    #: How frames are received: ``fd`` (wait on the socket), ``thread`` (a worker thread), ``poll``,
+    #: ``memory``.
+    mode: str
+
+    async def receive(self) -> list[can.Message]:
+        """Wait for frames; return at least one. Raises `LinkDownError` when the link fails."""
+        ...
+
+    def send(self, message: can.Message) -> None:
+        """Send one frame. Raises `LinkDownError` when the link fails, `can.CanError` otherwise."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _drain(bus: can.BusABC, first: can.Message | None) -> list[can.Message]:
+    batch = [] if first is None else [first]
+    recv = bus.recv
+    while len(batch) < MAX_BATCH:
+        msg = recv(timeout=0)
+        if msg is None:
+            break
+        batch.append(msg)
+    return batch
+
+
+def _link_error(exc: BaseException) -> LinkDownError:
+    return LinkDownError(f"{type(exc).__name__}: {exc}")
+
+
+class PythonCanTransport:
+    """A python-can bus. On SocketCAN it waits on the socket with ``trio.lowlevel.wait_readable`` and drains
+    it without a thread hop per frame; other interfaces use one worker thread that hands frames over in
+    batches, or polling (``mode="poll"``, for interfaces whose reads cannot wait)."""
+
+    def __init__(self, bus: can.BusABC, mode: ReceiveMode = "auto", *, poll_interval: float = 0.01) -> None:
+        self.bus = bus
+        self._fd = -1
+        if mode in ("auto", "fd"):
+            try:
+                self._fd = bus.fileno()
+            except (NotImplementedError, OSError, AttributeError):
+                self._fd = -1
+            if self._fd < 0 and mode == "fd":
+                raise ValueError(f"{bus.channel_info}: this interface has no file descriptor to wait on")
+        self.mode = "fd" if self._fd >= 0 else ("poll" if mode == "poll" else "thread")
+        self._poll_interval = poll_interval
+        self._closed = False
+
+    async def receive(self) -> list[can.Message]:
+        try:
+            if self.mode == "fd":
+                while True:
+                    await trio.lowlevel.wait_readable(self._fd)
+                    batch = _drain(self.bus, None)
+                    if batch:
+                        return batch
+            if self.mode == "poll":
+                while True:
+                    batch = _drain(self.bus, None)
+                    if batch:
+                        await trio.lowlevel.checkpoint()
+                        return batch
+                    await trio.sleep(self._poll_interval)
+            while True:
+                batch = await trio.to_thread.run_sync(self._read_in_thread, abandon_on_cancel=True)
+                if batch:
+                    return batch
+        except (can.CanError, OSError) as exc:
+            raise _link_error(exc) from exc
+
+    def _read_in_thread(self) -> list[can.Message]:
+        if self._closed:
+            return []
+        return _drain(self.bus, self.bus.recv(timeout=0.2))
+
+    def send(self, message: can.Message) -> None:
+        try:
+            self.bus.send(message, timeout=0)
+        except can.CanOperationError as exc:
+            raise _link_error(exc) from exc
+
+    def close(self) -> None:
+        self._closed = True
+        self.bus.shutdown()
+
+
+def open_python_can(
+    interface: str,
+    channel: str,
+    *,
+    fd: bool = False,
+    bitrate: int | None = None,
+    filters: list[dict[str, Any]] | None = None,
+    mode: ReceiveMode = "auto",
+    poll_interval: float = 0.01,
+) -> PythonCanTransport:
+    """Open a python-can bus as a transport. Raises `LinkDownError` if the interface cannot be opened."""
+    kwargs: dict[str, Any] = {"interface": interface, "channel": channel, "fd": fd, "can_filters": filters}
+    if bitrate is not None:
+        kwargs["bitrate"] = bitrate
+    try:
+        bus = can.Bus(**kwargs)
+    except (can.CanError, OSError) as exc:
+        raise _link_error(exc) from exc
+    return PythonCanTransport(bus, mode, poll_interval=poll_interval)
+
+
+class MemoryTransport:
+    """An in-memory CAN link for tests: `inject` frames as if received, read `sent`, and take the link
+    `down` and `up` again. Works under trio's MockClock."""
+
+    mode = "memory"
+
+    def __init__(self) -> None:
+        self.sent: list[can.Message] = []
+        self._send, self._receive = trio.open_memory_channel[can.Message](math.inf)
+        self._down: str | None = None
+        self._down_event = trio.Event()
+        self.closed = False
+
+    def inject(self, *messages: can.Message) -> None:
+        """Frames arriving from the network."""
+        for message in messages:
+            self._send.send_nowait(message)
+
+    def down(self, reason: str = "link down") -> None:
+        self._down = reason
+        self._down_event.set()
+
+    def up(self) -> None:
+        self._down = None
+        self._down_event = trio.Event()
+
+    @property
+    def is_down(self) -> bool:
+        return self._down is not None
+
+    async def receive(self) -> list[can.Message]:
+        if self._down is not None:
+            await trio.lowlevel.checkpoint()
+            raise LinkDownError(self._down)
+        result: list[can.Message] = []
+        async with trio.open_nursery() as nursery:
+
+            async def frames() -> None:
+                result.append(await self._receive.receive())
+                nursery.cancel_scope.cancel()
+
+            async def link() -> None:
+                await self._down_event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(frames)
+            nursery.start_soon(link)
+        if not result:
+            raise LinkDownError(self._down or "link down")
+        while len(result) < MAX_BATCH:
+            try:
+                result.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return result
+
+    def send(self, message: can.Message) -> None:
+        if self._down is not None:
+            raise LinkDownError(self._down)
+        self.sent.append(message)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+#: Opens a transport for the gateway; tests swap it for one returning a `MemoryTransport`.
+TransportFactory = Callable[[], CanTransport]
