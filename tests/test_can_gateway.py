@@ -314,3 +314,41 @@ async def test_virtual_interface_in_poll_mode(autojump_clock: trio.testing.MockC
     assert sample.value.VehicleSpeed == 33.0
     assert echoed is not None
     assert echoed.arbitration_id == 0x200
+
+
+# -- config --------------------------------------------------------------------------------------------
+
+
+def test_a_gateway_config_loads_from_toml_with_mappings_and_cyclic_messages(tmp_path: Path) -> None:
+    from vwos import parse_config
+
+    text = f"""
+    [services.body]
+    plugin = "can_gateway"
+    [services.body.config]
+    database = "{DBC}"
+    network = "body"
+    transmit = ["DoorCommand"]
+    [[services.body.config.signals]]
+    signal = "Speed.VehicleSpeed"
+    topic = "Vehicle.Speed"
+    [[services.body.config.cyclic]]
+    message = "DoorCommand"
+    period = 0.1
+    signals = {{ Interior = 1 }}
+    """
+    (spec,) = parse_config(text, path=tmp_path / "vwos.toml").services
+    assert spec.service_class is CanGateway
+    assert spec.config.signals == (SignalMapping("Speed.VehicleSpeed", "Vehicle.Speed"),)
+    assert spec.config.cyclic == (CyclicMessage("DoorCommand", 0.1, {"Interior": 1.0}),)
+
+
+def test_a_missing_database_is_a_config_problem_at_its_key(tmp_path: Path) -> None:
+    from vwos import ConfigError, parse_config
+
+    text = '[services.body]\nplugin = "can_gateway"\n[services.body.config]\ndatabase = "nope.dbc"\n'
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path=tmp_path / "vwos.toml")
+    (problem,) = info.value.problems
+    assert problem.key_path == "services.body.config.database"
+    assert "nope.dbc: no such file" in problem.message

@@ -109,16 +109,25 @@ def _signal_type(signal: Any) -> type:
 class _Route:
     """What the codec does with one frame id."""
 
-    __slots__ = ("fields", "length", "mapped", "message", "multiplexed", "record", "topic")
+    __slots__ = ("count", "fields", "length", "mapped", "message", "positional", "record", "topic")
 
     def __init__(self, message: Any, record: type | None, topic: Topic[Any] | None) -> None:
         self.message = message
         self.length = message.length
-        self.multiplexed = message.is_multiplexed()
         self.record = record
         self.topic = topic
         self.fields = {s.name: _field_name(s.name) for s in message.signals}
+        self.count = len(self.fields)
         self.mapped: list[tuple[Topic[Any], str, float, float, str]] = []
+        # cantools decodes signals in the message's signal order, which is the record's field order: then
+        # the record is built positionally, without a dict per frame. Checked once, on an all-zero frame.
+        self.positional = False
+        if not message.is_multiplexed():
+            try:
+                probe = message.decode(bytes(message.length), decode_choices=False)
+            except Exception:
+                probe = {}
+            self.positional = list(probe) == [s.name for s in message.signals]
 
 
 class CanCodec:
@@ -269,8 +278,11 @@ class CanCodec:
         if route.topic is not None:
             record = route.record
             assert record is not None
-            fields = route.fields
-            out.append((route.topic, record(**{fields[k]: v for k, v in values.items()})))
+            if route.positional and len(values) == route.count:
+                out.append((route.topic, record(*values.values())))
+            else:
+                fields = route.fields
+                out.append((route.topic, record(**{fields[k]: v for k, v in values.items()})))
         for topic, signal, scale, offset, kind in route.mapped:
             raw = values.get(signal)
             if raw is None:  # a multiplexed signal not in this frame

@@ -51,9 +51,16 @@ class Actuator:
     offset: float = 0.0
 
 
+def _existing_file(_: object, attribute: attrs.Attribute[Path], value: Path) -> None:
+    if not value.is_file():
+        raise ValueError(f"{value}: no such file")
+
+
 @attrs.frozen
 class GatewayConfig:
-    database: Path = attrs.field(metadata={"help": "the CAN database (DBC, KCD, SYM, ARXML)"})
+    database: Path = attrs.field(
+        validator=_existing_file, metadata={"help": "the CAN database (DBC, KCD, SYM, ARXML)"}
+    )
     network: str = attrs.field(
         default="can0", validator=_network_name, metadata={"help": "the network's name in topic names"}
     )
