@@ -57,6 +57,20 @@ CASES = [
         optional={"zenoh_per_s_1to1": "zenoh", "zenoh_dropped_1to1": "zenoh"},
         table_mentions=("vwos 1 -> 1 delivered", "zenoh", "trio memory channel", "goal"),
     ),
+    Case(
+        "can.py",
+        ("--frames", "2000", "--repeat", "2", "--batch", "128", "--seconds", "0.2"),
+        positive=(
+            "frames_per_s",
+            "cpu_us_per_frame",
+            "codec_decode_frames_per_s",
+            "cantools_decode_frames_per_s",
+            "max_lag_ms_at_8000_fps",
+            "paced_frames",
+        ),
+        zero=("dropped_at_8000_fps", "dropped_saturated", "frame_errors"),
+        table_mentions=("whole path", "cantools decode_message", "paced 8,000 frames/s", "goal"),
+    ),
 ]
 
 

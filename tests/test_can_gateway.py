@@ -19,6 +19,7 @@ from services.can import (
     CanGateway,
     CanTransport,
     CyclicMessage,
+    EncodeError,
     GatewayConfig,
     LinkDownError,
     LinkStatus,
@@ -352,3 +353,14 @@ def test_a_missing_database_is_a_config_problem_at_its_key(tmp_path: Path) -> No
     (problem,) = info.value.problems
     assert problem.key_path == "services.body.config.database"
     assert "nope.dbc: no such file" in problem.message
+
+
+def test_multiplexed_messages_encode_the_selected_branch_and_decode_with_optional_fields() -> None:
+    codec = CanCodec(load_database(MQB, strict=False), "mqb_mux")
+    frame = codec.encode("VIN_01", {"VIN_01_MUX": 1, "VIN_4": 65})
+    ((_, record),) = codec.decode(frame.arbitration_id, frame.data)
+    assert (record.VIN_01_MUX, record.VIN_4, record.VIN_1) == (1, 65, None)
+    with pytest.raises(EncodeError, match="VIN_01: VIN_4 not sent with these multiplexer values"):
+        codec.encode("VIN_01", {"VIN_4": 65})
+    with pytest.raises(EncodeError, match=r"VIN_01.VIN_01_MUX: 3 selects nothing \(it may be 0, 1, 2\)"):
+        codec.encode("VIN_01", {"VIN_01_MUX": 3})

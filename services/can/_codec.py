@@ -343,11 +343,38 @@ class CanCodec:
                     + (f" {s.unit}" if s.unit else "")
                 )
             values[name] = value
+        if msg.is_multiplexed():
+            values = self._selected(msg, values, signals)
         try:
             data = msg.encode(values, scaling=True, strict=True)
         except Exception as exc:
             raise EncodeError(f"{message}: cannot encode: {exc}") from None
         return Frame(msg.frame_id, bytes(data), msg.is_extended_frame, bool(msg.is_fd))
+
+    def _selected(self, msg: Any, values: dict[str, float], given: Mapping[str, float]) -> dict[str, float]:
+        """The values of a multiplexed message's signals that its multiplexer values select."""
+        selected: dict[str, float] = {}
+
+        def walk(nodes: list[Any]) -> None:
+            for node in nodes:
+                if isinstance(node, str):
+                    selected[node] = values[node]
+                    continue
+                for mux, branches in node.items():
+                    selected[mux] = values[mux]
+                    branch = branches.get(int(values[mux]))
+                    if branch is None:
+                        raise EncodeError(
+                            f"{msg.name}.{mux}: {values[mux]!r} selects nothing (it may be "
+                            f"{', '.join(map(str, sorted(branches)))})"
+                        )
+                    walk(branch)
+
+        walk(msg.signal_tree)
+        stray = sorted(set(given) - set(selected))
+        if stray:
+            raise EncodeError(f"{msg.name}: {', '.join(stray)} not sent with these multiplexer values")
+        return selected
 
     def messages(self) -> Iterable[Any]:
         """The database's messages (cantools ``Message`` objects)."""
