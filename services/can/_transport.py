@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import can
@@ -110,6 +111,25 @@ class PythonCanTransport:
         self.bus.shutdown()
 
 
+#: Linux's IFF_UP flag (linux/if.h).
+_IFF_UP = 0x1
+
+
+def socketcan_link_problem(channel: str) -> str | None:
+    """Why a SocketCAN interface cannot carry frames now (missing or down), or None if it is up.
+
+    A SocketCAN socket opens fine on an interface that is down, so the gateway asks the kernel first.
+    """
+    flags = Path("/sys/class/net") / channel / "flags"
+    try:
+        value = int(flags.read_text(), 16)
+    except FileNotFoundError:
+        return f"{channel}: no such network interface"
+    except (OSError, ValueError):
+        return None  # cannot tell: let the socket say
+    return None if value & _IFF_UP else f"{channel}: the interface is down"
+
+
 def open_python_can(
     interface: str,
     channel: str,
@@ -121,6 +141,10 @@ def open_python_can(
     poll_interval: float = 0.01,
 ) -> PythonCanTransport:
     """Open a python-can bus as a transport. Raises `LinkDownError` if the interface cannot be opened."""
+    if interface == "socketcan":
+        problem = socketcan_link_problem(channel)
+        if problem is not None:
+            raise LinkDownError(problem)
     kwargs: dict[str, Any] = {"interface": interface, "channel": channel, "fd": fd, "can_filters": filters}
     if bitrate is not None:
         kwargs["bitrate"] = bitrate

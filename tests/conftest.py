@@ -1,0 +1,68 @@
+"""Fixtures and hooks shared by the test suite. Keep each concern in its own delimited section."""
+
+from __future__ import annotations
+
+import pytest
+import vcan  # tests/ is on sys.path (pytest's default "prepend" import mode)
+
+# ==================================================================================== vcan (real SocketCAN)
+# A test that needs real SocketCAN is marked ``@pytest.mark.vcan`` and takes the ``vcan_runner`` fixture
+# (tests/vcan.py's ``run_in_vcan``: natively, or inside User-Mode Linux). Where vcan cannot run, such a
+# test is skipped with the reason, except under ``CI=true``, where it fails: CI must never skip them
+# silently. Under CI the session also fails if vcan tests were selected and none of them ran against vcan.
+_VCAN_RAN = ("vcan", "ran")  # a user property the fixture leaves on the report of a test it served
+
+
+@pytest.fixture
+def vcan_runner(request: pytest.FixtureRequest) -> vcan.VcanRunner:
+    """``run_in_vcan``; skips the test (fails it under ``CI=true``) if vcan cannot run here."""
+    if request.node.get_closest_marker("vcan") is None:
+        pytest.fail("a test that uses vcan_runner must be marked @pytest.mark.vcan", pytrace=False)
+    reason = vcan.vcan_unavailable_reason()
+    if reason is not None:
+        if vcan.ci_requires_vcan():
+            pytest.fail(f"vcan tests must run under CI=true, but: {reason}", pytrace=False)
+        pytest.skip(reason)
+    request.node.user_properties.append(_VCAN_RAN)
+    return vcan.run_in_vcan
+
+
+class _VcanCiGuard:
+    """Under CI: fail the session if vcan tests were selected but none of them ran against vcan."""
+
+    def __init__(self) -> None:
+        self.selected: set[str] = set()
+        self.ran: set[str] = set()
+        self.problem: str | None = None
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.selected.update(item.nodeid for item in session.items if item.get_closest_marker("vcan"))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if "vcan" not in report.keywords:
+            return
+        self.selected.add(report.nodeid)
+        if report.when == "call" and report.passed and _VCAN_RAN in report.user_properties:
+            self.ran.add(report.nodeid)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if session.config.option.collectonly or hasattr(session.config, "workerinput"):
+            return  # nothing runs; or an xdist worker, whose controller sees every report
+        if not vcan.ci_requires_vcan():
+            return
+        self.problem = vcan.ci_session_problem(len(self.selected), len(self.ran))
+        if self.problem is not None and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.problem is not None:
+            terminalreporter.section("vcan", sep="=", red=True, bold=True)
+            terminalreporter.line(self.problem, red=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_VcanCiGuard(), "vwos-vcan-ci-guard")
+
+
+# ============================================================================ end of vcan (real SocketCAN)
