@@ -364,3 +364,31 @@ def test_multiplexed_messages_encode_the_selected_branch_and_decode_with_optiona
         codec.encode("VIN_01", {"VIN_4": 65})
     with pytest.raises(EncodeError, match=r"VIN_01.VIN_01_MUX: 3 selects nothing \(it may be 0, 1, 2\)"):
         codec.encode("VIN_01", {"VIN_01_MUX": 3})
+
+
+async def test_topics_from_vwos_can_gen_are_the_gateways_topics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    from services.can import generate_topics
+
+    (tmp_path / "body_topics.py").write_text(generate_topics(load_database(DBC), network="gen"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import body_topics  # type: ignore[import-not-found]
+
+    link = Link()
+    spec = ServiceSpec("gateway", gateway_on(link), config(network="gen", topics_module="body_topics"))
+    async with open_harness(spec) as car:
+        with car.client.subscribe(body_topics.Speed_TOPIC) as speeds:  # typed: Subscription[Speed]
+            link.transport.inject(speed_frame(61.0))
+            sample = await speeds.receive()
+    assert isinstance(sample.value, body_topics.Speed)
+    assert sample.value.VehicleSpeed == 61.0
+
+
+def test_a_stale_generated_module_is_refused() -> None:
+    @attrs.frozen
+    class Speed:
+        VehicleSpeed: float
+
+    with pytest.raises(CanDatabaseError, match="does not match the database"):
+        CanCodec(load_database(DBC), "stale", records={"Speed": Speed})

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import json
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from vwos._cli import main
+from vwos._cli import COMMANDS_GROUP, _command_entry_points, main
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "overspeed" / "vwos.toml"
 
@@ -157,3 +160,141 @@ def test_the_console_script_is_installed() -> None:
         [script, "check", str(EXAMPLE)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- command extensions (entry-point group vwos.commands) --------------------------------------------------
+
+# Every module these tests write is called vwos_cx_*, and forgotten again after each test.
+EXTENSIONS = """
+import argparse
+
+
+def register(subparsers):
+    hello = subparsers.add_parser("hello", help="say hello")
+    hello.add_argument("--name", default="world")
+    hello.set_defaults(handler=lambda args: print(f"hello {args.name}") or 3)
+
+
+def half(subparsers):
+    subparsers.add_parser("half", help="half registered")
+    raise RuntimeError("no CAN bus\\nhere")
+
+
+def clash(subparsers):
+    subparsers.add_parser("run")
+
+
+def bare(subparsers):
+    subparsers.add_parser("bare")
+
+
+NOT_CALLABLE = 42
+"""
+
+
+@pytest.fixture
+def extensions(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], None]]:
+    """Install a fake distribution declaring the given ``vwos.commands`` entry points."""
+    saved_path = sys.path[:]
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "vwos_cx_demo.py").write_text(EXTENSIONS)
+    sys.path.insert(0, str(site))
+
+    def install(entry_points: dict[str, str]) -> None:
+        info = site / "vwos_cx_demo-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vwos-cx-demo\nVersion: 1.0\n")
+        lines = [f"[{COMMANDS_GROUP}]", *(f"{name} = {ref}" for name, ref in entry_points.items())]
+        (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+        importlib.invalidate_caches()
+
+    yield install
+    sys.path[:] = saved_path
+    for name in [name for name in sys.modules if name.startswith("vwos_cx_")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+def test_an_extension_adds_a_command(
+    extensions: Callable[[dict[str, str]], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    extensions({"hello": "vwos_cx_demo:register"})
+    assert main(["hello", "--name", "trio"]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == "hello trio\n"
+    assert captured.err == ""
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert "say hello" in capsys.readouterr().out
+
+
+def test_extensions_that_fail_warn_in_one_line_and_leave_nothing_behind(
+    extensions: Callable[[dict[str, str]], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    extensions(
+        {
+            "hello": "vwos_cx_demo:register",
+            "half": "vwos_cx_demo:half",
+            "clash": "vwos_cx_demo:clash",
+            "gone": "vwos_cx_missing:register",
+            "number": "vwos_cx_demo:NOT_CALLABLE",
+        }
+    )
+    assert main(["hello"]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == "hello world\n"
+    assert captured.err.splitlines() == [
+        "vwos: warning: command extension 'clash' (vwos_cx_demo:clash) not loaded: "
+        "ArgumentError: argument command: conflicting subparser: run",
+        "vwos: warning: command extension 'gone' (vwos_cx_missing:register) not loaded: "
+        "ModuleNotFoundError: No module named 'vwos_cx_missing'",
+        "vwos: warning: command extension 'half' (vwos_cx_demo:half) not loaded: "
+        "RuntimeError: no CAN bus here",
+        "vwos: warning: command extension 'number' (vwos_cx_demo:NOT_CALLABLE) not loaded: "
+        "TypeError: int is not callable",
+    ]
+    # What the half-registered extension added is gone again, from the choices and from the help.
+    with pytest.raises(SystemExit) as info:
+        main(["half"])
+    assert info.value.code == 2
+    assert "invalid choice: 'half'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "say hello" in out
+    assert "half registered" not in out
+
+
+def test_core_commands_do_not_load_extensions(
+    extensions: Callable[[dict[str, str]], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    extensions({"half": "vwos_cx_demo:half", "gone": "vwos_cx_missing:register"})
+    assert main(["check", str(EXAMPLE)]) == 0
+    assert main(["plugins", "--json"]) == 0
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().err == ""
+    assert "vwos_cx_demo" not in sys.modules
+
+
+def test_an_extension_command_without_a_handler(
+    extensions: Callable[[dict[str, str]], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    extensions({"bare": "vwos_cx_demo:bare"})
+    assert main(["bare"]) == 2
+    assert capsys.readouterr().err == "vwos: the command 'bare' has no handler (a bug in its extension)\n"
+
+
+def test_extensions_found_through_importlib_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    def entry_points(*, group: str) -> list[importlib.metadata.EntryPoint]:
+        seen.append(group)
+        return [importlib.metadata.EntryPoint("zz", "vwos_cx_none:register", group)]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    assert [ep.name for ep in _command_entry_points()] == ["zz"]
+    assert seen == ["vwos.commands"]

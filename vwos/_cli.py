@@ -1,18 +1,25 @@
-"""The ``vwos`` command: run, check, plugins.
+"""The ``vwos`` command: run, check, plugins, and the commands of installed extensions.
 
 Exit codes: 0 — done (``run`` stopped cleanly, ``check`` found nothing wrong); 1 — the supervisor gave up
 (restarts exceeded the intensity); 2 — the config or the command line is wrong (every problem listed).
+
+**Extensions.** A distribution adds subcommands through the entry-point group ``vwos.commands``: each entry
+point names a function ``register(subparsers) -> None`` that adds its subparser(s) to the given
+``argparse`` subparsers and sets ``handler`` on each: ``parser.set_defaults(handler=fn)`` with
+``fn(args: argparse.Namespace) -> int`` returning the exit code. An extension that fails to load or to
+register is skipped with a one-line warning on stderr; the core commands never load extensions at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
 
 import structlog
 import trio
@@ -29,6 +36,17 @@ EXIT_CONFIG = 2
 
 _log = structlog.get_logger("vwos")
 
+#: The entry-point group of command extensions: each names a ``register(subparsers) -> None`` function.
+COMMANDS_GROUP = "vwos.commands"
+
+#: What ``register`` receives: the ``vwos`` parser's subparsers (call ``add_parser`` on it).
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+#: What a command's ``handler`` default is: it takes the parsed arguments and returns the exit code.
+Handler: TypeAlias = Callable[[argparse.Namespace], int]
+
+_CORE_COMMANDS = ("run", "check", "plugins")
+
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -39,7 +57,7 @@ def _version() -> str:
         return "unknown"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, extensions: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vwos", description="vwos in-vehicle middleware runtime")
     parser.add_argument("--version", action="version", version=f"vwos {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,24 +72,63 @@ def _parser() -> argparse.ArgumentParser:
         help="console on a terminal, JSON lines otherwise (default: auto)",
     )
     run.add_argument("--log-level", choices=LEVELS, help="overrides [supervisor] log_level")
+    run.set_defaults(handler=_cmd_run)
 
     check = sub.add_parser("check", help="validate a config and its plugins without running anything")
     check.add_argument("config", help="the TOML config file")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.set_defaults(handler=_cmd_check)
 
     plugins = sub.add_parser("plugins", help="list installed services and their config fields")
     plugins.add_argument("--json", action="store_true", help="print the result as JSON")
+    plugins.set_defaults(handler=_cmd_plugins)
+    if extensions:
+        _add_extension_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vwos`` command. Returns the exit code."""
-    args = _parser().parse_args(argv)
-    if args.command == "run":
-        return _cmd_run(args)
-    if args.command == "check":
-        return _cmd_check(args)
-    return _cmd_plugins(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The core commands (and --version) do not load extensions: `vwos run` starts as fast, and says the
+    # same, whatever else is installed.
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    extensions = first not in _CORE_COMMANDS and "--version" not in argv
+    args = _parser(extensions=extensions).parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:  # an extension's subparser that did not set its handler
+        print(f"vwos: the command {args.command!r} has no handler (a bug in its extension)", file=sys.stderr)
+        return EXIT_CONFIG
+    return handler(args)
+
+
+# -- extensions -------------------------------------------------------------------------------------
+
+
+def _command_entry_points() -> list[importlib.metadata.EntryPoint]:
+    found = importlib.metadata.entry_points(group=COMMANDS_GROUP)
+    return sorted(found, key=lambda ep: (ep.name, ep.value))
+
+
+def _add_extension_commands(sub: Subparsers) -> None:
+    """Let each extension add its commands; one that fails leaves nothing behind but a warning."""
+    for ep in _command_entry_points():
+        names = set(sub.choices)
+        listed = len(sub._choices_actions)  # the help lines of the commands, which argparse keeps apart
+        try:
+            register = ep.load()
+            if not callable(register):
+                raise TypeError(f"{type(register).__name__} is not callable")
+            register(sub)
+        except Exception as exc:
+            for name in set(sub.choices) - names:
+                del sub.choices[name]
+            del sub._choices_actions[listed:]
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            print(
+                f"vwos: warning: command extension {ep.name!r} ({ep.value}) not loaded: {reason}",
+                file=sys.stderr,
+            )
 
 
 def _print_problems(exc: ConfigError) -> None:

@@ -3,6 +3,15 @@
 See ``docs/can.md``.
 """
 
+from services.can._cli import (
+    FrameView,
+    ReplayStats,
+    SimulatedEcu,
+    dump_frames,
+    generate_topics,
+    read_log,
+    replay,
+)
 from services.can._codec import (
     STALE_AFTER_CYCLES,
     CanCodec,
@@ -42,15 +51,22 @@ __all__ = [
     "EncodeError",
     "Frame",
     "FrameError",
+    "FrameView",
     "GatewayConfig",
     "LinkDownError",
     "LinkStatus",
     "MemoryTransport",
     "PythonCanTransport",
+    "ReplayStats",
     "SendRequest",
     "SignalMapping",
+    "SimulatedEcu",
+    "dump_frames",
+    "generate_topics",
     "load_database",
     "open_python_can",
+    "read_log",
+    "replay",
     "send_method",
     "status_topic",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import keyword
 import math
 import os
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -146,10 +147,14 @@ class CanCodec:
         message_topics: bool = True,
         mappings: Sequence[SignalMapping] = (),
         codec: Codec | None = None,
+        records: Mapping[str, type] | None = None,
     ) -> None:
         self.db = db
         self.network = network
         self._codec = codec if codec is not None else default_codec
+        #: Record classes to use instead of making them, by message name: the ``RECORDS`` of a module
+        #: ``vwos can gen`` wrote, so that its typed topics are the very topics the gateway publishes.
+        self._given = dict(records or {})
         self._routes: dict[int, _Route] = {}
         self._by_name: dict[str, Any] = {}
         for message in db.messages:
@@ -178,6 +183,9 @@ class CanCodec:
     def _record_class(self, message: Any) -> type:
         optional = message.is_multiplexed()
         shape = tuple((_field_name(s.name), _signal_type(s)) for s in message.signals)
+        given = self._given.get(message.name)
+        if given is not None:
+            return self._adopt(given, message, shape)
         key = (self.network, message.name, optional, shape, id(self._codec))
         cached = _RECORDS.get(key)
         if cached is not None:  # the same message of the same network: one class, whoever loads it
@@ -197,6 +205,25 @@ class CanCodec:
         except Exception as exc:  # this network already has a message of that name with other signals
             raise CanDatabaseError(f"cannot register the record of {message.name}: {exc}") from None
         _RECORDS[key] = cls
+        return cls
+
+    def _adopt(self, cls: type, message: Any, shape: tuple[tuple[str, type], ...]) -> type:
+        """Use a given (generated) record class, once it is checked to have exactly the right fields."""
+        if not attrs.has(cls):
+            raise CanDatabaseError(f"the record class given for {message.name} is not an attrs class")
+        hints = typing.get_type_hints(cls)
+        have = tuple((f.name, hints.get(f.name)) for f in attrs.fields(cls))
+        want = tuple((name, kind | None if message.is_multiplexed() else kind) for name, kind in shape)
+        if have != want:
+            raise CanDatabaseError(
+                f"the record class given for {message.name} does not match the database "
+                "(generate the topics module again with `vwos can gen`): "
+                f"it has {[(n, getattr(t, '__name__', str(t))) for n, t in have]}"
+            )
+        try:
+            self._codec.register(cls, name=f"can.{self.network}.{message.name}")
+        except Exception as exc:
+            raise CanDatabaseError(f"cannot register the record of {message.name}: {exc}") from None
         return cls
 
     def _add_mapping(self, mapping: SignalMapping) -> None:

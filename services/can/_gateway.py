@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,6 +71,10 @@ class GatewayConfig:
     fd: bool = attrs.field(default=False, metadata={"help": "CAN FD frames"})
     strict: bool = attrs.field(
         default=True, metadata={"help": "false for real-world databases with overlaps"}
+    )
+    topics_module: str | None = attrs.field(
+        default=None,
+        metadata={"help": "a module `vwos can gen` wrote: its typed topics are then the gateway's topics"},
     )
     message_topics: bool = attrs.field(
         default=True, metadata={"help": "one topic per message, CAN.<network>.<Message>"}
@@ -161,11 +166,15 @@ class CanGateway(Service[GatewayConfig]):
     ) -> None:
         cfg = self.config
         self.ctx = ctx
+        records = None
+        if cfg.topics_module is not None:
+            records = importlib.import_module(cfg.topics_module).RECORDS
         self.codec = CanCodec(
             load_database(cfg.database, strict=cfg.strict),
             cfg.network,
             message_topics=cfg.message_topics,
             mappings=cfg.signals,
+            records=records,
         )
         self.counters = _Counters()
         self._publishers: dict[str, Publisher[Any]] = {

@@ -193,7 +193,7 @@ async def open_harness(
                 while True:
                     try:
                         recorder.append(tap.receive_nowait())
-                    except trio.WouldBlock:
+                    except (trio.WouldBlock, trio.ClosedResourceError):  # drained, or closed meanwhile
                         break
                 harness._note()
 
