@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import vcan  # tests/ is on sys.path (pytest's default "prepend" import mode)
 
@@ -66,3 +68,27 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # ============================================================================ end of vcan (real SocketCAN)
+
+
+# ==================================================================================== ../shared (test data)
+# Real-world data the project does not copy into itself (DESIGN.md): the VW MQB CAN database lives in
+# ../shared beside the checkout, as it does in CI. Without it those tests are skipped with the reason,
+# except under CI=true, where they fail.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MQB_DBC = SHARED / "dbc" / "vw_mqb.dbc"
+
+
+def require_shared_file(path: Path) -> Path:
+    """``path`` if it exists; else skip the test (fail it under ``CI=true``) saying what is missing."""
+    if not path.is_file():
+        reason = f"{path} is missing: these tests need the project's ../shared beside the checkout"
+        if vcan.ci_requires_vcan():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture
+def mqb_dbc() -> Path:
+    """The VW MQB database from ../shared (opendbc's vw_mqb.dbc, loaded with strict=False)."""
+    return require_shared_file(MQB_DBC)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MQB_DBC, require_shared_file
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -39,6 +40,8 @@ class Case:
     optional: Mapping[str, str] = field(default_factory=dict)
     #: Text the human-readable table must contain.
     table_mentions: tuple[str, ...] = ()
+    #: Data files from ../shared the benchmark reads.
+    needs: tuple[Path, ...] = ()
 
 
 CASES = [
@@ -70,6 +73,7 @@ CASES = [
         ),
         zero=("dropped_at_8000_fps", "dropped_saturated", "frame_errors"),
         table_mentions=("whole path", "cantools decode_message", "paced 8,000 frames/s", "goal"),
+        needs=(MQB_DBC,),
     ),
 ]
 
@@ -95,6 +99,8 @@ def is_number(value: Any) -> bool:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.script)
 def test_json_figures(case: Case) -> None:
+    for path in case.needs:
+        require_shared_file(path)
     proc = run_bench(case.script, "--json", *case.args)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)  # exactly one JSON value: anything else on stdout fails here
@@ -115,6 +121,8 @@ def test_json_figures(case: Case) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.script)
 def test_table(case: Case) -> None:
+    for path in case.needs:
+        require_shared_file(path)
     proc = run_bench(case.script, *case.args)
     assert proc.returncode == 0, proc.stderr
     for text in case.table_mentions:

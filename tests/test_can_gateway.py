@@ -34,7 +34,6 @@ from vwos import ServiceSpec, SupervisorGaveUp, SupervisorPolicy
 from vwos.testing import Harness, open_harness
 
 DBC = Path(__file__).parent / "data" / "test.dbc"
-MQB = Path(__file__).resolve().parents[2] / "shared" / "dbc" / "vw_mqb.dbc"
 SPEED = Topic("Vehicle.Speed", float)
 
 
@@ -267,12 +266,12 @@ async def test_an_interface_missing_at_start_is_degraded_not_fatal(
 # -- databases -----------------------------------------------------------------------------------------
 
 
-def test_real_world_database_loads_non_strict_and_strict_failure_says_so() -> None:
-    db = load_database(MQB, strict=False)
+def test_real_world_database_loads_non_strict_and_strict_failure_says_so(mqb_dbc: Path) -> None:
+    db = load_database(mqb_dbc, strict=False)
     codec = CanCodec(db, "mqb_test")
     assert len(codec.topics) == len(db.messages) > 100
     with pytest.raises(CanDatabaseError, match=r"vw_mqb.dbc: cannot load .*strict = false"):
-        load_database(MQB, strict=True)
+        load_database(mqb_dbc, strict=True)
     with pytest.raises(CanDatabaseError, match=r"nope\.dbc: no such file"):
         load_database(Path("nope.dbc"))
 
@@ -355,8 +354,10 @@ def test_a_missing_database_is_a_config_problem_at_its_key(tmp_path: Path) -> No
     assert "nope.dbc: no such file" in problem.message
 
 
-def test_multiplexed_messages_encode_the_selected_branch_and_decode_with_optional_fields() -> None:
-    codec = CanCodec(load_database(MQB, strict=False), "mqb_mux")
+def test_multiplexed_messages_encode_the_selected_branch_and_decode_with_optional_fields(
+    mqb_dbc: Path,
+) -> None:
+    codec = CanCodec(load_database(mqb_dbc, strict=False), "mqb_mux")
     frame = codec.encode("VIN_01", {"VIN_01_MUX": 1, "VIN_4": 65})
     ((_, record),) = codec.decode(frame.arbitration_id, frame.data)
     assert (record.VIN_01_MUX, record.VIN_4, record.VIN_1) == (1, 65, None)

@@ -41,7 +41,6 @@ from services.can._cli import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-MQB = Path(__file__).resolve().parents[2] / "shared" / "dbc" / "vw_mqb.dbc"
 LONG = "Message_With_A_Long_Name_To_Wrap_The_Topic"
 LONGER = "Message_With_A_Cycle_And_A_Long_Name_ToWrap"  # with max_age: one argument per line
 
@@ -586,8 +585,10 @@ async def test_sim_values_are_plausible_and_decode(
     assert all(isinstance(t, int) for t in temperatures)
 
 
-async def test_sim_of_the_mqb_database_decodes_without_errors(autojump_clock: trio.testing.MockClock) -> None:
-    db = load_database(MQB, strict=False)
+async def test_sim_of_the_mqb_database_decodes_without_errors(
+    autojump_clock: trio.testing.MockClock, mqb_dbc: Path
+) -> None:
+    db = load_database(mqb_dbc, strict=False)
     send = FrameRecorder()
     ecu = SimulatedEcu(db, send)
     # cantools cannot encode a message whose signals overlap: PLA_01 in this file.
@@ -774,10 +775,14 @@ def assert_matches_the_codec(module: Any, codec: CanCodec) -> None:
 
 
 def test_gen_mqb_matches_the_codec_and_is_mypy_strict_and_ruff_clean(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tiny: Path
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny: Path,
+    mqb_dbc: Path,
 ) -> None:
     mqb = tmp_path / "mqb_topics.py"
-    assert tool("can", "gen", MQB, "--no-strict", "-o", mqb, "--network", "mqb") == 0
+    assert tool("can", "gen", mqb_dbc, "--no-strict", "-o", mqb, "--network", "mqb") == 0
     assert capsys.readouterr().err == f"wrote {mqb}: 113 messages of network mqb\n"
     small = tmp_path / "tiny_topics.py"
     assert tool("can", "gen", tiny, "-o", small) == 0
@@ -786,7 +791,7 @@ def test_gen_mqb_matches_the_codec_and_is_mypy_strict_and_ruff_clean(
     assert "    VIN_01_MUX: int | None = None\n" in text  # a multiplexed message: every field optional
 
     module = load_module(mqb, monkeypatch)
-    db = load_database(MQB, strict=False)
+    db = load_database(mqb_dbc, strict=False)
     codec = CanCodec(db, "mqb", codec=Codec())
     assert_matches_the_codec(module, codec)
     # A record the codec decodes fits the generated class, field for field.
