@@ -92,3 +92,43 @@ def require_shared_file(path: Path) -> Path:
 def mqb_dbc() -> Path:
     """The VW MQB database from ../shared (opendbc's vw_mqb.dbc, loaded with strict=False)."""
     return require_shared_file(MQB_DBC)
+
+
+# ======================================================================= mosquitto (a real MQTT broker)
+# Tests of the uplink's MQTT transport talk to a real broker: Debian's mosquitto on free loopback ports,
+# started per test with ``make_mosquitto()`` and always stopped afterwards (tests/mqtt_broker.py); the test
+# PKI (a CA, server and client certificates, an unrelated CA) is made once per session with openssl.
+# Without mosquitto, mosquitto-clients or openssl those tests are skipped with the reason, except under
+# CI=true, where they fail.
+from collections.abc import Iterator  # noqa: E402 -- imports of this section
+
+import mqtt_broker  # noqa: E402 -- this section's helper module (tests/ is on sys.path)
+
+
+def _require_mosquitto() -> None:
+    reason = mqtt_broker.mosquitto_unavailable_reason()
+    if reason is not None:
+        message = f"MQTT tests need Debian's mosquitto, mosquitto-clients and openssl; {reason}"
+        if vcan.ci_requires_vcan():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def mqtt_pki(tmp_path_factory: pytest.TempPathFactory) -> mqtt_broker.Certificates:
+    """The session's test PKI (PEM files): CA, server (127.0.0.1, localhost) and client certificates."""
+    _require_mosquitto()
+    return mqtt_broker.make_certificates(tmp_path_factory.mktemp("mqtt-pki"), client_cn="car-1")
+
+
+@pytest.fixture
+def make_mosquitto(tmp_path: Path, mqtt_pki: mqtt_broker.Certificates) -> Iterator[mqtt_broker.BrokerFactory]:
+    """``make_mosquitto(users=..., require_certificate=...)`` starts a broker; all stop after the test."""
+    factory = mqtt_broker.BrokerFactory(tmp_path, mqtt_pki)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+# ================================================================ end of mosquitto (a real MQTT broker)

@@ -376,3 +376,73 @@ def steps(
         dt=st.one_of(st.just(0.0), _seconds(max_dt)),
     )
     return st.lists(step, min_size=min_size, max_size=max_size)
+
+
+# -- cloud uplink: campaigns, batch samples, outbox rows (tests/test_uplink_core.py) -------------------------
+#
+# `uplink_campaigns` (valid `Campaign`s), `uplink_keeps`, `uplink_values` (what a batch's values column
+# carries: raw CBOR scalars, and containers that travel as embedded bus-codec CBOR), `uplink_timestamps_us`,
+# `uplink_samples` (``(topic, timestamp_us, value)`` triples for the batch codec).
+
+from services.uplink import Campaign, Keep  # noqa: E402 - this section's own imports
+
+__all__ += [
+    "uplink_campaigns",
+    "uplink_keeps",
+    "uplink_samples",
+    "uplink_timestamps_us",
+    "uplink_values",
+]
+
+
+def uplink_campaigns(*, names: st.SearchStrategy[str] | None = None) -> st.SearchStrategy[Campaign]:
+    """Valid uplink campaigns: any mode (with a period for ``period``), priorities and ttls included."""
+    mode = st.sampled_from(["every", "period", "change"])
+    seconds = st.floats(min_value=0.001, max_value=3600.0)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Campaign:
+        chosen = draw(mode)
+        return Campaign(
+            name=draw(names if names is not None else st.from_regex(r"\A[a-z][a-z0-9_-]{0,7}\Z")),
+            topics=tuple(draw(st.lists(patterns(max_depth=3), min_size=1, max_size=3))),
+            mode=chosen,  # type: ignore[arg-type]
+            period=draw(seconds) if chosen == "period" else None,
+            priority=draw(st.integers(min_value=-5, max_value=5)),
+            ttl=draw(st.none() | seconds),
+        )
+
+    return build()
+
+
+def uplink_keeps() -> st.SearchStrategy[Keep]:
+    """`Keep`s over a few campaign names, priorities and ttls (in seconds, with no ttl often)."""
+    return st.builds(
+        Keep,
+        campaigns=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=2, unique=True).map(tuple),
+        priority=st.integers(min_value=-2, max_value=2),
+        ttl=st.none() | st.sampled_from([0.5, 1.0, 10.0, 3600.0]),
+    )
+
+
+def uplink_values() -> st.SearchStrategy[object]:
+    """Values for a batch: CBOR scalars (bignums, nan and -0.0 included) travel raw; lists and dicts travel
+    as embedded CBOR (tag 24) made by the bus codec."""
+    return st.one_of(cbor_scalars(), cbor_values(max_leaves=6))
+
+
+def uplink_timestamps_us() -> st.SearchStrategy[int]:
+    """Sample timestamps in integer microseconds: around now mostly, and far from it (1970, negative)."""
+    now = 1_700_000_000_000_000
+    return st.one_of(
+        st.integers(min_value=now, max_value=now + 3_600_000_000),
+        st.integers(min_value=-(2**53), max_value=2**53),
+    )
+
+
+def uplink_samples(
+    *, min_size: int = 1, max_size: int = 30
+) -> st.SearchStrategy[list[tuple[str, int, object]]]:
+    """``(topic, timestamp_us, value)`` triples over a few topics, in any time order."""
+    sample = st.tuples(topic_names(max_depth=3), uplink_timestamps_us(), uplink_values())
+    return st.lists(sample, min_size=min_size, max_size=max_size)

@@ -75,6 +75,20 @@ CASES = [
         table_mentions=("whole path", "cantools decode_message", "paced 8,000 frames/s", "goal"),
         needs=(MQB_DBC,),
     ),
+    Case(
+        "uplink.py",
+        ("--samples", "3000", "--repeat", "2", "--call-samples", "500"),
+        positive=(
+            "accepted_per_s",
+            "delivered_per_s",
+            "bytes_per_sample",
+            "json_bytes_per_sample",
+            "json_vs_vwos_bytes",
+            "filter_per_s",
+        ),
+        zero=("lost_samples", "duplicated_samples"),
+        table_mentions=("accepted into the outbox", "delivered end to end", "plain JSON", "goal"),
+    ),
 ]
 
 

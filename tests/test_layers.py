@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import pytest
 
 import bus
+import services.can
+import services.uplink
 import vwos
 import vwos.testing
 
@@ -45,14 +48,16 @@ def test_imports_flow_one_way(layer: str) -> None:
         assert not banned, f"{path.relative_to(ROOT)} imports {sorted(banned)}, which {layer} must not know"
 
 
-@pytest.mark.parametrize("module", [bus, vwos, vwos.testing], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [bus, vwos, vwos.testing, services.can, services.uplink], ids=lambda m: m.__name__
+)
 def test_public_names_are_exported_and_documented(module: object) -> None:
     names = module.__all__  # type: ignore[attr-defined]
     assert len(set(names)) == len(names)
     for name in names:
         obj = getattr(module, name)
-        if not (isinstance(obj, type) or callable(obj)):
-            continue  # a constant
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue  # a constant or a type alias
         assert obj.__doc__, f"{name} has no docstring"
         # Defined in a private module of the package (trio's habit), never in a public submodule.
         owner = obj.__module__.split(".")

@@ -59,6 +59,8 @@ def _existing_file(_: object, attribute: attrs.Attribute[Path], value: Path) -> 
 
 @attrs.frozen
 class GatewayConfig:
+    """The gateway's ``[services.NAME.config]``: the database, the interface, what to publish and send."""
+
     database: Path = attrs.field(
         validator=_existing_file, metadata={"help": "the CAN database (DBC, KCD, SYM, ARXML)"}
     )
@@ -134,10 +136,12 @@ class LinkStatus:
 
 
 def status_topic(network: str) -> Topic[LinkStatus]:
+    """The topic a gateway reports the health of CAN network ``network`` on."""
     return Topic(f"CAN.{network}.Status", LinkStatus, description=f"health of CAN network {network}")
 
 
 def send_method(network: str) -> Method[SendRequest, bool]:
+    """The method that sends a message on CAN network ``network``."""
     return Method(f"CAN.{network}.Send", SendRequest, bool, description=f"send a message on {network}")
 
 

@@ -1,0 +1,65 @@
+"""The cloud uplink: campaigns choose bus data, a durable outbox stores it, transports deliver it.
+
+`Uplink` is the service (plugin ``uplink``). The pure parts live here (no trio, no network):
+campaigns and their filter (`Campaign`, `CampaignFilter`,
+`Keep`), the batch wire format (`BatchBuilder`, `decode_batch`), the SQLite outbox (`Outbox`), and the
+transport interface (`UplinkTransport`, `TransportError`) with the embedded `FileTransport`. See
+``docs/uplink.md``.
+"""
+
+from services.uplink._batch import (
+    DEFAULT_MAX_BATCH_BYTES,
+    Batch,
+    BatchBuilder,
+    BatchError,
+    BatchHeader,
+    BatchSample,
+    OpaqueValue,
+    SampleTooLargeError,
+    decode_batch,
+    encode_batch,
+    prepare_value,
+    read_header,
+)
+from services.uplink._campaign import Campaign, CampaignFilter, Keep, Mode
+from services.uplink._file import FileTransport, batch_file_name
+from services.uplink._mqtt import MqttConfig, MqttStatistics, MqttTransport, TokenBucket
+from services.uplink._outbox import MovedAside, Outbox, OutboxError, OutboxStatistics, Row
+from services.uplink._service import Uplink, UplinkConfig, UplinkStatus, status_topic
+from services.uplink._transport import TransportError, UplinkTransport
+
+__all__ = [
+    "DEFAULT_MAX_BATCH_BYTES",
+    "Batch",
+    "BatchBuilder",
+    "BatchError",
+    "BatchHeader",
+    "BatchSample",
+    "Campaign",
+    "CampaignFilter",
+    "FileTransport",
+    "Keep",
+    "Mode",
+    "MovedAside",
+    "MqttConfig",
+    "MqttStatistics",
+    "MqttTransport",
+    "OpaqueValue",
+    "Outbox",
+    "OutboxError",
+    "OutboxStatistics",
+    "Row",
+    "SampleTooLargeError",
+    "TokenBucket",
+    "TransportError",
+    "Uplink",
+    "UplinkConfig",
+    "UplinkStatus",
+    "UplinkTransport",
+    "batch_file_name",
+    "decode_batch",
+    "encode_batch",
+    "prepare_value",
+    "read_header",
+    "status_topic",
+]

@@ -1,0 +1,222 @@
+"""``vwos uplink inspect DIR_OR_FILE [--json]``: decode uplink batch files for a person to read.
+
+Registered through the ``vwos.commands`` entry-point group (``register``). Exit codes: 0 -- every file
+decoded; 1 -- some file could not be decoded (each named on stderr, the others still shown); 2 -- the path
+does not exist, holds no batch files, or a module named by ``--import`` cannot be imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import enum
+import importlib
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import attrs
+import cbor2
+
+from services.uplink._batch import Batch, BatchError, OpaqueValue, decode_batch, loads_generic
+from services.uplink._file import SUFFIX
+
+__all__ = ["register"]
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``uplink`` and its subcommands to the ``vwos`` command's subparsers."""
+    uplink = subparsers.add_parser("uplink", help="tools of the cloud uplink")
+    commands = uplink.add_subparsers(dest="uplink_command", metavar="COMMAND", required=True)
+    inspect = commands.add_parser(
+        "inspect",
+        help="decode uplink batch files for a person to read",
+        description="Decode uplink batch files (a file, or every *.cbor file of a directory, in name order).",
+    )
+    inspect.add_argument("path", metavar="DIR_OR_FILE", help="a batch file, or a directory of them")
+    inspect.add_argument(
+        "--json", action="store_true", help="JSON lines: one object per batch, then one per sample"
+    )
+    inspect.add_argument("--summary", action="store_true", help="batch headers and topic counts only")
+    inspect.add_argument(
+        "--import",
+        dest="imports",
+        metavar="MODULE",
+        action="append",
+        default=[],
+        help="import a module first, so that the value types it registers decode (repeatable)",
+    )
+    inspect.set_defaults(handler=inspect_command)
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix == SUFFIX and not p.name.startswith("."))
+    return [path]
+
+
+def inspect_command(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """The handler of ``vwos uplink inspect``."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            print(f"vwos uplink inspect: cannot import {module}: {type(exc).__name__}: {exc}", file=err)
+            return 2
+    path = Path(args.path)
+    if not path.exists():
+        print(f"vwos uplink inspect: {path}: no such file or directory", file=err)
+        return 2
+    files = _files(path)
+    if not files:
+        print(f"vwos uplink inspect: {path}: no batch files (*{SUFFIX}) in this directory", file=err)
+        return 2
+    failed = 0
+    for file in files:
+        try:
+            batch = decode_batch(file.read_bytes(), strict=False)
+        except (OSError, BatchError) as exc:
+            failed += 1
+            print(f"{file}: error: {exc}", file=err)
+            continue
+        lines = _json_lines(file, batch, args.summary) if args.json else _text(file, batch, args.summary)
+        for line in lines:
+            out.write(line + "\n")
+    return 1 if failed else 0
+
+
+# -- text ---------------------------------------------------------------------------------------------------
+
+
+def _time(us: int) -> str:
+    try:
+        moment = _EPOCH + datetime.timedelta(microseconds=us)
+    except OverflowError:
+        return f"{us} us"
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _text(file: Path, batch: Batch, summary: bool) -> Iterator[str]:
+    span = (batch.last_us - batch.first_us) / 1e6
+    encoding = "zlib" if batch.compressed else "plain"
+    yield f"{file}"
+    yield (
+        f"  vehicle {batch.vehicle_id}  stream {batch.stream}  seq {batch.seq}  "
+        f"{batch.size:,} bytes ({encoding}; body {batch.body_size:,} bytes uncompressed)"
+    )
+    yield f"  time span {_time(batch.first_us)} .. {_time(batch.last_us)} ({span:.6f} s)"
+    yield f"  {len(batch.samples):,} samples of {len(batch.topics)} topics"
+    counts = batch.topic_counts()
+    width = max(len(t) for t in counts)
+    for topic, n in counts.items():
+        yield f"    {topic.ljust(width)}  {n:>8,}"
+    if summary:
+        return
+    for sample in batch.samples:
+        yield f"  {_time(sample.timestamp_us)}  {sample.topic}  {_show(sample.value)}"
+
+
+def _show(value: object) -> str:
+    if isinstance(value, OpaqueValue):
+        shown = _generic(value.cbor)
+        return f"<{value.type_name or 'undecoded'}: {shown}>"
+    return repr(value)
+
+
+def _generic(data: bytes) -> str:
+    """A value the codec could not rebuild, decoded as plain CBOR (tag 27: its fields, without names)."""
+    try:
+        item = loads_generic(data)
+    except BatchError:
+        return f"{len(data)} bytes of CBOR"
+    return repr(_plain(item))
+
+
+def _plain(item: object) -> object:
+    if isinstance(item, cbor2.CBORTag):
+        if item.tag == 27 and isinstance(item.value, list | tuple) and len(item.value) == 3:
+            return _plain(item.value[2])
+        return {f"tag {item.tag}": _plain(item.value)}
+    if isinstance(item, list | tuple):
+        return [_plain(x) for x in item]
+    if isinstance(item, dict):
+        return {k: _plain(v) for k, v in item.items()}
+    return item
+
+
+# -- JSON lines ---------------------------------------------------------------------------------------------
+
+
+def _json_lines(file: Path, batch: Batch, summary: bool) -> Iterator[str]:
+    yield json.dumps(
+        {
+            "type": "batch",
+            "file": str(file),
+            "vehicle_id": batch.vehicle_id,
+            "stream": batch.stream,
+            "seq": batch.seq,
+            "compressed": batch.compressed,
+            "bytes": batch.size,
+            "body_bytes": batch.body_size,
+            "first_us": batch.first_us,
+            "last_us": batch.last_us,
+            "first": _time(batch.first_us),
+            "last": _time(batch.last_us),
+            "samples": len(batch.samples),
+            "topics": batch.topic_counts(),
+        },
+        allow_nan=False,
+    )
+    if summary:
+        return
+    for sample in batch.samples:
+        yield json.dumps(
+            {
+                "type": "sample",
+                "seq": batch.seq,
+                "topic": sample.topic,
+                "timestamp_us": sample.timestamp_us,
+                "timestamp": _time(sample.timestamp_us),
+                "value": jsonable(sample.value),
+            },
+            allow_nan=False,
+        )
+
+
+def jsonable(value: object) -> Any:
+    """A decoded value as JSON: non-finite floats as strings, bytes as hex, attrs values and enums typed."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bytes):
+        return {"bytes_hex": value.hex()}
+    if isinstance(value, enum.Enum):
+        return {"type": f"{type(value).__module__}.{type(value).__qualname__}", "member": value.name}
+    if isinstance(value, OpaqueValue):
+        try:
+            plain = jsonable(_plain(loads_generic(value.cbor)))
+        except BatchError:
+            plain = None
+        return {
+            "type": value.type_name,
+            "cbor_hex": value.cbor.hex(),
+            "undecoded": value.reason,
+            "plain": plain,
+        }
+    if attrs.has(type(value)):
+        cls: Any = type(value)
+        fields = {f.name: jsonable(getattr(value, f.name)) for f in attrs.fields(cls)}
+        return {"type": f"{type(value).__module__}.{type(value).__qualname__}", "fields": fields}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(x) for x in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return repr(value)
