@@ -267,3 +267,27 @@ def test_sigkill_of_the_supervisor_mid_stream_loses_no_accepted_sample(
     # samples are a prefix of what was published, since collection and commits keep bus order.
     assert stats.accepted > 5_000
     assert counters == list(range(1, stats.accepted + 1))
+
+
+async def test_wrong_password_is_a_clear_error_and_loses_nothing(
+    tmp_path: Path, make_mosquitto: mqtt_broker.BrokerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = make_mosquitto(users={"car-1": "right"})
+    monkeypatch.setenv("VWOS_TEST_MQTT_PASSWORD", "wrong")
+    mqtt = MqttConfig(
+        host=broker.host, port=broker.port, username="car-1", password_env="VWOS_TEST_MQTT_PASSWORD"
+    )
+    state = tmp_path / "state"
+    with trio.fail_after(30):
+        async with open_harness(uplink(tmp_path, transport="mqtt", mqtt=mqtt), state_dir=state) as car:
+            for i in range(1, 1001):
+                car.publish(COUNTER, i)
+            refused = await car.expect(
+                status_topic("uplink"), lambda s: bool(s.last_error) and s.accepted == 1000, timeout=20
+            )
+    assert "not authorized" in refused.value.last_error or "bad user name" in refused.value.last_error
+    assert "wrong" not in refused.value.last_error  # the password is never shown
+    assert refused.value.sent_samples == 0
+    with Outbox(state / "uplink" / "outbox.sqlite", quota_bytes=1 << 30, vehicle_id="car-1") as box:
+        stats = box.statistics()
+    assert stats.stored_samples + stats.formed_samples == 1000  # all kept for when the password is fixed
