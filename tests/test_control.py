@@ -1,0 +1,499 @@
+"""The control plane and the commands that use it, against an in-process supervisor in mock time."""
+
+from __future__ import annotations
+
+import enum
+import io
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import structlog
+import trio
+import trio.testing
+
+from bus import Action, BusClient, Method, Topic, default_codec
+from vwos import NoConfig, Service, ServiceContext, ServiceSpec
+from vwos._cli import (
+    ControlCommand,
+    _parser,
+    cmd_bus_call,
+    cmd_bus_echo,
+    cmd_bus_hz,
+    cmd_bus_list,
+    cmd_bus_pub,
+    cmd_logs,
+    cmd_operate,
+    cmd_status,
+    cmd_top,
+    default_socket_path,
+    run_control,
+)
+from vwos._control import (
+    CONTROL_ADMIN,
+    CONTROL_OPERATE,
+    CONTROL_READ,
+    STATUS,
+    ControlError,
+    ControlPlane,
+    LogBuffer,
+    StatusReply,
+    convert_json,
+    default_authorize,
+)
+from vwos.testing import Harness, open_harness
+
+
+class Gear(enum.Enum):
+    P = "P"
+    D = "D"
+
+
+@default_codec.register(name="tests.control.Position")
+@attrs.frozen
+class Position:
+    lat: float
+    lon: float
+    fix: bool = True
+
+
+@default_codec.register(name="tests.control.LockRequest")
+@attrs.frozen
+class LockRequest:
+    lock: bool
+    door: str = "all"
+
+
+SPEED = Topic("Vehicle.Speed", float, unit="km/h", min=0, max=400, max_age=0.5)
+ODO = Topic("Vehicle.Odometer", float, unit="km")
+GEAR = Topic("Vehicle.Gear", Gear)
+POSITION = Topic("Vehicle.CurrentLocation", Position)
+LOCK = Method("Body.Doors.Lock", LockRequest, str)
+BROKEN = Method("Body.Broken", object, str)
+
+
+class Speedo(Service[NoConfig]):
+    """Publishes the speed at 10 Hz for 3 s, then stops publishing (so the topic goes stale)."""
+
+    async def run(
+        self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        speed = ctx.bus.publisher(SPEED)
+        ctx.bus.declare(ODO)
+        ctx.bus.declare(GEAR)
+        ctx.bus.declare(POSITION)
+        ctx.log.info("speedo up", hz=10)
+        task_status.started()
+        for i in range(30):
+            speed.publish_nowait(50.0 + i)
+            if i % 10 == 0:
+                ctx.log.info("tick", i=i)
+            await trio.sleep(0.1)
+        await trio.sleep_forever()
+
+
+class Doors(Service[NoConfig]):
+    """Serves Body.Doors.Lock and a method whose handler raises."""
+
+    async def run(
+        self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async def lock(request: LockRequest) -> str:
+            await trio.lowlevel.checkpoint()
+            return f"{request.door} {'locked' if request.lock else 'unlocked'}"
+
+        async def broken(_: object) -> str:
+            await trio.lowlevel.checkpoint()
+            raise RuntimeError("actuator jammed")
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ctx.bus.serve, LOCK, lock)
+            await nursery.start(ctx.bus.serve, BROKEN, broken)
+            task_status.started()
+
+
+@pytest.fixture
+def log_buffer() -> Iterator[LogBuffer]:
+    """structlog configured with the ring buffer's processor (and no output), restored afterwards."""
+    buffer = LogBuffer(capacity=50)
+    saved = structlog.get_config()
+
+    def drop(*_: Any) -> Any:
+        raise structlog.DropEvent
+
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            buffer.processor,
+            drop,
+        ],
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield buffer
+    finally:
+        structlog.configure(**saved)
+
+
+@asynccontextmanager
+async def running(logs: LogBuffer | None = None) -> AsyncIterator[tuple[Harness, ControlPlane]]:
+    async with open_harness(ServiceSpec("speedo", Speedo), ServiceSpec("doors", Doors)) as harness:
+        plane = ControlPlane(harness.supervisor, logs=logs)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(plane.run)
+            yield harness, plane
+            nursery.cancel_scope.cancel()
+
+
+async def invoke(command: ControlCommand, argv: list[str], client: BusClient) -> tuple[int, str, str]:
+    args = _parser(extensions=False).parse_args(argv)
+    out, err = io.StringIO(), io.StringIO()
+    code = await run_control(command, client, args, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+# -- status and operations --------------------------------------------------------------------------
+
+
+async def test_status_json_and_text(autojump_clock: trio.testing.MockClock) -> None:
+    async with running() as (h, _):
+        await trio.sleep(2)
+        client = h.bus.client("cli", CONTROL_READ)
+        code, out, err = await invoke(cmd_status, ["status", "--json"], client)
+        assert (code, err) == (0, "")
+        data = json.loads(out)
+        assert [s["name"] for s in data["services"]] == ["speedo", "doors"]
+        assert {s["state"] for s in data["services"]} == {"running"}
+        assert data["services"][0]["uptime"] == pytest.approx(2.0, abs=0.01)
+        assert data["services"][0]["restarts"] == 0
+        assert data["supervisor_uptime"] == pytest.approx(2.0, abs=0.01)
+        code, out, _ = await invoke(cmd_status, ["status"], client)
+        assert code == 0
+        header, speedo, doors = out.splitlines()
+        assert header.split()[:4] == ["SERVICE", "STATE", "RESTARTS", "UPTIME"]
+        assert speedo.split()[:4] == ["speedo", "running", "0", "2.0s"]
+        assert doors.startswith("doors")
+
+
+async def test_stop_start_restart_show_in_status(autojump_clock: trio.testing.MockClock) -> None:
+    async with running() as (h, _):
+        client = h.bus.client("cli", CONTROL_OPERATE)
+        code, out, _ = await invoke(cmd_operate, ["stop", "speedo"], client)
+        assert (code, out) == (0, "stop: speedo is stopped\n")
+        assert h.status()["speedo"].state.value == "stopped"
+        reply: StatusReply = await client.call(STATUS, None)
+        assert reply.services[0].state == "stopped"
+        assert reply.services[0].last_exit == "stopped"
+
+        code, out, _ = await invoke(cmd_operate, ["start", "speedo", "--json"], client)
+        assert code == 0
+        assert json.loads(out)["service"]["state"] == "running"
+        assert h.status()["speedo"].state.value == "running"
+
+        await trio.sleep(5)
+        code, out, _ = await invoke(cmd_operate, ["restart", "speedo", "--json"], client)
+        assert code == 0
+        row = json.loads(out)["service"]
+        assert row["state"] == "running"
+        assert row["uptime"] < 1.0  # a new run, not the 5 s old one
+        assert row["restarts"] == 0  # an operator's restart is not counted
+
+
+async def test_operating_an_unknown_service_fails_with_the_names(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running() as (h, _):
+        code, out, err = await invoke(cmd_operate, ["restart", "nope"], h.bus.client("cli", CONTROL_ADMIN))
+        assert code == 1
+        assert out == ""
+        assert err == "vwos: no such service: 'nope' (services: speedo, doors)\n"
+
+
+# -- permissions ------------------------------------------------------------------------------------
+
+
+async def test_read_permission_cannot_restart_or_publish(autojump_clock: trio.testing.MockClock) -> None:
+    async with running() as (h, _):
+        reader = h.bus.client("reader", CONTROL_READ)
+        assert (await invoke(cmd_status, ["status"], reader))[0] == 0
+        code, _, err = await invoke(cmd_operate, ["restart", "speedo"], reader)
+        assert code == 1
+        assert err == "vwos: permission denied: 'reader' may not call 'Vwos.Control.Operate.Restart'\n"
+        assert h.status()["speedo"].restarts == 0
+        code, _, err = await invoke(cmd_bus_pub, ["bus", "pub", "Vehicle.Odometer", "12"], reader)
+        assert code == 1
+        assert err == "vwos: permission denied: 'reader' may not publish 'Vehicle.Odometer'\n"
+        assert h.bus.latest("Vehicle.Odometer") == []
+        operator = h.bus.client("operator", CONTROL_OPERATE)
+        code, _, err = await invoke(
+            cmd_bus_call, ["bus", "call", "Body.Doors.Lock", '{"lock": true}'], operator
+        )
+        assert code == 1
+        assert "may not call 'Body.Doors.Lock'" in err
+
+
+def test_default_authorize_by_uid() -> None:
+    authorize = default_authorize(admin_uids=(0,), operate_uids=(1000,), read_uids=(1001,))
+    assert authorize((123, 0, 0), "cli") is CONTROL_ADMIN
+    assert authorize((123, 1000, 1000), "cli") is CONTROL_OPERATE
+    assert authorize((123, 1001, 1001), "cli") is CONTROL_READ
+    assert authorize((123, 1002, 1002), "cli") is None
+    assert authorize(object(), "cli") is None
+
+    @attrs.frozen
+    class Creds:
+        uid: int
+
+    anyone = default_authorize(admin_uids=(0,))
+    assert anyone(Creds(4242), "cli") is CONTROL_READ
+    assert anyone(Creds(0), "cli") is CONTROL_ADMIN
+    assert CONTROL_READ.allows(Action.CALL, "Vwos.Control.Read.Status")
+    assert not CONTROL_READ.allows(Action.PUBLISH, "Vehicle.Speed")
+    assert not CONTROL_OPERATE.allows(Action.PUBLISH, "Vehicle.Speed")
+
+
+# -- logs -------------------------------------------------------------------------------------------
+
+
+async def test_logs_lines_n_and_follow(autojump_clock: trio.testing.MockClock, log_buffer: LogBuffer) -> None:
+    async with running(log_buffer) as (h, _):
+        await trio.sleep(1.5)
+        client = h.bus.client("cli", CONTROL_READ)
+        code, out, _ = await invoke(cmd_logs, ["logs", "speedo", "-n", "100"], client)
+        assert code == 0
+        texts = [line.split(None, 2)[2] for line in out.splitlines()]
+        assert "speedo up hz=10" in texts
+        assert "tick i=0" in texts
+        assert "tick i=10" in texts
+        assert all("doors" not in t for t in texts)
+        code, out, _ = await invoke(cmd_logs, ["logs", "speedo", "-n", "1", "--json"], client)
+        (last,) = [json.loads(line) for line in out.splitlines()]
+        assert last["text"] == "tick i=10"
+        assert last["level"] == "info"
+        assert last["service"] == "speedo"
+
+        follow_out = io.StringIO()
+        args = _parser(extensions=False).parse_args(["logs", "speedo", "-n", "0", "-f"])
+        with trio.move_on_after(2.0):
+            await run_control(cmd_logs, client, args, follow_out, io.StringIO())
+        followed = follow_out.getvalue()
+        assert "tick i=20" in followed
+        assert "tick i=10" not in followed
+
+        code, _, err = await invoke(cmd_logs, ["logs", "ghost"], client)
+        assert code == 1
+        assert "no such service: 'ghost'" in err
+
+
+def test_log_buffer_ring_counts_missed_lines() -> None:
+    buffer = LogBuffer(capacity=3)
+    for i in range(5):
+        buffer.add("a", "info", f"line {i}", timestamp=float(i))
+    buffer.add("b", "info", "other")
+    reply = buffer.read("a", lines=10)
+    assert [line.text for line in reply.lines] == ["line 2", "line 3", "line 4"]
+    assert (reply.cursor, reply.missed) == (5, 2)
+    reply = buffer.read("a", lines=1, after=3)
+    assert [line.text for line in reply.lines] == ["line 4"]
+    assert reply.missed == 1
+    assert buffer.read("a", after=5).lines == ()
+
+
+# -- bus list, echo, pub, hz, call ------------------------------------------------------------------
+
+
+async def test_bus_list_types_rates_and_staleness(autojump_clock: trio.testing.MockClock) -> None:
+    async with running() as (h, _):
+        client = h.bus.client("cli", CONTROL_READ)
+        await trio.sleep(2.05)
+        code, out, _ = await invoke(cmd_bus_list, ["bus", "list", "--json"], client)
+        assert code == 0
+        topics = {t["name"]: t for t in json.loads(out)["topics"]}
+        speed = topics["Vehicle.Speed"]
+        assert (speed["type"], speed["unit"]) == ("float", "km/h")
+        assert speed["rate"] == pytest.approx(10.0, rel=0.1)
+        assert speed["stale"] is False
+        assert speed["latest"] == "70.0"
+        assert topics["Vehicle.CurrentLocation"]["type"] == "Position"
+        assert topics["Vehicle.Odometer"]["latest"] is None
+
+        await trio.sleep(8)  # the speedo stopped publishing after 3 s, and the window is 5 s
+        code, out, _ = await invoke(cmd_bus_list, ["bus", "list", "Vehicle.Speed"], client)
+        header, line = out.splitlines()
+        assert header.split()[:4] == ["TOPIC", "TYPE", "UNIT", "RATE/s"]
+        assert line.split()[:4] == ["Vehicle.Speed", "float", "km/h", "0.0"]
+        assert line.endswith("79.0  (stale)")
+
+
+async def test_bus_echo_prints_samples(autojump_clock: trio.testing.MockClock) -> None:
+    async with running() as (h, _):
+        client = h.bus.client("cli", CONTROL_READ)
+        code, out, _ = await invoke(
+            cmd_bus_echo, ["bus", "echo", "Vehicle.*", "--count", "3", "--json"], client
+        )
+        assert code == 0
+        samples = [json.loads(line) for line in out.splitlines()]
+        assert len(samples) == 3
+        assert [s["topic"] for s in samples] == ["Vehicle.Speed"] * 3
+        assert [s["seq"] for s in samples] == [samples[0]["seq"] + i for i in range(3)]
+        assert samples[0]["publisher"] == "speedo"
+        code, out, _ = await invoke(
+            cmd_bus_echo, ["bus", "echo", "Vehicle.Speed", "--count", "1", "--latest"], client
+        )
+        assert out.startswith("Vehicle.Speed = ")
+        assert "(speedo #" in out
+
+
+async def test_bus_pub_converts_and_refuses(autojump_clock: trio.testing.MockClock) -> None:
+    async with running() as (h, _):
+        admin = h.bus.client("cli", CONTROL_ADMIN)
+        code, out, err = await invoke(cmd_bus_pub, ["bus", "pub", "Vehicle.Odometer", "12"], admin)
+        assert (code, err) == (0, "")
+        sample = h.bus.latest("Vehicle.Odometer")[0]
+        assert sample.value == 12.0
+        assert type(sample.value) is float
+        assert out == "published Vehicle.Odometer = 12.0  (cli #1)\n"
+
+        code, _, _ = await invoke(
+            cmd_bus_pub, ["bus", "pub", "Vehicle.CurrentLocation", '{"lat": 52.4, "lon": 10}'], admin
+        )
+        assert code == 0
+        assert h.bus.latest("Vehicle.CurrentLocation")[0].value == Position(52.4, 10.0, True)
+        assert (await invoke(cmd_bus_pub, ["bus", "pub", "Vehicle.Gear", "D"], admin))[0] == 0
+        assert h.bus.latest("Vehicle.Gear")[0].value is Gear.D
+
+        refusals = {
+            ("Vehicle.Odometer", '"fast"'): 'vwos: Vehicle.Odometer: expected a number, got "fast"\n',
+            ("Vehicle.Speed", "500"): "vwos: Vehicle.Speed: value 500.0 refused: above max 400 km/h\n",
+            ("Vehicle.Nope", "1"): "vwos: Vehicle.Nope: no such topic is declared on the bus\n",
+            ("Vehicle.Gear", "X"): "vwos: Vehicle.Gear: expected one of ['P', 'D'] (Gear), got \"X\"\n",
+            ("Vehicle.CurrentLocation", '{"lat": 1}'): (
+                "vwos: Vehicle.CurrentLocation: Position needs the field 'lon'\n"
+            ),
+            ("Vehicle.CurrentLocation", '{"lat": 1, "lon": 2, "alt": 3}'): (
+                "vwos: Vehicle.CurrentLocation: Position has no field 'alt' (fields: lat, lon, fix)\n"
+            ),
+            ("Vehicle.Odometer", "{oops"): "vwos: the value '{oops' is not JSON: ",
+        }
+        for (topic, value), message in refusals.items():
+            before = len(h.samples(topic))
+            code, out, err = await invoke(cmd_bus_pub, ["bus", "pub", topic, value], admin)
+            assert code == 1, (topic, value)
+            assert out == ""
+            assert err.startswith(message), err
+            assert len(h.samples(topic)) == before
+
+
+async def test_bus_hz_measures_rate_and_intervals(autojump_clock: trio.testing.MockClock) -> None:
+    async with running() as (h, _):
+        client = h.bus.client("cli", CONTROL_READ)
+        await trio.sleep(0.05)  # windows between samples, not on them
+        code, out, _ = await invoke(
+            cmd_bus_hz, ["bus", "hz", "Vehicle.Speed", "--window", "1", "--count", "2", "--json"], client
+        )
+        assert code == 0
+        first, second = (json.loads(line) for line in out.splitlines())
+        assert second["rate"] == pytest.approx(10.0, rel=0.01)
+        assert second["min"] == pytest.approx(0.1, rel=0.01)
+        assert second["max"] == pytest.approx(0.1, rel=0.01)
+        assert (first["samples"], second["samples"]) == (10, 10)
+        assert first["mean"] == pytest.approx(0.1, rel=0.01)
+        await trio.sleep(5)  # no more samples
+        code, out, _ = await invoke(
+            cmd_bus_hz, ["bus", "hz", "Vehicle.Speed", "--window", "1", "--count", "1"], client
+        )
+        assert out == "Vehicle.Speed: 0 samples in 1 s\n"
+        code, _, err = await invoke(cmd_bus_hz, ["bus", "hz", "Vehicle.Speed", "--window", "0"], client)
+        assert code == 2
+        assert "--window must be positive" in err
+
+
+async def test_bus_call_converts_the_argument_and_reports_errors(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running() as (h, _):
+        admin = h.bus.client("cli", CONTROL_ADMIN)
+        code, out, _ = await invoke(
+            cmd_bus_call, ["bus", "call", "Body.Doors.Lock", '{"lock": true, "door": "rear"}'], admin
+        )
+        assert (code, out) == (0, '"rear locked"\n')
+        code, out, _ = await invoke(
+            cmd_bus_call, ["bus", "call", "Body.Doors.Lock", '{"lock": false}', "--json"], admin
+        )
+        assert json.loads(out) == {"method": "Body.Doors.Lock", "result": "all unlocked"}
+        code, out, err = await invoke(cmd_bus_call, ["bus", "call", "Body.Broken"], admin)
+        assert code == 1
+        assert err == "vwos: Body.Broken: handler raised RuntimeError: actuator jammed\n"
+        code, _, err = await invoke(cmd_bus_call, ["bus", "call", "Body.Doors.Lock", '{"lock": 1}'], admin)
+        assert code == 1
+        assert err == "vwos: Body.Doors.Lock.lock: expected true or false, got 1\n"
+        code, _, err = await invoke(cmd_bus_call, ["bus", "call", "Body.Nothing"], admin)
+        assert code == 1
+        assert err == "vwos: Body.Nothing: no such method is served on this bus\n"
+        code, out, _ = await invoke(
+            cmd_bus_call, ["bus", "call", "Vwos.Control.Read.Status", "--json"], admin
+        )
+        assert [s["name"] for s in json.loads(out)["result"]["services"]] == ["speedo", "doors"]
+
+
+async def test_without_a_control_plane_the_commands_say_so(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_harness(ServiceSpec("doors", Doors)) as h:
+        code, _, err = await invoke(cmd_status, ["status"], h.bus.client("cli"))
+        assert code == 3
+        assert "does not serve the control interface" in err
+
+
+# -- top --------------------------------------------------------------------------------------------
+
+
+async def test_top_once(autojump_clock: trio.testing.MockClock) -> None:
+    async with running() as (h, _):
+        client = h.bus.client("cli", CONTROL_READ)
+        await trio.sleep(2.05)
+        code, out, _ = await invoke(cmd_top, ["top", "--once"], client)
+        assert code == 0
+        lines = out.splitlines()
+        assert lines[0].startswith("vwos top")
+        assert any(line.split()[:2] == ["speedo", "running"] for line in lines)
+        topic_header = next(i for i, line in enumerate(lines) if line.startswith("TOPIC"))
+        busiest = lines[topic_header + 1].split()
+        assert busiest[0] == "Vehicle.Speed"
+        assert float(busiest[1]) == pytest.approx(10.0, rel=0.1)
+        code, out, _ = await invoke(cmd_top, ["top", "--once", "--json", "--limit", "1"], client)
+        frame = json.loads(out)
+        assert [t["name"] for t in frame["topics"]] == ["Vehicle.Speed"]
+        assert [s["name"] for s in frame["services"]] == ["speedo", "doors"]
+
+
+# -- pieces -----------------------------------------------------------------------------------------
+
+
+def test_convert_json_nested_and_containers() -> None:
+    assert convert_json(tuple[int, ...], [1, 2]) == (1, 2)
+    assert convert_json(int | None, None) is None
+    assert convert_json(bytes, "0aff") == b"\x0a\xff"
+    assert convert_json(Gear, "P") is Gear.P
+    with pytest.raises(ControlError, match=r"value\[1\]: expected an integer, got true"):
+        convert_json(list[int], [1, True])
+
+
+def test_socket_path_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VWOS_SOCKET", "/tmp/x.sock")
+    assert default_socket_path() == "/tmp/x.sock"
+    monkeypatch.delenv("VWOS_SOCKET")
+    monkeypatch.setattr("os.getuid", lambda: 1000)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert default_socket_path() == "/run/user/1000/vwos.sock"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert default_socket_path() == "/tmp/vwos-1000/vwos.sock"
+    monkeypatch.setattr("os.getuid", lambda: 0)
+    assert default_socket_path() == "/run/vwos/vwos.sock"
+
+
+def test_control_types_cross_the_codec() -> None:
+    reply = StatusReply((), 1.5)
+    assert default_codec.decode(default_codec.encode(reply)) == reply

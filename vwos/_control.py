@@ -1,0 +1,657 @@
+"""The control plane: the running supervisor's state and operations, served as typed methods on the bus.
+
+The control interface *is* the bus: `ControlPlane` serves ``Vwos.Control.Read.*`` (status, topics, logs,
+value conversion) and ``Vwos.Control.Operate.*`` (start, stop, restart a service) as bus methods, so a
+client's rights are ordinary bus permissions: reading is ``call`` on ``Vwos.Control.Read.*`` (plus
+``subscribe``, for ``vwos bus echo``/``hz``), operating is ``call`` on ``Vwos.Control.Operate.*``, and
+publishing is the bus's own ``publish`` right. `CONTROL_READ`, `CONTROL_OPERATE` and `CONTROL_ADMIN` are
+the three permission sets the control socket hands out (see `default_authorize`). See ``docs/control.md``.
+
+Every request and reply is a frozen attrs class registered with `bus.default_codec`, so it crosses the
+socket transport unchanged.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import json
+import math
+import os
+import reprlib
+import time
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import Any, Final, Literal
+
+import attrs
+import structlog
+import trio
+
+from bus import Bus, BusClient, Method, Permissions, Topic, UnknownTopicError, default_codec
+from vwos._policy import State
+from vwos._supervisor import Supervisor
+
+__all__ = [
+    "CONTROL_ADMIN",
+    "CONTROL_OPERATE",
+    "CONTROL_READ",
+    "CONVERT",
+    "LOGS",
+    "RESTART",
+    "START",
+    "STATUS",
+    "STOP",
+    "TOPICS",
+    "ControlError",
+    "ControlPlane",
+    "ConvertReply",
+    "ConvertRequest",
+    "LogBuffer",
+    "LogLine",
+    "LogsReply",
+    "LogsRequest",
+    "OperateReply",
+    "ServiceRecord",
+    "ServiceRequest",
+    "StatusReply",
+    "TopicRecord",
+    "TopicsReply",
+    "TopicsRequest",
+    "convert_json",
+    "default_authorize",
+]
+
+_log = structlog.get_logger("vwos.control")
+
+#: The bus client name the control plane serves under.
+CONTROL_CLIENT = "vwos.control"
+READ_PREFIX: Final = "Vwos.Control.Read"
+OPERATE_PREFIX: Final = "Vwos.Control.Operate"
+
+
+# == types =================================================================================================
+
+
+@default_codec.register(name="vwos.control.ServiceRecord")
+@attrs.frozen
+class ServiceRecord:
+    """One service in the status table. ``state``/``last_exit`` are the values of `State`/`Exit`."""
+
+    name: str
+    state: str
+    restarts: int
+    uptime: float | None
+    last_exit: str | None
+    last_error: str | None
+
+
+@default_codec.register(name="vwos.control.StatusReply")
+@attrs.frozen
+class StatusReply:
+    """``Vwos.Control.Read.Status``: every service in start order, and how long the supervisor has run."""
+
+    services: tuple[ServiceRecord, ...]
+    supervisor_uptime: float
+
+
+@default_codec.register(name="vwos.control.TopicsRequest")
+@attrs.frozen
+class TopicsRequest:
+    """``Vwos.Control.Read.Topics``: topics whose names match ``pattern``."""
+
+    pattern: str = "**"
+
+
+@default_codec.register(name="vwos.control.TopicRecord")
+@attrs.frozen
+class TopicRecord:
+    """One topic: its declaration, traffic and latest value.
+
+    ``rate`` is samples per second over the control plane's sliding window; ``latest`` a short ``repr`` of
+    the latest value (None before the first sample); ``age`` seconds of bus time since it; ``stale`` is
+    True once the age exceeds the topic's ``max_age``.
+    """
+
+    name: str
+    type: str
+    unit: str | None
+    description: str
+    published: int
+    subscribers: int
+    rate: float
+    latest: str | None
+    age: float | None
+    max_age: float | None
+    stale: bool
+
+
+@default_codec.register(name="vwos.control.TopicsReply")
+@attrs.frozen
+class TopicsReply:
+    topics: tuple[TopicRecord, ...]
+    #: The span of the sliding window the rates were measured over (0 until two samples exist).
+    window: float
+
+
+@default_codec.register(name="vwos.control.LogsRequest")
+@attrs.frozen
+class LogsRequest:
+    """``Vwos.Control.Read.Logs``: the last ``lines`` lines of ``service`` whose ``seq`` is above ``after``.
+
+    To follow a log, call again with ``after`` set to the reply's ``cursor``.
+    """
+
+    service: str
+    lines: int = 50
+    after: int = 0
+
+
+@default_codec.register(name="vwos.control.LogLine")
+@attrs.frozen
+class LogLine:
+    """One log line of a service: a sequence number (over all services), wall-clock time, level, text."""
+
+    seq: int
+    timestamp: float
+    level: str
+    text: str
+
+
+@default_codec.register(name="vwos.control.LogsReply")
+@attrs.frozen
+class LogsReply:
+    lines: tuple[LogLine, ...]
+    #: Pass as ``after`` to get only newer lines.
+    cursor: int
+    #: Lines newer than ``after`` that were no longer in the ring buffer (or beyond ``lines``).
+    missed: int
+
+
+@default_codec.register(name="vwos.control.ServiceRequest")
+@attrs.frozen
+class ServiceRequest:
+    """``Vwos.Control.Operate.Start/Stop/Restart``: which service, and how long to wait for it to settle."""
+
+    service: str
+    wait: float = 10.0
+
+
+@default_codec.register(name="vwos.control.OperateReply")
+@attrs.frozen
+class OperateReply:
+    """What the operation led to: the service's status once it settled (or once ``wait`` ran out)."""
+
+    action: str
+    service: ServiceRecord
+    settled: bool
+
+
+@default_codec.register(name="vwos.control.ConvertRequest")
+@attrs.frozen
+class ConvertRequest:
+    """``Vwos.Control.Read.Convert``: turn JSON text into a value of a topic's type or a method's request
+    type (``kind`` ``"topic"`` or ``"method"``), checked against the topic's rules.
+
+    Text that is not JSON is taken as a string for a ``str`` or enum type (so ``vwos bus pub Gear D`` works).
+    """
+
+    name: str
+    text: str
+    kind: str = "topic"
+
+
+@default_codec.register(name="vwos.control.ConvertReply")
+@attrs.frozen
+class ConvertReply:
+    value: Any
+    type: str
+
+
+class ControlError(Exception):
+    """A control request that cannot be carried out (no such service, no such topic, a bad value)."""
+
+
+STATUS: Final = Method(f"{READ_PREFIX}.Status", object, StatusReply, "the supervisor's status table")
+TOPICS: Final = Method(f"{READ_PREFIX}.Topics", TopicsRequest, TopicsReply, "topics with rates and values")
+LOGS: Final = Method(f"{READ_PREFIX}.Logs", LogsRequest, LogsReply, "recent log lines of a service")
+CONVERT: Final = Method(f"{READ_PREFIX}.Convert", ConvertRequest, ConvertReply, "JSON to a typed value")
+START: Final = Method(f"{OPERATE_PREFIX}.Start", ServiceRequest, OperateReply, "start a stopped service")
+STOP: Final = Method(
+    f"{OPERATE_PREFIX}.Stop", ServiceRequest, OperateReply, "stop a service, keep it stopped"
+)
+RESTART: Final = Method(f"{OPERATE_PREFIX}.Restart", ServiceRequest, OperateReply, "stop and start a service")
+
+
+# == permissions ===========================================================================================
+
+#: Read the supervisor's state: status, topics, logs; subscribe to (echo, measure) any topic.
+CONTROL_READ: Final = Permissions(subscribe=("**",), call=(f"{READ_PREFIX}.*",))
+#: Reading, and starting, stopping and restarting services. Not publishing, not calling other methods.
+CONTROL_OPERATE: Final = Permissions(subscribe=("**",), call=(f"{READ_PREFIX}.*", f"{OPERATE_PREFIX}.*"))
+#: Everything: publish any topic, call any method (actuation included), serve.
+CONTROL_ADMIN: Final = Permissions.ALL
+
+
+def _peer_uid(credentials: Any) -> int | None:
+    uid = getattr(credentials, "uid", None)
+    if uid is None and isinstance(credentials, tuple) and len(credentials) == 3:
+        uid = credentials[1]  # SO_PEERCRED's (pid, uid, gid)
+    return uid if isinstance(uid, int) else None
+
+
+def default_authorize(
+    admin_uids: Iterable[int] = (0, os.getuid()),
+    operate_uids: Iterable[int] = (),
+    read_uids: Iterable[int] | Literal["any"] = "any",
+) -> Callable[[Any, str], Permissions | None]:
+    """An ``authorize(peer_credentials, client_name)`` for the control socket, by the peer's uid.
+
+    ``admin_uids`` get `CONTROL_ADMIN` (by default root and the user running the supervisor),
+    ``operate_uids`` `CONTROL_OPERATE`, ``read_uids`` `CONTROL_READ` (``"any"``: every peer that can open
+    the socket, whose file mode is then the gate); anyone else is refused (None). The credentials are an
+    object with a ``uid`` attribute, or SO_PEERCRED's ``(pid, uid, gid)``.
+    """
+    admins = frozenset(admin_uids)
+    operators = frozenset(operate_uids)
+    readers: frozenset[int] | None = None if read_uids == "any" else frozenset(read_uids)
+
+    def authorize(peer_credentials: Any, client_name: str) -> Permissions | None:
+        uid = _peer_uid(peer_credentials)
+        if uid is None:
+            return None
+        if uid in admins:
+            return CONTROL_ADMIN
+        if uid in operators:
+            return CONTROL_OPERATE
+        if readers is None or uid in readers:
+            return CONTROL_READ
+        return None
+
+    return authorize
+
+
+# == logs ==================================================================================================
+
+_SKIP_KEYS = frozenset({"event", "level", "timestamp", "service", "logger", "_record", "_from_structlog"})
+
+
+class LogBuffer:
+    """A bounded ring buffer of log lines per service, fed by a structlog processor.
+
+    Put `processor` in structlog's chain after ``add_log_level`` and ``TimeStamper`` and before the
+    renderer: every event that carries ``service=NAME`` is kept (the last ``capacity`` per service), and
+    passed on unchanged. Lines are numbered per service from 1; the number is the cursor a follower
+    passes back as ``after``.
+    """
+
+    def __init__(self, capacity: int = 1000) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, not {capacity!r}")
+        self.capacity = capacity
+        self._lines: dict[str, collections.deque[LogLine]] = {}
+        self._counts: dict[str, int] = {}
+
+    def processor(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        """The structlog processor: records lines that carry ``service``."""
+        service = event_dict.get("service")
+        if isinstance(service, str):
+            self.add(service, str(event_dict.get("level", method_name)), _render(event_dict))
+        return event_dict
+
+    def add(self, service: str, level: str, text: str, timestamp: float | None = None) -> LogLine:
+        """Keep one line of ``service``."""
+        seq = self._counts[service] = self._counts.get(service, 0) + 1
+        line = LogLine(seq, time.time() if timestamp is None else timestamp, level, text)
+        lines = self._lines.get(service)
+        if lines is None:
+            lines = self._lines[service] = collections.deque(maxlen=self.capacity)
+        lines.append(line)
+        return line
+
+    def read(self, service: str, *, lines: int = 50, after: int = 0) -> LogsReply:
+        """The last ``lines`` lines of ``service`` numbered above ``after``, and the cursor to read on from.
+
+        ``missed`` counts the lines above ``after`` not returned: beyond ``lines``, or gone from the ring.
+        """
+        kept = self._lines.get(service, collections.deque())
+        count = self._counts.get(service, 0)
+        newer = [line for line in kept if line.seq > after]
+        chosen = newer[-lines:] if lines > 0 else []
+        missed = max(0, count - max(after, 0) - len(chosen))
+        return LogsReply(tuple(chosen), max(count, after), missed)
+
+
+def _render(event_dict: Mapping[str, Any]) -> str:
+    text = str(event_dict.get("event", ""))
+    extra = " ".join(f"{k}={v!r}" for k, v in event_dict.items() if k not in _SKIP_KEYS)
+    return f"{text} {extra}" if extra else text
+
+
+# == value conversion ======================================================================================
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__qualname__
+    return str(tp).replace("typing.", "")
+
+
+def convert_json(tp: Any, data: Any, where: str = "value") -> Any:
+    """Convert decoded JSON ``data`` to the type ``tp``: scalars, enums (by name or value), ``bytes`` (from
+    a hex string), attrs classes (from an object with their field names), ``list``/``tuple``/``dict``,
+    unions and Optional. Raises `ControlError` saying where and what was expected.
+    """
+
+    def fail(expected: str) -> typing.NoReturn:
+        raise ControlError(f"{where}: expected {expected}, got {json.dumps(data)}")
+
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is object:
+        return data
+    if tp is None or tp is type(None):
+        if data is None:
+            return None
+        fail("null")
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(tp)
+        for member in members:
+            try:
+                return convert_json(member, data, where)
+            except ControlError:
+                pass
+        fail(" or ".join(_type_name(m) for m in members))
+    if origin is Literal:
+        if data in typing.get_args(tp):
+            return data
+        fail(f"one of {list(typing.get_args(tp))!r}")
+    if origin in (list, tuple, frozenset, set):
+        if not isinstance(data, list):
+            fail(f"a JSON array ({_type_name(tp)})")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(data):
+                fail(f"an array of {len(args)} items")
+            return tuple(
+                convert_json(a, d, f"{where}[{i}]") for i, (a, d) in enumerate(zip(args, data, strict=True))
+            )
+        item = args[0] if args else Any
+        items = [convert_json(item, d, f"{where}[{i}]") for i, d in enumerate(data)]
+        return origin(items) if origin is not list else items
+    if origin is dict:
+        if not isinstance(data, dict):
+            fail("a JSON object")
+        args = typing.get_args(tp)
+        value_type = args[1] if len(args) == 2 else Any
+        return {k: convert_json(value_type, v, f"{where}.{k}") for k, v in data.items()}
+    if not isinstance(tp, type):
+        fail(f"a value of a supported type, not {tp!r}")
+    if tp is bool:
+        if isinstance(data, bool):
+            return data
+        fail("true or false")
+    if tp is int:
+        if isinstance(data, int) and not isinstance(data, bool):
+            return data
+        fail("an integer")
+    if tp is float:
+        if isinstance(data, int | float) and not isinstance(data, bool):
+            return float(data)
+        fail("a number")
+    if tp is str:
+        if isinstance(data, str):
+            return data
+        fail("a string")
+    if tp is bytes:
+        if isinstance(data, str):
+            try:
+                return bytes.fromhex(data)
+            except ValueError:
+                pass
+        fail("a hex string (bytes)")
+    if issubclass(tp, enum.Enum):
+        if isinstance(data, str) and data in tp.__members__:
+            return tp.__members__[data]
+        for member in tp:
+            if member.value == data and type(member.value) is type(data):
+                return member
+        fail(f"one of {list(tp.__members__)!r} ({tp.__qualname__})")
+    if attrs.has(tp):
+        if not isinstance(data, dict):
+            fail(f"a JSON object with the fields of {tp.__qualname__}")
+        hints = typing.get_type_hints(tp)
+        fields = {f.alias: f for f in attrs.fields(tp) if f.init}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ControlError(
+                f"{where}: {tp.__qualname__} has no field {unknown[0]!r} (fields: {', '.join(fields)})"
+            )
+        kwargs = {}
+        for alias, f in fields.items():
+            if alias in data:
+                kwargs[alias] = convert_json(hints.get(f.name, Any), data[alias], f"{where}.{alias}")
+            elif f.default is attrs.NOTHING:
+                raise ControlError(f"{where}: {tp.__qualname__} needs the field {alias!r}")
+        try:
+            return tp(**kwargs)
+        except Exception as exc:
+            raise ControlError(f"{where}: {tp.__qualname__} refused the fields: {exc}") from exc
+    raise ControlError(f"{where}: values of type {tp.__qualname__} cannot be made from JSON")
+
+
+def _parse_text(tp: Any, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        if tp is str or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
+            return text  # a bare word for a str or enum topic
+        raise ControlError(f"the value {text!r} is not JSON: {exc}") from None
+
+
+# == the control plane =====================================================================================
+
+_short = reprlib.Repr()
+_short.maxstring = 40
+_short.maxother = 60
+_short.maxlist = _short.maxtuple = _short.maxdict = 4
+
+
+def _record(row: Any) -> ServiceRecord:
+    return ServiceRecord(
+        name=row.name,
+        state=row.state.value,
+        restarts=row.restarts,
+        uptime=row.uptime,
+        last_exit=None if row.last_exit is None else row.last_exit.value,
+        last_error=row.last_error,
+    )
+
+
+_SETTLED_STATES = frozenset(
+    {State.RUNNING.value, State.STOPPED.value, State.EXITED.value, State.FAILED.value}
+)
+
+
+class ControlPlane:
+    """Serves the control methods of a running `Supervisor` on its bus.
+
+    ``await nursery.start(ControlPlane(supervisor, logs=buffer).run)`` once the supervisor has its bus
+    (pass the same `Bus` to both; ``run`` waits for the supervisor to have one). Rates are measured by
+    sampling every topic's publish count every ``sample_interval`` seconds over a sliding ``window``.
+    """
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        *,
+        logs: LogBuffer | None = None,
+        window: float = 5.0,
+        sample_interval: float = 1.0,
+        poll_interval: float = 0.05,
+    ) -> None:
+        if not (sample_interval > 0 and window >= sample_interval):
+            raise ValueError("need sample_interval > 0 and window >= sample_interval")
+        self.supervisor = supervisor
+        self.logs = logs if logs is not None else LogBuffer()
+        self.window = window
+        self.sample_interval = sample_interval
+        self.poll_interval = poll_interval
+        self._samples: collections.deque[tuple[float, dict[str, int]]] = collections.deque(
+            maxlen=math.ceil(window / sample_interval) + 1
+        )
+        self._started_at: float | None = None
+        self._client: BusClient | None = None
+
+    @property
+    def bus(self) -> Bus:
+        return self.supervisor.bus
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve every control method, and sample the publish counts, until cancelled."""
+        self._started_at = trio.current_time()
+        client = self._client = self.bus.client(CONTROL_CLIENT, Permissions(serve=("Vwos.Control.**",)))
+        handlers: list[tuple[Method[Any, Any], Callable[[Any], Any]]] = [
+            (STATUS, self.status),
+            (TOPICS, self.topics),
+            (LOGS, self.read_logs),
+            (CONVERT, self.convert),
+            (START, self.start),
+            (STOP, self.stop),
+            (RESTART, self.restart),
+        ]
+        try:
+            async with trio.open_nursery() as nursery:
+                for method, handler in handlers:
+                    await nursery.start(client.serve, method, handler)
+                self._sample()
+                nursery.start_soon(self._sampler)
+                task_status.started()
+        finally:
+            client.close()
+
+    async def _sampler(self) -> None:
+        while True:
+            await trio.sleep(self.sample_interval)
+            self._sample()
+
+    def _sample(self) -> None:
+        counts = {t.name: t.published for t in self.bus.statistics().topics}
+        self._samples.append((self.bus.clock(), counts))
+
+    # -- read ----------------------------------------------------------------------------------------
+
+    async def status(self, _: object = None) -> StatusReply:
+        await trio.lowlevel.checkpoint()
+        started = self._started_at if self._started_at is not None else trio.current_time()
+        return StatusReply(
+            tuple(_record(row) for row in self.supervisor.status()), trio.current_time() - started
+        )
+
+    def _rates(self, counts: Mapping[str, int], now: float) -> tuple[dict[str, float], float]:
+        if not self._samples:
+            return {}, 0.0
+        then, old = self._samples[0]
+        span = now - then
+        if span <= 0:
+            return {}, 0.0
+        return {name: (count - old.get(name, 0)) / span for name, count in counts.items()}, span
+
+    async def topics(self, request: TopicsRequest) -> TopicsReply:
+        await trio.lowlevel.checkpoint()
+        bus = self.bus
+        now = bus.clock()
+        stats = {t.name: t for t in bus.statistics().topics}
+        rates, span = self._rates({n: t.published for n, t in stats.items()}, now)
+        latest = {s.topic: s for s in bus.latest(request.pattern)}
+        records = []
+        for topic in bus.topics(request.pattern):
+            sample = latest.get(topic.name)
+            age = None if sample is None else now - sample.bus_time
+            stale = sample is None or (topic.max_age is not None and age is not None and age > topic.max_age)
+            records.append(
+                TopicRecord(
+                    name=topic.name,
+                    type=topic.type.__qualname__,
+                    unit=topic.unit,
+                    description=topic.description,
+                    published=stats[topic.name].published,
+                    subscribers=stats[topic.name].subscribers,
+                    rate=rates.get(topic.name, 0.0),
+                    latest=None if sample is None else _short.repr(sample.value),
+                    age=age,
+                    max_age=topic.max_age,
+                    stale=stale,
+                )
+            )
+        return TopicsReply(tuple(records), span)
+
+    async def read_logs(self, request: LogsRequest) -> LogsReply:
+        await trio.lowlevel.checkpoint()
+        self._check_service(request.service)
+        return self.logs.read(request.service, lines=request.lines, after=request.after)
+
+    async def convert(self, request: ConvertRequest) -> ConvertReply:
+        await trio.lowlevel.checkpoint()
+        if request.kind == "topic":
+            try:
+                topic: Topic[Any] = self.bus.topic(request.name)
+            except UnknownTopicError:
+                raise ControlError(f"{request.name}: no such topic is declared on the bus") from None
+            tp: Any = topic.type
+            value = convert_json(tp, _parse_text(tp, request.text), request.name)
+            value = topic.check(value)  # ValueRefusedError names the rule
+        elif request.kind == "method":
+            tp = self._request_type(request.name)
+            value = convert_json(tp, _parse_text(tp, request.text), request.name)
+        else:
+            raise ControlError(f"kind must be 'topic' or 'method', not {request.kind!r}")
+        return ConvertReply(value, _type_name(tp))
+
+    def _request_type(self, name: str) -> Any:
+        # The bus has no public look-up of served methods' declarations yet (proposed: Bus.method(name)).
+        servers: Mapping[str, Any] = getattr(self.bus, "_servers", {})
+        server = servers.get(name)
+        if server is None:
+            raise ControlError(f"{name}: no such method is served on this bus")
+        return server.method.request
+
+    # -- operate -------------------------------------------------------------------------------------
+
+    def _check_service(self, name: str) -> None:
+        names = [row.name for row in self.supervisor.status()]
+        if name not in names:
+            raise ControlError(f"no such service: {name!r} (services: {', '.join(names) or 'none'})")
+
+    def _row(self, name: str) -> ServiceRecord:
+        return next(_record(r) for r in self.supervisor.status() if r.name == name)
+
+    async def _operate(self, action: str, request: ServiceRequest) -> OperateReply:
+        self._check_service(request.service)
+        before = self._row(request.service)
+        _log.info("control: operator request", action=action, service=request.service)
+        getattr(self.supervisor, f"{action}_service")(request.service)
+        moved = action != "restart"  # a restart must first be seen to leave the old run
+        row = before
+        with trio.move_on_after(max(request.wait, 0.0)):
+            while True:
+                await trio.sleep(self.poll_interval)
+                row = self._row(request.service)
+                if not moved:
+                    moved = row.state != State.RUNNING.value or (
+                        row.uptime is not None and before.uptime is not None and row.uptime < before.uptime
+                    )
+                if moved and row.state in _SETTLED_STATES:
+                    return OperateReply(action, row, True)
+        return OperateReply(action, row, False)
+
+    async def start(self, request: ServiceRequest) -> OperateReply:
+        return await self._operate("start", request)
+
+    async def stop(self, request: ServiceRequest) -> OperateReply:
+        return await self._operate("stop", request)
+
+    async def restart(self, request: ServiceRequest) -> OperateReply:
+        return await self._operate("restart", request)
