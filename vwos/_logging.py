@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Literal, TextIO
 
 import structlog
@@ -13,13 +14,18 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def configure_logging(
-    *, format: LogFormat = "auto", level: str = "info", stream: TextIO | None = None
+    *,
+    format: LogFormat = "auto",
+    level: str = "info",
+    stream: TextIO | None = None,
+    extra_processors: Sequence[structlog.typing.Processor] = (),
 ) -> None:
     """Set up structlog for the process.
 
     ``format="auto"`` renders for a person when ``stream`` is a terminal and as JSON lines otherwise (a
     journal, a file, a pipe). Every line has a UTC ISO timestamp and a level; lines from a service carry
-    its name under ``service``.
+    its name under ``service``. ``extra_processors`` run on every event before it is rendered (the control
+    plane's log buffer is one).
     """
     if level not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
@@ -37,6 +43,7 @@ def configure_logging(
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        *extra_processors,
     ]
     if format == "json":
         processors.append(structlog.processors.dict_tracebacks)
