@@ -23,12 +23,25 @@ from bus._errors import (
 from bus._pattern import covers, matches
 from bus._permissions import Action, Permissions
 from bus._sample import Sample
+from bus._socket import (
+    BrokerRefusedError,
+    ConnectionLostError,
+    PeerCredentials,
+    RemoteBusClient,
+    RemotePublisher,
+    connect_unix,
+    serve_unix,
+)
 from bus._subscription import Subscription, SubscriptionStatistics
 from bus._topic import Method, Overflow, QoS, Topic
+from bus._wire import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, ProtocolError
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
+    "DEFAULT_MAX_FRAME",
+    "PROTOCOL_VERSION",
     "Action",
+    "BrokerRefusedError",
     "Bus",
     "BusClient",
     "BusError",
@@ -36,16 +49,21 @@ __all__ = [
     "CallTimeoutError",
     "Codec",
     "CodecError",
+    "ConnectionLostError",
     "Method",
     "MethodAlreadyServedError",
     "MethodError",
     "NoSuchMethodError",
     "Overflow",
+    "PeerCredentials",
     "PermissionDeniedError",
     "Permissions",
+    "ProtocolError",
     "Publisher",
     "QoS",
+    "RemoteBusClient",
     "RemoteError",
+    "RemotePublisher",
     "Sample",
     "SchemaMismatchError",
     "StaleValueError",
@@ -56,7 +74,9 @@ __all__ = [
     "TopicStatistics",
     "UnknownTopicError",
     "ValueRefusedError",
+    "connect_unix",
     "covers",
     "default_codec",
     "matches",
+    "serve_unix",
 ]

@@ -446,3 +446,90 @@ def uplink_samples(
     """``(topic, timestamp_us, value)`` triples over a few topics, in any time order."""
     sample = st.tuples(topic_names(max_depth=3), uplink_timestamps_us(), uplink_values())
     return st.lists(sample, min_size=min_size, max_size=max_size)
+
+
+# -- bus socket protocol: every message kind (tests/test_wire.py) -------------------------------------------
+#
+# `wire_messages` draws any message of the socket protocol (bus/_wire.py) with the role that sends it.
+
+from bus import Permissions, Sample  # noqa: E402 - this section's own imports
+from bus import _wire as wire  # noqa: E402
+
+__all__ += ["wire_messages"]
+
+
+def _wire_permissions() -> st.SearchStrategy[Permissions]:
+    grants = st.lists(patterns(max_depth=3), max_size=3)
+    return st.builds(Permissions, publish=grants, subscribe=grants, serve=grants, call=grants)
+
+
+def _ids() -> st.SearchStrategy[int]:
+    return st.integers(min_value=0, max_value=2**63 - 1)
+
+
+def _numbers() -> st.SearchStrategy[float]:
+    return st.floats(allow_nan=False)
+
+
+def wire_messages(*, role: wire.Role) -> st.SearchStrategy[Any]:
+    """Any message a ``role`` end may send once the handshake is over (values: plain CBOR values)."""
+    values = cbor_values(max_leaves=6)
+    both = [
+        st.builds(wire.Call, _ids(), topic_names(), values, st.none() | _numbers()),
+        st.builds(wire.Cancel, _ids()),
+        st.builds(wire.Reply, _ids(), values),
+        st.builds(
+            wire.Error,
+            st.none() | _ids(),
+            st.sampled_from(["remote", "value_refused", "protocol", "bus", "some_future_kind"]),
+            st.text(max_size=10),
+            st.text(max_size=20),
+            st.lists(values, max_size=3),
+        ),
+    ]
+    if role is wire.Role.SERVER:
+        sample = st.builds(Sample, topic_names(), values, _numbers(), _numbers(), st.text(max_size=8), _ids())
+        return st.one_of(*both, st.builds(wire.Deliver, _ids(), sample))
+    overflow = st.none() | st.sampled_from(["drop_oldest", "latest", "block"])
+    queue = st.none() | st.integers(min_value=1, max_value=2**20)
+    return st.one_of(
+        *both,
+        st.builds(wire.Publish, topic_names(), values, st.none() | _numbers()),
+        st.builds(
+            wire.Declare,
+            topic_names(),
+            st.sampled_from(["bool", "int", "float", "str", "bytes"]),
+            st.none() | st.text(max_size=5),
+            st.none() | st.integers(-100, 0),
+            st.none() | st.integers(1, 100),
+            st.none() | st.lists(st.integers(), max_size=3),
+            st.text(max_size=10),
+            st.none() | st.floats(min_value=0.001, max_value=100),
+            st.integers(min_value=1, max_value=1000),
+            st.sampled_from(["drop_oldest", "latest", "block"]),
+        ),
+        st.builds(wire.Subscribe, _ids(), patterns(max_depth=3), queue, overflow, st.booleans()),
+        st.builds(wire.Unsubscribe, _ids()),
+        st.builds(wire.Get, _ids(), topic_names(), st.booleans()),
+        st.builds(wire.IsStale, _ids(), topic_names()),
+        st.builds(wire.Serve, _ids(), topic_names()),
+        st.builds(wire.Unserve, topic_names()),
+    )
+
+
+def wire_handshakes() -> st.SearchStrategy[tuple[Any, Any]]:
+    """A HELLO and the WELCOME answering it."""
+    return st.tuples(
+        st.builds(
+            wire.Hello,
+            st.text(max_size=10),
+            st.none() | _wire_permissions(),
+            st.integers(min_value=wire.MIN_MAX_FRAME, max_value=2**32 - 1),
+        ),
+        st.builds(
+            wire.Welcome, _wire_permissions(), st.integers(min_value=wire.MIN_MAX_FRAME, max_value=2**24)
+        ),
+    )
+
+
+__all__ += ["wire_handshakes"]

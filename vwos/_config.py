@@ -26,6 +26,8 @@ config file, not to the working directory::
     start_timeout = 10.0                     # optional, falls back to [supervisor]
     stop_timeout = 2.0                       # optional, falls back to [supervisor]
     watchdog = 2.0                           # optional: seconds without a heartbeat before a restart
+    isolated = false                         # true: run in a child process of its own
+    memory_limit_mb = 256                    # optional, only with isolated = true: enforced by the OS
     backoff = { initial = 0.1, multiplier = 2.0, max_delay = 30.0, jitter = 0.1, reset_after = 60.0 }
     permissions = { publish = ["Vehicle.Warning.**"], subscribe = ["Vehicle.Speed"], call = [], serve = [] }
 
@@ -52,6 +54,9 @@ config file, not to the working directory::
     starting over once the service has been up for ``reset_after`` seconds. ``permissions``: if absent,
     the service may publish, subscribe, serve and call anything; if present, only what it lists (patterns,
     ``*`` for one segment, ``**`` for any depth) -- a kind not listed is denied altogether.
+    ``isolated``: run the service in a process of its own, joined to the bus over the supervisor's Unix
+    socket; ``memory_limit_mb`` (only with ``isolated = true``) is that process's memory limit, enforced by
+    the OS (see ``docs/supervisor.md``, "Isolated services").
 
 ``[services.NAME.config]``
     The plugin's own settings, built strictly into its ``config_class``: no string is taken for a number,
@@ -163,6 +168,11 @@ def _non_negative(_inst: object, _attribute: attrs.Attribute[int], value: int) -
         raise ValueError(f"expected an integer >= 0, got {describe_value(value)}")
 
 
+def _positive_mib(_inst: object, _attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"expected a number of MiB >= 1, got {describe_value(value)}")
+
+
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
@@ -249,6 +259,18 @@ class ServiceTable:
         metadata=_help(
             "Bus name patterns the service may publish, subscribe, serve and call; absent: everything, "
             "present: only what is listed."
+        ),
+    )
+    isolated: bool = attrs.field(
+        default=False,
+        metadata=_help("true: the service runs in a process of its own, joining the bus over a socket."),
+    )
+    memory_limit_mb: int | None = attrs.field(
+        default=None,
+        validator=_positive_mib,
+        metadata=_help(
+            "An isolated service's memory (address space) limit in MiB, enforced by the OS; "
+            "only with isolated = true."
         ),
     )
     config: dict[str, Any] = attrs.field(
@@ -420,6 +442,11 @@ class _Loader:
             )
         values = self.structurer.table(table, ServiceTable, path)
         entry = _Entry(name, index, path, values or {})
+        if entry.values.get("memory_limit_mb") is not None and not entry.values.get("isolated", False):
+            self.problem(
+                (*path, "memory_limit_mb"),
+                "a memory limit needs a process of its own: set isolated = true, or drop memory_limit_mb",
+            )
         ref = entry.values.get("plugin")
         if ref is None:
             return entry
@@ -488,6 +515,8 @@ class _Loader:
             watchdog=table.watchdog,
             backoff=table.backoff,
             permissions=Permissions.ALL if table.permissions is None else table.permissions,
+            isolated=table.isolated,
+            memory_limit_mb=table.memory_limit_mb,
         )
 
 

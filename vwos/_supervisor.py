@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,8 @@ import attrs
 import structlog
 import trio
 
-from bus import Bus, Permissions
+from bus import Bus, PeerCredentials, Permissions, serve_unix
+from vwos._isolation import IsolatedServiceFailed, check_picklable, run_isolated
 from vwos._logging import service_logger
 from vwos._policy import (
     BackoffPolicy,
@@ -58,6 +62,19 @@ class ServiceSpec:
     backoff: BackoffPolicy = attrs.field(factory=BackoffPolicy)
     permissions: Permissions = Permissions.ALL
     enabled: bool = True
+    #: Run the service in a child process of its own (see ``docs/supervisor.md``, "Isolated services").
+    isolated: bool = False
+    #: An isolated service's address-space limit in MiB, enforced by the OS (``RLIMIT_AS``).
+    memory_limit_mb: int | None = attrs.field(default=None)
+
+    @memory_limit_mb.validator
+    def _check_memory_limit(self, _attribute: attrs.Attribute[int | None], value: int | None) -> None:
+        if value is None:
+            return
+        if not self.isolated:
+            raise ValueError(f"{self.name}: memory_limit_mb needs isolated=True")
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{self.name}: memory_limit_mb must be a positive integer, got {value!r}")
 
 
 @attrs.frozen
@@ -135,6 +152,8 @@ class Supervisor:
         bus: Bus | None = None,
         state_dir: Path | None = None,
         rng: random.Random | None = None,
+        socket_path: Path | None = None,
+        authorize: Callable[[PeerCredentials, str], Permissions | None] | None = None,
     ) -> None:
         self.policy = policy if policy is not None else SupervisorPolicy()
         self._specs = [s for s in services if s.enabled]
@@ -163,6 +182,14 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._clock: Callable[[], float] = trio.current_time
         self._started_at: float | None = None
+        for spec in self._specs:
+            if spec.isolated:
+                check_picklable(spec)
+        self._socket_path = socket_path
+        self._serve_socket = socket_path is not None or any(s.isolated for s in self._specs)
+        self._authorize_other = authorize
+        #: The pid of each isolated service's live process, for the socket's authorize.
+        self._pids: dict[int, str] = {}
 
     @property
     def bus(self) -> Bus:
@@ -170,6 +197,29 @@ class Supervisor:
         if self._bus is None:
             raise RuntimeError("the supervisor has not started yet")
         return self._bus
+
+    @property
+    def socket_path(self) -> Path | None:
+        """The Unix socket the bus is served on (isolated services and other local peers join it there).
+
+        The path given to the constructor; else, if any service is isolated, a socket in a private
+        temporary directory, set once `run` has started (and removed when it returns); else None.
+        """
+        return self._socket_path
+
+    def authorize(self, peer: PeerCredentials, client_name: str) -> Permissions | None:
+        """The bus socket's ``authorize(peer_credentials, client_name)``.
+
+        A peer whose pid (SO_PEERCRED) is that of an isolated service's live process gets exactly that
+        service's permissions, under that service's name only. Any other peer is handed to the
+        ``authorize`` callback given to the constructor, and refused (None) without one.
+        """
+        name = self._pids.get(peer.pid)
+        if name is not None:
+            return self._children[name].spec.permissions if client_name == name else None
+        if self._authorize_other is not None:
+            return self._authorize_other(peer, client_name)
+        return None
 
     # -- the operator's side -------------------------------------------------------------------------
 
@@ -225,15 +275,29 @@ class Supervisor:
         self._started_at = self._clock()
         _log.info("supervisor starting", services=self._order, strategy=self.policy.strategy.value)
         gave_up: str | None = None
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            try:
-                gave_up = await self._supervise(task_status)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await self._shutdown(gave_up)
-                self._nursery = None
-                nursery.cancel_scope.cancel()
+        temp_dir: str | None = None
+        if self._serve_socket and self._socket_path is None:
+            temp_dir = tempfile.mkdtemp(prefix="vwos-")  # short: a socket path has ~100 bytes at most
+            self._socket_path = Path(temp_dir) / "bus.sock"
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    if self._socket_path is not None:
+                        await nursery.start(
+                            partial(serve_unix, self._bus, self._socket_path, authorize=self.authorize)
+                        )
+                        _log.info("bus served on a unix socket", path=str(self._socket_path))
+                    gave_up = await self._supervise(task_status)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._shutdown(gave_up)
+                    self._nursery = None
+                    nursery.cancel_scope.cancel()
+        finally:
+            if temp_dir is not None:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+                self._socket_path = None
         if gave_up is not None:
             raise SupervisorGaveUp(gave_up)
         _log.info("supervisor stopped")
@@ -338,6 +402,9 @@ class Supervisor:
     async def _incarnation(self, child: _Child) -> None:
         spec = child.spec
         incarnation = child.incarnation
+        if spec.isolated:
+            await self._incarnation_isolated(child)
+            return
         bus_client = self.bus.client(spec.name, spec.permissions)
 
         def heartbeat() -> None:
@@ -384,6 +451,64 @@ class Supervisor:
             exit = Exit.CANCELLED
         self._send.send_nowait(_Exited(spec.name, incarnation, exit, error, stopped=child.stopping))
 
+    async def _incarnation_isolated(self, child: _Child) -> None:
+        """`_incarnation` for a service in a process of its own: the same timeouts, watchdog and reports."""
+        spec = child.spec
+        incarnation = child.incarnation
+        state_dir = ((self._state_dir or Path(".")) / spec.name).absolute()
+
+        def heartbeat() -> None:
+            child.last_heartbeat = self._clock()
+
+        def on_spawn(pid: int) -> None:
+            self._pids[pid] = spec.name
+
+        def on_reaped(pid: int) -> None:
+            self._pids.pop(pid, None)
+
+        assert self._socket_path is not None
+        socket_path = self._socket_path
+        exit, error = Exit.NORMAL, None
+        scope = trio.CancelScope(shield=True)
+        child.scope = scope
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    with trio.move_on_after(spec.start_timeout) as start_scope:
+                        await nursery.start(
+                            partial(
+                                run_isolated,
+                                spec,
+                                socket_path=socket_path,
+                                state_dir=state_dir,
+                                heartbeat=heartbeat,
+                                on_spawn=on_spawn,
+                                on_reaped=on_reaped,
+                                done=nursery.cancel_scope,
+                            )
+                        )
+                    if start_scope.cancelled_caught:
+                        child.cancel_reason = Exit.START_TIMEOUT
+                        nursery.cancel_scope.cancel()
+                    else:
+                        child.ready_at = child.last_heartbeat = self._clock()
+                        _log.info("service ready", service=spec.name)
+                        self._send.send_nowait(_Ready(spec.name, incarnation))
+                        if spec.watchdog is not None:
+                            nursery.start_soon(self._watchdog, child, spec.watchdog, nursery.cancel_scope)
+        except Exception as exc:
+            exit, error = Exit.ERROR, _describe(exc)
+        finally:
+            child.done.set()
+        if child.cancel_reason is Exit.START_TIMEOUT:
+            error = f"not ready within its start timeout of {spec.start_timeout:g} s"
+            exit = Exit.START_TIMEOUT
+        elif child.cancel_reason is Exit.WATCHDOG:
+            exit, error = Exit.WATCHDOG, f"no heartbeat for {spec.watchdog:g} s"
+        elif scope.cancelled_caught and not child.stopping:
+            exit = Exit.CANCELLED
+        self._send.send_nowait(_Exited(spec.name, incarnation, exit, error, stopped=child.stopping))
+
     async def _run_service(
         self,
         service: Service[Any],
@@ -414,7 +539,9 @@ class Supervisor:
         child.stopping = True
         _log.info("service stopping", service=name)
         child.scope.cancel()
-        with trio.move_on_after(child.spec.stop_timeout) as timeout:
+        # An isolated service's process is killed after its stop timeout: wait for that, and a little more.
+        grace = 5.0 if child.spec.isolated else 0.0
+        with trio.move_on_after(child.spec.stop_timeout + grace) as timeout:
             await child.done.wait()
         if not timeout.cancelled_caught:
             _log.info("service stopped", service=name)
@@ -445,4 +572,6 @@ class _StartedFlag:
 def _describe(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
+    if isinstance(exc, IsolatedServiceFailed):
+        return exc.reason
     return f"{type(exc).__name__}: {exc}"

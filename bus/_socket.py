@@ -1,0 +1,1222 @@
+"""The local socket transport: a bus served on a Unix domain socket, and the client that joins it.
+
+Thin trio code around the sans-IO protocol of ``bus/_wire.py`` (see ``docs/protocol.md``). The broker side
+(`serve_unix`) makes each accepted connection a `BusClient` with the permissions `authorize` grants, so the
+bus enforces everything exactly as in-process. The client side (`connect_unix`) yields a `RemoteBusClient`
+whose API mirrors `BusClient`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final, Generic, TypeVar, overload
+
+import attrs
+import structlog
+import trio
+
+from bus._bus import DEFAULT_CALL_TIMEOUT, Bus, BusClient, Publisher
+from bus._errors import (
+    BusError,
+    CallTimeoutError,
+    CodecError,
+    MethodAlreadyServedError,
+    PermissionDeniedError,
+    RemoteError,
+    TopicError,
+    ValueRefusedError,
+)
+from bus._pattern import check_pattern, covers, is_pattern
+from bus._permissions import Action, Permissions
+from bus._sample import Sample
+from bus._subscription import Subscription, SubscriptionStatistics
+from bus._topic import Method, Overflow, QoS, Topic
+from bus._wire import (
+    DEFAULT_MAX_FRAME,
+    Call,
+    Cancel,
+    Closed,
+    Connection,
+    Declare,
+    Deliver,
+    Error,
+    Get,
+    Hello,
+    IsStale,
+    Message,
+    ProtocolError,
+    Publish,
+    Refused,
+    Reply,
+    Role,
+    Serve,
+    Subscribe,
+    Unserve,
+    Unsubscribe,
+    Welcome,
+    error_from_exception,
+    timeout_to_wire,
+)
+
+T = TypeVar("T")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+_log = structlog.get_logger("vwos.bus.socket")
+
+#: The socket file's mode unless `serve_unix` is told otherwise: only the broker's user may connect.
+DEFAULT_SOCKET_MODE: Final = 0o600
+#: How long a connection's socket may stay unwritable (its peer not reading) before it is closed.
+DEFAULT_WRITE_TIMEOUT: Final = 5.0
+#: Messages queued for one connection before sample forwarding pauses (its subscriptions then drop per
+#: their overflow policy); four times as many of any kind and the connection is closed.
+DEFAULT_MAX_PENDING: Final = 4096
+_HANDSHAKE_TIMEOUT: Final = 5.0
+_READ_SIZE: Final = 65536
+_MAX_CALLS_IN_FLIGHT: Final = 1024
+_ACTIONS: Final = ("publish", "subscribe", "serve", "call")
+
+
+@attrs.frozen
+class PeerCredentials:
+    """Who is at the other end of a Unix socket connection, as the kernel reports it (``SO_PEERCRED``)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+class BrokerRefusedError(BusError):
+    """The broker refused the connection (its ``authorize`` said no); ``reason`` is what it said."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the broker refused the connection: {reason}")
+        self.reason = reason
+
+
+class ConnectionLostError(BusError):
+    """The connection to the broker is gone (closed by the broker, a protocol error, or the socket broke)."""
+
+
+Authorize = Callable[[PeerCredentials, str], Permissions | None]
+
+
+def peer_credentials(sock: trio.socket.SocketType) -> PeerCredentials:
+    """The peer credentials of a connected Unix socket (``SO_PEERCRED``: pid, uid, gid)."""
+    size = struct.calcsize("3i")
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, size)
+    pid, uid, gid = struct.unpack("3i", raw)
+    return PeerCredentials(pid, uid, gid)
+
+
+# -- shared: the outgoing queue and the writer ------------------------------------------------------------
+
+
+class _Stalled(Exception):
+    """The peer stopped reading: its socket stayed unwritable, or too much piled up for it."""
+
+
+class _Outbox:
+    """Messages waiting for the writer. Samples wait for `room`; control messages are always queued, but
+    beyond ``4 * limit`` messages the connection is declared stalled."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: list[Message] = []
+        self.overfull = False
+        self.writing = False
+        self._wake = trio.lowlevel.ParkingLot()
+        self._room = trio.lowlevel.ParkingLot()
+        self._drained = trio.lowlevel.ParkingLot()
+
+    @property
+    def room(self) -> int:
+        return self.limit - len(self.items)
+
+    def put(self, message: Message) -> None:
+        self.items.append(message)
+        if len(self.items) > 4 * self.limit:
+            self.overfull = True
+        self._wake.unpark_all()
+
+    def extend(self, messages: list[Message]) -> None:
+        self.items.extend(messages)
+        self._wake.unpark_all()
+
+    async def wait_room(self) -> None:
+        while self.room <= 0:
+            await self._room.park()
+
+    async def take(self) -> list[Message]:
+        while not self.items and not self.overfull:
+            self.writing = False
+            self._drained.unpark_all()
+            await self._wake.park()
+        if self.overfull:
+            raise _Stalled(f"more than {4 * self.limit} messages queued for a peer that does not read")
+        self.writing = True
+        items, self.items = self.items, []
+        self._room.unpark_all()
+        return items
+
+    async def wait_drained(self) -> None:
+        while self.items or self.writing:
+            await self._drained.park()
+
+
+def _encode(conn: Connection, batch: list[Message], log: Any) -> bytes:
+    """One write's bytes for ``batch``; a message that cannot be encoded is dropped (a reply is replaced
+    by an ERROR) with a log line, and the rest still go."""
+    try:
+        return conn.send(batch)
+    except (CodecError, ProtocolError):
+        pass
+    parts: list[bytes] = []
+    for message in batch:
+        try:
+            parts.append(conn.send([message]))
+        except (CodecError, ProtocolError) as exc:
+            log.warning("message not sent", message=message.NAME, error=str(exc))
+            if isinstance(message, Reply | Call):
+                parts.append(
+                    conn.send([Error(message.id, "codec", type(exc).__name__, str(exc), [str(exc)])])
+                )
+            elif isinstance(message, Deliver):
+                note = f"sample of {message.sample.topic} not delivered: {exc}"
+                parts.append(conn.send([Error(None, "codec", type(exc).__name__, note, [note])]))
+    return b"".join(parts)
+
+
+async def _write_loop(
+    stream: trio.SocketStream, conn: Connection, outbox: _Outbox, stall_after: float, log: Any
+) -> None:
+    while True:
+        batch = await outbox.take()
+        data = _encode(conn, batch, log)
+        if not data:
+            continue
+        with trio.move_on_after(stall_after) as scope:
+            await stream.send_all(data)
+        if scope.cancelled_caught:
+            raise _Stalled(f"the socket stayed unwritable for {stall_after:g} s (the peer does not read)")
+
+
+async def _aclose(stream: trio.SocketStream) -> None:
+    with trio.move_on_after(1) as scope:
+        scope.shield = True
+        await stream.aclose()
+
+
+def _named_exception(error_type: str, message: str) -> Exception:
+    """An exception whose class is named ``error_type``: how a remote handler's error is re-raised on the
+    bus, so that the caller's `RemoteError` names the remote exception type."""
+    cls: type[Exception] = type(error_type if error_type.isidentifier() else "RemoteError", (Exception,), {})
+    return cls(message)
+
+
+# -- the broker side --------------------------------------------------------------------------------------
+
+
+def _grant(authorized: Permissions, requested: Permissions | None) -> Permissions:
+    """What a connection gets: what ``authorize`` allowed, narrowed to what the client asked for."""
+    if requested is None:
+        return authorized
+    return Permissions(
+        **{
+            action: tuple(
+                p
+                for p in getattr(requested, action)
+                if any(covers(g, p) for g in getattr(authorized, action))
+            )
+            for action in _ACTIONS
+        }
+    )
+
+
+def _remove_stale_socket(path: str) -> bool:
+    """True if ``path`` must be probed (it is a socket); raise if it exists and is not a socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(mode):
+        raise BusError(f"{path}: exists and is not a socket; refusing to replace it")
+    return True
+
+
+def _unlink_if_present(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+async def _bind(path: str, mode: int) -> trio.socket.SocketType:
+    if _remove_stale_socket(path):
+        probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            _log.info("removing stale socket file", path=path)
+            os.unlink(path)
+        else:
+            raise BusError(f"{path}: another broker is serving on this socket")
+        finally:
+            probe.close()
+    # Bound under a temporary name, given its mode, then renamed into place: the socket is never
+    # reachable under ``path`` with looser permissions.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    _unlink_if_present(tmp)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(tmp)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        _unlink_if_present(tmp)
+        raise
+    return sock
+
+
+async def serve_unix(
+    bus: Bus,
+    path: str | os.PathLike[str],
+    *,
+    authorize: Authorize,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    mode: int = DEFAULT_SOCKET_MODE,
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+    max_pending: int = DEFAULT_MAX_PENDING,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``bus`` on the Unix socket ``path`` until cancelled (``await nursery.start(serve_unix, ...)``).
+
+    The socket file gets ``mode`` (0o600 by default: only this user; 0o660 lets the group in). A stale
+    socket file left by a dead broker is replaced; a live broker's is refused with `BusError`. Each
+    connection's peer credentials (``SO_PEERCRED``) and the client's name go to ``authorize``, which
+    returns the connection's permissions, or None to refuse it. ``max_frame`` limits incoming frames;
+    a peer whose socket stays unwritable for ``write_timeout`` seconds is disconnected.
+    """
+    fspath = os.fspath(path)
+    sock = await _bind(fspath, mode)
+    inode = os.stat(fspath).st_ino
+    listener = trio.SocketListener(sock)
+    log = _log.bind(path=fspath)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            await _serve_connection(bus, stream, authorize, max_frame, write_timeout, max_pending)
+        except Exception as exc:  # never let one connection take the broker down
+            log.exception("connection handler failed", error=repr(exc))
+
+    try:
+        log.info("serving the bus", mode=oct(mode))
+        task_status.started()
+        await trio.serve_listeners(handle, [listener])
+    finally:
+        with trio.CancelScope(shield=True):
+            await listener.aclose()
+        try:
+            if os.stat(fspath).st_ino == inode:
+                os.unlink(fspath)
+        except FileNotFoundError:
+            pass
+
+
+async def _send_now(stream: trio.SocketStream, data: bytes) -> None:
+    with trio.move_on_after(1):
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def _serve_connection(
+    bus: Bus,
+    stream: trio.SocketStream,
+    authorize: Authorize,
+    max_frame: int,
+    write_timeout: float,
+    max_pending: int,
+) -> None:
+    try:
+        creds = peer_credentials(stream.socket)
+    except OSError as exc:
+        _log.warning("connection closed: no peer credentials", error=str(exc))
+        await _aclose(stream)
+        return
+    log = _log.bind(pid=creds.pid, uid=creds.uid, gid=creds.gid)
+    conn = Connection(Role.SERVER, max_frame=max_frame)
+    try:
+        hello: Hello | None = None
+        with trio.move_on_after(_HANDSHAKE_TIMEOUT):
+            while hello is None:
+                event = conn.next_event()
+                if event is None:
+                    conn.receive_data(await stream.receive_some(_READ_SIZE))
+                elif isinstance(event, Closed):
+                    log.info("connection closed before HELLO")
+                    return
+                else:
+                    assert isinstance(event, Hello)  # the state machine allows nothing else first
+                    hello = event
+        if hello is None:
+            log.warning("connection closed: no HELLO within the handshake timeout")
+            return
+        log = log.bind(client=hello.name)
+        try:
+            authorized = authorize(creds, hello.name)
+        except Exception as exc:
+            log.exception("authorize failed; refusing the connection", error=repr(exc))
+            authorized = None
+        if authorized is None:
+            log.warning("connection refused by authorize")
+            await _send_now(
+                stream, conn.send([Refused(f"client {hello.name!r} (uid {creds.uid}) is not authorized")])
+            )
+            return
+        granted = _grant(authorized, hello.permissions)
+        await stream.send_all(conn.send([Welcome(granted, max_frame)]))
+        log.info("client connected")
+        session = _Session(bus.client(hello.name, granted), stream, conn, log, write_timeout, max_pending)
+        await session.run()
+    except ProtocolError as exc:
+        log.warning("connection closed: protocol error", error=str(exc))
+        await _send_now(stream, _fatal_bytes(conn, exc))
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.info("connection lost", error=str(exc))
+    finally:
+        await _aclose(stream)
+
+
+def _fatal_bytes(conn: Connection, exc: ProtocolError) -> bytes:
+    try:
+        return conn.send([Error(None, "protocol", "ProtocolError", str(exc), [str(exc)])])
+    except (ProtocolError, CodecError):
+        return b""
+
+
+class _Forwarded:
+    """A call the broker forwarded to the client that serves its method."""
+
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: Exception | None = None
+
+
+class _StatusCallback:
+    """A ``task_status`` that calls a function when the task has started."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+
+    def started(self, value: object = None) -> None:
+        self._callback()
+
+
+class _Session:
+    """One accepted connection: a `BusClient` driven by the messages of its peer."""
+
+    def __init__(
+        self,
+        client: BusClient,
+        stream: trio.SocketStream,
+        conn: Connection,
+        log: Any,
+        write_timeout: float,
+        max_pending: int,
+    ) -> None:
+        self.client = client
+        self.stream = stream
+        self.conn = conn
+        self.log = log
+        self.write_timeout = write_timeout
+        self.outbox = _Outbox(max_pending)
+        self.subs: dict[int, Subscription[Any]] = {}
+        self.publishers: dict[str, Publisher[Any]] = {}
+        self.calls: dict[int, trio.CancelScope] = {}
+        self.forwarded: dict[int, _Forwarded] = {}
+        self.served: dict[str, trio.CancelScope] = {}
+        self.next_id = 0
+        self.ending: BaseException | None = None
+        self.nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._guard, self._read_loop)
+                nursery.start_soon(self._guard, self._writer)
+        finally:
+            self._fail_forwarded()
+            self.client.close()
+        if isinstance(self.ending, ProtocolError):
+            raise self.ending
+        if isinstance(self.ending, _Stalled):
+            self.log.warning("connection closed: the client does not read", reason=str(self.ending))
+        elif self.ending is not None:
+            self.log.info("connection lost", error=str(self.ending))
+        else:
+            self.log.info("client disconnected")
+
+    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
+        assert self.nursery is not None
+        try:
+            await task()
+        except (ProtocolError, _Stalled, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if self.ending is None:
+                self.ending = exc
+        self._fail_forwarded()
+        self.nursery.cancel_scope.cancel()
+
+    async def _writer(self) -> None:
+        await _write_loop(self.stream, self.conn, self.outbox, self.write_timeout, self.log)
+
+    def _fail_forwarded(self) -> None:
+        for pending in self.forwarded.values():
+            if not pending.done.is_set():
+                pending.error = _named_exception(
+                    "ConnectionLost", f"the serving client {self.client.name!r} disconnected"
+                )
+                pending.done.set()
+
+    async def _read_loop(self) -> None:
+        conn = self.conn
+        while True:
+            for event in conn.events():
+                if isinstance(event, Closed):
+                    return
+                await self._dispatch(event)
+            conn.receive_data(await self.stream.receive_some(_READ_SIZE))
+
+    async def _dispatch(self, m: Message) -> None:
+        put = self.outbox.put
+        if isinstance(m, Publish):
+            try:
+                publisher = self.publishers.get(m.topic)
+                if publisher is None:
+                    publisher = self.client.publisher(m.topic)
+                    if len(self.publishers) > 4096:
+                        self.publishers.clear()
+                    self.publishers[m.topic] = publisher
+                try:
+                    publisher.publish_nowait(m.value, timestamp=m.timestamp)
+                except trio.WouldBlock:
+                    await publisher.publish(m.value, timestamp=m.timestamp)
+            except BusError as exc:
+                put(error_from_exception(None, exc))
+        elif isinstance(m, Deliver | Hello | Welcome | Refused):  # pragma: no cover - the state machine
+            raise ProtocolError(f"unexpected {m.NAME}")
+        elif isinstance(m, Declare):
+            try:
+                self.client.declare(m.to_topic(self.conn.codec))
+            except BusError as exc:
+                put(error_from_exception(None, exc))
+            except Exception as exc:  # e.g. unhashable allowed values
+                put(error_from_exception(None, TopicError(f"{m.name}: invalid declaration: {exc}")))
+        elif isinstance(m, Subscribe):
+            if m.sub_id in self.subs:
+                raise ProtocolError(f"SUBSCRIBE: subscription id {m.sub_id} is already in use")
+            try:
+                sub = self.client.subscribe(
+                    m.pattern, queue_size=m.queue_size, overflow=m.overflow, latest=m.latest
+                )
+            except BusError as exc:
+                put(error_from_exception(m.sub_id, exc))
+                return
+            self.subs[m.sub_id] = sub
+            assert self.nursery is not None
+            self.nursery.start_soon(self._forward, m.sub_id, sub)
+        elif isinstance(m, Unsubscribe):
+            found = self.subs.pop(m.sub_id, None)
+            if found is not None:
+                found.close()
+        elif isinstance(m, Get):
+            try:
+                sample = self.client.get(m.topic, allow_stale=m.allow_stale)
+            except BusError as exc:
+                put(error_from_exception(m.id, exc))
+            else:
+                put(Reply(m.id, None if sample is None else list(sample)))
+        elif isinstance(m, IsStale):
+            try:
+                put(Reply(m.id, self.client.is_stale(m.topic)))
+            except BusError as exc:
+                put(error_from_exception(m.id, exc))
+        elif isinstance(m, Call):
+            if len(self.calls) >= _MAX_CALLS_IN_FLIGHT or m.id in self.calls:
+                reason = f"call {m.id} refused: id in use, or {_MAX_CALLS_IN_FLIGHT} calls already in flight"
+                put(Error(m.id, "bus", "BusError", reason, [reason]))
+                return
+            scope = trio.CancelScope()
+            self.calls[m.id] = scope
+            assert self.nursery is not None
+            self.nursery.start_soon(self._call, m, scope)
+        elif isinstance(m, Cancel):
+            found_scope = self.calls.get(m.id)
+            if found_scope is not None:
+                found_scope.cancel()
+        elif isinstance(m, Serve):
+            if m.method in self.served:
+                put(error_from_exception(m.id, MethodAlreadyServedError(m.method, self.client.name)))
+                return
+            scope = trio.CancelScope()
+            self.served[m.method] = scope
+            assert self.nursery is not None
+            self.nursery.start_soon(self._serve, m, scope)
+        elif isinstance(m, Unserve):
+            found_scope = self.served.pop(m.method, None)
+            if found_scope is not None:
+                found_scope.cancel()
+        elif isinstance(m, Reply | Error):
+            if m.id is None:
+                assert isinstance(m, Error)
+                self.log.warning("the client reports an error", kind=m.kind, message=m.message)
+                return
+            pending = self.forwarded.get(m.id)
+            if pending is None or pending.done.is_set():
+                return  # a late answer to a call already given up
+            if isinstance(m, Reply):
+                pending.result = m.result
+            else:
+                pending.error = _named_exception(m.error_type, m.message)
+            pending.done.set()
+
+    async def _forward(self, sub_id: int, sub: Subscription[Any]) -> None:
+        """Move the subscription's samples to the outbox in batches, while the outbox has room."""
+        outbox = self.outbox
+        try:
+            while True:
+                await outbox.wait_room()
+                batch = await sub.receive_batch(max(outbox.room, 1))
+                outbox.extend([Deliver(sub_id, sample) for sample in batch])
+        except trio.ClosedResourceError:
+            return
+
+    async def _call(self, m: Call, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                timeout = math.inf if m.timeout is None else m.timeout
+                result = await self.client.call(m.method, m.arg, timeout=timeout)
+            except BusError as exc:
+                self.outbox.put(error_from_exception(m.id, exc))
+            except ValueError as exc:
+                self.outbox.put(Error(m.id, "bus", "ValueError", str(exc), [str(exc)]))
+            else:
+                self.outbox.put(Reply(m.id, result))
+        self.calls.pop(m.id, None)
+
+    async def _serve(self, m: Serve, scope: trio.CancelScope) -> None:
+        method = m.method
+
+        async def forward(arg: Any) -> Any:
+            self.next_id += 1
+            call_id = self.next_id
+            pending = _Forwarded()
+            self.forwarded[call_id] = pending
+            try:
+                self.outbox.put(Call(call_id, method, arg, None))
+                await pending.done.wait()
+            finally:
+                del self.forwarded[call_id]
+                if not pending.done.is_set():
+                    self.outbox.put(Cancel(call_id))
+            if pending.error is not None:
+                raise pending.error
+            return pending.result
+
+        with scope:
+            try:
+                await self.client.serve(
+                    method, forward, task_status=_StatusCallback(lambda: self.outbox.put(Reply(m.id, None)))
+                )
+            except BusError as exc:
+                self.outbox.put(error_from_exception(m.id, exc))
+        if self.served.get(method) is scope:
+            del self.served[method]
+
+
+# -- the client side --------------------------------------------------------------------------------------
+
+
+class _Pending:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class RemotePublisher(Generic[T]):
+    """A declared publisher of one topic on a `RemoteBusClient` (mirrors `bus.Publisher`).
+
+    Publishing queues the sample for the connection's writer, which sends everything queued in one write.
+    The value is checked here when the topic is known to this client (declared, or published through a
+    `Topic`); the broker checks again, and reports a refusal asynchronously (raised by the next publish).
+    """
+
+    __slots__ = ("_check", "_client", "_name", "topic")
+
+    def __init__(self, client: RemoteBusClient, name: str, topic: Topic[T] | None) -> None:
+        self._client = client
+        self._name = name
+        self._check: Callable[[Any], Any] | None = None if topic is None else topic._check
+        self.topic = topic
+
+    def publish_nowait(self, value: T, *, timestamp: float | None = None) -> Sample[T]:
+        """Queue ``value`` for sending. Raises `ValueRefusedError` if the topic's rules refuse it, a
+        pending asynchronous error from the broker, and `trio.WouldBlock` if the outgoing queue is full.
+
+        Returns the sample as sent: its ``bus_time`` (nan) and ``seq`` (0) are only known to the broker.
+        """
+        client = self._client
+        if client._problem is not None:
+            client._raise_problem()
+        check = self._check
+        if check is not None:
+            value = check(value)
+        outbox = client._outbox
+        if outbox.room <= 0:
+            raise trio.WouldBlock
+        ts = time.time() if timestamp is None else timestamp
+        outbox.put(Publish(self._name, value, ts))
+        return Sample(self._name, value, ts, math.nan, client.name, 0)
+
+    async def publish(self, value: T, *, timestamp: float | None = None) -> Sample[T]:
+        """Like `publish_nowait`, but waits for room in the outgoing queue."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._client._outbox.wait_room()
+        sample = self.publish_nowait(value, timestamp=timestamp)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return sample
+
+    def __repr__(self) -> str:
+        return f"<RemotePublisher {self._name!r} of {self._client.name!r}>"
+
+
+class RemoteBusClient:
+    """A bus client in another process, connected over a Unix socket (made by `connect_unix`).
+
+    Its API mirrors `BusClient`, so a service written against one runs on the other: ``publisher``,
+    ``publish_nowait``, ``await publish``, ``subscribe`` (a `Subscription`, read the same way), ``declare``,
+    ``await call``, ``await serve``, ``statistics``, ``close``. The differences: ``get`` and ``is_stale``
+    are coroutines (a round trip to the broker); publishes do not wait for the broker, so a refusal only
+    the broker detects is logged and raised by the next publish; the permission set is the one the broker
+    granted, checked here first and enforced by the broker.
+    """
+
+    def __init__(
+        self, name: str, permissions: Permissions, conn: Connection, stream: trio.SocketStream
+    ) -> None:
+        self.name = name
+        self.permissions = permissions
+        self._conn = conn
+        self._stream = stream
+        self._outbox = _Outbox(DEFAULT_MAX_PENDING)
+        self._topics: dict[str, Topic[Any]] = {}
+        self._publishers: dict[int, tuple[RemotePublisher[Any], Topic[Any] | str]] = {}
+        self._subs: dict[int, Subscription[Any]] = {}
+        self._pushed: dict[int, list[int]] = {}
+        self._parked: set[Subscription[Any]] = set()
+        self._pending: dict[int, _Pending] = {}
+        self._handlers: dict[str, trio.MemorySendChannel[Call]] = {}
+        self._handler_scopes: dict[int, trio.CancelScope] = {}
+        self._next_id = 0
+        self._closed = False
+        #: An asynchronous error from the broker, raised by the next publish or declare.
+        self._async_error: BusError | None = None
+        #: Why the connection ended, once it has.
+        self._lost: ConnectionLostError | None = None
+        #: Set when either of the above is: the publish hot path checks one attribute.
+        self._problem: BusError | None = None
+
+    # -- checks ----------------------------------------------------------------------------------------
+
+    def _raise_problem(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+        error = self._async_error
+        self._async_error = None
+        self._problem = None
+        if error is not None:
+            raise error
+
+    def _require(self, action: Action, name: str) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError(f"bus client {self.name!r} is closed")
+        if self._lost is not None:
+            raise self._lost
+        if not self.permissions.allows(action, name):
+            _log.warning("permission denied", client=self.name, action=action.value, name=name)
+            raise PermissionDeniedError(self.name, action.value, name)
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    # -- topics and publishing -------------------------------------------------------------------------
+
+    def declare(self, topic: Topic[T]) -> Topic[T]:
+        """Declare ``topic`` on the bus: checked here against this client's declarations at once, and by the
+        broker against the bus's (a conflict found there is raised by the next publish or declare)."""
+        if self._problem is not None:
+            self._raise_problem()
+        known = self._topics.get(topic.name)
+        if known is not None:
+            if known is not topic and not known.same_declaration(topic):
+                raise TopicError(
+                    f"{topic.name}: already declared as {known!r}; cannot declare it again as {topic!r}"
+                )
+            return topic
+        declaration = Declare.from_topic(topic, self._conn.codec)
+        self._topics[topic.name] = topic
+        self._outbox.put(declaration)
+        return topic
+
+    @overload
+    def publisher(self, topic: Topic[T]) -> RemotePublisher[T]: ...
+    @overload
+    def publisher(self, topic: str) -> RemotePublisher[Any]: ...
+    def publisher(self, topic: Topic[Any] | str) -> RemotePublisher[Any]:
+        """A declared publisher for one topic (see `BusClient.publisher`)."""
+        cached = self._publishers.get(id(topic))
+        if cached is not None:
+            return cached[0]
+        name = topic if isinstance(topic, str) else topic.name
+        self._require(Action.PUBLISH, name)
+        if isinstance(topic, Topic):
+            self.declare(topic)
+            known: Topic[Any] | None = topic
+        else:
+            check_pattern(name)
+            if is_pattern(name):
+                raise TopicError(f"{name}: cannot publish to a pattern")
+            known = self._topics.get(name)
+        publisher: RemotePublisher[Any] = RemotePublisher(self, name, known)
+        if len(self._publishers) > 4096:
+            self._publishers.clear()
+        self._publishers[id(topic)] = (publisher, topic)
+        return publisher
+
+    @overload
+    def publish_nowait(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> Sample[T]: ...
+    @overload
+    def publish_nowait(self, topic: str, value: Any, *, timestamp: float | None = None) -> Sample[Any]: ...
+    def publish_nowait(
+        self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None
+    ) -> Sample[Any]:
+        """Queue a publish (see `RemotePublisher.publish_nowait`)."""
+        cached = self._publishers.get(id(topic))
+        publisher = cached[0] if cached is not None else self.publisher(topic)
+        return publisher.publish_nowait(value, timestamp=timestamp)
+
+    @overload
+    async def publish(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> Sample[T]: ...
+    @overload
+    async def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> Sample[Any]: ...
+    async def publish(
+        self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None
+    ) -> Sample[Any]:
+        """Like `publish_nowait`, but waits for room in the outgoing queue."""
+        return await self.publisher(topic).publish(value, timestamp=timestamp)
+
+    # -- subscribing and reading -----------------------------------------------------------------------
+
+    @overload
+    def subscribe(
+        self,
+        topic: Topic[T],
+        *,
+        queue_size: int | None = None,
+        overflow: Overflow | str | None = None,
+        latest: bool = False,
+    ) -> Subscription[T]: ...
+    @overload
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        queue_size: int | None = None,
+        overflow: Overflow | str | None = None,
+        latest: bool = False,
+    ) -> Subscription[Any]: ...
+    def subscribe(
+        self,
+        topic: Topic[Any] | str,
+        *,
+        queue_size: int | None = None,
+        overflow: Overflow | str | None = None,
+        latest: bool = False,
+    ) -> Subscription[Any]:
+        """Subscribe to a topic or pattern (see `BusClient.subscribe`); samples arrive in batches.
+
+        Both ends keep a queue of the chosen size and policy: the broker's (which drops while this
+        connection is backed up) and this one (which drops while the reader is slow).
+        """
+        if isinstance(topic, Topic):
+            self.declare(topic)
+            pattern, qos = topic.name, topic.qos
+        else:
+            pattern = check_pattern(topic)
+            known = self._topics.get(pattern)
+            qos = known.qos if known is not None else QoS()
+        self._require(Action.SUBSCRIBE, pattern)
+        qos = QoS(
+            queue_size=qos.queue_size if queue_size is None else queue_size,
+            overflow=qos.overflow if overflow is None else Overflow(overflow),
+        )
+        sub_id = self._new_id()
+        counter = [0]
+        sub: Subscription[Any] = Subscription(
+            self.name, pattern, qos.queue_size, qos.overflow, self._detach, lambda: counter[0], self._parked
+        )
+        self._subs[sub_id] = sub
+        self._pushed[sub_id] = counter
+        self._outbox.put(Subscribe(sub_id, pattern, qos.queue_size, qos.overflow.value, latest))
+        return sub
+
+    def _detach(self, sub: Subscription[Any]) -> None:
+        for sub_id, found in list(self._subs.items()):
+            if found is sub:
+                del self._subs[sub_id]
+                del self._pushed[sub_id]
+                if self._lost is None:
+                    self._outbox.put(Unsubscribe(sub_id))
+
+    async def _request(self, message: Get | IsStale | Serve) -> Any:
+        pending = _Pending()
+        self._pending[message.id] = pending
+        try:
+            self._outbox.put(message)
+            await pending.done.wait()
+        finally:
+            del self._pending[message.id]
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    @overload
+    async def get(self, topic: Topic[T], *, allow_stale: bool = False) -> Sample[T] | None: ...
+    @overload
+    async def get(self, topic: str, *, allow_stale: bool = False) -> Sample[Any] | None: ...
+    async def get(self, topic: Topic[Any] | str, *, allow_stale: bool = False) -> Sample[Any] | None:
+        """The topic's latest sample, or None (see `BusClient.get`; here a round trip to the broker)."""
+        name = topic if isinstance(topic, str) else self.declare(topic).name
+        self._require(Action.SUBSCRIBE, name)
+        result = await self._request(Get(self._new_id(), name, allow_stale))
+        if result is None:
+            return None
+        if type(result) is not list or len(result) != 6:
+            raise ProtocolError(f"REPLY to GET: expected null or the 6 fields of a sample, got {result!r}")
+        return Sample(*result)
+
+    async def is_stale(self, topic: Topic[Any] | str) -> bool:
+        """True if the topic's value is older than its ``max_age``, or it has none (a round trip)."""
+        name = topic if isinstance(topic, str) else self.declare(topic).name
+        self._require(Action.SUBSCRIBE, name)
+        result = await self._request(IsStale(self._new_id(), name))
+        if type(result) is not bool:
+            raise ProtocolError(f"REPLY to STALE: expected a bool, got {result!r}")
+        return result
+
+    # -- methods ---------------------------------------------------------------------------------------
+
+    @overload
+    async def call(self, method: Method[Req, Resp], arg: Req, *, timeout: float = ...) -> Resp: ...  # noqa: ASYNC109
+    @overload
+    async def call(self, method: str, arg: Any = None, *, timeout: float = ...) -> Any: ...  # noqa: ASYNC109
+    async def call(
+        self,
+        method: Method[Any, Any] | str,
+        arg: Any = None,
+        *,
+        timeout: float = DEFAULT_CALL_TIMEOUT,  # noqa: ASYNC109 - it travels with the request, as in BusClient
+    ) -> Any:
+        """Call a method served anywhere on the bus (see `BusClient.call`; the same errors)."""
+        mdef = Method(method) if isinstance(method, str) else method
+        self._require(Action.CALL, mdef.name)
+        if mdef.request is not object and not isinstance(arg, mdef.request):
+            raise ValueRefusedError(mdef.name, f"expected a {mdef.request.__qualname__} argument", arg)
+        if not (timeout > 0):
+            raise ValueError(f"timeout must be positive seconds, not {timeout!r}")
+        call_id = self._new_id()
+        pending = _Pending()
+        self._pending[call_id] = pending
+        try:
+            self._outbox.put(Call(call_id, mdef.name, arg, timeout_to_wire(timeout)))
+            with trio.move_on_after(timeout):
+                await pending.done.wait()
+        finally:
+            del self._pending[call_id]
+            if not pending.done.is_set() and self._lost is None:
+                self._outbox.put(Cancel(call_id))
+        if not pending.done.is_set():
+            raise CallTimeoutError(mdef.name, timeout)
+        if pending.error is not None:
+            raise pending.error
+        result = pending.result
+        if mdef.response is not object and not isinstance(result, mdef.response):
+            message = f"handler returned {type(result).__name__}, expected {mdef.response.__qualname__}"
+            raise RemoteError(mdef.name, "TypeError", message)
+        return result
+
+    async def serve(
+        self,
+        method: Method[Req, Resp] | str,
+        handler: Callable[[Req], Awaitable[Resp]],
+        *,
+        concurrency: int = 16,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve ``method`` on the bus until cancelled (see `BusClient.serve`): calls from any client of the
+        bus reach ``handler`` here. Registered with the broker once started (errors such as
+        `MethodAlreadyServedError` are raised before that)."""
+        mdef: Method[Any, Any] = Method(method) if isinstance(method, str) else method
+        self._require(Action.SERVE, mdef.name)
+        if mdef.name in self._handlers:
+            raise MethodAlreadyServedError(mdef.name, self.name)
+        send, receive = trio.open_memory_channel[Call](math.inf)
+        self._handlers[mdef.name] = send
+        try:
+            await self._request(Serve(self._new_id(), mdef.name))
+            limit = trio.CapacityLimiter(concurrency)
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                async for call in receive:
+                    nursery.start_soon(self._handle, mdef, handler, call, limit)
+        finally:
+            if self._handlers.get(mdef.name) is send:
+                del self._handlers[mdef.name]
+                if self._lost is None and not self._closed:
+                    self._outbox.put(Unserve(mdef.name))
+            send.close()
+
+    async def _handle(
+        self,
+        mdef: Method[Any, Any],
+        handler: Callable[[Any], Awaitable[Any]],
+        call: Call,
+        limit: trio.CapacityLimiter,
+    ) -> None:
+        with trio.CancelScope() as scope:
+            self._handler_scopes[call.id] = scope
+            try:
+                async with limit:
+                    result = await handler(call.arg)
+            except Exception as exc:
+                _log.info("method handler raised", method=mdef.name, error=repr(exc))
+                self._outbox.put(
+                    Error(
+                        call.id,
+                        "remote",
+                        type(exc).__name__,
+                        str(exc),
+                        [mdef.name, type(exc).__name__, str(exc)],
+                    )
+                )
+            else:
+                if mdef.response is not object and not isinstance(result, mdef.response):
+                    text = f"handler returned {type(result).__name__}, expected {mdef.response.__qualname__}"
+                    self._outbox.put(
+                        Error(call.id, "remote", "TypeError", text, [mdef.name, "TypeError", text])
+                    )
+                else:
+                    self._outbox.put(Reply(call.id, result))
+            finally:
+                self._handler_scopes.pop(call.id, None)
+
+    # -- the connection --------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Read and write until the connection ends; then fail whatever waits for the broker."""
+        reason = "the broker closed the connection"
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def reader() -> None:
+                    nonlocal reason
+                    try:
+                        await self._read_loop()
+                    except ProtocolError as exc:
+                        reason = f"protocol error: {exc}"
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        reason = f"the socket broke: {exc}"
+                    if self._lost is None:
+                        self._lost = ConnectionLostError(
+                            f"{self.name}: connection to the broker lost: {reason}"
+                        )
+                    nursery.cancel_scope.cancel()
+
+                async def writer() -> None:
+                    nonlocal reason
+                    try:
+                        await _write_loop(self._stream, self._conn, self._outbox, math.inf, _log)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, _Stalled) as exc:
+                        reason = f"the socket broke: {exc}"
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(reader)
+                nursery.start_soon(writer)
+        finally:
+            if self._lost is None:
+                self._lost = ConnectionLostError(f"{self.name}: connection to the broker lost: {reason}")
+            self._problem = self._lost
+            if not self._closed:
+                _log.warning("connection to the broker lost", client=self.name, reason=reason)
+            for pending in self._pending.values():
+                if not pending.done.is_set():
+                    pending.error = self._lost
+                    pending.done.set()
+            for sub in list(self._subs.values()):
+                sub.close()
+            for send in self._handlers.values():
+                send.close()
+
+    async def _read_loop(self) -> None:
+        conn = self._conn
+        while True:
+            for event in conn.events():
+                if isinstance(event, Closed):
+                    return
+                if isinstance(event, Deliver):
+                    sub = self._subs.get(event.sub_id)
+                    if sub is None:
+                        continue
+                    while sub.overflow is Overflow.BLOCK and sub.full and not sub.closed:
+                        await sub._wait_for_space()  # back-pressure, through the socket, to the publisher
+                    sub.push(event.sample)
+                    self._pushed[event.sub_id][0] += 1
+                    sub.wake()
+                else:
+                    self._dispatch(event)
+            conn.receive_data(await self._stream.receive_some(_READ_SIZE))
+
+    def _dispatch(self, m: Message) -> None:
+        if isinstance(m, Reply | Error):
+            if m.id is None:
+                assert isinstance(m, Error)
+                if m.kind == "protocol":
+                    self._lost = ConnectionLostError(
+                        f"{self.name}: the broker closed the connection: {m.message}"
+                    )
+                    _log.error("the broker reports a protocol error", client=self.name, error=m.message)
+                    return
+                _log.warning("the broker refused an operation", client=self.name, error=m.message)
+                self._async_error = m.to_exception()
+                self._problem = self._async_error
+                return
+            pending = self._pending.get(m.id)
+            if pending is not None:
+                if isinstance(m, Reply):
+                    pending.result = m.result
+                else:
+                    pending.error = m.to_exception()
+                pending.done.set()
+                return
+            sub = self._subs.get(m.id)
+            if sub is not None and isinstance(m, Error):
+                _log.warning("the broker refused a subscription", client=self.name, error=m.message)
+                self._async_error = m.to_exception()
+                self._problem = self._async_error
+                sub.close()
+        elif isinstance(m, Call):
+            send = self._handlers.get(m.method)
+            if send is None:
+                self._outbox.put(Error(m.id, "no_such_method", "NoSuchMethodError", m.method, [m.method]))
+            else:
+                send.send_nowait(m)
+        elif isinstance(m, Cancel):
+            scope = self._handler_scopes.get(m.id)
+            if scope is not None:
+                scope.cancel()
+
+    # -- life cycle ------------------------------------------------------------------------------------
+
+    def statistics(self) -> list[SubscriptionStatistics]:
+        """Statistics of this client's subscriptions (their queues on this side of the socket)."""
+        return [s.statistics() for s in self._subs.values()]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close every subscription; further operations raise `trio.ClosedResourceError`."""
+        for sub in list(self._subs.values()):
+            sub.close()
+        self._closed = True
+
+    async def flush(self) -> None:
+        """Wait until everything queued (publishes included) has been written to the socket."""
+        if self._lost is not None:
+            raise self._lost
+        await self._outbox.wait_drained()
+
+    def __repr__(self) -> str:
+        return f"<RemoteBusClient {self.name!r}>"
+
+
+@asynccontextmanager
+async def connect_unix(
+    path: str | os.PathLike[str],
+    name: str,
+    *,
+    permissions: Permissions | None = None,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    flush_timeout: float = 5.0,
+) -> AsyncIterator[RemoteBusClient]:
+    """Join the bus served on the Unix socket ``path`` as the client ``name``.
+
+    ``async with connect_unix(path, "my-service") as client: ...`` — ``client`` is a `RemoteBusClient`.
+    ``permissions`` asks for a narrower set than the broker would grant. On exit, what is still queued is
+    written (for up to ``flush_timeout`` seconds) and the connection closed. Raises `BrokerRefusedError` if
+    the broker refuses the connection, `ProtocolError` if it speaks another protocol.
+    """
+    stream = await trio.open_unix_socket(os.fspath(path))
+    try:
+        conn = Connection(Role.CLIENT, max_frame=max_frame)
+        await stream.send_all(conn.send([Hello(name, permissions, max_frame)]))
+        welcome = await _handshake(stream, conn)
+        client = RemoteBusClient(name, welcome.permissions, conn, stream)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._run)
+            try:
+                yield client
+            finally:
+                with trio.move_on_after(flush_timeout) as scope:
+                    scope.shield = True
+                    if client._lost is None:
+                        await client._outbox.wait_drained()
+                client.close()
+                nursery.cancel_scope.cancel()
+    finally:
+        await _aclose(stream)
+
+
+async def _handshake(stream: trio.SocketStream, conn: Connection) -> Welcome:
+    with trio.fail_after(_HANDSHAKE_TIMEOUT):
+        while True:
+            event = conn.next_event()
+            if event is None:
+                conn.receive_data(await stream.receive_some(_READ_SIZE))
+            elif isinstance(event, Welcome):
+                return event
+            elif isinstance(event, Refused):
+                raise BrokerRefusedError(event.reason)
+            elif isinstance(event, Error):
+                raise ProtocolError(f"the broker closed the connection: {event.message}")
+            else:
+                raise ProtocolError("the broker closed the connection during the handshake")

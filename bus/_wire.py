@@ -1,0 +1,985 @@
+"""The socket protocol of the bus as pure sans-IO code: framing, messages, the handshake, limits.
+
+No I/O and no trio here (h11's habit): a `Connection` is fed the bytes that arrived
+(`Connection.receive_data`), hands back decoded messages (`Connection.next_event`), and turns outgoing
+messages into bytes (`Connection.send`). ``bus/_socket.py`` drives it over a Unix socket;
+``docs/protocol.md`` is the specification a client in another language is written from.
+
+A frame is a 4-byte big-endian length and one CBOR item of that many bytes: an array of one or more
+messages, so that one write carries a whole batch. Each message is a CBOR array whose first item is its
+operation code. Anything that breaks the protocol raises `ProtocolError`, never another exception type.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, Final
+
+import attrs
+
+from bus._codec import Codec, default_codec
+from bus._errors import (
+    BusError,
+    CallTimeoutError,
+    CodecError,
+    MethodAlreadyServedError,
+    NoSuchMethodError,
+    PermissionDeniedError,
+    RemoteError,
+    StaleValueError,
+    TopicError,
+    UnknownTopicError,
+    ValueRefusedError,
+)
+from bus._permissions import Permissions
+from bus._sample import Sample
+from bus._topic import Overflow, QoS, Topic
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "PROTOCOL_VERSION",
+    "Call",
+    "Cancel",
+    "Closed",
+    "Connection",
+    "Declare",
+    "Deliver",
+    "Error",
+    "Get",
+    "Hello",
+    "IsStale",
+    "Message",
+    "ProtocolError",
+    "Publish",
+    "Refused",
+    "Reply",
+    "Role",
+    "Serve",
+    "Subscribe",
+    "Unserve",
+    "Unsubscribe",
+    "Welcome",
+    "error_from_exception",
+]
+
+#: The protocol version this code speaks (HELLO and WELCOME carry it).
+PROTOCOL_VERSION: Final = 1
+#: The largest frame body accepted unless configured otherwise: 1 MiB.
+DEFAULT_MAX_FRAME: Final = 1 << 20
+#: The smallest frame limit a peer may announce (a HELLO must fit).
+MIN_MAX_FRAME: Final = 1024
+_HEADER: Final = 4
+_MAX_ID: Final = 2**63 - 1
+
+
+class ProtocolError(BusError):
+    """The peer broke the socket protocol: bad framing, malformed CBOR, a wrong message, a wrong version."""
+
+
+class Role(enum.Enum):
+    """Which end of a connection a `Connection` object is."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+# -- field checkers (decoding) ----------------------------------------------------------------------------
+
+_Check = Callable[[Any, str], Any]
+
+
+def _label(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _bad(field: str, expected: str, value: object) -> ProtocolError:
+    return ProtocolError(f"{field}: expected {expected}, got {_label(value)}")
+
+
+def _str(value: Any, field: str) -> str:
+    if type(value) is str:
+        return value
+    raise _bad(field, "a text string", value)
+
+
+def _opt_str(value: Any, field: str) -> str | None:
+    return None if value is None else _str(value, field)
+
+
+def _id(value: Any, field: str) -> int:
+    if type(value) is int and 0 <= value <= _MAX_ID:
+        return value
+    raise _bad(field, f"an id (an int from 0 to {_MAX_ID})", value)
+
+
+def _opt_id(value: Any, field: str) -> int | None:
+    return None if value is None else _id(value, field)
+
+
+def _num(value: Any, field: str) -> float:
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise _bad(field, "a number", value)
+
+
+def _opt_num(value: Any, field: str) -> float | None:
+    return None if value is None else _num(value, field)
+
+
+def _bound(value: Any, field: str) -> float | None:
+    """A topic's min or max: null, an int (kept an int, as declared) or a float."""
+    if value is None or type(value) in (int, float):
+        return value  # type: ignore[no-any-return]
+    raise _bad(field, "null or a number", value)
+
+
+def _bool(value: Any, field: str) -> bool:
+    if type(value) is bool:
+        return value
+    raise _bad(field, "a bool", value)
+
+
+def _any(value: Any, field: str) -> Any:
+    return value
+
+
+def _queue_size(value: Any, field: str) -> int | None:
+    if value is None or (type(value) is int and 1 <= value <= _MAX_ID):
+        return value
+    raise _bad(field, "null or a positive int", value)
+
+
+_OVERFLOWS: Final = frozenset(o.value for o in Overflow)
+
+
+def _overflow(value: Any, field: str) -> str | None:
+    if value is None or (type(value) is str and value in _OVERFLOWS):
+        return value
+    raise _bad(field, f"null or one of {sorted(_OVERFLOWS)}", value)
+
+
+def _max_frame(value: Any, field: str) -> int:
+    if type(value) is int and MIN_MAX_FRAME <= value <= 2**32 - 1:
+        return value
+    raise _bad(field, f"a frame limit (an int from {MIN_MAX_FRAME} to 2**32-1)", value)
+
+
+def _version(value: Any, field: str) -> int:
+    if type(value) is not int:
+        raise _bad(field, "an int protocol version", value)
+    if value != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {value}; this peer speaks version {PROTOCOL_VERSION}"
+        )
+    return value
+
+
+_ACTIONS: Final = ("publish", "subscribe", "serve", "call")
+
+
+def _permissions(value: Any, field: str) -> Permissions:
+    if type(value) is not dict:
+        raise _bad(field, "a map of permission lists", value)
+    unknown = set(value) - set(_ACTIONS)
+    if unknown:
+        raise ProtocolError(f"{field}: unknown actions {sorted(map(str, unknown))}; known: {list(_ACTIONS)}")
+    lists: dict[str, tuple[str, ...]] = {}
+    for action, patterns in value.items():
+        if type(patterns) is not list or not all(type(p) is str for p in patterns):
+            raise _bad(f"{field}.{action}", "a list of text patterns", patterns)
+        lists[action] = tuple(patterns)
+    try:
+        return Permissions(**lists)
+    except TopicError as exc:
+        raise ProtocolError(f"{field}: {exc}") from None
+
+
+def _opt_permissions(value: Any, field: str) -> Permissions | None:
+    return None if value is None else _permissions(value, field)
+
+
+def _encode_permissions(perms: Permissions | None) -> dict[str, list[str]] | None:
+    if perms is None:
+        return None
+    return {action: list(getattr(perms, action)) for action in _ACTIONS}
+
+
+def _list(value: Any, field: str) -> list[Any]:
+    if type(value) is list:
+        return value
+    raise _bad(field, "an array", value)
+
+
+def _opt_list(value: Any, field: str) -> list[Any] | None:
+    return None if value is None else _list(value, field)
+
+
+# -- messages ---------------------------------------------------------------------------------------------
+
+_C = Role.CLIENT
+_S = Role.SERVER
+_BOTH: Final = frozenset({_C, _S})
+
+
+class _Message:
+    """Base of every message: an operation code, the roles that send it, and its fields' checkers."""
+
+    __slots__ = ()
+
+    OP: ClassVar[int]
+    NAME: ClassVar[str]
+    SENT_BY: ClassVar[frozenset[Role]]
+    #: (attribute, checker on decode); encoded in this order after the op code.
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]]
+
+    def to_wire(self) -> list[Any]:
+        return [self.OP, *(getattr(self, name) for name, _ in self.FIELDS)]
+
+    @classmethod
+    def from_wire(cls, items: list[Any]) -> Any:
+        fields = cls.FIELDS
+        if len(items) != len(fields) + 1:
+            raise ProtocolError(
+                f"{cls.NAME} message: expected {len(fields) + 1} items "
+                f"[op, {', '.join(n for n, _ in fields)}], got {len(items)}"
+            )
+        return cls(*(check(v, f"{cls.NAME}.{n}") for (n, check), v in zip(fields, items[1:], strict=True)))
+
+
+@attrs.frozen
+class Hello(_Message):
+    """Client -> server, first: who the client is and (optionally) the permissions it asks for."""
+
+    name: str
+    permissions: Permissions | None = None
+    max_frame: int = DEFAULT_MAX_FRAME
+    version: int = PROTOCOL_VERSION
+
+    OP: ClassVar[int] = 0
+    NAME: ClassVar[str] = "HELLO"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_C})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = ()
+
+    def to_wire(self) -> list[Any]:
+        return [self.OP, self.version, self.name, _encode_permissions(self.permissions), self.max_frame]
+
+    @classmethod
+    def from_wire(cls, items: list[Any]) -> Hello:
+        # The version first: a peer of another version may send a HELLO of another shape.
+        if len(items) < 2:
+            raise ProtocolError("HELLO message: expected [0, version, name, permissions, max_frame]")
+        version = _version(items[1], "HELLO.version")
+        if len(items) != 5:
+            raise ProtocolError(
+                "HELLO message: expected 5 items [0, version, name, permissions, max_frame], "
+                f"got {len(items)}"
+            )
+        return cls(
+            _str(items[2], "HELLO.name"),
+            _opt_permissions(items[3], "HELLO.permissions"),
+            _max_frame(items[4], "HELLO.max_frame"),
+            version,
+        )
+
+
+@attrs.frozen
+class Welcome(_Message):
+    """Server -> client: the connection is accepted with these permissions."""
+
+    permissions: Permissions
+    max_frame: int = DEFAULT_MAX_FRAME
+    version: int = PROTOCOL_VERSION
+
+    OP: ClassVar[int] = 1
+    NAME: ClassVar[str] = "WELCOME"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_S})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = ()
+
+    def to_wire(self) -> list[Any]:
+        return [self.OP, self.version, _encode_permissions(self.permissions), self.max_frame]
+
+    @classmethod
+    def from_wire(cls, items: list[Any]) -> Welcome:
+        if len(items) < 2:
+            raise ProtocolError("WELCOME message: expected [1, version, permissions, max_frame]")
+        version = _version(items[1], "WELCOME.version")
+        if len(items) != 4:
+            raise ProtocolError(
+                f"WELCOME message: expected 4 items [1, version, permissions, max_frame], got {len(items)}"
+            )
+        return cls(
+            _permissions(items[2], "WELCOME.permissions"), _max_frame(items[3], "WELCOME.max_frame"), version
+        )
+
+
+@attrs.frozen
+class Refused(_Message):
+    """Server -> client, instead of WELCOME: the connection is refused; the server closes it."""
+
+    reason: str
+
+    OP: ClassVar[int] = 2
+    NAME: ClassVar[str] = "REFUSED"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_S})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (("reason", _str),)
+
+
+@attrs.frozen
+class Publish(_Message):
+    """Client -> server: publish ``value`` on ``topic`` (no reply; errors come as an ERROR with no id)."""
+
+    topic: str
+    value: Any
+    timestamp: float | None = None
+
+    OP: ClassVar[int] = 3
+    NAME: ClassVar[str] = "PUBLISH"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_C})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (
+        ("topic", _str),
+        ("value", _any),
+        ("timestamp", _opt_num),
+    )
+
+    def to_wire(self) -> list[Any]:
+        return [3, self.topic, self.value, self.timestamp]
+
+
+_SCALAR_TYPES: Final[dict[str, type]] = {"bool": bool, "int": int, "float": float, "str": str, "bytes": bytes}
+_SCALAR_NAMES: Final[dict[type, str]] = {t: n for n, t in _SCALAR_TYPES.items()}
+_TOPIC_KEYS: Final = (
+    "name",
+    "type",
+    "unit",
+    "min",
+    "max",
+    "allowed",
+    "description",
+    "max_age",
+    "queue_size",
+    "overflow",
+)
+
+
+@attrs.frozen
+class Declare(_Message):
+    """Client -> server: declare a topic (no reply; a conflict comes as an ERROR with no id).
+
+    The topic travels as a map; its type by name: ``bool``, ``int``, ``float``, ``str``, ``bytes``, or the
+    type name of a class registered with the codec (which the broker must have registered too).
+    """
+
+    name: str
+    type: str
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+    allowed: list[Any] | None = None
+    description: str = ""
+    max_age: float | None = None
+    queue_size: int = 64
+    overflow: str = "drop_oldest"
+
+    OP: ClassVar[int] = 4
+    NAME: ClassVar[str] = "DECLARE"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_C})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = ()
+
+    def to_wire(self) -> list[Any]:
+        return [self.OP, {key: getattr(self, key) for key in _TOPIC_KEYS}]
+
+    @classmethod
+    def from_wire(cls, items: list[Any]) -> Declare:
+        if len(items) != 2:
+            raise ProtocolError(f"DECLARE message: expected 2 items [4, topic], got {len(items)}")
+        spec = items[1]
+        if type(spec) is not dict:
+            raise _bad("DECLARE.topic", "a map", spec)
+        if "name" not in spec or "type" not in spec:
+            raise ProtocolError("DECLARE.topic: the keys 'name' and 'type' are required")
+        get = spec.get
+        min_, max_ = _bound(get("min"), "DECLARE.topic.min"), _bound(get("max"), "DECLARE.topic.max")
+        queue_size = _queue_size(get("queue_size"), "DECLARE.topic.queue_size")
+        overflow = _overflow(get("overflow"), "DECLARE.topic.overflow")
+        description = get("description")
+        return cls(
+            name=_str(spec["name"], "DECLARE.topic.name"),
+            type=_str(spec["type"], "DECLARE.topic.type"),
+            unit=_opt_str(get("unit"), "DECLARE.topic.unit"),
+            min=min_,
+            max=max_,
+            allowed=_opt_list(get("allowed"), "DECLARE.topic.allowed"),
+            description="" if description is None else _str(description, "DECLARE.topic.description"),
+            max_age=_opt_num(get("max_age"), "DECLARE.topic.max_age"),
+            queue_size=64 if queue_size is None else queue_size,
+            overflow="drop_oldest" if overflow is None else overflow,
+        )
+
+    @classmethod
+    def from_topic(cls, topic: Topic[Any], codec: Codec = default_codec) -> Declare:
+        """The declaration of ``topic``; `CodecError` if its type is neither a scalar nor registered."""
+        type_name = _SCALAR_NAMES.get(topic.type)
+        if type_name is None:
+            if not codec.is_registered(topic.type):
+                raise CodecError(
+                    f"{topic.name}: its type {topic.type.__qualname__} is not registered with the codec; "
+                    "register it (bus.default_codec.register) to use the topic over a socket"
+                )
+            type_name = codec.type_name(topic.type)
+        return cls(
+            name=topic.name,
+            type=type_name,
+            unit=topic.unit,
+            min=topic.min,
+            max=topic.max,
+            allowed=None if topic.allowed is None else list(topic.allowed),
+            description=topic.description,
+            max_age=topic.max_age,
+            queue_size=topic.qos.queue_size,
+            overflow=topic.qos.overflow.value,
+        )
+
+    def to_topic(self, codec: Codec = default_codec) -> Topic[Any]:
+        """The `Topic` declared; `TopicError` if the type is unknown here or the rules are invalid."""
+        vtype = _SCALAR_TYPES.get(self.type)
+        if vtype is None:
+            info = codec._by_name.get(self.type)
+            if info is None:
+                raise TopicError(
+                    f"{self.name}: unknown type {self.type!r}: it is not registered with this process's codec"
+                )
+            vtype = info.cls
+        return Topic(
+            self.name,
+            vtype,
+            unit=self.unit,
+            min=self.min,
+            max=self.max,
+            allowed=None if self.allowed is None else tuple(self.allowed),
+            description=self.description,
+            max_age=self.max_age,
+            qos=QoS(self.queue_size, Overflow(self.overflow)),
+        )
+
+
+@attrs.frozen
+class Subscribe(_Message):
+    """Client -> server: subscribe to a name or pattern under the client-chosen ``sub_id``."""
+
+    sub_id: int
+    pattern: str
+    queue_size: int | None = None
+    overflow: str | None = None
+    latest: bool = False
+
+    OP: ClassVar[int] = 5
+    NAME: ClassVar[str] = "SUBSCRIBE"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_C})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (
+        ("sub_id", _id),
+        ("pattern", _str),
+        ("queue_size", _queue_size),
+        ("overflow", _overflow),
+        ("latest", _bool),
+    )
+
+
+@attrs.frozen
+class Unsubscribe(_Message):
+    """Client -> server: end subscription ``sub_id``."""
+
+    sub_id: int
+
+    OP: ClassVar[int] = 6
+    NAME: ClassVar[str] = "UNSUBSCRIBE"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_C})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (("sub_id", _id),)
+
+
+@attrs.frozen
+class Deliver(_Message):
+    """Server -> client: one sample for subscription ``sub_id`` (its six fields follow flat)."""
+
+    sub_id: int
+    sample: Sample[Any]
+
+    OP: ClassVar[int] = 7
+    NAME: ClassVar[str] = "SAMPLE"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_S})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = ()
+
+    def to_wire(self) -> list[Any]:
+        return [7, self.sub_id, *self.sample]
+
+    @classmethod
+    def from_wire(cls, items: list[Any]) -> Deliver:
+        if len(items) != 8:
+            raise ProtocolError(
+                "SAMPLE message: expected 8 items [7, sub_id, topic, value, timestamp, bus_time, publisher, "
+                f"seq], got {len(items)}"
+            )
+        _, sub_id, topic, value, timestamp, bus_time, publisher, seq = items
+        return cls(
+            _id(sub_id, "SAMPLE.sub_id"),
+            Sample(
+                _str(topic, "SAMPLE.topic"),
+                value,
+                _num(timestamp, "SAMPLE.timestamp"),
+                _num(bus_time, "SAMPLE.bus_time"),
+                _str(publisher, "SAMPLE.publisher"),
+                _id(seq, "SAMPLE.seq"),
+            ),
+        )
+
+
+@attrs.frozen
+class Get(_Message):
+    """Client -> server: the latest sample of ``topic`` (REPLY with the sample's six fields, or null)."""
+
+    id: int
+    topic: str
+    allow_stale: bool = False
+
+    OP: ClassVar[int] = 8
+    NAME: ClassVar[str] = "GET"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_C})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (("id", _id), ("topic", _str), ("allow_stale", _bool))
+
+
+@attrs.frozen
+class IsStale(_Message):
+    """Client -> server: whether ``topic``'s latest value is stale (REPLY with a bool)."""
+
+    id: int
+    topic: str
+
+    OP: ClassVar[int] = 9
+    NAME: ClassVar[str] = "STALE"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_C})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (("id", _id), ("topic", _str))
+
+
+@attrs.frozen
+class Call(_Message):
+    """Either way: call ``method`` with ``arg``. A client calls methods served on the bus; the server
+    forwards calls of methods a client serves to that client (with ``timeout`` null)."""
+
+    id: int
+    method: str
+    arg: Any = None
+    timeout: float | None = None
+
+    OP: ClassVar[int] = 10
+    NAME: ClassVar[str] = "CALL"
+    SENT_BY: ClassVar[frozenset[Role]] = _BOTH
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (
+        ("id", _id),
+        ("method", _str),
+        ("arg", _any),
+        ("timeout", _opt_num),
+    )
+
+
+@attrs.frozen
+class Cancel(_Message):
+    """Either way: the sender no longer waits for the reply to its CALL ``id``."""
+
+    id: int
+
+    OP: ClassVar[int] = 11
+    NAME: ClassVar[str] = "CANCEL"
+    SENT_BY: ClassVar[frozenset[Role]] = _BOTH
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (("id", _id),)
+
+
+@attrs.frozen
+class Serve(_Message):
+    """Client -> server: serve ``method`` on the bus on the client's behalf (REPLY null, or ERROR)."""
+
+    id: int
+    method: str
+
+    OP: ClassVar[int] = 12
+    NAME: ClassVar[str] = "SERVE"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_C})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (("id", _id), ("method", _str))
+
+
+@attrs.frozen
+class Unserve(_Message):
+    """Client -> server: stop serving ``method``."""
+
+    method: str
+
+    OP: ClassVar[int] = 13
+    NAME: ClassVar[str] = "UNSERVE"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_C})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (("method", _str),)
+
+
+@attrs.frozen
+class Reply(_Message):
+    """Either way: the successful answer to the request ``id`` (GET, STALE, CALL, SERVE)."""
+
+    id: int
+    result: Any = None
+
+    OP: ClassVar[int] = 14
+    NAME: ClassVar[str] = "REPLY"
+    SENT_BY: ClassVar[frozenset[Role]] = _BOTH
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (("id", _id), ("result", _any))
+
+
+#: Error kinds: the bus error class each stands for, and the constructor arguments ``args`` carries.
+_ERROR_KINDS: Final[dict[str, type[BusError]]] = {
+    "permission_denied": PermissionDeniedError,  # [client, action, name]
+    "value_refused": ValueRefusedError,  # [topic, rule, value]
+    "unknown_topic": UnknownTopicError,  # [name]
+    "topic": TopicError,  # [message]
+    "stale": StaleValueError,  # [topic, age, max_age]
+    "no_such_method": NoSuchMethodError,  # [method]
+    "already_served": MethodAlreadyServedError,  # [method, server]
+    "remote": RemoteError,  # [method, error_type, message]
+    "timeout": CallTimeoutError,  # [method, timeout]
+    "codec": CodecError,  # [message]
+    "protocol": ProtocolError,  # [message]
+    "bus": BusError,  # [message]
+}
+_KIND_OF: Final[dict[type[BusError], str]] = {cls: kind for kind, cls in _ERROR_KINDS.items()}
+
+
+@attrs.frozen
+class Error(_Message):
+    """Either way: request ``id`` (or subscription ``id``) failed; ``id`` null: an asynchronous error
+    (a PUBLISH or DECLARE refused), or, of kind ``protocol``, the reason the sender closes the connection.
+    """
+
+    id: int | None
+    kind: str
+    error_type: str
+    message: str
+    args: list[Any] = attrs.field(factory=list)
+
+    OP: ClassVar[int] = 15
+    NAME: ClassVar[str] = "ERROR"
+    SENT_BY: ClassVar[frozenset[Role]] = _BOTH
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (
+        ("id", _opt_id),
+        ("kind", _str),
+        ("error_type", _str),
+        ("message", _str),
+        ("args", _list),
+    )
+
+    def to_exception(self) -> BusError:
+        """The bus error this stands for (a plain `BusError` with the message for an unknown kind)."""
+        cls = _ERROR_KINDS.get(self.kind, BusError)
+        if cls in (TopicError, CodecError, ProtocolError, BusError):
+            return cls(self.message)
+        try:
+            return cls(*self.args)
+        except Exception:  # wrong arguments from a peer: keep the message
+            return BusError(self.message)
+
+
+def error_from_exception(id: int | None, exc: BaseException, *, method: str | None = None) -> Error:
+    """The ERROR message for ``exc``; an exception that is not a bus error travels as kind ``remote``."""
+    args: list[Any]
+    for cls in type(exc).__mro__:
+        kind = _KIND_OF.get(cls)
+        if kind is not None:
+            break
+    else:
+        return Error(id, "remote", type(exc).__name__, str(exc), [method or "", type(exc).__name__, str(exc)])
+    if isinstance(exc, PermissionDeniedError):
+        args = [exc.client, exc.action, exc.name]
+    elif isinstance(exc, ValueRefusedError):
+        args = [exc.topic, exc.rule, exc.value]
+    elif isinstance(exc, UnknownTopicError):
+        args = [exc.name]
+    elif isinstance(exc, StaleValueError):
+        args = [exc.topic, exc.age, exc.max_age]
+    elif isinstance(exc, NoSuchMethodError):
+        args = [exc.method]
+    elif isinstance(exc, MethodAlreadyServedError):
+        args = [exc.method, exc.server]
+    elif isinstance(exc, RemoteError):
+        args = [exc.method, exc.error_type, exc.message]
+    elif isinstance(exc, CallTimeoutError):
+        args = [exc.method, exc.timeout]
+    else:
+        args = [str(exc)]
+    return Error(id, kind, type(exc).__name__, str(exc), args)
+
+
+Message = (
+    Hello
+    | Welcome
+    | Refused
+    | Publish
+    | Declare
+    | Subscribe
+    | Unsubscribe
+    | Deliver
+    | Get
+    | IsStale
+    | Call
+    | Cancel
+    | Serve
+    | Unserve
+    | Reply
+    | Error
+)
+
+_BY_OP: Final[dict[int, type[_Message]]] = {
+    cls.OP: cls
+    for cls in (
+        Hello,
+        Welcome,
+        Refused,
+        Publish,
+        Declare,
+        Subscribe,
+        Unsubscribe,
+        Deliver,
+        Get,
+        IsStale,
+        Call,
+        Cancel,
+        Serve,
+        Unserve,
+        Reply,
+        Error,
+    )
+}
+
+
+@attrs.frozen
+class Closed:
+    """The event after the peer closed its end cleanly (at a frame boundary)."""
+
+
+_CLOSED: Final = Closed()
+
+
+# -- the connection ---------------------------------------------------------------------------------------
+
+
+class Connection:
+    """One end of a connection: feed it received bytes, take decoded messages, turn messages into bytes.
+
+    ``role`` is the end this object is. Incoming frames larger than ``max_frame`` bytes are refused from
+    their length prefix, before the body is buffered; outgoing batches are split into frames that fit the
+    peer's limit (announced in the handshake). Call `next_event` until it returns None after each
+    `receive_data`: the buffer then holds at most one partial frame, so memory stays bounded by
+    ``max_frame`` plus one read. Every protocol violation raises `ProtocolError`, and the connection stays
+    broken (later calls raise it again).
+    """
+
+    def __init__(
+        self, role: Role, *, max_frame: int = DEFAULT_MAX_FRAME, codec: Codec = default_codec
+    ) -> None:
+        if type(max_frame) is not int or max_frame < MIN_MAX_FRAME:
+            raise ValueError(f"max_frame must be an int of at least {MIN_MAX_FRAME} bytes, not {max_frame!r}")
+        self.role = role
+        self.max_frame = max_frame
+        #: The peer's frame limit: from the handshake; the default until then.
+        self.peer_max_frame = DEFAULT_MAX_FRAME
+        self.codec = codec
+        #: Set by the handshake: the peer's HELLO (server) or the server's WELCOME (client).
+        self.hello: Hello | None = None
+        self.welcome: Welcome | None = None
+        self._buffer = bytearray()
+        self._events: deque[Message] = deque()
+        self._eof = False
+        self._error: ProtocolError | None = None
+        self._received_handshake = False  # the peer's HELLO / the server's WELCOME or REFUSED arrived
+        self._sent_handshake = False  # our HELLO / our WELCOME or REFUSED went out
+        self._refused = False
+
+    @property
+    def open(self) -> bool:
+        """True once the handshake is complete (WELCOME sent or received) and the connection not broken."""
+        return self.welcome is not None and self._error is None and not self._refused
+
+    # -- receiving -----------------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes that arrived; ``b""`` means the peer closed its end."""
+        if self._eof:
+            if data:
+                raise ProtocolError("data received after the end of the stream")
+            return
+        if not data:
+            self._eof = True
+            return
+        self._buffer += data
+
+    def next_event(self) -> Message | Closed | None:
+        """The next message; `Closed` once the peer has closed cleanly; None if more bytes are needed."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_event()
+        except ProtocolError as exc:
+            self._error = exc
+            self._events.clear()
+            self._buffer.clear()
+            raise
+
+    def events(self) -> Iterator[Message | Closed]:
+        """Every event available now (`next_event` until it returns None)."""
+        while True:
+            event = self.next_event()
+            if event is None:
+                return
+            yield event
+            if event is _CLOSED:
+                return
+
+    def _next_event(self) -> Message | Closed | None:
+        events = self._events
+        if events:
+            return events.popleft()
+        buffer = self._buffer
+        while len(buffer) >= _HEADER:
+            size = int.from_bytes(buffer[:_HEADER], "big")
+            if size > self.max_frame:
+                raise ProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_frame} bytes")
+            if size == 0:
+                raise ProtocolError("empty frame (length 0): a frame holds one CBOR array of messages")
+            end = _HEADER + size
+            if len(buffer) < end:
+                break
+            body = bytes(buffer[_HEADER:end])
+            del buffer[:end]
+            self._decode_frame(body)
+            if events:
+                return events.popleft()
+        if self._eof:
+            if buffer:
+                if len(buffer) < _HEADER:
+                    raise ProtocolError(
+                        "truncated frame: the stream ended after "
+                        f"{len(buffer)} bytes of a 4-byte length prefix"
+                    )
+                size = int.from_bytes(buffer[:_HEADER], "big")
+                raise ProtocolError(
+                    f"truncated frame: the stream ended after {len(buffer) - _HEADER} of {size} bytes"
+                )
+            return _CLOSED
+        return None
+
+    def _decode_frame(self, body: bytes) -> None:
+        try:
+            batch = self.codec.decode(body)
+        except CodecError as exc:
+            raise ProtocolError(f"undecodable frame: {exc}") from None
+        if type(batch) is not list or not batch:
+            raise ProtocolError(f"a frame holds a non-empty CBOR array of messages, got {_label(batch)}")
+        decoded: list[Message] = []
+        for items in batch:
+            if type(items) is not list or not items:
+                raise ProtocolError(f"a message is a non-empty CBOR array [op, ...], got {_label(items)}")
+            op = items[0]
+            cls = _BY_OP.get(op) if type(op) is int else None
+            if cls is None:
+                raise ProtocolError(f"unknown operation {_label(op)}")
+            if self.role in cls.SENT_BY and cls.SENT_BY != _BOTH:
+                peer = "client" if self.role is Role.SERVER else "server"
+                raise ProtocolError(f"a {peer} does not send {cls.NAME} messages")
+            message = cls.from_wire(items)
+            self._check_incoming(message)
+            decoded.append(message)
+        self._events.extend(decoded)
+
+    def _check_incoming(self, message: Message) -> None:
+        if self._refused:
+            raise ProtocolError(f"{message.NAME} received after REFUSED")
+        if self.role is Role.SERVER:
+            if isinstance(message, Hello):
+                if self._received_handshake:
+                    raise ProtocolError("a second HELLO")
+                self._received_handshake = True
+                self.hello = message
+                self.peer_max_frame = message.max_frame
+            elif not self._received_handshake:
+                raise ProtocolError(f"expected HELLO first, got {message.NAME}")
+            elif not self._sent_handshake:
+                raise ProtocolError(f"{message.NAME} received before WELCOME: wait for the server's answer")
+            return
+        if isinstance(message, Welcome | Refused):
+            if self._received_handshake:
+                raise ProtocolError(f"{message.NAME} received after the handshake")
+            self._received_handshake = True
+            if isinstance(message, Welcome):
+                self.welcome = message
+                self.peer_max_frame = message.max_frame
+            else:
+                self._refused = True
+        elif not self._received_handshake and not isinstance(message, Error):
+            raise ProtocolError(f"expected WELCOME or REFUSED first, got {message.NAME}")
+
+    # -- sending -------------------------------------------------------------------------------------------
+
+    def send(self, messages: Sequence[Message]) -> bytes:
+        """The bytes of ``messages``: one frame, or several if the batch exceeds the peer's frame limit.
+
+        Raises `ProtocolError` for a message this end may not send now, or a single message too large for
+        a frame; `CodecError` for a value the codec cannot encode (nothing is sent: encode the messages
+        one by one to find it).
+        """
+        if not messages:
+            return b""
+        for message in messages:
+            self._check_outgoing(message)
+        return b"".join(self._frames(messages))
+
+    def _frames(self, messages: Sequence[Message]) -> list[bytes]:
+        body = self.codec.encode([m.to_wire() for m in messages])
+        limit = self.peer_max_frame
+        if len(body) <= limit:
+            return [len(body).to_bytes(_HEADER, "big") + body]
+        if len(messages) == 1:
+            raise ProtocolError(
+                f"a {messages[0].NAME} message of {len(body)} bytes exceeds the peer's frame limit of {limit}"
+            )
+        half = len(messages) // 2
+        return self._frames(messages[:half]) + self._frames(messages[half:])
+
+    def _check_outgoing(self, message: Message) -> None:
+        if self.role not in message.SENT_BY:
+            raise ProtocolError(f"a {self.role.value} does not send {message.NAME} messages")
+        if self._refused:
+            raise ProtocolError(f"cannot send {message.NAME}: the connection was refused")
+        if self.role is Role.CLIENT:
+            if isinstance(message, Hello):
+                if self._sent_handshake:
+                    raise ProtocolError("HELLO was sent already")
+                self._sent_handshake = True
+            elif not self._sent_handshake:
+                raise ProtocolError(f"send HELLO before {message.NAME}")
+            return
+        if isinstance(message, Welcome | Refused):
+            if self._sent_handshake:
+                raise ProtocolError(f"cannot send {message.NAME}: the handshake is over")
+            if not self._received_handshake:
+                raise ProtocolError(f"cannot send {message.NAME} before the client's HELLO")
+            self._sent_handshake = True
+            if isinstance(message, Welcome):
+                self.welcome = message
+            else:
+                self._refused = True
+        elif not self._sent_handshake and not isinstance(message, Error):
+            raise ProtocolError(f"send WELCOME or REFUSED before {message.NAME}")
+
+
+def timeout_to_wire(timeout: float) -> float | None:
+    """A call timeout as it travels: null for no timeout (infinity)."""
+    return None if math.isinf(timeout) else float(timeout)

@@ -1,0 +1,287 @@
+"""The socket protocol's sans-IO state machine: framing, round trips, the handshake, limits, fuzzing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import mutated_bytes, wire_handshakes, wire_messages
+
+import bus
+from bus import Permissions, Sample, Topic
+from bus._wire import (
+    DEFAULT_MAX_FRAME,
+    Call,
+    Closed,
+    Connection,
+    Declare,
+    Deliver,
+    Error,
+    Hello,
+    ProtocolError,
+    Publish,
+    Refused,
+    Reply,
+    Role,
+    Subscribe,
+    Welcome,
+    error_from_exception,
+)
+
+
+@bus.default_codec.register(name="test_wire.Point")
+@attrs.frozen
+class Point:
+    x: float
+    y: float
+
+
+def pair(max_frame: int = DEFAULT_MAX_FRAME) -> tuple[Connection, Connection]:
+    """A client and a server past the handshake."""
+    client, server = (
+        Connection(Role.CLIENT, max_frame=max_frame),
+        Connection(Role.SERVER, max_frame=max_frame),
+    )
+    server.receive_data(client.send([Hello("c", max_frame=max_frame)]))
+    assert isinstance(server.next_event(), Hello)
+    client.receive_data(server.send([Welcome(Permissions.ALL, max_frame)]))
+    assert isinstance(client.next_event(), Welcome)
+    return client, server
+
+
+def drain(conn: Connection) -> list[Any]:
+    return list(conn.events())
+
+
+def test_hello_frame_bytes() -> None:
+    data = Connection(Role.CLIENT).send([Hello("svc")])
+    assert data.hex() == "0000000e8185000163737663f61a00100000"  # the worked example of docs/protocol.md
+
+
+def test_a_batch_is_one_frame_and_round_trips() -> None:
+    client, server = pair()
+    samples = [Deliver(1, Sample("A.b", Point(1.0, float(i)), 1.0, 2.0, "p", i)) for i in range(100)]
+    data = server.send(samples)
+    assert int.from_bytes(data[:4], "big") == len(data) - 4  # one frame
+    client.receive_data(data)
+    assert drain(client) == samples
+    assert type(samples[0].sample.value) is Point
+
+
+def test_batches_split_to_fit_the_peer_limit() -> None:
+    client, server = pair(max_frame=4096)
+    messages = [Deliver(1, Sample("A.b", "x" * 100, 1.0, 2.0, "p", i)) for i in range(200)]
+    data = server.send(messages)
+    client.receive_data(data)
+    assert drain(client) == messages
+    with pytest.raises(ProtocolError, match="exceeds the peer's frame limit"):
+        server.send([Reply(1, b"x" * 5000)])
+
+
+@settings(max_examples=200)
+@given(st.data())
+def test_every_message_round_trips(data: st.DataObject) -> None:
+    client, server = pair()
+    role = data.draw(st.sampled_from(Role))
+    messages = data.draw(st.lists(wire_messages(role=role), min_size=1, max_size=5))
+    sender, receiver = (client, server) if role is Role.CLIENT else (server, client)
+    encoded = sender.send(messages)
+    cut = data.draw(st.integers(min_value=0, max_value=len(encoded)))
+    got = []
+    for chunk in (encoded[:cut], encoded[cut:]):
+        if chunk:  # b"" would mean the end of the stream
+            receiver.receive_data(chunk)
+            got += drain(receiver)
+    # Compare encodings: NaN-free here, but a value's encoding is what must survive.
+    assert [type(m) for m in got] == [type(m) for m in messages]
+    assert got == messages
+
+
+@given(wire_handshakes())
+def test_handshake_round_trips(handshake: tuple[Hello, Welcome]) -> None:
+    hello, welcome = handshake
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    server.receive_data(client.send([hello]))
+    assert server.next_event() == hello
+    assert server.peer_max_frame == hello.max_frame
+    client.receive_data(server.send([welcome]))
+    assert client.next_event() == welcome
+    assert client.open
+
+
+def test_declare_carries_a_topic() -> None:
+    topic = Topic("Vehicle.Speed", float, unit="km/h", min=0, max=400, max_age=0.5, description="speed")
+    assert Declare.from_topic(topic).to_topic() == topic
+    typed = Topic("Vehicle.Pos", Point)
+    assert Declare.from_topic(typed).to_topic() == typed
+
+    class Unregistered:
+        pass
+
+    with pytest.raises(bus.CodecError, match="not registered"):
+        Declare.from_topic(Topic("A.b", Unregistered))
+    with pytest.raises(bus.TopicError, match="unknown type"):
+        Declare("A.b", "nowhere.Type").to_topic()
+
+
+def test_errors_travel_typed() -> None:
+    for exc in [
+        bus.PermissionDeniedError("c", "publish", "A.b"),
+        bus.ValueRefusedError("A.b", "above max 4", 5),
+        bus.UnknownTopicError("A.b"),
+        bus.StaleValueError("A.b", 2.0, 1.0),
+        bus.NoSuchMethodError("M.x"),
+        bus.MethodAlreadyServedError("M.x", "s"),
+        bus.RemoteError("M.x", "KeyError", "k"),
+        bus.CallTimeoutError("M.x", 1.5),
+        bus.TopicError("bad"),
+    ]:
+        client, server = pair()
+        client.receive_data(server.send([error_from_exception(7, exc)]))
+        (message,) = drain(client)
+        again = message.to_exception()
+        assert type(again) is type(exc)
+        assert str(again) == str(exc)
+    assert type(Error(None, "future", "X", "m", []).to_exception()) is bus.BusError
+
+
+def test_handshake_rules() -> None:
+    server = Connection(Role.SERVER)
+    client = Connection(Role.CLIENT)
+    with pytest.raises(ProtocolError, match="send HELLO before"):
+        client.send([Publish("A.b", 1)])
+    server.receive_data(Connection(Role.CLIENT).send([Hello("x")]))
+    assert isinstance(server.next_event(), Hello)
+    with pytest.raises(ProtocolError, match="send WELCOME or REFUSED before"):
+        server.send([Reply(1, None)])
+    refused = server.send([Refused("no")])
+    client.send([Hello("x")])
+    client.receive_data(refused)
+    assert client.next_event() == Refused("no")
+    assert not client.open
+
+
+def test_version_is_checked_first() -> None:
+    server = Connection(Role.SERVER)
+    body = cbor2.dumps([[0, 2, "a", "future", "fields", 1]])
+    server.receive_data(len(body).to_bytes(4, "big") + body)
+    with pytest.raises(ProtocolError, match="unsupported protocol version 2"):
+        server.next_event()
+    with pytest.raises(ProtocolError):  # stays broken
+        server.next_event()
+
+
+def _frame(item: object) -> bytes:
+    body = cbor2.dumps(item)
+    return len(body).to_bytes(4, "big") + body
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"\x00\x20\x00\x01", "exceeds the limit"),
+        (b"\x00\x00\x00\x00", "empty frame"),
+        (b"\x00\x00\x00\x02\xff\xff", "undecodable frame"),
+        (_frame({"a": 1}), "non-empty CBOR array of messages"),
+        (_frame([]), "non-empty CBOR array of messages"),
+        (_frame([5]), "a message is a non-empty CBOR array"),
+        (_frame([[99]]), "unknown operation"),
+        (_frame([["publish"]]), "unknown operation"),
+        (_frame([[3, "A.b"]]), "expected 4 items"),
+        (_frame([[3, 5, 1, None]]), "PUBLISH.topic: expected a text string"),
+        (_frame([[7, 1, "A", 1, 1.0, 1.0, "p", 1]]), "a client does not send SAMPLE"),
+        (_frame([[5, -1, "A", None, None, False]]), "SUBSCRIBE.sub_id"),
+        (_frame([[5, 1, "A", 0, None, False]]), "SUBSCRIBE.queue_size"),
+        (_frame([[5, 1, "A", None, "sometimes", False]]), "SUBSCRIBE.overflow"),
+        (_frame([[0, 1, "x", None, 1 << 20]]), "a second HELLO"),
+        (_frame([[4, {"name": "A"}]]), "'name' and 'type' are required"),
+        (_frame([[1, 1, {}, 1 << 20]]), "a client does not send WELCOME"),
+    ],
+)
+def test_malformed_input_raises_protocol_error(data: bytes, match: str) -> None:
+    _, server = pair()
+    server.receive_data(data)
+    with pytest.raises(ProtocolError, match=match):
+        drain(server)
+
+
+def test_size_checked_before_the_body_arrives() -> None:
+    _, server = pair(max_frame=2048)
+    server.receive_data((4096).to_bytes(4, "big"))  # only the prefix: the body never needs buffering
+    with pytest.raises(ProtocolError, match="4096 bytes exceeds the limit of 2048"):
+        server.next_event()
+
+
+def test_truncated_and_clean_ends() -> None:
+    client, server = pair()
+    data = client.send([Publish("A.b", 1.0)])
+    server.receive_data(data[:-1])
+    assert server.next_event() is None
+    server.receive_data(b"")
+    with pytest.raises(ProtocolError, match="truncated frame"):
+        server.next_event()
+    client2, server2 = pair()
+    server2.receive_data(client2.send([Publish("A.b", 1.0)]) + b"")
+    server2.receive_data(b"")
+    assert drain(server2) == [Publish("A.b", 1.0), Closed()]
+
+
+def test_schema_mismatch_is_a_protocol_error() -> None:
+    _, server = pair()
+    server.receive_data(
+        _frame([[3, "A.b", cbor2.CBORTag(27, ["test_wire.Point", "0" * 16, [1.0, 2.0]]), None]])
+    )
+    with pytest.raises(ProtocolError, match="fingerprint mismatch"):
+        server.next_event()
+
+
+def test_subscribe_and_call_shapes() -> None:
+    client, server = pair()
+    messages: list[Subscribe | Call] = [
+        Subscribe(3, "Vehicle.**", 10, "latest", True),
+        Call(4, "M.x", [1, 2]),
+    ]
+    server.receive_data(client.send(messages))
+    assert drain(server) == messages
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200), st.lists(st.integers(min_value=1, max_value=50), max_size=10))
+def test_fuzz_arbitrary_bytes(data: bytes, cuts: list[int]) -> None:
+    for role in Role:
+        conn = Connection(role, max_frame=1024)
+        _feed(conn, data, cuts)
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_fuzz_mutated_frames(data: st.DataObject) -> None:
+    client, server = pair()
+    messages = data.draw(st.lists(wire_messages(role=Role.CLIENT), min_size=1, max_size=3))
+    valid = client.send(messages)
+    damaged = data.draw(mutated_bytes(valid))
+    cuts = data.draw(st.lists(st.integers(min_value=1, max_value=64), max_size=8))
+    _feed(server, damaged, cuts)
+
+
+def _feed(conn: Connection, data: bytes, cuts: list[int]) -> None:
+    """Feed ``data`` in chunks: only valid events or ProtocolError may come out."""
+    chunks = []
+    rest = data
+    for cut in cuts:
+        chunks.append(rest[:cut])
+        rest = rest[cut:]
+    chunks.append(rest)
+    try:
+        for chunk in [*chunks, b""]:
+            conn.receive_data(chunk)
+            for event in conn.events():
+                assert isinstance(event, Closed) or hasattr(event, "OP")
+                assert len(conn._buffer) <= conn.max_frame + 4 + max(len(c) for c in chunks)
+    except ProtocolError as exc:
+        message = str(exc)
+        assert message  # a clear message, never an empty one
