@@ -132,3 +132,20 @@ def make_mosquitto(tmp_path: Path, mqtt_pki: mqtt_broker.Certificates) -> Iterat
 
 
 # ================================================================ end of mosquitto (a real MQTT broker)
+
+
+# ========================================================================= the control socket of vwos run
+# `vwos run` serves the bus and the control plane on $VWOS_SOCKET (docs/control.md). Every test gets a short
+# path of its own (a Unix socket path must fit in 108 bytes), inherited by the processes it starts, so no
+# test ever touches the machine's real /run/vwos/vwos.sock or another test's supervisor.
+@pytest.fixture(autouse=True)
+def _own_vwos_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="vws"))
+    monkeypatch.setenv("VWOS_SOCKET", str(directory / "vwos.sock"))
+    try:
+        yield directory / "vwos.sock"
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

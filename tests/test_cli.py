@@ -298,3 +298,47 @@ def test_extensions_found_through_importlib_metadata(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
     assert [ep.name for ep in _command_entry_points()] == ["zz"]
     assert seen == ["vwos.commands"]
+
+
+def test_control_commands_over_the_socket_of_a_running_supervisor(tmp_path: Path) -> None:
+    config = tmp_path / "vwos.toml"
+    config.write_text(
+        EXAMPLE.read_text()
+        .replace('python_path = ["."]', f'python_path = ["{EXAMPLE.parent}"]')
+        .replace('state_dir = ".state"', f'state_dir = "{tmp_path / "state"}"')
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vwos", "run", str(config), "--log-format", "json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        while "all services ready" not in proc.stderr.readline():
+            assert time.monotonic() < deadline, "not ready within 30 s"
+        status = json.loads(vwos("status", "--json").stdout)
+        assert {s["name"]: s["state"] for s in status["services"]} == {
+            "drive": "running",
+            "overspeed": "running",
+        }
+        assert vwos("restart", "overspeed").returncode == 0
+        after = json.loads(vwos("status", "--json").stdout)
+        assert {s["name"]: s["last_exit"] for s in after["services"]}["overspeed"] == "stopped"
+        topics = json.loads(vwos("bus", "list", "--json").stdout)
+        assert "Vehicle.Speed" in {t["name"] for t in topics["topics"]}
+        refused = vwos("bus", "pub", "Vehicle.Speed", '"fast"')
+        assert refused.returncode == 1
+        assert "Vehicle.Speed" in refused.stderr
+        answer = vwos("bus", "call", "Vehicle.Warning.Overspeed.SetLimit", "100.0")
+        assert answer.returncode == 0, answer.stderr
+        assert "120" in answer.stdout  # the old limit
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    missing = vwos("status")
+    assert missing.returncode == 3
+    assert "cannot connect" in missing.stderr

@@ -737,7 +737,10 @@ def test_every_cbor_tag_but_bignums_and_27_is_refused() -> None:
 @given(st.integers(min_value=0, max_value=2**64 - 1).filter(lambda t: t not in (2, 3, 27)), st.data())
 def test_unknown_tags_are_codec_errors_naming_the_tag(tag: int, data: st.DataObject) -> None:
     payload = data.draw(cbor_values(max_leaves=3))
-    with pytest.raises(CodecError, match=f"CBOR tag {tag}"):
+    # cbor2's encoder turns on string references inside tag 256 (stringref-namespace), so a repeated
+    # string in its payload is written as tag 25, which the decoder meets (and names) first.
+    named = r"CBOR tag (256|25)\b" if tag == 256 else f"CBOR tag {tag}"
+    with pytest.raises(CodecError, match=named):
         CODEC.decode(cbor2.dumps(cbor2.CBORTag(tag, payload)))
 
 

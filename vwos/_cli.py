@@ -21,7 +21,8 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TextIO, TypeAlias
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
 import attrs
 import structlog
@@ -32,6 +33,10 @@ from vwos._logging import LEVELS, configure_logging
 from vwos._plugins import installed_plugins
 from vwos._structure import FieldDoc, describe_fields
 from vwos._supervisor import Supervisor, SupervisorGaveUp
+from vwos._systemd import SystemdNotifier
+
+if TYPE_CHECKING:
+    from vwos._control import LogBuffer
 
 EXIT_OK = 0
 EXIT_GAVE_UP = 1
@@ -75,6 +80,11 @@ def _parser(*, extensions: bool = True) -> argparse.ArgumentParser:
         help="console on a terminal, JSON lines otherwise (default: auto)",
     )
     run.add_argument("--log-level", choices=LEVELS, help="overrides [supervisor] log_level")
+    run.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="the bus and control socket (default: $VWOS_SOCKET; see docs/control.md)",
+    )
     run.set_defaults(handler=_cmd_run)
 
     check = sub.add_parser("check", help="validate a config and its plugins without running anything")
@@ -241,41 +251,75 @@ def _cmd_run(args: argparse.Namespace) -> int:
         configure_logging(format=args.log_format, level="info")
         _print_problems(exc)
         return EXIT_CONFIG
-    configure_logging(format=args.log_format, level=args.log_level or config.log_level)
+    from vwos._control import LogBuffer
+
+    logs = LogBuffer()
+    configure_logging(
+        format=args.log_format, level=args.log_level or config.log_level, extra_processors=[logs.processor]
+    )
     try:
-        return trio.run(_run, config, args.duration)
+        return trio.run(_run, config, args.duration, args.socket, logs)
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
         return 130
 
 
-async def _run(config: SupervisorConfig, duration: float | None) -> int:
+async def _run(config: SupervisorConfig, duration: float | None, socket: str | None, logs: LogBuffer) -> int:
+    from bus import Bus
+    from vwos._control import ControlPlane, default_authorize
+
+    socket_path = Path(socket or default_socket_path())
+    await trio.Path(socket_path.parent).mkdir(parents=True, exist_ok=True)
+    bus = Bus()
     supervisor = Supervisor(
         [s for s in config.services if s.enabled],
         policy=config.policy,
         state_dir=config.state_dir,
+        bus=bus,
+        socket_path=socket_path,
+        authorize=default_authorize(),
     )
+    systemd = SystemdNotifier()
     _log.info(
         "vwos starting",
         config=str(config.path),
         pid=os.getpid(),
+        control_socket=str(socket_path),
         stop="Ctrl-C or SIGTERM" + (f", or after {duration:g} s" if duration else ""),
     )
     gave_up: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, supervisor)
+
+            async def supervise(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    await supervisor.run(task_status=task_status)
+                finally:
+                    nursery.cancel_scope.cancel()  # the control plane, the signal watcher, the timers
+
+            nursery.start_soon(_watch_signals, supervisor, systemd)
+            await nursery.start(ControlPlane(supervisor, logs=logs).run)
+            await nursery.start(supervise)
+            running = sum(1 for row in supervisor.status() if row.state.value == "running")
+            systemd.ready(f"{running} services running")
+            if systemd.watchdog_interval is not None:
+                nursery.start_soon(_feed_systemd_watchdog, systemd, systemd.watchdog_interval)
             if duration is not None:
                 nursery.start_soon(_stop_after, supervisor, duration)
-            try:
-                await supervisor.run()
-            finally:
-                nursery.cancel_scope.cancel()  # the signal watcher and the timer
     except* SupervisorGaveUp as group:
         gave_up = group.exceptions[0]
+    finally:
+        systemd.close()
     if gave_up is not None:
         print(f"vwos: the supervisor gave up: {gave_up}", file=sys.stderr)
         return EXIT_GAVE_UP
     return EXIT_OK
+
+
+async def _feed_systemd_watchdog(systemd: SystemdNotifier, interval: float) -> None:
+    """WATCHDOG=1 while the event loop runs: if the supervisor hangs, systemd restarts it."""
+    while True:
+        systemd.watchdog()
+        await trio.sleep(interval)
 
 
 async def _stop_after(supervisor: Supervisor, seconds: float) -> None:
@@ -284,7 +328,7 @@ async def _stop_after(supervisor: Supervisor, seconds: float) -> None:
     supervisor.shutdown()
 
 
-async def _watch_signals(supervisor: Supervisor) -> None:
+async def _watch_signals(supervisor: Supervisor, systemd: SystemdNotifier | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         stopping = False
         async for signum in signals:
@@ -294,6 +338,8 @@ async def _watch_signals(supervisor: Supervisor) -> None:
                 raise KeyboardInterrupt
             stopping = True
             _log.info("stopping on signal", signal=name)
+            if systemd is not None:
+                systemd.stopping(f"stopping on {name}")
             supervisor.shutdown()
 
 
