@@ -408,6 +408,25 @@ class BusClient:
             return True
         return max_age is not None and self.bus.clock() - sample.bus_time > max_age
 
+    @overload
+    async def fetch(self, topic: Topic[T], *, allow_stale: bool = False) -> Sample[T] | None: ...
+    @overload
+    async def fetch(self, topic: str, *, allow_stale: bool = False) -> Sample[Any] | None: ...
+    async def fetch(self, topic: Topic[Any] | str, *, allow_stale: bool = False) -> Sample[Any] | None:
+        """`get` as a checkpoint: the portable way to read a latest value.
+
+        In a process of its own a service's bus client reads latest values with a round trip to the
+        supervisor, so there only ``await fetch(...)`` exists in both; a service that may run isolated
+        uses it instead of `get`.
+        """
+        await trio.lowlevel.checkpoint()
+        return self.get(topic, allow_stale=allow_stale)
+
+    async def fetch_is_stale(self, topic: Topic[Any] | str) -> bool:
+        """`is_stale` as a checkpoint (see `fetch`)."""
+        await trio.lowlevel.checkpoint()
+        return self.is_stale(topic)
+
     # -- methods -------------------------------------------------------------------------------------
 
     async def serve(

@@ -932,6 +932,18 @@ class RemoteBusClient:
             raise ProtocolError(f"REPLY to STALE: expected a bool, got {result!r}")
         return result
 
+    @overload
+    async def fetch(self, topic: Topic[T], *, allow_stale: bool = False) -> Sample[T] | None: ...
+    @overload
+    async def fetch(self, topic: str, *, allow_stale: bool = False) -> Sample[Any] | None: ...
+    async def fetch(self, topic: Topic[Any] | str, *, allow_stale: bool = False) -> Sample[Any] | None:
+        """The portable latest-value read (`BusClient.fetch` in-process): a round trip here."""
+        return await self.get(topic, allow_stale=allow_stale)
+
+    async def fetch_is_stale(self, topic: Topic[Any] | str) -> bool:
+        """The portable staleness check (`BusClient.fetch_is_stale` in-process)."""
+        return await self.is_stale(topic)
+
     # -- methods ---------------------------------------------------------------------------------------
 
     @overload

@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -340,3 +341,33 @@ def test_the_config_file_says_isolated_and_sets_a_memory_limit(tmp_path: Path) -
     messages = [str(p) for p in info.value.problems]
     assert any("services.a.memory_limit_mb: expected a number of MiB >= 1" in m for m in messages), messages
     assert any("services.b.memory_limit_mb: a memory limit needs a process of its own" in m for m in messages)
+
+
+async def test_latest_values_read_the_same_way_in_process_and_isolated(tmp_path: Path) -> None:
+    """``await ctx.bus.fetch(...)`` works on both clients: the portable read of a latest value."""
+    import bus as bus_module
+
+    topic = bus_module.Topic("Test.Fetched", int)
+    local = bus_module.Bus()
+    client = local.client("in-process")
+    client.publish_nowait(topic, 7)
+    assert (await client.fetch(topic)) == client.get(topic)
+    assert not await client.fetch_is_stale(topic)
+    path = tmp_path / "b.sock"
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(
+                    bus_module.serve_unix,
+                    local,
+                    path,
+                    authorize=lambda peer, name: bus_module.Permissions.ALL,
+                )
+            )
+            async with bus_module.connect_unix(path, "remote") as remote:
+                sample = await remote.fetch(topic)
+                stale = await remote.fetch_is_stale(topic)
+            nursery.cancel_scope.cancel()
+    assert sample is not None
+    assert sample.value == 7
+    assert not stale
