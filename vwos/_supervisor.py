@@ -400,23 +400,11 @@ class Supervisor:
         self._nursery.start_soon(self._incarnation, child, name=f"vwos service {name}")
 
     async def _incarnation(self, child: _Child) -> None:
+        """One run of a service, in-process or isolated: the start timeout, readiness, the watchdog, and the
+        report of how it ended are the same for both; only the runner that starts it differs."""
         spec = child.spec
         incarnation = child.incarnation
-        if spec.isolated:
-            await self._incarnation_isolated(child)
-            return
-        bus_client = self.bus.client(spec.name, spec.permissions)
-
-        def heartbeat() -> None:
-            child.last_heartbeat = self._clock()
-
-        ctx = ServiceContext(
-            name=spec.name,
-            bus=bus_client,
-            log=service_logger(spec.name),
-            state_dir=(self._state_dir or Path(".")) / spec.name,
-            heartbeat=heartbeat,
-        )
+        runner = self._run_isolated if spec.isolated else self._run_in_process
         exit, error = Exit.NORMAL, None
         # Shielded: cancelling the supervisor does not reach services directly; the supervisor stops them
         # itself, in reverse start order, each within its stop timeout.
@@ -424,10 +412,9 @@ class Supervisor:
         child.scope = scope
         try:
             with scope:
-                service = spec.service_class(spec.config)
                 async with trio.open_nursery() as nursery:
                     with trio.move_on_after(spec.start_timeout) as start_scope:
-                        await nursery.start(self._run_service, service, ctx, nursery.cancel_scope)
+                        await nursery.start(runner, child, nursery.cancel_scope)
                     if start_scope.cancelled_caught:
                         child.cancel_reason = Exit.START_TIMEOUT
                         nursery.cancel_scope.cancel()
@@ -440,7 +427,6 @@ class Supervisor:
         except Exception as exc:
             exit, error = Exit.ERROR, _describe(exc)
         finally:
-            bus_client.close()
             child.done.set()
         if child.cancel_reason is Exit.START_TIMEOUT:
             error = f"not ready within its start timeout of {spec.start_timeout:g} s"
@@ -451,14 +437,40 @@ class Supervisor:
             exit = Exit.CANCELLED
         self._send.send_nowait(_Exited(spec.name, incarnation, exit, error, stopped=child.stopping))
 
-    async def _incarnation_isolated(self, child: _Child) -> None:
-        """`_incarnation` for a service in a process of its own: the same timeouts, watchdog and reports."""
-        spec = child.spec
-        incarnation = child.incarnation
-        state_dir = ((self._state_dir or Path(".")) / spec.name).absolute()
-
+    def _heartbeat(self, child: _Child) -> Callable[[], None]:
         def heartbeat() -> None:
             child.last_heartbeat = self._clock()
+
+        return heartbeat
+
+    async def _run_in_process(
+        self, child: _Child, done: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Run the service in a task of this process, on a bus client of its own."""
+        spec = child.spec
+        bus_client = self.bus.client(spec.name, spec.permissions)
+        try:
+            ctx = ServiceContext(
+                name=spec.name,
+                bus=bus_client,
+                log=service_logger(spec.name),
+                state_dir=(self._state_dir or Path(".")) / spec.name,
+                heartbeat=self._heartbeat(child),
+            )
+            service = spec.service_class(spec.config)
+            status = _StartedFlag(task_status)
+            await service.run(ctx, task_status=status)
+            if not status.called:
+                task_status.started()  # returned without saying it was ready: it ran to completion
+            done.cancel()  # ends the watchdog with the service
+        finally:
+            bus_client.close()
+
+    async def _run_isolated(
+        self, child: _Child, done: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Run the service in a process of its own, joined to the bus over the socket."""
+        spec = child.spec
 
         def on_spawn(pid: int) -> None:
             self._pids[pid] = spec.name
@@ -467,60 +479,16 @@ class Supervisor:
             self._pids.pop(pid, None)
 
         assert self._socket_path is not None
-        socket_path = self._socket_path
-        exit, error = Exit.NORMAL, None
-        scope = trio.CancelScope(shield=True)
-        child.scope = scope
-        try:
-            with scope:
-                async with trio.open_nursery() as nursery:
-                    with trio.move_on_after(spec.start_timeout) as start_scope:
-                        await nursery.start(
-                            partial(
-                                run_isolated,
-                                spec,
-                                socket_path=socket_path,
-                                state_dir=state_dir,
-                                heartbeat=heartbeat,
-                                on_spawn=on_spawn,
-                                on_reaped=on_reaped,
-                                done=nursery.cancel_scope,
-                            )
-                        )
-                    if start_scope.cancelled_caught:
-                        child.cancel_reason = Exit.START_TIMEOUT
-                        nursery.cancel_scope.cancel()
-                    else:
-                        child.ready_at = child.last_heartbeat = self._clock()
-                        _log.info("service ready", service=spec.name)
-                        self._send.send_nowait(_Ready(spec.name, incarnation))
-                        if spec.watchdog is not None:
-                            nursery.start_soon(self._watchdog, child, spec.watchdog, nursery.cancel_scope)
-        except Exception as exc:
-            exit, error = Exit.ERROR, _describe(exc)
-        finally:
-            child.done.set()
-        if child.cancel_reason is Exit.START_TIMEOUT:
-            error = f"not ready within its start timeout of {spec.start_timeout:g} s"
-            exit = Exit.START_TIMEOUT
-        elif child.cancel_reason is Exit.WATCHDOG:
-            exit, error = Exit.WATCHDOG, f"no heartbeat for {spec.watchdog:g} s"
-        elif scope.cancelled_caught and not child.stopping:
-            exit = Exit.CANCELLED
-        self._send.send_nowait(_Exited(spec.name, incarnation, exit, error, stopped=child.stopping))
-
-    async def _run_service(
-        self,
-        service: Service[Any],
-        ctx: ServiceContext,
-        scope: trio.CancelScope,
-        task_status: trio.TaskStatus[None],
-    ) -> None:
-        status = _StartedFlag(task_status)
-        await service.run(ctx, task_status=status)
-        if not status.called:
-            task_status.started()  # returned without saying it was ready: it ran to completion
-        scope.cancel()  # ends the watchdog with the service
+        await run_isolated(
+            spec,
+            socket_path=self._socket_path,
+            state_dir=((self._state_dir or Path(".")) / spec.name).absolute(),
+            heartbeat=self._heartbeat(child),
+            on_spawn=on_spawn,
+            on_reaped=on_reaped,
+            done=done,
+            task_status=task_status,
+        )
 
     async def _watchdog(self, child: _Child, period: float, scope: trio.CancelScope) -> None:
         while True:
