@@ -37,13 +37,19 @@ def vwos(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_run_stops_cleanly_on_sigterm_in_reverse_order(tmp_path: Path) -> None:
+def example_config(tmp_path: Path) -> Path:
+    """The overspeed example's config, its plugin path absolute and its state in ``tmp_path``."""
     config = tmp_path / "vwos.toml"
     config.write_text(
         EXAMPLE.read_text()
         .replace('python_path = ["."]', f'python_path = ["{EXAMPLE.parent}"]')
         .replace('state_dir = ".state"', f'state_dir = "{tmp_path / "state"}"')
     )
+    return config
+
+
+def test_run_stops_cleanly_on_sigterm_in_reverse_order(tmp_path: Path) -> None:
+    config = example_config(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "vwos", "run", str(config), "--log-format", "json"],
         stdout=subprocess.PIPE,
@@ -301,12 +307,7 @@ def test_extensions_found_through_importlib_metadata(monkeypatch: pytest.MonkeyP
 
 
 def test_control_commands_over_the_socket_of_a_running_supervisor(tmp_path: Path) -> None:
-    config = tmp_path / "vwos.toml"
-    config.write_text(
-        EXAMPLE.read_text()
-        .replace('python_path = ["."]', f'python_path = ["{EXAMPLE.parent}"]')
-        .replace('state_dir = ".state"', f'state_dir = "{tmp_path / "state"}"')
-    )
+    config = example_config(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "vwos", "run", str(config), "--log-format", "json"],
         stdout=subprocess.DEVNULL,
