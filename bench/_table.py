@@ -25,7 +25,7 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +133,11 @@ class Table:
         if len(cells) > len(self.columns):
             raise ValueError(f"{len(cells)} cells for {len(self.columns)} columns")
         self.rows.append([str(c) for c in cells] + [""] * (len(self.columns) - len(cells)))
+
+    def runs(self, label: str, runs: Runs, fmt: Callable[[float | None], str] | None = None) -> None:
+        """A row of a measured figure: best and median (by ``fmt``, a rate by default), and spread."""
+        show = rate if fmt is None else fmt
+        self.row(label, show(runs.best), show(runs.median), percent(runs.spread))
 
     def rule(self) -> None:
         """A separating line before the next row."""

@@ -406,24 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     table.row(
         "vwos 1 -> 1 delivered", _table.rate(one.best), _table.rate(one.median), _table.percent(one.spread)
     )
-    table.row(
-        f"vwos 1 -> {FAN_OUT} delivered (sum)",
-        _table.rate(ten.best),
-        _table.rate(ten.median),
-        _table.percent(ten.spread),
-    )
-    table.row(
-        "vwos 1 -> 1 latency p50",
-        _table.micros(p50.best),
-        _table.micros(p50.median),
-        _table.percent(p50.spread),
-    )
-    table.row(
-        "vwos 1 -> 1 latency p99",
-        _table.micros(p99.best),
-        _table.micros(p99.median),
-        _table.percent(p99.spread),
-    )
+    table.runs(f"vwos 1 -> {FAN_OUT} delivered (sum)", ten)
+    table.runs("vwos 1 -> 1 latency p50", p50, _table.micros)
+    table.runs("vwos 1 -> 1 latency p99", p99, _table.micros)
     table.rule()
     if zenoh_runs is not None:
         table.row(

@@ -694,12 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _table.rate(whole.median, " frames/s"),
         _table.percent(whole.spread),
     )
-    table.row(
-        "gateway, whole path: CPU per frame",
-        _table.micros(cpu.best),
-        _table.micros(cpu.median),
-        _table.percent(cpu.spread),
-    )
+    table.runs("gateway, whole path: CPU per frame", cpu, _table.micros)
     table.rule()
     table.row(
         "CanCodec.decode alone",

@@ -483,33 +483,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"SQLite {sqlite3.sqlite_version}",
         ["figure", "best", "median", "spread"],
     )
-    table.row(
-        f"accepted into the outbox (WAL, {args.synchronous.upper()})",
-        _table.rate(acc.best),
-        _table.rate(acc.median),
-        _table.percent(acc.spread),
-    )
+    table.runs(f"accepted into the outbox (WAL, {args.synchronous.upper()})", acc)
     if dlv_mqtt is not None:
-        table.row(
-            "delivered end to end to mosquitto (MQTT QoS 1)",
-            _table.rate(dlv_mqtt.best),
-            _table.rate(dlv_mqtt.median),
-            _table.percent(dlv_mqtt.spread),
-        )
+        table.runs("delivered end to end to mosquitto (MQTT QoS 1)", dlv_mqtt)
     else:
         table.row("delivered end to end to mosquitto (MQTT QoS 1)", "-", "-", "-")
-    table.row(
-        "delivered end to end (file transport, fsync)",
-        _table.rate(dlv_file.best),
-        _table.rate(dlv_file.median),
-        _table.percent(dlv_file.spread),
-    )
-    table.row(
-        "campaign filter decisions",
-        _table.rate(flt.best),
-        _table.rate(flt.median),
-        _table.percent(flt.spread),
-    )
+    table.runs("delivered end to end (file transport, fsync)", dlv_file)
+    table.runs("campaign filter decisions", flt)
     table.rule()
     table.row("bytes per sample: vwos batches (CBOR, zlib)", f"{bytes_per_sample:.2f} B")
     table.row("bytes per sample: plain JSON (reference)", f"{json_per_sample:.2f} B")
