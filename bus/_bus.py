@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
+from itertools import repeat
 from typing import Any, Generic, TypeVar, overload
 
 import attrs
@@ -590,6 +591,49 @@ class Publisher(Generic[T]):
             for sub in state.subs:
                 sub.wake()
         return sample
+
+    def _publish_run(self, values: list[Any], timestamps: list[float]) -> int:
+        """Publish a run of values (``timestamps[i]`` the source time of ``values[i]``), as a PUBLISH from
+        another process brings them: the rules checked for the whole run, the samples built and queued
+        in C. Returns how many were published from the start of the run: all, or fewer when the queue of
+        a ``block`` subscriber filled up (wait for room, then publish the rest). Raises `ValueRefusedError`
+        if a value breaks the topic's rules: then nothing was published (publish them one by one to keep
+        the others)."""
+        if self._closed:
+            raise trio.ClosedResourceError(f"bus client {self._name!r} is closed")
+        state = self._state
+        values = state.topic._check_many(values)
+        n = len(values)
+        if state.blocking:
+            room = min(sub.room for sub in state.blocking)
+            if room < n:
+                if room <= 0:
+                    return 0
+                n, values, timestamps = room, values[:room], timestamps[:room]
+        seq = state.seq
+        state.seq = seq + n
+        samples: list[Sample[Any]] = list(
+            map(  # the samples built in C: tuple.__new__(Sample, fields) for each 6-tuple of fields
+                _new_sample,
+                repeat(Sample),
+                zip(
+                    repeat(state.name),
+                    values,
+                    timestamps,
+                    repeat(self._clock()),
+                    repeat(self._name),
+                    range(seq + 1, seq + n + 1),
+                ),
+            )
+        )
+        state.latest = samples[-1]
+        for sub in state.subs:
+            sub.push_run(samples)
+        parked = self._parked
+        if parked and not parked.isdisjoint(state.subs):
+            for sub in state.subs:
+                sub.wake()
+        return n
 
     async def publish(self, value: T, *, timestamp: float | None = None) -> Sample[T]:
         """See `BusClient.publish`."""

@@ -55,6 +55,7 @@ class Subscription(Generic[T]):
         "overflow",
         "pattern",
         "push",
+        "push_run",
     )
 
     def __init__(
@@ -86,10 +87,14 @@ class Subscription(Generic[T]):
         self._space = trio.lowlevel.ParkingLot()
         #: Called by the bus for each sample: for queues, the deque's own C ``append``.
         self.push: Callable[[Sample[T]], None]
+        #: Called by the bus with a run of samples of one topic: for queues, the deque's own C ``extend``.
+        self.push_run: Callable[[list[Sample[T]]], None]
         if overflow is Overflow.LATEST:
             self.push = self._push_latest
+            self.push_run = self._push_latest_of_run
         else:
             self.push = self._queue.append
+            self.push_run = self._queue.extend
 
     # -- the bus's side ------------------------------------------------------------------------------
 
@@ -99,6 +104,9 @@ class Subscription(Generic[T]):
         if topic not in latest and len(latest) >= self.capacity:
             del latest[next(iter(latest))]
         latest[topic] = sample
+
+    def _push_latest_of_run(self, samples: list[Sample[T]]) -> None:
+        self._push_latest(samples[-1])  # one topic: the last one is the latest
 
     def wake(self) -> None:
         """Wake the reader if it waits (the bus calls this after pushing)."""
@@ -111,6 +119,11 @@ class Subscription(Generic[T]):
     def full(self) -> bool:
         """True if the queue holds ``capacity`` samples."""
         return len(self._queue) >= self.capacity
+
+    @property
+    def room(self) -> int:
+        """How many more samples the queue takes before it is full (``block``: before publishers wait)."""
+        return self.capacity - len(self._queue)
 
     async def _wait_for_space(self) -> None:
         await self._space.park()

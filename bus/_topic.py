@@ -124,6 +124,37 @@ def _build_checker(topic: Topic[Any]) -> Callable[[Any], Any]:
     return check_rules
 
 
+def _build_many_checker(topic: Topic[Any], check: Callable[[Any], Any]) -> Callable[[list[Any]], list[Any]]:
+    """The topic's rules for a run of values (a PUBLISH from another process): ``check`` on each value,
+    with a fast path, in C, for a run of scalars all of the topic's type: one pass for the types, and for
+    a range ``min``/``max`` of the run (after ``sum`` showed no NaN). Raises at the first refused value."""
+    vtype = topic.type
+
+    def each(values: list[Any]) -> list[Any]:
+        return list(map(check, values))
+
+    if vtype not in (bool, int, float, str, bytes) or topic.allowed is not None:
+        return each
+    only = {vtype}
+    if topic.min is None and topic.max is None:
+
+        def unranged(values: list[Any]) -> list[Any]:
+            return values if set(map(type, values)) == only else each(values)
+
+        return unranged
+    low = -math.inf if topic.min is None else topic.min
+    high = math.inf if topic.max is None else topic.max
+
+    def ranged(values: list[Any]) -> list[Any]:
+        if set(map(type, values)) == only:
+            total = sum(values)
+            if total == total and low <= min(values) and max(values) <= high:  # total != total: a NaN
+                return values
+        return each(values)
+
+    return ranged
+
+
 def _to_tuple(values: Iterable[Any] | None) -> tuple[Any, ...] | None:
     return None if values is None else tuple(values)
 
@@ -151,6 +182,7 @@ class Topic(Generic[T]):
     max_age: float | None = None
     qos: QoS = attrs.field(factory=QoS)
     _check: Callable[[Any], Any] = attrs.field(init=False, eq=False, repr=False, hash=False)
+    _check_many: Callable[[list[Any]], list[Any]] = attrs.field(init=False, eq=False, repr=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.type, type):
@@ -164,7 +196,9 @@ class Topic(Generic[T]):
             raise TopicError(f"{self.name}: min {self.min} is above max {self.max}")
         if self.max_age is not None and not (self.max_age > 0):
             raise TopicError(f"{self.name}: max_age must be positive seconds, not {self.max_age!r}")
-        object.__setattr__(self, "_check", _build_checker(self))
+        check = _build_checker(self)
+        object.__setattr__(self, "_check", check)
+        object.__setattr__(self, "_check_many", _build_many_checker(self, check))
 
     def check(self, value: Any) -> T:
         """Return ``value`` (an int made a float for a float topic) or raise `ValueRefusedError`."""

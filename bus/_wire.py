@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from itertools import repeat
 from typing import Any, ClassVar, Final
 
 import attrs
@@ -63,10 +66,11 @@ __all__ = [
     "Unsubscribe",
     "Welcome",
     "error_from_exception",
+    "pack_doubles",
 ]
 
 #: The protocol version this code speaks (HELLO and WELCOME carry it).
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 #: The largest frame body accepted unless configured otherwise: 1 MiB.
 DEFAULT_MAX_FRAME: Final = 1 << 20
 #: The smallest frame limit a peer may announce (a HELLO must fit).
@@ -220,6 +224,76 @@ def _opt_list(value: Any, field: str) -> list[Any] | None:
     return None if value is None else _list(value, field)
 
 
+_LITTLE_ENDIAN: Final = sys.byteorder == "little"
+_NUMBER_TYPES: Final = frozenset({int, float})
+_FLOAT_ONLY: Final = {float}
+
+
+def pack_doubles(numbers: Sequence[float]) -> bytes:
+    """Numbers as the wire packs them: 8 bytes each, IEEE 754 binary64, little-endian."""
+    packed = array("d", numbers)
+    if not _LITTLE_ENDIAN:  # pragma: no cover - big-endian machines
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _pack_values(values: Sequence[Any]) -> Any:
+    """A run's values as they travel: packed doubles if every one is a float, else a CBOR array."""
+    if type(values[0]) is float and set(map(type, values)) == _FLOAT_ONLY:
+        return pack_doubles(values)
+    return values if type(values) is list else list(values)
+
+
+def _values(value: Any, field: str) -> list[Any]:
+    """A run's values: a non-empty array, or packed doubles (a byte string of 8 bytes per value)."""
+    if type(value) is list and value:
+        return value
+    if type(value) is bytes and value and len(value) % 8 == 0:
+        return _numbers(value, field, len(value) // 8)
+    raise _bad(field, "a non-empty array of values, or packed doubles", value)
+
+
+def _numbers(value: Any, field: str, n: int) -> list[float]:
+    """``n`` numbers: packed doubles (8 bytes each), or an array of numbers."""
+    if type(value) is bytes:
+        if len(value) != 8 * n:
+            raise ProtocolError(
+                f"{field}: expected {n} packed doubles ({8 * n} bytes), got {len(value)} bytes"
+            )
+        unpacked = array("d")
+        unpacked.frombytes(value)
+        if not _LITTLE_ENDIAN:  # pragma: no cover - big-endian machines
+            unpacked.byteswap()
+        return unpacked.tolist()
+    if type(value) is list and len(value) == n and _NUMBER_TYPES.issuperset(map(type, value)):
+        return [float(v) for v in value] if int in set(map(type, value)) else value
+    raise _bad(field, f"{n} numbers (packed doubles, or an array)", value)
+
+
+def _texts(value: Any, field: str, n: int) -> list[str]:
+    if type(value) is list and len(value) == n and set(map(type, value)) == {str}:
+        return value
+    raise _bad(field, f"a text, or an array of {n} texts", value)
+
+
+def _seqs(value: Any, field: str, n: int) -> list[int]:
+    if (
+        type(value) is list
+        and len(value) == n
+        and set(map(type, value)) == {int}
+        and min(value) >= 0
+        and max(value) <= _MAX_ID
+    ):
+        return value
+    raise _bad(field, f"the first sequence number, or an array of {n} (ints >= 0)", value)
+
+
+def _rising(seqs: Sequence[int]) -> bool:
+    """True if ``seqs`` go up one by one (checked in C: equal to the range they would be)."""
+    first = seqs[0]
+    return tuple(seqs) == tuple(range(first, first + len(seqs)))
+
+
 # -- messages ---------------------------------------------------------------------------------------------
 
 _C = Role.CLIENT
@@ -332,23 +406,55 @@ class Refused(_Message):
 
 @attrs.frozen
 class Publish(_Message):
-    """Client -> server: publish ``value`` on ``topic`` (no reply; errors come as an ERROR with no id)."""
+    """Client -> server: publish a run of values on ``topic``, each with its source timestamp (no reply;
+    a refusal comes as an ERROR with no id). ``timestamps[i]`` belongs to ``values[i]``.
+
+    On the wire: ``[3, topic, values, timestamps]``, the timestamps packed (`pack_doubles`). The Python
+    client appends to the last queued PUBLISH while it is still waiting for the writer, so a burst of
+    publishes on one topic travels as one message.
+    """
 
     topic: str
-    value: Any
-    timestamp: float | None = None
+    values: list[Any]
+    timestamps: list[float]
 
     OP: ClassVar[int] = 3
     NAME: ClassVar[str] = "PUBLISH"
     SENT_BY: ClassVar[frozenset[Role]] = frozenset({_C})
-    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (
-        ("topic", _str),
-        ("value", _any),
-        ("timestamp", _opt_num),
-    )
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.values) != len(self.timestamps) or not self.values:
+            raise ValueError(
+                f"PUBLISH needs as many timestamps as values, at least one: got {len(self.values)} values "
+                f"and {len(self.timestamps)} timestamps"
+            )
+
+    def __len__(self) -> int:
+        return len(self.values)
 
     def to_wire(self) -> list[Any]:
-        return [3, self.topic, self.value, self.timestamp]
+        return [3, self.topic, _pack_values(self.values), pack_doubles(self.timestamps)]
+
+    @classmethod
+    def from_wire(cls, items: list[Any]) -> Publish:
+        if len(items) != 4:
+            raise ProtocolError(
+                f"PUBLISH message: expected 4 items [3, topic, values, timestamps], got {len(items)}"
+            )
+        _, topic, values, timestamps = items
+        values = _values(values, "PUBLISH.values")
+        return cls(
+            _str(topic, "PUBLISH.topic"), values, _numbers(timestamps, "PUBLISH.timestamps", len(values))
+        )
+
+    def split(self) -> tuple[Publish, Publish]:
+        """Two messages of half the run each (to fit a frame limit)."""
+        half = len(self.values) // 2
+        return (
+            Publish(self.topic, self.values[:half], self.timestamps[:half]),
+            Publish(self.topic, self.values[half:], self.timestamps[half:]),
+        )
 
 
 _SCALAR_TYPES: Final[dict[str, type]] = {"bool": bool, "int": int, "float": float, "str": str, "bytes": bytes}
@@ -504,38 +610,93 @@ class Unsubscribe(_Message):
 
 @attrs.frozen
 class Deliver(_Message):
-    """Server -> client: one sample for subscription ``sub_id`` (its six fields follow flat)."""
+    """Server -> client: samples for subscription ``sub_id``, in the order they entered the bus.
+
+    On the wire the samples travel as columns, ``[7, sub_id, topic, values, timestamps, bus_time,
+    publisher, seq]``, where a column every sample shares is sent once: ``topic`` and ``publisher`` are a
+    text (all samples) or an array of texts; ``bus_time`` a number (all samples) or one per sample;
+    ``seq`` the first sample's seq when the others follow it one by one, else an array. Timestamps (and
+    per-sample bus times) are packed doubles (`pack_doubles`).
+    """
 
     sub_id: int
-    sample: Sample[Any]
+    samples: list[Sample[Any]]
 
     OP: ClassVar[int] = 7
-    NAME: ClassVar[str] = "SAMPLE"
+    NAME: ClassVar[str] = "SAMPLES"
     SENT_BY: ClassVar[frozenset[Role]] = frozenset({_S})
     FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = ()
 
+    def __attrs_post_init__(self) -> None:
+        if not self.samples:
+            raise ValueError("SAMPLES needs at least one sample")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
     def to_wire(self) -> list[Any]:
-        return [7, self.sub_id, *self.sample]
+        samples = self.samples
+        n = len(samples)
+        topics, values, timestamps, bus_times, publishers, seqs = zip(*samples, strict=True)
+        first_topic = topics[0]
+        topic: Any = first_topic if topics.count(first_topic) == n else list(topics)
+        first_publisher = publishers[0]
+        publisher: Any = first_publisher if publishers.count(first_publisher) == n else list(publishers)
+        first_bus_time = bus_times[0]
+        bus_time: Any = (
+            first_bus_time
+            if bus_times.count(first_bus_time) == n and first_bus_time == first_bus_time  # not NaN
+            else pack_doubles(bus_times)
+        )
+        first_seq = seqs[0]
+        consecutive = type(topic) is str and seqs[-1] - first_seq == n - 1 and _rising(seqs)
+        seq: Any = first_seq if consecutive else list(seqs)
+        return [
+            7,
+            self.sub_id,
+            topic,
+            _pack_values(values),
+            pack_doubles(timestamps),
+            bus_time,
+            publisher,
+            seq,
+        ]
 
     @classmethod
     def from_wire(cls, items: list[Any]) -> Deliver:
         if len(items) != 8:
             raise ProtocolError(
-                "SAMPLE message: expected 8 items [7, sub_id, topic, value, timestamp, bus_time, publisher, "
-                f"seq], got {len(items)}"
+                "SAMPLES message: expected 8 items [7, sub_id, topic, values, timestamps, bus_time, "
+                f"publisher, seq], got {len(items)}"
             )
-        _, sub_id, topic, value, timestamp, bus_time, publisher, seq = items
-        return cls(
-            _id(sub_id, "SAMPLE.sub_id"),
-            Sample(
-                _str(topic, "SAMPLE.topic"),
-                value,
-                _num(timestamp, "SAMPLE.timestamp"),
-                _num(bus_time, "SAMPLE.bus_time"),
-                _str(publisher, "SAMPLE.publisher"),
-                _id(seq, "SAMPLE.seq"),
-            ),
+        _, sub_id, topic, values, timestamps, bus_time, publisher, seq = items
+        values = _values(values, "SAMPLES.values")
+        n = len(values)
+        topics: Any = repeat(topic) if type(topic) is str else _texts(topic, "SAMPLES.topic", n)
+        publishers: Any = (
+            repeat(publisher) if type(publisher) is str else _texts(publisher, "SAMPLES.publisher", n)
         )
+        bus_times: Any
+        if type(bus_time) is float or type(bus_time) is int:
+            bus_times = repeat(float(bus_time))
+        else:
+            bus_times = _numbers(bus_time, "SAMPLES.bus_time", n)
+        seqs: Any
+        if type(seq) is int:
+            if not 0 <= seq <= _MAX_ID - n:
+                raise _bad("SAMPLES.seq", "a sequence number (an int >= 0)", seq)
+            seqs = range(seq, seq + n)
+        else:
+            seqs = _seqs(seq, "SAMPLES.seq", n)
+        timestamps = _numbers(timestamps, "SAMPLES.timestamps", n)
+        # The columns are n long, or endless (repeat) for the shared ones.
+        columns = zip(topics, values, timestamps, bus_times, publishers, seqs)  # noqa: B905
+        return cls(_id(sub_id, "SAMPLES.sub_id"), list(map(tuple.__new__, repeat(Sample), columns)))
+
+    def split(self) -> tuple[Deliver, Deliver]:
+        """Two messages of half the samples each (to fit a frame limit)."""
+        half = len(self.samples) // 2
+        return Deliver(self.sub_id, self.samples[:half]), Deliver(self.sub_id, self.samples[half:])
 
 
 @attrs.frozen
@@ -947,8 +1108,11 @@ class Connection:
         if len(body) <= limit:
             return [len(body).to_bytes(_HEADER, "big") + body]
         if len(messages) == 1:
+            only = messages[0]
+            if isinstance(only, Publish | Deliver) and len(only) > 1:
+                return self._frames(only.split())
             raise ProtocolError(
-                f"a {messages[0].NAME} message of {len(body)} bytes exceeds the peer's frame limit of {limit}"
+                f"a {only.NAME} message of {len(body)} bytes exceeds the peer's frame limit of {limit}"
             )
         half = len(messages) // 2
         return self._frames(messages[:half]) + self._frames(messages[half:])

@@ -455,7 +455,7 @@ def uplink_samples(
 from bus import Permissions, Sample  # noqa: E402 - this section's own imports
 from bus import _wire as wire  # noqa: E402
 
-__all__ += ["wire_messages"]
+__all__ += ["topics_and_runs", "wire_messages", "wire_sample_runs"]
 
 
 def _wire_permissions() -> st.SearchStrategy[Permissions]:
@@ -469,6 +469,42 @@ def _ids() -> st.SearchStrategy[int]:
 
 def _numbers() -> st.SearchStrategy[float]:
     return st.floats(allow_nan=False)
+
+
+def _wire_publishes(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """PUBLISH runs: 1-8 values (sometimes all floats, which travel packed) with their timestamps."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Any:
+        n = draw(st.integers(min_value=1, max_value=8))
+        run_values = draw(st.lists(values | _numbers(), min_size=n, max_size=n))
+        timestamps = draw(st.lists(_numbers(), min_size=n, max_size=n))
+        return wire.Publish(draw(topic_names()), run_values, timestamps)
+
+    return build()
+
+
+@st.composite
+def wire_sample_runs(draw: st.DrawFn) -> list[Sample[Any]]:
+    """Samples as a busy topic's subscription hands them over: one topic and publisher, consecutive seqs,
+    often one bus time, the values all floats or all of another kind (the forms SAMPLES compresses)."""
+    n = draw(st.integers(min_value=1, max_value=20))
+    topic, publisher = draw(topic_names()), draw(st.text(max_size=8))
+    first = draw(st.integers(min_value=0, max_value=2**62))
+    kind = draw(st.sampled_from([_numbers(), st.integers(), st.text(max_size=4), cbor_values(max_leaves=3)]))
+    run_values = draw(st.lists(kind, min_size=n, max_size=n))
+    shared = draw(st.none() | _numbers())
+    return [
+        Sample(
+            topic,
+            value,
+            draw(_numbers()),
+            shared if shared is not None else draw(_numbers()),
+            publisher,
+            first + i,
+        )
+        for i, value in enumerate(run_values)
+    ]
 
 
 def wire_messages(*, role: wire.Role) -> st.SearchStrategy[Any]:
@@ -489,12 +525,16 @@ def wire_messages(*, role: wire.Role) -> st.SearchStrategy[Any]:
     ]
     if role is wire.Role.SERVER:
         sample = st.builds(Sample, topic_names(), values, _numbers(), _numbers(), st.text(max_size=8), _ids())
-        return st.one_of(*both, st.builds(wire.Deliver, _ids(), sample))
+        return st.one_of(
+            *both,
+            st.builds(wire.Deliver, _ids(), st.lists(sample, min_size=1, max_size=5)),
+            st.builds(wire.Deliver, _ids(), wire_sample_runs()),
+        )
     overflow = st.none() | st.sampled_from(["drop_oldest", "latest", "block"])
     queue = st.none() | st.integers(min_value=1, max_value=2**20)
     return st.one_of(
         *both,
-        st.builds(wire.Publish, topic_names(), values, st.none() | _numbers()),
+        _wire_publishes(values),
         st.builds(
             wire.Declare,
             topic_names(),
@@ -533,3 +573,30 @@ def wire_handshakes() -> st.SearchStrategy[tuple[Any, Any]]:
 
 
 __all__ += ["wire_handshakes"]
+
+
+@st.composite
+def topics_and_runs(draw: st.DrawFn) -> tuple[Any, list[Any]]:
+    """A scalar topic with or without a range, and a run of values for it: mostly of its type and often
+    within range, sometimes with ints for floats, NaN, infinities, bools or other types mixed in."""
+    from bus import Topic
+
+    vtype = draw(st.sampled_from([float, int, bool, str, bytes]))
+    lo = hi = None
+    allowed = None
+    if vtype in (int, float) and draw(st.booleans()):
+        lo = draw(st.none() | st.integers(-100, 0))
+        hi = draw(st.none() | st.integers(1, 100))
+    elif vtype is str and draw(st.booleans()):
+        allowed = ("P", "D")
+    topic: Topic[Any] = Topic("Test.Run", vtype, min=lo, max=hi, allowed=allowed)
+    own: st.SearchStrategy[Any] = {
+        float: st.floats(-150, 150),
+        int: st.integers(-150, 150),
+        bool: st.booleans(),
+        str: st.sampled_from(["P", "D", "X"]),
+        bytes: st.binary(max_size=3),
+    }[vtype]
+    odd = st.one_of(st.integers(-5, 5), st.floats(), st.booleans(), st.text(max_size=2), st.none())
+    values = draw(st.lists(own | odd if draw(st.booleans()) else own, min_size=1, max_size=30))
+    return topic, values

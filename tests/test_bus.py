@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import enum
 import math
+from typing import Any
 
 import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from strategies import topics_and_runs
 
 from bus import (
     Action,
@@ -435,3 +438,37 @@ async def test_readers_of_other_topics_waiting_do_not_disturb_delivery(
         await trio.sleep(1)
         speeds.close()
     assert got == [0.0, 1.0, 2.0]
+
+
+@given(topics_and_runs())
+def test_a_run_is_checked_exactly_as_its_values_one_by_one(case: tuple[Topic[Any], list[Any]]) -> None:
+    """The fast path for runs (a PUBLISH from another process) accepts and normalises exactly what
+    checking each value does, and refuses exactly when one value is refused."""
+    topic, run = case
+    try:
+        expected: list[Any] | None = [topic.check(v) for v in run]
+    except ValueRefusedError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ValueRefusedError):
+            topic._check_many(list(run))
+    else:
+        got = topic._check_many(list(run))
+        assert got == expected
+        assert [type(v) for v in got] == [type(v) for v in expected]
+
+
+async def test_publish_run_fills_block_queues_only_as_far_as_they_have_room() -> None:
+    the_bus = Bus()
+    publisher = the_bus.client("pub").publisher(Topic("A.b", float))
+    reader = the_bus.client("reader")
+    with reader.subscribe("A.b", queue_size=5, overflow="block") as blocked, reader.subscribe("A.*") as free:
+        assert publisher._publish_run([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 3
+        assert publisher._publish_run([4.0, 5.0, 6.0, 7.0], [4.0, 5.0, 6.0, 7.0]) == 2  # room for two
+        assert publisher._publish_run([6.0], [6.0]) == 0
+        assert [s.value for s in blocked.receive_batch_nowait()] == [1.0, 2.0, 3.0, 4.0, 5.0]
+        assert [s.seq for s in free.receive_batch_nowait()] == [1, 2, 3, 4, 5]
+        assert the_bus.latest("A.b")[0].value == 5.0
+        with pytest.raises(ValueRefusedError):
+            publisher._publish_run([1.0, "x"], [1.0, 2.0])
+        assert blocked.statistics().queued == 0  # nothing of a refused run got in

@@ -395,3 +395,74 @@ async def test_a_client_that_never_reads_is_disconnected(broker: Broker) -> None
                     got += len(await samples.receive_batch())
                 assert got >= 1000  # the good client still receives
         await stream.aclose()
+
+
+async def test_bursts_travel_as_runs_in_order_and_a_refused_value_spares_the_rest(broker: Broker) -> None:
+    with trio.fail_after(LIMIT):
+        gear = broker.bus.declare(Topic("Vehicle.Gear", str, allowed=("P", "D")))
+        local = broker.bus.client("local")
+        with local.subscribe("Vehicle.**", queue_size=1000) as samples:
+            async with bus.connect_unix(broker.path, "remote") as client:
+                speed = client.publisher(SPEED)
+                for i in range(300):  # no yield: one write of runs, interleaved topics keep their order
+                    speed.publish_nowait(float(i), timestamp=1000 + i)
+                    if i % 100 == 99:
+                        client.publish_nowait(POSITION, Position(float(i), 0.0))
+                for value in ("P", "X", "D"):  # one run; only the broker knows the rule against "X"
+                    client.publish_nowait("Vehicle.Gear", value)
+                await client.flush()
+                got: list[Any] = []
+                while len(got) < 305:
+                    got.extend(await samples.receive_batch())
+                await trio.sleep(0.2)  # the broker's refusal travels back
+                with pytest.raises(ValueRefusedError, match="'X'"):  # raised once, by the next publish
+                    client.publish_nowait(SPEED, 1.0)
+                client.publish_nowait(SPEED, 1.0)
+        speeds = [s for s in got if s.topic == SPEED.name]
+        assert [s.value for s in speeds] == [float(i) for i in range(300)]
+        assert [s.seq for s in speeds] == list(range(1, 301))
+        assert [s.timestamp for s in speeds] == [1000.0 + i for i in range(300)]
+        assert all(type(s.timestamp) is float for s in speeds)
+        kinds = [s.topic.rsplit(".", 1)[1] for s in got]
+        assert kinds[:101] == ["Speed"] * 100 + ["CurrentLocation"]
+        assert [s.value for s in got if s.topic == gear.name] == ["P", "D"]
+        assert samples.statistics().dropped == 0
+
+
+async def test_a_block_subscriber_across_the_socket_loses_nothing(broker: Broker) -> None:
+    """Back-pressure through two sockets: a slow remote reader with a `block` queue of 16 slows the
+    remote publisher down; every sample arrives, in order."""
+    n = 20_000
+    with trio.fail_after(LIMIT):
+        async with (
+            bus.connect_unix(broker.path, "reader") as reader,
+            bus.connect_unix(broker.path, "writer") as writer,
+        ):
+            with reader.subscribe(SPEED, queue_size=16, overflow="block") as samples:
+                await reader.get(SPEED)  # a round trip: the broker has the subscription
+                received: list[float] = []
+
+                async def read_slowly() -> None:
+                    while len(received) < n:
+                        received.extend(s.value for s in await samples.receive_batch())
+                        await trio.lowlevel.checkpoint()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(read_slowly)
+                    publisher = writer.publisher(SPEED)
+                    for i in range(n):
+                        await publisher.publish(float(i % 400))
+                assert received == [float(i % 400) for i in range(n)]
+                assert samples.statistics().dropped == 0
+                (on_broker,) = [s for s in broker.bus.statistics().subscriptions if s.client == "reader"]
+                assert (on_broker.received, on_broker.dropped) == (n, 0)
+
+
+async def test_timestamps_must_be_seconds(broker: Broker) -> None:
+    with trio.fail_after(LIMIT):
+        async with bus.connect_unix(broker.path, "remote") as client:
+            with pytest.raises(TypeError, match="timestamp: expected seconds"):
+                client.publish_nowait(SPEED, 1.0, timestamp="now")  # type: ignore[call-overload]
+            sample = client.publish_nowait(SPEED, 1.0, timestamp=5)
+            assert sample.timestamp == 5.0
+            assert type(sample.timestamp) is float

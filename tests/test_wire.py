@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import attrs
@@ -59,27 +60,63 @@ def drain(conn: Connection) -> list[Any]:
 
 def test_hello_frame_bytes() -> None:
     data = Connection(Role.CLIENT).send([Hello("svc")])
-    assert data.hex() == "0000000e8185000163737663f61a00100000"  # the worked example of docs/protocol.md
+    assert data.hex() == "0000000e8185000263737663f61a00100000"  # the worked example of docs/protocol.md
 
 
 def test_a_batch_is_one_frame_and_round_trips() -> None:
     client, server = pair()
-    samples = [Deliver(1, Sample("A.b", Point(1.0, float(i)), 1.0, 2.0, "p", i)) for i in range(100)]
-    data = server.send(samples)
+    messages = [Deliver(1, [Sample("A.b", Point(1.0, float(i)), 1.0, 2.0, "p", i)]) for i in range(100)]
+    data = server.send(messages)
     assert int.from_bytes(data[:4], "big") == len(data) - 4  # one frame
     client.receive_data(data)
-    assert drain(client) == samples
-    assert type(samples[0].sample.value) is Point
-
-
-def test_batches_split_to_fit_the_peer_limit() -> None:
-    client, server = pair(max_frame=4096)
-    messages = [Deliver(1, Sample("A.b", "x" * 100, 1.0, 2.0, "p", i)) for i in range(200)]
-    data = server.send(messages)
-    client.receive_data(data)
     assert drain(client) == messages
+    assert type(messages[0].samples[0].value) is Point
+
+
+def test_batches_and_runs_split_to_fit_the_peer_limit() -> None:
+    client, server = pair(max_frame=4096)
+    messages = [Deliver(1, [Sample("A.b", "x" * 100, 1.0, 2.0, "p", i)]) for i in range(200)]
+    client.receive_data(server.send(messages))
+    assert drain(client) == messages
+    run = Deliver(1, [Sample("A.b", "x" * 100, 1.0, 2.0, "p", i) for i in range(200)])
+    data = server.send([run])
+    client.receive_data(data)
+    got = drain(client)
+    assert len(got) > 1  # one run, split into several SAMPLES messages of whole samples
+    assert [s for m in got for s in m.samples] == run.samples
+    publish = Publish("A.b", ["y" * 100] * 300, [1.0] * 300)
+    server.receive_data(client.send([publish]))
+    parts = drain(server)
+    assert len(parts) > 1
+    assert [v for m in parts for v in m.values] == publish.values
     with pytest.raises(ProtocolError, match="exceeds the peer's frame limit"):
         server.send([Reply(1, b"x" * 5000)])
+
+
+def test_a_run_travels_as_columns() -> None:
+    """A busy topic's run: topic, publisher and bus time once, the first seq, floats packed."""
+    client, server = pair()
+    run = [Sample("Vehicle.Speed", float(i), 100.0 + i, 5.0, "gw", 41 + i) for i in range(1000)]
+    (item,) = cbor2.loads(server.send([Deliver(3, run)])[4:])
+    assert item[:3] == [7, 3, "Vehicle.Speed"]
+    assert item[3] == struct.pack("<1000d", *(s.value for s in run))
+    assert item[4] == struct.pack("<1000d", *(s.timestamp for s in run))
+    assert item[5:] == [5.0, "gw", 41]
+    mixed: list[Sample[Any]] = [Sample("A.b", 1, 1.0, 2.0, "p", 7), Sample("A.c", "x", 1.5, 2.5, "q", 3)]
+    (item,) = cbor2.loads(server.send([Deliver(4, mixed)])[4:])
+    assert item[2:] == [["A.b", "A.c"], [1, "x"], struct.pack("<2d", 1.0, 1.5), struct.pack("<2d", 2.0, 2.5),
+                        ["p", "q"], [7, 3]]  # fmt: skip
+    client.receive_data(server.send([Deliver(3, run), Deliver(4, mixed)]))
+    assert drain(client) == [Deliver(3, run), Deliver(4, mixed)]
+
+
+def test_publish_runs_need_a_timestamp_per_value() -> None:
+    with pytest.raises(ValueError, match="as many timestamps as values"):
+        Publish("A.b", [1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="at least one"):
+        Publish("A.b", [], [])
+    with pytest.raises(ValueError, match="at least one"):
+        Deliver(1, [])
 
 
 @settings(max_examples=200)
@@ -96,9 +133,10 @@ def test_every_message_round_trips(data: st.DataObject) -> None:
         if chunk:  # b"" would mean the end of the stream
             receiver.receive_data(chunk)
             got += drain(receiver)
-    # Compare encodings: NaN-free here, but a value's encoding is what must survive.
+    # Compare encodings: values may hold NaN (never equal to itself); a value's encoding is what must survive.
     assert [type(m) for m in got] == [type(m) for m in messages]
-    assert got == messages
+    encode = bus.default_codec.encode
+    assert encode([m.to_wire() for m in got]) == encode([m.to_wire() for m in messages])
 
 
 @given(wire_handshakes())
@@ -153,7 +191,7 @@ def test_handshake_rules() -> None:
     server = Connection(Role.SERVER)
     client = Connection(Role.CLIENT)
     with pytest.raises(ProtocolError, match="send HELLO before"):
-        client.send([Publish("A.b", 1)])
+        client.send([Publish("A.b", [1], [1.0])])
     server.receive_data(Connection(Role.CLIENT).send([Hello("x")]))
     assert isinstance(server.next_event(), Hello)
     with pytest.raises(ProtocolError, match="send WELCOME or REFUSED before"):
@@ -167,9 +205,9 @@ def test_handshake_rules() -> None:
 
 def test_version_is_checked_first() -> None:
     server = Connection(Role.SERVER)
-    body = cbor2.dumps([[0, 2, "a", "future", "fields", 1]])
+    body = cbor2.dumps([[0, 3, "a", "future", "fields", 1]])
     server.receive_data(len(body).to_bytes(4, "big") + body)
-    with pytest.raises(ProtocolError, match="unsupported protocol version 2"):
+    with pytest.raises(ProtocolError, match="unsupported protocol version 3; this peer speaks version 2"):
         server.next_event()
     with pytest.raises(ProtocolError):  # stays broken
         server.next_event()
@@ -192,14 +230,25 @@ def _frame(item: object) -> bytes:
         (_frame([[99]]), "unknown operation"),
         (_frame([["publish"]]), "unknown operation"),
         (_frame([[3, "A.b"]]), "expected 4 items"),
-        (_frame([[3, 5, 1, None]]), "PUBLISH.topic: expected a text string"),
-        (_frame([[7, 1, "A", 1, 1.0, 1.0, "p", 1]]), "a client does not send SAMPLE"),
+        (_frame([[3, 5, [1], b"\0" * 8]]), "PUBLISH.topic: expected a text string"),
+        (_frame([[3, "A.b", [], b""]]), "PUBLISH.values: expected a non-empty array"),
+        (
+            _frame([[3, "A.b", b"\0" * 7, b""]]),
+            "PUBLISH.values: expected a non-empty array of values, or packed",
+        ),
+        (
+            _frame([[3, "A.b", [1, 2], b"\0" * 8]]),
+            r"PUBLISH.timestamps: expected 2 packed doubles \(16 bytes\)",
+        ),
+        (_frame([[3, "A.b", [1], ["now"]]]), "PUBLISH.timestamps: expected 1 numbers"),
+        (_frame([[3, "A.b", [1], [True]]]), "PUBLISH.timestamps: expected 1 numbers"),
+        (_frame([[7, 1, "A", [1], [1.0], 1.0, "p", 1]]), "a client does not send SAMPLES"),
         (_frame([[5, -1, "A", None, None, False]]), "SUBSCRIBE.sub_id"),
         (_frame([[5, 1, "A", 0, None, False]]), "SUBSCRIBE.queue_size"),
         (_frame([[5, 1, "A", None, "sometimes", False]]), "SUBSCRIBE.overflow"),
-        (_frame([[0, 1, "x", None, 1 << 20]]), "a second HELLO"),
+        (_frame([[0, 2, "x", None, 1 << 20]]), "a second HELLO"),
         (_frame([[4, {"name": "A"}]]), "'name' and 'type' are required"),
-        (_frame([[1, 1, {}, 1 << 20]]), "a client does not send WELCOME"),
+        (_frame([[1, 2, {}, 1 << 20]]), "a client does not send WELCOME"),
     ],
 )
 def test_malformed_input_raises_protocol_error(data: bytes, match: str) -> None:
@@ -218,16 +267,16 @@ def test_size_checked_before_the_body_arrives() -> None:
 
 def test_truncated_and_clean_ends() -> None:
     client, server = pair()
-    data = client.send([Publish("A.b", 1.0)])
+    data = client.send([Publish("A.b", [1.0], [1.0])])
     server.receive_data(data[:-1])
     assert server.next_event() is None
     server.receive_data(b"")
     with pytest.raises(ProtocolError, match="truncated frame"):
         server.next_event()
     client2, server2 = pair()
-    server2.receive_data(client2.send([Publish("A.b", 1.0)]) + b"")
+    server2.receive_data(client2.send([Publish("A.b", [1.0], [1.0])]) + b"")
     server2.receive_data(b"")
-    assert drain(server2) == [Publish("A.b", 1.0), Closed()]
+    assert drain(server2) == [Publish("A.b", [1.0], [1.0]), Closed()]
 
 
 def test_schema_mismatch_is_a_protocol_error() -> None:
@@ -261,11 +310,13 @@ def test_fuzz_arbitrary_bytes(data: bytes, cuts: list[int]) -> None:
 @given(st.data())
 def test_fuzz_mutated_frames(data: st.DataObject) -> None:
     client, server = pair()
-    messages = data.draw(st.lists(wire_messages(role=Role.CLIENT), min_size=1, max_size=3))
-    valid = client.send(messages)
+    role = data.draw(st.sampled_from(Role))  # PUBLISH runs to the broker, SAMPLES to a client, ...
+    sender, receiver = (client, server) if role is Role.CLIENT else (server, client)
+    messages = data.draw(st.lists(wire_messages(role=role), min_size=1, max_size=3))
+    valid = sender.send(messages)
     damaged = data.draw(mutated_bytes(valid))
     cuts = data.draw(st.lists(st.integers(min_value=1, max_value=64), max_size=8))
-    _feed(server, damaged, cuts)
+    _feed(receiver, damaged, cuts)
 
 
 def _feed(conn: Connection, data: bytes, cuts: list[int]) -> None:
@@ -285,3 +336,13 @@ def _feed(conn: Connection, data: bytes, cuts: list[int]) -> None:
     except ProtocolError as exc:
         message = str(exc)
         assert message  # a clear message, never an empty one
+
+
+def test_publish_bytes() -> None:
+    """The second worked example of docs/protocol.md: a float and its timestamp, each one packed double."""
+    message = Publish("Vehicle.Speed", [87.5], [1700000000.25])
+    expected = (
+        "84 03 6d 56 65 68 69 63 6c 65 2e 53 70 65 65 64 "
+        + "48 00 00 00 00 00 e0 55 40 48 00 00 10 40 fc 54 d9 41"
+    )
+    assert bus.default_codec.encode(message.to_wire()).hex(" ") == expected

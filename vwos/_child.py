@@ -172,6 +172,9 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops us, with SIGTERM
 
     from vwos._logging import configure_logging
+    from vwos._runtime import tune_gc
+
+    tune_gc()
 
     configure_logging(format="json", level="debug", stream=sys.stderr)
     stdin: BinaryIO = sys.stdin.buffer
