@@ -5,6 +5,9 @@ from __future__ import annotations
 import enum
 import io
 import json
+import os
+import sys
+import termios
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -467,6 +470,62 @@ async def test_top_once(autojump_clock: trio.testing.MockClock) -> None:
         frame = json.loads(out)
         assert [t["name"] for t in frame["topics"]] == ["Vehicle.Speed"]
         assert [s["name"] for s in frame["services"]] == ["speedo", "doors"]
+
+
+async def test_top_live_redraws_each_interval_until_q(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live view on a terminal (a pty here): cbreak mode, a frame per interval, `q` quits, and the
+    terminal's mode is restored."""
+    master, slave = os.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+        with os.fdopen(slave, closefd=False) as terminal:
+            monkeypatch.setattr(sys, "stdin", terminal)
+            async with running() as (h, _), trio.open_nursery() as nursery:
+                client = h.bus.client("cli", CONTROL_READ)
+                await trio.sleep(2.05)
+                modes: list[bool] = []
+
+                async def press_q() -> None:
+                    await trio.sleep(3.5)  # frames at 0, 1, 2 and 3 s
+                    modes.append(termios.tcgetattr(slave)[3] & termios.ICANON == 0)
+                    os.write(master, b"q")
+
+                nursery.start_soon(press_q)
+                started = trio.current_time()
+                with trio.fail_after(10):
+                    code, out, _ = await invoke(cmd_top, ["top", "--interval", "1"], client)
+                # Quit at once on a real clock; the mock clock may jump to the next frame before the
+                # key is read.
+                assert 3.5 <= trio.current_time() - started <= 4.0
+        assert code == 0
+        assert modes == [True]  # keys arrived one by one while it ran
+        assert termios.tcgetattr(slave) == before
+        frames = out.split("\x1b[H\x1b[2J")[1:]
+        assert len(frames) in (4, 5)
+        for frame in frames:
+            assert frame.startswith("vwos top")
+            assert frame.endswith("q or Ctrl-C quits\n")
+            assert any(line.split()[:2] == ["speedo", "running"] for line in frame.splitlines())
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+async def test_top_live_json_without_a_terminal(autojump_clock: trio.testing.MockClock) -> None:
+    """No terminal, so no keys: a JSON frame per interval until stopped (Ctrl-C)."""
+    async with running() as (h, _):
+        client = h.bus.client("cli", CONTROL_READ)
+        await trio.sleep(2.05)
+        out, err = io.StringIO(), io.StringIO()
+        args = _parser(extensions=False).parse_args(["top", "--json", "--interval", "1"])
+        with trio.move_on_after(2.5):
+            await run_control(cmd_top, client, args, out, err)
+    frames = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [round(f["supervisor_uptime"], 2) for f in frames] == [2.05, 3.05, 4.05]
+    assert all([s["name"] for s in f["services"]] == ["speedo", "doors"] for f in frames)
+    assert err.getvalue() == ""
 
 
 # -- pieces -----------------------------------------------------------------------------------------
