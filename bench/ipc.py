@@ -165,6 +165,32 @@ async def vwos_broker(path: str) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def vwos_broker_publisher(path: str, burst: int) -> None:
+    """The broker with the publisher in its own process (a service running inside the supervisor, like the
+    CAN gateway), publishing through the in-process fast path to the subscriber process."""
+    the_bus = bus.Bus()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_serve, the_bus, path)
+        publisher = the_bus.client("bench.publisher").publisher(SPEED)
+        _say("ready")
+        checkpoint = trio.lowlevel.checkpoint
+        async for words in _trio_commands():
+            values = speeds(int(words[1]))
+            chunks = [values[i : i + burst] for i in range(0, len(values), burst)]
+            publish = publisher.publish_nowait
+            gc.collect()
+            started = time.perf_counter()
+            for chunk in chunks:
+                for value in chunk:
+                    try:
+                        publish(value)
+                    except trio.WouldBlock:  # the subscriber's queue (overflow block) is full
+                        await publisher.publish(value)
+                await checkpoint()
+            _say("sent", repr(started), repr(time.perf_counter()))
+        nursery.cancel_scope.cancel()
+
+
 async def _serve(the_bus: bus.Bus, path: str, task_status: trio.TaskStatus[None]) -> None:
     await bus.serve_unix(the_bus, path, authorize=_allow_all, task_status=task_status)
 
@@ -367,6 +393,8 @@ def child(role: str, args: Sequence[str]) -> int:
         tune_gc()  # as `vwos run` and isolated services do
     if role == "vwos-broker":
         trio.run(vwos_broker, args[0])
+    elif role == "vwos-broker-publisher":
+        trio.run(vwos_broker_publisher, args[0], int(args[1]))
     elif role == "vwos-subscriber":
         trio.run(vwos_subscriber, args[0], int(args[1]))
     elif role == "vwos-publisher":
@@ -603,6 +631,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         vwos = measure(start_vwos, n, repeat, warm)
 
+        def start_vwos_2(stack: contextlib.ExitStack) -> tuple[Child, Child]:
+            publisher = _started(stack, scratch, "vwos-broker-publisher", path2, burst)
+            return publisher, _started(stack, scratch, "vwos-subscriber", path2, queue_size)
+
+        path2 = scratch / "bus2.sock"
+        vwos_2 = measure(start_vwos_2, n, repeat, warm)
+
         zenoh_missing = _missing_module("zenoh")
         if zenoh_missing is None:
 
@@ -634,12 +669,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             mosquitto = Figure([], mqtt_missing)
 
-    return report(args, vwos, zenoh, mosquitto)
+    return report(args, vwos, vwos_2, zenoh, mosquitto)
 
 
-def report(args: Any, vwos: Figure, zenoh: Figure, mosquitto: Figure) -> int:
+def report(args: Any, vwos: Figure, vwos_2: Figure, zenoh: Figure, mosquitto: Figure) -> int:
     n, repeat, burst, queue_size = args.samples, args.repeat, args.burst, args.queue_size
-    ours, z, m = vwos.rates, zenoh.rates, mosquitto.rates
+    ours, z, m, two = vwos.rates, zenoh.rates, mosquitto.rates, vwos_2.rates
     best = ours.best if ours else None
     vs_zenoh = _table.ratio(best, z.best if z else None)
     vs_mosquitto = _table.ratio(best, m.best if m else None)
@@ -671,8 +706,12 @@ def report(args: Any, vwos: Figure, zenoh: Figure, mosquitto: Figure) -> int:
         "spread_zenoh": z.spread if z else None,
         "spread_mosquitto": m.spread if m else None,
         "figures": "best of the runs; spread = (max - min) / median; rates over the samples that arrived",
-        "runs": {"delivered_per_s": ours, "zenoh_per_s": z, "mosquitto_per_s": m},
+        "runs": {"delivered_per_s": ours, "zenoh_per_s": z, "mosquitto_per_s": m, "two_process_per_s": two},
         "layout": "three processes: vwos broker, publisher, subscriber (Unix socket)",
+        "two_process_per_s": two.best if two else None,
+        "two_process_vs_zenoh": _table.ratio(two.best if two else None, z.best if z else None),
+        "two_process_layout": "publisher in the broker process (an in-process service), subscriber apart",
+        "two_process_unavailable": vwos_2.unavailable,
         "samples": n,
         "repeat": repeat,
         "burst": burst,
@@ -701,6 +740,7 @@ def report(args: Any, vwos: Figure, zenoh: Figure, mosquitto: Figure) -> int:
             )
 
     row("vwos (broker + 2 clients, Unix socket)", vwos, ours, None)
+    row("vwos (publisher in the broker, 1 client)", vwos_2, two, None)
     table.rule()
     row("zenoh (2 peers, loopback TCP, 8 B)", zenoh, z, vs_zenoh)
     row("mosquitto + paho QoS 0 (loopback, 8 B)", mosquitto, m, vs_mosquitto)

@@ -213,13 +213,24 @@ def _encode(conn: Connection, batch: list[Message], log: Any) -> bytes:
 async def _write_loop(
     stream: trio.SocketStream, conn: Connection, outbox: _Outbox, stall_after: float, log: Any
 ) -> None:
+    fd = stream.socket.fileno()
     while True:
         batch = await outbox.take()
         data = _encode(conn, batch, log)
         if not data:
             continue
+        # The socket is non-blocking: try the write at once, which usually takes it all, and leave the
+        # waiting (and trio's checkpoints) to send_all for the rest. One task switch less per batch.
+        try:
+            written = os.write(fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"writing to the socket failed: {exc}") from exc
+        if written == len(data):
+            continue
         with trio.move_on_after(stall_after) as scope:
-            await stream.send_all(data)
+            await stream.send_all(memoryview(data)[written:])
         if scope.cancelled_caught:
             raise _Stalled(f"the socket stayed unwritable for {stall_after:g} s (the peer does not read)")
 

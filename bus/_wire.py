@@ -237,6 +237,11 @@ def pack_doubles(numbers: Sequence[float]) -> bytes:
     return packed.tobytes()
 
 
+def _span(first: int, n: int) -> tuple[int, ...]:
+    """The seqs of ``n`` consecutive samples from ``first`` (compared with a run's, in C)."""
+    return tuple(range(first, first + n))
+
+
 def _pack_values(values: Sequence[Any]) -> Any:
     """A run's values as they travel: packed doubles if every one is a float, else a CBOR array."""
     if type(values[0]) is float and set(map(type, values)) == _FLOAT_ONLY:
@@ -286,12 +291,6 @@ def _seqs(value: Any, field: str, n: int) -> list[int]:
     ):
         return value
     raise _bad(field, f"the first sequence number, or an array of {n} (ints >= 0)", value)
-
-
-def _rising(seqs: Sequence[int]) -> bool:
-    """True if ``seqs`` go up one by one (checked in C: equal to the range they would be)."""
-    first = seqs[0]
-    return tuple(seqs) == tuple(range(first, first + len(seqs)))
 
 
 # -- messages ---------------------------------------------------------------------------------------------
@@ -649,7 +648,7 @@ class Deliver(_Message):
             else pack_doubles(bus_times)
         )
         first_seq = seqs[0]
-        consecutive = type(topic) is str and seqs[-1] - first_seq == n - 1 and _rising(seqs)
+        consecutive = type(topic) is str and seqs[-1] - first_seq == n - 1 and seqs == _span(first_seq, n)
         seq: Any = first_seq if consecutive else list(seqs)
         return [
             7,
