@@ -1,4 +1,5 @@
-"""The CAN gateway: CAN networks as typed bus topics (SocketCAN, python-can), and the CAN tools.
+"""The CAN gateway: CAN networks as typed bus topics (SocketCAN, python-can), simulated ECUs, and the CAN
+tools.
 
 See ``docs/can.md``.
 """
@@ -6,7 +7,6 @@ See ``docs/can.md``.
 from services.can._cli import (
     FrameView,
     ReplayStats,
-    SimulatedEcu,
     dump_frames,
     generate_topics,
     read_log,
@@ -32,6 +32,7 @@ from services.can._gateway import (
     send_method,
     status_topic,
 )
+from services.can._sim import CanSimulator, SignalValues, SimulatedEcu, SimulatorConfig
 from services.can._transport import (
     CanTransport,
     LinkDownError,
@@ -46,6 +47,7 @@ __all__ = [
     "CanCodec",
     "CanDatabaseError",
     "CanGateway",
+    "CanSimulator",
     "CanTransport",
     "CyclicMessage",
     "EncodeError",
@@ -60,7 +62,9 @@ __all__ = [
     "ReplayStats",
     "SendRequest",
     "SignalMapping",
+    "SignalValues",
     "SimulatedEcu",
+    "SimulatorConfig",
     "dump_frames",
     "generate_topics",
     "load_database",

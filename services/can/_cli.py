@@ -8,7 +8,7 @@ The commands reach the ``vwos`` command as an extension (entry-point group ``vwo
     JSON objects; `dump_frames` drives it from a transport.
 `replay`, `read_log`
     a recorded log (whatever ``can.LogReader`` reads) sent again with its timing, on trio's clock.
-`SimulatedEcu`
+`SimulatedEcu` (in ``_sim.py``, shared with the `CanSimulator` service)
     plausible traffic for the messages of a database at their cycle times, on trio's clock.
 `generate_topics`
     a typed Python module of a database's topics, field for field the records `CanCodec` decodes into.
@@ -21,23 +21,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import errno
 import hashlib
-import heapq
 import json
 import math
 import os
-import re
 import signal
 import sys
 import textwrap
 import types
 import unicodedata
-import zlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, TextIO, cast
+from typing import Any, TextIO, cast
 
 import attrs
 import can
@@ -50,12 +46,13 @@ from bus import Codec
 from services.can._codec import (
     CanCodec,
     CanDatabaseError,
-    EncodeError,
     Frame,
     FrameError,
     _field_name,
     load_database,
 )
+from services.can._sim import SimulatedEcu as SimulatedEcu  # the tool's core, also importable from here
+from services.can._sim import _suggest
 from services.can._transport import CanTransport, LinkDownError, PythonCanTransport
 
 EXIT_OK = 0
@@ -80,11 +77,6 @@ def _database(path: str | Path, *, strict: bool) -> cantools.database.can.Databa
         return load_database(path, strict=strict)
     except CanDatabaseError as exc:
         raise ToolError(str(exc)) from None
-
-
-def _suggest(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _split_names(text: str) -> list[str]:
@@ -454,295 +446,6 @@ async def replay(
         stats.rounds += 1
         if not loop:
             return stats
-
-
-# -- simulated ECU ----------------------------------------------------------------------------------------
-
-_COUNTER = re.compile(r"(?:^|_)(?:COUNTER|CNT|BZ|ALIVE)$", re.IGNORECASE)
-_CHECKSUM = re.compile(r"(?:^|_)(?:CHECKSUM|CHKSUM|CRC\d*|CHK)$", re.IGNORECASE)
-
-SignalKind = Literal["counter", "checksum", "wave", "constant", "multiplexer"]
-
-
-def _signal_range(sig: Any) -> tuple[float, float]:
-    """The values a signal can take: its [minimum, maximum] within what its bits can carry."""
-    if sig.is_float:
-        raw_low, raw_high = -1e3, 1e3
-    elif sig.is_signed:
-        raw_low, raw_high = -(2 ** (sig.length - 1)), 2 ** (sig.length - 1) - 1
-    else:
-        raw_low, raw_high = 0, 2**sig.length - 1
-    ends = sorted((raw_low * sig.scale + sig.offset, raw_high * sig.scale + sig.offset))
-    low = ends[0] if sig.minimum is None else max(ends[0], sig.minimum)
-    high = ends[1] if sig.maximum is None else min(ends[1], sig.maximum)
-    if low > high:  # a declared range outside what the bits carry: the message will fail to encode
-        return ends[0], ends[1]
-    return low, high
-
-
-@attrs.frozen
-class _SignalPlan:
-    """How one signal's value evolves; `value` is a pure function of time and frame count."""
-
-    name: str
-    kind: SignalKind
-    low: float
-    high: float
-    integer: bool
-    constant: float = 0.0
-    center: float = 0.0
-    amplitude: float = 0.0
-    period: float = 1.0
-    phase: float = 0.0
-    #: The multiplexer values this signal is sent with; None: always.
-    mux: frozenset[int] | None = None
-
-    def value(self, t: float, n: int) -> float:
-        if self.kind == "counter":
-            low, high = math.ceil(self.low), math.floor(self.high)
-            return low + n % (high - low + 1)
-        if self.kind == "wave":
-            value = self.center + self.amplitude * math.sin(2 * math.pi * t / self.period + self.phase)
-            if self.integer:
-                value = round(value)
-                return min(max(value, math.ceil(self.low)), math.floor(self.high))
-            return min(max(value, self.low), self.high)
-        return self.constant
-
-
-def _plan_signal(message: Any, sig: Any, default: float) -> _SignalPlan:
-    low, high = _signal_range(sig)
-    integer = not sig.is_float and float(sig.scale).is_integer() and float(sig.offset).is_integer()
-    mux = frozenset(sig.multiplexer_ids) if sig.multiplexer_ids else None
-    if sig.is_multiplexer:
-        return _SignalPlan(sig.name, "multiplexer", low, high, True)
-    if integer and _COUNTER.search(sig.name) and math.floor(high) > math.ceil(low):
-        return _SignalPlan(sig.name, "counter", low, high, True, mux=mux)
-    if integer and _CHECKSUM.search(sig.name):
-        return _SignalPlan(sig.name, "checksum", low, high, True, constant=math.ceil(low), mux=mux)
-    physical = not integer or (bool(sig.unit) and sig.length > 2)
-    if physical and not sig.choices and high > low:
-        seed = zlib.crc32(f"{message.name}.{sig.name}".encode())
-        if low < 0 < high:  # around zero: a steering angle, an acceleration
-            center, amplitude = 0.0, 0.3 * min(-low, high)
-        else:  # in the lower part of the range: a speed, a temperature
-            center, amplitude = low + 0.25 * (high - low), 0.2 * (high - low)
-        return _SignalPlan(
-            sig.name,
-            "wave",
-            low,
-            high,
-            integer,
-            center=center,
-            amplitude=amplitude,
-            period=20.0 + seed % 41,
-            phase=2 * math.pi * ((seed >> 8) % 1000) / 1000,
-            mux=mux,
-        )
-    value = min(max(default, low), high)
-    if sig.choices and value not in sig.choices:
-        allowed = [k for k in sig.choices if isinstance(k, int | float) and low <= k <= high]
-        value = min(allowed) if allowed else value
-    if integer:
-        value = min(max(round(value), math.ceil(low)), math.floor(high))
-    return _SignalPlan(sig.name, "constant", low, high, integer, constant=value, mux=mux)
-
-
-class _MessagePlan:
-    __slots__ = (
-        "checksums",
-        "cycle",
-        "k",
-        "multiplexer",
-        "mux_values",
-        "name",
-        "offset",
-        "sent",
-        "signals",
-    )
-
-    def __init__(self, codec: CanCodec, message: Any, cycle: float) -> None:
-        self.name: str = message.name
-        self.cycle = cycle
-        #: The first send's delay from the start, and the index of the cycle due next.
-        self.offset = 0.0
-        self.k = 0
-        self.sent = 0
-        defaults = codec.defaults(message.name)
-        plans = [_plan_signal(message, s, defaults[s.name]) for s in message.signals]
-        self.multiplexer = next((p for p in plans if p.kind == "multiplexer"), None)
-        self.signals = [p for p in plans if p.kind not in ("multiplexer", "checksum")]
-        self.checksums = [p for p in plans if p.kind == "checksum"]
-        values = sorted({v for p in plans if p.mux is not None for v in p.mux})
-        self.mux_values = values or [0]
-
-
-def _why_not(message: Any, exc: Exception) -> str:
-    """Why a message cannot be encoded: cantools' overlap check says it better than the encoder."""
-    try:
-        message.refresh(strict=True)  # rebuilds the same codecs; raises if signals overlap
-    except Exception as check:
-        return f"{str(check).rstrip('.')}: cantools cannot encode overlapping signals"
-    return str(exc)
-
-
-class SimulatedEcu:
-    """A simulated ECU: sends every message of a CAN database (or the ``messages`` named) at its cycle
-    time (cantools' ``cycle_time``; ``default_cycle`` seconds for messages without one), with plausible
-    signal values, encoded by `CanCodec`.
-
-    Values: signals named like counters (``COUNTER``, ``*_BZ``, ``*_CNT``) count up by one per frame and
-    wrap; checksums (``CHECKSUM``, ``*_CRC``, ``*_CHK``) are the XOR of the frame's other bytes (plausible,
-    not valid for any real algorithm); physical signals (scaled, or with a unit) follow a slow sine (a
-    period of 20-60 s) within their range, around zero for signed ranges and in the lower half otherwise;
-    the others (flags, enums) keep their initial value. Multiplexed messages cycle through their
-    multiplexer values. A message that cannot be encoded (cantools cannot encode overlapping signals,
-    which databases loaded with ``strict=False`` may have) is left out, with the reason in `skipped`.
-
-    `run` sends with trio's timing (MockClock in tests): one task, sleeping until the next message is due.
-    The first frames are spread over each message's first cycle, so they do not all leave at once.
-    `start` and `poll` are the same schedule without I/O.
-    """
-
-    def __init__(
-        self,
-        source: CanCodec | cantools.database.can.Database,
-        send: Callable[[Frame], None],
-        *,
-        messages: Iterable[str] | None = None,
-        default_cycle: float = 0.1,
-    ) -> None:
-        if not default_cycle > 0:
-            raise ValueError(f"default_cycle must be positive seconds, not {default_cycle!r}")
-        self.codec = source if isinstance(source, CanCodec) else self._codec(source)
-        self._send = send
-        chosen = list(self.codec.db.messages)
-        if messages is not None:
-            wanted = set(messages)
-            known = {m.name for m in chosen}
-            for name in sorted(wanted - known):
-                raise ValueError(f"no message {name!r} in the database{_suggest(name, known)}")
-            chosen = [m for m in chosen if m.name in wanted]
-        #: Messages that cannot be encoded, and why; they are not sent.
-        self.skipped: dict[str, str] = {}
-        self._plans: list[_MessagePlan] = []
-        for message in chosen:
-            cycle = message.cycle_time / 1000.0 if message.cycle_time else default_cycle
-            plan = _MessagePlan(self.codec, message, cycle)
-            try:
-                for n in range(len(plan.mux_values)):
-                    self._encode(plan, 0.0, n)
-            except EncodeError as exc:
-                self.skipped[message.name] = _why_not(message, exc)
-                continue
-            self._plans.append(plan)
-        self._heap: list[tuple[float, int]] = []
-        self._t0 = 0.0
-        #: Frames sent by `run` so far.
-        self.sent = 0
-
-    @staticmethod
-    def _codec(db: cantools.database.can.Database) -> CanCodec:
-        return CanCodec(db, "sim", message_topics=False, codec=Codec())
-
-    @property
-    def messages(self) -> list[str]:
-        """The messages it sends, in database order."""
-        return [p.name for p in self._plans]
-
-    def _plan(self, message: str) -> _MessagePlan:
-        plan = next((p for p in self._plans if p.name == message), None)
-        if plan is None:
-            raise KeyError(f"{message}: not one of the simulated messages")
-        return plan
-
-    def cycle(self, message: str) -> float:
-        """A message's period, in seconds."""
-        return self._plan(message).cycle
-
-    def statistics(self) -> dict[str, int]:
-        """Frames made so far, by message."""
-        return {p.name: p.sent for p in self._plans}
-
-    def _encode(self, plan: _MessagePlan, t: float, n: int) -> Frame:
-        values: dict[str, float] = {}
-        mux_value: int | None = None
-        if plan.multiplexer is not None:
-            mux_value = plan.mux_values[n % len(plan.mux_values)]
-            values[plan.multiplexer.name] = mux_value
-        for sig in plan.signals:
-            if sig.mux is None or mux_value in sig.mux:
-                values[sig.name] = sig.value(t, n)
-        checksums = [c for c in plan.checksums if c.mux is None or mux_value in c.mux]
-        for check in checksums:
-            values[check.name] = check.constant
-        frame = self.codec.encode(plan.name, values, base={})
-        if not checksums:
-            return frame
-        xor = 0
-        for byte in frame.data:
-            xor ^= byte
-        for check in checksums:
-            values[check.name] = min(max(xor, math.ceil(check.low)), math.floor(check.high))
-        return self.codec.encode(plan.name, values, base={})
-
-    def frame(self, message: str, t: float) -> Frame:
-        """The next frame of ``message`` as it would be sent ``t`` seconds after the start (its counters
-        advance)."""
-        return self._next_frame(self._plan(message), t)
-
-    def _next_frame(self, plan: _MessagePlan, t: float) -> Frame:
-        frame = self._encode(plan, t, plan.sent)
-        plan.sent += 1
-        return frame
-
-    # -- the schedule, without I/O ------------------------------------------------------------------------
-
-    def start(self, now: float) -> None:
-        """Start the schedule at time ``now``: message i of n is first due ``cycle * i / n`` later."""
-        self._t0 = now
-        count = len(self._plans)
-        self._heap = []
-        for i, plan in enumerate(self._plans):
-            plan.offset, plan.k = plan.cycle * i / count, 0
-            self._heap.append((now + plan.offset, i))
-        heapq.heapify(self._heap)
-
-    def next_due(self) -> float:
-        """When the next frame is due (``math.inf`` if nothing is simulated)."""
-        return self._heap[0][0] if self._heap else math.inf
-
-    def poll(self, now: float) -> list[Frame]:
-        """The frames due by ``now``, in order. A message late by more than a cycle skips what it missed
-        rather than sending a burst."""
-        frames = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            due, i = heapq.heappop(heap)
-            plan = self._plans[i]
-            try:
-                frames.append(self._next_frame(plan, due - self._t0))
-            except EncodeError as exc:  # values the probe at the start did not meet: leave it out
-                self.skipped[plan.name] = _why_not(self.codec.db.get_message_by_name(plan.name), exc)
-                continue
-            start = self._t0 + plan.offset
-            plan.k += 1
-            if start + plan.k * plan.cycle <= now:
-                plan.k = math.floor((now - start) / plan.cycle) + 1
-                while start + plan.k * plan.cycle <= now:  # rounding
-                    plan.k += 1
-            heapq.heappush(heap, (start + plan.k * plan.cycle, i))
-        return frames
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send the messages until cancelled. Whatever ``send`` raises ends it."""
-        self.start(trio.current_time())
-        task_status.started()
-        while True:
-            await trio.sleep_until(self.next_due())
-            for frame in self.poll(trio.current_time()):
-                self._send(frame)
-                self.sent += 1
 
 
 # -- gen --------------------------------------------------------------------------------------------------
