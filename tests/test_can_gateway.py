@@ -222,6 +222,22 @@ async def test_a_wrong_cyclic_config_fails_at_start_with_a_clear_error(
             pass
 
 
+async def test_a_message_named_like_the_gateways_own_topics_is_refused_clearly(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    dbc = tmp_path / "status.dbc"
+    dbc.write_text(
+        'VERSION ""\n\nBS_:\n\nBU_: ECU\n\n'
+        'BO_ 100 Status: 1 ECU\n SG_ Ok : 0|8@1+ (1,0) [0|255] "" Vector__XXX\n'
+    )
+    link = Link()
+    with pytest.raises(
+        SupervisorGaveUp, match=r"message 'Status' would publish on CAN.body.Status, which is the "
+    ):
+        async with open_harness(gateway(link, database=dbc)):
+            pass
+
+
 # -- health --------------------------------------------------------------------------------------------
 
 

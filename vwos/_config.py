@@ -256,10 +256,17 @@ class ServiceTable:
     )
     permissions: Permissions | None = attrs.field(
         default=None,
-        metadata=_help(
-            "Bus name patterns the service may publish, subscribe, serve and call; absent: everything, "
-            "present: only what is listed."
-        ),
+        metadata={
+            "help": "Bus name patterns the service may publish, subscribe, serve and call; absent: "
+            "everything, present: only what is listed.",
+            # bus.Permissions knows nothing of config files: the help of its keys lives here.
+            "field_help": {
+                "publish": "Topic names or patterns (`*` one segment, `**` any depth) it may publish.",
+                "subscribe": "Patterns it may subscribe to (and `get`): each must lie within one of these.",
+                "serve": "Method names or patterns it may serve.",
+                "call": "Method names or patterns it may call.",
+            },
+        },
     )
     isolated: bool = attrs.field(
         default=False,

@@ -181,11 +181,27 @@ class BackoffPolicy:
     seconds.
     """
 
-    initial: float = attrs.field(default=0.1, validator=_non_negative)
-    multiplier: float = attrs.field(default=2.0, validator=_check_multiplier)
-    max_delay: float = attrs.field(default=30.0, validator=_non_negative)
-    jitter: float = attrs.field(default=0.1, validator=_check_jitter)
-    reset_after: float = attrs.field(default=60.0, validator=_non_negative)
+    initial: float = attrs.field(
+        default=0.1, validator=_non_negative, metadata={"help": "Seconds before the first restart."}
+    )
+    multiplier: float = attrs.field(
+        default=2.0,
+        validator=_check_multiplier,
+        metadata={"help": "Each consecutive restart waits this many times longer (>= 1)."},
+    )
+    max_delay: float = attrs.field(
+        default=30.0, validator=_non_negative, metadata={"help": "The longest wait, in seconds."}
+    )
+    jitter: float = attrs.field(
+        default=0.1,
+        validator=_check_jitter,
+        metadata={"help": "Each wait varies randomly by up to this fraction of itself (0 to 1)."},
+    )
+    reset_after: float = attrs.field(
+        default=60.0,
+        validator=_non_negative,
+        metadata={"help": "Seconds up (ready) after which the count of consecutive restarts starts over."},
+    )
 
     def delay(self, failures: int, rand: float = 0.5) -> float:
         """The delay before the restart that follows the ``failures``-th consecutive failure.

@@ -50,19 +50,25 @@ class EncodeError(ValueError):
 class SignalMapping:
     """Publish one signal under a name of its own (VSS style), transformed ``value * scale + offset``."""
 
-    #: ``Message.Signal`` in the database.
-    signal: str
-    #: The topic name, e.g. ``Vehicle.Speed``.
-    topic: str
-    type: Literal["float", "int", "bool"] = "float"
-    #: Defaults to the signal's unit in the database.
-    unit: str | None = None
-    scale: float = 1.0
-    offset: float = 0.0
-    #: Default to the signal's range in the database, transformed (for ``float`` and ``int``).
-    min: float | None = None
-    max: float | None = None
-    description: str = ""
+    signal: str = attrs.field(metadata={"help": "``Message.Signal`` in the database"})
+    topic: str = attrs.field(metadata={"help": "the topic name, e.g. ``Vehicle.Speed``"})
+    type: Literal["float", "int", "bool"] = attrs.field(
+        default="float", metadata={"help": "the topic's value type"}
+    )
+    unit: str | None = attrs.field(
+        default=None, metadata={"help": "default: the signal's unit in the database"}
+    )
+    scale: float = attrs.field(default=1.0, metadata={"help": "the topic's value is signal * scale + offset"})
+    offset: float = attrs.field(default=0.0, metadata={"help": "see scale"})
+    min: float | None = attrs.field(
+        default=None,
+        metadata={"help": "default: the signal's minimum in the database, transformed (float and int)"},
+    )
+    max: float | None = attrs.field(
+        default=None,
+        metadata={"help": "default: the signal's maximum in the database, transformed (float and int)"},
+    )
+    description: str = attrs.field(default="", metadata={"help": "the topic's description"})
 
 
 @attrs.frozen

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 import can
 import trio
 
 from bus import Method, Publisher, Topic, default_codec
-from services.can._codec import CanCodec, EncodeError, FrameError, SignalMapping, load_database
+from services.can._codec import (
+    CanCodec,
+    CanDatabaseError,
+    EncodeError,
+    FrameError,
+    SignalMapping,
+    load_database,
+)
 from services.can._transport import CanTransport, LinkDownError, ReceiveMode, open_python_can
 from vwos import Service, ServiceContext
 
@@ -35,7 +42,7 @@ def _network_name(_: object, attribute: attrs.Attribute[str], value: str) -> Non
 class CyclicMessage:
     """A message the gateway sends every ``period`` seconds, with signal values that `Send` can change."""
 
-    message: str
+    message: str = attrs.field(metadata={"help": "the message's name in the database"})
     period: float = attrs.field(validator=_positive, metadata={"help": "seconds"})
     signals: dict[str, float] = attrs.field(factory=dict, metadata={"help": "initial signal values"})
 
@@ -44,12 +51,14 @@ class CyclicMessage:
 class Actuator:
     """A bus topic whose samples are sent as one signal of a message (``value * scale + offset``)."""
 
-    topic: str
-    message: str
-    signal: str
-    type: Literal["float", "int", "bool"] = "float"
-    scale: float = 1.0
-    offset: float = 0.0
+    topic: str = attrs.field(metadata={"help": "the bus topic whose samples are sent"})
+    message: str = attrs.field(metadata={"help": "the message that carries them (only this signal is set)"})
+    signal: str = attrs.field(metadata={"help": "the signal of the message that takes the value"})
+    type: Literal["float", "int", "bool"] = attrs.field(
+        default="float", metadata={"help": "the topic's value type"}
+    )
+    scale: float = attrs.field(default=1.0, metadata={"help": "the signal is value * scale + offset"})
+    offset: float = attrs.field(default=0.0, metadata={"help": "see scale"})
 
 
 def _existing_file(_: object, attribute: attrs.Attribute[Path], value: Path) -> None:
@@ -87,8 +96,12 @@ class GatewayConfig:
     transmit: tuple[str, ...] = attrs.field(
         default=(), metadata={"help": "messages the Send method may send; '*' for all"}
     )
-    cyclic: tuple[CyclicMessage, ...] = ()
-    actuators: tuple[Actuator, ...] = ()
+    cyclic: tuple[CyclicMessage, ...] = attrs.field(
+        default=(), metadata={"help": "messages sent every period; Send changes their values"}
+    )
+    actuators: tuple[Actuator, ...] = attrs.field(
+        default=(), metadata={"help": "bus topics whose samples are sent as a signal"}
+    )
     kernel_filters: bool = attrs.field(
         default=True, metadata={"help": "let the kernel drop frames nobody wants"}
     )
@@ -96,8 +109,14 @@ class GatewayConfig:
     poll_interval: float = attrs.field(
         default=0.01, validator=_positive, metadata={"help": "seconds, for poll"}
     )
-    reconnect_initial: float = attrs.field(default=0.1, validator=_positive)
-    reconnect_max: float = attrs.field(default=5.0, validator=_positive)
+    reconnect_initial: float = attrs.field(
+        default=0.1, validator=_positive, metadata={"help": "seconds before the first try to reopen a link"}
+    )
+    reconnect_max: float = attrs.field(
+        default=5.0,
+        validator=_positive,
+        metadata={"help": "the longest wait between tries, doubling up to it"},
+    )
     status_period: float = attrs.field(
         default=1.0, validator=_positive, metadata={"help": "seconds between status samples"}
     )
@@ -133,6 +152,10 @@ class LinkStatus:
     error_frames: int
     bus_off: int
     reconnects: int
+
+
+#: Names under CAN.<network> that the gateway itself uses: a database message may not take them.
+_GATEWAY_NAMES: Final = {"Status": "status topic", "Send": "send method"}
 
 
 def status_topic(network: str) -> Topic[LinkStatus]:
@@ -173,8 +196,17 @@ class CanGateway(Service[GatewayConfig]):
         records = None
         if cfg.topics_module is not None:
             records = importlib.import_module(cfg.topics_module).RECORDS
+        db = load_database(cfg.database, strict=cfg.strict)
+        if cfg.message_topics:
+            for message in db.messages:
+                if message.name in _GATEWAY_NAMES:
+                    raise CanDatabaseError(
+                        f"{cfg.database}: message {message.name!r} would publish on CAN.{cfg.network}."
+                        f"{message.name}, which is the gateway's own {_GATEWAY_NAMES[message.name]}; rename "
+                        "the message in the database, or set message_topics = false and map its signals"
+                    )
         self.codec = CanCodec(
-            load_database(cfg.database, strict=cfg.strict),
+            db,
             cfg.network,
             message_topics=cfg.message_topics,
             mappings=cfg.signals,

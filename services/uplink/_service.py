@@ -76,10 +76,15 @@ class UplinkConfig:
     queue_size: int = attrs.field(
         default=100_000, metadata={"help": "samples the bus queues for the uplink before it drops the oldest"}
     )
-    status_period: float = attrs.field(default=5.0, validator=_positive)
+    status_period: float = attrs.field(
+        default=5.0, validator=_positive, metadata={"help": "seconds between status samples"}
+    )
     reconnect: BackoffPolicy = attrs.field(
         factory=lambda: BackoffPolicy(initial=0.5, multiplier=2.0, max_delay=60.0, jitter=0.2),
-        metadata={"help": "backoff between connection attempts"},
+        metadata={
+            "help": "backoff between connection attempts; the count starts over at each connect "
+            "(reset_after is not used)"
+        },
     )
 
     def __attrs_post_init__(self) -> None:
