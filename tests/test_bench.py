@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 #: A benchmark that has not finished by then is hung, not slow.
 TIMEOUT = 120
+#: The config bench/footprint.py measures in the suite.
+FOOTPRINT_CONFIG = ROOT / "examples" / "demo" / "vwos.toml"
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,33 @@ CASES = [
             "goal",
         ),
     ),
+    Case(
+        "footprint.py",
+        # `vwos run` of a small config (the script's default is the demo's, examples/demo/vwos.toml), one
+        # measured run after the warm-up, a short settle; beside the bare-interpreter references.
+        ("--config", str(FOOTPRINT_CONFIG), "--repeat", "1", "--settle", "0.2"),
+        positive=(
+            "seconds_to_ready",
+            "rss_mib",
+            "rss_at_ready_mib",
+            "hwm_mib",
+            "seconds_to_stop",
+            "bare_python_seconds_to_ready",
+            "bare_python_rss_mib",
+            "import_trio_seconds_to_ready",
+            "import_trio_rss_mib",
+            "import_vwos_cli_seconds_to_ready",
+            "import_vwos_cli_rss_mib",
+        ),
+        table_mentions=(
+            "vwos: spawn -> READY=1 (all services up)",
+            "vwos: RSS after 0.2 s running",
+            "python -c pass: RSS",
+            'python -c "import trio": spawn -> READY=1',
+            "goal RSS < 60 MiB",
+            "goal spawn -> all services ready < 1.5 s",
+        ),
+    ),
 ]
 
 
@@ -183,3 +212,44 @@ def test_bus_without_zenoh() -> None:
     table = run_bench("bus.py", *args, python_args=("-c", hide_zenoh))
     assert table.returncode == 0, table.stderr
     assert "zenoh not measured: zenoh is not importable" in table.stdout
+
+
+def _footprint_module(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """bench/footprint.py imported (the script puts the project root on sys.path: undone after the test)."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec = importlib.util.spec_from_file_location("bench_footprint", BENCH / "footprint.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_footprint_falls_back_to_the_overspeed_example_without_a_demo_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    footprint = _footprint_module(monkeypatch)
+    assert footprint.choose_config(None)[0] in (footprint.DEMO_CONFIG, footprint.FALLBACK_CONFIG)
+    monkeypatch.setattr(footprint, "DEMO_CONFIG", ROOT / "examples" / "no-such-demo" / "vwos.toml")
+    config, note = footprint.choose_config(None)
+    assert config == ROOT / "examples" / "overspeed" / "vwos.toml"
+    assert "examples/no-such-demo/vwos.toml does not exist" in note
+    assert "measuring examples/overspeed/vwos.toml instead" in note
+    assert footprint.choose_config(tmp_path / "mine.toml") == (tmp_path / "mine.toml", None)
+
+
+def test_footprint_of_a_missing_config_fails_clearly(tmp_path: Path) -> None:
+    proc = run_bench("footprint.py", "--config", str(tmp_path / "missing.toml"), "--repeat", "1")
+    assert proc.returncode == 2
+    assert f"no such config: {tmp_path / 'missing.toml'}" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_footprint_reports_a_config_that_does_not_start(tmp_path: Path) -> None:
+    config = tmp_path / "vwos.toml"
+    config.write_text('[services.x]\nplugin = "nowhere:Nothing"\n')
+    proc = run_bench("footprint.py", "--config", str(config), "--repeat", "1", "--settle", "0")
+    assert proc.returncode == 1
+    assert "exited with 2 before READY=1" in proc.stderr  # vwos's exit code for a bad config ...
+    assert "nowhere" in proc.stderr  # ... and what vwos said about it

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -343,3 +344,22 @@ def test_control_commands_over_the_socket_of_a_running_supervisor(tmp_path: Path
     missing = vwos("status")
     assert missing.returncode == 3
     assert "cannot connect" in missing.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """``vwos ... | head``: the reader goes away; vwos stops with 141 (SIGPIPE's status), no traceback."""
+    code = (
+        "import sys; from vwos import _cli; "
+        "_cli.main = lambda: (sys.stdout.write('line\\n' * 200_000), 0)[1]; _cli.console_main()"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # -u hides EPIPE (drops data)
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.read(10) == b"line\nline\n"
+        process.stdout.close()  # like head: read a little, then go
+        errors = process.stderr.read()
+        assert process.wait(timeout=30) == 141
+    assert errors == b""

@@ -1201,7 +1201,7 @@ def test_structure_round_trips(value: Everything) -> None:
     data = to_toml(value)
     assert isinstance(data, dict)
     data = {k: v for k, v in data.items() if v is not None}  # TOML has no null: a None is a key left out
-    assert structure(data, Everything) == value
+    assert repr(structure(data, Everything)) == repr(value)  # repr: TOML floats may be NaN, never equal
 
 
 @given(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import enum
-import importlib.metadata
 import json
 import os
 import signal
@@ -33,9 +32,11 @@ from vwos._logging import LEVELS, configure_logging
 from vwos._plugins import installed_plugins
 from vwos._structure import FieldDoc, describe_fields
 from vwos._supervisor import Supervisor, SupervisorGaveUp
-from vwos._systemd import SystemdNotifier
+from vwos._systemd import SystemdNotifier, tell_systemd
 
 if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
     from vwos._control import LogBuffer
 
 EXIT_OK = 0
@@ -65,9 +66,27 @@ def _version() -> str:
         return "unknown"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: looks the version up only when asked (every other command starts without
+    importing ``importlib.metadata`` and reading the installed distributions)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"vwos {_version()}")  # on stdout, as argparse's own version action does
+        parser.exit()
+
+
 def _parser(*, extensions: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vwos", description="vwos in-vehicle middleware runtime")
-    parser.add_argument("--version", action="version", version=f"vwos {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the supervisor and its services from a TOML config")
@@ -119,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- extensions -------------------------------------------------------------------------------------
 
 
-def _command_entry_points() -> list[importlib.metadata.EntryPoint]:
+def _command_entry_points() -> list[EntryPoint]:
+    import importlib.metadata  # here: only commands other than the core ones pay for it
+
     found = importlib.metadata.entry_points(group=COMMANDS_GROUP)
     return sorted(found, key=lambda ep: (ep.name, ep.value))
 
@@ -257,6 +278,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(
         format=args.log_format, level=args.log_level or config.log_level, extra_processors=[logs.processor]
     )
+    from vwos._runtime import tune_gc
+
+    tune_gc()
     try:
         return trio.run(_run, config, args.duration, args.socket, logs)
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
@@ -278,13 +302,15 @@ async def _run(config: SupervisorConfig, duration: float | None, socket: str | N
         socket_path=socket_path,
         authorize=default_authorize(),
     )
-    systemd = SystemdNotifier()
+    # Read and forget $NOTIFY_SOCKET: isolated services (child processes) must not talk to systemd.
+    systemd = SystemdNotifier(unset_environment=True)
     _log.info(
         "vwos starting",
         config=str(config.path),
         pid=os.getpid(),
         control_socket=str(socket_path),
         stop="Ctrl-C or SIGTERM" + (f", or after {duration:g} s" if duration else ""),
+        systemd=systemd.enabled,
     )
     gave_up: BaseException | None = None
     try:
@@ -296,13 +322,11 @@ async def _run(config: SupervisorConfig, duration: float | None, socket: str | N
                 finally:
                     nursery.cancel_scope.cancel()  # the control plane, the signal watcher, the timers
 
-            nursery.start_soon(_watch_signals, supervisor, systemd)
+            nursery.start_soon(_watch_signals, supervisor)
             await nursery.start(ControlPlane(supervisor, logs=logs).run)
+            # READY=1 once every service is up, WATCHDOG=1 while healthy, STOPPING=1 (vwos._systemd).
+            nursery.start_soon(tell_systemd, supervisor, systemd)
             await nursery.start(supervise)
-            running = sum(1 for row in supervisor.status() if row.state.value == "running")
-            systemd.ready(f"{running} services running")
-            if systemd.watchdog_interval is not None:
-                nursery.start_soon(_feed_systemd_watchdog, systemd, systemd.watchdog_interval)
             if duration is not None:
                 nursery.start_soon(_stop_after, supervisor, duration)
     except* SupervisorGaveUp as group:
@@ -315,20 +339,13 @@ async def _run(config: SupervisorConfig, duration: float | None, socket: str | N
     return EXIT_OK
 
 
-async def _feed_systemd_watchdog(systemd: SystemdNotifier, interval: float) -> None:
-    """WATCHDOG=1 while the event loop runs: if the supervisor hangs, systemd restarts it."""
-    while True:
-        systemd.watchdog()
-        await trio.sleep(interval)
-
-
 async def _stop_after(supervisor: Supervisor, seconds: float) -> None:
     await trio.sleep(seconds)
     _log.info("duration reached, stopping", seconds=seconds)
-    supervisor.shutdown()
+    supervisor.shutdown(f"--duration {seconds:g} s reached")
 
 
-async def _watch_signals(supervisor: Supervisor, systemd: SystemdNotifier | None = None) -> None:
+async def _watch_signals(supervisor: Supervisor) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         stopping = False
         async for signum in signals:
@@ -338,14 +355,20 @@ async def _watch_signals(supervisor: Supervisor, systemd: SystemdNotifier | None
                 raise KeyboardInterrupt
             stopping = True
             _log.info("stopping on signal", signal=name)
-            if systemd is not None:
-                systemd.stopping(f"stopping on {name}")
-            supervisor.shutdown()
+            supervisor.shutdown(f"{name} received")
 
 
 def console_main() -> None:
-    """The ``vwos`` console script."""
-    sys.exit(main())
+    """The ``vwos`` console script. Output piped into a reader that stops early (``vwos ... | head``)
+    ends the command quietly, as it does for other Unix tools."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit: point stdout at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
+    sys.exit(code)
 
 
 # ==================================================================================== control commands

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import attrs
 import structlog
@@ -129,8 +129,19 @@ class _Command:
     name: str | None = None
 
 
-_Event = _Ready | _Exited | _Command
+@attrs.frozen
+class _Probe:
+    """A liveness probe: the event loop sets ``answered`` when it gets to it."""
+
+    answered: trio.Event
+
+
+_Event = _Ready | _Exited | _Command | _Probe
 _SETTLED = (State.RUNNING, State.EXITED, State.STOPPED, State.FAILED)
+
+#: Where the supervisor is in its life, in order; see `Supervisor.phase`.
+Phase: TypeAlias = Literal["new", "starting", "up", "stopping", "stopped"]
+_PHASES: tuple[Phase, ...] = ("new", "starting", "up", "stopping", "stopped")
 
 
 class Supervisor:
@@ -140,6 +151,9 @@ class Supervisor:
     one before is ready, reports started once all are up, and then supervises them until `shutdown` is
     called or the task is cancelled: then it stops them in reverse order, each within its stop timeout.
     If restarts exceed the intensity it stops everything and raises `SupervisorGaveUp`.
+
+    `phase` tells where it is in that life (`wait_phase` waits for one), and `probe` whether it is
+    healthy: what ``vwos run`` tells systemd (``READY=1`` once ``"up"``, ``WATCHDOG=1`` while healthy).
 
     All policy is the `RestartEngine`'s: this class only runs tasks and tells the engine what happened.
     """
@@ -190,6 +204,56 @@ class Supervisor:
         self._authorize_other = authorize
         #: The pid of each isolated service's live process, for the socket's authorize.
         self._pids: dict[int, str] = {}
+        self._phase: Phase = "new"
+        self._reached = {phase: trio.Event() for phase in _PHASES}
+        self._reached["new"].set()
+        self._stop_reason: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        """Where the supervisor is in its life: ``"new"`` (`run` not called yet), ``"starting"`` (starting
+        the services), ``"up"`` (every service has been up at once: running, or ended for good; it
+        supervises them), ``"stopping"`` (shutdown requested, restarts exceeded the intensity, or `run`
+        cancelled: it stops the services) and ``"stopped"`` (`run` has returned or raised). A supervisor
+        that is asked to stop while starting goes from ``"starting"`` to ``"stopping"``, never ``"up"``.
+        """
+        return self._phase
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the supervisor is stopping (given to `shutdown`, or why it gave up); None until then."""
+        return self._stop_reason
+
+    async def wait_phase(self, phase: Phase) -> None:
+        """Wait until the supervisor has reached ``phase`` or gone past it (see `phase`)."""
+        await self._reached[phase].wait()
+
+    def _advance(self, phase: Phase) -> None:
+        if _PHASES.index(phase) <= _PHASES.index(self._phase):
+            return
+        self._phase = phase
+        for reached in _PHASES[: _PHASES.index(phase) + 1]:
+            self._reached[reached].set()
+
+    def _stopping(self, reason: str) -> None:
+        if _PHASES.index(self._phase) < _PHASES.index("stopping"):
+            self._stop_reason = reason
+            self._advance("stopping")
+
+    async def probe(self) -> bool:
+        """Whether the supervisor is healthy: ``"up"``, and its event loop (the task that reacts to exits,
+        restarts and operator commands) answers a probe. Returns False at once while starting and once
+        stopping (also after giving up); otherwise waits for the answer, which a stuck event loop never
+        gives: bound the wait (``with trio.move_on_after(seconds): healthy = await supervisor.probe()``).
+        """
+        if self._phase != "up":
+            return False
+        probe = _Probe(trio.Event())
+        self._send.send_nowait(probe)
+        await probe.answered.wait()
+        return self._phase == "up"
 
     @property
     def bus(self) -> Bus:
@@ -223,8 +287,13 @@ class Supervisor:
 
     # -- the operator's side -------------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        """Stop every service in reverse start order, then return from `run`."""
+    def shutdown(self, reason: str = "shutdown requested") -> None:
+        """Stop every service in reverse start order, then return from `run`; ``reason`` becomes
+        `stop_reason` (the first one given wins)."""
+        if self._phase == "new":
+            self._stop_reason = self._stop_reason or reason  # run() starts and stops at once
+        else:
+            self._stopping(reason)
         self._send.send_nowait(_Command("shutdown"))
 
     def stop_service(self, name: str) -> None:
@@ -270,6 +339,11 @@ class Supervisor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the services, supervise them, stop them. See the class docstring."""
         self._clock = trio.current_time
+        if self._phase != "new":
+            raise RuntimeError("a Supervisor runs once")
+        self._advance("starting")
+        if self._stop_reason is not None:  # shutdown() before run()
+            self._advance("stopping")
         if self._bus is None:
             self._bus = Bus()
         self._started_at = self._clock()
@@ -289,6 +363,9 @@ class Supervisor:
                         )
                         _log.info("bus served on a unix socket", path=str(self._socket_path))
                     gave_up = await self._supervise(task_status)
+                except BaseException as exc:
+                    self._stopping("cancelled" if isinstance(exc, trio.Cancelled) else f"failed: {exc!r}")
+                    raise
                 finally:
                     with trio.CancelScope(shield=True):
                         await self._shutdown(gave_up)
@@ -298,6 +375,7 @@ class Supervisor:
             if temp_dir is not None:
                 shutil.rmtree(temp_dir, ignore_errors=True)
                 self._socket_path = None
+            self._advance("stopped")
         if gave_up is not None:
             raise SupervisorGaveUp(gave_up)
         _log.info("supervisor stopped")
@@ -310,8 +388,10 @@ class Supervisor:
         while True:
             for name in engine.start_due(self._clock()):
                 self._spawn(name)
-            if not started and all(row.state in _SETTLED for row in engine.status()):
+            if not started and all(row.state in _SETTLED and row.start_at is None for row in engine.status()):
                 started = True
+                if self._phase == "starting":
+                    self._advance("up")
                 _log.info(
                     "all services ready",
                     services=len(self._order),
@@ -324,6 +404,9 @@ class Supervisor:
                 event = await self._receive.receive()
             if event is None:
                 continue
+            if isinstance(event, _Probe):
+                event.answered.set()
+                continue
             if isinstance(event, _Command) and event.action == "shutdown":
                 if not started:
                     task_status.started()
@@ -333,13 +416,14 @@ class Supervisor:
                 continue
             if decision.give_up is not None:
                 _log.critical("supervisor gives up", reason=decision.give_up)
+                self._stopping(f"gave up: {decision.give_up}")
                 await self._stop_names(decision.stop)
                 return decision.give_up
             if decision.stop:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._stop_names, decision.stop)
 
-    def _handle(self, event: _Event) -> Decision | None:
+    def _handle(self, event: _Ready | _Exited | _Command) -> Decision | None:
         """Tell the engine what happened; return its decision, if it made one."""
         now = self._clock()
         engine = self._engine
@@ -382,7 +466,9 @@ class Supervisor:
                 event = self._receive.receive_nowait()
             except trio.WouldBlock:
                 break
-            if isinstance(event, _Exited) and event.stopped:
+            if isinstance(event, _Probe):
+                event.answered.set()  # answered "not healthy": the phase is no longer "up"
+            elif isinstance(event, _Exited) and event.stopped:
                 with contextlib.suppress(TransitionError):
                     self._engine.on_stopped(event.name, self._clock())
 
