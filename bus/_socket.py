@@ -715,10 +715,12 @@ class RemotePublisher(Generic[T]):
     `Topic`); the broker checks again, and reports a refusal asynchronously (raised by the next publish).
     """
 
-    __slots__ = ("_check", "_client", "_name", "_run", "topic")
+    __slots__ = ("_check", "_client", "_client_name", "_name", "_outbox", "_run", "topic")
 
     def __init__(self, client: RemoteBusClient, name: str, topic: Topic[T] | None) -> None:
         self._client = client
+        self._client_name = client.name
+        self._outbox = client._outbox
         self._name = name
         self._run: Publish | None = None
         self._check: Callable[[Any], Any] | None = None if topic is None else topic._check
@@ -732,13 +734,12 @@ class RemotePublisher(Generic[T]):
         """
         # The hot path of a service in its own process: a handful of attribute loads, the topic's rules,
         # and two appends to the PUBLISH still waiting for the writer (a new one when it has gone).
-        client = self._client
-        if client._problem is not None:
-            client._raise_problem()
+        if self._client._problem is not None:
+            self._client._raise_problem()
         check = self._check
         if check is not None:
             value = check(value)
-        outbox = client._outbox
+        outbox = self._outbox
         if outbox.count >= outbox.limit:
             raise trio.WouldBlock
         if timestamp is None:
@@ -754,7 +755,7 @@ class RemotePublisher(Generic[T]):
         else:
             self._run = run = Publish(self._name, [value], [timestamp])
             outbox.put(run)
-        return _new_sample(Sample, (self._name, value, timestamp, _NAN, client.name, 0))
+        return _new_sample(Sample, (self._name, value, timestamp, _NAN, self._client_name, 0))
 
     async def publish(self, value: T, *, timestamp: float | None = None) -> Sample[T]:
         """Like `publish_nowait`, but waits for room in the outgoing queue."""

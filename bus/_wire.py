@@ -39,7 +39,7 @@ from bus._errors import (
 )
 from bus._permissions import Permissions
 from bus._sample import Sample
-from bus._topic import Overflow, QoS, Topic
+from bus._topic import FloatList, Overflow, QoS, Topic
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -254,7 +254,7 @@ def _values(value: Any, field: str) -> list[Any]:
     if type(value) is list and value:
         return value
     if type(value) is bytes and value and len(value) % 8 == 0:
-        return _numbers(value, field, len(value) // 8)
+        return FloatList(_numbers(value, field, len(value) // 8))
     raise _bad(field, "a non-empty array of values, or packed doubles", value)
 
 
