@@ -173,20 +173,8 @@ async def vwos_broker_publisher(path: str, burst: int) -> None:
         await nursery.start(_serve, the_bus, path)
         publisher = the_bus.client("bench.publisher").publisher(SPEED)
         _say("ready")
-        checkpoint = trio.lowlevel.checkpoint
         async for words in _trio_commands():
-            values = speeds(int(words[1]))
-            chunks = [values[i : i + burst] for i in range(0, len(values), burst)]
-            publish = publisher.publish_nowait
-            gc.collect()
-            started = time.perf_counter()
-            for chunk in chunks:
-                for value in chunk:
-                    try:
-                        publish(value)
-                    except trio.WouldBlock:  # the subscriber's queue (overflow block) is full
-                        await publisher.publish(value)
-                await checkpoint()
+            started = await _publish_bursts(publisher, int(words[1]), burst)
             _say("sent", repr(started), repr(time.perf_counter()))
         nursery.cancel_scope.cancel()
 
@@ -230,25 +218,32 @@ async def vwos_subscriber(path: str, queue_size: int) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def _publish_bursts(publisher: Any, n: int, burst: int) -> float:
+    """Publish ``n`` speeds with ``publish_nowait``, yielding every ``burst``; returns the start time.
+    A full queue (the outgoing one, or a subscriber's with overflow block) makes it wait, then go on."""
+    values = speeds(n)
+    chunks = [values[i : i + burst] for i in range(0, len(values), burst)]
+    publish = publisher.publish_nowait
+    checkpoint = trio.lowlevel.checkpoint
+    gc.collect()
+    started = time.perf_counter()
+    for chunk in chunks:
+        for value in chunk:
+            try:
+                publish(value)
+            except trio.WouldBlock:
+                await publisher.publish(value)
+        await checkpoint()
+    return started
+
+
 async def vwos_publisher(path: str, burst: int) -> None:
     async with bus.connect_unix(path, "bench.publisher") as client:
         publisher = client.publisher(SPEED)
         await client.get(SPEED)  # a round trip: connected, the topic declared
         _say("ready")
-        checkpoint = trio.lowlevel.checkpoint
         async for words in _trio_commands():
-            values = speeds(int(words[1]))
-            chunks = [values[i : i + burst] for i in range(0, len(values), burst)]
-            publish = publisher.publish_nowait
-            gc.collect()
-            started = time.perf_counter()
-            for chunk in chunks:
-                for value in chunk:
-                    try:
-                        publish(value)
-                    except trio.WouldBlock:  # the outgoing queue is full: wait for the writer
-                        await publisher.publish(value)
-                await checkpoint()
+            started = await _publish_bursts(publisher, int(words[1]), burst)
             await client.flush()
             _say("sent", repr(started), repr(time.perf_counter()))
 
