@@ -37,7 +37,7 @@ from bus._pattern import check_pattern, covers, is_pattern
 from bus._permissions import Action, Permissions
 from bus._sample import Sample
 from bus._subscription import Subscription, SubscriptionStatistics
-from bus._topic import Method, Overflow, QoS, Topic
+from bus._topic import FloatList, Method, Overflow, QoS, Topic
 from bus._wire import (
     DEFAULT_MAX_FRAME,
     Call,
@@ -166,10 +166,15 @@ class _Outbox:
             await self._room.park()
 
     async def take(self) -> list[Message]:
-        while not self.items and not self.overfull:
-            self.writing = False
-            self._drained.unpark_all()
-            await self._wake.park()
+        if not self.items and not self.overfull:
+            while not self.items and not self.overfull:
+                self.writing = False
+                self._drained.unpark_all()
+                await self._wake.park()
+            # Woken by the first message: let the tasks that are runnable now add theirs first (one pass
+            # of the scheduler; nothing waits when nothing else runs), so that a busy publisher's bursts
+            # travel as one run in one write. Fewer, larger frames save per-frame work on both ends.
+            await trio.lowlevel.cancel_shielded_checkpoint()
         if self.overfull:
             raise _Stalled(f"more than {4 * self.limit} samples queued for a peer that does not read")
         self.writing = True
@@ -715,14 +720,25 @@ class RemotePublisher(Generic[T]):
     `Topic`); the broker checks again, and reports a refusal asynchronously (raised by the next publish).
     """
 
-    __slots__ = ("_check", "_client", "_client_name", "_name", "_outbox", "_run", "topic")
+    __slots__ = (
+        "_check",
+        "_client",
+        "_client_name",
+        "_floats",
+        "_name",
+        "_outbox",
+        "_run",
+        "topic",
+    )
 
     def __init__(self, client: RemoteBusClient, name: str, topic: Topic[T] | None) -> None:
         self._client = client
         self._client_name = client.name
         self._outbox = client._outbox
         self._name = name
+        #: The PUBLISH this publisher appends to while it is the last one queued.
         self._run: Publish | None = None
+        self._floats = topic is not None and topic.type is float
         self._check: Callable[[Any], Any] | None = None if topic is None else topic._check
         self.topic = topic
 
@@ -753,7 +769,9 @@ class RemotePublisher(Generic[T]):
             run.timestamps.append(timestamp)
             outbox.count += 1
         else:
-            self._run = run = Publish(self._name, [value], [timestamp])
+            # A float topic's checked values are all floats: the run says so, and packs without a look.
+            values = FloatList((value,)) if self._floats else [value]
+            self._run = run = Publish(self._name, values, [timestamp])
             outbox.put(run)
         return _new_sample(Sample, (self._name, value, timestamp, _NAN, self._client_name, 0))
 

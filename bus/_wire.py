@@ -244,7 +244,7 @@ def _span(first: int, n: int) -> tuple[int, ...]:
 
 def _pack_values(values: Sequence[Any]) -> Any:
     """A run's values as they travel: packed doubles if every one is a float, else a CBOR array."""
-    if type(values[0]) is float and set(map(type, values)) == _FLOAT_ONLY:
+    if type(values) is FloatList or (type(values[0]) is float and set(map(type, values)) == _FLOAT_ONLY):
         return pack_doubles(values)
     return values if type(values) is list else list(values)
 
