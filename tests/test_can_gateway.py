@@ -30,7 +30,7 @@ from services.can import (
     send_method,
     status_topic,
 )
-from vwos import ServiceSpec, SupervisorGaveUp, SupervisorPolicy
+from vwos import ServiceSpec, SupervisorPolicy
 from vwos.testing import Harness, open_harness
 
 DBC = Path(__file__).parent / "data" / "test.dbc"
@@ -212,30 +212,54 @@ async def test_actuator_topics_become_frames(autojump_clock: trio.testing.MockCl
     assert bytes(sent.data) == b"\x01\x00"
 
 
-async def test_a_wrong_cyclic_config_fails_at_start_with_a_clear_error(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    link = Link()
+def test_a_wrong_cyclic_config_is_refused_with_a_clear_error() -> None:
     cyclic = (CyclicMessage("DoorCommand", period=0.1, signals={"Nope": 1}),)
-    with pytest.raises(SupervisorGaveUp, match="DoorCommand: no signal 'Nope'"):
-        async with open_harness(gateway(link, cyclic=cyclic)):
-            pass
+    with pytest.raises(ValueError, match=r"\[0\] DoorCommand: no signal 'Nope'"):
+        config(cyclic=cyclic)
 
 
-async def test_a_message_named_like_the_gateways_own_topics_is_refused_clearly(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path
-) -> None:
+def test_a_message_named_like_the_gateways_own_topics_is_refused_clearly(tmp_path: Path) -> None:
     dbc = tmp_path / "status.dbc"
     dbc.write_text(
         'VERSION ""\n\nBS_:\n\nBU_: ECU\n\n'
         'BO_ 100 Status: 1 ECU\n SG_ Ok : 0|8@1+ (1,0) [0|255] "" Vector__XXX\n'
     )
-    link = Link()
-    with pytest.raises(
-        SupervisorGaveUp, match=r"message 'Status' would publish on CAN.body.Status, which is the "
-    ):
-        async with open_harness(gateway(link, database=dbc)):
-            pass
+    with pytest.raises(ValueError, match=r"message 'Status' would publish on CAN.body.Status, which is the "):
+        config(database=dbc)
+    assert config(database=dbc, message_topics=False).database == dbc  # mapped signals only: no clash
+
+
+def test_names_the_database_does_not_have_are_config_problems_at_their_keys(tmp_path: Path) -> None:
+    """`vwos check` finds them: every one, at its key, with the closest name the database has."""
+    from vwos import ConfigError, parse_config
+
+    text = f"""
+    [services.body]
+    plugin = "can_gateway"
+    [services.body.config]
+    database = "{DBC}"
+    transmit = ["DoorComand"]
+    [[services.body.config.signals]]
+    signal = "Speed.VehicleSped"
+    topic = "Vehicle.Speed"
+    [[services.body.config.cyclic]]
+    message = "DoorCommand"
+    period = 0.1
+    signals = {{ Interior = 1, LockReqest = 1 }}
+    [[services.body.config.actuators]]
+    topic = "Vehicle.Cabin.Lock"
+    message = "Nope"
+    signal = "LockRequest"
+    """
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path=tmp_path / "vwos.toml")
+    problems = {p.key_path.rsplit(".", 1)[1]: p.message for p in info.value.problems}
+    assert problems == {
+        "transmit": "no message 'DoorComand' in the database; did you mean 'DoorCommand'?",
+        "signals": "[0] Speed.VehicleSped: Speed: no signal 'VehicleSped'; did you mean 'VehicleSpeed'?",
+        "cyclic": "[0] DoorCommand: no signal 'LockReqest'; did you mean 'LockRequest'?",
+        "actuators": "[0] Vehicle.Cabin.Lock: no message 'Nope' in the database",
+    }
 
 
 # -- health --------------------------------------------------------------------------------------------

@@ -51,8 +51,8 @@ from services.can._codec import (
     _field_name,
     load_database,
 )
+from services.can._codec import suggest as _suggest
 from services.can._sim import SimulatedEcu as SimulatedEcu  # the tool's core, also importable from here
-from services.can._sim import _suggest
 from services.can._transport import CanTransport, LinkDownError, PythonCanTransport
 
 EXIT_OK = 0

@@ -8,6 +8,8 @@ transform. Signal values are decoded with cantools, numeric (choices are not tur
 
 from __future__ import annotations
 
+import difflib
+import functools
 import keyword
 import math
 import os
@@ -97,6 +99,27 @@ def load_database(path: str | os.PathLike[str], *, strict: bool = True) -> canto
     if not isinstance(db, cantools.database.can.Database):
         raise CanDatabaseError(f"{path}: not a CAN database")
     return db
+
+
+@functools.cache
+def _load_cached(path: str, strict: bool, _mtime_ns: int) -> cantools.database.can.Database:
+    return load_database(path, strict=strict)
+
+
+def cached_database(path: str | os.PathLike[str], strict: bool) -> cantools.database.can.Database:
+    """The database at ``path``, loaded once per file version: a config check and the services of one
+    process share it. Raises `CanDatabaseError`."""
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        raise CanDatabaseError(f"{path}: no such file") from None
+    return _load_cached(os.fspath(path), strict, mtime)
+
+
+def suggest(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'X'?"`` for the known name closest to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _field_name(signal: str) -> str:

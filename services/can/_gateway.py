@@ -17,7 +17,8 @@ from services.can._codec import (
     EncodeError,
     FrameError,
     SignalMapping,
-    load_database,
+    cached_database,
+    suggest,
 )
 from services.can._transport import CanTransport, LinkDownError, ReceiveMode, open_python_can
 from vwos import Service, ServiceContext
@@ -61,9 +62,86 @@ class Actuator:
     offset: float = attrs.field(default=0.0, metadata={"help": "see scale"})
 
 
-def _existing_file(_: object, attribute: attrs.Attribute[Path], value: Path) -> None:
+def _gateway_database(inst: Any, attribute: attrs.Attribute[Path], value: Path) -> None:
+    """The database must exist and load (as ``strict`` says), and its messages must not take the names of
+    the gateway's own status topic and send method."""
     if not value.is_file():
         raise ValueError(f"{value}: no such file")
+    try:
+        db = cached_database(value, getattr(inst, "strict", True))
+        if getattr(inst, "message_topics", True):
+            _check_gateway_names(db, value, getattr(inst, "network", "can0"))
+    except CanDatabaseError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_gateway_names(db: Any, path: Path | str, network: str) -> None:
+    for message in db.messages:
+        if message.name in _GATEWAY_NAMES:
+            raise CanDatabaseError(
+                f"{path}: message {message.name!r} would publish on CAN.{network}.{message.name}, which is "
+                f"the gateway's own {_GATEWAY_NAMES[message.name]}; rename the message in the database, or "
+                "set message_topics = false and map its signals"
+            )
+
+
+def _database_of(inst: Any) -> Any:
+    """The config's database, or None when it does not load (reported at ``database``)."""
+    try:
+        return cached_database(inst.database, inst.strict)
+    except (CanDatabaseError, AttributeError):
+        return None
+
+
+def _message(db: Any, name: str) -> Any:
+    try:
+        return db.get_message_by_name(name)
+    except KeyError:
+        known = [m.name for m in db.messages]
+        raise ValueError(f"no message {name!r} in the database{suggest(name, known)}") from None
+
+
+def _signal(message: Any, name: str) -> None:
+    known = [s.name for s in message.signals]
+    if name not in known:
+        raise ValueError(f"{message.name}: no signal {name!r}{suggest(name, known)}")
+
+
+def _known_mappings(inst: Any, attribute: attrs.Attribute[Any], value: tuple[SignalMapping, ...]) -> None:
+    db = _database_of(inst)
+    for i, mapping in enumerate(() if db is None else value):
+        message_name, _, signal_name = mapping.signal.partition(".")
+        try:
+            _signal(_message(db, message_name), signal_name)
+        except ValueError as exc:
+            raise ValueError(f"[{i}] {mapping.signal}: {exc}") from None
+
+
+def _known_transmit(inst: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    db = _database_of(inst)
+    for name in () if db is None else value:
+        if name != "*":
+            _message(db, name)
+
+
+def _known_cyclic(inst: Any, attribute: attrs.Attribute[Any], value: tuple[CyclicMessage, ...]) -> None:
+    db = _database_of(inst)
+    for i, cyclic in enumerate(() if db is None else value):
+        try:
+            message = _message(db, cyclic.message)
+            for name in cyclic.signals:
+                _signal(message, name)
+        except ValueError as exc:
+            raise ValueError(f"[{i}] {exc}") from None
+
+
+def _known_actuators(inst: Any, attribute: attrs.Attribute[Any], value: tuple[Actuator, ...]) -> None:
+    db = _database_of(inst)
+    for i, actuator in enumerate(() if db is None else value):
+        try:
+            _signal(_message(db, actuator.message), actuator.signal)
+        except ValueError as exc:
+            raise ValueError(f"[{i}] {actuator.topic}: {exc}") from None
 
 
 @attrs.frozen
@@ -71,7 +149,7 @@ class GatewayConfig:
     """The gateway's ``[services.NAME.config]``: the database, the interface, what to publish and send."""
 
     database: Path = attrs.field(
-        validator=_existing_file, metadata={"help": "the CAN database (DBC, KCD, SYM, ARXML)"}
+        validator=_gateway_database, metadata={"help": "the CAN database (DBC, KCD, SYM, ARXML)"}
     )
     network: str = attrs.field(
         default="can0", validator=_network_name, metadata={"help": "the network's name in topic names"}
@@ -91,16 +169,22 @@ class GatewayConfig:
         default=True, metadata={"help": "one topic per message, CAN.<network>.<Message>"}
     )
     signals: tuple[SignalMapping, ...] = attrs.field(
-        default=(), metadata={"help": "signals under names of their own"}
+        default=(), validator=_known_mappings, metadata={"help": "signals under names of their own"}
     )
     transmit: tuple[str, ...] = attrs.field(
-        default=(), metadata={"help": "messages the Send method may send; '*' for all"}
+        default=(),
+        validator=_known_transmit,
+        metadata={"help": "messages the Send method may send; '*' for all"},
     )
     cyclic: tuple[CyclicMessage, ...] = attrs.field(
-        default=(), metadata={"help": "messages sent every period; Send changes their values"}
+        default=(),
+        validator=_known_cyclic,
+        metadata={"help": "messages sent every period; Send changes their values"},
     )
     actuators: tuple[Actuator, ...] = attrs.field(
-        default=(), metadata={"help": "bus topics whose samples are sent as a signal"}
+        default=(),
+        validator=_known_actuators,
+        metadata={"help": "bus topics whose samples are sent as a signal"},
     )
     kernel_filters: bool = attrs.field(
         default=True, metadata={"help": "let the kernel drop frames nobody wants"}
@@ -196,15 +280,9 @@ class CanGateway(Service[GatewayConfig]):
         records = None
         if cfg.topics_module is not None:
             records = importlib.import_module(cfg.topics_module).RECORDS
-        db = load_database(cfg.database, strict=cfg.strict)
+        db = cached_database(cfg.database, cfg.strict)
         if cfg.message_topics:
-            for message in db.messages:
-                if message.name in _GATEWAY_NAMES:
-                    raise CanDatabaseError(
-                        f"{cfg.database}: message {message.name!r} would publish on CAN.{cfg.network}."
-                        f"{message.name}, which is the gateway's own {_GATEWAY_NAMES[message.name]}; rename "
-                        "the message in the database, or set message_topics = false and map its signals"
-                    )
+            _check_gateway_names(db, cfg.database, cfg.network)
         self.codec = CanCodec(
             db,
             cfg.network,

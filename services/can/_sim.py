@@ -10,11 +10,8 @@ demo vehicle in ``examples/demo`` does both). See ``docs/can.md``, "sim".
 
 from __future__ import annotations
 
-import difflib
-import functools
 import heapq
 import math
-import os
 import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -27,18 +24,24 @@ import cantools.database
 import trio
 
 from bus import Codec
-from services.can._codec import CanCodec, CanDatabaseError, EncodeError, Frame, load_database
+from services.can._codec import (
+    CanCodec,
+    CanDatabaseError,
+    EncodeError,
+    Frame,
+)
+from services.can._codec import (
+    cached_database as _database_of,
+)
+from services.can._codec import (
+    suggest as _suggest,
+)
 from services.can._transport import CanTransport, LinkDownError, ReceiveMode, open_python_can
 from vwos import Service, ServiceContext
 
 #: A vehicle model behind a `SimulatedEcu`: ``values(message, t)`` is a mapping of signal name to physical
 #: value for ``message`` at ``t`` seconds after the start.
 SignalValues: TypeAlias = Callable[[str, float], Mapping[str, float]]
-
-
-def _suggest(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 _COUNTER = re.compile(r"(?:^|_)(?:COUNTER|CNT|BZ|ALIVE)$", re.IGNORECASE)
@@ -362,21 +365,6 @@ class SimulatedEcu:
 
 
 # -- the service ------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _load_cached(path: str, strict: bool, _mtime_ns: int) -> cantools.database.can.Database:
-    return load_database(path, strict=strict)
-
-
-def _database_of(path: Path, strict: bool) -> cantools.database.can.Database:
-    """The database at ``path``, loaded once per file version (the config check and the service share it).
-    Raises `CanDatabaseError`."""
-    try:
-        mtime = os.stat(path).st_mtime_ns
-    except OSError:
-        raise CanDatabaseError(f"{path}: no such file") from None
-    return _load_cached(os.fspath(path), strict, mtime)
 
 
 def _database(inst: Any, attribute: attrs.Attribute[Path], value: Path) -> None:
