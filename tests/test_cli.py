@@ -363,3 +363,23 @@ def test_output_into_a_closed_pipe_ends_quietly() -> None:
         errors = process.stderr.read()
         assert process.wait(timeout=30) == 141
     assert errors == b""
+
+
+def test_every_argument_of_every_command_has_help_text() -> None:
+    """The generated CLI reference (docs/_ext/vwos_cliref.py) shows it; the docs build fails without."""
+    import argparse
+
+    from vwos._cli import _parser
+
+    missing: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{parser.prog} {action.metavar or action.dest}")
+
+    walk(_parser(extensions=True))
+    assert missing == []

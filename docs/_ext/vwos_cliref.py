@@ -133,6 +133,13 @@ class CliDirective(SphinxDirective):
             )
         rows = []
         for invocation, arg_help in arguments(parser):
+            if not arg_help:
+                logger.warning(
+                    f"vwos-cli: {parser.prog} {invocation}: an argument without help text",
+                    location=self.get_location(),
+                    type="vwos",
+                    subtype="cli",
+                )
             row = nodes.row()
             row += entry(nodes.literal(invocation, invocation))
             row += entry(*inline(arg_help))
