@@ -257,7 +257,9 @@ class BusClient:
         self.name = name
         self.permissions = permissions
         #: Declared publishers by the id of the topic object (or name) they were asked for.
-        self._publishers: dict[int, tuple[Publisher[Any], Topic[Any] | str]] = {}
+        #: Declared publishers by topic name (a str) or by the id of the Topic object (kept alive beside it,
+        #: so that its id is not reused).
+        self._publishers: dict[int | str, tuple[Publisher[Any], Topic[Any] | str]] = {}
         self._subscriptions: list[Subscription[Any]] = []
         self._closed = False
 
@@ -282,7 +284,7 @@ class BusClient:
         """A declared publisher for one topic: the permission is checked once, here; its
         ``publish_nowait`` is the fastest way to publish (like Zenoh's and ROS 2's declared publishers).
         """
-        key = id(topic)
+        key = topic if type(topic) is str else id(topic)
         cached = self._publishers.get(key)
         if cached is not None:
             return cached[0]
@@ -291,7 +293,7 @@ class BusClient:
         publisher: Publisher[Any] = Publisher(self, self.bus._state(topic))
         if len(self._publishers) > 4096:  # someone builds a new Topic per publish: stay bounded
             self._publishers.clear()
-        self._publishers[key] = (publisher, topic)  # the topic is kept alive, so its id is not reused
+        self._publishers[key] = (publisher, topic)
         return publisher
 
     @overload
@@ -309,7 +311,7 @@ class BusClient:
         Publishing often on one topic? `publisher` saves the look-up.
         """
         try:
-            publisher = self._publishers[id(topic)][0]
+            publisher = self._publishers[topic if type(topic) is str else id(topic)][0]
         except KeyError:
             publisher = self.publisher(topic)
         return publisher.publish_nowait(value, timestamp=timestamp)
@@ -543,8 +545,6 @@ class BusClient:
         for sub in list(self._subscriptions):
             sub.close()
         self._closed = True
-        for publisher, _ in self._publishers.values():
-            publisher._closed = True
         self._publishers.clear()
 
     def __repr__(self) -> str:
@@ -554,7 +554,7 @@ class BusClient:
 class Publisher(Generic[T]):
     """A declared publisher of one topic, made by `BusClient.publisher`: the fast path of publishing."""
 
-    __slots__ = ("_client", "_clock", "_closed", "_name", "_parked", "_state", "topic")
+    __slots__ = ("_client", "_clock", "_name", "_parked", "_state", "topic")
 
     def __init__(self, client: BusClient, state: _TopicState) -> None:
         self._client = client
@@ -562,14 +562,13 @@ class Publisher(Generic[T]):
         self._state = state
         self._clock = client.bus.clock
         self._parked = client.bus._parked
-        self._closed = False
         self.topic: Topic[T] = state.topic
 
     def publish_nowait(self, value: T, *, timestamp: float | None = None) -> Sample[T]:
         """See `BusClient.publish_nowait`."""
         # The hot path: no look-up, no permission check (done once), the rules compiled into one function,
         # the sample built once and shared by every subscriber, each push a deque's own C append.
-        if self._closed:
+        if self._client._closed:
             raise trio.ClosedResourceError(f"bus client {self._name!r} is closed")
         state = self._state
         value = state.check(value)
@@ -599,7 +598,7 @@ class Publisher(Generic[T]):
         a ``block`` subscriber filled up (wait for room, then publish the rest). Raises `ValueRefusedError`
         if a value breaks the topic's rules: then nothing was published (publish them one by one to keep
         the others)."""
-        if self._closed:
+        if self._client._closed:
             raise trio.ClosedResourceError(f"bus client {self._name!r} is closed")
         state = self._state
         values = state.topic._check_many(values)

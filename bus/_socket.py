@@ -8,6 +8,7 @@ whose API mirrors `BusClient`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -39,6 +40,7 @@ from bus._sample import Sample
 from bus._subscription import Subscription, SubscriptionStatistics
 from bus._topic import FloatList, Method, Overflow, QoS, Topic
 from bus._wire import (
+    _ACTIONS,
     DEFAULT_MAX_FRAME,
     Call,
     Cancel,
@@ -92,7 +94,6 @@ DEFAULT_MAX_PENDING: Final = 4096
 _HANDSHAKE_TIMEOUT: Final = 5.0
 _READ_SIZE: Final = 65536
 _MAX_CALLS_IN_FLIGHT: Final = 1024
-_ACTIONS: Final = ("publish", "subscribe", "serve", "call")
 
 
 @attrs.frozen
@@ -437,15 +438,22 @@ def _fatal_bytes(conn: Connection, exc: ProtocolError) -> bytes:
         return b""
 
 
-class _Forwarded:
-    """A call the broker forwarded to the client that serves its method."""
+class _Pending:
+    """A request waiting for its answer: a call to the broker (client side), or a call the broker
+    forwarded to the client that serves its method (broker side)."""
 
     __slots__ = ("done", "error", "result")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.result: Any = None
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        """End the wait with ``error``, unless it has ended already."""
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
 
 
 class _StatusCallback:
@@ -477,9 +485,8 @@ class _Session:
         self.write_timeout = write_timeout
         self.outbox = _Outbox(max_pending)
         self.subs: dict[int, Subscription[Any]] = {}
-        self.publishers: dict[str, Publisher[Any]] = {}
         self.calls: dict[int, trio.CancelScope] = {}
-        self.forwarded: dict[int, _Forwarded] = {}
+        self.forwarded: dict[int, _Pending] = {}
         self.served: dict[str, trio.CancelScope] = {}
         self.next_id = 0
         self.ending: BaseException | None = None
@@ -518,11 +525,8 @@ class _Session:
 
     def _fail_forwarded(self) -> None:
         for pending in self.forwarded.values():
-            if not pending.done.is_set():
-                pending.error = _named_exception(
-                    "ConnectionLost", f"the serving client {self.client.name!r} disconnected"
-                )
-                pending.done.set()
+            lost = f"the serving client {self.client.name!r} disconnected"
+            pending.fail(_named_exception("ConnectionLost", lost))
 
     async def _read_loop(self) -> None:
         conn = self.conn
@@ -537,13 +541,7 @@ class _Session:
         put = self.outbox.put
         if isinstance(m, Publish):
             try:
-                publisher = self.publishers.get(m.topic)
-                if publisher is None:
-                    publisher = self.client.publisher(m.topic)
-                    if len(self.publishers) > 4096:
-                        self.publishers.clear()
-                    self.publishers[m.topic] = publisher
-                await self._publish(publisher, m.values, m.timestamps)
+                await self._publish(self.client.publisher(m.topic), m.values, m.timestamps)
             except BusError as exc:
                 put(error_from_exception(None, exc))
         elif isinstance(m, Deliver | Hello | Welcome | Refused):  # pragma: no cover - the state machine
@@ -636,13 +634,8 @@ class _Session:
                 values, timestamps = values[done:], timestamps[done:]
         except ValueRefusedError as refused:
             for value, timestamp in zip(values, timestamps, strict=True):
-                try:
-                    try:
-                        publisher.publish_nowait(value, timestamp=timestamp)
-                    except trio.WouldBlock:
-                        await publisher.publish(value, timestamp=timestamp)
-                except ValueRefusedError:
-                    continue
+                with contextlib.suppress(ValueRefusedError):
+                    await publisher.publish(value, timestamp=timestamp)  # waits for room, as above
             raise refused from None
 
     async def _forward(self, sub_id: int, sub: Subscription[Any]) -> None:
@@ -676,7 +669,7 @@ class _Session:
         async def forward(arg: Any) -> Any:
             self.next_id += 1
             call_id = self.next_id
-            pending = _Forwarded()
+            pending = _Pending()
             self.forwarded[call_id] = pending
             try:
                 self.outbox.put(Call(call_id, method, arg, None))
@@ -701,15 +694,6 @@ class _Session:
 
 
 # -- the client side --------------------------------------------------------------------------------------
-
-
-class _Pending:
-    __slots__ = ("done", "error", "result")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
 
 
 class RemotePublisher(Generic[T]):
@@ -807,7 +791,8 @@ class RemoteBusClient:
         self._stream = stream
         self._outbox = _Outbox(DEFAULT_MAX_PENDING)
         self._topics: dict[str, Topic[Any]] = {}
-        self._publishers: dict[int, tuple[RemotePublisher[Any], Topic[Any] | str]] = {}
+        #: Declared publishers by topic name (a str) or by the id of the Topic object (kept alive beside it).
+        self._publishers: dict[int | str, tuple[RemotePublisher[Any], Topic[Any] | str]] = {}
         self._subs: dict[int, Subscription[Any]] = {}
         self._pushed: dict[int, list[int]] = {}
         self._parked: set[Subscription[Any]] = set()
@@ -872,7 +857,8 @@ class RemoteBusClient:
     def publisher(self, topic: str) -> RemotePublisher[Any]: ...
     def publisher(self, topic: Topic[Any] | str) -> RemotePublisher[Any]:
         """A declared publisher for one topic (see `BusClient.publisher`)."""
-        cached = self._publishers.get(id(topic))
+        key = topic if type(topic) is str else id(topic)
+        cached = self._publishers.get(key)
         if cached is not None:
             return cached[0]
         name = topic if isinstance(topic, str) else topic.name
@@ -888,7 +874,7 @@ class RemoteBusClient:
         publisher: RemotePublisher[Any] = RemotePublisher(self, name, known)
         if len(self._publishers) > 4096:
             self._publishers.clear()
-        self._publishers[id(topic)] = (publisher, topic)
+        self._publishers[key] = (publisher, topic)
         return publisher
 
     @overload
@@ -899,7 +885,7 @@ class RemoteBusClient:
         self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None
     ) -> Sample[Any]:
         """Queue a publish (see `RemotePublisher.publish_nowait`)."""
-        cached = self._publishers.get(id(topic))
+        cached = self._publishers.get(topic if type(topic) is str else id(topic))
         publisher = cached[0] if cached is not None else self.publisher(topic)
         return publisher.publish_nowait(value, timestamp=timestamp)
 
@@ -1169,9 +1155,7 @@ class RemoteBusClient:
             if not self._closed:
                 _log.warning("connection to the broker lost", client=self.name, reason=reason)
             for pending in self._pending.values():
-                if not pending.done.is_set():
-                    pending.error = self._lost
-                    pending.done.set()
+                pending.fail(self._lost)
             for sub in list(self._subs.values()):
                 sub.close()
             for send in self._handlers.values():
@@ -1193,24 +1177,22 @@ class RemoteBusClient:
 
     async def _push(self, sub_id: int, sub: Subscription[Any], samples: list[Sample[Any]]) -> None:
         counter = self._pushed[sub_id]
-        if sub.overflow is Overflow.LATEST:
-            for sample in samples:  # a pattern's samples: the latest of each topic
-                sub.push(sample)
-        elif sub.overflow is Overflow.BLOCK:
-            while samples and not sub.closed:
+        while samples and not sub.closed:
+            if sub.overflow is Overflow.BLOCK:
                 room = sub.room
                 if room <= 0:
                     await sub._wait_for_space()  # back-pressure, through the socket, to the publisher
                     continue
-                sub.push_run(samples[:room])
-                counter[0] += min(room, len(samples))
-                sub.wake()
-                samples = samples[room:]
-            return
-        else:
-            sub.push_run(samples)  # a deque with maxlen: drops the oldest by itself
-        counter[0] += len(samples)
-        sub.wake()
+                now, samples = samples[:room], samples[room:]
+            else:
+                now, samples = samples, []
+            if sub.overflow is Overflow.LATEST:
+                for sample in now:  # a pattern's samples: the latest of each topic
+                    sub.push(sample)
+            else:
+                sub.push_run(now)  # drop_oldest: a deque with maxlen drops the oldest by itself
+            counter[0] += len(now)
+            sub.wake()
 
     def _dispatch(self, m: Message) -> None:
         if isinstance(m, Reply | Error):
