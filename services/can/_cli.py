@@ -53,7 +53,7 @@ from services.can._codec import (
 )
 from services.can._codec import suggest as _suggest
 from services.can._sim import SimulatedEcu as SimulatedEcu  # the tool's core, also importable from here
-from services.can._transport import CanTransport, LinkDownError, PythonCanTransport
+from services.can._transport import CanTransport, LinkDownError, PythonCanTransport, frame_message
 
 EXIT_OK = 0
 #: The CAN link failed while a tool was running.
@@ -127,15 +127,6 @@ def open_bus(
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise ToolError(f"cannot open {interface} channel {channel!r}: {reason}{hint}") from None
     return PythonCanTransport(bus)
-
-
-def _frame_message(frame: Frame) -> can.Message:
-    return can.Message(
-        arbitration_id=frame.arbitration_id,
-        data=frame.data,
-        is_extended_id=frame.is_extended_id,
-        is_fd=frame.is_fd,
-    )
 
 
 def _json_number(value: float) -> float | None:
@@ -732,7 +723,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     def send(frame: Frame) -> None:
         nonlocal dropped, failing_since
         try:
-            transport.send(_frame_message(frame))
+            transport.send(frame_message(frame))
         except (LinkDownError, can.CanError) as exc:
             now = trio.current_time()
             if failing_since is None:

@@ -20,7 +20,7 @@ from services.can._codec import (
     cached_database,
     suggest,
 )
-from services.can._transport import CanTransport, LinkDownError, ReceiveMode, open_python_can
+from services.can._transport import CanTransport, LinkDownError, ReceiveMode, frame_message, open_python_can
 from vwos import Service, ServiceContext
 
 #: SocketCAN error class bit of a bus-off error frame (linux/can/error.h, CAN_ERR_BUSOFF).
@@ -280,9 +280,7 @@ class CanGateway(Service[GatewayConfig]):
         records = None
         if cfg.topics_module is not None:
             records = importlib.import_module(cfg.topics_module).RECORDS
-        db = cached_database(cfg.database, cfg.strict)
-        if cfg.message_topics:
-            _check_gateway_names(db, cfg.database, cfg.network)
+        db = cached_database(cfg.database, cfg.strict)  # names checked by the config's validators
         self.codec = CanCodec(
             db,
             cfg.network,
@@ -456,14 +454,7 @@ class CanGateway(Service[GatewayConfig]):
         transport = self._transport
         if transport is None:
             raise LinkDownError(f"CAN network {self.config.network} is down: {self._reason}")
-        transport.send(
-            can.Message(
-                arbitration_id=frame.arbitration_id,
-                data=frame.data,
-                is_extended_id=frame.is_extended_id,
-                is_fd=frame.is_fd,
-            )
-        )
+        transport.send(frame_message(frame))
         self.counters.frames_sent += 1
 
     async def _send_request(self, request: SendRequest) -> bool:

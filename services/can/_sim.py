@@ -36,7 +36,7 @@ from services.can._codec import (
 from services.can._codec import (
     suggest as _suggest,
 )
-from services.can._transport import CanTransport, LinkDownError, ReceiveMode, open_python_can
+from services.can._transport import CanTransport, LinkDownError, ReceiveMode, frame_message, open_python_can
 from vwos import Service, ServiceContext
 
 #: A vehicle model behind a `SimulatedEcu`: ``values(message, t)`` is a mapping of signal name to physical
@@ -548,14 +548,7 @@ class CanSimulator(Service[SimConfigT]):
             self.frames_dropped += 1
             return
         try:
-            transport.send(
-                can.Message(
-                    arbitration_id=frame.arbitration_id,
-                    data=frame.data,
-                    is_extended_id=frame.is_extended_id,
-                    is_fd=frame.is_fd,
-                )
-            )
+            transport.send(frame_message(frame))
         except (LinkDownError, can.CanError) as exc:
             self.frames_dropped += 1
             self._problem("send", f"a frame was not sent: {exc}")

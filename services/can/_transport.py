@@ -11,6 +11,8 @@ from typing import Any, Literal, Protocol
 import can
 import trio
 
+from services.can._codec import Frame
+
 #: At most this many frames are handed over at once (keeps a burst from starving other tasks).
 MAX_BATCH = 512
 
@@ -222,3 +224,13 @@ class MemoryTransport:
 
 #: Opens a transport for the gateway; tests swap it for one returning a `MemoryTransport`.
 TransportFactory = Callable[[], CanTransport]
+
+
+def frame_message(frame: Frame) -> can.Message:
+    """The python-can message that sends ``frame``."""
+    return can.Message(
+        arbitration_id=frame.arbitration_id,
+        data=frame.data,
+        is_extended_id=frame.is_extended_id,
+        is_fd=frame.is_fd,
+    )

@@ -270,8 +270,8 @@ class BatchBuilder:
         if exact > self.max_bytes:
             raise SampleTooLargeError(topic, exact, self.max_bytes)
 
-    def _body(self, samples: Sequence[tuple[str, int, object]]) -> tuple[bytes, int, int]:
-        """The uncompressed body of ``samples`` (non-empty), with its first and last timestamp."""
+    def _body(self, samples: Sequence[tuple[str, int, object]]) -> bytes:
+        """The uncompressed body of ``samples`` (non-empty)."""
         index: dict[str, int] = {}
         setdefault = index.setdefault
         topic_index = [setdefault(topic, len(index)) for topic, _, _ in samples]
@@ -280,7 +280,7 @@ class BatchBuilder:
         body = _dumps(
             [first, last, list(index), topic_index, [t - first for t in times], [v for _, _, v in samples]]
         )
-        return body, first, last
+        return body
 
     def build(self, seq: int, samples: Sequence[tuple[str, int, object]]) -> bytes:
         """The batch of all ``samples`` (at least one), compressed if enabled and smaller.
@@ -291,7 +291,7 @@ class BatchBuilder:
             raise BatchError("a batch holds at least one sample")
         if not 0 <= seq <= _INT_MAX:
             raise BatchError(f"seq must be 0 to 2**64 - 1, not {seq}")
-        body, _, _ = self._body(samples)
+        body = self._body(samples)
         size = self._envelope_size(seq, len(body))
         if size > self.max_bytes:
             raise BatchError(
@@ -318,7 +318,7 @@ class BatchBuilder:
             raise BatchError(f"seq must be 0 to 2**64 - 1, not {seq}")
         limit = self.max_bytes
         n = len(candidates)
-        body, _, _ = self._body(candidates)
+        body = self._body(candidates)
         size = self._envelope_size(seq, len(body))
         if size <= limit:
             return self._seal(seq, body), n
@@ -331,7 +331,7 @@ class BatchBuilder:
             guess = min(max(guess, lo + 1), hi - 1)
             if hi - lo > 8 and (guess - lo < (hi - lo) // 16 or hi - guess < (hi - lo) // 16):
                 guess = (lo + hi) // 2  # interpolation stalls at an end: bisect instead
-            body, _, _ = self._body(candidates[:guess])
+            body = self._body(candidates[:guess])
             size = self._envelope_size(seq, len(body))
             if size <= limit:
                 lo, lo_size, lo_body = guess, size, body

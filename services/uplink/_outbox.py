@@ -38,6 +38,7 @@ from services.uplink._batch import (
     BatchError,
     SampleTooLargeError,
     prepare_value,
+    to_us,
 )
 from services.uplink._campaign import Keep
 
@@ -210,10 +211,6 @@ def _decode_chunk(data: bytes) -> tuple[list[int], list[int], list[Any]]:
     if not len(tids) == len(times) == len(values) > 0:
         raise ValueError("a chunk's columns differ in length or are empty")
     return tids, times, values
-
-
-def _now_us(now: float) -> int:
-    return round(now * 1_000_000)
 
 
 class Outbox:
@@ -443,8 +440,7 @@ class Outbox:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
         """One write transaction; on any failure it is rolled back and the in-memory state reloaded."""
-        if self._closed:
-            raise OutboxError(self.path, "the outbox is closed")
+        self._check_open()
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         pending = self._pending = defaultdict(int)
@@ -591,7 +587,7 @@ class Outbox:
                 self._count(counter, 1)
             if self._chunk_bytes + self._formed_bytes > self.quota_bytes:
                 if now is not None:
-                    self._purge_expired(_now_us(now))
+                    self._purge_expired(to_us(now))
                 self._enforce_quota()
         if on_refused is not None:
             for topic, _, reason in refused:
@@ -693,7 +689,7 @@ class Outbox:
         store together.
         """
         self._check_open()
-        now_us = _now_us(now)
+        now_us = to_us(now)
         while True:
             row = self._db.execute(
                 "SELECT seq, expires_us, samples, bytes, groups FROM batches "
@@ -856,6 +852,11 @@ class Outbox:
             for (counter, key), value in sorted(self._counters.items())
             if counter == name and key.startswith(prefix) and value
         }
+
+    @property
+    def unformed_bytes(self) -> int:
+        """Bytes of the stored samples not yet formed into a batch (what the next batch can take)."""
+        return self._chunk_bytes
 
     def statistics(self) -> OutboxStatistics:
         """What the outbox holds and has done (the drop and refusal counts persist across restarts)."""

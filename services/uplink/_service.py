@@ -215,8 +215,7 @@ class Uplink(Service[UplinkConfig]):
             self.ctx.log.warning("sample refused by the outbox", topic=topic, reason=reason)
 
         self.outbox.accept(rows, now=time.time(), on_refused=refused)
-        stats = self.outbox.statistics()
-        self._stored_bytes = stats.stored_bytes - stats.formed_bytes
+        self._stored_bytes = self.outbox.unformed_bytes
         return self._stored_bytes >= self.config.max_batch_bytes // 3
 
     # -- send -----------------------------------------------------------------------------------------
@@ -269,7 +268,6 @@ class Uplink(Service[UplinkConfig]):
                 await transport.publish(seq, payload)  # returns once acknowledged
                 async with self._lock:
                     await trio.to_thread.run_sync(self.outbox.ack, seq)
-                last_sent = trio.current_time()
                 if self._stored_bytes < cfg.max_batch_bytes // 3:
                     break  # the rest waits for a fuller batch, at most batch_delay
             last_sent = trio.current_time()
