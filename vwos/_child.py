@@ -29,6 +29,7 @@ from vwos._isolation import (
     EXIT_MEMORY,
     ChildPayload,
     decode_payload,
+    describe_failure,
 )
 
 _MEMORY_REPORT = b'{"exit": "memory"}\n'  # written without allocating much, after a MemoryError
@@ -152,12 +153,6 @@ def _has(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def _describe(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}"
-
-
 def main() -> int:
     # The control channel is the original stdout; fd 1 becomes stderr, so print() cannot corrupt it.
     control = _Control(os.dup(1))
@@ -187,7 +182,7 @@ def main() -> int:
             return EXIT_MEMORY
         if isinstance(exc, SystemExit | KeyboardInterrupt):
             raise
-        control.send(exit="error", error=_describe(exc))
+        control.send(exit="error", error=describe_failure(exc))
         import structlog
 
         structlog.get_logger("vwos.child").error("service failed", exc_info=exc)

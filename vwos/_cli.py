@@ -28,7 +28,8 @@ import structlog
 import trio
 
 from vwos._config import ConfigError, SupervisorConfig, load_config
-from vwos._logging import LEVELS, configure_logging
+from vwos._isolation import unwrap
+from vwos._logging import FORMATS, LEVELS, configure_logging
 from vwos._plugins import installed_plugins
 from vwos._structure import FieldDoc, describe_fields
 from vwos._supervisor import Supervisor, SupervisorGaveUp
@@ -94,7 +95,7 @@ def _parser(*, extensions: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, metavar="SECONDS", help="stop cleanly after this long")
     run.add_argument(
         "--log-format",
-        choices=("auto", "console", "json"),
+        choices=FORMATS,
         default="auto",
         help="console on a terminal, JSON lines otherwise (default: auto)",
     )
@@ -295,7 +296,7 @@ async def _run(config: SupervisorConfig, duration: float | None, socket: str | N
     await trio.Path(socket_path.parent).mkdir(parents=True, exist_ok=True)
     bus = Bus()
     supervisor = Supervisor(
-        [s for s in config.services if s.enabled],
+        config.services,  # the supervisor leaves out disabled ones
         policy=config.policy,
         state_dir=config.state_dir,
         bus=bus,
@@ -423,12 +424,6 @@ def _dump(obj: Any) -> str:
     return json.dumps(_jsonable(obj))
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def _say(err: TextIO, message: str) -> None:
     err.write(f"vwos: {message}\n")
 
@@ -450,7 +445,7 @@ async def run_control(
     try:
         return await command(client, args, out)
     except BaseException as raised:
-        exc = _leaf(raised)
+        exc = unwrap(raised)
         if isinstance(exc, PermissionDeniedError):
             _say(err, f"permission denied: {exc.client!r} may not {exc.action} {exc.name!r}")
             return EXIT_FAILED
@@ -713,7 +708,7 @@ async def _connect_and_run(command: ControlCommand, args: argparse.Namespace) ->
             connected = True
             return await run_control(command, client, args, sys.stdout, sys.stderr)
     except BaseException as raised:
-        exc = _leaf(raised)
+        exc = unwrap(raised)
         if connected and not isinstance(exc, OSError | EOFError | trio.BrokenResourceError):
             raise
         if isinstance(exc, FileNotFoundError):

@@ -87,11 +87,12 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 
 from bus import Permissions
+from vwos._logging import LogLevel
 from vwos._plugins import PluginError, load_plugin, prepend_sys_path
 from vwos._policy import BackoffPolicy, Restart, Strategy, SupervisorPolicy
 from vwos._service import Service
@@ -111,7 +112,6 @@ __all__ = [
     "parse_config",
 ]
 
-LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 

@@ -31,7 +31,7 @@ import trio
 
 from bus import Bus, BusClient, Method, Permissions, Topic, UnknownTopicError, default_codec
 from vwos._policy import State
-from vwos._supervisor import Supervisor
+from vwos._supervisor import _SETTLED, Supervisor
 
 __all__ = [
     "CONTROL_ADMIN",
@@ -470,9 +470,7 @@ def _record(row: Any) -> ServiceRecord:
     )
 
 
-_SETTLED_STATES = frozenset(
-    {State.RUNNING.value, State.STOPPED.value, State.EXITED.value, State.FAILED.value}
-)
+_SETTLED_STATES = frozenset(state.value for state in _SETTLED)
 
 
 class ControlPlane:
@@ -590,7 +588,7 @@ class ControlPlane:
 
     async def read_logs(self, request: LogsRequest) -> LogsReply:
         await trio.lowlevel.checkpoint()
-        self._check_service(request.service)
+        self._row(request.service)  # no such service: ControlError
         return self.logs.read(request.service, lines=request.lines, after=request.after)
 
     async def convert(self, request: ConvertRequest) -> ConvertReply:
@@ -620,16 +618,16 @@ class ControlPlane:
 
     # -- operate -------------------------------------------------------------------------------------
 
-    def _check_service(self, name: str) -> None:
-        names = [row.name for row in self.supervisor.status()]
-        if name not in names:
-            raise ControlError(f"no such service: {name!r} (services: {', '.join(names) or 'none'})")
-
     def _row(self, name: str) -> ServiceRecord:
-        return next(_record(r) for r in self.supervisor.status() if r.name == name)
+        """The status of service ``name``; `ControlError` naming the services if there is none."""
+        rows = self.supervisor.status()
+        for row in rows:
+            if row.name == name:
+                return _record(row)
+        names = ", ".join(row.name for row in rows) or "none"
+        raise ControlError(f"no such service: {name!r} (services: {names})")
 
     async def _operate(self, action: str, request: ServiceRequest) -> OperateReply:
-        self._check_service(request.service)
         before = self._row(request.service)
         _log.info("control: operator request", action=action, service=request.service)
         getattr(self.supervisor, f"{action}_service")(request.service)

@@ -42,6 +42,8 @@ import attrs
 import structlog
 import trio
 
+from vwos._logging import LEVELS, service_logger
+
 if TYPE_CHECKING:
     from vwos._supervisor import ServiceSpec
 
@@ -64,7 +66,21 @@ ENV_SYS_PATH = "VWOS_CHILD_SYS_PATH"
 
 _LENGTH = struct.Struct("!Q")
 _STDERR_TAIL = 20
-_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The exception inside exception groups of one member each (what a nursery wraps one error in)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def describe_failure(exc: BaseException) -> str:
+    """How a service's failure is reported: ``Type: message``, or an isolated service's own reason."""
+    exc = unwrap(exc)
+    if isinstance(exc, IsolatedServiceFailed):
+        return exc.reason
+    return f"{type(exc).__name__}: {exc}"
 
 
 class IsolatedServiceFailed(Exception):
@@ -325,7 +341,7 @@ async def _relay_stderr(
     stream: trio.abc.ReceiveStream, name: str, pid: int, report: _Report, done: trio.Event
 ) -> None:
     """Relay the child's log lines into the supervisor's log; keep the tail of anything else."""
-    logger = structlog.get_logger("vwos.service").bind(service=name, pid=pid)
+    logger = service_logger(name).bind(pid=pid)
     try:
         lines = _Lines(stream)
         while (raw := await lines.next()) is not None:
@@ -344,7 +360,7 @@ async def _relay_stderr(
                 record.pop("pid", None)
                 if "exception" in record:
                     record["exception"] = _format_exception(record["exception"])
-                method = getattr(logger, level if level in _LEVELS else "info")
+                method = getattr(logger, level if level in LEVELS else "info")
                 try:
                     method(event, **{str(k): v for k, v in record.items()})
                 except Exception:  # a record our renderer cannot show: relay it as text

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Literal, TextIO
+from typing import Literal, TextIO, get_args
 
 import structlog
 
 LogFormat = Literal["auto", "console", "json"]
-LEVELS = ("debug", "info", "warning", "error", "critical")
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+FORMATS: tuple[str, ...] = get_args(LogFormat)
+LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 
 def configure_logging(

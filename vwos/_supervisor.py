@@ -21,7 +21,7 @@ import structlog
 import trio
 
 from bus import Bus, PeerCredentials, Permissions, serve_unix
-from vwos._isolation import IsolatedServiceFailed, check_picklable, run_isolated
+from vwos._isolation import check_picklable, describe_failure, run_isolated
 from vwos._logging import service_logger
 from vwos._policy import (
     BackoffPolicy,
@@ -511,7 +511,7 @@ class Supervisor:
                         if spec.watchdog is not None:
                             nursery.start_soon(self._watchdog, child, spec.watchdog, nursery.cancel_scope)
         except Exception as exc:
-            exit, error = Exit.ERROR, _describe(exc)
+            exit, error = Exit.ERROR, describe_failure(exc)
         finally:
             child.done.set()
         if child.cancel_reason is Exit.START_TIMEOUT:
@@ -621,11 +621,3 @@ class _StartedFlag:
     def started(self, value: None = None) -> None:
         self.called = True
         self._inner.started()
-
-
-def _describe(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    if isinstance(exc, IsolatedServiceFailed):
-        return exc.reason
-    return f"{type(exc).__name__}: {exc}"

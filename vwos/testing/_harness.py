@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -178,12 +179,14 @@ async def open_harness(
     recorder: list[Sample[Any]] = []
     client = bus.client("test", permissions)
     tap = bus.client("vwos.testing").subscribe("**", queue_size=1_000_000, overflow=Overflow.DROP_OLDEST)
-    with tempfile.TemporaryDirectory(prefix="vwos-test-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if state_dir is None:  # a temporary one only when none is given (the pytest fixture gives one)
+            state_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vwos-test-")))
         supervisor = Supervisor(
             specs,
             policy=policy if policy is not None else SupervisorPolicy(intensity=0, period=1.0),
             bus=bus,
-            state_dir=state_dir if state_dir is not None else Path(tmp),
+            state_dir=state_dir,
         )
         harness = Harness(supervisor, client, recorder)
 
