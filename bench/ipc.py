@@ -35,8 +35,6 @@ import importlib.metadata
 import logging
 import os
 import select
-import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -55,14 +53,13 @@ sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 
 import structlog
 import trio
-from mqtt_broker import MOSQUITTO, BrokerError, MosquittoBroker
+from mqtt_broker import MOSQUITTO, BrokerError, MosquittoBroker, free_port, mosquitto_version
 
 import bus
 from bench import _table
+from bench.bus import SPEED, ZENOH_KEY, ZENOH_LOCAL_ONLY, speeds
 from vwos._runtime import tune_gc
 
-SPEED = bus.Topic("Vehicle.Speed", float, unit="km/h", min=0, max=400, description="vehicle speed")
-ZENOH_KEY = "vehicle/speed"
 MQTT_TOPIC = "vehicle/speed"
 DEFAULT_SAMPLES = 200_000
 DEFAULT_BURST = 100
@@ -75,13 +72,10 @@ FIRST_SAMPLE_TIMEOUT = 10.0
 START_TIMEOUT = 20.0
 #: How long a child may take to stop before it is killed.
 STOP_TIMEOUT = 3.0
+#: mosquitto's log without its per-message debug lines (``log_type all`` writes one for every PUBLISH).
+QUIET_LOG = ("error", "warning", "notice", "information")
 #: The 8-byte payload of zenoh and MQTT: a little-endian double.
 PACK = struct.Struct("<d").pack
-
-
-def speeds(n: int) -> list[float]:
-    """``n`` plausible speeds in km/h, all within the topic's range (as in ``bench/bus.py``)."""
-    return [(i * 7.3) % 400.0 for i in range(n)]
 
 
 def _say(*words: object) -> None:
@@ -252,16 +246,12 @@ async def vwos_publisher(path: str, burst: int) -> None:
 
 
 def _zenoh_session(zenoh: Any, port: int, *, listen: bool) -> Any:
+    """A peer with bench/bus.py's local-only settings, but listening on, or connecting to, one TCP port."""
     endpoint = f'["tcp/127.0.0.1:{port}"]'
     config = zenoh.Config()
-    for key, json5 in (
-        ("mode", '"peer"'),
-        ("listen/endpoints", endpoint if listen else "[]"),
-        ("connect/endpoints", "[]" if listen else endpoint),
-        ("scouting/multicast/enabled", "false"),
-        ("scouting/gossip/enabled", "false"),
-    ):
+    for key, json5 in ZENOH_LOCAL_ONLY:
         config.insert_json5(key, json5)
+    config.insert_json5("listen/endpoints" if listen else "connect/endpoints", endpoint)
     return zenoh.open(config)
 
 
@@ -555,13 +545,6 @@ def _started(stack: contextlib.ExitStack, scratch: Path, role: str, *args: objec
     return process
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _version(distribution: str) -> str | None:
     try:
         return importlib.metadata.version(distribution)
@@ -575,26 +558,6 @@ def _missing_module(name: str) -> str | None:
     except ImportError as exc:
         return f"{name} is not importable ({type(exc).__name__}: {exc})"
     return None
-
-
-class QuietMosquitto(MosquittoBroker):
-    """The test suite's broker without its per-message debug log (``log_type all``), which would make
-    mosquitto write a log line for every PUBLISH it receives and sends."""
-
-    def _write_config(self) -> None:
-        super()._write_config()
-        text = self.config_file.read_text()
-        quiet = "log_type error\nlog_type warning\nlog_type notice\nlog_type information"
-        self.config_file.write_text(text.replace("log_type all", quiet))
-
-
-def mosquitto_version() -> str | None:
-    try:
-        proc = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    words = (proc.stdout + proc.stderr).split()
-    return words[2] if len(words) > 2 and words[:2] == ["mosquitto", "version"] else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -637,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if zenoh_missing is None:
 
             def start_zenoh(stack: contextlib.ExitStack) -> tuple[Child, Child]:
-                port = _free_port()
+                port = free_port()
                 subscriber = _started(stack, scratch, "zenoh-subscriber", port)
                 return _started(stack, scratch, "zenoh-publisher", port), subscriber
 
@@ -647,15 +610,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             zenoh = Figure([], zenoh_missing)
 
         mqtt_missing = _missing_module("paho.mqtt.client")
-        if (
-            mqtt_missing is None
-            and shutil.which("mosquitto", path=f"{os.environ.get('PATH', '')}:/usr/sbin") is None
-        ):
-            mqtt_missing = "no mosquitto (Debian package mosquitto)"
+        if mqtt_missing is None and not os.access(MOSQUITTO, os.X_OK):  # the program MosquittoBroker runs
+            mqtt_missing = f"no {MOSQUITTO} (Debian package mosquitto)"
         if mqtt_missing is None:
 
             def start_mqtt(stack: contextlib.ExitStack) -> tuple[Child, Child]:
-                broker = stack.enter_context(QuietMosquitto(scratch / "mosquitto"))
+                broker = stack.enter_context(MosquittoBroker(scratch / "mosquitto", log_types=QUIET_LOG))
                 subscriber = _started(stack, scratch, "mqtt-subscriber", broker.port)
                 return _started(stack, scratch, "mqtt-publisher", broker.port), subscriber
 

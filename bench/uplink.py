@@ -41,9 +41,7 @@ import importlib.metadata
 import json
 import logging
 import random
-import re
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,7 +57,13 @@ sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 import attrs
 import structlog
 import trio
-from mqtt_broker import MOSQUITTO, BrokerError, MosquittoBroker, Subscriber, mosquitto_unavailable_reason
+from mqtt_broker import (
+    BrokerError,
+    MosquittoBroker,
+    Subscriber,
+    mosquitto_unavailable_reason,
+    mosquitto_version,
+)
 
 from bench import _table
 from bus import default_codec
@@ -335,16 +339,6 @@ def filter_run(rows: Sequence[Row]) -> float:
 
 
 # -- the whole benchmark ---------------------------------------------------------------------------------
-
-
-def mosquitto_version() -> str | None:
-    """The version mosquitto reports (``mosquitto -h``), or None."""
-    try:
-        proc = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    found = re.search(r"mosquitto version (\S+)", proc.stdout + proc.stderr)
-    return found.group(1) if found else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

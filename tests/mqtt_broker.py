@@ -31,12 +31,13 @@ from __future__ import annotations
 import atexit
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -68,6 +69,16 @@ def _which(name: str, fallback: str | None = None) -> str | None:
     if found is None and fallback is not None and os.access(fallback, os.X_OK):
         return fallback
     return found
+
+
+def mosquitto_version() -> str | None:
+    """The version mosquitto reports (``mosquitto -h``), or None."""
+    try:
+        proc = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"mosquitto version (\S+)", proc.stdout + proc.stderr)
+    return found.group(1) if found else None
 
 
 def mosquitto_unavailable_reason() -> str | None:
@@ -174,7 +185,8 @@ def make_certificates(directory: Path, *, client_cn: str = "vehicle-1") -> Certi
 # -- the broker ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on the loopback address now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         port: int = s.getsockname()[1]
@@ -205,6 +217,7 @@ class MosquittoBroker:
         users: Mapping[str, str] | None = None,
         require_certificate: bool = False,
         persistent: bool = False,
+        log_types: Sequence[str] = ("all",),
     ) -> None:
         if require_certificate and certificates is None:
             raise ValueError("require_certificate needs certificates")
@@ -214,6 +227,8 @@ class MosquittoBroker:
         self.require_certificate = require_certificate
         #: Keep sessions and queued QoS 1 messages across a restart (a persistent subscriber misses nothing).
         self.persistent = persistent
+        #: mosquitto's ``log_type`` lines: everything by default (a line per message, for debugging tests).
+        self.log_types = tuple(log_types)
         self.host = HOST
         self.port = 0
         self.tls_port: int | None = None
@@ -249,7 +264,7 @@ class MosquittoBroker:
                 else ["persistence false"]
             ),
             f"log_dest file {self.log_file}",
-            "log_type all",
+            *(f"log_type {kind}" for kind in self.log_types),
             "per_listener_settings true",
             "max_keepalive 65535",
             f"listener {self.port} {HOST}",
@@ -287,8 +302,8 @@ class MosquittoBroker:
         first = self.port == 0
         for attempt in range(3):
             if first:
-                self.port, self.open_port = _free_port(), _free_port()
-                self.tls_port = _free_port() if self.certificates is not None else None
+                self.port, self.open_port = free_port(), free_port()
+                self.tls_port = free_port() if self.certificates is not None else None
             self._write_config()
             try:
                 self._spawn()

@@ -16,15 +16,11 @@ from __future__ import annotations
 import attrs
 import trio
 from demo_signals import AUTO_LOCK_COMMANDS, AUTO_LOCK_STATE, DOOR_LOCKED, DOOR_OPEN, NETWORK, SPEED
+from demo_signals import positive as _positive
 
 from bus import BusError, Subscription
 from services.can import SendRequest, send_method
 from vwos import Service, ServiceContext
-
-
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"must be positive, not {value:g}")
 
 
 def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:

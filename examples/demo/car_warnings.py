@@ -12,14 +12,10 @@ from __future__ import annotations
 import attrs
 import trio
 from demo_signals import FUEL_LEVEL, LOW_FUEL, TIRE_LOW, TIRE_PRESSURE
+from demo_signals import positive as _positive
 
 from bus import Subscription, Topic
 from vwos import Service, ServiceContext
-
-
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"must be positive, not {value:g}")
 
 
 def _not_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:

@@ -42,6 +42,7 @@ from demo_signals import (
     TRIP_DURATION,
     TRIP_FUEL,
 )
+from demo_signals import positive as _positive
 
 from bus import BusError, Subscription, Topic
 from vwos import Service, ServiceContext
@@ -52,11 +53,6 @@ STATUS_METHOD = "Vwos.Control.Read.Status"
 STALE_AFTER = 2.0
 WIDTH = 78
 LEVER = "PRND"
-
-
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"must be positive, not {value:g}")
 
 
 @attrs.frozen

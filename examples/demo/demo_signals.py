@@ -10,7 +10,7 @@ where it has one.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from bus import Method, Topic
 from services.can import STALE_AFTER_CYCLES
@@ -180,3 +180,9 @@ TIRE_LOW: Final = {
     wheel: Topic(f"Vehicle.Chassis.Axle.{place}.Tire.IsPressureLow", bool, description="low tyre pressure")
     for wheel, place in WHEELS.items()
 }
+
+
+def positive(_: object, attribute: Any, value: float) -> None:
+    """The attrs validator the demo services' configs share: seconds, limits and rates above zero."""
+    if not value > 0:
+        raise ValueError(f"must be positive, not {value:g}")

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Final, Literal
 
 import attrs
 import trio
+from demo_signals import positive as _positive
 
 from services.can import CanSimulator, SimulatorConfig
 from vwos import ServiceContext
@@ -95,11 +96,6 @@ def _in_range(low: float, high: float) -> Any:
             raise ValueError(f"expected a number from {low:g} to {high:g}, got {value:g}")
 
     return check
-
-
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"must be positive, not {value:g}")
 
 
 @attrs.frozen

@@ -26,14 +26,10 @@ from demo_signals import (
     TRIP_DURATION,
     TRIP_FUEL,
 )
+from demo_signals import positive as _positive
 
 from bus import Subscription
 from vwos import Service, ServiceContext
-
-
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"must be positive, not {value:g}")
 
 
 @attrs.frozen
