@@ -245,6 +245,21 @@ def _method_of(method: Method[Any, Any] | str) -> Method[Any, Any]:
     return Method(method) if isinstance(method, str) else method
 
 
+def _check_call(mdef: Method[Any, Any], arg: Any, timeout: float) -> None:
+    """A call's argument against the method's request type, and its timeout (in every bus client)."""
+    if mdef.request is not object and not isinstance(arg, mdef.request):
+        raise ValueRefusedError(mdef.name, f"expected a {mdef.request.__qualname__} argument", arg)
+    if not (timeout > 0):
+        raise ValueError(f"timeout must be positive seconds, not {timeout!r}")
+
+
+def _response_problem(mdef: Method[Any, Any], result: Any) -> str | None:
+    """What is wrong with a handler's ``result`` for the method's response type, or None."""
+    if mdef.response is not object and not isinstance(result, mdef.response):
+        return f"handler returned {type(result).__name__}, expected {mdef.response.__qualname__}"
+    return None
+
+
 class BusClient:
     """One client's handle on the bus. Every operation is checked against the client's permissions.
 
@@ -483,9 +498,9 @@ class BusClient:
                     _log.info("method handler raised", method=mdef.name, caller=call.caller, error=repr(exc))
                     call.finish(error=RemoteError(mdef.name, type(exc).__name__, str(exc)))
                     return
-                if mdef.response is not object and not isinstance(result, mdef.response):
-                    error = f"handler returned {type(result).__name__}, expected {mdef.response.__qualname__}"
-                    call.finish(error=RemoteError(mdef.name, "TypeError", error))
+                problem = _response_problem(mdef, result)
+                if problem is not None:
+                    call.finish(error=RemoteError(mdef.name, "TypeError", problem))
                 else:
                     call.finish(result)
         finally:
@@ -507,10 +522,7 @@ class BusClient:
         """
         mdef = _method_of(method)
         self._require(Action.CALL, mdef.name)
-        if mdef.request is not object and not isinstance(arg, mdef.request):
-            raise ValueRefusedError(mdef.name, f"expected a {mdef.request.__qualname__} argument", arg)
-        if not (timeout > 0):
-            raise ValueError(f"timeout must be positive seconds, not {timeout!r}")
+        _check_call(mdef, arg, timeout)
         server = self.bus._servers.get(mdef.name)
         if server is None:
             await trio.lowlevel.checkpoint()

@@ -23,7 +23,15 @@ import attrs
 import structlog
 import trio
 
-from bus._bus import DEFAULT_CALL_TIMEOUT, Bus, BusClient, Publisher
+from bus._bus import (
+    DEFAULT_CALL_TIMEOUT,
+    Bus,
+    BusClient,
+    Publisher,
+    _check_call,
+    _method_of,
+    _response_problem,
+)
 from bus._errors import (
     BusError,
     CallTimeoutError,
@@ -1024,12 +1032,9 @@ class RemoteBusClient:
         timeout: float = DEFAULT_CALL_TIMEOUT,  # noqa: ASYNC109 - it travels with the request, as in BusClient
     ) -> Any:
         """Call a method served anywhere on the bus (see `BusClient.call`; the same errors)."""
-        mdef = Method(method) if isinstance(method, str) else method
+        mdef = _method_of(method)
         self._require(Action.CALL, mdef.name)
-        if mdef.request is not object and not isinstance(arg, mdef.request):
-            raise ValueRefusedError(mdef.name, f"expected a {mdef.request.__qualname__} argument", arg)
-        if not (timeout > 0):
-            raise ValueError(f"timeout must be positive seconds, not {timeout!r}")
+        _check_call(mdef, arg, timeout)
         call_id = self._new_id()
         pending = _Pending()
         self._pending[call_id] = pending
@@ -1046,9 +1051,9 @@ class RemoteBusClient:
         if pending.error is not None:
             raise pending.error
         result = pending.result
-        if mdef.response is not object and not isinstance(result, mdef.response):
-            message = f"handler returned {type(result).__name__}, expected {mdef.response.__qualname__}"
-            raise RemoteError(mdef.name, "TypeError", message)
+        problem = _response_problem(mdef, result)
+        if problem is not None:
+            raise RemoteError(mdef.name, "TypeError", problem)
         return result
 
     async def serve(
@@ -1062,7 +1067,7 @@ class RemoteBusClient:
         """Serve ``method`` on the bus until cancelled (see `BusClient.serve`): calls from any client of the
         bus reach ``handler`` here. Registered with the broker once started (errors such as
         `MethodAlreadyServedError` are raised before that)."""
-        mdef: Method[Any, Any] = Method(method) if isinstance(method, str) else method
+        mdef = _method_of(method)
         self._require(Action.SERVE, mdef.name)
         if mdef.name in self._handlers:
             raise MethodAlreadyServedError(mdef.name, self.name)
@@ -1106,11 +1111,10 @@ class RemoteBusClient:
                     )
                 )
             else:
-                if mdef.response is not object and not isinstance(result, mdef.response):
-                    text = f"handler returned {type(result).__name__}, expected {mdef.response.__qualname__}"
-                    self._outbox.put(
-                        Error(call.id, "remote", "TypeError", text, [mdef.name, "TypeError", text])
-                    )
+                problem = _response_problem(mdef, result)
+                if problem is not None:
+                    args = [mdef.name, "TypeError", problem]
+                    self._outbox.put(Error(call.id, "remote", "TypeError", problem, args))
                 else:
                     self._outbox.put(Reply(call.id, result))
             finally:
