@@ -547,11 +547,16 @@ class RestartEngine:
         """The operator stops a child: it is stopped and stays stopped, whatever its restart type."""
         child = self._child(name)
         child.held = True
+        return Decision(stop=(name,)) if self._stop_child(child) else Decision()
+
+    def _stop_child(self, child: _Child) -> bool:
+        """Make ``child`` end up stopped: a running one stops, one already stopping will not restart, a
+        waiting one is stopped at once. Returns whether the driver must stop it."""
         if child.state in _ACTIVE:
             child.state = State.STOPPING
             child.after_stop = State.STOPPED
             child.group = None
-            return Decision(stop=(name,))
+            return True
         if child.state is State.STOPPING:
             if child.after_stop is State.BACKOFF:
                 child.after_stop = State.STOPPED
@@ -559,7 +564,7 @@ class RestartEngine:
         elif child.waiting:
             child.state = State.STOPPED
             child.group = None
-        return Decision()
+        return False
 
     def on_start_requested(self, name: str, now: float) -> Decision:
         """The operator starts a child: at once (skipping any backoff), with its failure count reset."""
@@ -700,14 +705,7 @@ class RestartEngine:
         for child in reversed(self._order):
             if child is except_:
                 continue
-            if child.state in _ACTIVE:
-                child.state = State.STOPPING
-                child.after_stop = State.STOPPED
+            if self._stop_child(child):
                 stop.append(child.name)
-            elif child.state is State.STOPPING:
-                if child.after_stop is State.BACKOFF:
-                    child.after_stop = State.STOPPED
-            elif child.waiting:
-                child.state = State.STOPPED
             child.group = None
         return tuple(stop)
