@@ -53,7 +53,13 @@ from services.can._codec import (
 )
 from services.can._codec import suggest as _suggest
 from services.can._sim import SimulatedEcu as SimulatedEcu  # the tool's core, also importable from here
-from services.can._transport import CanTransport, LinkDownError, PythonCanTransport, frame_message
+from services.can._transport import (
+    CanTransport,
+    LinkDownError,
+    PythonCanTransport,
+    can_filters,
+    frame_message,
+)
 
 EXIT_OK = 0
 #: The CAN link failed while a tool was running.
@@ -670,9 +676,7 @@ def _cmd_dump(args: argparse.Namespace) -> int:
         ids = {(m.frame_id, bool(m.is_extended_frame)) for m in chosen}
     filters = None
     if ids is not None:
-        filters = [
-            {"can_id": fid, "can_mask": 0x1FFFFFFF if ext else 0x7FF, "extended": ext} for fid, ext in ids
-        ]
+        filters = can_filters(ids)
     view = FrameView(codec, channel=args.channel)
     transport = open_bus(args.interface, args.channel, fd=args.fd, bitrate=args.bitrate, filters=filters)
 

@@ -20,7 +20,15 @@ from services.can._codec import (
     cached_database,
     suggest,
 )
-from services.can._transport import CanTransport, LinkDownError, ReceiveMode, frame_message, open_python_can
+from services.can._transport import (
+    CanTransport,
+    LinkDownError,
+    ProblemLog,
+    ReceiveMode,
+    can_filters,
+    frame_message,
+    open_python_can,
+)
 from vwos import Service, ServiceContext
 
 #: SocketCAN error class bit of a bus-off error frame (linux/can/error.h, CAN_ERR_BUSOFF).
@@ -295,8 +303,7 @@ class CanGateway(Service[GatewayConfig]):
         self._status = ctx.bus.publisher(status_topic(cfg.network))
         self._transport: CanTransport | None = None
         self._state, self._reason, self._mode = "down", "starting", ""
-        self._last_log: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._problem = ProblemLog(ctx.log, "CAN frame problem", cfg.log_interval)
         self._cyclic_values = {c.message: dict(c.signals) for c in cfg.cyclic}
         for cyclic in cfg.cyclic:  # fail at start, not at the first period, if the config is wrong
             self.codec.encode(cyclic.message, cyclic.signals)
@@ -319,10 +326,7 @@ class CanGateway(Service[GatewayConfig]):
         if cfg.kernel_filters:
             wanted = self.codec.wanted_ids()
             if len(wanted) <= 512:  # CAN_RAW_FILTER_MAX
-                filters = [
-                    {"can_id": fid, "can_mask": 0x1FFFFFFF if ext else 0x7FF, "extended": ext}
-                    for fid, ext in wanted
-                ]
+                filters = can_filters(wanted)
         return open_python_can(
             cfg.interface,
             cfg.channel,
@@ -397,17 +401,6 @@ class CanGateway(Service[GatewayConfig]):
             timestamp = msg.timestamp
             for topic, value in decoded:
                 publishers[topic.name].publish_nowait(value, timestamp=timestamp)
-
-    def _problem(self, kind: str, message: str) -> None:
-        """Log a receive problem at a limited rate: the first at once, then one summary per interval."""
-        now = trio.current_time()
-        last = self._last_log.get(kind)
-        if last is not None and now - last < self.config.log_interval:
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-            return
-        self._last_log[kind] = now
-        more = self._suppressed.pop(kind, 0)
-        self.ctx.log.warning("CAN frame problem", kind=kind, detail=message, suppressed_since_last=more)
 
     # -- status ---------------------------------------------------------------------------------------
 

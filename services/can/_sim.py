@@ -36,7 +36,15 @@ from services.can._codec import (
 from services.can._codec import (
     suggest as _suggest,
 )
-from services.can._transport import CanTransport, LinkDownError, ReceiveMode, frame_message, open_python_can
+from services.can._transport import (
+    CanTransport,
+    LinkDownError,
+    ProblemLog,
+    ReceiveMode,
+    can_filters,
+    frame_message,
+    open_python_can,
+)
 from vwos import Service, ServiceContext
 
 #: A vehicle model behind a `SimulatedEcu`: ``values(message, t)`` is a mapping of signal name to physical
@@ -483,10 +491,7 @@ class CanSimulator(Service[SimConfigT]):
     def open_transport(self) -> CanTransport:
         """Open the CAN link (tests may override it with a `MemoryTransport`)."""
         cfg = self.config
-        filters = [
-            {"can_id": fid, "can_mask": 0x1FFFFFFF if ext else 0x7FF, "extended": ext}
-            for fid, ext in self._receive
-        ]
+        filters = can_filters(self._receive)
         return open_python_can(
             cfg.interface,
             cfg.channel,
@@ -514,8 +519,7 @@ class CanSimulator(Service[SimConfigT]):
             (m.frame_id, bool(m.is_extended_frame)): m for m in db.messages if m.name in receive
         }
         self._transport: CanTransport | None = None
-        self._last_log: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._problem = ProblemLog(ctx.log, "CAN simulator problem", cfg.log_interval)
         #: Frames sent, frames dropped (link down or refusing), frames of ``receive`` messages handed on.
         self.frames_sent = self.frames_dropped = self.frames_received = 0
         self.ecu = SimulatedEcu(
@@ -607,14 +611,3 @@ class CanSimulator(Service[SimConfigT]):
                 continue
             self.frames_received += 1
             self.received(message.name, signals, now)
-
-    def _problem(self, kind: str, message: str) -> None:
-        """Log a problem at a limited rate: the first at once, then one line per ``log_interval``."""
-        now = trio.current_time()
-        last = self._last_log.get(kind)
-        if last is not None and now - last < self.config.log_interval:
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-            return
-        self._last_log[kind] = now
-        more = self._suppressed.pop(kind, 0)
-        self.ctx.log.warning("CAN simulator problem", kind=kind, detail=message, suppressed_since_last=more)

@@ -4,7 +4,7 @@ a transport interface with a mock implementation as the test seam)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -130,6 +130,33 @@ def socketcan_link_problem(channel: str) -> str | None:
     except (OSError, ValueError):
         return None  # cannot tell: let the socket say
     return None if value & _IFF_UP else f"{channel}: the interface is down"
+
+
+class ProblemLog:
+    """Problems logged at a limited rate, per kind: the first at once, then at most one line per
+    ``interval`` seconds (trio's clock), each saying how many of that kind were left out since."""
+
+    def __init__(self, log: Any, event: str, interval: float) -> None:
+        self._log = log
+        self._event = event
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(self, kind: str, detail: str) -> None:
+        now = trio.current_time()
+        last = self._last.get(kind)
+        if last is not None and now - last < self._interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        more = self._suppressed.pop(kind, 0)
+        self._log.warning(self._event, kind=kind, detail=detail, suppressed_since_last=more)
+
+
+def can_filters(ids: Iterable[tuple[int, bool]]) -> list[dict[str, Any]]:
+    """python-can's kernel filters that pass exactly the frames with these ``(id, extended)`` pairs."""
+    return [{"can_id": fid, "can_mask": 0x1FFFFFFF if ext else 0x7FF, "extended": ext} for fid, ext in ids]
 
 
 def open_python_can(
