@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import vcan  # tests/ is on sys.path (pytest's default "prepend" import mode)
@@ -15,6 +16,13 @@ import vcan  # tests/ is on sys.path (pytest's default "prepend" import mode)
 _VCAN_RAN = ("vcan", "ran")  # a user property the fixture leaves on the report of a test it served
 
 
+def skip_or_fail(reason: str, *, ci_message: str | None = None) -> NoReturn:
+    """Skip the test for ``reason``; under CI (``CI=true``), where everything must run, fail it instead."""
+    if vcan.ci_requires_vcan():
+        pytest.fail(ci_message or reason, pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def vcan_runner(request: pytest.FixtureRequest) -> vcan.VcanRunner:
     """``run_in_vcan``; skips the test (fails it under ``CI=true``) if vcan cannot run here."""
@@ -22,9 +30,7 @@ def vcan_runner(request: pytest.FixtureRequest) -> vcan.VcanRunner:
         pytest.fail("a test that uses vcan_runner must be marked @pytest.mark.vcan", pytrace=False)
     reason = vcan.vcan_unavailable_reason()
     if reason is not None:
-        if vcan.ci_requires_vcan():
-            pytest.fail(f"vcan tests must run under CI=true, but: {reason}", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail(reason, ci_message=f"vcan tests must run under CI=true, but: {reason}")
     request.node.user_properties.append(_VCAN_RAN)
     return vcan.run_in_vcan
 
@@ -81,10 +87,7 @@ MQB_DBC = SHARED / "dbc" / "vw_mqb.dbc"
 def require_shared_file(path: Path) -> Path:
     """``path`` if it exists; else skip the test (fail it under ``CI=true``) saying what is missing."""
     if not path.is_file():
-        reason = f"{path} is missing: these tests need the project's ../shared beside the checkout"
-        if vcan.ci_requires_vcan():
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail(f"{path} is missing: these tests need the project's ../shared beside the checkout")
     return path
 
 
@@ -108,10 +111,7 @@ import mqtt_broker  # noqa: E402 -- this section's helper module (tests/ is on s
 def _require_mosquitto() -> None:
     reason = mqtt_broker.mosquitto_unavailable_reason()
     if reason is not None:
-        message = f"MQTT tests need Debian's mosquitto, mosquitto-clients and openssl; {reason}"
-        if vcan.ci_requires_vcan():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        skip_or_fail(f"MQTT tests need Debian's mosquitto, mosquitto-clients and openssl; {reason}")
 
 
 @pytest.fixture(scope="session")
