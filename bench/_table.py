@@ -8,7 +8,7 @@ its figures several times, prints a table of them beside the references measured
     args = parser.parse_args()
     runs = _table.Runs("samples/s", [measure() for _ in range(args.repeat)])
     table = _table.Table("what was measured", ["figure", "best", "median", "spread"])
-    table.row("our figure", _table.rate(runs.best), _table.rate(runs.median), _table.percent(runs.spread))
+    table.runs("our figure", runs)
     _table.emit(args, {"our_figure_per_s": runs.best, **_table.environment()}, table)
 
 A benchmark script in ``bench/`` must put the project root first on ``sys.path`` before importing anything
@@ -134,10 +134,13 @@ class Table:
             raise ValueError(f"{len(cells)} cells for {len(self.columns)} columns")
         self.rows.append([str(c) for c in cells] + [""] * (len(self.columns) - len(cells)))
 
-    def runs(self, label: str, runs: Runs, fmt: Callable[[float | None], str] | None = None) -> None:
-        """A row of a measured figure: best and median (by ``fmt``, a rate by default), and spread."""
+    def runs(
+        self, label: str, runs: Runs, *extra: object, fmt: Callable[[float | None], str] | None = None
+    ) -> None:
+        """A row of a measured figure: best and median (by ``fmt``, a rate by default), spread, then the
+        ``extra`` cells (a ratio to a reference, say)."""
         show = rate if fmt is None else fmt
-        self.row(label, show(runs.best), show(runs.median), percent(runs.spread))
+        self.row(label, show(runs.best), show(runs.median), percent(runs.spread), *extra)
 
     def rule(self) -> None:
         """A separating line before the next row."""

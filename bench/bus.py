@@ -403,31 +403,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(publisher bursts of {burst}, {len(latency_values):,} for latency), Python {result['python']}",
         ["figure", "best", "median", "spread", "vwos / it"],
     )
-    table.row(
-        "vwos 1 -> 1 delivered", _table.rate(one.best), _table.rate(one.median), _table.percent(one.spread)
-    )
+    table.runs("vwos 1 -> 1 delivered", one)
     table.runs(f"vwos 1 -> {FAN_OUT} delivered (sum)", ten)
-    table.runs("vwos 1 -> 1 latency p50", p50, _table.micros)
-    table.runs("vwos 1 -> 1 latency p99", p99, _table.micros)
+    table.runs("vwos 1 -> 1 latency p50", p50, fmt=_table.micros)
+    table.runs("vwos 1 -> 1 latency p99", p99, fmt=_table.micros)
     table.rule()
     if zenoh_runs is not None:
-        table.row(
-            "zenoh 1 -> 1 (1 session, callback, 8 B)",
-            _table.rate(zenoh_runs.best),
-            _table.rate(zenoh_runs.median),
-            _table.percent(zenoh_runs.spread),
-            _table.times(vs_zenoh),
-        )
+        table.runs("zenoh 1 -> 1 (1 session, callback, 8 B)", zenoh_runs, _table.times(vs_zenoh))
     else:
         table.row("zenoh 1 -> 1", "-", "-", "-", "-")
         table.note(f"zenoh not measured: {z.unavailable}")
-    table.row(
-        "trio memory channel 1 -> 1",
-        _table.rate(chan.best),
-        _table.rate(chan.median),
-        _table.percent(chan.spread),
-        _table.times(vs_trio),
-    )
+    table.runs("trio memory channel 1 -> 1", chan, _table.times(vs_trio))
     table.note(
         "best: highest rate / lowest latency of the runs; spread: (max - min) / median; "
         "vwos / it: vwos 1 -> 1 delivered over that reference"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import gc
 import heapq
 import importlib.metadata
@@ -682,34 +683,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     }
 
+    frames_per_s = functools.partial(_table.rate, unit=" frames/s")
     table = _table.Table(
         f"vwos CAN gateway, {DBC.name} ({len(messages)} of its {len(db.messages)} messages, "
         f"{per_bus:,.0f} frames/s per bus): best of {repeat} run{'s' if repeat > 1 else ''} of {n:,} "
         f"frames in batches of {batch}, Python {result['python']}",
         ["figure", "best", "median", "spread", "gateway / it"],
     )
-    table.row(
-        "gateway, whole path: frames -> subscriber",
-        _table.rate(whole.best, " frames/s"),
-        _table.rate(whole.median, " frames/s"),
-        _table.percent(whole.spread),
-    )
-    table.runs("gateway, whole path: CPU per frame", cpu, _table.micros)
+    table.runs("gateway, whole path: frames -> subscriber", whole, fmt=frames_per_s)
+    table.runs("gateway, whole path: CPU per frame", cpu, fmt=_table.micros)
     table.rule()
-    table.row(
+    table.runs(
         "CanCodec.decode alone",
-        _table.rate(codec_runs.best, " frames/s"),
-        _table.rate(codec_runs.median, " frames/s"),
-        _table.percent(codec_runs.spread),
+        codec_runs,
         _table.times(_table.ratio(whole.best, codec_runs.best)),
+        fmt=frames_per_s,
     )
-    table.row(
-        "cantools decode_message alone (the floor)",
-        _table.rate(cantools_runs.best, " frames/s"),
-        _table.rate(cantools_runs.median, " frames/s"),
-        _table.percent(cantools_runs.spread),
-        _table.times(vs_cantools),
-    )
+    floor = "cantools decode_message alone (the floor)"
+    table.runs(floor, cantools_runs, _table.times(vs_cantools), fmt=frames_per_s)
     table.rule()
     table.row(
         f"paced {PACED_FRAMES_PER_S:,} frames/s, {paced_run.seconds:.1f} s: dropped",

@@ -483,13 +483,8 @@ def report(
         def show(value: float | None) -> str:
             return "-" if value is None else (f"{value:.3f} s" if unit == "s" else f"{value:.1f} MiB")
 
-        table.row(
-            label,
-            show(runs_.best),
-            show(runs_.median),
-            _table.percent(runs_.spread),
-            "" if bare is None else _table.times(_table.ratio(runs_.median, bare)),
-        )
+        versus = "" if bare is None else _table.times(_table.ratio(runs_.median, bare))
+        table.runs(label, runs_, versus, fmt=show)
 
     row("vwos: spawn -> READY=1 (all services up)", ready, "s", bare_ready.median)
     row("vwos: RSS at READY=1", rss_at_ready, "MiB", bare_rss.median)

@@ -685,14 +685,7 @@ def report(args: Any, vwos: Figure, vwos_2: Figure, zenoh: Figure, mosquitto: Fi
             table.row(name, "-", "-", "-", "-", "-")
             table.note(f"{name.split(' ')[0]} not measured: {figure.unavailable}")
         else:
-            table.row(
-                name,
-                _table.rate(rates.best),
-                _table.rate(rates.median),
-                _table.percent(rates.spread),
-                f"{figure.missing:,}",
-                _table.times(versus),
-            )
+            table.runs(name, rates, f"{figure.missing:,}", _table.times(versus))
 
     row("vwos (broker + 2 clients, Unix socket)", vwos, ours, None)
     row("vwos (publisher in the broker, 1 client)", vwos_2, two, None)
