@@ -312,12 +312,10 @@ class BusClient:
         return publisher
 
     @overload
-    def publish_nowait(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> Sample[T]: ...
+    def publish_nowait(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> None: ...
     @overload
-    def publish_nowait(self, topic: str, value: Any, *, timestamp: float | None = None) -> Sample[Any]: ...
-    def publish_nowait(
-        self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None
-    ) -> Sample[Any]:
+    def publish_nowait(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
+    def publish_nowait(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
         """Check ``value`` against the topic's rules and deliver it to every matching subscriber.
 
         Raises `ValueRefusedError` (nothing delivered) if a rule is broken, `PermissionDeniedError` if
@@ -329,17 +327,15 @@ class BusClient:
             publisher = self._publishers[topic if type(topic) is str else id(topic)][0]
         except KeyError:
             publisher = self.publisher(topic)
-        return publisher.publish_nowait(value, timestamp=timestamp)
+        publisher.publish_nowait(value, timestamp=timestamp)
 
     @overload
-    async def publish(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> Sample[T]: ...
+    async def publish(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> None: ...
     @overload
-    async def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> Sample[Any]: ...
-    async def publish(
-        self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None
-    ) -> Sample[Any]:
+    async def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
+    async def publish(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
         """Like `publish_nowait`, but waits for room in the queues of blocking subscribers."""
-        return await self.publisher(topic).publish(value, timestamp=timestamp)
+        await self.publisher(topic).publish(value, timestamp=timestamp)
 
     # -- subscribe and read --------------------------------------------------------------------------
 
@@ -576,7 +572,7 @@ class Publisher(Generic[T]):
         self._parked = client.bus._parked
         self.topic: Topic[T] = state.topic
 
-    def publish_nowait(self, value: T, *, timestamp: float | None = None) -> Sample[T]:
+    def publish_nowait(self, value: T, *, timestamp: float | None = None) -> None:
         """See `BusClient.publish_nowait`."""
         # The hot path: no look-up, no permission check (done once), the rules compiled into one function,
         # the sample built once and shared by every subscriber, each push a deque's own C append.
@@ -601,7 +597,6 @@ class Publisher(Generic[T]):
         if parked and not parked.isdisjoint(state.subs):
             for sub in state.subs:
                 sub.wake()
-        return sample
 
     def _publish_run(self, values: list[Any], timestamps: list[float]) -> int:
         """Publish a run of values (``timestamps[i]`` the source time of ``values[i]``), as a PUBLISH from
@@ -646,7 +641,7 @@ class Publisher(Generic[T]):
                 sub.wake()
         return n
 
-    async def publish(self, value: T, *, timestamp: float | None = None) -> Sample[T]:
+    async def publish(self, value: T, *, timestamp: float | None = None) -> None:
         """See `BusClient.publish`."""
         await trio.lowlevel.checkpoint_if_cancelled()
         state = self._state
@@ -658,10 +653,9 @@ class Publisher(Generic[T]):
                 break
             waited = True
             await full[0]._wait_for_space()
-        sample = self.publish_nowait(value, timestamp=timestamp)  # no await since the check: it fits
+        self.publish_nowait(value, timestamp=timestamp)  # no await since the check: it fits
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
-        return sample
 
     def __repr__(self) -> str:
         return f"<Publisher {self.topic.name!r} of {self._name!r}>"

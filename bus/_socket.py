@@ -17,7 +17,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Final, Generic, TypeVar, overload
+from typing import Any, Final, Generic, NoReturn, TypeVar, overload
 
 import attrs
 import structlog
@@ -78,7 +78,10 @@ from bus._wire import (
 T = TypeVar("T")
 _now = time.time
 _new_sample = tuple.__new__
-_NAN: Final = math.nan
+
+
+def _as_is(value: T) -> T:
+    return value
 
 
 def _seconds(timestamp: object) -> float:
@@ -143,6 +146,9 @@ class _Stalled(Exception):
     """The peer stopped reading: its socket stayed unwritable, or too much piled up for it."""
 
 
+_TAKEN: Final = object()
+
+
 class _Outbox:
     """Messages waiting for the writer, counted in samples (a PUBLISH or SAMPLES message counts one per
     sample it carries, any other message one). Samples wait for `room`; control messages are always
@@ -150,7 +156,12 @@ class _Outbox:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        #: What `RemotePublisher.publish_nowait` compares ``count`` with: ``limit``, or -1 while the client
+        #: has something to raise first (closed, an asynchronous error): one comparison on the hot path.
+        self.gate = limit
         self.items: list[Message] = []
+        #: The message put last, until the writer takes the queue (a PUBLISH grows while it is the tail).
+        self.tail: object = _TAKEN
         self.count = 0
         self.overfull = False
         self.writing = False
@@ -164,6 +175,7 @@ class _Outbox:
 
     def put(self, message: Message, weight: int = 1) -> None:
         self.items.append(message)
+        self.tail = message
         self.count += weight
         if self.count > 4 * self.limit:
             self.overfull = True
@@ -188,6 +200,7 @@ class _Outbox:
             raise _Stalled(f"more than {4 * self.limit} samples queued for a peer that does not read")
         self.writing = True
         items, self.items = self.items, []
+        self.tail = _TAKEN
         self.count = 0
         self._room.unpark_all()
         return items
@@ -704,6 +717,10 @@ class _Session:
 # -- the client side --------------------------------------------------------------------------------------
 
 
+#: What a publisher's run is before its first publish: never queued, so never the outbox's tail.
+_NO_RUN: Final = Publish("-", [0.0], [0.0])
+
+
 class RemotePublisher(Generic[T]):
     """A declared publisher of one topic on a `RemoteBusClient` (mirrors `bus.Publisher`).
 
@@ -715,8 +732,9 @@ class RemotePublisher(Generic[T]):
     __slots__ = (
         "_check",
         "_client",
-        "_client_name",
         "_floats",
+        "_high",
+        "_low",
         "_name",
         "_outbox",
         "_run",
@@ -725,38 +743,39 @@ class RemotePublisher(Generic[T]):
 
     def __init__(self, client: RemoteBusClient, name: str, topic: Topic[T] | None) -> None:
         self._client = client
-        self._client_name = client.name
         self._outbox = client._outbox
         self._name = name
         #: The PUBLISH this publisher appends to while it is the last one queued.
-        self._run: Publish | None = None
+        self._run: Publish = _NO_RUN
         self._floats = topic is not None and topic.type is float
-        self._check: Callable[[Any], Any] | None = None if topic is None else topic._check
+        self._check: Callable[[Any], Any] = _as_is if topic is None else topic._check
+        # A float in [_low, _high] passes the topic's rules without a call: a float topic's range (the
+        # whole line when it has none), an empty one (inf, -inf) for every other topic.
+        self._low, self._high = math.inf, -math.inf
+        if self._floats and topic is not None and topic.allowed is None:
+            self._low = -math.inf if topic.min is None else float(topic.min)
+            self._high = math.inf if topic.max is None else float(topic.max)
         self.topic = topic
 
-    def publish_nowait(self, value: T, *, timestamp: float | None = None) -> Sample[T]:
+    def publish_nowait(self, value: T, *, timestamp: float | None = None) -> None:
         """Queue ``value`` for sending. Raises `ValueRefusedError` if the topic's rules refuse it, a
-        pending asynchronous error from the broker, and `trio.WouldBlock` if the outgoing queue is full.
-
-        Returns the sample as sent: its ``bus_time`` (nan) and ``seq`` (0) are only known to the broker.
-        """
-        # The hot path of a service in its own process: a handful of attribute loads, the topic's rules,
-        # and two appends to the PUBLISH still waiting for the writer (a new one when it has gone).
-        if self._client._problem is not None:
-            self._client._raise_problem()
-        check = self._check
-        if check is not None:
-            value = check(value)
+        pending asynchronous error from the broker, `trio.ClosedResourceError` once the client is closed,
+        and `trio.WouldBlock` if the outgoing queue is full."""
+        # The hot path of a service in its own process: a handful of attribute loads, one comparison for
+        # "full, closed or an error to raise", the topic's rules (inline for a float in range), and two
+        # appends to the PUBLISH still waiting for the writer (a new one when it has gone).
         outbox = self._outbox
-        if outbox.count >= outbox.limit:
-            raise trio.WouldBlock
+        if outbox.count >= outbox.gate:
+            self._client._refuse_publish()
+        # (a float when compared; the comparison is false for NaN, which goes to the rules too)
+        if type(value) is not float or not self._low <= value <= self._high:  # type: ignore[operator]
+            value = self._check(value)
         if timestamp is None:
             timestamp = _now()
         elif type(timestamp) is not float:
             timestamp = _seconds(timestamp)
-        items = outbox.items
         run = self._run
-        if items and items[-1] is run:  # still queued: the run grows
+        if outbox.tail is run:  # still queued: the run grows
             run.values.append(value)
             run.timestamps.append(timestamp)
             outbox.count += 1
@@ -765,15 +784,13 @@ class RemotePublisher(Generic[T]):
             values = FloatList((value,)) if self._floats else [value]
             self._run = run = Publish(self._name, values, [timestamp])
             outbox.put(run)
-        return _new_sample(Sample, (self._name, value, timestamp, _NAN, self._client_name, 0))
 
-    async def publish(self, value: T, *, timestamp: float | None = None) -> Sample[T]:
+    async def publish(self, value: T, *, timestamp: float | None = None) -> None:
         """Like `publish_nowait`, but waits for room in the outgoing queue."""
         await trio.lowlevel.checkpoint_if_cancelled()
         await self._client._outbox.wait_room()
-        sample = self.publish_nowait(value, timestamp=timestamp)
+        self.publish_nowait(value, timestamp=timestamp)
         await trio.lowlevel.cancel_shielded_checkpoint()
-        return sample
 
     def __repr__(self) -> str:
         return f"<RemotePublisher {self._name!r} of {self._client.name!r}>"
@@ -813,10 +830,14 @@ class RemoteBusClient:
         self._async_error: BusError | None = None
         #: Why the connection ended, once it has.
         self._lost: ConnectionLostError | None = None
-        #: Set when either of the above is: the publish hot path checks one attribute.
+        #: Set when either of the above is (and then the outbox's gate is closed for publishers).
         self._problem: BusError | None = None
 
     # -- checks ----------------------------------------------------------------------------------------
+
+    def _set_problem(self, problem: BusError) -> None:
+        self._problem = problem
+        self._outbox.gate = -1
 
     def _raise_problem(self) -> None:
         if self._lost is not None:
@@ -824,8 +845,19 @@ class RemoteBusClient:
         error = self._async_error
         self._async_error = None
         self._problem = None
+        if not self._closed:
+            self._outbox.gate = self._outbox.limit
         if error is not None:
             raise error
+
+    def _refuse_publish(self) -> NoReturn:
+        """Why a publish cannot be queued (the publisher's one check failed): closed, an error to raise
+        first, or no room."""
+        if self._closed:
+            raise trio.ClosedResourceError(f"bus client {self.name!r} is closed")
+        if self._problem is not None:
+            self._raise_problem()
+        raise trio.WouldBlock
 
     def _require(self, action: Action, name: str) -> None:
         if self._closed:
@@ -886,26 +918,22 @@ class RemoteBusClient:
         return publisher
 
     @overload
-    def publish_nowait(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> Sample[T]: ...
+    def publish_nowait(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> None: ...
     @overload
-    def publish_nowait(self, topic: str, value: Any, *, timestamp: float | None = None) -> Sample[Any]: ...
-    def publish_nowait(
-        self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None
-    ) -> Sample[Any]:
+    def publish_nowait(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
+    def publish_nowait(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
         """Queue a publish (see `RemotePublisher.publish_nowait`)."""
         cached = self._publishers.get(topic if type(topic) is str else id(topic))
         publisher = cached[0] if cached is not None else self.publisher(topic)
-        return publisher.publish_nowait(value, timestamp=timestamp)
+        publisher.publish_nowait(value, timestamp=timestamp)
 
     @overload
-    async def publish(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> Sample[T]: ...
+    async def publish(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> None: ...
     @overload
-    async def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> Sample[Any]: ...
-    async def publish(
-        self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None
-    ) -> Sample[Any]:
+    async def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
+    async def publish(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
         """Like `publish_nowait`, but waits for room in the outgoing queue."""
-        return await self.publisher(topic).publish(value, timestamp=timestamp)
+        await self.publisher(topic).publish(value, timestamp=timestamp)
 
     # -- subscribing and reading -----------------------------------------------------------------------
 
@@ -1155,7 +1183,7 @@ class RemoteBusClient:
         finally:
             if self._lost is None:
                 self._lost = ConnectionLostError(f"{self.name}: connection to the broker lost: {reason}")
-            self._problem = self._lost
+            self._set_problem(self._lost)
             if not self._closed:
                 _log.warning("connection to the broker lost", client=self.name, reason=reason)
             for pending in self._pending.values():
@@ -1210,7 +1238,7 @@ class RemoteBusClient:
                     return
                 _log.warning("the broker refused an operation", client=self.name, error=m.message)
                 self._async_error = m.to_exception()
-                self._problem = self._async_error
+                self._set_problem(self._async_error)
                 return
             pending = self._pending.get(m.id)
             if pending is not None:
@@ -1224,7 +1252,7 @@ class RemoteBusClient:
             if sub is not None and isinstance(m, Error):
                 _log.warning("the broker refused a subscription", client=self.name, error=m.message)
                 self._async_error = m.to_exception()
-                self._problem = self._async_error
+                self._set_problem(self._async_error)
                 sub.close()
         elif isinstance(m, Call):
             send = self._handlers.get(m.method)
@@ -1252,6 +1280,7 @@ class RemoteBusClient:
         for sub in list(self._subs.values()):
             sub.close()
         self._closed = True
+        self._outbox.gate = -1
 
     async def flush(self) -> None:
         """Wait until everything queued (publishes included) has been written to the socket."""

@@ -86,7 +86,9 @@ async def test_refused_values_name_topic_and_rule_and_deliver_nothing(
 async def test_int_is_accepted_for_float_topic_and_delivered_as_float() -> None:
     bus = Bus()
     client = bus.client("svc")
-    sample = client.publish_nowait(SPEED, 50)
+    client.publish_nowait(SPEED, 50)
+    sample = client.get(SPEED)
+    assert sample is not None
     assert sample.value == 50.0
     assert type(sample.value) is float
 
@@ -94,8 +96,13 @@ async def test_int_is_accepted_for_float_topic_and_delivered_as_float() -> None:
 async def test_attrs_and_enum_values_pass() -> None:
     bus = Bus()
     client = bus.client("svc")
-    assert client.publish_nowait(POSITION, Position(52.4, 10.8)).value == Position(52.4, 10.8)
-    assert client.publish_nowait(MODE, Mode.SPORT).value is Mode.SPORT
+    client.publish_nowait(POSITION, Position(52.4, 10.8))
+    client.publish_nowait(MODE, Mode.SPORT)
+    position, mode = client.get(POSITION), client.get(MODE)
+    assert position is not None
+    assert position.value == Position(52.4, 10.8)
+    assert mode is not None
+    assert mode.value is Mode.SPORT
 
 
 @pytest.mark.parametrize(
@@ -137,10 +144,16 @@ async def test_samples_carry_value_timestamps_publisher_and_per_topic_sequence(
 ) -> None:
     bus = Bus()
     client = bus.client("gateway")
-    first = client.publish_nowait(SPEED, 10.0, timestamp=1700000000.5)
+    client.publish_nowait(SPEED, 10.0, timestamp=1700000000.5)
+    first = client.get(SPEED)
     await trio.sleep(2)
-    second = client.publish_nowait(SPEED, 20.0)
-    other = client.publish_nowait(LOCKED, True)
+    client.publish_nowait(SPEED, 20.0)
+    second = client.get(SPEED)
+    client.publish_nowait(LOCKED, True)
+    other = client.get(LOCKED)
+    assert first is not None
+    assert second is not None
+    assert other is not None
     assert first == Sample("Vehicle.Speed", 10.0, 1700000000.5, first.bus_time, "gateway", 1)
     assert second.seq == 2
     assert other.seq == 1
@@ -388,10 +401,10 @@ async def test_declared_publisher_checks_permission_once_and_publishes_typed_val
     speed = client.publisher(SPEED)
     assert client.publisher(SPEED) is speed  # one per topic
     with client.subscribe(SPEED) as sub:
-        first = speed.publish_nowait(10.0)
-        second = client.publish_nowait(SPEED, 20.0)  # the same publisher underneath
+        speed.publish_nowait(10.0)
+        client.publish_nowait(SPEED, 20.0)  # the same publisher underneath
         got = sub.receive_batch_nowait()
-    assert [s.seq for s in got] == [first.seq, second.seq] == [1, 2]
+    assert [(s.value, s.seq) for s in got] == [(10.0, 1), (20.0, 2)]
     with pytest.raises(ValueRefusedError, match="above max"):
         speed.publish_nowait(1000.0)
     with pytest.raises(PermissionDeniedError):

@@ -359,7 +359,7 @@ async def test_bus_pub_converts_and_refuses(autojump_clock: trio.testing.MockClo
         sample = h.bus.latest("Vehicle.Odometer")[0]
         assert sample.value == 12.0
         assert type(sample.value) is float
-        assert out == "published Vehicle.Odometer = 12.0  (cli #1)\n"
+        assert out == "published Vehicle.Odometer = 12.0\n"
 
         code, _, _ = await invoke(
             cmd_bus_pub, ["bus", "pub", "Vehicle.CurrentLocation", '{"lat": 52.4, "lon": 10}'], admin

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import stat
@@ -12,6 +13,8 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from hypothesis import given
+from strategies import topics_and_runs
 
 import bus
 from bus import (
@@ -27,7 +30,8 @@ from bus import (
     Topic,
     ValueRefusedError,
 )
-from bus._wire import Connection, Hello, Role
+from bus._socket import RemotePublisher, _Outbox
+from bus._wire import Connection, Hello, Publish, Role
 
 LIMIT = 10  # seconds: every test ends within this, or fails
 
@@ -463,6 +467,62 @@ async def test_timestamps_must_be_seconds(broker: Broker) -> None:
         async with bus.connect_unix(broker.path, "remote") as client:
             with pytest.raises(TypeError, match="timestamp: expected seconds"):
                 client.publish_nowait(SPEED, 1.0, timestamp="now")  # type: ignore[call-overload]
-            sample = client.publish_nowait(SPEED, 1.0, timestamp=5)
+            client.publish_nowait(SPEED, 1.0, timestamp=5)
+            sample = await client.get(SPEED)
+            assert sample is not None
             assert sample.timestamp == 5.0
             assert type(sample.timestamp) is float
+
+
+class _StubClient:
+    """What a `RemotePublisher` uses of its client: a name, the outbox, and the refusal of a publish."""
+
+    name = "stub"
+
+    def __init__(self) -> None:
+        self._outbox = _Outbox(1 << 20)
+
+    def _refuse_publish(self) -> None:
+        raise trio.WouldBlock
+
+
+@given(topics_and_runs())
+def test_a_remote_publisher_checks_each_value_exactly_as_the_topic_does(
+    case: tuple[Topic[Any], list[Any]],
+) -> None:
+    """The remote hot path passes a float in the topic's range without calling the rules: it must
+    accept, normalise and refuse exactly as `Topic.check`, for every topic and value."""
+    topic, values = case
+    edges = [0.0, -0.0, math.inf, -math.inf, math.nan, 1, True]
+    for bound in (topic.min, topic.max):
+        if bound is not None:
+            edges += [float(bound), math.nextafter(bound, math.inf), math.nextafter(bound, -math.inf)]
+    values = values + edges
+    client = _StubClient()
+    publisher: RemotePublisher[Any] = RemotePublisher(client, topic.name, topic)  # type: ignore[arg-type]
+    queued: list[Any] = []
+    for value in values:
+        try:
+            expected = topic.check(value)
+        except ValueRefusedError:
+            with pytest.raises(ValueRefusedError):
+                publisher.publish_nowait(value, timestamp=1.0)
+            continue
+        publisher.publish_nowait(value, timestamp=1.0)
+        queued.append(expected)
+    assert all(isinstance(m, Publish) for m in client._outbox.items)
+    sent = [v for m in client._outbox.items if isinstance(m, Publish) for v in m.values]
+    assert repr(sent) == repr(queued)  # NaN may be in both
+    assert [type(v) for v in sent] == [type(v) for v in queued]
+
+
+async def test_a_closed_remote_client_refuses_to_publish(broker: Broker) -> None:
+    with trio.fail_after(LIMIT):
+        async with bus.connect_unix(broker.path, "remote") as client:
+            speed = client.publisher(SPEED)
+            speed.publish_nowait(1.0)
+            client.close()
+            with pytest.raises(trio.ClosedResourceError, match="'remote' is closed"):
+                speed.publish_nowait(2.0)
+            with pytest.raises(trio.ClosedResourceError):
+                client.publish_nowait(SPEED, 2.0)

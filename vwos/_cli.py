@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
@@ -578,10 +579,12 @@ async def cmd_bus_list(client: Any, args: argparse.Namespace, out: TextIO) -> in
     return EXIT_OK
 
 
+def _shown(value: Any) -> str:
+    return json.dumps(_jsonable(value)) if not isinstance(value, str) else repr(value)
+
+
 def _sample_text(sample: Any) -> str:
-    value = sample.value
-    shown = json.dumps(_jsonable(value)) if not isinstance(value, str) else repr(value)
-    return f"{sample.topic} = {shown}  ({sample.publisher} #{sample.seq})"
+    return f"{sample.topic} = {_shown(sample.value)}  ({sample.publisher} #{sample.seq})"
 
 
 def _sample_json(sample: Any) -> str:
@@ -615,11 +618,12 @@ async def cmd_bus_pub(client: Any, args: argparse.Namespace, out: TextIO) -> int
     from vwos._control import CONVERT, ConvertRequest
 
     converted = await client.call(CONVERT, ConvertRequest(args.topic, args.value, "topic"))
-    sample = client.publish_nowait(args.topic, converted.value)
+    timestamp = time.time()
+    client.publish_nowait(args.topic, converted.value, timestamp=timestamp)
     if args.json:
-        out.write(_dump({"topic": sample.topic, "value": sample.value, "seq": sample.seq}) + "\n")
+        out.write(_dump({"topic": args.topic, "value": converted.value, "timestamp": timestamp}) + "\n")
     else:
-        out.write(f"published {_sample_text(sample)}\n")
+        out.write(f"published {args.topic} = {_shown(converted.value)}\n")
     return EXIT_OK
 
 

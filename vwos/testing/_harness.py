@@ -55,12 +55,12 @@ class Harness:
     # -- inputs --------------------------------------------------------------------------------------
 
     @overload
-    def publish(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> Sample[T]: ...
+    def publish(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> None: ...
     @overload
-    def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> Sample[Any]: ...
-    def publish(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> Sample[Any]:
-        """Publish an input as the test client ``"test"``."""
-        return self.client.publish_nowait(topic, value, timestamp=timestamp)
+    def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
+    def publish(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
+        """Publish an input as the test client ``"test"`` (`samples` shows it as the bus took it)."""
+        self.client.publish_nowait(topic, value, timestamp=timestamp)
 
     @overload
     async def call(self, method: Method[Req, Resp], arg: Req, *, timeout: float = ...) -> Resp: ...
