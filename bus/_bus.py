@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
-from itertools import repeat
 from typing import Any, Generic, TypeVar, overload
 
 import attrs
@@ -25,8 +24,8 @@ from bus._errors import (
 )
 from bus._pattern import check_pattern, is_pattern, matches
 from bus._permissions import Action, Permissions
-from bus._sample import Sample
-from bus._subscription import Subscription, SubscriptionStatistics
+from bus._sample import Sample, SampleRun, _new_sample, _sliced
+from bus._subscription import ColumnSubscription, Subscription, SubscriptionStatistics
 from bus._topic import Method, Overflow, QoS, Topic
 
 T = TypeVar("T")
@@ -35,7 +34,6 @@ Resp = TypeVar("Resp")
 
 _log = structlog.get_logger("vwos.bus")
 _now = time.time
-_new_sample = tuple.__new__  # a Sample without the named tuple's Python-level __new__: half the cost
 
 #: How long `BusClient.call` waits for a reply unless told otherwise.
 DEFAULT_CALL_TIMEOUT = 5.0
@@ -44,7 +42,18 @@ DEFAULT_CALL_TIMEOUT = 5.0
 class _TopicState:
     """What the bus keeps per topic. Routing is rebuilt when subscriptions change, never per publish."""
 
-    __slots__ = ("blocking", "check", "latest", "name", "pushes", "seq", "subs", "topic")
+    __slots__ = (
+        "blocking",
+        "check",
+        "column_subs",
+        "latest",
+        "name",
+        "pushes",
+        "sample_subs",
+        "seq",
+        "subs",
+        "topic",
+    )
 
     def __init__(self, topic: Topic[Any], subs: tuple[Subscription[Any], ...]) -> None:
         self.topic = topic
@@ -55,12 +64,17 @@ class _TopicState:
         self.subs: tuple[Subscription[Any], ...] = ()
         self.pushes: tuple[Callable[[Sample[Any]], None], ...] = ()
         self.blocking: tuple[Subscription[Any], ...] = ()
+        #: A run from another process goes to these as one `SampleRun`, to the others as built samples.
+        self.column_subs: tuple[ColumnSubscription, ...] = ()
+        self.sample_subs: tuple[Subscription[Any], ...] = ()
         self.set_subs(subs)
 
     def set_subs(self, subs: tuple[Subscription[Any], ...]) -> None:
         self.subs = subs
         self.pushes = tuple(s.push for s in subs)
         self.blocking = tuple(s for s in subs if s.overflow is Overflow.BLOCK)
+        self.column_subs = tuple(s for s in subs if type(s) is ColumnSubscription)
+        self.sample_subs = tuple(s for s in subs if type(s) is not ColumnSubscription)
 
 
 @attrs.frozen
@@ -165,16 +179,24 @@ class Bus:
     # -- subscriptions -------------------------------------------------------------------------------
 
     def _subscription(
-        self, client: str, pattern: str, qos: QoS, detach: Callable[[Subscription[Any]], None], latest: bool
+        self,
+        client: str,
+        pattern: str,
+        qos: QoS,
+        detach: Callable[[Subscription[Any]], None],
+        latest: bool,
+        columns: bool = False,
     ) -> Subscription[Any]:
-        """Make a subscription, route the matching topics to it, and queue their latest values if asked."""
+        """Make a subscription, route the matching topics to it, and queue their latest values if asked.
+        ``columns``: a `ColumnSubscription` (for a socket subscriber), unless the overflow is ``latest``."""
         offsets: dict[str, int] = {}
         topics = self._topics
 
         def pushed() -> int:
             return sum(topics[name].seq - offset for name, offset in offsets.items())
 
-        sub: Subscription[Any] = Subscription(
+        kind = ColumnSubscription if columns and qos.overflow is not Overflow.LATEST else Subscription
+        sub: Subscription[Any] = kind(
             client, pattern, qos.queue_size, qos.overflow, detach, pushed, self._parked
         )
         self._subscriptions.append(sub)
@@ -371,6 +393,16 @@ class BusClient:
         the default QoS (for a name or pattern). With ``latest=True`` the latest value of each matching
         topic is queued at once, so the subscriber starts from the current state.
         """
+        return self._subscribe(topic, queue_size, overflow, latest)
+
+    def _subscribe(
+        self,
+        topic: Topic[Any] | str,
+        queue_size: int | None,
+        overflow: Overflow | str | None,
+        latest: bool,
+        columns: bool = False,
+    ) -> Subscription[Any]:
         if isinstance(topic, Topic):
             self.bus.declare(topic)
             pattern, qos = topic.name, topic.qos
@@ -383,7 +415,7 @@ class BusClient:
             queue_size=qos.queue_size if queue_size is None else queue_size,
             overflow=qos.overflow if overflow is None else Overflow(overflow),
         )
-        sub = self.bus._subscription(self.name, pattern, qos, self._detach, latest)
+        sub = self.bus._subscription(self.name, pattern, qos, self._detach, latest, columns)
         self._subscriptions.append(sub)
         return sub
 
@@ -615,26 +647,21 @@ class Publisher(Generic[T]):
             if room < n:
                 if room <= 0:
                     return 0
-                n, values, timestamps = room, values[:room], timestamps[:room]
+                n, values, timestamps = room, _sliced(values, 0, room), timestamps[:room]
         seq = state.seq
         state.seq = seq + n
-        samples: list[Sample[Any]] = list(
-            map(  # the samples built in C: tuple.__new__(Sample, fields) for each 6-tuple of fields
-                _new_sample,
-                repeat(Sample),
-                zip(
-                    repeat(state.name),
-                    values,
-                    timestamps,
-                    repeat(self._clock()),
-                    repeat(self._name),
-                    range(seq + 1, seq + n + 1),
-                ),
+        run = SampleRun(state.name, values, timestamps, self._clock(), self._name, seq + 1)
+        for column_sub in state.column_subs:  # socket subscribers: the run as it is, no samples built
+            column_sub.push_columns(run)
+        if state.sample_subs:
+            samples = run.samples()
+            state.latest = samples[-1]
+            for sub in state.sample_subs:
+                sub.push_run(samples)
+        else:
+            state.latest = _new_sample(
+                Sample, (state.name, values[-1], timestamps[-1], run.bus_time, self._name, seq + n)
             )
-        )
-        state.latest = samples[-1]
-        for sub in state.subs:
-            sub.push_run(samples)
         parked = self._parked
         if parked and not parked.isdisjoint(state.subs):
             for sub in state.subs:
@@ -644,18 +671,21 @@ class Publisher(Generic[T]):
     async def publish(self, value: T, *, timestamp: float | None = None) -> None:
         """See `BusClient.publish`."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        state = self._state
-        value = state.check(value)
-        waited = False
-        while True:
-            full = [sub for sub in state.blocking if sub.full and not sub.closed]
-            if not full:
-                break
-            waited = True
-            await full[0]._wait_for_space()
+        value = self._state.check(value)
+        waited = await self._wait_for_room()
         self.publish_nowait(value, timestamp=timestamp)  # no await since the check: it fits
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _wait_for_room(self) -> bool:
+        """Wait until no ``block`` subscriber's queue is full; True if that meant waiting."""
+        waited = False
+        while True:
+            full = [sub for sub in self._state.blocking if sub.full and not sub.closed]
+            if not full:
+                return waited
+            waited = True
+            await full[0]._wait_for_space()
 
     def __repr__(self) -> str:
         return f"<Publisher {self.topic.name!r} of {self._name!r}>"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Generic, NamedTuple, TypeVar
+from collections.abc import Iterator, Sequence
+from itertools import repeat
+from typing import Any, Generic, NamedTuple, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -25,3 +27,162 @@ class Sample(NamedTuple, Generic[T]):
     bus_time: float
     publisher: str
     seq: int
+
+
+_new_sample = tuple.__new__  # a Sample without the named tuple's Python-level __new__: half the cost
+
+
+class SampleRun:
+    """Consecutive samples of one topic from one publisher, as columns: how a run published from another
+    process travels through the broker to socket subscribers, which send columns anyway, so the sample
+    tuples are never built there. ``values[i]`` has ``timestamps[i]`` and seq ``first_seq + i``."""
+
+    __slots__ = ("bus_time", "first_seq", "publisher", "timestamps", "topic", "values")
+
+    def __init__(
+        self,
+        topic: str,
+        values: list[Any],
+        timestamps: list[float],
+        bus_time: float,
+        publisher: str,
+        first_seq: int,
+    ) -> None:
+        self.topic = topic
+        self.values = values
+        self.timestamps = timestamps
+        self.bus_time = bus_time
+        self.publisher = publisher
+        self.first_seq = first_seq
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def head(self, n: int) -> SampleRun:
+        """The first ``n`` samples."""
+        return SampleRun(
+            self.topic,
+            _sliced(self.values, 0, n),
+            self.timestamps[:n],
+            self.bus_time,
+            self.publisher,
+            self.first_seq,
+        )
+
+    def tail(self, n: int) -> SampleRun:
+        """The last ``n`` samples."""
+        start = len(self.values) - n
+        return SampleRun(
+            self.topic,
+            _sliced(self.values, start, None),
+            self.timestamps[start:],
+            self.bus_time,
+            self.publisher,
+            self.first_seq + start,
+        )
+
+    def samples(self) -> list[Sample[Any]]:
+        n = len(self.values)
+        return list(
+            map(  # built in C: tuple.__new__(Sample, fields) for each 6-tuple of fields
+                _new_sample,
+                repeat(Sample),
+                zip(
+                    repeat(self.topic),
+                    self.values,
+                    self.timestamps,
+                    repeat(self.bus_time),
+                    repeat(self.publisher),
+                    range(self.first_seq, self.first_seq + n),
+                ),
+            )
+        )
+
+
+def _sliced(values: list[Any], start: int, stop: int | None) -> list[Any]:
+    part = values[start:stop]
+    return part if type(values) is list else type(values)(part)  # a FloatList stays one
+
+
+class SampleColumns(Sequence[Sample[Any]]):
+    """A batch of a socket subscriber's queue: runs (`SampleRun`) and single samples, in order, read as a
+    sequence of samples (built on first use) or, when it is one topic's consecutive runs from one
+    publisher, straight as columns (`run_columns`)."""
+
+    __slots__ = ("_entries", "_len", "_samples")
+
+    def __init__(
+        self, entries: list[SampleRun | Sample[Any]], n: int, samples: list[Sample[Any]] | None = None
+    ) -> None:
+        self._entries = entries
+        self._len = n
+        #: The samples, once built (or given: ``entries`` when they are all single samples).
+        self._samples = samples
+
+    def run_columns(self) -> tuple[str, str, list[Any], list[float], float | list[float], int] | None:
+        """``(topic, publisher, values, timestamps, bus_time, first_seq)`` when the batch is runs of one
+        topic from one publisher with consecutive seqs (``bus_time`` a number when they share it, else one
+        per sample); None otherwise."""
+        entries = self._entries
+        first = entries[0]
+        if type(first) is not SampleRun:
+            return None
+        if len(entries) == 1:
+            return (
+                first.topic,
+                first.publisher,
+                first.values,
+                first.timestamps,
+                first.bus_time,
+                first.first_seq,
+            )
+        kind = type(first.values)  # a FloatList (known floats) stays one if every run's values are one
+        values = kind()
+        timestamps: list[float] = []
+        bus_times: list[float] = []
+        shared_time = True
+        seq = first.first_seq
+        for run in entries:
+            if (
+                type(run) is not SampleRun
+                or run.topic != first.topic
+                or run.publisher != first.publisher
+                or run.first_seq != seq
+            ):
+                return None
+            if type(run.values) is not kind:
+                kind = list
+            n = len(run.values)
+            seq += n
+            values.extend(run.values)
+            timestamps.extend(run.timestamps)
+            bus_times.extend(repeat(run.bus_time, n))
+            shared_time = shared_time and run.bus_time == first.bus_time
+        bus_time: float | list[float] = first.bus_time if shared_time else bus_times
+        if type(values) is not kind:
+            values = list(values)
+        return first.topic, first.publisher, values, timestamps, bus_time, first.first_seq
+
+    def _all(self) -> list[Sample[Any]]:
+        if self._samples is None:
+            samples: list[Sample[Any]] = []
+            for entry in self._entries:
+                if type(entry) is SampleRun:
+                    samples.extend(entry.samples())
+                else:
+                    samples.append(entry)  # type: ignore[arg-type]
+            self._samples = samples
+        return self._samples
+
+    def __len__(self) -> int:
+        return self._len
+
+    @overload
+    def __getitem__(self, index: int) -> Sample[Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Sample[Any]]: ...
+    def __getitem__(self, index: int | slice) -> Sample[Any] | list[Sample[Any]]:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[Sample[Any]]:
+        return iter(self._all())

@@ -15,7 +15,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Generic, NoReturn, TypeVar, overload
 
@@ -44,8 +44,8 @@ from bus._errors import (
 )
 from bus._pattern import check_pattern, covers, is_pattern
 from bus._permissions import Action, Permissions
-from bus._sample import Sample
-from bus._subscription import Subscription, SubscriptionStatistics
+from bus._sample import Sample, _sliced
+from bus._subscription import ColumnSubscription, Subscription, SubscriptionStatistics
 from bus._topic import FloatList, Method, Overflow, QoS, Topic
 from bus._wire import (
     _ACTIONS,
@@ -77,7 +77,6 @@ from bus._wire import (
 
 T = TypeVar("T")
 _now = time.time
-_new_sample = tuple.__new__
 
 
 def _as_is(value: T) -> T:
@@ -578,9 +577,7 @@ class _Session:
             if m.sub_id in self.subs:
                 raise ProtocolError(f"SUBSCRIBE: subscription id {m.sub_id} is already in use")
             try:
-                sub = self.client.subscribe(
-                    m.pattern, queue_size=m.queue_size, overflow=m.overflow, latest=m.latest
-                )
+                sub = self.client._subscribe(m.pattern, m.queue_size, m.overflow, m.latest, columns=True)
             except BusError as exc:
                 put(error_from_exception(m.sub_id, exc))
                 return
@@ -650,9 +647,8 @@ class _Session:
             while values:
                 done = publisher._publish_run(values, timestamps)
                 if done == 0:  # a `block` subscriber's queue is full: wait, like an in-process publisher
-                    await publisher.publish(values[0], timestamp=timestamps[0])
-                    done = 1
-                values, timestamps = values[done:], timestamps[done:]
+                    await publisher._wait_for_room()
+                values, timestamps = _sliced(values, done, None), timestamps[done:]
         except ValueRefusedError as refused:
             for value, timestamp in zip(values, timestamps, strict=True):
                 with contextlib.suppress(ValueRefusedError):
@@ -666,7 +662,11 @@ class _Session:
         try:
             while True:
                 await outbox.wait_room()
-                batch = await sub.receive_batch(max(outbox.room, 1))
+                room = max(outbox.room, 1)
+                if type(sub) is ColumnSubscription:
+                    batch: Sequence[Sample[Any]] = await sub.receive_columns(room)
+                else:
+                    batch = await sub.receive_batch(room)
                 outbox.put(Deliver(sub_id, batch), len(batch))
         except trio.ClosedResourceError:
             return
@@ -1207,7 +1207,7 @@ class RemoteBusClient:
                     self._dispatch(event)
             conn.receive_data(await self._stream.receive_some(_READ_SIZE))
 
-    async def _push(self, sub_id: int, sub: Subscription[Any], samples: list[Sample[Any]]) -> None:
+    async def _push(self, sub_id: int, sub: Subscription[Any], samples: Sequence[Sample[Any]]) -> None:
         counter = self._pushed[sub_id]
         while samples and not sub.closed:
             if sub.overflow is Overflow.BLOCK:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 import trio
 
-from bus._sample import Sample
+from bus._sample import Sample, SampleColumns, SampleRun
 from bus._topic import Overflow
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class Subscription(Generic[T]):
         #: Called by the bus for each sample: for queues, the deque's own C ``append``.
         self.push: Callable[[Sample[T]], None]
         #: Called by the bus with a run of samples of one topic: for queues, the deque's own C ``extend``.
-        self.push_run: Callable[[list[Sample[T]]], None]
+        self.push_run: Callable[[Sequence[Sample[T]]], None]
         if overflow is Overflow.LATEST:
             self.push = self._push_latest
             self.push_run = self._push_latest_of_run
@@ -105,7 +105,7 @@ class Subscription(Generic[T]):
             del latest[next(iter(latest))]
         latest[topic] = sample
 
-    def _push_latest_of_run(self, samples: list[Sample[T]]) -> None:
+    def _push_latest_of_run(self, samples: Sequence[Sample[T]]) -> None:
         self._push_latest(samples[-1])  # one topic: the last one is the latest
 
     def wake(self) -> None:
@@ -223,7 +223,7 @@ class Subscription(Generic[T]):
 
     def statistics(self) -> SubscriptionStatistics:
         """Queue depth, capacity, and how many samples were received and dropped."""
-        queued = len(self._queue) + len(self._latest)
+        queued = self._queued()
         return SubscriptionStatistics(
             client=self.client,
             pattern=self.pattern,
@@ -233,6 +233,9 @@ class Subscription(Generic[T]):
             received=self._received,
             dropped=self._pushed() - self._received - queued,
         )
+
+    def _queued(self) -> int:
+        return len(self._queue) + len(self._latest)
 
     @property
     def closed(self) -> bool:
@@ -262,3 +265,150 @@ class Subscription(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<Subscription {self.pattern!r} of {self.client!r} ({self.overflow.value}, {self.capacity})>"
+
+
+class ColumnSubscription(Subscription[Any]):
+    """The broker's queue for a subscriber in another process: the same bounded queue and policies
+    (``drop_oldest`` or ``block``; not ``latest``), but a run published from another process is queued as
+    one `SampleRun` entry and read back as columns (`receive_columns`), so that the broker forwards it
+    without building a sample tuple per value. Single samples (published in this process) queue as they
+    are, a ``block`` queue's with the deque's own C ``append``.
+
+    Samples queued = entries + ``_extra`` (each run adds its length less one); ``_runs`` counts the run
+    entries, so that a queue of single samples is taken as fast as a `Subscription`'s."""
+
+    __slots__ = ("_extra", "_runs")
+
+    def __init__(
+        self,
+        client: str,
+        pattern: str,
+        capacity: int,
+        overflow: Overflow,
+        detach: Callable[[Subscription[Any]], None],
+        pushed: Callable[[], int],
+        parked: set[Subscription[Any]],
+    ) -> None:
+        if overflow is Overflow.LATEST:
+            raise ValueError("a ColumnSubscription queues samples: drop_oldest or block, not latest")
+        super().__init__(client, pattern, capacity, overflow, detach, pushed, parked)
+        self._queue: deque[Any] = deque()  # SampleRun and Sample entries: bounded by counting, not maxlen
+        self._extra = 0
+        self._runs = 0
+        if overflow is Overflow.DROP_OLDEST:
+            self.push = self._push_one
+            self.push_run = self._push_samples
+        else:  # block: the bus never pushes beyond the room there is
+            self.push = self._queue.append
+            self.push_run = self._queue.extend
+
+    def _push_one(self, sample: Sample[Any]) -> None:
+        self._queue.append(sample)
+        if len(self._queue) + self._extra > self.capacity:
+            self._drop_oldest()
+
+    def _push_samples(self, samples: Sequence[Sample[Any]]) -> None:
+        self._queue.extend(samples)
+        if len(self._queue) + self._extra > self.capacity:
+            self._drop_oldest()
+
+    def push_columns(self, run: SampleRun) -> None:
+        """Queue a run (the bus calls this instead of building its samples)."""
+        self._queue.append(run)
+        self._extra += len(run.values) - 1
+        self._runs += 1
+        if self.overflow is Overflow.DROP_OLDEST and len(self._queue) + self._extra > self.capacity:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        queue = self._queue
+        excess = len(queue) + self._extra - self.capacity
+        while excess > 0:
+            first = queue[0]
+            if type(first) is not SampleRun:
+                queue.popleft()
+                excess -= 1
+                continue
+            n = len(first.values)
+            if n <= excess:
+                queue.popleft()
+                self._runs -= 1
+                self._extra -= n - 1
+                excess -= n
+            else:
+                queue[0] = first.tail(n - excess)
+                self._extra -= excess
+                excess = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self._queue) + self._extra >= self.capacity
+
+    @property
+    def room(self) -> int:
+        return self.capacity - len(self._queue) - self._extra
+
+    def _queued(self) -> int:
+        return len(self._queue) + self._extra
+
+    def take_columns(self, max_items: int | None = None) -> SampleColumns:
+        """Take the queued samples (at most ``max_items``, at least one), as `SampleColumns`; raise
+        `trio.WouldBlock` if none is queued."""
+        queue = self._queue
+        if not queue:
+            if self._closed:
+                raise trio.ClosedResourceError(f"subscription to {self.pattern!r} is closed")
+            raise trio.WouldBlock
+        queued = len(queue) + self._extra
+        limit = queued if max_items is None else max(1, min(queued, max_items))
+        entries: list[Any]
+        if not self._runs:  # single samples only
+            if limit == queued:
+                entries = list(queue)
+                queue.clear()
+            else:
+                entries = [queue.popleft() for _ in range(limit)]
+            taken = SampleColumns(entries, limit, entries)
+        else:
+            entries = []
+            count = 0
+            while count < limit:
+                first = queue[0]
+                if type(first) is not SampleRun:
+                    entries.append(queue.popleft())
+                    count += 1
+                    continue
+                n = len(first.values)
+                if count + n <= limit:
+                    entries.append(queue.popleft())
+                    self._runs -= 1
+                    self._extra -= n - 1
+                    count += n
+                else:
+                    part = limit - count
+                    entries.append(first.head(part))
+                    queue[0] = first.tail(n - part)
+                    self._extra -= part
+                    count = limit
+            taken = SampleColumns(entries, limit)
+        self._received += limit
+        if self._space:
+            self._space.unpark_all()
+        return taken
+
+    async def receive_columns(self, max_items: int | None = None) -> SampleColumns:
+        """Wait until at least one sample is queued, then take them (see `take_columns`)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            batch = self.take_columns(max_items)
+        except trio.WouldBlock:
+            await self._wait()
+            return self.take_columns(max_items)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return batch
+
+    def _pop_all(self, max_items: int | None) -> list[Sample[Any]]:
+        return list(self.take_columns(max_items))
+
+    def _pop_one(self) -> Sample[Any]:
+        return self.take_columns(1)[0]

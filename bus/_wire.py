@@ -39,7 +39,7 @@ from bus._errors import (
     ValueRefusedError,
 )
 from bus._permissions import Permissions
-from bus._sample import Sample
+from bus._sample import Sample, SampleColumns
 from bus._topic import FloatList, Overflow, QoS, Topic
 
 __all__ = [
@@ -618,7 +618,7 @@ class Deliver(_Message):
     """
 
     sub_id: int
-    samples: list[Sample[Any]]
+    samples: Sequence[Sample[Any]]
 
     OP: ClassVar[int] = 7
     NAME: ClassVar[str] = "SAMPLES"
@@ -634,6 +634,10 @@ class Deliver(_Message):
 
     def to_wire(self) -> list[Any]:
         samples = self.samples
+        if type(samples) is SampleColumns:
+            runs = samples.run_columns()
+            if runs is not None:  # runs of one topic from one publisher, as the broker queued them
+                return self._runs_to_wire(*runs)
         n = len(samples)
         topics, values, timestamps, bus_times, publishers, seqs = zip(*samples, strict=True)
         first_topic = topics[0]
@@ -658,6 +662,27 @@ class Deliver(_Message):
             bus_time,
             publisher,
             seq,
+        ]
+
+    def _runs_to_wire(
+        self,
+        topic: str,
+        publisher: str,
+        values: list[Any],
+        timestamps: list[float],
+        bus_time: float | list[float],
+        first_seq: int,
+    ) -> list[Any]:
+        shared = bus_time if type(bus_time) is float else pack_doubles(bus_time)  # type: ignore[arg-type]
+        return [
+            7,
+            self.sub_id,
+            topic,
+            _pack_values(values),
+            pack_doubles(timestamps),
+            shared,
+            publisher,
+            first_seq,
         ]
 
     @classmethod

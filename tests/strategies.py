@@ -600,3 +600,60 @@ def topics_and_runs(draw: st.DrawFn) -> tuple[Any, list[Any]]:
     odd = st.one_of(st.integers(-5, 5), st.floats(), st.booleans(), st.text(max_size=2), st.none())
     values = draw(st.lists(own | odd if draw(st.booleans()) else own, min_size=1, max_size=30))
     return topic, values
+
+
+@st.composite
+def column_batches(draw: st.DrawFn) -> list[Any]:
+    """What a socket subscriber's queue hands the broker's writer (`SampleColumns` entries): runs
+    (`SampleRun`) and single samples. Often the form sent straight as columns (runs of one topic from one
+    publisher with consecutive seqs, floats marked as such, one bus time or several); otherwise anything:
+    other topics or publishers, gaps in the seqs, single samples between the runs."""
+    from bus._sample import SampleRun
+    from bus._topic import FloatList
+
+    def values(n: int) -> Any:
+        if draw(st.booleans()):
+            return FloatList(draw(st.lists(_numbers(), min_size=n, max_size=n)))
+        kind = draw(
+            st.sampled_from([_numbers(), st.integers(), st.text(max_size=4), cbor_values(max_leaves=3)])
+        )
+        return draw(st.lists(kind, min_size=n, max_size=n))
+
+    columnar = draw(st.booleans())
+    topic, publisher = draw(topic_names()), draw(st.text(max_size=8))
+    seq = draw(st.integers(min_value=1, max_value=2**40))
+    shared_time = draw(_numbers())
+    entries: list[Any] = []
+    for _ in range(draw(st.integers(min_value=1, max_value=5))):
+        n = draw(st.integers(min_value=1, max_value=8))
+        bus_time = shared_time if draw(st.booleans()) else draw(_numbers())
+        if not columnar:
+            if draw(st.booleans()):
+                topic = draw(topic_names())
+            seq += draw(st.integers(min_value=0, max_value=2))
+            if draw(st.booleans()):
+                entries.append(
+                    Sample(topic, draw(cbor_values(max_leaves=3)), draw(_numbers()), bus_time, publisher, seq)
+                )
+                seq += 1
+                continue
+        timestamps = draw(st.lists(_numbers(), min_size=n, max_size=n))
+        entries.append(SampleRun(topic, values(n), timestamps, bus_time, publisher, seq))
+        seq += n
+    return entries
+
+
+#: A socket subscriber's queue at work: push one sample, push a run of n, take at most n (None: all).
+QueueOp = tuple[Literal["one", "run", "take"], int | None]
+
+
+def queue_operations() -> st.SearchStrategy[list[QueueOp]]:
+    op: st.SearchStrategy[QueueOp] = st.one_of(
+        st.tuples(st.just("one"), st.none()),
+        st.tuples(st.just("run"), st.integers(min_value=1, max_value=12)),
+        st.tuples(st.just("take"), st.none() | st.integers(min_value=1, max_value=12)),
+    )
+    return st.lists(op, max_size=40)
+
+
+__all__ += ["QueueOp", "column_batches", "queue_operations"]

@@ -11,7 +11,8 @@ import pytest
 import trio
 import trio.testing
 from hypothesis import given
-from strategies import topics_and_runs
+from hypothesis import strategies as st
+from strategies import QueueOp, queue_operations, topics_and_runs
 
 from bus import (
     Action,
@@ -28,6 +29,8 @@ from bus import (
     UnknownTopicError,
     ValueRefusedError,
 )
+from bus._sample import SampleRun
+from bus._subscription import ColumnSubscription
 from bus._topic import FloatList
 
 SPEED = Topic("Vehicle.Speed", float, unit="km/h", min=0, max=400, max_age=1.0)
@@ -490,3 +493,45 @@ async def test_publish_run_fills_block_queues_only_as_far_as_they_have_room() ->
         with pytest.raises(ValueRefusedError):
             publisher._publish_run([1.0, "x"], [1.0, 2.0])
         assert blocked.statistics().queued == 0  # nothing of a refused run got in
+
+
+@given(queue_operations(), st.integers(min_value=1, max_value=10), st.sampled_from(["drop_oldest", "block"]))
+def test_a_column_queue_holds_and_drops_exactly_what_a_sample_queue_does(
+    ops: list[QueueOp], capacity: int, overflow: str
+) -> None:
+    """The broker's queue for a socket subscriber keeps runs whole; pushed the same samples (singly or as
+    runs, a ``block`` queue never beyond its room, as the bus does) and read the same way, it hands out,
+    keeps and drops exactly what a `Subscription` does."""
+    policy = Overflow(overflow)
+    args: tuple[Any, ...] = ("c", "T", capacity, policy, lambda _: None, lambda: 0, set())
+    plain: Subscription[Any] = Subscription(*args)
+    columns = ColumnSubscription(*args)
+    seq = 0
+    for op, n in ops:
+        if op == "take":
+            if not plain.statistics().queued:
+                with pytest.raises(trio.WouldBlock):
+                    columns.take_columns(n)
+                continue
+            assert list(columns.take_columns(n)) == plain.receive_batch_nowait(n)
+        else:
+            k = 1 if op == "one" else n
+            assert k is not None
+            if policy is Overflow.BLOCK:
+                k = min(k, plain.room)
+                if k == 0:
+                    assert columns.full
+                    continue
+            run = SampleRun("T", [float(seq + i) for i in range(k)], [1.0] * k, 2.0, "p", seq + 1)
+            seq += k
+            if op == "one":
+                (sample,) = run.samples()
+                plain.push(sample)
+                columns.push(sample)
+            else:
+                plain.push_run(run.samples())
+                columns.push_columns(run)
+        assert columns.statistics().queued == plain.statistics().queued
+        assert (columns.full, columns.room) == (plain.full, plain.room)
+    rest = plain.receive_batch_nowait() if plain.statistics().queued else []
+    assert (list(columns.take_columns()) if rest else []) == rest
