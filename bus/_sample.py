@@ -6,6 +6,8 @@ from collections.abc import Iterator, Sequence
 from itertools import repeat
 from typing import Any, Generic, NamedTuple, TypeVar, overload
 
+import attrs
+
 T = TypeVar("T")
 
 
@@ -32,28 +34,18 @@ class Sample(NamedTuple, Generic[T]):
 _new_sample = tuple.__new__  # a Sample without the named tuple's Python-level __new__: half the cost
 
 
+@attrs.define
 class SampleRun:
     """Consecutive samples of one topic from one publisher, as columns: how a run published from another
     process travels through the broker to socket subscribers, which send columns anyway, so the sample
     tuples are never built there. ``values[i]`` has ``timestamps[i]`` and seq ``first_seq + i``."""
 
-    __slots__ = ("bus_time", "first_seq", "publisher", "timestamps", "topic", "values")
-
-    def __init__(
-        self,
-        topic: str,
-        values: list[Any],
-        timestamps: list[float],
-        bus_time: float,
-        publisher: str,
-        first_seq: int,
-    ) -> None:
-        self.topic = topic
-        self.values = values
-        self.timestamps = timestamps
-        self.bus_time = bus_time
-        self.publisher = publisher
-        self.first_seq = first_seq
+    topic: str
+    values: list[Any]
+    timestamps: list[float]
+    bus_time: float
+    publisher: str
+    first_seq: int
 
     def __len__(self) -> int:
         return len(self.values)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from typing import Self
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @attrs.frozen
@@ -76,9 +77,6 @@ class Subscription(Generic[T]):
         #: How many samples the bus has pushed to this subscription so far (computed from the topics'
         #: sequence numbers, so the hot path counts nothing): drops = pushed - received - queued.
         self._pushed = pushed
-        # DROP_OLDEST: a deque with maxlen drops the oldest by itself, in C. BLOCK: the publisher never
-        # pushes to a full queue. LATEST: one slot per topic.
-        self._queue: deque[Sample[T]] = deque(maxlen=capacity if overflow is Overflow.DROP_OLDEST else None)
         self._latest: dict[str, Sample[T]] = {}
         self._received = 0
         self._parked = parked
@@ -89,6 +87,14 @@ class Subscription(Generic[T]):
         self.push: Callable[[Sample[T]], None]
         #: Called by the bus with a run of samples of one topic: for queues, the deque's own C ``extend``.
         self.push_run: Callable[[Sequence[Sample[T]]], None]
+        self._queue: deque[Any]
+        self._make_queue()
+
+    def _make_queue(self) -> None:
+        """The queue and the push functions. DROP_OLDEST: a deque with maxlen drops the oldest by itself,
+        in C. BLOCK: the publisher never pushes to a full queue. LATEST: one slot per topic."""
+        overflow = self.overflow
+        self._queue = deque(maxlen=self.capacity if overflow is Overflow.DROP_OLDEST else None)
         if overflow is Overflow.LATEST:
             self.push = self._push_latest
             self.push_run = self._push_latest_of_run
@@ -190,27 +196,25 @@ class Subscription(Generic[T]):
 
         await trio.lowlevel.wait_task_rescheduled(abort)
 
-    async def receive(self) -> Sample[T]:
-        """Wait for the next sample and take it."""
+    async def _receive_with(self, take: Callable[[], R]) -> R:
+        """``take()`` (a ``*_nowait`` read) as a trio operation: a checkpoint, and a wait when it would
+        block."""
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            sample = self.receive_nowait()
+            got = take()
         except trio.WouldBlock:
             await self._wait()
-            return self.receive_nowait()
+            return take()
         await trio.lowlevel.cancel_shielded_checkpoint()
-        return sample
+        return got
+
+    async def receive(self) -> Sample[T]:
+        """Wait for the next sample and take it."""
+        return await self._receive_with(self.receive_nowait)
 
     async def receive_batch(self, max_items: int | None = None) -> list[Sample[T]]:
         """Wait until at least one sample is queued, then take all queued (at most ``max_items``)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            batch = self.receive_batch_nowait(max_items)
-        except trio.WouldBlock:
-            await self._wait()
-            return self.receive_batch_nowait(max_items)
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return batch
+        return await self._receive_with(lambda: self.receive_batch_nowait(max_items))
 
     def __aiter__(self) -> Self:
         return self
@@ -279,23 +283,13 @@ class ColumnSubscription(Subscription[Any]):
 
     __slots__ = ("_extra", "_runs")
 
-    def __init__(
-        self,
-        client: str,
-        pattern: str,
-        capacity: int,
-        overflow: Overflow,
-        detach: Callable[[Subscription[Any]], None],
-        pushed: Callable[[], int],
-        parked: set[Subscription[Any]],
-    ) -> None:
-        if overflow is Overflow.LATEST:
+    def _make_queue(self) -> None:
+        if self.overflow is Overflow.LATEST:
             raise ValueError("a ColumnSubscription queues samples: drop_oldest or block, not latest")
-        super().__init__(client, pattern, capacity, overflow, detach, pushed, parked)
-        self._queue: deque[Any] = deque()  # SampleRun and Sample entries: bounded by counting, not maxlen
+        self._queue = deque()  # SampleRun and Sample entries: bounded by counting, not by maxlen
         self._extra = 0
         self._runs = 0
-        if overflow is Overflow.DROP_OLDEST:
+        if self.overflow is Overflow.DROP_OLDEST:
             self.push = self._push_one
             self.push_run = self._push_samples
         else:  # block: the bus never pushes beyond the room there is
@@ -398,14 +392,7 @@ class ColumnSubscription(Subscription[Any]):
 
     async def receive_columns(self, max_items: int | None = None) -> SampleColumns:
         """Wait until at least one sample is queued, then take them (see `take_columns`)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            batch = self.take_columns(max_items)
-        except trio.WouldBlock:
-            await self._wait()
-            return self.take_columns(max_items)
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return batch
+        return await self._receive_with(lambda: self.take_columns(max_items))
 
     def _pop_all(self, max_items: int | None) -> list[Sample[Any]]:
         return list(self.take_columns(max_items))
