@@ -526,3 +526,45 @@ async def test_a_closed_remote_client_refuses_to_publish(broker: Broker) -> None
                 speed.publish_nowait(2.0)
             with pytest.raises(trio.ClosedResourceError):
                 client.publish_nowait(SPEED, 2.0)
+
+
+async def test_runs_to_a_drop_oldest_reader_across_the_socket_keep_order_and_account_for_every_sample(
+    broker: Broker,
+) -> None:
+    """A remote publisher's runs reach a remote `drop_oldest` reader that reads only at the end: what
+    arrives is in order and ends with the last sample, and every sample is received or counted as
+    dropped, on the broker's side and on the reader's."""
+    n = 20_000
+    with trio.fail_after(LIMIT):
+        async with (
+            bus.connect_unix(broker.path, "reader") as reader,
+            bus.connect_unix(broker.path, "writer") as writer,
+        ):
+            with reader.subscribe(SPEED, queue_size=64, overflow="drop_oldest") as samples:
+                await reader.get(SPEED)  # a round trip: the broker has the subscription
+                publisher = writer.publisher(SPEED)
+                for i in range(n):  # in bursts of 500: runs of hundreds of samples
+                    try:
+                        publisher.publish_nowait(float(i % 400), timestamp=float(i))
+                    except trio.WouldBlock:
+                        await publisher.publish(float(i % 400), timestamp=float(i))
+                    if i % 500 == 499:
+                        await trio.lowlevel.checkpoint()
+                await writer.flush()
+                while True:  # until the broker has taken every sample and forwarded what it kept
+                    stats = broker.bus.statistics()
+                    (topic,) = [t for t in stats.topics if t.name == SPEED.name]
+                    (on_broker,) = [s for s in stats.subscriptions if s.client == "reader"]
+                    if topic.published == n and not on_broker.queued:
+                        break
+                    await trio.sleep(0.01)
+                await reader.get(SPEED)  # a round trip: what the broker forwarded has arrived
+                arrived = samples.receive_batch_nowait()
+                mine = samples.statistics()
+        assert on_broker.received + on_broker.dropped == n
+        assert mine.received + mine.dropped == on_broker.received
+        assert on_broker.dropped + mine.dropped > 0
+        seqs = [s.seq for s in arrived]
+        assert seqs == sorted(set(seqs))
+        assert arrived[-1].timestamp == n - 1
+        assert all(s.value == float(int(s.timestamp) % 400) for s in arrived)
