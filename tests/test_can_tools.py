@@ -23,6 +23,7 @@ import can
 import pytest
 import trio
 import trio.testing
+from spawn import wait_for_line
 
 import services.can._cli as cli
 import vwos._cli
@@ -689,8 +690,8 @@ def test_sim_command_stops_cleanly_on_a_signal(tiny: Path, signum: int) -> None:
     )
     try:
         assert proc.stderr is not None
-        ready = proc.stderr.readline()  # printed once the signals are handled
-        assert ready == f"simulating 5 messages of {tiny} on virtual {argv[-1]} (Ctrl-C stops)\n"
+        ready = wait_for_line(proc.stderr, "simulating")  # printed once the signals are handled
+        assert ready[:1] == [f"simulating 5 messages of {tiny} on virtual {argv[-1]} (Ctrl-C stops)\n"]
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:

@@ -10,11 +10,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from spawn import wait_for_line
 
 from vwos._cli import COMMANDS_GROUP, _command_entry_points, main
 
@@ -59,20 +59,12 @@ def test_run_stops_cleanly_on_sigterm_in_reverse_order(tmp_path: Path) -> None:
     )
     try:
         assert proc.stderr is not None
-        lines = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            lines.append(line)
-            if "all services ready" in line:
-                break
-        else:
-            pytest.fail("not ready within 30 s")
+        lines = wait_for_line(proc.stderr, "all services ready")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    events = [json.loads(line) for line in (lines + err.splitlines()) if line.strip()]
+    events = [json.loads(line) for line in ("".join(lines) + err).splitlines() if line.strip()]
     messages = [(e["event"], e.get("service")) for e in events]
     assert proc.returncode == 0
     assert ("stopping on signal", None) in messages
@@ -317,9 +309,7 @@ def test_control_commands_over_the_socket_of_a_running_supervisor(tmp_path: Path
     )
     try:
         assert proc.stderr is not None
-        deadline = time.monotonic() + 30
-        while "all services ready" not in proc.stderr.readline():
-            assert time.monotonic() < deadline, "not ready within 30 s"
+        wait_for_line(proc.stderr, "all services ready")
         status = json.loads(vwos("status", "--json").stdout)
         assert {s["name"]: s["state"] for s in status["services"]} == {
             "drive": "running",

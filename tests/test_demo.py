@@ -17,6 +17,7 @@ from typing import Any
 import mqtt_broker
 import pytest
 import vcan
+from spawn import wait_for_line
 
 from bus import Codec, Topic
 from services.can import CanCodec, load_database
@@ -245,12 +246,7 @@ def test_ctrl_c_stops_the_demo_cleanly_and_says_where_the_batches_are(tmp_path: 
     )
     try:
         assert proc.stderr is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if "all services ready" in proc.stderr.readline():
-                break
-        else:
-            pytest.fail("the demo was not ready within 30 s")
+        wait_for_line(proc.stderr, "all services ready")
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
