@@ -632,18 +632,18 @@ class Publisher(Generic[T]):
 
     def _publish_run(self, values: list[Any], timestamps: list[float]) -> int:
         """Publish a run of values (``timestamps[i]`` the source time of ``values[i]``), as a PUBLISH from
-        another process brings them: the rules checked for the whole run, the samples built and queued
-        in C. Returns how many were published from the start of the run: all, or fewer when the queue of
-        a ``block`` subscriber filled up (wait for room, then publish the rest). Raises `ValueRefusedError`
-        if a value breaks the topic's rules: then nothing was published (publish them one by one to keep
-        the others)."""
+        another process brings them: the rules checked for the whole run, the run queued whole for socket
+        subscribers (`ColumnSubscription`) and as samples built in C for the others. Returns how many were
+        published from the start of the run: all, or fewer when the queue of a ``block`` subscriber filled
+        up (wait for room, then publish the rest). Raises `ValueRefusedError` if a value breaks the topic's
+        rules: then nothing was published (publish them one by one to keep the others)."""
         if self._client._closed:
             raise trio.ClosedResourceError(f"bus client {self._name!r} is closed")
         state = self._state
         values = state.topic._check_many(values)
         n = len(values)
         if state.blocking:
-            room = min(sub.room for sub in state.blocking)
+            room = min((sub.room for sub in state.blocking if not sub.closed), default=n)  # as _wait_for_room
             if room < n:
                 if room <= 0:
                     return 0

@@ -673,7 +673,7 @@ class Deliver(_Message):
         bus_time: float | list[float],
         first_seq: int,
     ) -> list[Any]:
-        shared = bus_time if type(bus_time) is float else pack_doubles(bus_time)  # type: ignore[arg-type]
+        shared = pack_doubles(bus_time) if type(bus_time) is list else bus_time
         return [
             7,
             self.sub_id,

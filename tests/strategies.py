@@ -622,7 +622,7 @@ def column_batches(draw: st.DrawFn) -> list[Any]:
     columnar = draw(st.booleans())
     topic, publisher = draw(topic_names()), draw(st.text(max_size=8))
     seq = draw(st.integers(min_value=1, max_value=2**40))
-    shared_time = draw(_numbers())
+    shared_time = draw(_numbers() | st.integers(min_value=0, max_value=10**9))  # a clock may give ints
     entries: list[Any] = []
     for _ in range(draw(st.integers(min_value=1, max_value=5))):
         n = draw(st.integers(min_value=1, max_value=8))
