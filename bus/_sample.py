@@ -1,4 +1,4 @@
-"""The sample: one value as it travels on the bus."""
+"""The sample: one value as it travels on the bus; and the column forms a broker forwards runs in."""
 
 from __future__ import annotations
 
