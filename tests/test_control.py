@@ -360,6 +360,12 @@ async def test_bus_pub_converts_and_refuses(autojump_clock: trio.testing.MockClo
         assert sample.value == 12.0
         assert type(sample.value) is float
         assert out == "published Vehicle.Odometer = 12.0\n"
+        code, out, err = await invoke(cmd_bus_pub, ["bus", "pub", "Vehicle.Odometer", "13", "--json"], admin)
+        assert (code, err) == (0, "")
+        shown = json.loads(out)
+        sample = h.bus.latest("Vehicle.Odometer")[0]
+        assert shown == {"topic": "Vehicle.Odometer", "value": 13.0, "timestamp": sample.timestamp}
+        assert sample.value == 13.0
 
         code, _, _ = await invoke(
             cmd_bus_pub, ["bus", "pub", "Vehicle.CurrentLocation", '{"lat": 52.4, "lon": 10}'], admin
