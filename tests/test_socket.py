@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -433,33 +434,42 @@ async def test_bursts_travel_as_runs_in_order_and_a_refused_value_spares_the_res
         assert samples.statistics().dropped == 0
 
 
+@asynccontextmanager
+async def _reader_and_writer(
+    broker: Broker, *, queue_size: int, overflow: str
+) -> AsyncIterator[tuple[bus.RemoteBusClient, bus.Subscription[float], bus.RemoteBusClient]]:
+    """Two remote clients, "reader" subscribed to SPEED (the broker has the subscription) and "writer"."""
+    async with (
+        bus.connect_unix(broker.path, "reader") as reader,
+        bus.connect_unix(broker.path, "writer") as writer,
+    ):
+        with reader.subscribe(SPEED, queue_size=queue_size, overflow=overflow) as samples:
+            await reader.get(SPEED)  # a round trip: the broker has the subscription
+            yield reader, samples, writer
+
+
 async def test_a_block_subscriber_across_the_socket_loses_nothing(broker: Broker) -> None:
     """Back-pressure through two sockets: a slow remote reader with a `block` queue of 16 slows the
     remote publisher down; every sample arrives, in order."""
     n = 20_000
     with trio.fail_after(LIMIT):
-        async with (
-            bus.connect_unix(broker.path, "reader") as reader,
-            bus.connect_unix(broker.path, "writer") as writer,
-        ):
-            with reader.subscribe(SPEED, queue_size=16, overflow="block") as samples:
-                await reader.get(SPEED)  # a round trip: the broker has the subscription
-                received: list[float] = []
+        async with _reader_and_writer(broker, queue_size=16, overflow="block") as (_, samples, writer):
+            received: list[float] = []
 
-                async def read_slowly() -> None:
-                    while len(received) < n:
-                        received.extend(s.value for s in await samples.receive_batch())
-                        await trio.lowlevel.checkpoint()
+            async def read_slowly() -> None:
+                while len(received) < n:
+                    received.extend(s.value for s in await samples.receive_batch())
+                    await trio.lowlevel.checkpoint()
 
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(read_slowly)
-                    publisher = writer.publisher(SPEED)
-                    for i in range(n):
-                        await publisher.publish(float(i % 400))
-                assert received == [float(i % 400) for i in range(n)]
-                assert samples.statistics().dropped == 0
-                (on_broker,) = [s for s in broker.bus.statistics().subscriptions if s.client == "reader"]
-                assert (on_broker.received, on_broker.dropped) == (n, 0)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_slowly)
+                publisher = writer.publisher(SPEED)
+                for i in range(n):
+                    await publisher.publish(float(i % 400))
+            assert received == [float(i % 400) for i in range(n)]
+            assert samples.statistics().dropped == 0
+            (on_broker,) = [s for s in broker.bus.statistics().subscriptions if s.client == "reader"]
+            assert (on_broker.received, on_broker.dropped) == (n, 0)
 
 
 async def test_timestamps_must_be_seconds(broker: Broker) -> None:
@@ -536,31 +546,30 @@ async def test_runs_to_a_drop_oldest_reader_across_the_socket_keep_order_and_acc
     dropped, on the broker's side and on the reader's."""
     n = 20_000
     with trio.fail_after(LIMIT):
-        async with (
-            bus.connect_unix(broker.path, "reader") as reader,
-            bus.connect_unix(broker.path, "writer") as writer,
+        async with _reader_and_writer(broker, queue_size=64, overflow="drop_oldest") as (
+            reader,
+            samples,
+            writer,
         ):
-            with reader.subscribe(SPEED, queue_size=64, overflow="drop_oldest") as samples:
-                await reader.get(SPEED)  # a round trip: the broker has the subscription
-                publisher = writer.publisher(SPEED)
-                for i in range(n):  # in bursts of 500: runs of hundreds of samples
-                    try:
-                        publisher.publish_nowait(float(i % 400), timestamp=float(i))
-                    except trio.WouldBlock:
-                        await publisher.publish(float(i % 400), timestamp=float(i))
-                    if i % 500 == 499:
-                        await trio.lowlevel.checkpoint()
-                await writer.flush()
-                while True:  # until the broker has taken every sample and forwarded what it kept
-                    stats = broker.bus.statistics()
-                    (topic,) = [t for t in stats.topics if t.name == SPEED.name]
-                    (on_broker,) = [s for s in stats.subscriptions if s.client == "reader"]
-                    if topic.published == n and not on_broker.queued:
-                        break
-                    await trio.sleep(0.01)
-                await reader.get(SPEED)  # a round trip: what the broker forwarded has arrived
-                arrived = samples.receive_batch_nowait()
-                mine = samples.statistics()
+            publisher = writer.publisher(SPEED)
+            for i in range(n):  # in bursts of 500: runs of hundreds of samples
+                try:
+                    publisher.publish_nowait(float(i % 400), timestamp=float(i))
+                except trio.WouldBlock:
+                    await publisher.publish(float(i % 400), timestamp=float(i))
+                if i % 500 == 499:
+                    await trio.lowlevel.checkpoint()
+            await writer.flush()
+            while True:  # until the broker has taken every sample and forwarded what it kept
+                stats = broker.bus.statistics()
+                (topic,) = [t for t in stats.topics if t.name == SPEED.name]
+                (on_broker,) = [s for s in stats.subscriptions if s.client == "reader"]
+                if topic.published == n and not on_broker.queued:
+                    break
+                await trio.sleep(0.01)
+            await reader.get(SPEED)  # a round trip: what the broker forwarded has arrived
+            arrived = samples.receive_batch_nowait()
+            mine = samples.statistics()
         assert on_broker.received + on_broker.dropped == n
         assert mine.received + mine.dropped == on_broker.received
         assert on_broker.dropped + mine.dropped > 0
