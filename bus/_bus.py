@@ -18,7 +18,6 @@ from bus._errors import (
     PermissionDeniedError,
     RemoteError,
     StaleValueError,
-    TopicError,
     UnknownTopicError,
     ValueRefusedError,
 )
@@ -137,10 +136,7 @@ class Bus:
         """Make ``topic`` known. Declaring the same name again with another type or other rules fails."""
         state = self._topics.get(topic.name)
         if state is not None:
-            if state.topic is not topic and not state.topic.same_declaration(topic):
-                raise TopicError(
-                    f"{topic.name}: already declared as {state.topic!r}; cannot declare it again as {topic!r}"
-                )
+            state.topic._check_redeclaration(topic)
             return topic
         subs = tuple(s for s in self._subscriptions if matches(s.pattern, topic.name))
         for sub in subs:
@@ -293,7 +289,6 @@ class BusClient:
         self.bus = bus
         self.name = name
         self.permissions = permissions
-        #: Declared publishers by the id of the topic object (or name) they were asked for.
         #: Declared publishers by topic name (a str) or by the id of the Topic object (kept alive beside it,
         #: so that its id is not reused).
         self._publishers: dict[int | str, tuple[Publisher[Any], Topic[Any] | str]] = {}
@@ -411,10 +406,7 @@ class BusClient:
             if not is_pattern(pattern) and pattern in self.bus._topics:
                 qos = self.bus._topics[pattern].topic.qos
         self._require(Action.SUBSCRIBE, pattern)
-        qos = QoS(
-            queue_size=qos.queue_size if queue_size is None else queue_size,
-            overflow=qos.overflow if overflow is None else Overflow(overflow),
-        )
+        qos = qos._override(queue_size, overflow)
         sub = self.bus._subscription(self.name, pattern, qos, self._detach, latest, columns)
         self._subscriptions.append(sub)
         return sub

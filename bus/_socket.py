@@ -42,7 +42,7 @@ from bus._errors import (
     TopicError,
     ValueRefusedError,
 )
-from bus._pattern import check_pattern, covers, is_pattern
+from bus._pattern import check_name, check_pattern, covers
 from bus._permissions import Action, Permissions
 from bus._sample import Sample, _sliced
 from bus._subscription import ColumnSubscription, Subscription, SubscriptionStatistics
@@ -72,6 +72,7 @@ from bus._wire import (
     Unsubscribe,
     Welcome,
     error_from_exception,
+    remote_error,
     timeout_to_wire,
 )
 
@@ -453,7 +454,7 @@ async def _serve_connection(
 
 def _fatal_bytes(conn: Connection, exc: ProtocolError) -> bytes:
     try:
-        return conn.send([Error(None, "protocol", "ProtocolError", str(exc), [str(exc)])])
+        return conn.send([error_from_exception(None, exc)])
     except (ProtocolError, CodecError):
         return b""
 
@@ -469,11 +470,15 @@ class _Pending:
         self.result: Any = None
         self.error: BaseException | None = None
 
-    def fail(self, error: BaseException) -> None:
-        """End the wait with ``error``, unless it has ended already."""
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        """End the wait with ``result`` or ``error``, unless it has ended already (a late answer)."""
         if not self.done.is_set():
+            self.result = result
             self.error = error
             self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.finish(error=error)
 
 
 class _StatusCallback:
@@ -603,7 +608,7 @@ class _Session:
         elif isinstance(m, Call):
             if len(self.calls) >= _MAX_CALLS_IN_FLIGHT or m.id in self.calls:
                 reason = f"call {m.id} refused: id in use, or {_MAX_CALLS_IN_FLIGHT} calls already in flight"
-                put(Error(m.id, "bus", "BusError", reason, [reason]))
+                put(error_from_exception(m.id, BusError(reason)))
                 return
             scope = trio.CancelScope()
             self.calls[m.id] = scope
@@ -631,13 +636,12 @@ class _Session:
                 self.log.warning("the client reports an error", kind=m.kind, message=m.message)
                 return
             pending = self.forwarded.get(m.id)
-            if pending is None or pending.done.is_set():
+            if pending is None:
                 return  # a late answer to a call already given up
             if isinstance(m, Reply):
-                pending.result = m.result
+                pending.finish(m.result)
             else:
-                pending.error = _named_exception(m.error_type, m.message)
-            pending.done.set()
+                pending.finish(error=_named_exception(m.error_type, m.message))
 
     async def _publish(self, publisher: Publisher[Any], values: list[Any], timestamps: list[float]) -> None:
         """Publish a PUBLISH's run: all at once while the subscribers' queues take it (waiting for room in
@@ -881,10 +885,7 @@ class RemoteBusClient:
             self._raise_problem()
         known = self._topics.get(topic.name)
         if known is not None:
-            if known is not topic and not known.same_declaration(topic):
-                raise TopicError(
-                    f"{topic.name}: already declared as {known!r}; cannot declare it again as {topic!r}"
-                )
+            known._check_redeclaration(topic)
             return topic
         declaration = Declare.from_topic(topic, self._conn.codec)
         self._topics[topic.name] = topic
@@ -907,9 +908,7 @@ class RemoteBusClient:
             self.declare(topic)
             known: Topic[Any] | None = topic
         else:
-            check_pattern(name)
-            if is_pattern(name):
-                raise TopicError(f"{name}: cannot publish to a pattern")
+            check_name(name)  # a topic name: no wildcards
             known = self._topics.get(name)
         publisher: RemotePublisher[Any] = RemotePublisher(self, name, known)
         if len(self._publishers) > 4096:
@@ -976,10 +975,7 @@ class RemoteBusClient:
             known = self._topics.get(pattern)
             qos = known.qos if known is not None else QoS()
         self._require(Action.SUBSCRIBE, pattern)
-        qos = QoS(
-            queue_size=qos.queue_size if queue_size is None else queue_size,
-            overflow=qos.overflow if overflow is None else Overflow(overflow),
-        )
+        qos = qos._override(queue_size, overflow)
         sub_id = self._new_id()
         counter = [0]
         sub: Subscription[Any] = Subscription(
@@ -1129,20 +1125,11 @@ class RemoteBusClient:
                     result = await handler(call.arg)
             except Exception as exc:
                 _log.info("method handler raised", method=mdef.name, error=repr(exc))
-                self._outbox.put(
-                    Error(
-                        call.id,
-                        "remote",
-                        type(exc).__name__,
-                        str(exc),
-                        [mdef.name, type(exc).__name__, str(exc)],
-                    )
-                )
+                self._outbox.put(remote_error(call.id, exc, mdef.name))
             else:
                 problem = _response_problem(mdef, result)
                 if problem is not None:
-                    args = [mdef.name, "TypeError", problem]
-                    self._outbox.put(Error(call.id, "remote", "TypeError", problem, args))
+                    self._outbox.put(remote_error(call.id, TypeError(problem), mdef.name))
                 else:
                     self._outbox.put(Reply(call.id, result))
             finally:
@@ -1243,10 +1230,9 @@ class RemoteBusClient:
             pending = self._pending.get(m.id)
             if pending is not None:
                 if isinstance(m, Reply):
-                    pending.result = m.result
+                    pending.finish(m.result)
                 else:
-                    pending.error = m.to_exception()
-                pending.done.set()
+                    pending.finish(error=m.to_exception())
                 return
             sub = self._subs.get(m.id)
             if sub is not None and isinstance(m, Error):

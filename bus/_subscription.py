@@ -289,20 +289,14 @@ class ColumnSubscription(Subscription[Any]):
         self._queue = deque()  # SampleRun and Sample entries: bounded by counting, not by maxlen
         self._extra = 0
         self._runs = 0
+        # (no push_run: the bus hands a ColumnSubscription its runs through push_columns)
         if self.overflow is Overflow.DROP_OLDEST:
             self.push = self._push_one
-            self.push_run = self._push_samples
         else:  # block: the bus never pushes beyond the room there is
             self.push = self._queue.append
-            self.push_run = self._queue.extend
 
     def _push_one(self, sample: Sample[Any]) -> None:
         self._queue.append(sample)
-        if len(self._queue) + self._extra > self.capacity:
-            self._drop_oldest()
-
-    def _push_samples(self, samples: Sequence[Sample[Any]]) -> None:
-        self._queue.extend(samples)
         if len(self._queue) + self._extra > self.capacity:
             self._drop_oldest()
 

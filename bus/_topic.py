@@ -42,6 +42,13 @@ class QoS:
     queue_size: int = attrs.field(default=64, validator=_positive_int)
     overflow: Overflow = attrs.field(default=Overflow.DROP_OLDEST, converter=Overflow)
 
+    def _override(self, queue_size: int | None, overflow: Overflow | str | None) -> QoS:
+        """This QoS with the subscriber's own ``queue_size`` and ``overflow`` where given."""
+        return QoS(
+            queue_size=self.queue_size if queue_size is None else queue_size,
+            overflow=self.overflow if overflow is None else Overflow(overflow),
+        )
+
 
 _NUMERIC = (int, float)
 
@@ -216,6 +223,13 @@ class Topic(Generic[T]):
     def same_declaration(self, other: Topic[Any]) -> bool:
         """True if ``other`` declares the same name with the same type and rules (QoS aside)."""
         return attrs.evolve(self, qos=other.qos, description=other.description) == other
+
+    def _check_redeclaration(self, other: Topic[Any]) -> None:
+        """Raise `TopicError` unless ``other`` (declared again under this name) is this declaration."""
+        if other is not self and not self.same_declaration(other):
+            raise TopicError(
+                f"{self.name}: already declared as {self!r}; cannot declare it again as {other!r}"
+            )
 
 
 @attrs.frozen

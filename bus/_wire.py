@@ -68,6 +68,7 @@ __all__ = [
     "Welcome",
     "error_from_exception",
     "pack_doubles",
+    "remote_error",
 ]
 
 #: The protocol version this code speaks (HELLO and WELCOME carry it).
@@ -872,6 +873,11 @@ class Error(_Message):
             return BusError(self.message)
 
 
+def remote_error(id: int | None, exc: BaseException, method: str) -> Error:
+    """The ERROR (kind ``remote``) for ``exc`` raised by the handler of ``method``, whatever its type."""
+    return Error(id, "remote", type(exc).__name__, str(exc), [method, type(exc).__name__, str(exc)])
+
+
 def error_from_exception(id: int | None, exc: BaseException, *, method: str | None = None) -> Error:
     """The ERROR message for ``exc``; an exception that is not a bus error travels as kind ``remote``."""
     args: list[Any]
@@ -880,7 +886,7 @@ def error_from_exception(id: int | None, exc: BaseException, *, method: str | No
         if kind is not None:
             break
     else:
-        return Error(id, "remote", type(exc).__name__, str(exc), [method or "", type(exc).__name__, str(exc)])
+        return remote_error(id, exc, method or "")
     if isinstance(exc, PermissionDeniedError):
         args = [exc.client, exc.action, exc.name]
     elif isinstance(exc, ValueRefusedError):
