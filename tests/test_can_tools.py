@@ -28,7 +28,15 @@ from spawn import wait_for_line
 import services.can._cli as cli
 import vwos._cli
 from bus import Codec
-from services.can import CanCodec, CanDatabaseError, Frame, LinkDownError, MemoryTransport, load_database
+from services.can import (
+    CanCodec,
+    CanDatabaseError,
+    EncodeError,
+    Frame,
+    LinkDownError,
+    MemoryTransport,
+    load_database,
+)
 from services.can._cli import (
     FrameView,
     ReplayStats,
@@ -606,6 +614,78 @@ async def test_sim_of_the_mqb_database_decodes_without_errors(
         if message.name == "VIN_01":
             vin.append(record.VIN_01_MUX)
     assert vin[:10] == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]  # a multiplexed message goes through its pages
+
+
+# Extended multiplexing: the multiplexer ``Sub`` is itself multiplexed (sent with ``Page`` 0).
+EXTENDED_MUX_DBC = """VERSION ""
+
+BO_ 256 Pages: 4 ECU
+ SG_ Page M : 0|8@1+ (1,0) [0|255] "" GW
+ SG_ Sub m0M : 8|8@1+ (1,0) [0|255] "" GW
+ SG_ Level m0 : 24|8@1+ (1,0) [0|255] "" GW
+ SG_ Odometer m1 : 8|16@1+ (1,0) [0|65535] "km" GW
+ SG_ Fuel m1 : 16|8@1+ (1,0) [0|255] "l" GW
+ SG_ Range m2 : 16|8@1+ (1,0) [0|255] "km" GW
+
+BO_ 512 Plain: 1 ECU
+ SG_ Lamp : 0|8@1+ (1,0) [0|255] "" GW
+
+SG_MUL_VAL_ 256 Sub Page 0-0;
+SG_MUL_VAL_ 256 Level Page 0-0;
+SG_MUL_VAL_ 256 Fuel Sub 1-1;
+SG_MUL_VAL_ 256 Range Sub 2-2;
+SG_MUL_VAL_ 256 Odometer Page 1-1;
+"""
+
+
+@pytest.fixture
+def extended_mux(tmp_path: Path) -> Path:
+    path = tmp_path / "extended_mux.dbc"
+    path.write_text(EXTENDED_MUX_DBC)
+    return path
+
+
+def test_a_nested_multiplexer_without_a_value_is_an_encode_error(extended_mux: Path) -> None:
+    codec = CanCodec(load_database(extended_mux), "ext", codec=Codec())
+    frame = codec.encode("Pages", {"Page": 0, "Sub": 1, "Level": 7, "Fuel": 42}, base={})
+    ((_, record),) = codec.decode(frame.arbitration_id, frame.data)
+    assert (record.Page, record.Sub, record.Level, record.Fuel, record.Range) == (0, 1, 7, 42, None)
+    with pytest.raises(EncodeError, match=r"^Pages\.Sub: no value for this multiplexer \(it may be 1, 2\)$"):
+        codec.encode("Pages", {"Page": 0, "Level": 7}, base={})
+    with pytest.raises(EncodeError, match=r"^Pages\.Sub: 0\.0 selects nothing \(it may be 1, 2\)$"):
+        codec.encode("Pages", {"Page": 0, "Level": 7})  # Sub's default, 0
+    with pytest.raises(EncodeError, match=r'^Pages: cannot encode: .*"Level"'):
+        codec.encode("Pages", {"Page": 0, "Sub": 2, "Range": 9}, base={})
+    with pytest.raises(EncodeError, match=r"^Pages: Range not sent with these multiplexer values$"):
+        codec.encode("Pages", {"Page": 0, "Sub": 1, "Range": 9})
+    assert codec.encode("Pages", {"Page": 1, "Odometer": 513}, base={}).data == bytes([1, 1, 2, 0])
+
+
+async def test_sim_leaves_out_a_message_whose_nested_multiplexer_it_cannot_set(
+    autojump_clock: trio.testing.MockClock, extended_mux: Path
+) -> None:
+    send = FrameRecorder()
+    ecu = SimulatedEcu(load_database(extended_mux), send)
+    assert ecu.messages == ["Plain"]
+    assert ecu.skipped == {"Pages": "Pages.Sub: no value for this multiplexer (it may be 1, 2)"}
+    await simulate(ecu, 1.0)
+    assert {f.arbitration_id for _, f in send.sent} == {0x200}
+    assert ecu.sent == len(send.sent) == 10
+
+
+def test_sim_command_warns_of_a_message_it_leaves_out(
+    extended_mux: Path, capsys: pytest.CaptureFixture[str], mock_time: trio.testing.MockClock
+) -> None:
+    ch = channel()
+    with can.Bus(interface="virtual", channel=ch) as listener:
+        code = tool("can", "sim", extended_mux, "--interface", "virtual", "--channel", ch, "--duration", "1")
+        received = drain(listener)
+    assert code == 0
+    assert {m.arbitration_id for m in received} == {0x200}
+    captured = capsys.readouterr()
+    assert captured.out == f"sent {len(received)} frames of 1 message in 1.000 s\n"
+    reason = "Pages.Sub: no value for this multiplexer (it may be 1, 2)"
+    assert f"vwos can: warning: Pages is not simulated: {reason}\n" in captured.err
 
 
 def test_sim_schedule_without_io(tiny: Path) -> None:

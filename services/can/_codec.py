@@ -411,18 +411,24 @@ class CanCodec:
         """The values of a multiplexed message's signals that its multiplexer values select."""
         selected: dict[str, float] = {}
 
+        def may(branches: dict[int, Any]) -> str:
+            return f"(it may be {', '.join(map(str, sorted(branches)))})"
+
         def walk(nodes: list[Any]) -> None:
             for node in nodes:
                 if isinstance(node, str):
+                    if node not in values:
+                        raise EncodeError(f'{msg.name}: cannot encode: no value for "{node}"')
                     selected[node] = values[node]
                     continue
                 for mux, branches in node.items():
+                    if mux not in values:  # a nested multiplexer (extended multiplexing) left unset
+                        raise EncodeError(f"{msg.name}.{mux}: no value for this multiplexer {may(branches)}")
                     selected[mux] = values[mux]
                     branch = branches.get(int(values[mux]))
                     if branch is None:
                         raise EncodeError(
-                            f"{msg.name}.{mux}: {values[mux]!r} selects nothing (it may be "
-                            f"{', '.join(map(str, sorted(branches)))})"
+                            f"{msg.name}.{mux}: {values[mux]!r} selects nothing {may(branches)}"
                         )
                     walk(branch)
 
