@@ -28,16 +28,12 @@ from services.can._transport import (
     can_filters,
     frame_message,
     open_python_can,
+    positive,
 )
 from vwos import Service, ServiceContext
 
 #: SocketCAN error class bit of a bus-off error frame (linux/can/error.h, CAN_ERR_BUSOFF).
 CAN_ERR_BUSOFF = 0x40
-
-
-def _positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"must be positive, not {value}")
 
 
 def _network_name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -52,7 +48,7 @@ class CyclicMessage:
     """A message the gateway sends every ``period`` seconds, with signal values that `Send` can change."""
 
     message: str = attrs.field(metadata={"help": "the message's name in the database"})
-    period: float = attrs.field(validator=_positive, metadata={"help": "seconds"})
+    period: float = attrs.field(validator=positive, metadata={"help": "seconds"})
     signals: dict[str, float] = attrs.field(factory=dict, metadata={"help": "initial signal values"})
 
 
@@ -199,22 +195,22 @@ class GatewayConfig:
     )
     receive_mode: ReceiveMode = attrs.field(default="auto", metadata={"help": "auto | fd | thread | poll"})
     poll_interval: float = attrs.field(
-        default=0.01, validator=_positive, metadata={"help": "seconds, for poll"}
+        default=0.01, validator=positive, metadata={"help": "seconds, for poll"}
     )
     reconnect_initial: float = attrs.field(
-        default=0.1, validator=_positive, metadata={"help": "seconds before the first try to reopen a link"}
+        default=0.1, validator=positive, metadata={"help": "seconds before the first try to reopen a link"}
     )
     reconnect_max: float = attrs.field(
         default=5.0,
-        validator=_positive,
+        validator=positive,
         metadata={"help": "the longest wait between tries, doubling up to it"},
     )
     status_period: float = attrs.field(
-        default=1.0, validator=_positive, metadata={"help": "seconds between status samples"}
+        default=1.0, validator=positive, metadata={"help": "seconds between status samples"}
     )
     log_interval: float = attrs.field(
         default=10.0,
-        validator=_positive,
+        validator=positive,
         metadata={"help": "at most one log line per problem kind this often"},
     )
 

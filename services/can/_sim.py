@@ -44,6 +44,7 @@ from services.can._transport import (
     can_filters,
     frame_message,
     open_python_can,
+    positive,
 )
 from vwos import Service, ServiceContext
 
@@ -405,11 +406,6 @@ def _message_names(inst: Any, attribute: attrs.Attribute[Any], value: tuple[str,
             )
 
 
-def _positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"must be positive, not {value}")
-
-
 @attrs.frozen
 class SimulatorConfig:
     """`CanSimulator`'s ``[services.NAME.config]``: the database, the interface, what to send and receive."""
@@ -436,24 +432,24 @@ class SimulatorConfig:
     )
     default_cycle: float = attrs.field(
         default=0.1,
-        validator=_positive,
+        validator=positive,
         metadata={"help": "seconds between frames of messages without a cycle time"},
     )
     receive_mode: ReceiveMode = attrs.field(default="auto", metadata={"help": "auto | fd | thread | poll"})
     poll_interval: float = attrs.field(
-        default=0.01, validator=_positive, metadata={"help": "seconds, for poll"}
+        default=0.01, validator=positive, metadata={"help": "seconds, for poll"}
     )
     reconnect_initial: float = attrs.field(
-        default=0.1, validator=_positive, metadata={"help": "seconds before the first try to reopen the link"}
+        default=0.1, validator=positive, metadata={"help": "seconds before the first try to reopen the link"}
     )
     reconnect_max: float = attrs.field(
         default=5.0,
-        validator=_positive,
+        validator=positive,
         metadata={"help": "the longest wait between tries, doubling up to it"},
     )
     log_interval: float = attrs.field(
         default=10.0,
-        validator=_positive,
+        validator=positive,
         metadata={"help": "at most one log line per problem kind this often"},
     )
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import attrs
 import can
 import trio
 
@@ -152,6 +153,13 @@ class ProblemLog:
         self._last[kind] = now
         more = self._suppressed.pop(kind, 0)
         self._log.warning(self._event, kind=kind, detail=detail, suppressed_since_last=more)
+
+
+def positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    """The attrs validator of the gateway's and the simulator's periods and intervals: seconds above zero
+    (None passes: not set)."""
+    if value is not None and not value > 0:
+        raise ValueError(f"must be positive, not {value}")
 
 
 def can_filters(ids: Iterable[tuple[int, bool]]) -> list[dict[str, Any]]:
