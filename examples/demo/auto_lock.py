@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import attrs
 import trio
-from demo_signals import AUTO_LOCK_COMMANDS, AUTO_LOCK_STATE, DOOR_LOCKED, DOOR_OPEN, NETWORK, SPEED
+from demo_signals import (
+    AUTO_LOCK_COMMANDS,
+    AUTO_LOCK_STATE,
+    DOOR_LOCKED,
+    DOOR_OPEN,
+    NETWORK,
+    SPEED,
+    heartbeat,
+)
 from demo_signals import positive as _positive
 
 from bus import BusError, Subscription
@@ -82,10 +90,10 @@ class AutoLock(Service[AutoLockConfig]):
             self._nursery = nursery
             for sub, table, door in doors:
                 nursery.start_soon(self._watch_door, sub, table, door)
+            nursery.start_soon(heartbeat, ctx)  # not per speed sample: the car may stand, the link be down
             task_status.started()
             with speeds:
                 async for sample in speeds:
-                    ctx.heartbeat()
                     self._on_speed(sample.value)
 
     async def _watch_door(self, sub: Subscription[bool], table: dict[str, bool | None], door: str) -> None:

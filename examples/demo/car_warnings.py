@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import attrs
 import trio
-from demo_signals import FUEL_LEVEL, LOW_FUEL, TIRE_LOW, TIRE_PRESSURE
+from demo_signals import FUEL_LEVEL, LOW_FUEL, TIRE_LOW, TIRE_PRESSURE, heartbeat
 from demo_signals import positive as _positive
 
 from bus import Subscription, Topic
@@ -98,9 +98,7 @@ class VehicleWarnings(Service[WarningsConfig]):
             for what, readings, rule, warning in rules:
                 nursery.start_soon(self._watch, ctx, what, readings, rule, warning)
             task_status.started()
-            while True:
-                ctx.heartbeat()
-                await trio.sleep(1.0)
+            await heartbeat(ctx)
 
     async def _watch(
         self,

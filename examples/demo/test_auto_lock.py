@@ -11,6 +11,7 @@ from auto_lock import AutoLock, AutoLockConfig
 from demo_signals import AUTO_LOCK_COMMANDS, AUTO_LOCK_STATE, DOOR_LOCKED, DOOR_OPEN, SPEED
 
 from services.can import SendRequest, send_method
+from vwos import ServiceSpec
 from vwos.testing import Harness, open_harness
 
 
@@ -39,9 +40,10 @@ class FakeGateway:
 
 @asynccontextmanager
 async def car_with(
-    config: AutoLockConfig, *, broken: bool = False
+    config: AutoLockConfig, *, broken: bool = False, watchdog: float | None = None
 ) -> AsyncIterator[tuple[Harness, FakeGateway]]:
-    async with open_harness(AutoLock(config)) as car, trio.open_nursery() as nursery:
+    spec = ServiceSpec("auto_lock", AutoLock, config, watchdog=watchdog)
+    async with open_harness(spec) as car, trio.open_nursery() as nursery:
         fake = FakeGateway(car, broken=broken)
         await nursery.start(car.client.serve, send_method("demo"), fake.send)
         fake.report(locked=False)
@@ -129,4 +131,17 @@ async def test_without_a_gateway_it_says_so_and_gives_up(autojump_clock: trio.te
         await accelerate(car, 10.0, 20.0)
         await car.expect(AUTO_LOCK_STATE, lambda state: state == "failed", timeout=5)
         assert car.samples(AUTO_LOCK_COMMANDS)[-1].value == 0  # nothing could be sent
+        assert car.status()["auto_lock"].restarts == 0
+
+
+async def test_without_speed_samples_the_watchdog_does_not_restart_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with car_with(AutoLockConfig(), watchdog=5.0) as (car, gateway):  # the demo configs' watchdog
+        await accelerate(car, 0.0, 3.0)
+        await trio.sleep(30.0)  # the car is off, or the CAN link down: no speed samples
+        assert car.status()["auto_lock"].restarts == 0
+        await accelerate(car, 10.0, 20.0)  # the same run of the service still locks on the next drive
+        await car.expect(AUTO_LOCK_STATE, lambda state: state == "locked")
+        assert gateway.requests == [LOCK]
         assert car.status()["auto_lock"].restarts == 0
