@@ -40,6 +40,7 @@ import pstats
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -342,15 +343,19 @@ def gateway_class(link: _Link) -> type[CanGateway]:
     return BenchGateway
 
 
+@dataclass(frozen=True)
 class SaturatedRun:
     """One run of the whole path flat out: frames in, samples received and dropped, wall and CPU seconds."""
 
-    def __init__(self, frames: int, received: int, dropped: int, seconds: float, cpu: float) -> None:
-        self.frames = frames
-        self.received = received
-        self.dropped = dropped
-        self.seconds = seconds
-        self.cpu = cpu
+    #: Frames injected; each makes one sample (`main` checks it).
+    frames: int
+    #: Samples the subscriber took from its queue.
+    received: int
+    #: Samples the bus pushed to the subscriber that its full queue dropped (the bus counts them as
+    #: pushed - received - queued: none of them is in ``received``).
+    dropped: int
+    seconds: float
+    cpu: float
 
     @property
     def per_s(self) -> float:
@@ -362,8 +367,9 @@ class SaturatedRun:
 
     @property
     def lost(self) -> int:
-        """Samples that never arrived (one sample per frame) plus those the subscriber's queue dropped."""
-        return self.frames - self.received + self.dropped
+        """Frames whose samples never reached the subscriber (one sample per frame): those its queue dropped,
+        those still queued when the run ended and those never published. ``dropped`` is among them already."""
+        return self.frames - self.received
 
 
 class _Progress:
@@ -427,23 +433,12 @@ async def saturated(
     return SaturatedRun(frames, progress.received, stats.dropped, ended[0] - started, ended[1] - cpu_started)
 
 
-class PacedRun:
-    """A run at a fixed frame rate on the real clock."""
+@dataclass(frozen=True)
+class PacedRun(SaturatedRun):
+    """A run at a fixed frame rate on the real clock: the figures of a run, and each batch's lag."""
 
-    def __init__(
-        self, frames: int, received: int, dropped: int, lags: list[float], seconds: float, cpu: float
-    ) -> None:
-        self.frames = frames
-        self.received = received
-        self.dropped = dropped
-        self.lags = lags
-        self.seconds = seconds
-        self.cpu = cpu
-
-    @property
-    def lost_frames(self) -> int:
-        """Frames injected whose samples never reached the subscriber (one sample per frame)."""
-        return self.frames - self.received + self.dropped
+    #: Seconds from each batch's due time until the subscriber had all of it, in order.
+    lags: list[float]
 
 
 async def paced(
@@ -487,7 +482,7 @@ async def paced(
         nursery.cancel_scope.cancel()
     stats = sub.statistics()
     sub.close()
-    return PacedRun(total, received, stats.dropped, lags, seconds, cpu)
+    return PacedRun(total, received, stats.dropped, seconds, cpu, lags=lags)
 
 
 async def measure(
@@ -625,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lost = sum(r.lost for r in runs)
     status = measured["status"]
     frame_errors = status.unknown_ids + status.wrong_lengths + status.undecodable + status.error_frames
-    dropped_paced = paced_run.lost_frames
+    dropped_paced = paced_run.lost
     lag_max = max(paced_run.lags) * 1e3 if paced_run.lags else None
     lag_p50 = _table.percentile(paced_run.lags, 50) * 1e3 if paced_run.lags else None
     paced_load = paced_run.cpu / paced_run.seconds

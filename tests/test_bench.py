@@ -214,10 +214,10 @@ def test_bus_without_zenoh() -> None:
     assert "zenoh not measured: zenoh is not importable" in table.stdout
 
 
-def _footprint_module(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """bench/footprint.py imported (the script puts the project root on sys.path: undone after the test)."""
+def _bench_module(monkeypatch: pytest.MonkeyPatch, script: str) -> Any:
+    """bench/``script`` imported (the scripts put the project root on sys.path: undone after the test)."""
     monkeypatch.setattr(sys, "path", list(sys.path))
-    spec = importlib.util.spec_from_file_location("bench_footprint", BENCH / "footprint.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", BENCH / script)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -226,10 +226,26 @@ def _footprint_module(monkeypatch: pytest.MonkeyPatch) -> Any:
     return module
 
 
+def test_can_counts_a_sample_its_subscriber_dropped_as_lost_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bus counts a dropped sample as not received (dropped = pushed - received - queued): of 1000
+    frames, 990 samples received and 10 dropped is 10 lost, not 20."""
+    bench_can = _bench_module(monkeypatch, "can.py")
+    saturated = bench_can.SaturatedRun(frames=1000, received=990, dropped=10, seconds=0.5, cpu=0.25)
+    assert saturated.lost == 10
+    assert (saturated.per_s, saturated.cpu_us_per_frame) == (2000.0, 250.0)
+    paced = bench_can.PacedRun(frames=1000, received=990, dropped=10, seconds=1.0, cpu=0.5, lags=[0.001])
+    assert paced.lost == 10
+    assert isinstance(paced, bench_can.SaturatedRun)
+    assert paced.lags == [0.001]
+    # Samples never published or still queued when the run ended are lost too, without a drop.
+    assert bench_can.SaturatedRun(frames=1000, received=997, dropped=0, seconds=1.0, cpu=1.0).lost == 3
+    assert bench_can.SaturatedRun(frames=1000, received=1000, dropped=0, seconds=1.0, cpu=1.0).lost == 0
+
+
 def test_footprint_falls_back_to_the_overspeed_example_without_a_demo_config(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    footprint = _footprint_module(monkeypatch)
+    footprint = _bench_module(monkeypatch, "footprint.py")
     assert footprint.choose_config(None)[0] in (footprint.DEMO_CONFIG, footprint.FALLBACK_CONFIG)
     monkeypatch.setattr(footprint, "DEMO_CONFIG", ROOT / "examples" / "no-such-demo" / "vwos.toml")
     config, note = footprint.choose_config(None)
