@@ -9,6 +9,8 @@ tested without a broker.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,15 @@ import pytest
 import structlog
 import trio
 
-from services.uplink._mqtt import MqttConfig, MqttTransport, TokenBucket
+from services.uplink._mqtt import (
+    MqttConfig,
+    MqttTransport,
+    TokenBucket,
+    _Attempt,
+    _error_levels,
+    _Link,
+    _load_error,
+)
 from services.uplink._transport import TransportError, UplinkTransport
 from vwos._structure import StructureError, structure
 
@@ -238,6 +248,36 @@ async def test_unreadable_tls_files_fail_clearly(
         assert f"cannot load ca_file {missing}" in await connect_error(tls(broker, mqtt_pki, ca_file=missing))
         config = tls(broker, mqtt_pki, cert_file=mqtt_pki.client_cert, key_file=mqtt_pki.server_key)
         assert "cannot load cert_file" in await connect_error(config)  # a key that is not the cert's
+
+
+def test_tls_file_errors_say_why() -> None:
+    assert _load_error(FileNotFoundError(2, "No such file or directory")) == "No such file or directory"
+    assert _load_error(ssl.SSLError(9, "[SSL: PEM_LIB] PEM lib (_ssl.c:3900)")) == "PEM lib"
+    assert _load_error(OSError("no errno")) == "no errno"  # no strerror: the exception's text
+    assert _load_error(ValueError("key_file is encrypted")) == "key_file is encrypted"
+
+
+def test_the_connect_attempt_and_the_link_keep_pahos_last_error_line() -> None:
+    from paho.mqtt import client as paho
+    from paho.mqtt.enums import CallbackAPIVersion, LogLevel
+
+    assert _error_levels() is _error_levels()  # looked up once
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    here, there = socket.socketpair()
+    with here, there:
+        for make in (lambda: _Attempt(client), lambda: _Link(client, here)):
+            hook = make()
+            assert client.on_log == hook.on_log  # installed on the client
+            seen = []
+            for level, line in [
+                (LogLevel.MQTT_LOG_DEBUG, "Sending CONNECT"),
+                (LogLevel.MQTT_LOG_WARNING, "failed to receive on socket: [SSL: X] eof"),
+                (LogLevel.MQTT_LOG_INFO, "Received PUBACK"),
+                (LogLevel.MQTT_LOG_ERR, "broken pipe (_ssl.c:1006)"),
+            ]:
+                hook.on_log(client, None, level, line)
+                seen.append(hook.last_error)
+            assert seen == [None, "socket error: eof", "socket error: eof", "broken pipe"]
 
 
 # -- passwords ----------------------------------------------------------------------------------------------

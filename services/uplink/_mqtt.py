@@ -51,6 +51,7 @@ with jitter: ``vwos.BackoffPolicy.delay(failures, random.random())``) and call `
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -360,20 +361,26 @@ class _ClosingSSLSocket(ssl.SSLSocket):
             raise
 
 
-class _Attempt:
-    """paho's blocking ``reconnect()`` in a worker thread, abandoned safely if trio stops waiting for it."""
+class _ErrorLog:
+    """paho's hook ``on_log``, keeping its last error line: paho logs (rather than raises) socket errors."""
 
-    def __init__(self, client: paho.Client) -> None:
-        self.client = client
-        self.last_error: str | None = None
-        self._lock = threading.Lock()
-        self._finished = False
-        self._abandoned = False
-        client.on_log = self.on_log  # paho logs (rather than raises) a failed write of CONNECT
+    last_error: str | None
 
     def on_log(self, client: paho.Client, userdata: Any, level: int, message: str) -> None:  # either thread
         if level in _error_levels():
             self.last_error = _clean(message)
+
+
+class _Attempt(_ErrorLog):
+    """paho's blocking ``reconnect()`` in a worker thread, abandoned safely if trio stops waiting for it."""
+
+    def __init__(self, client: paho.Client) -> None:
+        self.client = client
+        self.last_error = None
+        self._lock = threading.Lock()
+        self._finished = False
+        self._abandoned = False
+        client.on_log = self.on_log  # paho logs (rather than raises) a failed write of CONNECT
 
     def run(self) -> MQTTErrorCode:  # in the worker thread
         try:
@@ -407,7 +414,7 @@ class _Pending:
         self.error: str | None = None
 
 
-class _Link:
+class _Link(_ErrorLog):
     """One connection: its paho client and socket, the driver's state, the publishes awaiting PUBACK.
 
     paho calls the ``on_*`` methods from ``loop_read``/``loop_write``/``loop_misc``/``publish``, i.e. from
@@ -423,7 +430,7 @@ class _Link:
         self.ended = trio.Event()  # the driver has finished
         self.alive = True
         self.reason: str | None = None  # why the link ended
-        self.last_error: str | None = None  # paho's last error line (it logs socket errors, not raises them)
+        self.last_error = None  # paho's last error line (it logs socket errors, not raises them)
         self.pending: dict[int, _Pending] = {}
         self.write_wanted = trio.Event()
         self.driving = False  # the driver has started (and will call _finish when it ends)
@@ -490,13 +497,10 @@ class _Link:
     def on_socket_register_write(self, client: paho.Client, userdata: Any, sock: SocketLike) -> None:
         self.write_wanted.set()
 
-    def on_log(self, client: paho.Client, userdata: Any, level: int, message: str) -> None:
-        if level in _error_levels():
-            self.last_error = _clean(message)
 
-
+@functools.cache
 def _error_levels() -> tuple[int, int]:
-    """paho's log levels that carry an error worth reporting."""
+    """paho's log levels that carry an error worth reporting (looked up once: paho is imported lazily)."""
     from paho.mqtt.enums import LogLevel
 
     return (LogLevel.MQTT_LOG_ERR, LogLevel.MQTT_LOG_WARNING)
@@ -517,6 +521,17 @@ def _clean(text: str) -> str:
 
 def _ssl_text(exc: ssl.SSLError) -> str:
     return _clean(str(exc.args[1]) if len(exc.args) > 1 else str(exc))
+
+
+def _load_error(exc: OSError | ValueError) -> str:
+    """Why a TLS file could not be loaded: OpenSSL's reason, else the OS's, else the exception's text."""
+    if isinstance(exc, ssl.SSLError):
+        why: str | None = _ssl_text(exc)
+    elif isinstance(exc, OSError):
+        why = exc.strerror
+    else:
+        why = None
+    return why or str(exc)
 
 
 def _tls_hint(text: str) -> str:
@@ -703,25 +718,17 @@ class MqttTransport:
                 cafile=None if config.ca_file is None else str(config.ca_file)
             )
         except (OSError, ValueError) as exc:
-            why = (
-                _ssl_text(exc)
-                if isinstance(exc, ssl.SSLError)
-                else (exc.strerror if isinstance(exc, OSError) else None)
-            )
-            raise TransportError(f"{self.url}: cannot load ca_file {config.ca_file}: {why or exc}") from None
+            raise TransportError(
+                f"{self.url}: cannot load ca_file {config.ca_file}: {_load_error(exc)}"
+            ) from None
         if config.cert_file is not None:
             key = None if config.key_file is None else str(config.key_file)
             try:
                 context.load_cert_chain(str(config.cert_file), key, password=_refuse_key_password)
             except (OSError, ValueError) as exc:
-                why = (
-                    _ssl_text(exc)
-                    if isinstance(exc, ssl.SSLError)
-                    else (exc.strerror if isinstance(exc, OSError) else None)
-                )
                 raise TransportError(
                     f"{self.url}: cannot load cert_file {config.cert_file} / key_file {config.key_file}: "
-                    f"{why or exc}"
+                    f"{_load_error(exc)}"
                 ) from None
         if config.tls_insecure:
             context.check_hostname = False
