@@ -254,6 +254,49 @@ def test_filter_matches_a_per_campaign_model(
         assert keep.ttl == (None if None in ttls else max(t for t in ttls if t is not None))
 
 
+def test_a_topic_is_kept_only_through_the_first_pattern_that_matches_it() -> None:
+    """Overlapping patterns: the bus delivers a sample once per matching subscription, and only the one of
+    the first matching pattern (in `patterns` order) keeps it, so that it is stored once."""
+    f = CampaignFilter(
+        [Campaign("all", ("Test.**",)), Campaign("counter", ("Test.Counter", "Gear"), mode="change")]
+    )
+    assert f.patterns == ("Test.**", "Test.Counter", "Gear")
+    both, alone = Keep(("all", "counter")), Keep(("all",))
+    assert f.keep("Test.Counter", 1, 0.0, 1) is None  # "Test.**" (pattern 0) takes it
+    assert f.keep("Test.Counter", 1, 0.0, 0) == both  # the copy left out did not touch the change state
+    assert f.keep("Test.Counter", 1, 0.1, 1) is None
+    assert f.keep("Test.Counter", 1, 0.1, 0) == alone  # no change: kept by "all" only
+    assert f.keep("Test.Other", 1, 0.0, 0) == alone
+    assert f.keep("Gear", "P", 0.0, 0) is None  # not the pattern that takes "Gear"
+    assert f.keep("Gear", "P", 0.0, 2) == Keep(("counter",))
+    assert f.keep("Gear", "P", 0.1) is None  # without a pattern index: every sample counts (no change)
+
+
+@settings(max_examples=200)
+@given(
+    campaigns=st.lists(uplink_campaigns(), min_size=1, max_size=4, unique_by=lambda c: c.name),
+    samples=st.lists(
+        st.tuples(topic_names(max_depth=3), st.integers(0, 3), st.floats(0, 2, allow_nan=False)), max_size=60
+    ),
+    shuffle=st.randoms(use_true_random=False),
+)
+def test_a_sample_delivered_through_each_matching_pattern_is_kept_once(
+    campaigns: list[Campaign], samples: list[tuple[str, int, float]], shuffle: random.Random
+) -> None:
+    """Fed each sample through every pattern that matches it (in any order, as the service's subscriptions
+    deliver it), the filter keeps it once, exactly as when fed each sample once."""
+    once, per_pattern = CampaignFilter(campaigns), CampaignFilter(campaigns)
+    patterns = per_pattern.patterns
+    now = 0.0
+    for topic, value, dt in samples:
+        now += dt
+        expected = once.keep(topic, value, now)
+        through = [i for i, p in enumerate(patterns) if matches(p, topic)]
+        shuffle.shuffle(through)
+        kept = [k for i in through if (k := per_pattern.keep(topic, value, now, i)) is not None]
+        assert kept == ([] if expected is None else [expected])
+
+
 # ============================================================================================ batch format
 
 _BUILDER_IDS = ("VIN1", "0123456789abcdef")

@@ -34,6 +34,7 @@ from vwos import ConfigError, ServiceSpec, SupervisorPolicy, parse_config
 from vwos.testing import open_harness
 
 COUNTER = Topic("Test.Counter", int)
+OTHER = Topic("Test.Other", int)
 SPEED = Topic("Vehicle.Speed", float, unit="km/h", min=0, max=400)
 FAST: dict[str, Any] = {"flush_interval": 0.01, "batch_delay": 0.05, "status_period": 0.1}
 
@@ -102,6 +103,59 @@ async def test_a_clean_stop_keeps_what_was_collected_and_the_next_run_sends_it(t
     assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(range(1, 501))
 
 
+@pytest.mark.parametrize(
+    "campaigns",
+    [
+        (Campaign("all", ("Test.**",)), Campaign("counter", ("Test.Counter",))),
+        (Campaign("both", ("Test.Counter", "Test.**")),),
+        (Campaign("all", ("Test.**",)), Campaign("changes", ("Test.*",), mode="change")),
+    ],
+    ids=["two-campaigns", "one-campaign", "every-and-change"],
+)
+async def test_a_sample_matched_by_overlapping_patterns_is_stored_and_sent_once(
+    tmp_path: Path, campaigns: tuple[Campaign, ...]
+) -> None:
+    out, state = tmp_path / "batches", tmp_path / "state"
+    spec = uplink(tmp_path, directory=out, campaigns=campaigns)
+    with trio.fail_after(30):
+        async with open_harness(spec, state_dir=state) as car:
+            for i in range(1, 1001):
+                car.publish(COUNTER, i)
+                car.publish(OTHER, -i)
+            done = await car.expect(
+                status_topic("uplink"), lambda s: s.sent_samples >= 2000 and s.stored_samples == 0, timeout=20
+            )
+    assert (done.value.accepted, done.value.sent_samples) == (2000, 2000)
+    got = samples_in(p.read_bytes() for p in out.iterdir())
+    assert got == {"Test.Counter": list(range(1, 1001)), "Test.Other": [-i for i in range(1, 1001)]}
+    with Outbox(state / "uplink" / "outbox.sqlite", quota_bytes=1 << 30, vehicle_id="car-1") as box:
+        stats = box.statistics()
+    assert (stats.accepted, stats.stored_samples, stats.formed_samples) == (2000, 0, 0)  # no late copies
+
+
+async def test_what_is_left_after_a_full_batch_waits_for_a_fuller_one(tmp_path: Path) -> None:
+    """A third of a batch's worth stored starts sending at once; once less than that is left, the rest
+    waits for a fuller batch, for at most batch_delay (here a minute), instead of going out small."""
+    out = tmp_path / "batches"
+    n = 16_000  # at 1 ms apart: one full batch of 128 KiB and about a tenth of another
+    start = time.time() - n / 1000
+    with trio.fail_after(30):
+        async with open_harness(uplink(tmp_path, directory=out, batch_delay=60.0)) as car:
+            for i in range(1, n + 1):  # all in one commit
+                car.publish(COUNTER, i, timestamp=start + i / 1000)
+            first = await car.expect(status_topic("uplink"), lambda s: s.sent_batches >= 1, timeout=20)
+            await car.expect_none(
+                status_topic("uplink"), lambda s: s.sent_batches > 1 or s.stored_samples == 0, within=0.5
+            )
+    status = first.value
+    assert (status.accepted, status.sent_batches) == (n, 1)
+    assert 0 < status.stored_samples < n // 4
+    assert status.sent_samples + status.stored_samples == n
+    assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(
+        range(1, n - status.stored_samples + 1)
+    )
+
+
 def test_malformed_campaign_config_is_refused_at_its_key(tmp_path: Path) -> None:
     text = """
     [services.uplink]
@@ -123,6 +177,66 @@ def test_malformed_campaign_config_is_refused_at_its_key(tmp_path: Path) -> None
 def test_mqtt_transport_needs_its_table(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="transport = 'mqtt' needs"):
         UplinkConfig(vehicle_id="car-1", campaigns=(Campaign("a", ("**",)),), transport="mqtt")
+
+
+def test_a_batch_larger_than_the_mqtt_message_size_is_refused_at_load_time() -> None:
+    campaigns = (Campaign("a", ("**",)),)
+    mqtt = MqttConfig(host="broker.example", max_message_size=2048)
+    with pytest.raises(
+        ValueError,
+        match=r"^max_batch_bytes = 131072 is more than mqtt\.max_message_size = 2048: .*"
+        r"set max_batch_bytes to at most 2048",
+    ):
+        UplinkConfig(
+            vehicle_id="car-1", campaigns=campaigns, transport="mqtt", max_batch_bytes=131072, mqtt=mqtt
+        )
+    fits = UplinkConfig(
+        vehicle_id="car-1", campaigns=campaigns, transport="mqtt", max_batch_bytes=2048, mqtt=mqtt
+    )
+    assert fits.mqtt is not None
+    assert fits.max_batch_bytes == fits.mqtt.max_message_size == 2048  # equal is fine
+    unused = UplinkConfig(vehicle_id="car-1", campaigns=campaigns, transport="file", mqtt=mqtt)
+    assert unused.max_batch_bytes == 131072  # the file transport has no message size
+
+
+def test_a_batch_limit_below_the_outbox_minimum_is_refused_at_load_time() -> None:
+    campaigns = (Campaign("a", ("**",)),)
+    with pytest.raises(ValueError, match=r"^must be at least 1024 bytes, not 1023$"):
+        UplinkConfig(vehicle_id="car-1", campaigns=campaigns, max_batch_bytes=1023)
+    assert UplinkConfig(vehicle_id="car-1", campaigns=campaigns, max_batch_bytes=1024).max_batch_bytes == 1024
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        (
+            "max_batch_bytes = 100",
+            "services.uplink.config.max_batch_bytes: must be at least 1024 bytes, not 100",
+        ),
+        (
+            'transport = "mqtt"\n[services.uplink.config.mqtt]\nhost = "broker.example"\n'
+            "max_message_size = 2048",
+            "services.uplink.config: max_batch_bytes = 131072 is more than mqtt.max_message_size = 2048",
+        ),
+    ],
+    ids=["below-minimum", "over-message-size"],
+)
+def test_batch_size_problems_are_refused_at_their_key(tmp_path: Path, settings: str, problem: str) -> None:
+    text = f"""
+[services.uplink]
+plugin = "uplink"
+[services.uplink.config]
+vehicle_id = "car-1"
+{settings}
+[[services.uplink.config.campaigns]]
+name = "all"
+topics = ["**"]
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path=tmp_path / "vwos.toml")
+    problems = [str(p) for p in info.value.problems]
+    assert len(problems) == 1, problems
+    assert problem in problems[0]
 
 
 # -- a real broker -------------------------------------------------------------------------------------

@@ -17,6 +17,11 @@ meaning "keep until delivered", beats any ttl). Each campaign thus gets at least
 is never dropped earlier, nor sent later, than one of its campaigns alone would have it. Taking the
 shortest ttl instead would silently drop data a campaign without ttl was promised; the cost of the longest is
 only that a sample may live longer, or rank higher, than one of its campaigns alone would keep it.
+
+The service subscribes once per pattern (`CampaignFilter.patterns`), so with overlapping patterns
+(``Test.**`` and ``Test.Counter``) a sample arrives through several subscriptions. The filter takes each
+topic from one of them only, that of the first pattern matching it (``keep``'s ``via``): a sample is
+considered once, whatever the patterns.
 """
 
 from __future__ import annotations
@@ -151,15 +156,20 @@ class Keep:
 
 
 class _Route:
-    """The campaigns matching one topic: the stateless ones (``every``) and the stateful ones."""
+    """The campaigns matching one topic: the stateless ones (``every``) and the stateful ones; and the
+    pattern whose subscription the topic is taken from."""
 
-    __slots__ = ("constant", "stateful", "stateless")
+    __slots__ = ("constant", "owner", "stateful", "stateless")
 
-    def __init__(self, stateless: tuple[int, ...], stateful: tuple[int, ...], constant: Keep | None) -> None:
+    def __init__(
+        self, stateless: tuple[int, ...], stateful: tuple[int, ...], constant: Keep | None, owner: int | None
+    ) -> None:
         self.stateless = stateless
         self.stateful = stateful
         #: The answer for every sample when no campaign of this topic has state (None: never kept).
         self.constant = constant
+        #: The index in `CampaignFilter.patterns` of the first pattern matching the topic (None: none does).
+        self.owner = owner
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -180,7 +190,8 @@ class CampaignFilter:
     """Decides, per incoming sample, whether any campaign keeps it, and with which `Keep`.
 
     Pure and synchronous; it holds the per-campaign, per-topic state of the ``period`` and ``change`` modes
-    (the last kept bus time and value). Topic-to-campaign matching is computed once per topic name.
+    (the last kept bus time and value). Topic-to-campaign matching is computed once per topic name, and so
+    is which pattern's subscription a topic is taken from (see `keep`'s ``via``).
     """
 
     def __init__(self, campaigns: Sequence[Campaign]) -> None:
@@ -189,6 +200,7 @@ class CampaignFilter:
         if duplicates:
             raise ValueError(f"campaign names must be unique; repeated: {', '.join(duplicates)}")
         self.campaigns: tuple[Campaign, ...] = tuple(campaigns)
+        self._patterns = tuple(dict.fromkeys(p for c in self.campaigns for p in c.topics))
         self._routes: dict[str, _Route] = {}
         self._keeps: dict[tuple[int, ...], Keep] = {}
         #: Per campaign index: topic -> last kept bus time (period) or value (change).
@@ -197,7 +209,7 @@ class CampaignFilter:
     @property
     def patterns(self) -> tuple[str, ...]:
         """Every topic pattern of every campaign, once each, in config order (what to subscribe to)."""
-        return tuple(dict.fromkeys(p for c in self.campaigns for p in c.topics))
+        return self._patterns
 
     def keep_for(self, indexes: tuple[int, ...]) -> Keep:
         """The one `Keep` instance for the campaigns at ``indexes`` (sorted, config order)."""
@@ -211,14 +223,22 @@ class CampaignFilter:
         stateless = tuple(i for i in matching if self.campaigns[i].mode == "every")
         stateful = tuple(i for i in matching if self.campaigns[i].mode != "every")
         constant = self.keep_for(stateless) if stateless and not stateful else None
-        route = self._routes[topic] = _Route(stateless, stateful, constant)
+        owner = next((i for i, p in enumerate(self._patterns) if matches(p, topic)), None)
+        route = self._routes[topic] = _Route(stateless, stateful, constant, owner)
         return route
 
-    def keep(self, topic: str, value: object, bus_time: float) -> Keep | None:
-        """The `Keep` of a sample if some campaign keeps it, else None; updates the modes' state."""
+    def keep(self, topic: str, value: object, bus_time: float, via: int | None = None) -> Keep | None:
+        """The `Keep` of a sample if some campaign keeps it, else None; updates the modes' state.
+
+        ``via`` is the index in `patterns` of the subscription the sample came through. Overlapping patterns
+        deliver a sample once per matching subscription; it is kept only through the first pattern that
+        matches its topic, and the copies from the others are None (and leave the modes' state alone).
+        """
         route = self._routes.get(topic)
         if route is None:
             route = self._route(topic)
+        if via is not None and via != route.owner:
+            return None
         if not route.stateful:
             return route.constant
         kept = list(route.stateless)

@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from bus import Overflow, Subscription, Topic, default_codec
+from services.uplink._batch import MIN_MAX_BATCH_BYTES
 from services.uplink._campaign import Campaign, CampaignFilter
 from services.uplink._file import FileTransport
 from services.uplink._mqtt import MqttConfig, MqttTransport
@@ -25,6 +26,11 @@ from vwos import BackoffPolicy, Service, ServiceContext
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value > 0:
         raise ValueError(f"must be positive, not {value}")
+
+
+def _max_batch_bytes(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < MIN_MAX_BATCH_BYTES:
+        raise ValueError(f"must be at least {MIN_MAX_BATCH_BYTES} bytes, not {value}")
 
 
 def _campaigns(_: object, attribute: attrs.Attribute[Any], value: tuple[Campaign, ...]) -> None:
@@ -59,7 +65,9 @@ class UplinkConfig:
         default=64.0, validator=_positive, metadata={"help": "disk quota of the outbox"}
     )
     max_batch_bytes: int = attrs.field(
-        default=131072, metadata={"help": "at most this many bytes per batch (128 KiB: AWS IoT Core's limit)"}
+        default=131072,
+        validator=_max_batch_bytes,
+        metadata={"help": "at most this many bytes per batch (128 KiB: AWS IoT Core's limit)"},
     )
     compress: bool = attrs.field(default=True, metadata={"help": "zlib-compress batches"})
     synchronous: Literal["normal", "full"] = attrs.field(
@@ -88,8 +96,17 @@ class UplinkConfig:
     )
 
     def __attrs_post_init__(self) -> None:
-        if self.transport == "mqtt" and self.mqtt is None:
-            raise ValueError("transport = 'mqtt' needs an [services.NAME.config.mqtt] table")
+        if self.transport == "mqtt":
+            if self.mqtt is None:
+                raise ValueError("transport = 'mqtt' needs an [services.NAME.config.mqtt] table")
+            limit = self.mqtt.max_message_size
+            if self.max_batch_bytes > limit:  # MqttTransport.publish would refuse such batches, forever
+                raise ValueError(
+                    f"max_batch_bytes = {self.max_batch_bytes} is more than mqtt.max_message_size = {limit}: "
+                    "each batch is one MQTT message, and a larger one would be refused and never leave the "
+                    f"outbox; set max_batch_bytes to at most {limit} (or raise max_message_size, if the "
+                    "broker allows it)"
+                )
 
 
 @default_codec.register(name="vwos.uplink.UplinkStatus")
@@ -129,7 +146,8 @@ class Uplink(Service[UplinkConfig]):
         self._connected = False
         self._last_error = ""
         self._refused = 0
-        self._stored_bytes = 0
+        #: Unformed bytes in the outbox from which a batch goes out at once, not after batch_delay.
+        self._ready_bytes = cfg.max_batch_bytes // 3
         self._batch_ready = trio.Event()
         self.outbox = await trio.to_thread.run_sync(self._open_outbox)
         try:
@@ -141,8 +159,8 @@ class Uplink(Service[UplinkConfig]):
             ]
             self._subs = subs
             async with trio.open_nursery() as nursery:
-                for sub in subs:
-                    nursery.start_soon(self._collect, sub, filt)
+                for index, sub in enumerate(subs):
+                    nursery.start_soon(self._collect, sub, index, filt)
                 nursery.start_soon(self._flush_loop)
                 nursery.start_soon(self._send_loop)
                 nursery.start_soon(self._report)
@@ -168,7 +186,6 @@ class Uplink(Service[UplinkConfig]):
                 "outbox file was unusable; moved aside, starting a fresh one", detail=str(outbox.moved_aside)
             )
         stats = outbox.statistics()
-        self._stored_bytes = stats.stored_bytes
         self.ctx.log.info(
             "outbox open",
             path=str(outbox.path),
@@ -179,7 +196,9 @@ class Uplink(Service[UplinkConfig]):
 
     # -- collect and commit ---------------------------------------------------------------------------
 
-    async def _collect(self, sub: Subscription[Any], filt: CampaignFilter) -> None:
+    async def _collect(self, sub: Subscription[Any], index: int, filt: CampaignFilter) -> None:
+        """Collect what ``sub``, the subscription to ``filt.patterns[index]``, delivers. With overlapping
+        patterns a sample arrives once per matching subscription: ``keep`` takes it from one only."""
         keep = filt.keep
         while True:
             try:
@@ -188,7 +207,7 @@ class Uplink(Service[UplinkConfig]):
                 return
             pending = self._pending  # looked up per batch: _flush swaps the list between awaits
             for s in batch:
-                k = keep(s.topic, s.value, s.bus_time)
+                k = keep(s.topic, s.value, s.bus_time, index)
                 if k is not None:
                     pending.append((s.topic, s.value, s.timestamp, k))
 
@@ -215,8 +234,7 @@ class Uplink(Service[UplinkConfig]):
             self.ctx.log.warning("sample refused by the outbox", topic=topic, reason=reason)
 
         self.outbox.accept(rows, now=time.time(), on_refused=refused)
-        self._stored_bytes = self.outbox.unformed_bytes
-        return self._stored_bytes >= self.config.max_batch_bytes // 3
+        return self.outbox.unformed_bytes >= self._ready_bytes
 
     # -- send -----------------------------------------------------------------------------------------
 
@@ -268,7 +286,7 @@ class Uplink(Service[UplinkConfig]):
                 await transport.publish(seq, payload)  # returns once acknowledged
                 async with self._lock:
                     await trio.to_thread.run_sync(self.outbox.ack, seq)
-                if self._stored_bytes < cfg.max_batch_bytes // 3:
+                if self.outbox.unformed_bytes < self._ready_bytes:
                     break  # the rest waits for a fuller batch, at most batch_delay
             last_sent = trio.current_time()
 
