@@ -39,10 +39,14 @@ from vwos._control import (
     CONTROL_ADMIN,
     CONTROL_OPERATE,
     CONTROL_READ,
+    RESTART,
+    START,
     STATUS,
+    STOP,
     ControlError,
     ControlPlane,
     LogBuffer,
+    ServiceRequest,
     StatusReply,
     convert_json,
     default_authorize,
@@ -173,6 +177,7 @@ async def test_status_json_and_text(autojump_clock: trio.testing.MockClock) -> N
         assert {s["state"] for s in data["services"]} == {"running"}
         assert data["services"][0]["uptime"] == pytest.approx(2.0, abs=0.01)
         assert data["services"][0]["restarts"] == 0
+        assert [s["incarnation"] for s in data["services"]] == [1, 1]
         assert data["supervisor_uptime"] == pytest.approx(2.0, abs=0.01)
         code, out, _ = await invoke(cmd_status, ["status"], client)
         assert code == 0
@@ -204,6 +209,37 @@ async def test_stop_start_restart_show_in_status(autojump_clock: trio.testing.Mo
         assert row["state"] == "running"
         assert row["uptime"] < 1.0  # a new run, not the 5 s old one
         assert row["restarts"] == 0  # an operator's restart is not counted
+
+
+async def test_operations_settle_on_the_new_run_not_on_uptime(autojump_clock: trio.testing.MockClock) -> None:
+    """A restart of a stopped service (no uptime to compare) and of one up for less than a poll settle as
+    soon as the new run is ready: the control plane watches the run's incarnation, not its uptime."""
+    async with running() as (h, plane):
+        client = h.bus.client("cli", CONTROL_OPERATE)
+        first = (await client.call(STATUS, None)).services[0]
+        assert (first.name, first.state, first.incarnation) == ("speedo", "running", 1)
+
+        stopped = await client.call(STOP, ServiceRequest("speedo"))
+        assert (stopped.settled, stopped.service.state) == (True, "stopped")
+        assert stopped.service.incarnation == 1
+
+        began = trio.current_time()
+        code, out, _ = await invoke(cmd_operate, ["restart", "speedo"], client)
+        assert (code, out) == (0, "restart: speedo is running\n")
+        assert trio.current_time() - began <= 2 * plane.poll_interval
+        assert h.status()["speedo"].incarnation == 2
+
+        began = trio.current_time()
+        again = await client.call(RESTART, ServiceRequest("speedo"))  # up for less than one poll
+        assert trio.current_time() - began <= 2 * plane.poll_interval
+        assert (again.settled, again.service.state, again.service.incarnation) == (True, "running", 3)
+
+        began = trio.current_time()
+        running_already = await client.call(START, ServiceRequest("speedo"))
+        assert trio.current_time() - began <= 2 * plane.poll_interval
+        assert (running_already.settled, running_already.service.incarnation) == (True, 3)
+        assert h.status()["speedo"].restarts == 0
+        assert h.status()["doors"].incarnation == 1  # nobody else was touched
 
 
 async def test_operating_an_unknown_service_fails_with_the_names(

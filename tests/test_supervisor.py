@@ -350,6 +350,30 @@ async def test_operator_stop_start_restart(autojump_clock: trio.testing.MockCloc
         supervisor.stop_service("zzz")
 
 
+async def test_the_status_table_numbers_each_run_of_a_service(autojump_clock: trio.testing.MockClock) -> None:
+    """``incarnation`` counts the runs started: what tells a caller that a new run began."""
+    journal = Journal()
+    supervisor = Supervisor([spec("a", journal, behaviour="raise"), spec("b", journal)])
+    assert [r.incarnation for r in supervisor.status()] == [0, 0]  # not started yet
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        assert [r.incarnation for r in supervisor.status()] == [1, 1]
+        await trio.sleep(2.5)  # a raised after 1 s and was restarted after its 1 s backoff
+        crashed = {r.name: r for r in supervisor.status()}
+        supervisor.stop_service("a")
+        await trio.sleep(1)
+        stopped = {r.name: r for r in supervisor.status()}
+        supervisor.restart_service("a")
+        await trio.sleep(1)
+        restarted = {r.name: r for r in supervisor.status()}
+        supervisor.shutdown()
+    assert (crashed["a"].state, crashed["a"].restarts, crashed["a"].incarnation) == (State.RUNNING, 1, 2)
+    assert (stopped["a"].state, stopped["a"].incarnation) == (State.STOPPED, 2)  # a stop starts no run
+    assert (restarted["a"].state, restarted["a"].incarnation) == (State.RUNNING, 3)
+    assert restarted["b"].incarnation == 1
+    assert journal.what("start").count(("start", "a")) == 3
+
+
 async def test_cancelling_the_supervisor_still_stops_services_in_reverse_order(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -77,7 +77,8 @@ OPERATE_PREFIX: Final = "Vwos.Control.Operate"
 @default_codec.register(name="vwos.control.ServiceRecord")
 @attrs.frozen
 class ServiceRecord:
-    """One service in the status table. ``state``/``last_exit`` are the values of `State`/`Exit`."""
+    """One service in the status table. ``state``/``last_exit`` are the values of `State`/`Exit`;
+    ``incarnation`` numbers the service's runs (0 before the first), so a new run has a higher number."""
 
     name: str
     state: str
@@ -85,6 +86,7 @@ class ServiceRecord:
     uptime: float | None
     last_exit: str | None
     last_error: str | None
+    incarnation: int
 
 
 @default_codec.register(name="vwos.control.StatusReply")
@@ -467,10 +469,28 @@ def _record(row: Any) -> ServiceRecord:
         uptime=row.uptime,
         last_exit=None if row.last_exit is None else row.last_exit.value,
         last_error=row.last_error,
+        incarnation=row.incarnation,
     )
 
 
 _SETTLED_STATES = frozenset(state.value for state in _SETTLED)
+#: Where a stop ends: stopped, or (for a service that had ended already) exited or failed.
+_STOP_SETTLED_STATES = _SETTLED_STATES - {State.RUNNING.value}
+#: A start of a service in these states starts no new run: it is up, or on its way up.
+_UP_STATES = frozenset({State.STARTING.value, State.RUNNING.value})
+
+
+def _operation_done(action: str, before: ServiceRecord, row: ServiceRecord) -> bool:
+    """Whether ``action``, asked for when the service was ``before``, has settled in ``row``.
+
+    A stop is done once the service is no longer running or stopping. A start or restart is done once a
+    run started after the request (a higher ``incarnation``; for a start, the run already up or starting
+    will do) has settled: it is running, or it has already ended.
+    """
+    if action == "stop":
+        return row.state in _STOP_SETTLED_STATES
+    new_run = row.incarnation > before.incarnation or (action == "start" and before.state in _UP_STATES)
+    return new_run and row.state in _SETTLED_STATES
 
 
 class ControlPlane:
@@ -631,17 +651,12 @@ class ControlPlane:
         before = self._row(request.service)
         _log.info("control: operator request", action=action, service=request.service)
         getattr(self.supervisor, f"{action}_service")(request.service)
-        moved = action != "restart"  # a restart must first be seen to leave the old run
         row = before
         with trio.move_on_after(max(request.wait, 0.0)):
             while True:
                 await trio.sleep(self.poll_interval)
                 row = self._row(request.service)
-                if not moved:
-                    moved = row.state != State.RUNNING.value or (
-                        row.uptime is not None and before.uptime is not None and row.uptime < before.uptime
-                    )
-                if moved and row.state in _SETTLED_STATES:
+                if _operation_done(action, before, row):
                     return OperateReply(action, row, True)
         return OperateReply(action, row, False)
 

@@ -87,6 +87,8 @@ class ServiceStatus:
     uptime: float | None
     last_exit: Exit | None
     last_error: str | None
+    #: How many runs of the service have been started (0 before the first): a new run has a higher number.
+    incarnation: int
 
 
 class _Child:
@@ -330,6 +332,7 @@ class Supervisor:
                     uptime=now - child.ready_at if up and child.ready_at is not None else None,
                     last_exit=st.last_exit,
                     last_error=st.last_error,
+                    incarnation=child.incarnation,
                 )
             )
         return rows
