@@ -217,6 +217,26 @@ async def test_kill_9_restarts_only_that_service_and_nobody_else_notices(tmp_pat
         assert row(supervisor, "local").restarts == 0
 
 
+async def test_a_sigterm_from_outside_restarts_the_service_and_says_so(tmp_path: Path) -> None:
+    """Someone else's SIGTERM stops the child cleanly (exit status 0), but the supervisor did not ask for
+    it: a failure, restarted, whose reason says what happened rather than "exited with code 0"."""
+    with trio.fail_after(20):
+        supervisor = Supervisor(
+            [worker("victim", isolated=True, publish="Victim"), worker("local", publish="Local")],
+            state_dir=tmp_path,
+        )
+        async with running(supervisor):
+            victim = int((tmp_path / "victim" / "pid").read_text())
+            os.kill(victim, signal.SIGTERM)
+            await until(lambda: row(supervisor, "victim").restarts == 1)
+            await until(lambda: row(supervisor, "victim").state is State.RUNNING)
+            terminated = row(supervisor, "victim")
+        assert terminated.last_exit is Exit.ERROR
+        assert terminated.last_error == "stopped from outside the supervisor (SIGTERM)"
+        assert int((tmp_path / "victim" / "pid").read_text()) != victim
+        assert row(supervisor, "local").restarts == 0
+
+
 async def test_the_memory_limit_is_enforced_and_reported(tmp_path: Path) -> None:
     with trio.fail_after(15):
         supervisor = Supervisor(

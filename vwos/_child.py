@@ -92,33 +92,35 @@ async def _relay_heartbeats(heartbeat: _Heartbeat, control: _Control, interval: 
         await trio.sleep(interval)
 
 
-async def _watch_stop(scope: trio.CancelScope, stopped: list[str]) -> None:
-    """Cancel the service on SIGTERM, or when stdin reaches EOF (the supervisor is gone)."""
+async def _watch_stop(scope: trio.CancelScope, stopped: list[signal.Signals | None]) -> None:
+    """Cancel the service on SIGTERM (noting the signal in ``stopped``), or when stdin reaches EOF (the
+    supervisor is gone; noted as None)."""
     stdin = trio.lowlevel.FdStream(os.dup(0))
 
     async def on_eof() -> None:
         async with stdin:
             while await stdin.receive_some(4096):
                 pass
-        stopped.append("the supervisor closed stdin")
+        stopped.append(None)
         scope.cancel()
 
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(on_eof)
-            async for _ in signals:
-                stopped.append("SIGTERM")
+            async for signum in signals:
+                stopped.append(signal.Signals(signum))
                 scope.cancel()
                 nursery.cancel_scope.cancel()
                 return
 
 
-async def _run(payload: ChildPayload, control: _Control) -> str:
-    """Run the service; return "normal" or "stopped" (raises what the service raised)."""
+async def _run(payload: ChildPayload, control: _Control) -> tuple[str, signal.Signals | None]:
+    """Run the service; return how it ended, "normal" or "stopped", and the signal that stopped it (None
+    if it was not a signal). Raises what the service raised."""
     from vwos._logging import service_logger
     from vwos._service import ServiceContext
 
-    stopped: list[str] = []
+    stopped: list[signal.Signals | None] = []
     async with trio.open_nursery() as outer:
         with trio.CancelScope() as service_scope:
             outer.start_soon(_watch_stop, service_scope, stopped)
@@ -142,7 +144,7 @@ async def _run(payload: ChildPayload, control: _Control) -> str:
                             await client.flush()
                     nursery.cancel_scope.cancel()
         outer.cancel_scope.cancel()
-    return "stopped" if stopped else "normal"
+    return ("stopped", stopped[0]) if stopped else ("normal", None)
 
 
 def _has(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -175,7 +177,7 @@ def main() -> int:
     stdin: BinaryIO = sys.stdin.buffer
     try:
         payload = decode_payload(stdin.read)
-        how = trio.run(_run, payload, control)
+        how, signum = trio.run(_run, payload, control)
     except BaseException as exc:
         if _has(exc, MemoryError):
             control.write(_MEMORY_REPORT)
@@ -187,7 +189,10 @@ def main() -> int:
 
         structlog.get_logger("vwos.child").error("service failed", exc_info=exc)
         return EXIT_ERROR
-    control.send(exit=how)
+    if signum is None:
+        control.send(exit=how)
+    else:
+        control.send(exit=how, signal=signum.name)  # stopped by a signal: say which
     return 0
 
 

@@ -9,8 +9,9 @@ Parent and child talk over three pipes, besides the bus socket:
 - **stdin** carries the payload (a length-prefixed pickle of `ChildPayload`: the service class, its config,
   the socket path ...) and then stays open: its EOF tells the child that the supervisor is gone.
 - **stdout** is the control channel, one JSON object per line: ``{"ready": true}``, ``{"heartbeat": true}``
-  and, last, ``{"exit": "normal" | "error" | "memory" | "stopped", "error": "..."}``. The child points its
-  own fd 1 at stderr, so a service's ``print`` cannot corrupt it.
+  and, last, ``{"exit": "normal" | "error" | "memory" | "stopped", "error": "...", "signal": "SIGTERM"}``
+  (``error`` with ``"error"``; ``signal``, the signal's name, with ``"stopped"`` when a signal stopped it).
+  The child points its own fd 1 at stderr, so a service's ``print`` cannot corrupt it.
 - **stderr** carries the child's log: JSON lines (structlog), relayed into the supervisor's log with the
   service's name and the child's pid; any other line (a traceback from a crash) is relayed as text and
   the last of them is quoted in the exit reason.
@@ -151,6 +152,8 @@ class _Report:
 
     exit: str | None = None
     error: str | None = None
+    #: The name of the signal that stopped the service (with ``exit`` "stopped").
+    stop_signal: str | None = None
     stderr_tail: deque[str] = attrs.Factory(lambda: deque(maxlen=_STDERR_TAIL))
 
 
@@ -225,6 +228,8 @@ async def run_isolated(
                     report.exit = str(message["exit"])
                     error = message.get("error")
                     report.error = None if error is None else str(error)
+                    signame = message.get("signal")
+                    report.stop_signal = None if signame is None else str(signame)
             await process.wait()
             with trio.move_on_after(1.0):  # a grandchild may hold stderr open: do not wait for ever
                 await stderr_done.wait()
@@ -259,6 +264,11 @@ def _exit_reason(returncode: int, report: _Report, memory_limit_mb: int | None) 
         return f"killed by {name}"
     if report.exit == "error" and report.error:
         return report.error
+    if report.exit == "stopped":
+        # A clean stop the supervisor did not ask for (when it did, it reports the service stopped and
+        # drops this reason): say what stopped it.
+        by = f" ({report.stop_signal})" if report.stop_signal else ""
+        return f"stopped from outside the supervisor{by}"
     last = report.stderr_tail[-1] if report.stderr_tail else None
     reason = f"exited with code {returncode}"
     return f"{reason}: {last}" if last else reason
