@@ -12,6 +12,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from spawn import wait_for_line
@@ -334,6 +335,36 @@ def test_control_commands_over_the_socket_of_a_running_supervisor(tmp_path: Path
     missing = vwos("status")
     assert missing.returncode == 3
     assert "cannot connect" in missing.stderr
+
+
+def test_control_commands_connect_with_the_socket_transport(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The commands reach the supervisor with `bus.connect_unix`, imported with `vwos._cli` (not looked up
+    when a command runs), and say why they cannot: here a socket that nobody listens on."""
+    import socket
+
+    import trio
+
+    import bus
+    from vwos import _cli
+
+    path = tmp_path / "vwos.sock"
+    calls: list[tuple[str, str]] = []
+
+    def spy(path: str, *, name: str) -> Any:
+        calls.append((path, name))
+        return bus.connect_unix(path, name=name)
+
+    monkeypatch.setattr(_cli, "connect_unix", spy)
+    args = _cli._parser(extensions=False).parse_args(["status", "--socket", str(path)])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
+        bound.bind(str(path))  # bound but not listening: a connection is refused
+        code = trio.run(_cli._connect_and_run, _cli.cmd_status, args)
+    assert code == 3
+    assert calls == [(str(path), f"vwos-cli-{os.getpid()}")]
+    hint = "(is `vwos run` running? it serves the control socket)"
+    assert capsys.readouterr().err == f"vwos: cannot connect to {path}: nothing listens there {hint}\n"
 
 
 def test_output_into_a_closed_pipe_ends_quietly() -> None:

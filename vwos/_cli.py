@@ -28,6 +28,7 @@ import attrs
 import structlog
 import trio
 
+from bus import connect_unix
 from vwos._config import ConfigError, SupervisorConfig, load_config
 from vwos._isolation import unwrap
 from vwos._logging import FORMATS, LEVELS, configure_logging
@@ -695,20 +696,11 @@ async def cmd_top(client: Any, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _connect_and_run(command: ControlCommand, args: argparse.Namespace) -> int:
-    import bus
-
-    connect: Any = getattr(bus, "connect_unix", None)
     path = args.socket
-    if connect is None:
-        _say(
-            sys.stderr,
-            f"cannot connect to {path}: this installation has no socket transport (bus.connect_unix)",
-        )
-        return EXIT_UNREACHABLE
     hint = "(is `vwos run` running? it serves the control socket)"
     connected = False
     try:
-        async with connect(path, name=f"vwos-cli-{os.getpid()}") as client:
+        async with connect_unix(path, name=f"vwos-cli-{os.getpid()}") as client:
             connected = True
             return await run_control(command, client, args, sys.stdout, sys.stderr)
     except BaseException as raised:
