@@ -955,3 +955,26 @@ def test_vwos_can_through_the_entry_point(
         vwos._cli.main(["can"])
     assert info.value.code == 2
     assert "the following arguments are required: TOOL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("problem", "hint"),
+    [
+        ("vcan7: the interface is down", "(sudo ip link set up vcan7)"),
+        ("vcan7: no such network interface", "(a virtual one: sudo ip link add dev vcan7 type vcan && "),
+    ],
+)
+def test_dump_refuses_a_socketcan_interface_that_is_down_or_missing_before_opening_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], problem: str, hint: str
+) -> None:
+    """A SocketCAN socket opens fine on an interface that is down, and then nothing ever arrives: the
+    tools ask the kernel first (as the gateway does), and say how to bring it up."""
+    monkeypatch.setattr(cli, "socketcan_link_problem", lambda channel: problem)
+
+    def no_bus(**kwargs: Any) -> None:
+        raise AssertionError("can.Bus must not be opened")
+
+    monkeypatch.setattr(can, "Bus", no_bus)
+    assert tool("can", "dump", "--interface", "socketcan", "--channel", "vcan7") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vwos can: cannot open socketcan channel 'vcan7': {problem} {hint}")

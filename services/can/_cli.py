@@ -59,6 +59,7 @@ from services.can._transport import (
     PythonCanTransport,
     can_filters,
     frame_message,
+    socketcan_link_problem,
 )
 
 EXIT_OK = 0
@@ -100,6 +101,10 @@ def _messages_named(db: cantools.database.can.Database, names: Sequence[str], op
     return found
 
 
+def _make_vcan(channel: str) -> str:
+    return f"a virtual one: sudo ip link add dev {channel} type vcan && sudo ip link set up {channel}"
+
+
 def open_bus(
     interface: str,
     channel: str,
@@ -110,6 +115,12 @@ def open_bus(
 ) -> PythonCanTransport:
     """Open a python-can bus as a transport (waiting on the socket for SocketCAN, a worker thread for
     interfaces without one). Raises `ToolError` naming the interface, the channel and what went wrong."""
+    if interface == "socketcan":  # a SocketCAN socket opens fine on an interface that is down: ask first
+        problem = socketcan_link_problem(channel)
+        if problem is not None:
+            missing = problem.endswith("no such network interface")
+            hint = _make_vcan(channel) if missing else f"sudo ip link set up {channel}"
+            raise ToolError(f"cannot open {interface} channel {channel!r}: {problem} ({hint})")
     kwargs: dict[str, Any] = {"interface": interface, "channel": channel, "fd": fd}
     if bitrate is not None:
         kwargs["bitrate"] = bitrate
@@ -125,8 +136,7 @@ def open_bus(
         hint = ""
         if isinstance(exc, OSError) and interface == "socketcan":
             hint = {
-                errno.ENODEV: f" (no such network interface; a virtual one: sudo ip link add dev {channel} "
-                f"type vcan && sudo ip link set up {channel})",
+                errno.ENODEV: f" (no such network interface; {_make_vcan(channel)})",
                 errno.ENETDOWN: f" (the interface is down: sudo ip link set up {channel})",
                 errno.EAFNOSUPPORT: " (this kernel has no SocketCAN: sudo modprobe can_raw vcan)",
             }.get(exc.errno or 0, "")
