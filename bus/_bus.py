@@ -151,6 +151,13 @@ class Bus:
             raise UnknownTopicError(name)
         return state.topic
 
+    def method(self, name: str) -> Method[Any, Any]:
+        """The method called ``name`` as its server declared it; `NoSuchMethodError` if nobody serves it."""
+        server = self._servers.get(name)
+        if server is None:
+            raise NoSuchMethodError(name)
+        return server.method
+
     def topics(self, pattern: str = "**") -> list[Topic[Any]]:
         """Declared topics whose names match ``pattern``, sorted by name."""
         check_pattern(pattern)

@@ -173,3 +173,16 @@ async def test_many_concurrent_calls_all_get_their_own_reply(autojump_clock: tri
 async def test_bad_timeout_is_refused() -> None:
     with pytest.raises(ValueError, match="timeout must be positive"):
         await Bus().client("app").call("Any.Thing", timeout=0)
+
+
+async def test_the_bus_gives_a_served_methods_declaration(autojump_clock: trio.testing.MockClock) -> None:
+    bus = Bus()
+    with pytest.raises(NoSuchMethodError):
+        bus.method(LOCK.name)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.client("body").serve, LOCK, lock_handler)
+        assert bus.method(LOCK.name) is LOCK
+        assert bus.method(LOCK.name).request is LockRequest
+        nursery.cancel_scope.cancel()
+    with pytest.raises(NoSuchMethodError):
+        bus.method(LOCK.name)  # its server stopped

@@ -29,7 +29,16 @@ import attrs
 import structlog
 import trio
 
-from bus import Bus, BusClient, Method, Permissions, Topic, UnknownTopicError, default_codec
+from bus import (
+    Bus,
+    BusClient,
+    Method,
+    NoSuchMethodError,
+    Permissions,
+    Topic,
+    UnknownTopicError,
+    default_codec,
+)
 from vwos._policy import State
 from vwos._supervisor import _SETTLED, Supervisor
 
@@ -629,12 +638,10 @@ class ControlPlane:
         return ConvertReply(value, _type_name(tp))
 
     def _request_type(self, name: str) -> Any:
-        # The bus has no public look-up of served methods' declarations yet (proposed: Bus.method(name)).
-        servers: Mapping[str, Any] = getattr(self.bus, "_servers", {})
-        server = servers.get(name)
-        if server is None:
-            raise ControlError(f"{name}: no such method is served on this bus")
-        return server.method.request
+        try:
+            return self.bus.method(name).request
+        except NoSuchMethodError:
+            raise ControlError(f"{name}: no such method is served on this bus") from None
 
     # -- operate -------------------------------------------------------------------------------------
 
