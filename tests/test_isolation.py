@@ -5,6 +5,8 @@ Every test has a hard ``trio.fail_after``. The same `Worker` class runs in-proce
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import signal
 import time
@@ -16,6 +18,7 @@ from typing import Any
 
 import attrs
 import pytest
+import structlog
 import trio
 
 from bus import PeerCredentials, PermissionDeniedError, Permissions, Sample, Topic
@@ -29,6 +32,7 @@ from vwos import (
     ServiceStatus,
     State,
     Supervisor,
+    configure_logging,
     parse_config,
 )
 from vwos._policy import BackoffPolicy
@@ -68,6 +72,7 @@ class Worker(Service[Work]):
         runs = int(runs_file.read_text()) + 1 if runs_file.exists() else 1
         runs_file.write_text(str(runs))
         (ctx.state_dir / "pid").write_text(str(os.getpid()))
+        (ctx.state_dir / "log_level").write_text(str(ctx.log.get_effective_level()))
         behaviour = work.behaviour if runs <= work.times else "run"
         try:
             await trio.sleep(work.ready_after)
@@ -391,3 +396,17 @@ async def test_latest_values_read_the_same_way_in_process_and_isolated(tmp_path:
     assert sample is not None
     assert sample.value == 7
     assert not stale
+
+
+async def test_an_isolated_service_logs_at_the_supervisors_level(tmp_path: Path) -> None:
+    """The child filters its log lines at the supervisor's level itself: lines the supervisor would drop
+    are never rendered, piped and parsed."""
+    configure_logging(format="json", level="warning", stream=io.StringIO())
+    try:
+        with trio.fail_after(15):
+            supervisor = Supervisor([worker("quiet", isolated=True)], state_dir=tmp_path)
+            async with running(supervisor):
+                await until(lambda: (tmp_path / "quiet" / "log_level").exists())
+        assert int((tmp_path / "quiet" / "log_level").read_text()) == logging.WARNING
+    finally:
+        structlog.reset_defaults()

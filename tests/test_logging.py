@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from vwos import configure_logging
-from vwos._logging import service_logger
+from vwos._logging import configured_level, service_logger
 
 
 class FakeTerminal(io.StringIO):
@@ -61,3 +61,10 @@ def test_json_can_be_forced_on_a_terminal() -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         configure_logging(stream=io.StringIO(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_configured_level_is_what_the_loggers_pass() -> None:
+    assert configured_level() == "debug"  # structlog's defaults filter nothing
+    for level in ("warning", "info", "critical", "debug"):
+        configure_logging(level=level, stream=io.StringIO())
+        assert configured_level() == level

@@ -23,6 +23,7 @@ import trio
 
 from bus import BusClient, RemoteBusClient, connect_unix
 from vwos._isolation import (
+    ENV_LOG_LEVEL,
     ENV_MEMORY_LIMIT,
     ENV_SYS_PATH,
     EXIT_ERROR,
@@ -173,7 +174,7 @@ def main() -> int:
 
     tune_gc()
 
-    configure_logging(format="json", level="debug", stream=sys.stderr)
+    configure_logging(format="json", level=os.environ.get(ENV_LOG_LEVEL, "debug"), stream=sys.stderr)
     stdin: BinaryIO = sys.stdin.buffer
     try:
         payload = decode_payload(stdin.read)

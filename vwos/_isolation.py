@@ -43,7 +43,7 @@ import attrs
 import structlog
 import trio
 
-from vwos._logging import LEVELS, service_logger
+from vwos._logging import LEVELS, configured_level, service_logger
 
 if TYPE_CHECKING:
     from vwos._supervisor import ServiceSpec
@@ -64,6 +64,8 @@ EXIT_ERROR = 1
 #: Environment variables the child reads before anything else.
 ENV_MEMORY_LIMIT = "VWOS_CHILD_MEMORY_LIMIT_MB"
 ENV_SYS_PATH = "VWOS_CHILD_SYS_PATH"
+#: The supervisor's log level: the child drops below it itself instead of sending lines to be dropped.
+ENV_LOG_LEVEL = "VWOS_CHILD_LOG_LEVEL"
 
 _LENGTH = struct.Struct("!Q")
 _STDERR_TAIL = 20
@@ -189,6 +191,7 @@ async def run_isolated(
     paths = [p for p in sys.path if isinstance(p, str)]
     env[ENV_SYS_PATH] = json.dumps(paths)
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env[ENV_LOG_LEVEL] = configured_level()
     if spec.memory_limit_mb is not None:
         env[ENV_MEMORY_LIMIT] = str(spec.memory_limit_mb)
     else:

@@ -15,6 +15,15 @@ FORMATS: tuple[str, ...] = get_args(LogFormat)
 LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 
+def configured_level() -> str:
+    """The lowest of `LEVELS` this process's loggers pass ("debug" if structlog is not configured to
+    filter): an isolated service's process is configured with it."""
+    threshold: int = structlog.get_logger().bind().get_effective_level()
+    numbers = logging.getLevelNamesMapping()
+    passed = [name for name in LEVELS if numbers[name.upper()] >= threshold]
+    return passed[0] if passed else LEVELS[-1]
+
+
 def configure_logging(
     *,
     format: LogFormat = "auto",
