@@ -88,6 +88,7 @@ def test_run_exits_1_when_the_supervisor_gives_up(tmp_path: Path) -> None:
             python_path = ["."]
             [services.crash]
             plugin = "crash:Crash"
+            critical = true
             backoff = { initial = 0.01, jitter = 0.0 }
             """
         )

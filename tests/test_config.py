@@ -445,7 +445,7 @@ def test_problem_fields() -> None:
     ("text", "expected"),
     [
         ("[supervisr]\n", "supervisr: unknown key; did you mean 'supervisor'?"),
-        ("[vehicle]\n", "vehicle: unknown key (valid keys: supervisor, services)"),
+        ("[vehicle]\n", "vehicle: unknown key (valid keys: supervisor, groups, services)"),
         ("[supervisor]\nperiode = 1.0\n", "supervisor.periode: unknown key; did you mean 'period'?"),
         (
             "[supervisor]\nLog_Level = 'info'\n",
@@ -454,7 +454,7 @@ def test_problem_fields() -> None:
         (
             "[supervisor]\ncolor = 1\n",
             "supervisor.color: unknown key (valid keys: strategy, intensity, period, state_dir, python_path, "
-            "start_timeout, stop_timeout, log_level)",
+            "start_timeout, stop_timeout, log_level, revive_after, loop_block_limit)",
         ),
         (
             f'[services.a]\nplugin = "{GATEWAY}"\nbackoff = {{ inital = 1.0 }}\n',
@@ -738,8 +738,8 @@ def services(graph: dict[str, list[str]], *, disabled: Sequence[str] = ()) -> st
 
 def test_after_unknown_service() -> None:
     assert problems(services({"gateway": [], "overspeed": ["gatway", "trip"]})) == [
-        "vwos.toml: services.overspeed.after[0]: unknown service 'gatway'; did you mean 'gateway'?",
-        "vwos.toml: services.overspeed.after[1]: unknown service 'trip' (services: gateway, overspeed)",
+        "vwos.toml: services.overspeed.after[0]: unknown service or group 'gatway'; did you mean 'gateway'?",
+        "vwos.toml: services.overspeed.after[1]: unknown service or group 'trip' (there are: gateway, overspeed)",
     ]
 
 
@@ -1306,6 +1306,8 @@ def test_describe_fields_of_the_config_file_tables() -> None:
         "start_timeout",
         "stop_timeout",
         "log_level",
+        "revive_after",
+        "loop_block_limit",
     ]
     assert all(d.help and not d.required for d in supervisor)
     strategy = supervisor[0]

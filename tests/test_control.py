@@ -249,7 +249,7 @@ async def test_operating_an_unknown_service_fails_with_the_names(
         code, out, err = await invoke(cmd_operate, ["restart", "nope"], h.bus.client("cli", CONTROL_ADMIN))
         assert code == 1
         assert out == ""
-        assert err == "vwos: no such service: 'nope' (services: speedo, doors)\n"
+        assert err == "vwos: no such service or group: 'nope' (there are: speedo, doors)\n"
 
 
 # -- permissions ------------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ async def test_logs_lines_n_and_follow(autojump_clock: trio.testing.MockClock, l
 
         code, _, err = await invoke(cmd_logs, ["logs", "ghost"], client)
         assert code == 1
-        assert "no such service: 'ghost'" in err
+        assert "no such service or group: 'ghost'" in err
 
 
 def test_log_buffer_ring_counts_missed_lines() -> None:

@@ -181,10 +181,11 @@ async def test_matrix(
         Strategy.REST_FOR_ONE: {"a": 1, "b": 2, "c": 2},
     }[strategy]
     assert starts == expected
-    # Collateral siblings are stopped in reverse start order and started again in start order.
+    # Collateral siblings are stopped (a and c at once: neither starts after the other) and started again
+    # in start order, each once the one it starts after is ready.
     after_failure = [e for e in journal.what("start", "cancelled") if e != ("cancelled", "b")][3:]
     if strategy is Strategy.ONE_FOR_ALL:
-        assert after_failure[:2] == [("cancelled", "c"), ("cancelled", "a")]
+        assert sorted(after_failure[:2]) == [("cancelled", "a"), ("cancelled", "c")]
         assert after_failure[2:5] == [("start", "a"), ("start", "b"), ("start", "c")]
     if strategy is Strategy.REST_FOR_ONE:
         assert after_failure[:1] == [("cancelled", "c")]
@@ -194,12 +195,31 @@ async def test_matrix(
 # -- escalation ----------------------------------------------------------------------------------------
 
 
-async def test_escalation_past_intensity_stops_everything_and_says_why(
+async def test_a_service_past_its_budget_fails_alone_and_the_rest_keeps_running(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     journal = Journal()
     supervisor = Supervisor(
         [spec("a", journal), spec("b", journal, behaviour="raise", times=100, act_after=0.1)],
+        policy=SupervisorPolicy(intensity=2, period=10),
+    )
+    rows = {row.name: row for row in await run_for(supervisor, 60)}
+    assert journal.what("start").count(("start", "b")) == 3  # first run + 2 restarts, then it failed
+    assert rows["b"].state is State.FAILED
+    assert rows["b"].reason is not None
+    assert "'b' failed: RuntimeError: b broke" in rows["b"].reason
+    assert "3 restarts" in rows["b"].reason
+    assert "exceeds intensity 2 per 10" in rows["b"].reason
+    assert rows["a"].state is State.RUNNING  # the healthy one never noticed
+    assert ("cancelled", "a") not in journal.what("cancelled")[:-1]
+
+
+async def test_a_critical_service_past_its_budget_gives_up_and_says_why(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [spec("a", journal), spec("b", journal, behaviour="raise", times=100, act_after=0.1, critical=True)],
         policy=SupervisorPolicy(intensity=2, period=10),
     )
     with pytest.raises(SupervisorGaveUp) as info:
@@ -208,6 +228,10 @@ async def test_escalation_past_intensity_stops_everything_and_says_why(
     assert "'b' failed: RuntimeError: b broke" in reason
     assert "3 restarts" in reason
     assert "exceeds intensity 2 per 10" in reason
+    # The service's own exception is the cause, traceback and all.
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert str(info.value.__cause__) == "b broke"
+    assert info.value.__cause__.__traceback__ is not None
     assert journal.what("start").count(("start", "b")) == 3  # first run + 2 restarts, then give up
     assert ("cancelled", "a") in journal.what("cancelled")  # the healthy one was stopped too
     assert {row.name: row.state for row in supervisor.status()}["b"] is State.FAILED
@@ -311,16 +335,29 @@ async def test_a_service_that_ignores_its_stop_is_left_behind_after_its_stop_tim
 ) -> None:
     journal = Journal()
     supervisor = Supervisor(
-        [spec("a", journal), spec("b", journal, behaviour="ignore_stop", act_after=10_000, stop_timeout=3.0)]
+        [
+            spec("a", journal),
+            spec("b", journal, behaviour="ignore_stop", act_after=10_000, stop_timeout=3.0),
+            spec("c", journal, after=("b",)),
+        ]
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(supervisor.run)
         await trio.sleep(1)
         supervisor.shutdown()
         stop_began = trio.current_time()
-    # 'a' was stopped after b's stop timeout, not after b's 1000 s of stubbornness.
+        await supervisor.wait_stopped()
+        stopped_at = trio.current_time()
+        left_behind = supervisor.left_behind
+    # 'a' (independent of b) stopped at once; everything had stopped or was left behind after b's stop
+    # timeout, not after b's 1000 s of stubbornness.
     a_cancelled = next(t for t, w, n in journal.events if (w, n) == ("cancelled", "a"))
-    assert a_cancelled - stop_began == pytest.approx(3.0)
+    assert a_cancelled == pytest.approx(stop_began)
+    assert stopped_at - stop_began == pytest.approx(3.0)
+    assert left_behind == ("b",)
+    # c, which starts after b, was stopped before b.
+    cancelled = [n for _, w, n in journal.events if w == "cancelled"]
+    assert cancelled.index("c") < cancelled.index("b")
 
 
 # -- operator commands, status, state --------------------------------------------------------------
@@ -346,7 +383,7 @@ async def test_operator_stop_start_restart(autojump_clock: trio.testing.MockCloc
     assert rows["a"].uptime == pytest.approx(1.0)
     assert journal.what("start").count(("start", "a")) == 2
     assert journal.what("start").count(("start", "b")) == 2
-    with pytest.raises(KeyError, match="no such service: 'zzz'"):
+    with pytest.raises(KeyError, match="no such service or group: 'zzz'"):
         supervisor.stop_service("zzz")
 
 
@@ -404,7 +441,19 @@ async def test_services_get_a_state_dir_and_a_scoped_bus(
     assert seen == {"state_dir": tmp_path / "probe", "exists": True, "client": "probe"}
 
 
-def test_after_must_name_an_earlier_service() -> None:
+async def test_services_given_out_of_order_start_in_dependency_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     journal = Journal()
-    with pytest.raises(ValueError, match="'after' names services that do not run before it: b"):
-        Supervisor([spec("a", journal, after=("b",)), spec("b", journal)])
+    supervisor = Supervisor([spec("a", journal, after=("b",)), spec("b", journal, ready_after=1.0)])
+    await run_for(supervisor, 2)
+    assert journal.what("start", "ready")[:3] == [("start", "b"), ("ready", "b"), ("start", "a")]
+    assert [row.name for row in supervisor.status()] == ["b", "a"]
+
+
+def test_after_must_name_a_service_that_runs_and_no_cycle() -> None:
+    journal = Journal()
+    with pytest.raises(ValueError, match="'after' names services that do not run: zzz"):
+        Supervisor([spec("a", journal, after=("zzz",)), spec("b", journal)])
+    with pytest.raises(ValueError, match="dependency cycle: a -> b -> a"):
+        Supervisor([spec("a", journal, after=("b",)), spec("b", journal, after=("a",))])

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_GAVE_UP = 1
 EXIT_CONFIG = 2
+#: A second SIGINT/SIGTERM while stopping: exit at once (128 + SIGINT, what a shell reports).
+EXIT_INTERRUPTED = 130
 
 _log = structlog.get_logger("vwos")
 
@@ -284,10 +286,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from vwos._runtime import tune_gc
 
     tune_gc()
-    try:
-        return trio.run(_run, config, args.duration, args.socket, logs)
-    except KeyboardInterrupt:  # a second Ctrl-C while stopping
-        return 130
+    return trio.run(_run, config, args.duration, args.socket, logs)
 
 
 async def _run(config: SupervisorConfig, duration: float | None, socket: str | None, logs: LogBuffer) -> int:
@@ -299,11 +298,13 @@ async def _run(config: SupervisorConfig, duration: float | None, socket: str | N
     bus = Bus()
     supervisor = Supervisor(
         config.services,  # the supervisor leaves out disabled ones
+        groups=config.groups,
         policy=config.policy,
         state_dir=config.state_dir,
         bus=bus,
         socket_path=socket_path,
         authorize=default_authorize(),
+        loop_block=config.loop_block_limit,
     )
     # Read and forget $NOTIFY_SOCKET: isolated services (child processes) must not talk to systemd.
     systemd = SystemdNotifier(unset_environment=True)
@@ -326,12 +327,14 @@ async def _run(config: SupervisorConfig, duration: float | None, socket: str | N
                     nursery.cancel_scope.cancel()  # the control plane, the signal watcher, the timers
 
             nursery.start_soon(_watch_signals, supervisor)
+            # Before the services start: --duration holds while starts are pending too.
+            if duration is not None:
+                nursery.start_soon(_stop_after, supervisor, duration)
+            nursery.start_soon(_exit_when_left_behind, supervisor)
             await nursery.start(ControlPlane(supervisor, logs=logs).run)
             # READY=1 once every service is up, WATCHDOG=1 while healthy, STOPPING=1 (vwos._systemd).
             nursery.start_soon(tell_systemd, supervisor, systemd)
             await nursery.start(supervise)
-            if duration is not None:
-                nursery.start_soon(_stop_after, supervisor, duration)
     except* SupervisorGaveUp as group:
         gave_up = group.exceptions[0]
     finally:
@@ -355,10 +358,35 @@ async def _watch_signals(supervisor: Supervisor) -> None:
             name = signal.Signals(signum).name
             if stopping:
                 _log.warning("second signal while stopping: exiting at once", signal=name)
-                raise KeyboardInterrupt
+                _exit_now(supervisor, EXIT_INTERRUPTED)
             stopping = True
             _log.info("stopping on signal", signal=name)
             supervisor.shutdown(f"{name} received")
+
+
+async def _exit_when_left_behind(supervisor: Supervisor) -> None:
+    """Once everything has stopped but services that ignore cancellation, exit the process: their tasks
+    would keep `trio.run` from ever returning."""
+    await supervisor.wait_stopped()
+    left = supervisor.left_behind
+    if left:
+        _log.error("exiting with services left behind: they did not stop when cancelled", services=list(left))
+        _exit_now(
+            supervisor,
+            EXIT_GAVE_UP if supervisor.stop_reason and "gave up" in supervisor.stop_reason else EXIT_OK,
+        )
+
+
+def _exit_now(supervisor: Supervisor, code: int) -> None:
+    """Leave at once: kill isolated services' processes (they would stop on their own once our end of
+    their pipes closes, but one may ignore that too), flush what was written, and ``os._exit``."""
+    supervisor.kill_processes()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def console_main() -> None:
@@ -489,16 +517,31 @@ async def cmd_status(client: Any, args: argparse.Namespace, out: TextIO) -> int:
 
     reply = await client.call(STATUS, None)
     if args.json:
-        out.write(_dump({"supervisor_uptime": reply.supervisor_uptime, "services": reply.services}) + "\n")
+        document = {"supervisor_uptime": reply.supervisor_uptime, "services": reply.services}
+        document["groups"] = reply.groups
+        out.write(_dump(document) + "\n")
         return EXIT_OK
-    out.write(f"{'SERVICE':<24} {'STATE':<9} {'RESTARTS':>8} {'UPTIME':>8}  {'LAST EXIT':<13} LAST ERROR\n")
+    width = max([24, *(len(s.name) + 1 for s in (*reply.services, *reply.groups))])
+    out.write(f"{'SERVICE':<{width}} {'STATE':<9} {'RESTARTS':>8} {'UPTIME':>8}  {'LAST EXIT':<13} WHY\n")
     for s in reply.services:
         out.write(
-            f"{s.name:<24} {s.state:<9} {s.restarts:>8} {format_seconds(s.uptime):>8}  "
-            f"{s.last_exit or '-':<13} {s.last_error or ''}".rstrip()
+            f"{s.name:<{width}} {s.state:<9} {s.restarts:>8} {format_seconds(s.uptime):>8}  "
+            f"{s.last_exit or '-':<13} {_why(s)}".rstrip()
             + "\n"
         )
+    if reply.groups:
+        out.write(f"\n{'GROUP':<{width}} {'STATE':<9} {'RESTARTS':>8}  WHY\n")
+        for g in reply.groups:
+            out.write(f"{g.name:<{width}} {g.state:<9} {g.restarts:>8}  {_why(g)}".rstrip() + "\n")
     return EXIT_OK
+
+
+def _why(record: Any) -> str:
+    """The status table's last column: why a unit is in its state (failed, waiting), else its last error."""
+    text = record.reason or record.last_error or ""
+    if record.revive_in is not None:
+        text += f" (revived in {record.revive_in:.0f} s)"
+    return str(text)
 
 
 #: What each operation should leave a service in, to count as done.

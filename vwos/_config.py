@@ -80,12 +80,11 @@ included.
 
 from __future__ import annotations
 
-import heapq
 import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +93,15 @@ import attrs
 from bus import Permissions
 from vwos._logging import LogLevel
 from vwos._plugins import PluginError, load_plugin, prepend_sys_path
-from vwos._policy import BackoffPolicy, Restart, Strategy, SupervisorPolicy
+from vwos._policy import (
+    BackoffPolicy,
+    GroupSpec,
+    Restart,
+    Strategy,
+    SupervisorPolicy,
+    service_dependencies,
+    start_order,
+)
 from vwos._service import Service
 from vwos._structure import INVALID, KeyPath, Structurer, describe_value, format_path, suggest
 from vwos._structure import unknown_key_message as _unknown_key_message
@@ -168,6 +175,11 @@ def _non_negative(_inst: object, _attribute: attrs.Attribute[int], value: int) -
         raise ValueError(f"expected an integer >= 0, got {describe_value(value)}")
 
 
+def _non_negative_seconds(_inst: object, _attribute: attrs.Attribute[float], value: float) -> None:
+    if not value >= 0 or math.isinf(value):  # also refuses NaN
+        raise ValueError(f"expected a finite number of seconds >= 0, got {describe_value(value)}")
+
+
 def _positive_mib(_inst: object, _attribute: attrs.Attribute[int | None], value: int | None) -> None:
     if value is not None and value < 1:
         raise ValueError(f"expected a number of MiB >= 1, got {describe_value(value)}")
@@ -214,6 +226,81 @@ class SupervisorTable:
         metadata=_help("Seconds a service may take to stop, unless it sets its own."),
     )
     log_level: LogLevel = attrs.field(default="info", metadata=_help("The logging threshold."))
+    revive_after: float | None = attrs.field(
+        default=None,
+        validator=_positive_seconds,
+        metadata=_help(
+            "Seconds after a unit failed (exhausted its restart budget) that it is started again on its "
+            "own, with a fresh budget; default: only `vwos restart` revives it. Groups and services may "
+            "set their own."
+        ),
+    )
+    loop_block_limit: float = attrs.field(
+        default=5.0,
+        validator=_non_negative_seconds,
+        metadata=_help(
+            "Seconds one step of a service's task may block the event loop before that service (only it) "
+            "is restarted; 0 turns the check off."
+        ),
+    )
+
+
+def _budget_help(unit: str) -> dict[str, dict[str, str]]:
+    return {
+        "intensity": _help(
+            f"At most this many restarts of the {unit} within `period` seconds; default: its group's."
+        ),
+        "period": _help("The window of `intensity`, in seconds; default: its group's."),
+    }
+
+
+@attrs.frozen
+class GroupTable:
+    """A ``[groups.NAME]`` table: a supervision group (a nested supervisor)."""
+
+    strategy: Strategy = attrs.field(
+        default=Strategy.ONE_FOR_ONE,
+        metadata=_help(
+            "Which of the group's units a restart takes along: the one that failed, all, or it and the rest."
+        ),
+    )
+    group: str | None = attrs.field(
+        default=None, metadata=_help("The group this group belongs to; default: the supervisor itself.")
+    )
+    critical: bool = attrs.field(
+        default=False,
+        metadata=_help(
+            "true: when the group exhausts its restart budget, its own group is failed (restarted whole, or "
+            "the supervisor gives up at the top); false: the group alone fails and stays down."
+        ),
+    )
+    after: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_help("Services or groups that must be ready before any service of this group starts."),
+    )
+    intensity: int | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_non_negative),
+        metadata=_help(
+            "At most this many restarts of the group as a whole within `period` seconds; also the default "
+            "budget of its units. Default: its group's."
+        ),
+    )
+    period: float | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_period),
+        metadata=_help("The window of `intensity`, in seconds."),
+    )
+    backoff: BackoffPolicy = attrs.field(
+        factory=BackoffPolicy, metadata=_help("The delay before the group is restarted as a whole.")
+    )
+    revive_after: float | None = attrs.field(
+        default=None,
+        validator=_positive_seconds,
+        metadata=_help(
+            "Seconds after the group failed that it is started again on its own; default: its group's."
+        ),
+    )
 
 
 @attrs.frozen
@@ -280,6 +367,33 @@ class ServiceTable:
             "only with isolated = true."
         ),
     )
+    group: str | None = attrs.field(
+        default=None, metadata=_help("The group the service belongs to (`[groups.NAME]`); default: none.")
+    )
+    critical: bool = attrs.field(
+        default=False,
+        metadata=_help(
+            "true: when the service exhausts its restart budget, its group is failed (restarted whole, or "
+            "the supervisor gives up at the top); false: the service alone fails and stays down."
+        ),
+    )
+    intensity: int | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_non_negative),
+        metadata=_help(
+            "At most this many restarts within `period` seconds, else it fails; default: its group's."
+        ),
+    )
+    period: float | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_period),
+        metadata=_help("The window of `intensity`, in seconds; default: its group's."),
+    )
+    revive_after: float | None = attrs.field(
+        default=None,
+        validator=_positive_seconds,
+        metadata=_help("Seconds after it failed that it is started again on its own; default: its group's."),
+    )
     config: dict[str, Any] = attrs.field(
         factory=dict, metadata=_help("The plugin's own settings, built into its config_class.")
     )
@@ -314,6 +428,10 @@ class SupervisorConfig:
     #: Every service, disabled ones included, in a valid start order: each after all of its ``after``
     #: services, and otherwise in file order.
     services: tuple[ConfiguredService, ...]
+    #: The supervision groups (``[groups.NAME]``), in file order.
+    groups: tuple[GroupSpec, ...] = ()
+    #: Seconds a task step may block the event loop before its service is restarted; None: not checked.
+    loop_block_limit: float | None = 5.0
 
     def service(self, name: str) -> ConfiguredService:
         """The service called ``name``; KeyError if there is none."""
@@ -405,8 +523,8 @@ class _Loader:
     def load(self, data: dict[str, Any]) -> SupervisorConfig:
         s = self.structurer
         for key in data:
-            if key not in ("supervisor", "services"):
-                self.problem((key,), _unknown_key_message(key, ["supervisor", "services"]))
+            if key not in ("supervisor", "groups", "services"):
+                self.problem((key,), _unknown_key_message(key, ["supervisor", "groups", "services"]))
         supervisor = s.table(data.get("supervisor", {}), SupervisorTable, ("supervisor",)) or {}
         settings = SupervisorTable(**supervisor)
         python_path = tuple(self.base / p for p in settings.python_path)
@@ -415,13 +533,15 @@ class _Loader:
                 self.problem(("supervisor", "python_path", i), f"no such directory: {directory}")
         prepend_sys_path(python_path)
 
+        groups = self._groups(data.get("groups", {}))
         services = data.get("services", {})
         if not isinstance(services, dict):
             self.problem(("services",), f"expected a table of services, got {describe_value(services)}")
             services = {}
         entries = [self._service(name, table, i) for i, (name, table) in enumerate(services.items())]
-        self._check_after(entries)
-        order = self._start_order(entries)
+        self._check_tree(entries, groups)
+        self._check_after(entries, groups)
+        order = self._start_order(entries, groups)
 
         if s.problems:
             raise ConfigError(
@@ -430,14 +550,82 @@ class _Loader:
         by_name = {e.name: e for e in entries}
         return SupervisorConfig(
             path=self.file.absolute(),
-            policy=SupervisorPolicy(settings.strategy, settings.intensity, settings.period),
+            policy=SupervisorPolicy(
+                settings.strategy, settings.intensity, settings.period, revive_after=settings.revive_after
+            ),
             state_dir=self.base / settings.state_dir,
             python_path=python_path,
             start_timeout=settings.start_timeout,
             stop_timeout=settings.stop_timeout,
             log_level=settings.log_level,
             services=tuple(self._spec(by_name[name], settings) for name in order),
+            groups=tuple(self._group_spec(g) for g in groups),
+            loop_block_limit=settings.loop_block_limit or None,
         )
+
+    def _groups(self, groups: object) -> list[_Entry]:
+        if not isinstance(groups, dict):
+            self.problem(("groups",), f"expected a table of groups, got {describe_value(groups)}")
+            return []
+        entries = []
+        for index, (name, table) in enumerate(groups.items()):
+            path: KeyPath = ("groups", name)
+            if not _SERVICE_NAME.match(name):
+                self.problem(
+                    path, "invalid group name: use letters, digits, '_' and '-', not starting with '-'"
+                )
+            values = self.structurer.table(table, GroupTable, path)
+            entries.append(_Entry(name, index, path, values or {}))
+        return entries
+
+    def _group_spec(self, entry: _Entry) -> GroupSpec:
+        table = GroupTable(**entry.values)
+        return GroupSpec(
+            entry.name,
+            strategy=table.strategy,
+            intensity=table.intensity,
+            period=table.period,
+            backoff=table.backoff,
+            group=table.group,
+            critical=table.critical,
+            after=tuple(entry.deps),
+            revive_after=table.revive_after,
+        )
+
+    def _check_tree(self, services: list[_Entry], groups: list[_Entry]) -> None:
+        """Names are unique across services and groups; ``group`` names a group; groups nest as a tree."""
+        group_names = {g.name: g for g in groups}
+        for g in groups:
+            if g.name in {e.name for e in services}:
+                self.problem(
+                    g.path, f"{g.name!r} names a service too: services and groups share one namespace"
+                )
+        for entry in (*services, *groups):
+            parent = entry.values.get("group")
+            if parent is None:
+                continue
+            if parent not in group_names:
+                message = f"no group {parent!r}"
+                close = suggest(parent, group_names)
+                if close is not None:
+                    message += f"; did you mean {close!r}?"
+                elif group_names:
+                    message += f" (groups: {', '.join(group_names)})"
+                else:
+                    message += " (there is no [groups] table)"
+                self.problem((*entry.path, "group"), message)
+                entry.values.pop("group")
+        for g in groups:
+            seen = [g.name]
+            parent = g.values.get("group")
+            while parent is not None:
+                if parent in seen:
+                    cycle = " -> ".join([*seen[seen.index(parent) :], parent])
+                    self.problem((*g.path, "group"), f"groups nest in a cycle: {cycle}")
+                    g.values.pop("group")
+                    break
+                seen.append(parent)
+                parent = group_names[parent].values.get("group")
 
     def _service(self, name: str, table: object, index: int) -> _Entry:
         path: KeyPath = ("services", name)
@@ -472,22 +660,43 @@ class _Loader:
         entry.config = self.structurer.structure(config, config_class, (*path, "config"))
         return entry
 
-    def _check_after(self, entries: list[_Entry]) -> None:
-        by_name = {e.name: e for e in entries}
-        for entry in entries:
+    def _check_after(self, entries: list[_Entry], groups: list[_Entry]) -> None:
+        by_name = {e.name: e for e in (*entries, *groups)}
+        group_names = {g.name for g in groups}
+
+        def ancestors(entry: _Entry) -> list[str]:
+            out: list[str] = []
+            parent = entry.values.get("group")
+            while parent is not None and parent not in out and parent in group_names:
+                out.append(parent)
+                parent = by_name[parent].values.get("group")
+            return out
+
+        for entry in (*entries, *groups):
             for i, dep in enumerate(entry.values.get("after", ())):
                 where = (*entry.path, "after", i)
                 other = by_name.get(dep)
                 if other is None:
-                    message = f"unknown service {dep!r}"
+                    message = f"unknown service or group {dep!r}"
                     close = suggest(dep, by_name)
                     if close is not None:
                         message += f"; did you mean {close!r}?"
                     elif by_name:
-                        message += f" (services: {', '.join(by_name)})"
+                        message += f" (there are: {', '.join(by_name)})"
                     self.problem(where, message)
                     continue
-                if entry.enabled and not other.enabled:
+                if (
+                    (dep == entry.name and entry in groups)
+                    or dep in ancestors(entry)
+                    or entry.name in ancestors(other)
+                ):
+                    self.problem(
+                        where,
+                        f"{entry.name!r} cannot start after {dep!r}: one contains the other, so it would "
+                        "wait for itself",
+                    )
+                    continue
+                if entry in entries and entry.enabled and other in entries and not other.enabled:
                     self.problem(
                         where,
                         f"{dep!r} is disabled (enabled = false), so {entry.name!r}, which starts after it, "
@@ -496,14 +705,32 @@ class _Loader:
                 if dep not in entry.deps:
                     entry.deps.append(dep)
 
-    def _start_order(self, entries: list[_Entry]) -> list[str]:
-        """Topological order by ``after``, ties going to the service earlier in the file; cycles reported."""
-        order, cycles = start_order({e.name: e.deps for e in entries})
-        by_name = {e.name: e for e in entries}
+    def _start_order(self, entries: list[_Entry], groups: list[_Entry]) -> list[str]:
+        """Topological order by ``after`` (groups expanded to their services), ties going to the service
+        earlier in the file; cycles reported."""
+        from vwos._policy import ChildSpec
+
+        try:
+            children = [ChildSpec(e.name, after=tuple(e.deps), group=e.values.get("group")) for e in entries]
+            group_specs = [
+                GroupSpec(g.name, group=g.values.get("group"), after=tuple(g.deps)) for g in groups
+            ]
+            deps = service_dependencies(children, group_specs)
+        except ValueError:  # reported above, key by key
+            return [e.name for e in entries]
+        order, cycles = start_order(deps)
+        by_name = {e.name: e for e in (*entries, *groups)}
         for cycle in cycles:
             first = by_name[cycle[0]]
-            index = list(first.values.get("after", ())).index(cycle[1])
-            self.problem((*first.path, "after", index), f"dependency cycle: {' -> '.join(cycle)}")
+            key = next((dep for dep in first.deps if dep == cycle[1]), None)
+            if key is not None:
+                index = list(first.values.get("after", ())).index(key)
+                self.problem((*first.path, "after", index), f"dependency cycle: {' -> '.join(cycle)}")
+            else:  # the cycle goes through a group's after (or a group of the service)
+                self.problem(
+                    first.path,
+                    f"dependency cycle (through the `after` of groups): {' -> '.join(cycle)}",
+                )
         return order
 
     def _spec(self, entry: _Entry, settings: SupervisorTable) -> ConfiguredService:
@@ -524,101 +751,9 @@ class _Loader:
             permissions=Permissions.ALL if table.permissions is None else table.permissions,
             isolated=table.isolated,
             memory_limit_mb=table.memory_limit_mb,
+            group=table.group,
+            critical=table.critical,
+            intensity=table.intensity,
+            period=table.period,
+            revive_after=table.revive_after,
         )
-
-
-def start_order(after: Mapping[str, Sequence[str]]) -> tuple[list[str], list[list[str]]]:
-    """Order names so that each comes after all the names it lists, ties going to the earlier key.
-
-    ``after`` maps each name (in file order) to the names it starts after; names it lists that are not keys
-    are ignored. Returns the order of every name not caught in or behind a cycle, and the cycles, each as
-    ``[a, b, ..., a]`` (``a`` starts after ``b`` ...), starting at its earliest name, earliest first.
-    """
-    index = {name: i for i, name in enumerate(after)}
-    deps = {name: [d for d in dict.fromkeys(after[name]) if d in index] for name in after}
-    waiting = {name: len(deps[name]) for name in after}
-    dependents: dict[str, list[str]] = {name: [] for name in after}
-    for name in after:
-        for dep in deps[name]:
-            dependents[dep].append(name)
-    ready = [(index[name], name) for name in after if not deps[name]]
-    heapq.heapify(ready)
-    order: list[str] = []
-    while ready:
-        _, name = heapq.heappop(ready)
-        order.append(name)
-        for dependent in dependents[name]:
-            waiting[dependent] -= 1
-            if waiting[dependent] == 0:
-                heapq.heappush(ready, (index[dependent], dependent))
-    placed = set(order)
-    left = {name: [d for d in deps[name] if d not in placed] for name in after if name not in placed}
-    cycles = [_cycle_through(component[0], left, set(component)) for component in _cyclic_components(left)]
-    cycles.sort(key=lambda cycle: index[cycle[0]])
-    return order, cycles
-
-
-def _cyclic_components(graph: dict[str, list[str]]) -> list[list[str]]:
-    """The strongly connected components of ``graph`` that contain a cycle, members in key order (Tarjan)."""
-    position = {name: i for i, name in enumerate(graph)}
-    number: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[list[str]] = []
-    for root in graph:
-        if root in number:
-            continue
-        # Iterative DFS: (node, index of the next edge to follow).
-        work: list[tuple[str, int]] = [(root, 0)]
-        number[root] = low[root] = len(number)
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, edge = work[-1]
-            edges = graph[node]
-            if edge < len(edges):
-                work[-1] = (node, edge + 1)
-                nxt = edges[edge]
-                if nxt not in number:
-                    number[nxt] = low[nxt] = len(number)
-                    stack.append(nxt)
-                    on_stack.add(nxt)
-                    work.append((nxt, 0))
-                elif nxt in on_stack:
-                    low[node] = min(low[node], number[nxt])
-                continue
-            work.pop()
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
-            if low[node] == number[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                if len(component) > 1 or node in graph[node]:
-                    components.append(sorted(component, key=position.__getitem__))
-    return components
-
-
-def _cycle_through(start: str, graph: dict[str, list[str]], members: set[str]) -> list[str]:
-    """A shortest cycle from ``start`` back to it, within ``members`` (breadth first, edges in list order)."""
-    parent: dict[str, str] = {}
-    queue = [start]
-    for node in queue:
-        for nxt in graph[node]:
-            if nxt not in members:
-                continue
-            if nxt == start:
-                path = [node]
-                while path[-1] != start:
-                    path.append(parent[path[-1]])
-                return [start, *reversed(path[:-1]), start] if node != start else [start, start]
-            if nxt not in parent:
-                parent[nxt] = node
-                queue.append(nxt)
-    raise AssertionError(f"no cycle through {start!r}")  # pragma: no cover -- members is a cyclic component

@@ -96,15 +96,27 @@ class ServiceRecord:
     last_exit: str | None
     last_error: str | None
     incarnation: int
+    #: Why it is in its state, when that needs saying: what a ``waiting`` one waits for, why a ``failed``
+    #: one failed (e.g. ``too many restarts: 4 restarts in 2.1 s exceeds intensity 3 per 5.0 s``).
+    reason: str | None = None
+    #: The group it belongs to; None for the root (and for a group's own record, its parent group).
+    group: str | None = None
+    critical: bool = False
+    #: Seconds until a failed unit is started again on its own; None: only by the operator.
+    revive_in: float | None = None
+    #: ``"service"`` or ``"group"``.
+    kind: str = "service"
 
 
 @default_codec.register(name="vwos.control.StatusReply")
 @attrs.frozen
 class StatusReply:
-    """``Vwos.Control.Read.Status``: every service in start order, and how long the supervisor has run."""
+    """``Vwos.Control.Read.Status``: every service in start order, how long the supervisor has run, and the
+    supervision groups (``kind = "group"`` records; their ``incarnation`` is the sum of their services')."""
 
     services: tuple[ServiceRecord, ...]
     supervisor_uptime: float
+    groups: tuple[ServiceRecord, ...] = ()
 
 
 @default_codec.register(name="vwos.control.TopicsRequest")
@@ -470,7 +482,7 @@ _short.maxother = 60
 _short.maxlist = _short.maxtuple = _short.maxdict = 4
 
 
-def _record(row: Any) -> ServiceRecord:
+def _record(row: Any, now: float) -> ServiceRecord:
     return ServiceRecord(
         name=row.name,
         state=row.state.value,
@@ -479,6 +491,27 @@ def _record(row: Any) -> ServiceRecord:
         last_exit=None if row.last_exit is None else row.last_exit.value,
         last_error=row.last_error,
         incarnation=row.incarnation,
+        reason=row.reason,
+        group=row.group,
+        critical=row.critical,
+        revive_in=None if row.revive_at is None else max(0.0, row.revive_at - now),
+    )
+
+
+def _group_record(row: Any, services: Mapping[str, ServiceRecord], now: float) -> ServiceRecord:
+    return ServiceRecord(
+        name=row.name,
+        state=row.state.value,
+        restarts=row.restarts,
+        uptime=None,
+        last_exit=None,
+        last_error=None,
+        incarnation=sum(services[name].incarnation for name in row.services if name in services),
+        reason=row.reason,
+        group=row.group,
+        critical=row.critical,
+        revive_in=None if row.revive_at is None else max(0.0, row.revive_at - now),
+        kind="group",
     )
 
 
@@ -572,10 +605,14 @@ class ControlPlane:
 
     async def status(self, _: object = None) -> StatusReply:
         await trio.lowlevel.checkpoint()
-        started = self._started_at if self._started_at is not None else trio.current_time()
-        return StatusReply(
-            tuple(_record(row) for row in self.supervisor.status()), trio.current_time() - started
-        )
+        now = trio.current_time()
+        started = self._started_at if self._started_at is not None else now
+        services = self._records(now)
+        groups = tuple(_group_record(g, services, now) for g in self.supervisor.group_status())
+        return StatusReply(tuple(services.values()), now - started, groups)
+
+    def _records(self, now: float) -> dict[str, ServiceRecord]:
+        return {row.name: _record(row, now) for row in self.supervisor.status()}
 
     def _rates(self, counts: Mapping[str, int], now: float) -> tuple[dict[str, float], float]:
         if not self._samples:
@@ -646,13 +683,17 @@ class ControlPlane:
     # -- operate -------------------------------------------------------------------------------------
 
     def _row(self, name: str) -> ServiceRecord:
-        """The status of service ``name``; `ControlError` naming the services if there is none."""
-        rows = self.supervisor.status()
-        for row in rows:
-            if row.name == name:
-                return _record(row)
-        names = ", ".join(row.name for row in rows) or "none"
-        raise ControlError(f"no such service: {name!r} (services: {names})")
+        """The status of the service or group ``name``; `ControlError` naming them if there is none."""
+        now = trio.current_time()
+        services = self._records(now)
+        if name in services:
+            return services[name]
+        groups = self.supervisor.group_status()
+        for group in groups:
+            if group.name == name:
+                return _group_record(group, services, now)
+        names = ", ".join([*services, *(g.name for g in groups)]) or "none"
+        raise ControlError(f"no such service or group: {name!r} (there are: {names})")
 
     async def _operate(self, action: str, request: ServiceRequest) -> OperateReply:
         before = self._row(request.service)
