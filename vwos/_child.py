@@ -31,9 +31,16 @@ from vwos._isolation import (
     ChildPayload,
     decode_payload,
     describe_failure,
+    unwrap,
 )
 
 _MEMORY_REPORT = b'{"exit": "memory"}\n'  # written without allocating much, after a MemoryError
+#: The longest failure summary sent to the supervisor (it becomes the status table's error).
+_MAX_SUMMARY = 1000
+
+
+def _summary(text: str) -> str:
+    return text if len(text) <= _MAX_SUMMARY else text[: _MAX_SUMMARY - 1] + "…"
 
 
 class _Control:
@@ -174,7 +181,16 @@ def main() -> int:
 
     tune_gc()
 
-    configure_logging(format="json", level=os.environ.get(ENV_LOG_LEVEL, "debug"), stream=sys.stderr)
+    import structlog
+
+    # Exceptions are rendered here, as Python's own traceback text (structlog's format_exc_info), so the
+    # supervisor's log shows them whole: a traceback cannot cross the process boundary as an object.
+    configure_logging(
+        format="json",
+        level=os.environ.get(ENV_LOG_LEVEL, "debug"),
+        stream=sys.stderr,
+        extra_processors=[structlog.processors.format_exc_info],
+    )
     stdin: BinaryIO = sys.stdin.buffer
     try:
         payload = decode_payload(stdin.read)
@@ -185,10 +201,9 @@ def main() -> int:
             return EXIT_MEMORY
         if isinstance(exc, SystemExit | KeyboardInterrupt):
             raise
-        control.send(exit="error", error=describe_failure(exc))
-        import structlog
-
-        structlog.get_logger("vwos.child").error("service failed", exc_info=exc)
+        control.send(exit="error", error=_summary(describe_failure(exc)))
+        # The service's own exception, not the nursery's group of one around it.
+        structlog.get_logger("vwos.child").error("service failed", exc_info=unwrap(exc))
         return EXIT_ERROR
     if signum is None:
         control.send(exit=how)

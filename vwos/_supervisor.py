@@ -21,7 +21,7 @@ import structlog
 import trio
 
 from bus import Bus, PeerCredentials, Permissions, serve_unix
-from vwos._isolation import check_picklable, describe_failure, run_isolated
+from vwos._isolation import IsolatedRuns, check_picklable, describe_failure, run_isolated
 from vwos._logging import service_logger
 from vwos._policy import (
     BackoffPolicy,
@@ -204,8 +204,8 @@ class Supervisor:
         self._socket_path = socket_path
         self._serve_socket = socket_path is not None or any(s.isolated for s in self._specs)
         self._authorize_other = authorize
-        #: The pid of each isolated service's live process, for the socket's authorize.
-        self._pids: dict[int, str] = {}
+        #: The isolated services' runs and their processes, for the socket's authorize.
+        self._isolated = IsolatedRuns()
         self._phase: Phase = "new"
         self._reached = {phase: trio.Event() for phase in _PHASES}
         self._reached["new"].set()
@@ -276,16 +276,13 @@ class Supervisor:
     def authorize(self, peer: PeerCredentials, client_name: str) -> Permissions | None:
         """The bus socket's ``authorize(peer_credentials, client_name)``.
 
-        A peer whose pid (SO_PEERCRED) is that of an isolated service's live process gets exactly that
-        service's permissions, under that service's name only. Any other peer is handed to the
-        ``authorize`` callback given to the constructor, and refused (None) without one.
+        A process of an isolated service (its own, or one it started: by session, process group, ancestry,
+        or its run's token for an orphan) gets exactly that service's permissions, under that service's name
+        only; a process started under the supervisor that is no live service's gets nothing; any other peer
+        is handed to the ``authorize`` callback given to the constructor, and refused (None) without one.
+        See `vwos._isolation.IsolatedRuns`.
         """
-        name = self._pids.get(peer.pid)
-        if name is not None:
-            return self._children[name].spec.permissions if client_name == name else None
-        if self._authorize_other is not None:
-            return self._authorize_other(peer, client_name)
-        return None
+        return self._isolated.authorize(peer, client_name, self._authorize_other)
 
     # -- the operator's side -------------------------------------------------------------------------
 
@@ -560,21 +557,13 @@ class Supervisor:
     ) -> None:
         """Run the service in a process of its own, joined to the bus over the socket."""
         spec = child.spec
-
-        def on_spawn(pid: int) -> None:
-            self._pids[pid] = spec.name
-
-        def on_reaped(pid: int) -> None:
-            self._pids.pop(pid, None)
-
         assert self._socket_path is not None
         await run_isolated(
             spec,
             socket_path=self._socket_path,
             state_dir=((self._state_dir or Path(".")) / spec.name).absolute(),
             heartbeat=self._heartbeat(child),
-            on_spawn=on_spawn,
-            on_reaped=on_reaped,
+            runs=self._isolated,
             done=done,
             task_status=task_status,
         )
