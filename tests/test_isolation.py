@@ -396,6 +396,7 @@ TABLE: dict[int, tuple[Any, ...]] = {
     301: (ME, 301, 301),  # B's orphan, with B's token
     400: (1, 400, 400),  # a stranger: the CLI from a shell
     401: (400, 400, 400),  # ... and its child
+    410: (411, 410, 410),  # a stranger whose parent we cannot see (another user's, under hidepid)
     500: (201, 200, 200, "Z"),  # a zombie in A's group: gone
     600: (1, 1, 1),  # a pid noted as a run whose process is not what the supervisor started
 }
@@ -416,11 +417,34 @@ def test_every_process_of_a_run_is_that_run_s_and_nothing_else_is() -> None:
     owners = {pid: runs.owner(pid) for pid in [*TABLE, 999]}
     assert [pid for pid, found in owners.items() if found is a] == [200, 201, 202, 203, 204, 205]
     assert [pid for pid, found in owners.items() if found is b] == [300, 301]
-    assert [pid for pid, found in owners.items() if found is Verdict.STRANGER] == [ME, 400, 401]
+    assert [pid for pid, found in owners.items() if found is Verdict.STRANGER] == [ME, 400, 401, 410]
     refused = [pid for pid, found in owners.items() if found is Verdict.REFUSE]
-    # the orphan without a token and its child, the supervisor's own tool, a stranger with a run's token, a
-    # zombie, the spoofed run, a pid that is not there
-    assert refused == [206, 207, 208, 209, 500, 600, 999]
+    # the orphan without a token and its child, the supervisor's own tool, a stranger with a run's token,
+    # the spoofed run
+    assert refused == [206, 207, 208, 209, 600]
+    assert [pid for pid, found in owners.items() if found is Verdict.UNSEEN] == [500, 999]  # zombie, absent
+
+
+class Reparenting(FakeProcesses):
+    """Process 420's parent 421 ends while it is looked at: 420 is reparented to the supervisor."""
+
+    def __init__(self) -> None:
+        super().__init__({ME: (50, 50, 50), 420: (421, 420, 420)}, {})
+        self.reads = 0
+
+    def stat(self, pid: int) -> Proc | None:
+        if pid == 420:
+            self.reads += 1
+            return Proc(420, 421 if self.reads == 1 else ME, 420, 420)
+        return super().stat(pid)
+
+
+def test_a_walk_starts_again_when_an_ancestor_ends_meanwhile() -> None:
+    processes = Reparenting()
+    runs = IsolatedRuns(processes, me=lambda: ME)
+    # Seen again, it is under the supervisor now (the subreaper adopted it), without a token: nothing.
+    assert runs.owner(420) is Verdict.REFUSE
+    assert processes.reads == 3
 
 
 def test_authorize_gives_a_run_s_processes_its_permissions_under_its_name_only() -> None:
@@ -443,6 +467,10 @@ def test_authorize_gives_a_run_s_processes_its_permissions_under_its_name_only()
     assert fallback_calls == []
     assert authorize(400, "cli") == Permissions.ALL  # a stranger: the configured default decides
     assert fallback_calls == [400]
+    # One we cannot see: another user's (hidepid) goes to the default, ours is gone: refused.
+    assert runs.authorize(PeerCredentials(999, os.getuid() + 1, 0), "cli", fallback) == Permissions.ALL
+    assert runs.authorize(PeerCredentials(0, os.getuid(), 0), "cli", fallback) is None  # another namespace
+    assert fallback_calls == [400, 999]
     assert runs.authorize(PeerCredentials(400, 0, 0), "cli", None) is None  # and without one: refused
     runs.end(a)  # its process has ended: what is left of it gets nothing
     assert authorize(201, "a") is None

@@ -190,8 +190,10 @@ class IsolatedRuns:
     - a process that is related but not provably of a live run (one descending from the supervisor that
       no run claims, a process of a run that has ended, one carrying a run token from elsewhere) gets
       nothing;
-    - anyone else (a stranger: the CLI, another program) is handed to ``fallback``, the configured
-      authorize, and refused without one.
+    - a process that cannot be seen gets nothing if it has the supervisor's uid (ours are always visible:
+      it is gone, or in another pid namespace);
+    - anyone else (a stranger: the CLI, another program; another user's process hidden by ``hidepid``) is
+      handed to ``fallback``, the configured authorize, and refused without one.
     """
 
     def __init__(self, processes: Processes | None = None, *, me: Callable[[], int] = os.getpid) -> None:
@@ -241,12 +243,16 @@ class IsolatedRuns:
                 why=why,
             )
             return None
-        if found is Verdict.REFUSE:
+        if found is Verdict.REFUSE or (found is Verdict.UNSEEN and peer.uid == os.getuid()):
+            # (Our own uid's processes are always visible to us: an unseen one is gone, or in another pid
+            # namespace, and whoever holds its connection now cannot be told.)
+            why = "started under the supervisor, no isolated service's" if found is Verdict.REFUSE else "gone"
             _log.warning(
-                "refused a process started under the supervisor that is no isolated service's",
+                "refused a peer that cannot be told from an isolated service's process",
                 pid=peer.pid,
                 uid=peer.uid,
                 client=client_name,
+                why=why,
             )
             return None
         return fallback(peer, client_name) if fallback is not None else None

@@ -77,8 +77,11 @@ class Verdict(enum.Enum):
     #: Unrelated to the supervisor and its services: the configured authorize decides.
     STRANGER = "stranger"
     #: Related (a descendant of the supervisor, a process of a run that ended, a carrier of some run's token)
-    #: but not provably of a live run; or gone before it could be looked at: gets nothing.
+    #: but not provably of a live run: gets nothing.
     REFUSE = "refuse"
+    #: Not there to be looked at: gone already (a zombie), hidden (``/proc`` mounted with ``hidepid``,
+    #: another user's), or in another pid namespace (pid 0).
+    UNSEEN = "unseen"
 
 
 def owner(pid: int, runs: Mapping[int, str], me: int, processes: Processes) -> int | Verdict:
@@ -90,14 +93,16 @@ def owner(pid: int, runs: Mapping[int, str], me: int, processes: Processes) -> i
     process (an orphan reparented to the subreaper, or a process the supervisor's own code started)
     belongs to the run whose token it carries, and to nothing (`Verdict.REFUSE`) if it carries none. Any
     other process is a `Verdict.STRANGER`, unless it carries a run token: then it came from a run but
-    cannot be tied to a live one (`Verdict.REFUSE`).
+    cannot be tied to a live one (`Verdict.REFUSE`). A process that cannot be seen is `Verdict.UNSEEN`.
+    An ancestor that cannot be seen (another user's, under ``hidepid``) ends the walk: it is neither the
+    supervisor nor a run's process, which are ours.
     """
     if pid == me:
         return Verdict.STRANGER  # the supervisor's own process: not under itself
     for _attempt in range(3):
         proc = processes.stat(pid)
         if proc is None or proc.zombie:
-            return Verdict.REFUSE  # gone before it could be looked at
+            return Verdict.UNSEEN
         if pid in runs:
             if proc.sid in (pid, -1) and proc.ppid in (me, -1):
                 return pid
@@ -143,7 +148,10 @@ def _ancestry(proc: Proc, runs: Mapping[int, str], me: int, processes: Processes
         seen.add(parent)
         found = processes.stat(parent)
         if found is None:
-            return _Walk.RETRY
+            again = processes.stat(current.pid)
+            if again is not None and again.ppid == parent:
+                return _Walk.UNRELATED  # the parent is there (or it would have a new one), but hidden
+            return _Walk.RETRY  # it ended meanwhile; its children have a new parent
         current = found
     return _Walk.UNRELATED
 
