@@ -5,12 +5,14 @@ Every test has a hard ``trio.fail_after``. The same `Worker` class runs in-proce
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -682,6 +684,14 @@ def grandchildren(state_dir: Path, run: int | None = None) -> dict[int, str]:
     return found
 
 
+def is_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 def parent_of(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat[stat.rindex(")") + 2 :].split()[1])
@@ -1009,3 +1019,51 @@ async def test_lines_cut_long_lines_in_linear_time_and_bounded_memory() -> None:
     assert took < 5.0  # generous; quadratic buffering took minutes
     exact = _Lines(_Chunks([b"a" * 10 + b"\n" + b"b" * 11 + b"\n\n"]), 10)
     assert [await exact.next() for _ in range(4)] == [(b"a" * 10, 0), (b"b" * 10, 1), (b"", 0), None]
+
+
+async def test_a_child_whose_supervisor_is_gone_stops_its_process_group(tmp_path: Path) -> None:
+    """The supervisor is the test here: it starts the child as run_isolated does, then closes its stdin
+    as a dying supervisor would. The child stops the service and its process group; the processes that
+    left the group are the service manager's to stop (systemd kills the whole cgroup)."""
+    from bus import Bus, serve_unix
+    from vwos._isolation import ENV_SYS_PATH, ChildPayload, encode_payload
+
+    socket_dir = Path(tempfile.mkdtemp(prefix="vwos-t-"))
+    socket = socket_dir / "bus.sock"
+    state = tmp_path / "tree"
+    state.mkdir()
+    payload = ChildPayload("tree", Spawner, Tree(), str(socket), str(state), None)
+    paths = [p for p in sys.path if isinstance(p, str)]
+    env = {**os.environ, ENV_SYS_PATH: json.dumps(paths), "PYTHONPATH": os.pathsep.join(paths)}
+    found: dict[int, str] = {}
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    partial(serve_unix, Bus(), socket, authorize=lambda p, n: Permissions.ALL)
+                )
+                process = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "vwos._child"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    env=env,
+                    start_new_session=True,
+                )
+                assert process.stdin is not None
+                assert process.stdout is not None
+                await process.stdin.send_all(encode_payload(payload))
+                lines = _Lines(process.stdout, 65536)
+                while (line := await lines.next()) is not None and b'"ready"' not in line[0]:
+                    pass
+                found = grandchildren(state)
+                await process.stdin.aclose()  # the supervisor is gone
+                await process.wait()
+                nursery.cancel_scope.cancel()
+        alive = {kind for pid, kind in found.items() if is_alive(pid)}
+        assert process.returncode == 0
+        assert alive == {"1-session", "1-daemon"}  # the group's one is gone; these left the group
+    finally:
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(socket_dir, ignore_errors=True)

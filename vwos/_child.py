@@ -11,11 +11,13 @@ SIGTERM (or EOF on stdin: the supervisor is gone) cancels the service; its ``fin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -209,7 +211,35 @@ def main() -> int:
         control.send(exit=how)
     else:
         control.send(exit=how, signal=signum.name)  # stopped by a signal: say which
+    if how == "stopped" and signum is None:
+        _stop_own_group()
     return 0
+
+
+def _stop_own_group(grace: float = 2.0) -> None:
+    """The supervisor is gone (stdin's EOF), so nobody else will stop what the service started in our
+    process group: SIGTERM to it, SIGKILL (ourselves included: we are done) to what is left after
+    ``grace`` seconds. What left the group is for the service manager (systemd kills the whole cgroup)."""
+    group = os.getpgrp()
+    if group != os.getpid():
+        return  # not started as the supervisor starts us: the group is not ours
+    from vwos._proctree import LiveProcesses
+
+    processes = LiveProcesses()
+
+    def others() -> bool:
+        me = os.getpid()
+        return any(p.pgid == group and p.pid != me and not p.zombie for p in processes.snapshot().values())
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while others() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if others():
+        sys.stderr.flush()
+        os.killpg(group, signal.SIGKILL)
 
 
 if __name__ == "__main__":
