@@ -31,11 +31,10 @@ from vwos._config import (
     SupervisorTable,
     load_config,
     parse_config,
-    start_order,
 )
 from vwos._logging import LEVELS
 from vwos._plugins import prepend_sys_path
-from vwos._policy import BackoffPolicy, Restart, Strategy, SupervisorPolicy
+from vwos._policy import BackoffPolicy, Restart, Strategy, SupervisorPolicy, start_order
 from vwos._service import NoConfig
 from vwos._structure import (
     FieldDoc,
@@ -739,7 +738,8 @@ def services(graph: dict[str, list[str]], *, disabled: Sequence[str] = ()) -> st
 def test_after_unknown_service() -> None:
     assert problems(services({"gateway": [], "overspeed": ["gatway", "trip"]})) == [
         "vwos.toml: services.overspeed.after[0]: unknown service or group 'gatway'; did you mean 'gateway'?",
-        "vwos.toml: services.overspeed.after[1]: unknown service or group 'trip' (there are: gateway, overspeed)",
+        "vwos.toml: services.overspeed.after[1]: unknown service or group 'trip'"
+        " (there are: gateway, overspeed)",
     ]
 
 

@@ -293,6 +293,31 @@ def test_default_authorize_by_uid() -> None:
     assert CONTROL_READ.allows(Action.CALL, "Vwos.Control.Read.Status")
     assert not CONTROL_READ.allows(Action.PUBLISH, "Vehicle.Speed")
     assert not CONTROL_OPERATE.allows(Action.PUBLISH, "Vehicle.Speed")
+    assert anyone(Creds(True), "cli") is None  # a bool is no uid
+
+
+def test_default_authorize_reads_the_supervisor_s_uid_when_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default admins are root and the uid running the supervisor at the time, not at import."""
+    monkeypatch.setattr(os, "getuid", lambda: 4321)
+    authorize = default_authorize()
+    assert authorize((1, 4321, 4321), "cli") is CONTROL_ADMIN
+    assert authorize((1, 0, 0), "cli") is CONTROL_ADMIN
+    assert authorize((1, 1000, 1000), "cli") is CONTROL_READ
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"read_uids": "all"}, "read_uids must be uids or \"any\", not 'all'"),
+        ({"admin_uids": "0"}, "admin_uids must be uids"),
+        ({"operate_uids": 1000}, "operate_uids must be an iterable of uids, not 1000"),
+        ({"operate_uids": (1000, -1, "x")}, "operate_uids must hold uids \\(integers >= 0\\), not .*-1"),
+        ({"admin_uids": (True,)}, "admin_uids must hold uids"),
+    ],
+)
+def test_default_authorize_refuses_wrong_arguments(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        default_authorize(**kwargs)
 
 
 # -- logs -------------------------------------------------------------------------------------------

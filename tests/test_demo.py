@@ -254,7 +254,7 @@ def test_ctrl_c_stops_the_demo_cleanly_and_says_where_the_batches_are(tmp_path: 
         proc.kill()
         proc.wait()
     assert proc.returncode == 0, err[-3000:]
-    stops = [e.get("service") for e in log_events(err) if e["event"] == "service stopping"]
+    stops = [str(e.get("service")) for e in log_events(err) if e["event"] == "service stopping"]
     # Each service is stopped once what starts after it has stopped; the four that start after the
     # gateway alone stop together.
     assert stops[0] == "dashboard"

@@ -261,24 +261,51 @@ def _peer_uid(credentials: Any) -> int | None:
     uid = getattr(credentials, "uid", None)
     if uid is None and isinstance(credentials, tuple) and len(credentials) == 3:
         uid = credentials[1]  # SO_PEERCRED's (pid, uid, gid)
-    return uid if isinstance(uid, int) else None
+    return uid if type(uid) is int else None
+
+
+def _uids(argument: str, value: Iterable[int]) -> frozenset[int]:
+    if isinstance(value, str | bytes):
+        raise TypeError(f"default_authorize: {argument} must be uids (integers), not {value!r}")
+    try:
+        uids = frozenset(value)
+    except TypeError:
+        raise TypeError(f"default_authorize: {argument} must be an iterable of uids, not {value!r}") from None
+    wrong = sorted(repr(uid) for uid in uids if type(uid) is not int or uid < 0)
+    if wrong:
+        raise TypeError(
+            f"default_authorize: {argument} must hold uids (integers >= 0), not {', '.join(wrong)}"
+        )
+    return uids
 
 
 def default_authorize(
-    admin_uids: Iterable[int] = (0, os.getuid()),
+    admin_uids: Iterable[int] | None = None,
     operate_uids: Iterable[int] = (),
     read_uids: Iterable[int] | Literal["any"] = "any",
 ) -> Callable[[Any, str], Permissions | None]:
     """An ``authorize(peer_credentials, client_name)`` for the control socket, by the peer's uid.
 
-    ``admin_uids`` get `CONTROL_ADMIN` (by default root and the user running the supervisor),
-    ``operate_uids`` `CONTROL_OPERATE`, ``read_uids`` `CONTROL_READ` (``"any"``: every peer that can open
-    the socket, whose file mode is then the gate); anyone else is refused (None). The credentials are an
-    object with a ``uid`` attribute, or SO_PEERCRED's ``(pid, uid, gid)``.
+    ``admin_uids`` get `CONTROL_ADMIN` (None, the default: root and the user running the supervisor, as
+    ``os.getuid()`` says when this is called), ``operate_uids`` `CONTROL_OPERATE`, ``read_uids``
+    `CONTROL_READ` (``"any"``: every peer that can open the socket, whose file mode is then the gate); a uid
+    in several gets the most; anyone else is refused (None). The credentials are an object with a ``uid``
+    attribute, or SO_PEERCRED's ``(pid, uid, gid)``. Wrong arguments (a string, a negative or non-integer
+    uid) raise TypeError naming the argument.
+
+    The `Supervisor` asks it only about peers that are no process of an isolated service and were not
+    started under the supervisor (see `Supervisor.authorize`): being the same uid gives a service's own
+    subprocess nothing.
     """
-    admins = frozenset(admin_uids)
-    operators = frozenset(operate_uids)
-    readers: frozenset[int] | None = None if read_uids == "any" else frozenset(read_uids)
+    admins = _uids("admin_uids", (0, os.getuid()) if admin_uids is None else admin_uids)
+    operators = _uids("operate_uids", operate_uids)
+    readers: frozenset[int] | None
+    if isinstance(read_uids, str):
+        if read_uids != "any":
+            raise TypeError(f'default_authorize: read_uids must be uids or "any", not {read_uids!r}')
+        readers = None
+    else:
+        readers = _uids("read_uids", read_uids)
 
     def authorize(peer_credentials: Any, client_name: str) -> Permissions | None:
         uid = _peer_uid(peer_credentials)

@@ -8,10 +8,8 @@ feeds the engine what happened.
 from __future__ import annotations
 
 import math
-import os
 import random
 import shutil
-import signal
 import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -23,7 +21,14 @@ import structlog
 import trio
 
 from bus import Bus, PeerCredentials, Permissions, serve_unix
-from vwos._isolation import check_picklable, describe_failure, run_isolated, unwrap
+from vwos._isolation import (
+    IsolatedRuns,
+    IsolatedServiceFailed,
+    check_picklable,
+    describe_failure,
+    run_isolated,
+    unwrap,
+)
 from vwos._logging import service_logger
 from vwos._loopwatch import LoopWatch, below
 from vwos._policy import (
@@ -285,8 +290,8 @@ class Supervisor:
         self._socket_path = socket_path
         self._serve_socket = socket_path is not None or any(s.isolated for s in self._specs)
         self._authorize_other = authorize
-        #: The pid of each isolated service's live process, for the socket's authorize.
-        self._pids: dict[int, str] = {}
+        #: The isolated services' runs and their processes, for the socket's authorize.
+        self._isolated = IsolatedRuns()
         self._phase: Phase = "new"
         self._reached = {phase: trio.Event() for phase in _PHASES}
         self._reached["new"].set()
@@ -325,13 +330,9 @@ class Supervisor:
         return tuple(name for name, child in self._children.items() if child.abandoned and child.running)
 
     def kill_processes(self) -> None:
-        """SIGKILL the process group of every isolated service's live process (for an exit that cannot
-        wait: ``vwos run``'s second signal)."""
-        for pid in list(self._pids):
-            try:
-                os.killpg(pid, signal.SIGKILL)  # each runs in a session (and process group) of its own
-            except (ProcessLookupError, PermissionError):
-                pass
+        """SIGKILL every isolated service's whole process tree (for an exit that cannot wait: ``vwos
+        run``'s second signal)."""
+        self._isolated.kill_all()
 
     async def wait_stopped(self) -> None:
         """Wait until every service has stopped or been left behind (see `left_behind`)."""
@@ -385,16 +386,13 @@ class Supervisor:
     def authorize(self, peer: PeerCredentials, client_name: str) -> Permissions | None:
         """The bus socket's ``authorize(peer_credentials, client_name)``.
 
-        A peer whose pid (SO_PEERCRED) is that of an isolated service's live process gets exactly that
-        service's permissions, under that service's name only. Any other peer is handed to the
-        ``authorize`` callback given to the constructor, and refused (None) without one.
+        A process of an isolated service (its own, or one it started: by session, process group, ancestry,
+        or its run's token for an orphan) gets exactly that service's permissions, under that service's name
+        only; a process started under the supervisor that is no live service's gets nothing; any other peer
+        is handed to the ``authorize`` callback given to the constructor, and refused (None) without one.
+        See `vwos._isolation.IsolatedRuns`.
         """
-        name = self._pids.get(peer.pid)
-        if name is not None:
-            return self._children[name].spec.permissions if client_name == name else None
-        if self._authorize_other is not None:
-            return self._authorize_other(peer, client_name)
-        return None
+        return self._isolated.authorize(peer, client_name, self._authorize_other)
 
     # -- the operator's side -------------------------------------------------------------------------
 
@@ -631,6 +629,11 @@ class Supervisor:
         exception = event.exception
         if exception is not None and event.exit is Exit.ERROR:
             exception = unwrap(exception)
+        if isinstance(exception, IsolatedServiceFailed):
+            # Its process logged the exception with its own traceback (relayed); ours would show only
+            # the supervisor's side of the pipe.
+            _log.error("service exited", service=event.name, exit=event.exit.value, error=event.error)
+        elif exception is not None and event.exit is Exit.ERROR:
             _log.error(
                 "service failed",
                 service=event.name,
@@ -778,21 +781,13 @@ class Supervisor:
     ) -> None:
         """Run the service in a process of its own, joined to the bus over the socket."""
         spec = child.spec
-
-        def on_spawn(pid: int) -> None:
-            self._pids[pid] = spec.name
-
-        def on_reaped(pid: int) -> None:
-            self._pids.pop(pid, None)
-
         assert self._socket_path is not None
         await run_isolated(
             spec,
             socket_path=self._socket_path,
             state_dir=((self._state_dir or Path(".")) / spec.name).absolute(),
             heartbeat=self._heartbeat(child),
-            on_spawn=on_spawn,
-            on_reaped=on_reaped,
+            runs=self._isolated,
             done=done,
             task_status=task_status,
         )
