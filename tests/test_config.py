@@ -38,6 +38,7 @@ from vwos._plugins import prepend_sys_path
 from vwos._policy import BackoffPolicy, Restart, Strategy, SupervisorPolicy
 from vwos._service import NoConfig
 from vwos._structure import (
+    MAX_DEPTH,
     FieldDoc,
     FieldProblem,
     StructureError,
@@ -619,11 +620,14 @@ def test_backoff_validators_are_reported_at_their_key() -> None:
 
 
 def test_bad_permission_patterns_are_reported_at_their_key() -> None:
-    permissions = 'permissions = { subscribe = ["Vehicle.*", "Vehicle..Speed"] }'
-    assert one_problem(f'[services.a]\nplugin = "{GATEWAY}"\n{permissions}\n') == (
-        "vwos.toml: services.a.permissions.subscribe: pattern 'Vehicle..Speed': segment '' must be a name "
-        "segment, '*' or '**' (wildcards stand alone between dots)"
-    )
+    """Each bad pattern at its index, as bus's own check (`bus.Permissions`) words it."""
+    permissions = 'permissions = { subscribe = ["Vehicle.*", "Vehicle..Speed", "A.B*", "Ok.**"] }'
+    assert problems(f'[services.a]\nplugin = "{GATEWAY}"\n{permissions}\n') == [
+        "vwos.toml: services.a.permissions.subscribe[1]: pattern 'Vehicle..Speed': segment '' must be a name "
+        "segment, '*' or '**' (wildcards stand alone between dots)",
+        "vwos.toml: services.a.permissions.subscribe[2]: pattern 'A.B*': segment 'B*' must be a name "
+        "segment, '*' or '**' (wildcards stand alone between dots)",
+    ]
 
 
 @pytest.mark.parametrize("name", ["over speed", "-overspeed", "over.speed", "über", ""])
@@ -1118,6 +1122,110 @@ def test_converters_apply_and_a_failure_of_the_whole_object_is_reported_at_the_t
     with pytest.raises(StructureError) as info:
         structure({"inner": {"low": 7}}, dict[str, Validated])
     assert [str(p) for p in info.value.problems] == ["inner: seven is unlucky"]
+
+
+def _known_name(_inst: object, _attribute: object, value: str) -> None:
+    if value not in ("a", "b"):
+        raise ValueError(f"unknown name {value!r}")
+
+
+def _codes(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_to_upper(v) for v in values)  # stops at the first bad one
+
+
+def _at_least_two(_inst: object, _attribute: object, value: tuple[str, ...]) -> None:
+    if len(value) < 2:
+        raise ValueError(f"expected at least 2 names, got {len(value)}")
+
+
+def _low_and_high(_inst: object, _attribute: object, value: dict[str, int]) -> None:
+    problems = [FieldProblem((key,), f"at most 10, got {v}") for key, v in value.items() if v > 10]
+    if problems:
+        raise StructureError(problems)
+
+
+@attrs.frozen
+class Listed:
+    names: tuple[str, ...] = attrs.field(
+        default=(), validator=attrs.validators.deep_iterable(member_validator=_known_name)
+    )
+    codes: tuple[str, ...] = attrs.field(default=(), converter=_codes)
+    pair: tuple[str, ...] = attrs.field(default=("a", "b"), validator=[_at_least_two])
+    limits: dict[str, int] = attrs.field(factory=dict, validator=_low_and_high)
+
+
+def test_every_bad_item_of_an_array_is_reported_at_its_index() -> None:
+    """A validator or converter that stops at the first bad item still has each bad item reported."""
+    with pytest.raises(StructureError) as info:
+        structure({"names": ["a", "x", "b", "y"], "codes": ["ok", "", "fine", ""]}, Listed)
+    assert [str(p) for p in info.value.problems] == [
+        "codes[1]: must not be empty",
+        "codes[3]: must not be empty",
+        "names[1]: unknown name 'x'",
+        "names[3]: unknown name 'y'",
+    ]
+    assert structure({"names": ["b", "a"], "codes": ["x"]}, Listed) == Listed(names=("b", "a"), codes=("X",))
+
+
+def test_a_problem_of_the_whole_array_is_reported_at_its_key() -> None:
+    """No item is at fault when the rest fails too (here: too few items)."""
+    with pytest.raises(StructureError) as info:
+        structure({"pair": ["a"]}, Listed)
+    assert [str(p) for p in info.value.problems] == ["pair: expected at least 2 names, got 1"]
+
+
+def test_a_validator_may_report_several_problems_below_its_key() -> None:
+    with pytest.raises(StructureError) as info:
+        structure({"limits": {"low": 11, "mid": 5, "high": 12}}, Listed)
+    assert [str(p) for p in info.value.problems] == [
+        "limits.low: at most 10, got 11",
+        "limits.high: at most 10, got 12",
+    ]
+
+
+@attrs.frozen
+class Node:
+    label: str = ""
+    child: Node | None = None
+    children: tuple[Node, ...] = ()
+
+
+def _chain(depth: int, key: str) -> dict[str, Any]:
+    """``{key: {key: ... {}}}``, ``depth`` tables deep, built without recursion."""
+    top: dict[str, Any] = {}
+    here = top
+    for _ in range(depth):
+        inner: dict[str, Any] = {}
+        here[key] = [inner] if key == "children" else inner
+        here = inner
+    return top
+
+
+@pytest.mark.parametrize("key", ["child", "children"])
+def test_a_value_nested_too_deeply_is_a_problem_not_a_recursion_error(key: str) -> None:
+    """A recursive config type fed a 100,000-deep value (a desired config, or TOML headers ``[a.b.c...]``):
+    one problem at the depth bound, in bounded time."""
+    with pytest.raises(StructureError) as info:
+        structure(_chain(100_000, key), Node)
+    (problem,) = info.value.problems
+    assert problem.message == f"nested more than {MAX_DEPTH} levels deep"
+    assert len(problem.path) == MAX_DEPTH + 1
+    assert problem.path[:2] == ((key, key) if key == "child" else (key, 0))
+    shallow = structure(_chain(30, key), Node)
+    assert isinstance(shallow, Node)
+
+
+def test_a_recursion_error_of_a_validator_is_a_problem_at_its_key() -> None:
+    def recurse(inst: object, attribute: object, value: object) -> None:
+        recurse(inst, attribute, value)
+
+    @attrs.frozen
+    class Looping:
+        x: int = attrs.field(validator=recurse)
+
+    with pytest.raises(StructureError) as info:
+        structure({"x": 1}, Looping)
+    assert [str(p) for p in info.value.problems] == ["x: maximum recursion depth exceeded"]
 
 
 @attrs.frozen
