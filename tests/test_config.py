@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import cyclic_dependency_graphs, dependency_graphs, nested_toml_documents, toml_values
 
-from bus import Permissions
+from bus import Permissions, TopicError
 from vwos._config import (
     MAX_FILE_BYTES,
     MAX_KEY_PARTS,
@@ -679,6 +679,29 @@ def test_bad_permission_patterns_are_reported_at_their_key() -> None:
         "vwos.toml: services.a.permissions.subscribe[2]: pattern 'A.B*': segment 'B*' must be a name "
         "segment, '*' or '**' (wildcards stand alone between dots)",
     ]
+
+
+def test_huge_permission_patterns_are_judged_by_the_bus_each_at_its_index_in_bounded_time() -> None:
+    """The config holds no rules of its own for patterns: whatever bounds `bus.Permissions` sets (length,
+    segments), each pattern it refuses is reported at its index with its message, and quickly."""
+    huge = ".".join(["**"] * 20_000)
+    patterns = [huge] * 20 + ["Vehicle..x", "Vehicle.*"]
+    listed = ", ".join(f'"{p}"' for p in patterns)
+    started = time.perf_counter()
+    try:
+        parse(f'[services.a]\nplugin = "{GATEWAY}"\npermissions = {{ subscribe = [{listed}] }}\n')
+        found: list[Problem] = []
+    except ConfigError as exc:
+        found = exc.problems
+    assert time.perf_counter() - started < 5.0
+    expected = []
+    for i, pattern in enumerate(patterns):
+        try:
+            Permissions(subscribe=(pattern,))
+        except TopicError as exc:
+            expected.append((f"services.a.permissions.subscribe[{i}]", str(exc)))
+    assert [(p.key_path, p.message) for p in found] == expected
+    assert expected[-1][0] == "services.a.permissions.subscribe[20]"
 
 
 @pytest.mark.parametrize("name", ["over speed", "-overspeed", "over.speed", "über", ""])
