@@ -1548,6 +1548,36 @@ def test_a_problem_of_the_whole_array_is_reported_at_its_key() -> None:
     assert [str(p) for p in info.value.problems] == ["pair: expected at least 2 names, got 1"]
 
 
+def _first_bad_name(_inst: object, _attribute: object, value: tuple[str, ...]) -> None:
+    for i, name in enumerate(value):
+        if name not in ("a", "b"):
+            raise ValueError(f"[{i}] unknown name {name!r}")
+
+
+@attrs.frozen
+class OwnLoop:
+    names: tuple[str, ...] = attrs.field(default=(), validator=_first_bad_name)
+    more: tuple[str, ...] = attrs.field(
+        default=(),
+        validator=[attrs.validators.deep_iterable(member_validator=_known_name), _at_least_two],
+    )
+
+
+def test_a_validator_of_its_own_is_reported_at_its_key_as_it_says() -> None:
+    """It may name items in its message (``[3] ...``): it is not run again on items alone, which would
+    renumber them. deep_iterable in a list of validators still reports each item, and stops that list."""
+    with pytest.raises(StructureError) as info:
+        structure({"names": ["a", "b", "c", "x"], "more": ["x", "a", "y"]}, OwnLoop)
+    assert [str(p) for p in info.value.problems] == [
+        "names: [2] unknown name 'c'",
+        "more[0]: unknown name 'x'",
+        "more[2]: unknown name 'y'",
+    ]
+    with pytest.raises(StructureError) as info:
+        structure({"more": ["a"]}, OwnLoop)
+    assert [str(p) for p in info.value.problems] == ["more: expected at least 2 names, got 1"]
+
+
 def test_a_validator_may_report_several_problems_below_its_key() -> None:
     with pytest.raises(StructureError) as info:
         structure({"limits": {"low": 11, "mid": 5, "high": 12}}, Listed)

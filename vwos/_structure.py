@@ -15,12 +15,14 @@ or a ``Literal``), nested attrs classes (nested tables), and ``Any``.
 Every problem is collected, not just the first: a `Structurer` walks the whole value and records a
 `FieldProblem` (a key path and a message) for each thing that is wrong. Validators and converters of attrs
 fields run per field, so a failing validator is reported at the key it is about, with its own message.
-A validator or converter of an array that stops at its first bad item (``attrs.validators.deep_iterable``,
-``tuple(check(v) for v in values)``) still has every bad item reported, each at its index: when it fails,
-it is run again on each item alone, and if the items that fail alone are exactly what makes the whole fail
-(the rest passes), each is reported at ``key[i]``; otherwise the whole is reported at ``key``. A validator
-may also raise `StructureError` itself, with paths relative to its field, to report several problems
-(``FieldProblem(("initial",), ...)`` of a ``backoff`` field is reported at ``backoff.initial``).
+Every bad item of an array is reported at its index (``key[i]``) where the structurer can tell the items
+apart: the member validator of ``attrs.validators.deep_iterable`` runs on each item (also as a part of a
+list of validators); a converter of an array that stops at its first bad item (``tuple(check(v) for v
+in values)``, as `bus.Permissions` does) is run again on each item alone when it fails, and if the items
+that fail alone are exactly what makes the whole fail (the rest passes), each is reported at its index,
+else the whole at ``key``. Any other validator is reported at its key with its own message; one that has
+several things to say raises `StructureError` with paths relative to its key (``FieldProblem((3,
+"signal"), ...)`` of a ``mappings`` field is reported at ``mappings[3].signal``).
 
 Values nest at most `MAX_DEPTH` levels (a key path that long): deeper is a problem at that key, never a
 ``RecursionError``.
@@ -582,24 +584,51 @@ class Structurer:
         for field in fields:
             if field.alias not in good or field.validator is None:
                 continue
-            validator = field.validator
-            try:
-                validator(bare, field, getattr(bare, field.name))
-            except AttributeError:
-                pass  # it reads a field that is missing or wrong, already reported
-            except Exception as exc:
-
-                def validate(
-                    items: object, field: attrs.Attribute[Any] = field, validator: Any = validator
-                ) -> None:
-                    validator(bare, field, items)
-
-                self._failed(exc, getattr(bare, field.name), validate, (*path, field.alias))
+            if not self._validate(
+                field.validator, bare, field, getattr(bare, field.name), (*path, field.alias)
+            ):
                 del good[field.alias]
         return {key: good[key] for key in built if key in good}  # the table's order
 
+    def _validate(
+        self, validator: Any, instance: object, field: attrs.Attribute[Any], value: Any, path: KeyPath
+    ) -> bool:
+        """Run a field's validator, recording its problems; whether it passed. The parts of a list of
+        validators run in turn; the member validator of ``attrs.validators.deep_iterable`` runs on each
+        item, so every bad item is reported at its index."""
+        parts = (
+            getattr(validator, "_validators", None) if type(validator).__name__ == "_AndValidator" else None
+        )
+        if parts is not None:  # in order, up to the first that fails (a later one may rely on an earlier)
+            return all(self._validate(part, instance, field, value, path) for part in parts)
+        member = getattr(validator, "member_validator", None)
+        if (
+            member is not None
+            and hasattr(validator, "iterable_validator")
+            and isinstance(value, list | tuple)
+        ):
+            ok = True
+            if validator.iterable_validator is not None:
+                ok = self._validate(validator.iterable_validator, instance, field, value, path)
+            items = [
+                self._validate(member, instance, field, item, (*path, i)) for i, item in enumerate(value)
+            ]
+            return ok and all(items)
+        try:
+            validator(instance, field, value)
+        except AttributeError:
+            return True  # it reads a field that is missing or wrong, already reported
+        except StructureError as exc:
+            for problem in exc.problems:
+                self.problem((*path, *problem.path), problem.message)
+            return False
+        except Exception as exc:
+            self.problem(path, _exception_message(exc))
+            return False
+        return True
+
     def _failed(self, exc: Exception, value: object, check: Any, path: KeyPath) -> None:
-        """Record why ``check(value)`` (a field's converter or validator) raised ``exc``: the problems of a
+        """Record why ``check(value)`` (a field's converter) raised ``exc``: the problems of a
         `StructureError` at their paths below ``path``; for an array, each item that fails alone (see the
         module's docstring); else the message at ``path``."""
         if isinstance(exc, StructureError):
