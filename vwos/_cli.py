@@ -131,7 +131,6 @@ def count_argument(minimum: int = 1) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
         return value
 
-    parse.__name__ = f"count >= {minimum}"
     return parse
 
 
@@ -235,20 +234,6 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     for exc in group.exceptions:
         found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return found
-
-
-def check_socket_path(path: str, *, option: str = "--socket") -> None:
-    """Raise `_UsageError` if ``path`` cannot be a Unix socket's path (at most 107 bytes on Linux)."""
-    size = len(os.fsencode(path))
-    if size > _SUN_PATH_MAX:
-        raise _UsageError(
-            f"{option} {path}: a Unix socket's path has at most {_SUN_PATH_MAX} bytes, this one has {size} "
-            f"(give a shorter {option}, or set ${SOCKET_ENV})"
-        )
-
-
-#: The longest path of a Unix socket (``sun_path`` is 108 bytes on Linux, with its terminating NUL).
-_SUN_PATH_MAX = 107
 
 
 # -- extensions -------------------------------------------------------------------------------------
@@ -389,7 +374,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _print_problems(exc)
         return EXIT_CONFIG
     try:
-        check_socket_path(args.socket or default_socket_path())
+        _check_socket_path(args.socket or default_socket_path())
     except _UsageError as exc:
         _say(sys.stderr, str(exc))
         return EXIT_CONFIG
@@ -532,6 +517,20 @@ def default_socket_path() -> str:
     return f"/tmp/vwos-{os.getuid()}/vwos.sock"
 
 
+def _check_socket_path(path: str, *, option: str = "--socket") -> None:
+    """Raise `_UsageError` if ``path`` cannot be a Unix socket's path (at most 107 bytes on Linux)."""
+    size = len(os.fsencode(path))
+    if size > _SUN_PATH_MAX:
+        raise _UsageError(
+            f"{option} {path}: a Unix socket's path has at most {_SUN_PATH_MAX} bytes, this one has {size} "
+            f"(give a shorter {option}, or set ${SOCKET_ENV})"
+        )
+
+
+#: The longest path of a Unix socket (``sun_path`` is 108 bytes on Linux, with its terminating NUL).
+_SUN_PATH_MAX = 107
+
+
 def _jsonable(value: Any) -> Any:
     """A bus value as JSON: attrs classes as objects, enums by name, bytes as hex, tuples as arrays."""
     if isinstance(value, enum.Enum):
@@ -664,18 +663,14 @@ def _log_text(line: Any, service: str | None = None) -> str:
     return f"{stamp.replace('+00:00', 'Z')} {line.level:<8} {who}{line.text}"
 
 
-#: Levels of structlog's filter, lowest first (what a threshold hides is everything before it).
-_LEVEL_ORDER = LEVELS
-
-
 def _hidden_levels_note(level: str | None, shown: int) -> str | None:
     """What to say about lines the supervisor's log level never let into the buffer, or None.
 
     Above ``info`` it hides the lines of normal operation, which is worth saying every time; at ``info`` it
     hides only debug lines, worth saying when nothing at all is shown."""
-    if level not in _LEVEL_ORDER or level == "debug":
+    if level not in LEVELS or level == "debug":
         return None
-    hidden = _LEVEL_ORDER[: _LEVEL_ORDER.index(level)]
+    hidden = LEVELS[: LEVELS.index(level)]
     if level == "info" and shown:
         return None
     return (
@@ -906,7 +901,7 @@ async def _connect_and_run(command: ControlCommand, args: argparse.Namespace) ->
 def _control_handler(command: ControlCommand) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         try:
-            check_socket_path(args.socket)
+            _check_socket_path(args.socket)
         except _UsageError as exc:
             _say(sys.stderr, str(exc))
             return EXIT_USAGE
