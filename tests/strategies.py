@@ -15,7 +15,8 @@ Restart policy
     (`Step`, `DriverAction`).
 Config
     `service_names`; `dependency_graphs` (acyclic ``after`` graphs), `cyclic_dependency_graphs`;
-    `toml_scalars`, `toml_values` (anything a TOML document can hold).
+    `toml_scalars`, `toml_values` (anything a TOML document can hold); `toml_strings` (each of the four
+    kinds, brackets and quotes inside), `nested_toml_documents` (valid TOML nested to a drawn depth).
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ __all__ = [
     "dependency_graphs",
     "instances_of",
     "mutated_bytes",
+    "nested_toml_documents",
     "patterns",
     "service_names",
     "steps",
     "supervisor_policies",
     "toml_scalars",
+    "toml_strings",
     "toml_values",
     "topic_names",
     "values_of_type",
@@ -269,6 +272,55 @@ def toml_values(*, max_leaves: int = 10) -> st.SearchStrategy[object]:
         ),
         max_leaves=max_leaves,
     )
+
+
+_TOML_TEXT = st.text(alphabet="[]{}\"'#\\=,. ab\n", max_size=12)
+
+
+def _without(text: str, run: str) -> str:
+    while run in text:
+        text = text.replace(run, run[:-1])
+    return text
+
+
+@st.composite
+def toml_strings(draw: st.DrawFn) -> str:
+    """A TOML string of any of the four kinds, its content full of brackets, quotes, escapes and ``#``."""
+    content = draw(_TOML_TEXT)
+    kind = draw(st.sampled_from(["basic", "literal", "multi-line basic", "multi-line literal"]))
+    line = content.replace("\n", " ")
+    if kind == "basic":
+        return '"' + line.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if kind == "literal":
+        return "'" + line.replace("'", "") + "'"
+    if kind == "multi-line basic":
+        return '"""' + _without(content.replace("\\", "\\\\"), '"""') + '"""'
+    return "'''" + _without(content, "'''") + "'''"
+
+
+@st.composite
+def nested_toml_documents(draw: st.DrawFn, *, max_depth: int = 56) -> tuple[str, int]:
+    """A valid TOML document, and how deep its arrays and inline tables nest (0 to ``max_depth``): strings of
+    every kind everywhere, comments, headers and dotted keys, one value nested along a spine of ``[`` and
+    ``{``, with siblings at every level."""
+    depth = draw(st.integers(min_value=0, max_value=max_depth))
+    strings = toml_strings()
+    value = draw(strings)
+    for is_array in reversed(draw(st.lists(st.booleans(), min_size=depth, max_size=depth))):
+        sibling = draw(strings)
+        if is_array:
+            gap = draw(st.sampled_from([" ", "\n", " # a [ comment { \n"]))
+            value = f"[{sibling},{gap}{value}]" if draw(st.booleans()) else f"[{value}, {sibling}]"
+        else:
+            key = draw(st.sampled_from(["k", '"k.[{"', "'k]'", "a.b"]))
+            value = f"{{ s = {sibling}, {key} = {value} }}"
+    lines = [
+        f"a = {draw(strings)}  # {draw(_TOML_TEXT).replace(chr(10), ' ')}",
+        f"deep = {value}",
+        f'[t."x.[y"]\nb.c = {draw(strings)}',
+    ]
+    order = draw(st.permutations(range(2)))
+    return "\n".join([lines[i] for i in order] + [lines[2]]) + "\n", depth
 
 
 # -- bus: names and patterns (tests/test_pattern.py) --------------------------------------------------------

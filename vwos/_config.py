@@ -37,9 +37,11 @@ config file, not to the working directory::
 ``[supervisor]``
     ``strategy``, ``intensity`` and ``period`` are the OTP restart strategy and intensity (see
     `vwos._policy`): more than ``intensity`` restarts within ``period`` seconds and the supervisor stops
-    everything and gives up. ``state_dir`` holds one directory per service. ``python_path`` entries must be
-    existing directories. ``start_timeout``/``stop_timeout`` (seconds, > 0) are the defaults of services
-    that do not set their own. ``log_level`` is the supervisor's logging threshold.
+    everything and gives up. ``state_dir`` holds one directory per service; it must be (or be creatable
+    as) a directory the user can create directories in, which the check probes (`state_dir_problems`).
+    ``python_path`` entries must be existing directories. ``start_timeout``/``stop_timeout`` are the
+    defaults of services that do not set their own. ``log_level`` is the supervisor's logging threshold.
+    Every duration in the file is seconds, > 0 and at most `MAX_SECONDS` (so finite).
 
 ``[services.NAME]``
     ``NAME`` is letters, digits, ``_`` and ``-`` (it also names the service's state directory and is
@@ -56,7 +58,8 @@ config file, not to the working directory::
     ``*`` for one segment, ``**`` for any depth) -- a kind not listed is denied altogether.
     ``isolated``: run the service in a process of its own, joined to the bus over the supervisor's Unix
     socket; ``memory_limit_mb`` (only with ``isolated = true``) is that process's memory limit, enforced by
-    the OS (see ``docs/supervisor.md``, "Isolated services").
+    the OS (see ``docs/supervisor.md``, "Isolated services"), and at most what the OS takes
+    (`max_memory_limit_mb`). ``NAME`` has at most `MAX_SERVICE_NAME` characters.
 
 ``[services.NAME.config]``
     The plugin's own settings, built strictly into its ``config_class``: no string is taken for a number,
@@ -73,6 +76,10 @@ Errors
     vwos.toml: services.overspeed.restat: unknown key; did you mean 'restart'?
     vwos.toml: services.gateway.after[0]: dependency cycle: gateway -> overspeed -> gateway
 
+The file is at most `MAX_FILE_BYTES`; arrays and inline tables nest at most `MAX_NESTING` levels and keys
+have at most `MAX_KEY_PARTS` dotted parts, checked before tomllib parses it (tomllib recurses per level, and
+its work grows with the square of a key's length).
+
 Loading a config imports the plugins it names (their module-level code runs) after putting
 ``python_path`` on ``sys.path``. Disabled services are checked like enabled ones, plugin and config
 included.
@@ -80,13 +87,14 @@ included.
 
 from __future__ import annotations
 
-import math
 import os
 import re
+import sys
+import tempfile
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -103,7 +111,16 @@ from vwos._policy import (
     start_order,
 )
 from vwos._service import Service
-from vwos._structure import INVALID, KeyPath, Structurer, describe_value, format_path, suggest
+from vwos._structure import (
+    INVALID,
+    FieldProblem,
+    KeyPath,
+    StructureError,
+    Structurer,
+    describe_value,
+    format_path,
+    suggest,
+)
 from vwos._structure import unknown_key_message as _unknown_key_message
 from vwos._supervisor import ServiceSpec
 
@@ -121,6 +138,22 @@ __all__ = [
 
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
+
+#: The longest service name. The name is a directory (NAME_MAX is 255 bytes), a bus client name, a log
+#: field, and part of the names services derive from it (``Uplink.<name>.Status``): 64 is plenty.
+MAX_SERVICE_NAME: Final = 64
+
+#: Room left below a service's state directory for the names of its own files (PATH_MAX less this is the
+#: longest ``state_dir/NAME``).
+_STATE_ROOM: Final = 256
+
+#: The largest config file read (``vwos check /dev/zero`` must not read forever).
+MAX_FILE_BYTES: Final = 4 * 1024 * 1024
+
+#: TOML nesting bounds, checked before the file is parsed (Python's tomllib recurses once per level of arrays
+#: and inline tables, and its work grows with the square of a dotted key's length).
+MAX_NESTING: Final = 50
+MAX_KEY_PARTS: Final = 50
 
 
 # -- problems ------------------------------------------------------------------------------------------
@@ -160,14 +193,30 @@ class ConfigError(Exception):
 # -- the file's tables, as attrs classes (also the source of the generated TOML reference) ---------------
 
 
-def _positive_seconds(_inst: object, _attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value > 0:  # also refuses NaN
+#: The longest duration any setting may be, in seconds (about 31.7 years). Longer never comes in a car's life,
+#: and beyond ~9.2e9 s some of the OS's timers (a thread's wait, a socket's timeout) overflow.
+MAX_SECONDS: Final = 1_000_000_000.0
+
+_MIB: Final = 1024 * 1024
+
+
+def _check_seconds(value: float) -> None:
+    if not value > 0:  # also refuses NaN
         raise ValueError(f"expected a number of seconds > 0, got {describe_value(value)}")
+    if not value <= MAX_SECONDS:
+        raise ValueError(
+            f"expected at most {MAX_SECONDS:.0f} seconds (about 31 years), got {describe_value(value)}"
+        )
+
+
+def _positive_seconds(_inst: object, _attribute: attrs.Attribute[Any], value: float | None) -> None:
+    """A duration in seconds: > 0 and at most `MAX_SECONDS` (so finite); None passes."""
+    if value is not None:
+        _check_seconds(value)
 
 
 def _period(_inst: object, _attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0 or math.isinf(value):
-        raise ValueError(f"expected a finite number of seconds > 0, got {describe_value(value)}")
+    _check_seconds(value)
 
 
 def _non_negative(_inst: object, _attribute: attrs.Attribute[int], value: int) -> None:
@@ -176,13 +225,51 @@ def _non_negative(_inst: object, _attribute: attrs.Attribute[int], value: int) -
 
 
 def _non_negative_seconds(_inst: object, _attribute: attrs.Attribute[float], value: float) -> None:
-    if not value >= 0 or math.isinf(value):  # also refuses NaN
-        raise ValueError(f"expected a finite number of seconds >= 0, got {describe_value(value)}")
+    if not 0 <= value <= MAX_SECONDS:  # also refuses NaN
+        raise ValueError(
+            f"expected a number of seconds >= 0 and at most {MAX_SECONDS:.0f}, got {describe_value(value)}"
+        )
+
+
+def max_memory_limit_mb() -> tuple[int, str]:
+    """The largest ``memory_limit_mb`` an isolated service's process can be given here, and why.
+
+    The child sets it as ``RLIMIT_AS`` in bytes: ``setrlimit`` takes at most ``sys.maxsize`` (2**63 - 1 on a
+    64-bit system), and a process that is not root cannot raise its hard limit (``ulimit -Hv``).
+    """
+    most, why = sys.maxsize // _MIB, "the largest address-space limit (RLIMIT_AS) the OS takes"
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Linux
+        return most, why
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if hard != resource.RLIM_INFINITY and hard // _MIB < most and os.geteuid() != 0:
+        return hard // _MIB, "this process's hard address-space limit (ulimit -Hv), which only root may raise"
+    return most, why
 
 
 def _positive_mib(_inst: object, _attribute: attrs.Attribute[int | None], value: int | None) -> None:
-    if value is not None and value < 1:
+    if value is None:
+        return
+    if value < 1:
         raise ValueError(f"expected a number of MiB >= 1, got {describe_value(value)}")
+    most, why = max_memory_limit_mb()
+    if value > most:
+        raise ValueError(f"expected at most {most} MiB ({why}), got {describe_value(value)}")
+
+
+def _backoff_bounds(_inst: object, _attribute: attrs.Attribute[BackoffPolicy], value: BackoffPolicy) -> None:
+    """The delays of a backoff must be finite (`BackoffPolicy` itself takes any number >= 0)."""
+    problems = []
+    for name in ("initial", "max_delay", "reset_after"):
+        seconds = getattr(value, name)
+        if not seconds <= MAX_SECONDS:
+            message = (
+                f"expected at most {MAX_SECONDS:.0f} seconds (about 31 years), got {describe_value(seconds)}"
+            )
+            problems.append(FieldProblem((name,), message))
+    if problems:
+        raise StructureError(problems)
 
 
 def _help(text: str) -> dict[str, str]:
@@ -337,6 +424,7 @@ class ServiceTable:
     )
     backoff: BackoffPolicy = attrs.field(
         factory=BackoffPolicy,
+        validator=_backoff_bounds,
         metadata=_help(
             "The delay before a restart: min(max_delay, initial * multiplier ** (n - 1)), ±jitter."
         ),
@@ -448,7 +536,8 @@ def load_config(path: str | os.PathLike[str]) -> SupervisorConfig:
     """Read, parse and check the config file at ``path``; raises `ConfigError` listing every problem."""
     file = Path(path)
     try:
-        data = file.read_bytes()
+        with file.open("rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError([Problem(file, "", "cannot read the config file: no such file")]) from None
     except IsADirectoryError:
@@ -456,6 +545,8 @@ def load_config(path: str | os.PathLike[str]) -> SupervisorConfig:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError([Problem(file, "", f"cannot read the config file: {reason}")]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError([Problem(file, "", _too_large())])
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -467,17 +558,115 @@ def load_config(path: str | os.PathLike[str]) -> SupervisorConfig:
     return parse_config(text, path=file)
 
 
+def _too_large() -> str:
+    return f"the config file is larger than {MAX_FILE_BYTES // _MIB} MiB (is it the right file?)"
+
+
 def parse_config(text: str, *, path: str | os.PathLike[str]) -> SupervisorConfig:
     """Parse and check a config given as text; ``path`` names it in problems and anchors relative paths.
 
     Raises `ConfigError` listing every problem.
     """
     file = Path(path)
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError([Problem(file, "", _too_large())])
+    too_deep = _nesting_problem(text, file)
+    if too_deep is not None:
+        raise ConfigError([too_deep])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_syntax_problem(file, exc)]) from None
+    except RecursionError:  # what _nesting_problem did not foresee
+        raise ConfigError([Problem(file, "", "invalid TOML: nested too deeply to be parsed")]) from None
     return _Loader(file).load(data)
+
+
+#: What the nesting scan looks at: string and comment openers, brackets, and what separates keys.
+_TOKEN = re.compile(r"\"\"\"|'''|[\"'#\[\]{}\n=,.]")
+#: Where each kind of string ends, from just after its opening quotes.
+_STRING_END = {
+    '"""': re.compile(r'(?:[^"\\]|\\.|"{1,2}(?!"))*"{3,5}', re.S),
+    "'''": re.compile(r"(?:[^']|'{1,2}(?!'))*'{3,5}", re.S),
+    '"': re.compile(r'(?:[^"\\\n]|\\.)*"'),
+    "'": re.compile(r"[^'\n]*'"),
+}
+
+
+def _nesting_problem(text: str, file: Path) -> Problem | None:
+    """The first place where arrays and inline tables nest deeper than `MAX_NESTING`, or a key has more
+    than `MAX_KEY_PARTS` dotted parts, as a problem with its line and key; None if there is none.
+
+    A scan of the text, not a parse: it knows strings, comments, table headers, keys and values just well
+    enough to count, and leaves every syntax error to tomllib.
+    """
+    stack: list[str] = []  # the open "[" and "{" of values
+    in_key, in_header = True, False
+    parts = 1  # of the key being read
+    table, key = "", ""  # for the message: the last [table] header and the top-level key
+    start = 0  # where the current header or top-level key began
+    pos = 0
+    while True:
+        match = _TOKEN.search(text, pos)
+        if match is None:
+            return None
+        token, at = match.group(), match.start()
+        pos = match.end()
+        if token == "#":
+            newline = text.find("\n", pos)
+            pos = len(text) if newline < 0 else newline
+        elif token in _STRING_END:
+            end = _STRING_END[token].match(text, pos)
+            pos = len(text) if end is None else end.end()  # unterminated: tomllib will say so
+        elif token == "\n":
+            if not stack:
+                in_key, in_header, parts, start = True, False, 1, pos
+        elif token == "." and in_key:
+            parts += 1
+            if parts > MAX_KEY_PARTS:
+                where = f"[{table}]: " if table else ""
+                message = f"invalid TOML: {where}a key of more than {MAX_KEY_PARTS} dotted parts"
+                return _problem_at(file, text, at, message)
+        elif token == "[":
+            if not stack and in_key and not in_header:
+                in_header, start = True, pos
+            elif not in_header:
+                stack.append(token)
+                in_key = False
+                if len(stack) > MAX_NESTING:
+                    return _too_deep(file, text, at, table, key)
+        elif token == "]":
+            if in_header:
+                table = text[start:at].strip("[] \t")
+            elif stack:
+                stack.pop()
+        elif token == "{":
+            stack.append(token)
+            in_key, parts = True, 1
+            if len(stack) > MAX_NESTING:
+                return _too_deep(file, text, at, table, key)
+        elif token == "}":
+            if stack:
+                stack.pop()
+            in_key = False
+        elif token == "=" and in_key:
+            if not stack:
+                key = text[start:at].strip()
+            in_key = False
+        elif token == "," and stack and stack[-1] == "{":
+            in_key, parts = True, 1
+
+
+def _too_deep(file: Path, text: str, at: int, table: str, key: str) -> Problem:
+    where = ".".join(part for part in (table, key) if part)
+    message = f"invalid TOML: arrays and inline tables nested more than {MAX_NESTING} levels deep"
+    return _problem_at(file, text, at, message, where[:200])
+
+
+def _problem_at(file: Path, text: str, at: int, message: str, key_path: str = "") -> Problem:
+    line = text.count("\n", 0, at) + 1
+    column = at - (text.rfind("\n", 0, at) + 1) + 1
+    return Problem(file, key_path, message, line, column)
 
 
 _AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)\Z")
@@ -542,6 +731,9 @@ class _Loader:
         self._check_tree(entries, groups)
         self._check_after(entries, groups)
         order = self._start_order(entries, groups)
+        usable = [e.name for e in entries if e.enabled and _service_name_problem(e.name) is None]
+        for where, message in state_dir_problems(self.base / settings.state_dir, usable):
+            self.problem(where, message)
 
         if s.problems:
             raise ConfigError(
@@ -629,12 +821,9 @@ class _Loader:
 
     def _service(self, name: str, table: object, index: int) -> _Entry:
         path: KeyPath = ("services", name)
-        if not _SERVICE_NAME.match(name):
-            self.problem(
-                path,
-                "invalid service name: use letters, digits, '_' and '-', not starting with '-' (the name is "
-                "also the service's state directory)",
-            )
+        name_problem = _service_name_problem(name)
+        if name_problem is not None:
+            self.problem(path, name_problem)
         values = self.structurer.table(table, ServiceTable, path)
         entry = _Entry(name, index, path, values or {})
         if entry.values.get("memory_limit_mb") is not None and not entry.values.get("isolated", False):
@@ -757,3 +946,86 @@ class _Loader:
             period=table.period,
             revive_after=table.revive_after,
         )
+
+
+def _service_name_problem(name: str) -> str | None:
+    if not _SERVICE_NAME.match(name):
+        return (
+            "invalid service name: use letters, digits, '_' and '-', not starting with '-' (the name is also "
+            "the service's state directory)"
+        )
+    if len(name) > MAX_SERVICE_NAME:
+        return f"invalid service name: at most {MAX_SERVICE_NAME} characters, this one has {len(name)}"
+    return None
+
+
+def state_dir_problems(state_dir: Path, services: Sequence[str]) -> list[tuple[KeyPath, str]]:
+    """What would keep the supervisor from making (or the services from writing in) ``state_dir / NAME`` for
+    each of ``services``: a file in the way, no right to create directories, a path too long.
+
+    Writability is probed the way the supervisor uses the directory -- a directory is made and removed
+    again in the deepest one that exists -- rather than guessed from mode bits (root may write where the
+    bits say no; nobody writes on a read-only or pseudo file system, whatever ``os.access`` says).
+    """
+    key: KeyPath = ("supervisor", "state_dir")
+    problems: list[tuple[KeyPath, str]] = []
+    existing = state_dir
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    name_max = _pathconf(existing, "PC_NAME_MAX", 255)
+    path_max = _pathconf(existing, "PC_PATH_MAX", 4096)
+    for part in state_dir.parts:
+        if len(os.fsencode(part)) > name_max:
+            return [(key, f"{state_dir}: a part of it is longer than {name_max} bytes (NAME_MAX)")]
+    for name in services:
+        if len(os.fsencode(state_dir / name)) > path_max - _STATE_ROOM:
+            where = ("services", name)
+            message = (
+                f"its state directory {state_dir / name} is too long for the file system: at most "
+                f"{path_max - _STATE_ROOM} bytes (PATH_MAX less {_STATE_ROOM} for the service's own files)"
+            )
+            problems.append((where, message))
+    if problems:
+        return problems
+    if not existing.is_dir():
+        what = "is" if existing == state_dir else "is in the way of it and"
+        return [(key, f"{state_dir}: {existing} {what} not a directory")]
+    reason = _cannot_make_directories(existing)
+    if reason is not None:
+        return [(key, f"{state_dir}: cannot create directories in {existing}: {reason}")]
+    if existing != state_dir:
+        return []
+    for name in services:
+        directory = state_dir / name
+        if not os.path.lexists(directory):
+            continue
+        if not directory.is_dir():
+            problems.append((("services", name), f"its state directory {directory} is not a directory"))
+            continue
+        reason = _cannot_make_directories(directory)
+        if reason is not None:
+            problems.append(
+                (("services", name), f"its state directory {directory} is not writable: {reason}")
+            )
+    return problems
+
+
+def _pathconf(path: Path, name: str, default: int) -> int:
+    try:
+        value = os.pathconf(path if path.is_dir() else path.parent, name)
+    except (OSError, ValueError):
+        return default
+    return value if value > 0 else default
+
+
+def _cannot_make_directories(directory: Path) -> str | None:
+    """Why a directory cannot be made in ``directory`` (the probe is made and removed), or None."""
+    try:
+        probe = tempfile.mkdtemp(prefix=".vwos-check-", dir=directory)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    try:
+        os.rmdir(probe)
+    except OSError:  # pragma: no cover - it was just made, empty
+        pass
+    return None

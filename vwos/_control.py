@@ -39,6 +39,7 @@ from bus import (
     UnknownTopicError,
     default_codec,
 )
+from vwos._logging import configured_level
 from vwos._policy import State
 from vwos._supervisor import _SETTLED, Supervisor
 
@@ -190,6 +191,8 @@ class LogsReply:
     cursor: int
     #: Lines newer than ``after`` that were no longer in the ring buffer (or beyond ``lines``).
     missed: int
+    #: The supervisor's log level: lines below it were never logged, so never kept (None: not known).
+    level: str | None = None
 
 
 @default_codec.register(name="vwos.control.ServiceRequest")
@@ -682,7 +685,8 @@ class ControlPlane:
     async def read_logs(self, request: LogsRequest) -> LogsReply:
         await trio.lowlevel.checkpoint()
         self._row(request.service)  # no such service: ControlError
-        return self.logs.read(request.service, lines=request.lines, after=request.after)
+        reply = self.logs.read(request.service, lines=request.lines, after=request.after)
+        return attrs.evolve(reply, level=configured_level())
 
     async def convert(self, request: ConvertRequest) -> ConvertReply:
         await trio.lowlevel.checkpoint()
