@@ -633,3 +633,133 @@ def test_run_where_the_socket_cannot_be_made_is_one_line_and_exit_1(tmp_path: Pa
     last = result.stderr.splitlines()[-1]
     assert last.startswith("vwos: ")
     assert "/proc/vwos-nowhere" in last
+
+
+# -- one fault never stops the car: vwos run keeps going, and always stops when told ----------------------
+
+FAULTY = """
+import trio
+from vwos import Service
+
+class Crash(Service):
+    async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        await trio.sleep(0.01)
+        raise RuntimeError("sensor unplugged")
+
+class NeverReady(Service):
+    async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
+        await trio.sleep_forever()
+
+class Stubborn(Service):
+    async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        while True:
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                pass  # swallows every cancellation: it can never be stopped
+
+class Healthy(Service):
+    async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        while True:
+            ctx.heartbeat()
+            await trio.sleep(0.05)
+"""
+
+
+def faulty_config(tmp_path: Path, services: str) -> Path:
+    (tmp_path / "faulty.py").write_text(textwrap.dedent(FAULTY))
+    config = tmp_path / "vwos.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [supervisor]
+            intensity = 2
+            period = 60
+            python_path = ["."]
+            state_dir = "{tmp_path / "state"}"
+            """
+        )
+        + textwrap.dedent(services)
+    )
+    return config
+
+
+def test_run_keeps_going_when_a_non_critical_plugin_crash_loops(tmp_path: Path) -> None:
+    config = faulty_config(
+        tmp_path,
+        """
+        [services.crash]
+        plugin = "faulty:Crash"
+        backoff = { initial = 0.01, jitter = 0.0 }
+        [services.healthy]
+        plugin = "faulty:Healthy"
+        watchdog = 1.0
+        """,
+    )
+    result = vwos("run", str(config), "--duration", "3", "--log-format", "json")
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert result.returncode == 0, result.stderr[-2000:]
+    failed = [e for e in events if e["event"] == "service failed for good"]
+    assert [e["service"] for e in failed] == ["crash"]
+    assert "RuntimeError: sensor unplugged" in failed[0]["reason"]
+    assert not [e for e in events if e["event"] == "service starting" and e.get("service") == "healthy"][1:]
+    assert "supervisor gave up" not in result.stderr
+    # The crash's traceback is in the log, not just its repr.
+    tracebacks = [e["exception"] for e in events if e["event"] == "service failed" and "exception" in e]
+    assert tracebacks
+    assert "Traceback (most recent call last):" in tracebacks[0]
+    assert 'raise RuntimeError("sensor unplugged")' in tracebacks[0]
+
+
+def test_duration_ends_the_run_while_a_start_never_finishes(tmp_path: Path) -> None:
+    config = faulty_config(
+        tmp_path,
+        """
+        [services.slow]
+        plugin = "faulty:NeverReady"
+        start_timeout = 1000
+        [services.after_slow]
+        plugin = "faulty:Healthy"
+        after = ["slow"]
+        [services.healthy]
+        plugin = "faulty:Healthy"
+        """,
+    )
+    result = vwos("run", str(config), "--duration", "1", "--log-format", "json", timeout=30)
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    ready = [e.get("service") for e in events if e["event"] == "service ready"]
+    assert ready == ["healthy"]  # independent of slow: up in parallel; after_slow waits
+    assert events[-1]["event"] == "supervisor stopped"
+
+
+def test_a_second_signal_exits_130_at_once_even_if_a_service_swallows_cancellation(tmp_path: Path) -> None:
+    config = faulty_config(
+        tmp_path,
+        """
+        [services.stubborn]
+        plugin = "faulty:Stubborn"
+        stop_timeout = 1000
+        [services.healthy]
+        plugin = "faulty:Healthy"
+        """,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vwos", "run", str(config), "--log-format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        wait_for_line(proc.stderr, "all services ready")
+        proc.send_signal(signal.SIGTERM)
+        wait_for_line(proc.stderr, "service stopping")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130

@@ -12,7 +12,7 @@ import termios
 import tty
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import pytest
@@ -738,3 +738,45 @@ def test_socket_path_default(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_control_types_cross_the_codec() -> None:
     reply = StatusReply((), 1.5)
     assert default_codec.decode(default_codec.encode(reply)) == reply
+
+
+def _explode() -> None:
+    raise KeyError("missing")
+
+
+@pytest.mark.parametrize("format", ["console", "json"])
+def test_a_service_s_exception_is_kept_with_its_traceback_for_vwos_logs(
+    format: Literal["console", "json"],
+) -> None:
+    from vwos import configure_logging
+
+    buffer = LogBuffer(capacity=10)
+    saved = structlog.get_config()
+    try:
+        configure_logging(format=format, stream=io.StringIO(), extra_processors=[buffer.processor])
+        try:
+            _explode()
+        except KeyError as exc:
+            structlog.get_logger().error(
+                "service failed", service="x", error="KeyError: 'missing'", exc_info=exc
+            )
+    finally:
+        structlog.configure(**saved)
+    (line,) = buffer.read("x").lines
+    first, *rest = line.text.splitlines()
+    assert first == "service failed error=\"KeyError: 'missing'\""
+    trace = "\n".join(rest)
+    assert trace.startswith("Traceback (most recent call last):")
+    assert ", in _explode" in trace
+    assert trace.endswith("KeyError: 'missing'")
+
+
+def test_the_log_buffer_renders_an_exception_that_was_not_rendered_before_it() -> None:
+    buffer = LogBuffer(capacity=10)
+    try:
+        _explode()
+    except KeyError as exc:
+        buffer.processor(None, "error", {"event": "service failed", "service": "x", "exc_info": exc})
+    (line,) = buffer.read("x").lines
+    assert "Traceback (most recent call last):" in line.text
+    assert line.text.rstrip().endswith("KeyError: 'missing'")

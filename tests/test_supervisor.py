@@ -7,16 +7,20 @@ escalation, ordering, start and stop timeouts, the watchdog, operator commands a
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+import structlog
+import structlog.testing
 import trio
 import trio.testing
 
 from vwos import (
     Exit,
+    GroupSpec,
     Restart,
     Service,
     ServiceContext,
@@ -51,12 +55,14 @@ class Journal:
 class Script:
     journal: Journal
     #: What the first ``times`` incarnations do ``act_after`` seconds after ready: run, return, raise,
-    #: hang_start, no_heartbeat, ignore_stop; later incarnations run for ever.
+    #: hang_start, no_heartbeat, ignore_stop, block (``time.sleep(block_for)`` in the event loop); later
+    #: incarnations run for ever.
     behaviour: str = "run"
     times: int = 1
     act_after: float = 1.0
     ready_after: float = 0.0
     heartbeat_every: float | None = None
+    block_for: float = 0.0
 
 
 class Scripted(Service[Script]):
@@ -85,6 +91,9 @@ class Scripted(Service[Script]):
                 if behaviour == "raise":
                     journal.note("raise", ctx.name)
                     raise RuntimeError(f"{ctx.name} broke")
+                if behaviour == "block":
+                    journal.note("block", ctx.name)
+                    time.sleep(script.block_for)  # noqa: ASYNC251 -- the fault under test
                 await trio.sleep_forever()
         except BaseException as exc:
             if not _is_cancellation(exc):
@@ -103,9 +112,7 @@ def _is_cancellation(exc: BaseException) -> bool:
 
 
 async def _beat(ctx: ServiceContext, every: float) -> None:
-    while True:
-        ctx.heartbeat()
-        await trio.sleep(every)
+    await ctx.heartbeat_every(every)
 
 
 def spec(name: str, journal: Journal, **kwargs: Any) -> ServiceSpec:
@@ -457,3 +464,214 @@ def test_after_must_name_a_service_that_runs_and_no_cycle() -> None:
         Supervisor([spec("a", journal, after=("zzz",)), spec("b", journal)])
     with pytest.raises(ValueError, match="dependency cycle: a -> b -> a"):
         Supervisor([spec("a", journal, after=("b",)), spec("b", journal, after=("a",))])
+
+
+# -- the tree: groups, critical units, failed units and their revival ------------------------------------
+
+
+async def test_a_group_restarts_whole_and_units_outside_it_never_notice(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [
+            spec("x", journal, group="pair", behaviour="raise", times=1, act_after=1.0),
+            spec("y", journal, group="pair"),
+            spec("z", journal),
+        ],
+        groups=[GroupSpec("pair", Strategy.ONE_FOR_ALL)],
+        policy=SupervisorPolicy(intensity=3, period=100),
+    )
+    rows = {row.name: row for row in await run_for(supervisor, 30)}
+    assert journal.what("start").count(("start", "x")) == 2
+    assert journal.what("start").count(("start", "y")) == 2  # one_for_all inside the group
+    assert journal.what("start").count(("start", "z")) == 1  # outside it: untouched
+    assert rows["x"].group == "pair"
+    assert all(row.state is State.RUNNING for row in rows.values())
+
+
+async def test_a_non_critical_group_past_its_budget_fails_and_vwos_restart_revives_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [
+            # x is critical within the group: its failure escalates to the group, which is not critical.
+            spec(
+                "x",
+                journal,
+                group="pair",
+                behaviour="raise",
+                times=100,
+                act_after=0.5,
+                critical=True,
+                intensity=0,
+            ),
+            spec("y", journal, group="pair"),
+            spec("z", journal),
+        ],
+        groups=[GroupSpec("pair", Strategy.ONE_FOR_ONE, intensity=1, period=100)],
+        policy=SupervisorPolicy(intensity=3, period=100),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        await trio.sleep(60)
+        rows = {row.name: row for row in supervisor.status()}
+        groups = {g.name: g for g in supervisor.group_status()}
+        assert rows["x"].state is State.FAILED
+        assert rows["y"].state is State.FAILED  # the group failed as a whole
+        assert rows["z"].state is State.RUNNING
+        assert groups["pair"].state is State.FAILED
+        assert groups["pair"].reason is not None
+        assert "x" in groups["pair"].reason
+        starts_before = journal.what("start").count(("start", "x"))
+        supervisor.restart_service("pair")  # a fresh budget: it runs again
+        await trio.sleep(0.1)
+        assert {row.name: row.state for row in supervisor.status()}["y"] is State.RUNNING
+        assert journal.what("start").count(("start", "x")) == starts_before + 1
+        supervisor.shutdown()
+    assert journal.what("start").count(("start", "z")) == 1
+    assert supervisor.stop_reason is not None
+    assert "gave up" not in supervisor.stop_reason
+
+
+async def test_a_failed_service_comes_back_on_its_own_after_revive_after(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [
+            spec(
+                "a",
+                journal,
+                behaviour="raise",
+                times=2,
+                act_after=0.1,
+                intensity=1,
+                period=100,
+                revive_after=50.0,
+            )
+        ],
+        policy=SupervisorPolicy(intensity=3, period=100),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        await trio.sleep(10)
+        (row,) = supervisor.status()
+        assert row.state is State.FAILED
+        assert row.revive_at is not None
+        assert row.revive_at - trio.current_time() == pytest.approx(50.0 - (10 - 1.1), abs=1.0)
+        await trio.sleep(60)
+        (row,) = supervisor.status()
+        assert row.state is State.RUNNING  # the third incarnation runs for ever
+        supervisor.shutdown()
+    assert journal.what("start").count(("start", "a")) == 3
+
+
+async def test_a_start_that_never_finishes_holds_back_only_what_is_after_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [
+            spec("slow", journal, behaviour="hang_start", times=1000, start_timeout=10.0),
+            spec("needs_slow", journal, after=("slow",)),
+            spec("free", journal, ready_after=1.0),
+        ],
+        policy=SupervisorPolicy(intensity=1, period=1000),
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor.run)
+        await trio.sleep(5)
+        rows = {row.name: row for row in supervisor.status()}
+        assert rows["free"].state is State.RUNNING  # started in parallel, not behind slow
+        assert rows["slow"].state is State.STARTING
+        assert rows["needs_slow"].state is State.WAITING
+        assert rows["needs_slow"].reason == "waiting for 'slow' (starting)"
+        await trio.sleep(100)
+        rows = {row.name: row for row in supervisor.status()}
+        assert rows["slow"].state is State.FAILED
+        assert rows["free"].state is State.RUNNING
+        assert rows["needs_slow"].state is State.WAITING
+        assert supervisor.phase == "up"  # every start has settled: systemd hears READY
+        supervisor.shutdown()
+    assert ("start", "needs_slow") not in journal.what("start")
+
+
+async def test_a_shutdown_while_starts_are_pending_stops_within_the_stop_timeouts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [
+            spec("slow", journal, behaviour="hang_start", start_timeout=1000.0),
+            spec("needs_slow", journal, after=("slow",)),
+            spec("free", journal),
+        ]
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor.run)
+        await trio.sleep(3)
+        stop_at = trio.current_time()
+        supervisor.shutdown("test")
+        await supervisor.wait_stopped()
+        assert trio.current_time() - stop_at <= 5.0  # the default stop timeout
+    assert ("cancelled", "slow") in journal.what("cancelled")
+    assert ("cancelled", "free") in journal.what("cancelled")
+
+
+async def test_heartbeat_every_keeps_the_watchdog_quiet(autojump_clock: trio.testing.MockClock) -> None:
+    journal = Journal()
+    supervisor = Supervisor([spec("a", journal, heartbeat_every=0.5, watchdog=2.0)])
+    (row,) = await run_for(supervisor, 60)
+    assert row.restarts == 0
+    assert row.state is State.RUNNING
+
+
+async def test_heartbeat_every_refuses_a_nonsense_interval() -> None:
+    beats: list[float] = []
+    ctx = ServiceContext.__new__(ServiceContext)
+    object.__setattr__(ctx, "_heartbeat", lambda: beats.append(1.0))
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="heartbeat_every needs a finite number of seconds > 0"):
+            await ctx.heartbeat_every(bad)
+    assert beats == []
+
+
+# -- a blocked event loop (real time: the block is a real time.sleep) -----------------------------------
+
+
+async def test_a_blocked_loop_names_the_blocker_and_restarts_only_it() -> None:
+    """The blocker sleeps 1.2 s in the event loop once; the limit is 0.3 s. The innocent service's
+    watchdog (0.5 s) would fire late for that block without the loop watch: it must not be restarted."""
+    journal = Journal()
+    supervisor = Supervisor(
+        [
+            spec(
+                "blocker",
+                journal,
+                behaviour="block",
+                block_for=1.2,
+                act_after=0.2,
+                heartbeat_every=0.05,
+                watchdog=5.0,
+                backoff=BackoffPolicy(initial=0.01, jitter=0.0),
+            ),
+            spec("innocent", journal, heartbeat_every=0.05, watchdog=0.5),
+        ],
+        policy=SupervisorPolicy(intensity=3, period=100),
+        loop_block=0.3,
+    )
+    with trio.fail_after(20), structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            await trio.sleep(3.0)  # the block starts at 0.2 s and lasts 1.2 s
+            rows = {row.name: row for row in supervisor.status()}
+            supervisor.shutdown()
+    assert rows["blocker"].restarts == 1
+    assert rows["blocker"].last_exit is Exit.BLOCKED
+    assert rows["innocent"].restarts == 0
+    assert journal.what("start").count(("start", "innocent")) == 1
+    (blocked, *_) = [e for e in logs if e["event"] == "event loop blocked"]
+    assert blocked["service"] == "blocker"
+    assert "time.sleep(script.block_for)" in blocked["where"]  # its stack, at the line that blocks

@@ -185,14 +185,9 @@ def main() -> int:
 
     import structlog
 
-    # Exceptions are rendered here, as Python's own traceback text (structlog's format_exc_info), so the
-    # supervisor's log shows them whole: a traceback cannot cross the process boundary as an object.
-    configure_logging(
-        format="json",
-        level=os.environ.get(ENV_LOG_LEVEL, "debug"),
-        stream=sys.stderr,
-        extra_processors=[structlog.processors.format_exc_info],
-    )
+    # Exceptions are rendered here, as Python's own traceback text (configure_logging's format_exc_info),
+    # so the supervisor's log shows them whole: a traceback cannot cross the process boundary as an object.
+    configure_logging(format="json", level=os.environ.get(ENV_LOG_LEVEL, "debug"), stream=sys.stderr)
     stdin: BinaryIO = sys.stdin.buffer
     try:
         payload = decode_payload(stdin.read)

@@ -20,6 +20,7 @@ import math
 import os
 import reprlib
 import time
+import traceback
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -327,7 +328,19 @@ def default_authorize(
 
 # == logs ==================================================================================================
 
-_SKIP_KEYS = frozenset({"event", "level", "timestamp", "service", "logger", "_record", "_from_structlog"})
+_SKIP_KEYS = frozenset(
+    {
+        "event",
+        "level",
+        "timestamp",
+        "service",
+        "logger",
+        "_record",
+        "_from_structlog",
+        "exception",
+        "exc_info",
+    }
+)
 
 
 class LogBuffer:
@@ -379,9 +392,16 @@ class LogBuffer:
 
 
 def _render(event_dict: Mapping[str, Any]) -> str:
+    """One log line as `vwos logs` shows it: the event, its fields, and a traceback on the lines below."""
     text = str(event_dict.get("event", ""))
     extra = " ".join(f"{k}={v!r}" for k, v in event_dict.items() if k not in _SKIP_KEYS)
-    return f"{text} {extra}" if extra else text
+    line = f"{text} {extra}" if extra else text
+    trace = event_dict.get("exception")
+    if trace is None:  # a chain that renders exceptions after us: render it here the same way
+        info = event_dict.get("exc_info")
+        if isinstance(info, BaseException):
+            trace = "".join(traceback.format_exception(info))
+    return f"{line}\n{str(trace).rstrip()}" if isinstance(trace, str) and trace else line
 
 
 # == value conversion ======================================================================================
