@@ -675,3 +675,46 @@ async def test_a_blocked_loop_names_the_blocker_and_restarts_only_it() -> None:
     (blocked, *_) = [e for e in logs if e["event"] == "event loop blocked"]
     assert blocked["service"] == "blocker"
     assert "time.sleep(script.block_for)" in blocked["where"]  # its stack, at the line that blocks
+
+
+# -- the test kit ------------------------------------------------------------------------------------------
+
+
+class _Breaks(Service[None]):
+    async def run(
+        self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        await trio.sleep(1)
+        _fail_deep_inside()
+
+
+def _fail_deep_inside() -> None:
+    raise LookupError("the sensor table has no row 7")
+
+
+async def test_the_harness_raises_the_service_s_own_exception_with_its_traceback(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from vwos.testing import open_harness
+
+    with pytest.raises(LookupError, match="the sensor table has no row 7") as info:
+        async with open_harness(ServiceSpec("breaks", _Breaks, None)):
+            await trio.sleep(10)
+    frames = [entry.name for entry in info.traceback]
+    assert "_fail_deep_inside" in frames
+    assert "run" in frames
+    assert not isinstance(info.value, BaseExceptionGroup)
+
+
+async def test_the_harness_reports_a_watchdog_failure_as_supervisor_gave_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from vwos.testing import open_harness
+
+    journal = Journal()
+    with pytest.raises(SupervisorGaveUp, match="no heartbeat for 2 s"):
+        async with open_harness(
+            spec("quiet", journal, behaviour="no_heartbeat", heartbeat_every=0.5, watchdog=2.0)
+        ):
+            await trio.sleep(10)
