@@ -780,3 +780,51 @@ def test_the_log_buffer_renders_an_exception_that_was_not_rendered_before_it() -
     (line,) = buffer.read("x").lines
     assert "Traceback (most recent call last):" in line.text
     assert line.text.rstrip().endswith("KeyError: 'missing'")
+
+
+class _Flaky(Service[NoConfig]):
+    async def run(
+        self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        await trio.sleep(0.5)
+        raise RuntimeError("sensor unplugged")
+
+
+async def test_status_shows_a_failed_unit_and_why_and_restart_revives_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from vwos import GroupSpec, SupervisorPolicy
+
+    specs = [
+        ServiceSpec("speedo", Speedo),
+        ServiceSpec("flaky", _Flaky, group="sensors", intensity=1, period=100, revive_after=600.0),
+    ]
+    policy = SupervisorPolicy(intensity=3, period=100)
+    async with open_harness(*specs, policy=policy, groups=[GroupSpec("sensors")]) as h:
+        plane = ControlPlane(h.supervisor)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(plane.run)
+            await trio.sleep(30)
+            client = h.bus.client("cli", CONTROL_OPERATE)
+            code, out, err = await invoke(cmd_status, ["status", "--json"], client)
+            assert (code, err) == (0, "")
+            data = json.loads(out)
+            flaky = {s["name"]: s for s in data["services"]}["flaky"]
+            assert flaky["state"] == "failed"
+            assert flaky["group"] == "sensors"
+            assert "RuntimeError: sensor unplugged" in flaky["reason"]
+            assert 500 < flaky["revive_in"] <= 600
+            assert [g["name"] for g in data["groups"]] == ["sensors"]
+            assert {s["name"]: s for s in data["services"]}["speedo"]["state"] == "running"
+            code, out, _ = await invoke(cmd_status, ["status"], client)
+            line = next(line for line in out.splitlines() if line.startswith("flaky"))
+            assert line.split()[1] == "failed"
+            assert "RuntimeError: sensor unplugged" in line
+            assert "revive in" in line
+            assert any(line.startswith("GROUP") for line in out.splitlines())
+            code, out, _ = await invoke(cmd_operate, ["restart", "flaky"], client)
+            assert code == 0
+            await trio.sleep(0.1)
+            assert h.status()["flaky"].state.value == "running"  # revived with a fresh budget
+            nursery.cancel_scope.cancel()

@@ -670,7 +670,7 @@ def _why(record: Any) -> str:
     """The status table's last column: why a unit is in its state (failed, waiting), else its last error."""
     text = record.reason or record.last_error or ""
     if record.revive_in is not None:
-        text += f" (revived in {record.revive_in:.0f} s)"
+        text += f" (revive in {record.revive_in:.0f} s)"
     return str(text)
 
 

@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from bus import Bus, BusClient, Method, Overflow, Permissions, Sample, Topic, matches
-from vwos._policy import SupervisorPolicy
+from vwos._policy import GroupSpec, SupervisorPolicy
 from vwos._service import Service
 from vwos._supervisor import ServiceSpec, ServiceStatus, Supervisor, SupervisorGaveUp
 
@@ -164,6 +164,7 @@ def _spec(item: Service[Any] | ServiceSpec) -> ServiceSpec:
 async def open_harness(
     *services: Service[Any] | ServiceSpec,
     policy: SupervisorPolicy | None = None,
+    groups: Sequence[GroupSpec] = (),
     state_dir: Path | None = None,
     permissions: Permissions = Permissions.ALL,
 ) -> AsyncIterator[Harness]:
@@ -174,7 +175,8 @@ async def open_harness(
     default any service failure ends the test: without a ``policy`` the supervisor runs with intensity 0
     and every service critical, so the first crash ends the test with the service's own exception
     (traceback intact), and a watchdog or start timeout with `SupervisorGaveUp` saying why. With a
-    ``policy``, the services' own ``critical`` settings hold, as in a real run. Under pytest-trio's
+    ``policy``, the services' own ``critical`` settings hold, as in a real run; ``groups`` are the
+    supervision tree's groups the specs name. Under pytest-trio's
     ``autojump_clock`` everything runs in mock time, so a test of minutes of driving takes milliseconds.
     """
     specs: Sequence[ServiceSpec] = [_spec(s) for s in services]
@@ -189,6 +191,7 @@ async def open_harness(
             state_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vwos-test-")))
         supervisor = Supervisor(
             specs,
+            groups=groups,
             policy=policy if policy is not None else SupervisorPolicy(intensity=0, period=1.0),
             loop_block=None,
             bus=bus,
