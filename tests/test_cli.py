@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -660,6 +661,13 @@ class Stubborn(Service):
             except trio.Cancelled:
                 pass  # swallows every cancellation: it can never be stopped
 
+class BlocksForGood(Service):
+    async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
+        import time
+        task_status.started()
+        await trio.sleep(0.2)
+        time.sleep(1000)  # the event loop is stuck: nothing in-process can preempt it
+
 class Healthy(Service):
     async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
         task_status.started()
@@ -763,3 +771,33 @@ def test_a_second_signal_exits_130_at_once_even_if_a_service_swallows_cancellati
     finally:
         proc.kill()
     assert proc.returncode == 130
+
+
+def test_two_signals_exit_130_even_while_a_service_blocks_the_event_loop_for_good(tmp_path: Path) -> None:
+    config = faulty_config(
+        tmp_path,
+        """
+        [services.stuck]
+        plugin = "faulty:BlocksForGood"
+        [services.healthy]
+        plugin = "faulty:Healthy"
+        """,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vwos", "run", str(config), "--log-format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        wait_for_line(proc.stderr, "all services ready")
+        time.sleep(0.5)  # the block has begun: the loop cannot read a signal any more
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "vwos: second signal while stopping (SIGTERM): exiting at once" in err

@@ -718,3 +718,56 @@ async def test_the_harness_reports_a_watchdog_failure_as_supervisor_gave_up(
             spec("quiet", journal, behaviour="no_heartbeat", heartbeat_every=0.5, watchdog=2.0)
         ):
             await trio.sleep(10)
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no")
+
+
+class _Odd(BaseException):
+    pass
+
+
+@attrs.frozen
+class _Raise:
+    make: Any
+
+
+class _RaisesAnything(Service[_Raise]):
+    async def run(
+        self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        await trio.sleep(0.5)
+        raise self.config.make()
+
+
+@pytest.mark.parametrize(
+    ("make", "summary"),
+    [
+        (lambda: SystemExit("sensor not found"), "SystemExit: sensor not found"),
+        (KeyboardInterrupt, "KeyboardInterrupt: "),
+        (_Odd, "_Odd: "),
+        (_Unprintable, "_Unprintable: <str() of the exception failed: ValueError>"),
+        (lambda: BaseExceptionGroup("two", [ValueError("a"), KeyError("b")]), "ExceptionGroup: two (2 sub-exceptions)"),
+    ],
+    ids=["SystemExit", "KeyboardInterrupt", "BaseException", "unprintable", "group"],
+)
+async def test_whatever_a_service_raises_is_its_own_failure(
+    autojump_clock: trio.testing.MockClock, make: Any, summary: str
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [
+            ServiceSpec("careless", _RaisesAnything, _Raise(make), backoff=NO_JITTER),
+            spec("innocent", journal),
+        ],
+        policy=SupervisorPolicy(intensity=1, period=100),
+    )
+    rows = {row.name: row for row in await run_for(supervisor, 30)}
+    assert rows["careless"].state is State.FAILED
+    assert rows["careless"].last_error is not None
+    assert rows["careless"].last_error.startswith(summary)
+    assert rows["innocent"].state is State.RUNNING
+    assert journal.what("start") == [("start", "innocent")]

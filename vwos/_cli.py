@@ -20,6 +20,7 @@ register is skipped with a one-line warning on stderr; the core commands never l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import enum
 import json
@@ -29,7 +30,7 @@ import sys
 import time
 import traceback
 import typing
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
@@ -431,23 +432,23 @@ async def _run(config: SupervisorConfig, duration: float | None, socket: str | N
     )
     gave_up: BaseException | None = None
     try:
-        async with trio.open_nursery() as nursery:
+        with _signals_stop(supervisor, trio.lowlevel.current_trio_token()):
+            async with trio.open_nursery() as nursery:
 
-            async def supervise(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-                try:
-                    await supervisor.run(task_status=task_status)
-                finally:
-                    nursery.cancel_scope.cancel()  # the control plane, the signal watcher, the timers
+                async def supervise(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                    try:
+                        await supervisor.run(task_status=task_status)
+                    finally:
+                        nursery.cancel_scope.cancel()  # the control plane, the timers
 
-            nursery.start_soon(_watch_signals, supervisor)
-            # Before the services start: --duration holds while starts are pending too.
-            if duration is not None:
-                nursery.start_soon(_stop_after, supervisor, duration)
-            nursery.start_soon(_exit_when_left_behind, supervisor)
-            await nursery.start(ControlPlane(supervisor, logs=logs).run)
-            # READY=1 once every service is up, WATCHDOG=1 while healthy, STOPPING=1 (vwos._systemd).
-            nursery.start_soon(tell_systemd, supervisor, systemd)
-            await nursery.start(supervise)
+                # Before the services start: --duration holds while starts are pending too.
+                if duration is not None:
+                    nursery.start_soon(_stop_after, supervisor, duration)
+                nursery.start_soon(_exit_when_left_behind, supervisor)
+                await nursery.start(ControlPlane(supervisor, logs=logs).run)
+                # READY=1 once every service is up, WATCHDOG=1 while healthy, STOPPING=1 (vwos._systemd).
+                nursery.start_soon(tell_systemd, supervisor, systemd)
+                await nursery.start(supervise)
     except* SupervisorGaveUp as group:
         gave_up = group.exceptions[0]
     finally:
@@ -464,17 +465,40 @@ async def _stop_after(supervisor: Supervisor, seconds: float) -> None:
     supervisor.shutdown(f"--duration {seconds:g} s reached")
 
 
-async def _watch_signals(supervisor: Supervisor) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        stopping = False
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if stopping:
-                _log.warning("second signal while stopping: exiting at once", signal=name)
-                _exit_now(supervisor, EXIT_INTERRUPTED)
-            stopping = True
-            _log.info("stopping on signal", signal=name)
-            supervisor.shutdown(f"{name} received")
+@contextlib.contextmanager
+def _signals_stop(supervisor: Supervisor, token: trio.lowlevel.TrioToken) -> Iterator[None]:
+    """SIGINT and SIGTERM stop the supervisor; a second one exits at once with 130.
+
+    Plain Python signal handlers, not trio's signal receiver: Python runs them in the main thread between
+    bytecodes even while a service blocks the event loop (a ``time.sleep``, a busy loop), so the second
+    signal ends the process however stuck the loop is. The first is handed to the loop
+    (``run_sync_soon`` is signal-safe) and stops everything as soon as the loop runs again.
+    """
+    seen: list[str] = []
+
+    def first(name: str) -> None:
+        _log.info("stopping on signal", signal=name)
+        supervisor.shutdown(f"{name} received")
+
+    def handler(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        seen.append(name)
+        if len(seen) == 1:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(first, name)
+            return
+        # Not through structlog: the handler may have interrupted a log line, and its logger holds a lock
+        # for the line (a deadlock). One plain line, written straight to the file descriptor.
+        with contextlib.suppress(OSError):
+            os.write(2, f"vwos: second signal while stopping ({name}): exiting at once\n".encode())
+        _exit_now(supervisor, EXIT_INTERRUPTED)
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 async def _exit_when_left_behind(supervisor: Supervisor) -> None:
@@ -493,13 +517,15 @@ async def _exit_when_left_behind(supervisor: Supervisor) -> None:
 def _exit_now(supervisor: Supervisor, code: int) -> None:
     """Leave at once: kill isolated services' processes (they would stop on their own once our end of
     their pipes closes, but one may ignore that too), flush what was written, and ``os._exit``."""
-    supervisor.kill_processes()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
+    try:
+        supervisor.kill_processes()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # closed, or (from a signal handler) a write to it was interrupted
+                pass
+    finally:
+        os._exit(code)
 
 
 def console_main() -> None:

@@ -102,7 +102,11 @@ def describe_failure(exc: BaseException) -> str:
     exc = unwrap(exc)
     if isinstance(exc, IsolatedServiceFailed):
         return exc.reason
-    return f"{type(exc).__name__}: {exc}"
+    try:
+        message = str(exc)
+    except Exception as failed:  # a service's exception whose str() raises is still its failure
+        message = f"<str() of the exception failed: {type(failed).__name__}>"
+    return f"{type(exc).__name__}: {message}"[:1000]
 
 
 class IsolatedServiceFailed(Exception):

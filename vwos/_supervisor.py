@@ -219,6 +219,12 @@ _ISOLATED_STOP_GRACE = 5.0
 TASK_PREFIX = "vwos service "
 
 
+def _only_cancellations(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancellations(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
 class Supervisor:
     """Runs a tree of services on one bus under OTP/systemd-style supervision.
 
@@ -726,7 +732,12 @@ class Supervisor:
                         self._send.send_nowait(_Ready(spec.name, incarnation))
                         if spec.watchdog is not None:
                             nursery.start_soon(self._watchdog, child, spec.watchdog, nursery.cancel_scope)
-        except Exception as exc:
+        except BaseException as exc:
+            # Whatever the service raised is its own failure: SystemExit, KeyboardInterrupt and other base
+            # exceptions too (the supervisor handles signals itself). Only a cancellation from outside the
+            # shielded scope -- which cannot happen while it is shielded -- goes on up.
+            if _only_cancellations(exc):
+                raise
             exit, error, exception = Exit.ERROR, describe_failure(exc), unwrap(exc)
         finally:
             child.done.set()
