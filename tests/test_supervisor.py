@@ -750,7 +750,10 @@ class _RaisesAnything(Service[_Raise]):
         (KeyboardInterrupt, "KeyboardInterrupt: "),
         (_Odd, "_Odd: "),
         (_Unprintable, "_Unprintable: <str() of the exception failed: ValueError>"),
-        (lambda: BaseExceptionGroup("two", [ValueError("a"), KeyError("b")]), "ExceptionGroup: two (2 sub-exceptions)"),
+        (
+            lambda: BaseExceptionGroup("two", [ValueError("a"), KeyError("b")]),
+            "ExceptionGroup: two (2 sub-exceptions)",
+        ),
     ],
     ids=["SystemExit", "KeyboardInterrupt", "BaseException", "unprintable", "group"],
 )
