@@ -224,10 +224,18 @@ def _non_negative(_inst: object, _attribute: attrs.Attribute[int], value: int) -
         raise ValueError(f"expected an integer >= 0, got {describe_value(value)}")
 
 
-def _non_negative_seconds(_inst: object, _attribute: attrs.Attribute[float], value: float) -> None:
-    if not 0 <= value <= MAX_SECONDS:  # also refuses NaN
+#: The shortest `loop_block_limit` (other than 0, off): shorter, ordinary steps (a JSON decode, a garbage
+#: collection) would count as blocks and restart healthy services.
+MIN_LOOP_BLOCK_LIMIT: Final = 0.5
+
+
+def _loop_block_limit(_inst: object, _attribute: attrs.Attribute[float], value: float) -> None:
+    if value == 0:
+        return
+    if not MIN_LOOP_BLOCK_LIMIT <= value <= MAX_SECONDS:  # also refuses NaN
         raise ValueError(
-            f"expected a number of seconds >= 0 and at most {MAX_SECONDS:.0f}, got {describe_value(value)}"
+            f"expected 0 (off) or a number of seconds from {MIN_LOOP_BLOCK_LIMIT:g} to {MAX_SECONDS:.0f}, "
+            f"got {describe_value(value)}"
         )
 
 
@@ -324,7 +332,7 @@ class SupervisorTable:
     )
     loop_block_limit: float = attrs.field(
         default=5.0,
-        validator=_non_negative_seconds,
+        validator=_loop_block_limit,
         metadata=_help(
             "Seconds one step of a service's task may block the event loop before that service (only it) "
             "is restarted; 0 turns the check off."
@@ -885,11 +893,16 @@ class _Loader:
                         "wait for itself",
                     )
                     continue
-                if entry in entries and entry.enabled and other in entries and not other.enabled:
+                if (entry in groups or entry.enabled) and other in entries and not other.enabled:
+                    remedy = (
+                        f"disable {entry.name!r}"
+                        if entry in entries
+                        else f"remove it from {entry.name!r}'s after"
+                    )
                     self.problem(
                         where,
                         f"{dep!r} is disabled (enabled = false), so {entry.name!r}, which starts after it, "
-                        f"cannot start: enable {dep!r} or disable {entry.name!r}",
+                        f"cannot start: enable {dep!r} or {remedy}",
                     )
                 if dep not in entry.deps:
                     entry.deps.append(dep)
