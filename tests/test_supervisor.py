@@ -774,3 +774,56 @@ async def test_whatever_a_service_raises_is_its_own_failure(
     assert rows["careless"].last_error.startswith(summary)
     assert rows["innocent"].state is State.RUNNING
     assert journal.what("start") == [("start", "innocent")]
+
+
+async def test_a_revival_does_not_start_what_the_operator_stopped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [
+            spec("a", journal, group="g", critical=True, intensity=0, behaviour="raise", act_after=1.0),
+            spec("b", journal, group="g"),
+        ],
+        groups=[GroupSpec("g", intensity=0, revive_after=10.0)],
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        await trio.sleep(0.5)
+        supervisor.stop_service("b")  # the operator keeps b stopped
+        await trio.sleep(2.0)
+        assert {g.name: g.state for g in supervisor.group_status()}["g"] is State.FAILED
+        assert {r.name: r.state for r in supervisor.status()}["b"] is State.STOPPED  # stopped, not failed
+        await trio.sleep(10.0)  # g is revived
+        rows = {r.name: r.state for r in supervisor.status()}
+        supervisor.shutdown()
+    assert rows == {"a": State.RUNNING, "b": State.STOPPED}
+    assert journal.what("start").count(("start", "b")) == 1
+
+
+async def test_a_critical_member_the_operator_started_in_a_stopped_group_fails_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [
+            spec(
+                "s", journal, group="g", critical=True, intensity=0, behaviour="raise", act_after=1.0, times=2
+            ),
+            spec("t", journal, group="g"),
+        ],
+        groups=[GroupSpec("g", intensity=5, period=10.0)],
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        await trio.sleep(0.5)
+        supervisor.stop_service("g")
+        await trio.sleep(0.5)
+        supervisor.start_service("s")  # only the member
+        await trio.sleep(100)
+        rows = {r.name: r for r in supervisor.status()}
+        supervisor.shutdown()
+    assert rows["s"].state is State.FAILED  # not left in backoff for ever
+    assert rows["s"].reason is not None
+    assert "exceeds intensity 0" in rows["s"].reason
+    assert rows["t"].state is State.STOPPED

@@ -1161,7 +1161,9 @@ class RestartEngine:
             return self._restart(unit, now, delay)
         reason = f"{self._label(unit)} {what}; {too_many}"
         parent = unit.parent
-        if not unit.critical or parent is None:
+        if not unit.critical or parent is None or parent.held or getattr(parent, "failed", False):
+            # A group the operator stopped, or one that failed, is not restarted for a member the operator
+            # started on its own: that member fails alone.
             return self._fail(unit, now, reason)
         if parent is self._root:
             return self._escalate(unit, now, reason)
@@ -1182,6 +1184,8 @@ class RestartEngine:
                     group.reason = f"its group {unit.name!r} failed"
         for leaf in self._leaves_of(unit):
             leaf.restart_pending = False
+            if leaf.held and leaf is not unit and leaf.state not in _ACTIVE:
+                continue  # the operator stopped it: it stays stopped, not failed
             if leaf is not unit:
                 leaf.failed_at = now
                 leaf.reason = f"its group {unit.name!r} failed"
@@ -1348,6 +1352,8 @@ class RestartEngine:
             unit.held = False
             return Decision()
         for inner in (unit, *(g for g in self._groups.values() if self._inside(g, unit))):
+            if inner.held and not by_operator:
+                continue  # a revival does not undo an operator's stop
             inner.held = False
             inner.window.clear()
             inner.consecutive_failures = 0
@@ -1358,6 +1364,8 @@ class RestartEngine:
         start = []
         batch: int | None = None
         for leaf in self._leaves_of(unit):
+            if leaf.held and not by_operator:
+                continue  # a revival does not undo an operator's stop
             leaf.held = False
             if leaf.state in _ACTIVE:
                 continue
