@@ -827,3 +827,59 @@ async def test_a_critical_member_the_operator_started_in_a_stopped_group_fails_a
     assert rows["s"].reason is not None
     assert "exceeds intensity 0" in rows["s"].reason
     assert rows["t"].state is State.STOPPED
+
+
+async def test_a_service_that_holds_the_loop_in_steps_below_the_limit_is_restarted() -> None:
+    """Each step blocks 0.3 s, under the 0.5 s limit, one after the other: it holds the loop most of the
+    time, so it is restarted (and only it: the innocent's watchdog of 0.4 s excuses the hog's steps)."""
+
+    class Hog(Service[None]):
+        async def run(
+            self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            task_status.started()
+            while True:
+                time.sleep(0.3)  # noqa: ASYNC251 -- the fault under test
+                await trio.lowlevel.checkpoint()
+
+    journal = Journal()
+    supervisor = Supervisor(
+        [
+            ServiceSpec("hog", Hog, None, backoff=BackoffPolicy(initial=0.01, jitter=0.0)),
+            spec("innocent", journal, heartbeat_every=0.05, watchdog=0.4),
+        ],
+        policy=SupervisorPolicy(intensity=100, period=100),
+        loop_block=0.5,
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            await trio.sleep(2.0)
+            rows = {row.name: row for row in supervisor.status()}
+            supervisor.shutdown()
+    assert rows["hog"].restarts >= 1
+    assert rows["hog"].last_exit is Exit.BLOCKED
+    assert rows["hog"].last_error is not None
+    assert rows["hog"].last_error.startswith("held the event loop")
+    assert rows["innocent"].restarts == 0
+
+
+async def test_a_block_by_another_service_does_not_count_against_a_start_timeout() -> None:
+    journal = Journal()
+    supervisor = Supervisor(
+        [
+            spec("blocker", journal, behaviour="block", block_for=1.0, act_after=0.05),
+            spec("innocent", journal, ready_after=0.5, start_timeout=0.8),
+        ],
+        policy=SupervisorPolicy(intensity=0, period=100),
+        loop_block=3.0,
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            await trio.sleep(0.5)
+            rows = {row.name: row for row in supervisor.status()}
+            supervisor.shutdown()
+    assert rows["innocent"].state is State.RUNNING
+    assert rows["innocent"].restarts == 0
+    assert journal.what("block") == [("block", "blocker")]

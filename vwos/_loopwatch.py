@@ -8,9 +8,12 @@ long it took, and a thread that looks at the step in progress:
   task (and so the service) and quoting where it is (the event loop thread's stack);
 - **once the step ends**, a step that ran ``threshold`` seconds or more is reported to ``on_blocked(task,
   seconds)`` in the event loop (the supervisor restarts that task's service, and only it);
-- every step of ``excuse`` seconds or more is remembered for a while, so that a watchdog can leave out time
-  the loop spent blocked by someone else (`blocked_since`): an innocent service is never restarted for
-  another's block.
+- **a service that holds the loop most of the time** in steps each below ``threshold`` (a 1.9 s step every
+  2 s, forty tasks of 90 ms each) is reported too: once its steps of ``excuse`` seconds or more add up to
+  ``threshold`` within ``2 * threshold`` seconds, i.e. half the loop's time;
+- every step of ``excuse`` seconds or more is remembered for a while, so that a watchdog or a start
+  timeout can leave out time the loop spent blocked by someone else (`blocked_since`): an innocent service
+  is never restarted for another's block.
 
 The cost is two ``perf_counter`` calls per task step; the thread wakes a few times per ``threshold``.
 """
@@ -52,7 +55,7 @@ class LoopWatch(trio.abc.Instrument):
         self,
         *,
         threshold: float = 5.0,
-        excuse: float = 0.1,
+        excuse: float = 0.02,
         describe: Callable[[trio.lowlevel.Task], str | None] | None = None,
     ) -> None:
         if not threshold > 0:
@@ -67,7 +70,9 @@ class LoopWatch(trio.abc.Instrument):
         self._step_number = 0
         #: (loop time when the step ended, seconds it took, task), newest last.
         self._records: deque[tuple[float, float, trio.lowlevel.Task]] = deque(maxlen=_MAX_RECORDS)
-        self._on_blocked: Callable[[trio.lowlevel.Task | None, float], None] | None = None
+        self._on_blocked: Callable[[trio.lowlevel.Task | None, float, float | None], None] | None = None
+        #: Per owner (what ``describe`` names): its recent long steps (ended, seconds) and their sum.
+        self._busy: dict[str, tuple[deque[tuple[float, float]], list[float]]] = {}
         self._token: trio.lowlevel.TrioToken | None = None
         self._clock: Callable[[], float] = trio.current_time
         self._loop_thread = 0
@@ -87,12 +92,32 @@ class LoopWatch(trio.abc.Instrument):
         if seconds < self.excuse:
             return
         self._records.append((self._clock(), seconds, task))
-        if seconds >= self.threshold and self._on_blocked is not None and self._token is not None:
-            callback = self._on_blocked
-            try:
-                self._token.run_sync_soon(callback, task, seconds)
-            except trio.RunFinishedError:  # pragma: no cover -- the run is ending
-                pass
+        if seconds >= self.threshold:
+            self._report(task, seconds, None)
+            return
+        owner = self._describe(task) if self._describe is not None else None
+        if owner is None:
+            return
+        ended = time.perf_counter()
+        steps, total = self._busy.setdefault(owner, (deque(), [0.0]))
+        steps.append((ended, seconds))
+        total[0] += seconds
+        window = 2 * self.threshold
+        while steps and steps[0][0] < ended - window:
+            total[0] -= steps.popleft()[1]
+        if total[0] >= self.threshold:
+            busy = total[0]
+            steps.clear()
+            total[0] = 0.0
+            self._report(task, busy, window)
+
+    def _report(self, task: trio.lowlevel.Task, seconds: float, over: float | None) -> None:
+        if self._on_blocked is None or self._token is None:
+            return
+        try:
+            self._token.run_sync_soon(self._on_blocked, task, seconds, over)
+        except trio.RunFinishedError:  # pragma: no cover -- the run is ending
+            pass
 
     # -- what the supervisor asks ------------------------------------------------------------------------
 
@@ -111,11 +136,15 @@ class LoopWatch(trio.abc.Instrument):
 
     async def run(
         self,
-        on_blocked: Callable[[trio.lowlevel.Task | None, float], None],
+        on_blocked: Callable[[trio.lowlevel.Task | None, float, float | None], None],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Watch until cancelled (``await nursery.start(watch.run, on_blocked)``)."""
+        """Watch until cancelled (``await nursery.start(watch.run, on_blocked)``).
+
+        ``on_blocked(task, seconds, over)`` is called in the event loop: ``over`` None for one step of
+        ``task`` that took ``seconds``; else its owner's steps took ``seconds`` within ``over`` seconds.
+        """
         self._on_blocked = on_blocked
         self._token = trio.lowlevel.current_trio_token()
         self._clock = trio.current_time

@@ -204,6 +204,8 @@ class _Blocked:
     name: str
     incarnation: int
     seconds: float
+    #: None: in one step; else in steps within this many seconds.
+    over: float | None = None
 
 
 _Event = _Ready | _Exited | _Abandoned | _Command | _Probe | _Blocked
@@ -721,8 +723,13 @@ class Supervisor:
         try:
             with scope:
                 async with trio.open_nursery() as nursery:
-                    with trio.move_on_after(spec.start_timeout) as start_scope:
-                        await nursery.start(runner, child, nursery.cancel_scope)
+                    with trio.CancelScope() as start_scope:
+                        timer = trio.CancelScope()
+                        nursery.start_soon(self._start_timer, child, timer, start_scope)
+                        try:
+                            await nursery.start(runner, child, nursery.cancel_scope)
+                        finally:
+                            timer.cancel()
                     if start_scope.cancelled_caught:
                         child.cancel_reason = Exit.START_TIMEOUT
                         nursery.cancel_scope.cancel()
@@ -803,6 +810,22 @@ class Supervisor:
             task_status=task_status,
         )
 
+    async def _start_timer(
+        self, child: _Child, timer: trio.CancelScope, start_scope: trio.CancelScope
+    ) -> None:
+        """Cancel ``start_scope`` once the service has had ``start_timeout`` seconds to start -- not
+        counting time the event loop spent blocked by others."""
+        watch = self._loop_watch
+        begun = self._clock()
+        with timer:
+            while True:
+                excused = watch.blocked_since(begun, child.root_task) if watch is not None else 0.0
+                deadline = begun + child.spec.start_timeout + excused
+                if self._clock() >= deadline:
+                    start_scope.cancel()
+                    return
+                await trio.sleep_until(deadline)
+
     async def _watchdog(self, child: _Child, period: float, scope: trio.CancelScope) -> None:
         watch = self._loop_watch
         while True:
@@ -828,8 +851,9 @@ class Supervisor:
             current = None if nursery is None else nursery.parent_task
         return None
 
-    def _on_blocked(self, task: trio.lowlevel.Task | None, seconds: float) -> None:
-        """From the loop watch, in the event loop once it runs again: ``task`` blocked it ``seconds``."""
+    def _on_blocked(self, task: trio.lowlevel.Task | None, seconds: float, over: float | None = None) -> None:
+        """From the loop watch, in the event loop once it runs again: ``task`` blocked it ``seconds`` (in
+        one step, or in steps within ``over`` seconds)."""
         for child in self._children.values():
             if (
                 child.running
@@ -837,7 +861,7 @@ class Supervisor:
                 and child.root_task is not None
                 and below(task, child.root_task)
             ):
-                self._send.send_nowait(_Blocked(child.spec.name, child.incarnation, seconds))
+                self._send.send_nowait(_Blocked(child.spec.name, child.incarnation, seconds, over))
                 return
 
     def _blocked(self, event: _Blocked) -> None:
@@ -852,8 +876,16 @@ class Supervisor:
             )
             return
         child.cancel_reason = Exit.BLOCKED
-        child.cancel_error = f"blocked the event loop for {event.seconds:.1f} s"
-        _log.error("service blocked the event loop; restarting it", service=event.name, seconds=event.seconds)
+        if event.over is None:
+            child.cancel_error = f"blocked the event loop for {event.seconds:.1f} s"
+        else:
+            child.cancel_error = f"held the event loop {event.seconds:.1f} s of {event.over:g} s"
+        _log.error(
+            "service blocked the event loop; restarting it",
+            service=event.name,
+            seconds=round(event.seconds, 3),
+            within=event.over,
+        )
         child.scope.cancel()
 
     async def _stop(self, name: str) -> None:
