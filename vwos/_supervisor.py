@@ -153,6 +153,8 @@ class _Child:
         self.exception: BaseException | None = None
         #: The run did not stop within its stop timeout at shutdown: it is left behind, its end ignored.
         self.abandoned = False
+        #: The run was told to stop and is past its stop timeout (it ignores cancellation).
+        self.overdue = False
         self.root_task: trio.lowlevel.Task | None = None
 
     @property
@@ -451,7 +453,12 @@ class Supervisor:
                     last_exit=st.last_exit,
                     last_error=st.last_error,
                     incarnation=child.incarnation,
-                    reason=st.reason,
+                    reason=(
+                        "did not stop within its stop timeout: it ignores cancellation; what restarts or "
+                        "starts after it waits"
+                        if child.overdue and child.running
+                        else st.reason
+                    ),
                     group=st.group,
                     critical=st.critical,
                     revive_at=st.revive_at,
@@ -701,6 +708,7 @@ class Supervisor:
         child.incarnation += 1
         child.done = trio.Event()
         child.stopping = False
+        child.overdue = False
         child.cancel_reason = None
         child.cancel_error = None
         child.ready_at = None
@@ -901,6 +909,7 @@ class Supervisor:
         if child.done.is_set():
             _log.info("service stopped", service=name)
             return
+        child.overdue = True
         _log.error(
             "service did not stop within its stop timeout", service=name, stop_timeout=child.spec.stop_timeout
         )
