@@ -677,6 +677,16 @@ class Healthy(Service):
 """
 
 
+def start_run(config: Path) -> subprocess.Popen[str]:
+    """``vwos run CONFIG`` logging JSON lines, its pipes open for the test to read."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "vwos", "run", str(config), "--log-format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def faulty_config(tmp_path: Path, services: str) -> Path:
     (tmp_path / "faulty.py").write_text(textwrap.dedent(FAULTY))
     config = tmp_path / "vwos.toml"
@@ -755,12 +765,7 @@ def test_a_second_signal_exits_130_at_once_even_if_a_service_swallows_cancellati
         plugin = "faulty:Healthy"
         """,
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vwos", "run", str(config), "--log-format", "json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_run(config)
     try:
         assert proc.stderr is not None
         wait_for_line(proc.stderr, "all services ready")
@@ -783,12 +788,7 @@ def test_two_signals_exit_130_even_while_a_service_blocks_the_event_loop_for_goo
         plugin = "faulty:Healthy"
         """,
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vwos", "run", str(config), "--log-format", "json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_run(config)
     try:
         assert proc.stderr is not None
         wait_for_line(proc.stderr, "all services ready")
