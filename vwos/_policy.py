@@ -873,13 +873,15 @@ class RestartEngine:
         if g.failed:
             return State.FAILED
         states = [self._row(leaf).state for leaf in g.leaves]
-        for state in (State.STOPPING, State.STARTING, State.BACKOFF, State.WAITING, State.FAILED):
+        for state in (State.STOPPING, State.STARTING, State.BACKOFF, State.WAITING):
             if state in states:
                 return state
         if states and all(s is State.STOPPED for s in states):
             return State.STOPPED
         if any(s is State.RUNNING for s in states):
-            return State.RUNNING
+            return State.RUNNING  # a member that failed on its own shows in its own row, not the group's
+        if State.FAILED in states:
+            return State.FAILED
         return State.EXITED if states else State.STOPPED
 
     def startup_settled(self) -> bool:
