@@ -1842,4 +1842,5 @@ def test_describe_fields_of_the_config_file_tables() -> None:
         ("subscribe", "array of strings", "[]"),
         ("serve", "array of strings", "[]"),
         ("call", "array of strings", "[]"),
+        ("block", "array of strings", "[]"),
     ]

@@ -404,11 +404,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run(config: SupervisorConfig, duration: float | None, socket: str | None, logs: LogBuffer) -> int:
-    from bus import Bus
+    from bus import Bus, BusError, prepare_socket_dir
     from vwos._control import ControlPlane, default_authorize
 
     socket_path = Path(socket or default_socket_path())
-    await trio.Path(socket_path.parent).mkdir(parents=True, exist_ok=True)
+    try:
+        prepare_socket_dir(socket_path)  # created 0700, or refused if others could replace the socket
+    except BusError as exc:
+        print(f"vwos: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     bus = Bus()
     supervisor = Supervisor(
         config.services,  # the supervisor leaves out disabled ones

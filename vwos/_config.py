@@ -448,6 +448,8 @@ class ServiceTable:
                 "subscribe": "Patterns it may subscribe to (and `get`): each must lie within one of these.",
                 "serve": "Method names or patterns it may serve.",
                 "call": "Method names or patterns it may call.",
+                "block": 'Patterns it may subscribe to with overflow = "block" (making publishers that '
+                "wait, wait for it); each subscription's pattern must lie within one of these.",
             },
         },
     )
