@@ -883,3 +883,49 @@ async def test_a_block_by_another_service_does_not_count_against_a_start_timeout
     assert rows["innocent"].state is State.RUNNING
     assert rows["innocent"].restarts == 0
     assert journal.what("block") == [("block", "blocker")]
+
+
+# -- errors a plugin author can act on ---------------------------------------------------------------------
+
+
+class _Typo(Service[None]):
+    async def run(
+        self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with ctx.bus.subscribe("Vehicle.Sped") as speeds:
+            task_status.started()
+            async for _ in speeds:
+                pass
+
+
+class _Speedo(Service[None]):
+    async def run(
+        self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        from bus import Topic
+
+        ctx.bus.publisher(Topic("Vehicle.Speed", float))
+        task_status.started()
+        await trio.sleep_forever()
+
+
+async def test_a_subscription_to_a_name_nobody_declares_is_reported_once_after_the_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    supervisor = Supervisor(
+        [ServiceSpec("speedo", _Speedo, None), ServiceSpec("dashboard", _Typo, None)], undeclared_grace=10.0
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            await trio.sleep(9)
+            early = [e for e in logs if e["event"].startswith("subscribed to a topic nobody has declared")]
+            await trio.sleep(60)
+            supervisor.shutdown()
+    assert early == []  # within the grace period: a publisher may still be starting
+    (report,) = [e for e in logs if e["event"].startswith("subscribed to a topic nobody has declared")]
+    assert report["event"] == "subscribed to a topic nobody has declared; did you mean 'Vehicle.Speed'?"
+    assert report["service"] == "dashboard"
+    assert report["topic"] == "Vehicle.Sped"
+    assert report["closest"] == ["Vehicle.Speed"]
+    assert report["log_level"] == "warning"

@@ -423,6 +423,7 @@ async def _run(config: SupervisorConfig, duration: float | None, socket: str | N
         socket_path=socket_path,
         authorize=default_authorize(),
         loop_block=config.loop_block_limit,
+        undeclared_grace=config.undeclared_grace,
     )
     # Read and forget $NOTIFY_SOCKET: isolated services (child processes) must not talk to systemd.
     systemd = SystemdNotifier(unset_environment=True)

@@ -229,6 +229,13 @@ def _non_negative(_inst: object, _attribute: attrs.Attribute[int], value: int) -
 MIN_LOOP_BLOCK_LIMIT: Final = 0.5
 
 
+def _non_negative_seconds(_inst: object, _attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0 <= value <= MAX_SECONDS:  # also refuses NaN
+        raise ValueError(
+            f"expected a number of seconds >= 0 and at most {MAX_SECONDS:.0f}, got {describe_value(value)}"
+        )
+
+
 def _loop_block_limit(_inst: object, _attribute: attrs.Attribute[float], value: float) -> None:
     if value == 0:
         return
@@ -336,6 +343,14 @@ class SupervisorTable:
         metadata=_help(
             "Seconds one step of a service's task may block the event loop before that service (only it) "
             "is restarted; 0 turns the check off."
+        ),
+    )
+    undeclared_grace: float = attrs.field(
+        default=10.0,
+        validator=_non_negative_seconds,
+        metadata=_help(
+            "Seconds after which a subscription to an exact topic name nobody has declared is logged (once, "
+            "with the closest declared names: most often a typo); 0 turns the report off."
         ),
     )
 
@@ -530,6 +545,8 @@ class SupervisorConfig:
     groups: tuple[GroupSpec, ...] = ()
     #: Seconds a task step may block the event loop before its service is restarted; None: not checked.
     loop_block_limit: float | None = 5.0
+    #: Seconds before a subscription to an undeclared exact name is reported; None: not reported.
+    undeclared_grace: float | None = 10.0
 
     def service(self, name: str) -> ConfiguredService:
         """The service called ``name``; KeyError if there is none."""
@@ -763,6 +780,7 @@ class _Loader:
             services=tuple(self._spec(by_name[name], settings) for name in order),
             groups=tuple(self._group_spec(g) for g in groups),
             loop_block_limit=settings.loop_block_limit or None,
+            undeclared_grace=settings.undeclared_grace or None,
         )
 
     def _groups(self, groups: object) -> list[_Entry]:

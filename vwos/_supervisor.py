@@ -245,6 +245,8 @@ class Supervisor:
     ``loop_block`` (seconds, None to turn it off): a watch thread detects an event loop blocked that long
     while it is blocked, names the service whose task blocks it, and that service -- only it -- is
     restarted (exit ``blocked``); other services' watchdogs do not count the time the loop was blocked.
+    ``undeclared_grace`` (seconds, None to turn it off): a subscription to an exact topic name that nobody
+    has declared this long after it was made is logged once, with the declared names closest to it.
 
     All policy is the `RestartEngine`'s: this class only runs tasks and tells the engine what happened.
     """
@@ -261,8 +263,14 @@ class Supervisor:
         socket_path: Path | None = None,
         authorize: Callable[[PeerCredentials, str], Permissions | None] | None = None,
         loop_block: float | None = 2.0,
+        undeclared_grace: float | None = 10.0,
     ) -> None:
         self.policy = policy if policy is not None else SupervisorPolicy()
+        if undeclared_grace is not None and not 0 < undeclared_grace < math.inf:
+            raise ValueError(
+                f"undeclared_grace must be a finite number of seconds > 0, got {undeclared_grace!r}"
+            )
+        self._undeclared_grace = undeclared_grace
         self._specs = [s for s in services if s.enabled]
         names = [s.name for s in self._specs]
         if len(set(names)) != len(names):
@@ -495,6 +503,8 @@ class Supervisor:
                 try:
                     if self._loop_watch is not None:
                         await nursery.start(self._loop_watch.run, self._on_blocked)
+                    if self._undeclared_grace is not None:
+                        nursery.start_soon(self._report_undeclared, self._bus, self._undeclared_grace)
                     if self._socket_path is not None:
                         await nursery.start(
                             partial(serve_unix, self._bus, self._socket_path, authorize=self.authorize)
@@ -847,6 +857,33 @@ class Supervisor:
                 scope.cancel()
                 return
             await trio.sleep_until(deadline)
+
+    async def _report_undeclared(self, bus: Bus, grace: float) -> None:
+        """Log, once each, subscriptions to exact names nobody declared within ``grace`` seconds: most
+        often a typo, which would otherwise wait in silence for ever."""
+        reported: set[tuple[str, str]] = set()
+        while True:
+            await trio.sleep(grace / 2)
+            now = bus.clock()
+            current: set[tuple[str, str]] = set()
+            for found in bus.undeclared_subscriptions():
+                key = (found.client, found.name)
+                current.add(key)
+                if key in reported or now - found.since < grace:
+                    continue
+                reported.add(key)
+                hint = f"; did you mean {found.closest[0]!r}?" if found.closest else ""
+                who = {"service" if found.client in self._children else "client": found.client}
+                _log.warning(
+                    f"subscribed to a topic nobody has declared{hint}",
+                    **who,
+                    topic=found.name,
+                    waiting=round(now - found.since, 1),
+                    closest=list(found.closest),
+                )
+            reported &= (
+                current  # a subscription that ended, or whose topic came: report it again if it recurs
+            )
 
     def _service_of(self, task: trio.lowlevel.Task) -> str | None:
         """The service a task belongs to (for the loop watch's log), or None. Reads only task names, so it
