@@ -468,7 +468,7 @@ def test_problem_fields() -> None:
         (
             "[supervisor]\ncolor = 1\n",
             "supervisor.color: unknown key (valid keys: strategy, intensity, period, state_dir, python_path, "
-            "start_timeout, stop_timeout, log_level, revive_after, loop_block_limit)",
+            "start_timeout, stop_timeout, log_level, revive_after, loop_block_limit, undeclared_grace)",
         ),
         (
             f'[services.a]\nplugin = "{GATEWAY}"\nbackoff = {{ inital = 1.0 }}\n',
@@ -1820,6 +1820,7 @@ def test_describe_fields_of_the_config_file_tables() -> None:
         "log_level",
         "revive_after",
         "loop_block_limit",
+        "undeclared_grace",
     ]
     assert all(d.help and not d.required for d in supervisor)
     strategy = supervisor[0]

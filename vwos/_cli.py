@@ -410,9 +410,9 @@ async def _run(config: SupervisorConfig, duration: float | None, socket: str | N
     socket_path = Path(socket or default_socket_path())
     try:
         prepare_socket_dir(socket_path)  # created 0700, or refused if others could replace the socket
-    except BusError as exc:
+    except BusError as exc:  # the system refused: the directory cannot be made, or is not safe
         print(f"vwos: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_SYSTEM
     bus = Bus()
     supervisor = Supervisor(
         config.services,  # the supervisor leaves out disabled ones
