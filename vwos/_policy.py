@@ -40,8 +40,9 @@ Restart budgets and containment
     - a unit that is not ``critical`` becomes ``FAILED`` (systemd's start limit): it is stopped (a
       group: all its services) and stays down; everything else keeps running;
     - a ``critical`` unit's exhaustion is a failure of its group: the group is restarted whole (under
-      its own group's strategy), which counts against the group's own budget, and so on up; a group that
-      exhausts its budget fails or escalates by the same rule;
+      its own group's strategy), which counts against the group's own budget, and so on up; the units
+      in it, nested groups included, start again with fresh budgets; a group that exhausts its budget
+      fails or escalates by the same rule;
     - when the failure reaches the root, the supervisor **gives up**: the decision's ``give_up`` carries
       the reason, every service is stopped, and the engine is closed.
 
@@ -817,17 +818,21 @@ class RestartEngine:
         """A snapshot of every service, in start order."""
         return [self._row(leaf) for leaf in self._order]
 
+    def _shown_state(self, leaf: _Leaf) -> State:
+        """The state of the status table: a service due to start that waits for others is ``WAITING``."""
+        if leaf.waiting and not all(dep.satisfied for dep in leaf.deps):
+            return State.WAITING
+        return leaf.state
+
     def _row(self, leaf: _Leaf) -> ChildStatus:
-        state = leaf.state
+        state = self._shown_state(leaf)
         waiting_for: tuple[str, ...] = ()
         reason = leaf.reason if leaf.state is State.FAILED else None
-        if leaf.waiting:
+        if state is State.WAITING:
             waiting_for = tuple(dep.name for dep in leaf.deps if not dep.satisfied)
-            if waiting_for:
-                state = State.WAITING
-                reason = "waiting for " + ", ".join(
-                    f"{name!r} ({self._leaves[name].state.value})" for name in waiting_for
-                )
+            reason = "waiting for " + ", ".join(
+                f"{dep.name!r} ({self._shown_state(dep).value})" for dep in leaf.deps if not dep.satisfied
+            )
         failed = self._failed_unit(leaf)
         return ChildStatus(
             name=leaf.name,
@@ -864,7 +869,7 @@ class RestartEngine:
                     restarts=g.restarts,
                     services=tuple(leaf.name for leaf in g.leaves),
                     reason=g.reason if g.failed else None,
-                    revive_at=self._revive_at(g) if g.failed else None,
+                    revive_at=self._revive_at(failed) if (failed := self._failed_unit(g)) else None,
                 )
             )
         return rows
@@ -1027,7 +1032,10 @@ class RestartEngine:
             leaf.batch = None
             return Decision(finished=(name,))
         leaf.state = State.BACKOFF  # (until decided otherwise below)
-        return self._unit_failed(leaf, now, _describe_exit(exit, error))
+        decision = self._unit_failed(leaf, now, _describe_exit(exit, error))
+        if decision.give_up is not None:
+            leaf.state = State.FAILED  # the service whose exit made the supervisor give up
+        return decision
 
     def on_stopped(self, name: str, now: float) -> None:
         """A service the driver was asked to stop has finished stopping."""
@@ -1175,8 +1183,10 @@ class RestartEngine:
         failed = [unit.name]
         if isinstance(unit, _Group):
             unit.failed = True
-            for group in self._groups.values():
+            for group in sorted(self._groups.values(), key=lambda g: g.index):
                 if group is not unit and self._inside(group, unit):
+                    if not group.failed:
+                        failed.append(group.name)
                     group.failed = True
                     group.failed_at = now
                     group.reason = f"its group {unit.name!r} failed"
@@ -1205,9 +1215,6 @@ class RestartEngine:
         self._closed = True
         culprit.failed_at = now
         culprit.reason = reason
-        for leaf in self._leaves_of(culprit):
-            if leaf.state is State.BACKOFF and leaf.batch is None:  # the service whose exit escalated
-                leaf.state = State.FAILED
         if isinstance(culprit, _Group):
             culprit.failed = True
         return Decision(stop=self._stop_everything(), give_up=reason)
@@ -1240,10 +1247,13 @@ class RestartEngine:
             whole = isinstance(sibling, _Group)  # a group comes back whole, its temporaries included
             if whole and (sibling.held or getattr(sibling, "failed", False)):
                 continue
-            if whole and sibling is failed:
-                for leaf in self._leaves_of(sibling):
-                    leaf.window.clear()
-                    leaf.consecutive_failures = 0
+            if (
+                whole and sibling is failed
+            ):  # it starts afresh: its units, nested groups too, have new budgets
+                inner: list[_Unit] = [g for g in self._groups.values() if self._inside(g, sibling)]
+                for unit in (*inner, *self._leaves_of(sibling)):
+                    unit.window.clear()
+                    unit.consecutive_failures = 0
             for member in self._leaves_of(sibling):
                 earlier: float | None = None
                 if member.held or member.state is State.FAILED:
@@ -1303,10 +1313,14 @@ class RestartEngine:
 
     # -- failed units and revival ----------------------------------------------------------------------
 
-    def _failed_unit(self, leaf: _Leaf) -> _Unit | None:
-        """The outermost failed unit that keeps ``leaf`` down (itself, or a group around it)."""
-        found: _Unit | None = leaf if leaf.state is State.FAILED and leaf.failed_at is not None else None
-        group = leaf.parent
+    def _failed_unit(self, unit: _Unit) -> _Unit | None:
+        """The outermost failed unit that keeps ``unit`` down (itself, or a group around it)."""
+        if isinstance(unit, _Leaf):
+            itself = unit.state is State.FAILED and unit.failed_at is not None
+        else:
+            itself = isinstance(unit, _Group) and unit.failed
+        found: _Unit | None = unit if itself else None
+        group = unit.parent
         while group is not None:
             if group.failed:
                 found = group
