@@ -989,3 +989,270 @@ def test_a_group_inside_a_failed_group_says_when_the_failed_group_comes_back() -
     assert sim.group("g").state is State.FAILED
     sim.run_until(failed_at + 50.0)
     assert sim.running() == {"o", "b", "x"}
+
+
+def failing_alone(**b: Any) -> Sim:
+    """Services "a", "b" and "c" (after "b"), up; then "b" exits and fails at once (intensity 0)."""
+    sim = Sim.of([svc("a"), svc("b", intensity=0, **b), svc("c", after="b")])
+    assert sim.exit("b", at=1.0).failed == ("b",)
+    sim.settle()
+    return sim
+
+
+def test_an_operator_start_revives_a_failed_service_with_a_fresh_budget() -> None:
+    sim = Sim.of([svc("a"), svc("b", intensity=2), svc("c", after="b")])
+    for t in (1.0, 2.0, 3.0):
+        sim.exit("b", at=t)
+        sim.settle()
+    assert sim.states() == {"a": State.RUNNING, "b": State.FAILED, "c": State.RUNNING}
+    assert sim.engine.next_deadline() is None
+    mark = sim.mark()
+
+    assert sim.engine.on_start_requested("b", 4.0) == Decision(start=("b",))
+
+    sim.now = 4.0
+    sim.settle()
+    assert sim.started(mark) == ["b"]  # at once, no backoff
+    assert (sim.row("b").reason, sim.row("b").restarts, sim.row("b").consecutive_failures) == (None, 2, 0)
+    for t in (4.1, 4.2):  # two restarts within 5 s again: the old ones are forgotten
+        assert sim.exit("b", at=t).failed == ()
+        sim.settle()
+    assert sim.exit("b", at=4.3).failed == ("b",)
+
+
+def test_a_failed_service_comes_back_on_its_own_after_revive_after() -> None:
+    sim = failing_alone(revive_after=30.0)
+    assert sim.row("b").revive_at == 31.0
+    assert sim.engine.next_deadline() == 31.0
+    mark = sim.mark()
+
+    sim.run_until(30.9)
+    assert sim.started(mark) == []
+    sim.run_until(31.0)
+
+    assert sim.log[mark:] == [(31.0, "start", "b")]
+    assert (sim.row("b").state, sim.row("b").reason, sim.row("b").revive_at) == (State.RUNNING, None, None)
+    assert sim.row("b").restarts == 1  # a revival is a restart the supervisor made on its own ...
+    assert sim.exit("b", at=32.0).failed == ("b",)  # ... with a fresh budget (here: none)
+    assert sim.row("b").revive_at == 62.0
+
+
+@pytest.mark.parametrize(
+    ("policy", "group", "service", "revive_at"),
+    [
+        (None, None, None, None),
+        (10.0, None, None, 11.0),
+        (10.0, 20.0, None, 21.0),
+        (10.0, 20.0, 5.0, 6.0),
+        (None, None, 5.0, 6.0),
+    ],
+)
+def test_revive_after_defaults_to_the_groups_and_then_the_supervisors(
+    policy: float | None, group: float | None, service: float | None, revive_at: float | None
+) -> None:
+    groups = [grp("outer", revive_after=group), grp("g", group="outer")]
+    children = [svc("b", group="g", intensity=0, revive_after=service)]
+    sim = Sim.of(children, groups, SupervisorPolicy(ONE, revive_after=policy))
+    sim.exit("b", at=1.0)
+    assert sim.row("b").revive_at == revive_at
+    assert sim.engine.next_deadline() == revive_at
+
+
+def test_a_failed_group_is_revived_whole_with_fresh_budgets() -> None:
+    children = [
+        svc("gw"),
+        svc("a", group="g"),
+        svc("b", group="g", after="a", critical=True, intensity=0),
+        svc("c", group="g", after="b"),
+    ]
+    sim = Sim.of(children, [grp("g", ALL, intensity=1, revive_after=60.0, after="gw")])
+    sim.exit("b", at=1.0)
+    sim.settle()
+    decision = sim.exit("b", at=2.0)  # "g" exhausts its own budget: it fails, alone
+    sim.settle()
+    assert decision.failed == ("g", "a", "b", "c")
+    assert sim.states() == {"gw": State.RUNNING, "a": State.FAILED, "b": State.FAILED, "c": State.FAILED}
+    reason = (
+        "group 'g' failed because critical 'b' failed: boom; too many restarts: 1 restart in 0.0 s exceeds "
+        "intensity 0 per 5.0 s; too many restarts: 2 restarts in 1.0 s exceeds intensity 1 per 5.0 s"
+    )
+    assert sim.group("g") == GroupStatus(
+        name="g",
+        group=None,
+        strategy=ALL,
+        critical=False,
+        state=State.FAILED,
+        restarts=1,
+        services=("a", "b", "c"),
+        reason=reason,
+        revive_at=62.0,
+    )
+    assert [(r.reason, r.revive_at) for r in sim.engine.status()] == [(None, None)] + [
+        ("its group 'g' failed", 62.0)
+    ] * 3
+    mark = sim.mark()
+
+    sim.run_until(62.0)
+
+    assert sim.started(mark) == ["a", "b", "c"]  # each after what it starts after
+    assert sim.group("g").state is State.RUNNING
+    assert (sim.group("g").reason, sim.group("g").revive_at) == (None, None)
+    sim.exit("b", at=63.0)  # a fresh budget for "g": restarted once more ...
+    sim.settle()
+    assert sim.group("g").restarts == 2
+    assert sim.exit("b", at=64.0).failed == ("g", "a", "b", "c")  # ... and failed again at the second
+
+
+def test_an_operator_start_of_a_failed_group_revives_it_at_once() -> None:
+    sim = Sim.of(
+        [svc("a", group="g", critical=True, intensity=0), svc("b", group="g")], [grp("g", intensity=0)]
+    )
+    assert sim.exit("a", at=1.0).failed == ("g", "a", "b")
+    sim.settle()
+
+    assert sim.engine.on_start_requested("g", 2.0) == Decision(start=("a", "b"))
+
+    sim.now = 2.0
+    sim.settle()
+    assert sim.running() == {"a", "b"}
+    assert (sim.group("g").state, sim.group("g").reason) == (State.RUNNING, None)
+    assert sim.row("a").restarts == 0  # an operator start is not a restart
+
+
+def test_an_operator_stop_of_a_failed_unit_cancels_its_revival() -> None:
+    sim = failing_alone(revive_after=30.0)
+
+    assert sim.engine.on_stop_requested("b") == Decision()
+
+    assert (sim.row("b").state, sim.row("b").held, sim.row("b").revive_at) == (State.FAILED, True, None)
+    sim.run_until(1000.0)
+    assert sim.started().count("b") == 1
+    sim.engine.on_start_requested("b", 1000.0)
+    sim.settle()
+    assert sim.running() == {"a", "b", "c"}
+
+
+def test_a_revival_on_its_own_keeps_what_the_operator_stopped_stopped() -> None:
+    # systemctl stop semantics: a service the operator stopped stays stopped through restarts of its
+    # group, and a revival of its group is one.
+    children = [svc("a", group="g", critical=True, intensity=0), svc("b", group="g"), svc("c", group="g")]
+    sim = Sim.of(children, [grp("g", intensity=0, revive_after=10.0)])
+    sim.engine.on_stop_requested("b")
+    sim.settle()
+    assert sim.exit("a", at=1.0).failed == ("g", "a", "b", "c")
+    sim.settle()
+
+    sim.run_until(11.0)
+
+    assert sim.states() == {"a": State.RUNNING, "b": State.STOPPED, "c": State.RUNNING}
+    assert sim.row("b").held
+    sim.now = 12.0
+    sim.engine.on_start_requested("b", sim.now)
+    sim.settle()
+    assert sim.running() == {"a", "b", "c"}
+
+
+def test_an_operator_start_of_a_service_in_a_failed_group_revives_the_group() -> None:
+    # The service is down because its group failed: starting it starts the group. Before, only the
+    # service came back, its group stayed failed, and once the group's failures were older than its
+    # period the service's next exhaustion left it in backoff for ever.
+    children = [svc("a", group="g", critical=True, intensity=0), svc("b", group="g"), svc("x")]
+    sim = Sim.of(children, [grp("g", intensity=1, period=10.0)])
+    sim.exit("a", at=1.0)
+    sim.settle()
+    assert sim.exit("a", at=2.0).failed == ("g", "a", "b")
+    sim.settle()
+    assert sim.row("a").reason == "its group 'g' failed"
+
+    assert sim.engine.on_start_requested("a", 50.0) == Decision(start=("a", "b"))
+
+    sim.now = 50.0
+    sim.settle()
+    assert sim.running() == {"a", "b", "x"}
+    assert sim.group("g").state is State.RUNNING
+    sim.exit("a", at=51.0)  # "g" has a fresh budget: restarted ...
+    sim.settle()
+    assert sim.running() == {"a", "b", "x"}
+    assert sim.exit("a", at=52.0).failed == ("g", "a", "b")  # ... then failed again, not left hanging
+
+
+def test_nothing_is_to_be_revived_once_the_supervisor_has_given_up() -> None:
+    children = [svc("a", intensity=0, revive_after=10.0), svc("b", critical=True, intensity=0)]
+    sim = Sim.of(children, policy=SupervisorPolicy(ONE, revive_after=10.0))
+    sim.exit("a", at=1.0)
+    assert sim.row("a").revive_at == 11.0
+
+    assert sim.exit("b", at=2.0).give_up is not None
+
+    assert [(r.name, r.state, r.revive_at) for r in sim.engine.status()] == [
+        ("a", State.FAILED, None),
+        ("b", State.FAILED, None),
+    ]
+    assert sim.engine.next_deadline() is None
+
+
+def test_a_groups_state_is_derived_from_its_services_but_failed_is_its_own() -> None:
+    children = [
+        svc("a", group="g", intensity=0),
+        svc("b", group="g", backoff=STEADY),
+        svc("c", group="g", restart=T),
+    ]
+    sim = Sim.of(children, [grp("g")], hang="b")
+    assert sim.group("g").state is State.STARTING
+    sim.hang.clear()
+    sim.ready("b")
+    assert sim.group("g").state is State.RUNNING
+    sim.exit("c", Exit.NORMAL, at=1.0)
+    assert sim.group("g").state is State.RUNNING  # one running is enough
+
+    sim.exit("b", at=1.0)
+    assert sim.group("g").state is State.BACKOFF
+    sim.run_until(1.5)
+    assert sim.exit("a", at=2.0).failed == ("a",)
+    # "a" failed alone: the group shows it, but did not fail itself, and is not revived as a whole.
+    assert (sim.group("g").state, sim.group("g").reason, sim.group("g").revive_at) == (
+        State.FAILED,
+        None,
+        None,
+    )
+
+    sim.engine.on_stop_requested("b")
+    assert sim.group("g").state is State.STOPPING
+    sim.settle()
+    assert sim.group("g").state is State.FAILED
+    sim.engine.on_start_requested("a", 3.0)
+    sim.now = 3.0
+    sim.settle()
+    assert sim.group("g").state is State.RUNNING
+    sim.engine.on_stop_requested("a")
+    sim.settle()
+    assert sim.states() == {"a": State.STOPPED, "b": State.STOPPED, "c": State.EXITED}
+    assert sim.group("g").state is State.EXITED
+    sim.engine.on_stop_requested("c")
+    assert sim.group("g").state is State.EXITED  # "c" had ended already: nothing to stop
+
+
+# -- backoff ----------------------------------------------------------------------------------------------
+
+
+def test_a_group_restarted_whole_waits_for_its_own_backoff_which_grows() -> None:
+    # "g" is restarted whole each time "b" fails (intensity 0, critical); "g"'s backoff applies, and grows
+    # while "b" keeps failing to start, also after "g" was once up for longer than reset_after. Before,
+    # the group's count started over at every restart once it had been up that long.
+    children = [svc("a", group="g"), svc("b", group="g", critical=True, intensity=0)]
+    sim = Sim.of(children, [grp("g", ALL, backoff=STEADY, intensity=100, period=1000.0)])
+    sim.now = 100.0  # up for 100 s > reset_after (30 s)
+    sim.hang.add("b")
+    delays: list[float] = []
+    for _ in range(4):
+        decision = sim.exit("b", Exit.START_TIMEOUT if delays else Exit.ERROR, at=sim.now + 1.0)
+        delays.append(decision.delay)
+        sim.run_until(sim.now + decision.delay)
+        assert sim.states() == {"a": State.RUNNING, "b": State.STARTING}
+    assert delays == [0.5, 1.0, 2.0, 4.0]
+    assert sim.group("g").restarts == 4
+
+    sim.hang.clear()
+    sim.ready("b")
+    sim.now += 30.0  # up (all its services ready) for reset_after: the count starts over
+    assert sim.exit("b", at=sim.now).delay == 0.5

@@ -414,8 +414,13 @@ class ChildStatus:
 
 @attrs.frozen
 class GroupStatus:
-    """One group's row of the status table (a snapshot). Its state is derived from its services', but for
-    ``FAILED`` (the group itself exhausted its budget) and ``STOPPED`` (the operator stopped it)."""
+    """One group's row of the status table (a snapshot).
+
+    Its state is derived from its services': the first of ``STOPPING``, ``STARTING``, ``BACKOFF``,
+    ``WAITING`` and ``FAILED`` that one of them is in (so a group with a failed service shows failed,
+    also when that service failed alone); else ``STOPPED`` if all are, ``RUNNING`` if one is, else
+    ``EXITED``. It is ``FAILED`` whatever its services' states when the group itself exhausted its
+    budget (or is in a group that did): then, and only then, ``reason`` says why."""
 
     name: str
     group: str | None
@@ -1059,10 +1064,20 @@ class RestartEngine:
 
     def on_start_requested(self, name: str, now: float) -> Decision:
         """The operator starts a unit: at once (skipping any backoff), with its failures forgotten and a
-        fresh restart budget; a failed unit is revived."""
+        fresh restart budget; a failed unit is revived, and so is a failed group it is in (it is down
+        because of that group)."""
         self._check_open()
         unit = self._unit(name)
-        return self._revive(unit, now)
+        down = self._failed_unit(unit)
+        if down is None or down is unit:
+            return self._revive(unit, now)
+        for inner in (
+            unit,
+            *(g for g in self._groups.values() if self._inside(g, unit)),
+            *self._leaves_of(unit),
+        ):
+            inner.held = False  # what the operator named; the rest of the group keeps its holds
+        return self._revive(down, now, keep_held=True)
 
     def stop_all(self) -> Decision:
         """Shut down: stop every running service (in reverse order, by `stop_due`); nothing is started
@@ -1163,6 +1178,7 @@ class RestartEngine:
             if isinstance(unit, _Group):
                 if unit.ready_at is not None and now - unit.ready_at >= unit.backoff.reset_after:
                     unit.consecutive_failures = 0
+                unit.ready_at = None  # up again once all its services are ready again
                 unit.consecutive_failures += 1
                 unit.restarts += 1
             delay = unit.backoff.delay(max(1, unit.consecutive_failures), self._rng.random())
@@ -1345,7 +1361,7 @@ class RestartEngine:
         return False
 
     def _revive_at(self, unit: _Unit) -> float | None:
-        if unit.revive_after is None or unit.failed_at is None or unit.held:
+        if unit.revive_after is None or unit.failed_at is None or unit.held or self._closed:
             return None
         return unit.failed_at + unit.revive_after
 
@@ -1353,16 +1369,19 @@ class RestartEngine:
         for unit in self._failed_units():
             revive = self._revive_at(unit)
             if revive is not None and revive <= now:
-                self._revive(unit, now, by_operator=False)
+                self._revive(unit, now, by_operator=False, keep_held=True)
 
-    def _revive(self, unit: _Unit, now: float, *, by_operator: bool = True) -> Decision:
+    def _revive(
+        self, unit: _Unit, now: float, *, by_operator: bool = True, keep_held: bool = False
+    ) -> Decision:
         """Start ``unit`` again at once, with its failures forgotten and a fresh budget (an operator's
-        start, or a revival)."""
+        start, or a revival). With ``keep_held``, what the operator stopped in it stays stopped."""
         if isinstance(unit, _Leaf) and unit.state in _ACTIVE:
             unit.held = False
             return Decision()
         for inner in (unit, *(g for g in self._groups.values() if self._inside(g, unit))):
-            inner.held = False
+            if not keep_held:
+                inner.held = False
             inner.window.clear()
             inner.consecutive_failures = 0
             inner.failed_at = None
@@ -1372,13 +1391,20 @@ class RestartEngine:
         start = []
         batch: int | None = None
         for leaf in self._leaves_of(unit):
-            leaf.held = False
+            if not keep_held:
+                leaf.held = False
             if leaf.state in _ACTIVE:
                 continue
             leaf.window.clear()
             leaf.consecutive_failures = 0
             leaf.failed_at = None
             leaf.reason = None
+            if leaf.held:  # no longer failed, but stopped: until the operator starts it
+                if leaf.state is State.FAILED:
+                    leaf.state = State.STOPPED
+                elif leaf.state is State.STOPPING and leaf.after_stop is State.FAILED:
+                    leaf.after_stop = State.STOPPED
+                continue
             leaf.restart_pending = not by_operator
             leaf.not_before = now
             if leaf.batch is None:
