@@ -398,13 +398,20 @@ class Tree:
     groups: tuple[GroupSpec, ...]
     children: tuple[ChildSpec, ...]
 
+    @property
+    def units(self) -> tuple[ChildSpec | GroupSpec, ...]:
+        """Every service, then every group."""
+        return (*self.children, *self.groups)
+
+    def unit(self, name: str) -> ChildSpec | GroupSpec:
+        for unit in self.units:
+            if unit.name == name:
+                return unit
+        raise KeyError(name)
+
     def parent(self, name: str) -> str | None:
         """The group a unit belongs to (None: the root)."""
-        units: tuple[ChildSpec | GroupSpec, ...] = (*self.children, *self.groups)
-        for unit in units:
-            if unit.name == name:
-                return unit.group
-        raise KeyError(name)
+        return self.unit(name).group
 
     def ancestors(self, name: str) -> list[str]:
         """The groups around a unit, innermost first."""
@@ -423,8 +430,7 @@ class Tree:
 
     def deps(self) -> dict[str, frozenset[str]]:
         """Every service's dependencies as services: its own ``after`` and its groups', groups expanded."""
-        units: tuple[ChildSpec | GroupSpec, ...] = (*self.children, *self.groups)
-        after = {u.name: u.after for u in units}
+        after = {u.name: u.after for u in self.units}
         return {
             c.name: frozenset(
                 leaf
@@ -442,16 +448,23 @@ def _maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 @st.composite
 def supervision_trees(
-    draw: st.DrawFn, *, max_groups: int = 4, max_services: int = 6, max_seconds: float = 5.0
+    draw: st.DrawFn,
+    *,
+    max_groups: int = 4,
+    max_services: int = 6,
+    max_seconds: float = 5.0,
+    max_intensity: int = 3,
+    critical_in: int = 3,
 ) -> Tree:
     """A random supervision tree: up to ``max_groups`` groups ``g0``, ``g1``, ... nested at random, up to
     ``max_services`` services ``c0``, ``c1``, ... in start order, each in a group or at the root, ``after``
     edges to earlier services and to groups (never between a unit and a group around it), critical flags
-    (often, so that escalation reaches the root), own or inherited budgets and revivals, short backoffs."""
+    (one unit in ``critical_in``; 1: all), own or inherited budgets (up to ``max_intensity`` restarts) and
+    revivals, short backoffs."""
     seconds = st.floats(min_value=0.1, max_value=max_seconds * 4)
     policy = SupervisorPolicy(
         strategy=draw(st.sampled_from(Strategy)),
-        intensity=draw(st.integers(min_value=0, max_value=3)),
+        intensity=draw(st.integers(min_value=0, max_value=max_intensity)),
         period=draw(seconds),
         revive_after=draw(_maybe(seconds)),
     )
@@ -470,7 +483,7 @@ def supervision_trees(
         return out
 
     members = {k: [i for i in range(n) if k in around(service_group[i])] for k in range(n_groups)}
-    critical = st.sampled_from([False, False, True])  # a third critical
+    critical = st.integers(min_value=1, max_value=critical_in).map(lambda n: n == 1)
 
     def after_of_service(i: int) -> tuple[str, ...]:
         mine = around(service_group[i])
@@ -493,7 +506,7 @@ def supervision_trees(
         GroupSpec(
             f"g{k}",
             strategy=draw(st.sampled_from(Strategy)),
-            intensity=draw(_maybe(st.integers(min_value=0, max_value=3))),
+            intensity=draw(_maybe(st.integers(min_value=0, max_value=max_intensity))),
             period=draw(_maybe(seconds)),
             backoff=draw(backoff_policies(max_seconds=max_seconds)),
             group=None if group_parent[k] is None else f"g{group_parent[k]}",
@@ -511,7 +524,7 @@ def supervision_trees(
             after=after_of_service(i),
             group=None if service_group[i] is None else f"g{service_group[i]}",
             critical=draw(critical),
-            intensity=draw(_maybe(st.integers(min_value=0, max_value=3))),
+            intensity=draw(_maybe(st.integers(min_value=0, max_value=max_intensity))),
             period=draw(_maybe(seconds)),
             revive_after=draw(_maybe(seconds)),
         )

@@ -1065,9 +1065,14 @@ class RestartEngine:
     def on_start_requested(self, name: str, now: float) -> Decision:
         """The operator starts a unit: at once (skipping any backoff), with its failures forgotten and a
         fresh restart budget; a failed unit is revived, and so is a failed group it is in (it is down
-        because of that group)."""
+        because of that group). A group it is in that the operator stopped is no longer held as a whole
+        (what else in it the operator stopped stays stopped)."""
         self._check_open()
         unit = self._unit(name)
+        group = unit.parent
+        while group is not None:
+            group.held = False
+            group = group.parent
         down = self._failed_unit(unit)
         if down is None or down is unit:
             return self._revive(unit, now)
