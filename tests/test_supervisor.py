@@ -801,7 +801,7 @@ async def test_a_revival_does_not_start_what_the_operator_stopped(
     assert journal.what("start").count(("start", "b")) == 1
 
 
-async def test_a_critical_member_the_operator_started_in_a_stopped_group_fails_alone(
+async def test_a_critical_member_the_operator_started_in_a_stopped_group_is_never_stuck(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     journal = Journal()
@@ -823,9 +823,10 @@ async def test_a_critical_member_the_operator_started_in_a_stopped_group_fails_a
         await trio.sleep(100)
         rows = {r.name: r for r in supervisor.status()}
         supervisor.shutdown()
-    assert rows["s"].state is State.FAILED  # not left in backoff for ever
-    assert rows["s"].reason is not None
-    assert "exceeds intensity 0" in rows["s"].reason
+    # Found by an attack: past its budget it was left in backoff for ever. Its group restarts it now (the
+    # operator's start ended the group's stop as a whole); what the operator stopped stays stopped.
+    assert rows["s"].state is State.RUNNING
+    assert journal.what("start").count(("start", "s")) == 3
     assert rows["t"].state is State.STOPPED
 
 

@@ -40,8 +40,9 @@ Restart budgets and containment
     - a unit that is not ``critical`` becomes ``FAILED`` (systemd's start limit): it is stopped (a
       group: all its services) and stays down; everything else keeps running;
     - a ``critical`` unit's exhaustion is a failure of its group: the group is restarted whole (under
-      its own group's strategy), which counts against the group's own budget, and so on up; a group that
-      exhausts its budget fails or escalates by the same rule;
+      its own group's strategy), which counts against the group's own budget, and so on up; the units
+      in it, nested groups included, start again with fresh budgets; a group that exhausts its budget
+      fails or escalates by the same rule;
     - when the failure reaches the root, the supervisor **gives up**: the decision's ``give_up`` carries
       the reason, every service is stopped, and the engine is closed.
 
@@ -413,8 +414,13 @@ class ChildStatus:
 
 @attrs.frozen
 class GroupStatus:
-    """One group's row of the status table (a snapshot). Its state is derived from its services', but for
-    ``FAILED`` (the group itself exhausted its budget) and ``STOPPED`` (the operator stopped it)."""
+    """One group's row of the status table (a snapshot).
+
+    Its state is derived from its services': the first of ``STOPPING``, ``STARTING``, ``BACKOFF`` and
+    ``WAITING`` that one of them is in; else ``STOPPED`` if all are, ``RUNNING`` if one is (a service
+    that failed alone shows in its own row), ``FAILED`` if one failed and none runs, else ``EXITED``. It
+    is ``FAILED`` whatever its services' states when the group itself exhausted its budget (or is in a
+    group that did): then, and only then, ``reason`` says why."""
 
     name: str
     group: str | None
@@ -817,17 +823,21 @@ class RestartEngine:
         """A snapshot of every service, in start order."""
         return [self._row(leaf) for leaf in self._order]
 
+    def _shown_state(self, leaf: _Leaf) -> State:
+        """The state of the status table: a service due to start that waits for others is ``WAITING``."""
+        if leaf.waiting and not all(dep.satisfied for dep in leaf.deps):
+            return State.WAITING
+        return leaf.state
+
     def _row(self, leaf: _Leaf) -> ChildStatus:
-        state = leaf.state
+        state = self._shown_state(leaf)
         waiting_for: tuple[str, ...] = ()
         reason = leaf.reason if leaf.state is State.FAILED else None
-        if leaf.waiting:
+        if state is State.WAITING:
             waiting_for = tuple(dep.name for dep in leaf.deps if not dep.satisfied)
-            if waiting_for:
-                state = State.WAITING
-                reason = "waiting for " + ", ".join(
-                    f"{name!r} ({self._leaves[name].state.value})" for name in waiting_for
-                )
+            reason = "waiting for " + ", ".join(
+                f"{dep.name!r} ({self._shown_state(dep).value})" for dep in leaf.deps if not dep.satisfied
+            )
         failed = self._failed_unit(leaf)
         return ChildStatus(
             name=leaf.name,
@@ -864,7 +874,7 @@ class RestartEngine:
                     restarts=g.restarts,
                     services=tuple(leaf.name for leaf in g.leaves),
                     reason=g.reason if g.failed else None,
-                    revive_at=self._revive_at(g) if g.failed else None,
+                    revive_at=self._revive_at(failed) if (failed := self._failed_unit(g)) else None,
                 )
             )
         return rows
@@ -1029,7 +1039,10 @@ class RestartEngine:
             leaf.batch = None
             return Decision(finished=(name,))
         leaf.state = State.BACKOFF  # (until decided otherwise below)
-        return self._unit_failed(leaf, now, _describe_exit(exit, error))
+        decision = self._unit_failed(leaf, now, _describe_exit(exit, error))
+        if decision.give_up is not None:
+            leaf.state = State.FAILED  # the service whose exit made the supervisor give up
+        return decision
 
     def on_stopped(self, name: str, now: float) -> None:
         """A service the driver was asked to stop has finished stopping."""
@@ -1053,10 +1066,25 @@ class RestartEngine:
 
     def on_start_requested(self, name: str, now: float) -> Decision:
         """The operator starts a unit: at once (skipping any backoff), with its failures forgotten and a
-        fresh restart budget; a failed unit is revived."""
+        fresh restart budget; a failed unit is revived, and so is a failed group it is in (it is down
+        because of that group). A group it is in that the operator stopped is no longer held as a whole
+        (what else in it the operator stopped stays stopped)."""
         self._check_open()
         unit = self._unit(name)
-        return self._revive(unit, now)
+        group = unit.parent
+        while group is not None:
+            group.held = False
+            group = group.parent
+        down = self._failed_unit(unit)
+        if down is None or down is unit:
+            return self._revive(unit, now)
+        for inner in (
+            unit,
+            *(g for g in self._groups.values() if self._inside(g, unit)),
+            *self._leaves_of(unit),
+        ):
+            inner.held = False  # what the operator named; the rest of the group keeps its holds
+        return self._revive(down, now, keep_held=True)
 
     def stop_all(self) -> Decision:
         """Shut down: stop every running service (in reverse order, by `stop_due`); nothing is started
@@ -1157,6 +1185,7 @@ class RestartEngine:
             if isinstance(unit, _Group):
                 if unit.ready_at is not None and now - unit.ready_at >= unit.backoff.reset_after:
                     unit.consecutive_failures = 0
+                unit.ready_at = None  # up again once all its services are ready again
                 unit.consecutive_failures += 1
                 unit.restarts += 1
             delay = unit.backoff.delay(max(1, unit.consecutive_failures), self._rng.random())
@@ -1179,8 +1208,10 @@ class RestartEngine:
         failed = [unit.name]
         if isinstance(unit, _Group):
             unit.failed = True
-            for group in self._groups.values():
+            for group in sorted(self._groups.values(), key=lambda g: g.index):
                 if group is not unit and self._inside(group, unit):
+                    if not group.failed:
+                        failed.append(group.name)
                     group.failed = True
                     group.failed_at = now
                     group.reason = f"its group {unit.name!r} failed"
@@ -1211,9 +1242,6 @@ class RestartEngine:
         self._closed = True
         culprit.failed_at = now
         culprit.reason = reason
-        for leaf in self._leaves_of(culprit):
-            if leaf.state is State.BACKOFF and leaf.batch is None:  # the service whose exit escalated
-                leaf.state = State.FAILED
         if isinstance(culprit, _Group):
             culprit.failed = True
         return Decision(stop=self._stop_everything(), give_up=reason)
@@ -1246,10 +1274,13 @@ class RestartEngine:
             whole = isinstance(sibling, _Group)  # a group comes back whole, its temporaries included
             if whole and (sibling.held or getattr(sibling, "failed", False)):
                 continue
-            if whole and sibling is failed:
-                for leaf in self._leaves_of(sibling):
-                    leaf.window.clear()
-                    leaf.consecutive_failures = 0
+            if (
+                whole and sibling is failed
+            ):  # it starts afresh: its units, nested groups too, have new budgets
+                inner: list[_Unit] = [g for g in self._groups.values() if self._inside(g, sibling)]
+                for unit in (*inner, *self._leaves_of(sibling)):
+                    unit.window.clear()
+                    unit.consecutive_failures = 0
             for member in self._leaves_of(sibling):
                 earlier: float | None = None
                 if member.held or member.state is State.FAILED:
@@ -1309,10 +1340,14 @@ class RestartEngine:
 
     # -- failed units and revival ----------------------------------------------------------------------
 
-    def _failed_unit(self, leaf: _Leaf) -> _Unit | None:
-        """The outermost failed unit that keeps ``leaf`` down (itself, or a group around it)."""
-        found: _Unit | None = leaf if leaf.state is State.FAILED and leaf.failed_at is not None else None
-        group = leaf.parent
+    def _failed_unit(self, unit: _Unit) -> _Unit | None:
+        """The outermost failed unit that keeps ``unit`` down (itself, or a group around it)."""
+        if isinstance(unit, _Leaf):
+            itself = unit.state is State.FAILED and unit.failed_at is not None
+        else:
+            itself = isinstance(unit, _Group) and unit.failed
+        found: _Unit | None = unit if itself else None
+        group = unit.parent
         while group is not None:
             if group.failed:
                 found = group
@@ -1337,7 +1372,7 @@ class RestartEngine:
         return False
 
     def _revive_at(self, unit: _Unit) -> float | None:
-        if unit.revive_after is None or unit.failed_at is None or unit.held:
+        if unit.revive_after is None or unit.failed_at is None or unit.held or self._closed:
             return None
         return unit.failed_at + unit.revive_after
 
@@ -1345,18 +1380,19 @@ class RestartEngine:
         for unit in self._failed_units():
             revive = self._revive_at(unit)
             if revive is not None and revive <= now:
-                self._revive(unit, now, by_operator=False)
+                self._revive(unit, now, by_operator=False, keep_held=True)
 
-    def _revive(self, unit: _Unit, now: float, *, by_operator: bool = True) -> Decision:
+    def _revive(
+        self, unit: _Unit, now: float, *, by_operator: bool = True, keep_held: bool = False
+    ) -> Decision:
         """Start ``unit`` again at once, with its failures forgotten and a fresh budget (an operator's
-        start, or a revival)."""
+        start, or a revival). With ``keep_held``, what the operator stopped in it stays stopped."""
         if isinstance(unit, _Leaf) and unit.state in _ACTIVE:
             unit.held = False
             return Decision()
         for inner in (unit, *(g for g in self._groups.values() if self._inside(g, unit))):
-            if inner.held and not by_operator:
-                continue  # a revival does not undo an operator's stop
-            inner.held = False
+            if not keep_held:
+                inner.held = False
             inner.window.clear()
             inner.consecutive_failures = 0
             inner.failed_at = None
@@ -1366,15 +1402,20 @@ class RestartEngine:
         start = []
         batch: int | None = None
         for leaf in self._leaves_of(unit):
-            if leaf.held and not by_operator:
-                continue  # a revival does not undo an operator's stop
-            leaf.held = False
+            if not keep_held:
+                leaf.held = False
             if leaf.state in _ACTIVE:
                 continue
             leaf.window.clear()
             leaf.consecutive_failures = 0
             leaf.failed_at = None
             leaf.reason = None
+            if leaf.held:  # no longer failed, but stopped: until the operator starts it
+                if leaf.state is State.FAILED:
+                    leaf.state = State.STOPPED
+                elif leaf.state is State.STOPPING and leaf.after_stop is State.FAILED:
+                    leaf.after_stop = State.STOPPED
+                continue
             leaf.restart_pending = not by_operator
             leaf.not_before = now
             if leaf.batch is None:
