@@ -133,11 +133,21 @@ class ConnectionLimits:
     """
 
     #: Subscriptions open at once.
-    subscriptions: int = attrs.field(default=1024, validator=_positive_count)
+    subscriptions: int = attrs.field(
+        default=1024,
+        validator=_positive_count,
+        metadata={"help": "subscriptions one connection may hold open"},
+    )
     #: Methods served at once.
-    methods: int = attrs.field(default=64, validator=_positive_count)
+    methods: int = attrs.field(
+        default=64, validator=_positive_count, metadata={"help": "methods one connection may serve"}
+    )
     #: Calls made by the client that are still waiting for their reply.
-    calls: int = attrs.field(default=1024, validator=_positive_count)
+    calls: int = attrs.field(
+        default=1024,
+        validator=_positive_count,
+        metadata={"help": "calls one connection may have waiting for their reply"},
+    )
 
 
 @attrs.frozen

@@ -468,7 +468,8 @@ def test_problem_fields() -> None:
         (
             "[supervisor]\ncolor = 1\n",
             "supervisor.color: unknown key (valid keys: strategy, intensity, period, state_dir, python_path, "
-            "start_timeout, stop_timeout, log_level, revive_after, loop_block_limit, undeclared_grace)",
+            "start_timeout, stop_timeout, log_level, revive_after, loop_block_limit, undeclared_grace, "
+            "connection_limits)",
         ),
         (
             f'[services.a]\nplugin = "{GATEWAY}"\nbackoff = {{ inital = 1.0 }}\n',
@@ -1821,6 +1822,7 @@ def test_describe_fields_of_the_config_file_tables() -> None:
         "revive_after",
         "loop_block_limit",
         "undeclared_grace",
+        "connection_limits",
     ]
     assert all(d.help and not d.required for d in supervisor)
     strategy = supervisor[0]
@@ -1844,4 +1846,20 @@ def test_describe_fields_of_the_config_file_tables() -> None:
         ("serve", "array of strings", "[]"),
         ("call", "array of strings", "[]"),
         ("block", "array of strings", "[]"),
+    ]
+
+
+def test_the_bus_socket_s_connection_limits_are_configured_and_checked(tmp_path: Path) -> None:
+    from bus import ConnectionLimits
+
+    config = tmp_path / "vwos.toml"
+    config.write_text("[supervisor.connection_limits]\nsubscriptions = 16\ncalls = 8\n")
+    assert load_config(config).connection_limits == ConnectionLimits(subscriptions=16, methods=64, calls=8)
+    config.write_text("[supervisor]\nconnection_limits = { subscriptions = 0, method = 3 }\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert [str(p) for p in info.value.problems] == [
+        f"{config}: supervisor.connection_limits.method: unknown key; did you mean 'methods'?",
+        f"{config}: supervisor.connection_limits.subscriptions: ConnectionLimits.subscriptions must be a "
+        "positive int, not 0",
     ]

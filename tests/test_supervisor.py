@@ -930,3 +930,28 @@ async def test_a_subscription_to_a_name_nobody_declares_is_reported_once_after_t
     assert report["topic"] == "Vehicle.Sped"
     assert report["closest"] == ["Vehicle.Speed"]
     assert report["log_level"] == "warning"
+
+
+async def test_the_supervisor_serves_its_socket_with_the_configured_connection_limits(tmp_path: Path) -> None:
+    import bus
+
+    journal = Journal()
+    socket = tmp_path / "bus.sock"
+    supervisor = Supervisor(
+        [spec("a", journal)],
+        socket_path=socket,
+        authorize=lambda peer, name: bus.Permissions.ALL,  # a trusted tool
+        connection_limits=bus.ConnectionLimits(subscriptions=2),
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            async with bus.connect_unix(socket, "tool") as client:
+                first = client.subscribe("Vehicle.A")
+                second = client.subscribe("Vehicle.B")
+                third = client.subscribe("Vehicle.C")
+                with pytest.raises(bus.LimitExceededError, match="limit of 2 subscriptions per connection"):
+                    await third.receive()
+                first.close()
+                second.close()
+            supervisor.shutdown()

@@ -424,6 +424,7 @@ async def _run(config: SupervisorConfig, duration: float | None, socket: str | N
         authorize=default_authorize(),
         loop_block=config.loop_block_limit,
         undeclared_grace=config.undeclared_grace,
+        connection_limits=config.connection_limits,
     )
     # Read and forget $NOTIFY_SOCKET: isolated services (child processes) must not talk to systemd.
     systemd = SystemdNotifier(unset_environment=True)

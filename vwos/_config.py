@@ -98,7 +98,7 @@ from typing import Any, Final
 
 import attrs
 
-from bus import Permissions
+from bus import ConnectionLimits, Permissions
 from vwos._logging import LogLevel
 from vwos._plugins import PluginError, load_plugin, prepend_sys_path
 from vwos._policy import (
@@ -353,6 +353,13 @@ class SupervisorTable:
             "with the closest declared names: most often a typo); 0 turns the report off."
         ),
     )
+    connection_limits: ConnectionLimits = attrs.field(
+        factory=ConnectionLimits,
+        metadata=_help(
+            "What one client of the bus socket may hold at once (isolated services and tools alike); "
+            "beyond, a request is refused with a clear error and the connection stays up."
+        ),
+    )
 
 
 def _budget_help(unit: str) -> dict[str, dict[str, str]]:
@@ -547,6 +554,8 @@ class SupervisorConfig:
     loop_block_limit: float | None = 5.0
     #: Seconds before a subscription to an undeclared exact name is reported; None: not reported.
     undeclared_grace: float | None = 10.0
+    #: What one client connection of the bus socket may hold at once.
+    connection_limits: ConnectionLimits = attrs.field(factory=ConnectionLimits)
 
     def service(self, name: str) -> ConfiguredService:
         """The service called ``name``; KeyError if there is none."""
@@ -781,6 +790,7 @@ class _Loader:
             groups=tuple(self._group_spec(g) for g in groups),
             loop_block_limit=settings.loop_block_limit or None,
             undeclared_grace=settings.undeclared_grace or None,
+            connection_limits=settings.connection_limits,
         )
 
     def _groups(self, groups: object) -> list[_Entry]:

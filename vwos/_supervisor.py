@@ -20,7 +20,7 @@ import attrs
 import structlog
 import trio
 
-from bus import Bus, PeerCredentials, Permissions, serve_unix
+from bus import Bus, ConnectionLimits, PeerCredentials, Permissions, serve_unix
 from vwos._isolation import (
     IsolatedRuns,
     IsolatedServiceFailed,
@@ -245,6 +245,7 @@ class Supervisor:
     ``loop_block`` (seconds, None to turn it off): a watch thread detects an event loop blocked that long
     while it is blocked, names the service whose task blocks it, and that service -- only it -- is
     restarted (exit ``blocked``); other services' watchdogs do not count the time the loop was blocked.
+    ``connection_limits``: what one client of the bus socket may hold at once (`bus.ConnectionLimits`).
     ``undeclared_grace`` (seconds, None to turn it off): a subscription to an exact topic name that nobody
     has declared this long after it was made is logged once, with the declared names closest to it.
 
@@ -264,6 +265,7 @@ class Supervisor:
         authorize: Callable[[PeerCredentials, str], Permissions | None] | None = None,
         loop_block: float | None = 2.0,
         undeclared_grace: float | None = 10.0,
+        connection_limits: ConnectionLimits | None = None,
     ) -> None:
         self.policy = policy if policy is not None else SupervisorPolicy()
         if undeclared_grace is not None and not 0 < undeclared_grace < math.inf:
@@ -271,6 +273,7 @@ class Supervisor:
                 f"undeclared_grace must be a finite number of seconds > 0, got {undeclared_grace!r}"
             )
         self._undeclared_grace = undeclared_grace
+        self._connection_limits = connection_limits if connection_limits is not None else ConnectionLimits()
         self._specs = [s for s in services if s.enabled]
         names = [s.name for s in self._specs]
         if len(set(names)) != len(names):
@@ -507,7 +510,13 @@ class Supervisor:
                         nursery.start_soon(self._report_undeclared, self._bus, self._undeclared_grace)
                     if self._socket_path is not None:
                         await nursery.start(
-                            partial(serve_unix, self._bus, self._socket_path, authorize=self.authorize)
+                            partial(
+                                serve_unix,
+                                self._bus,
+                                self._socket_path,
+                                authorize=self.authorize,
+                                limits=self._connection_limits,
+                            )
                         )
                         _log.info("bus served on a unix socket", path=str(self._socket_path))
                     gave_up = await self._supervise(task_status)
