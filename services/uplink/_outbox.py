@@ -859,7 +859,9 @@ class Outbox:
         self._disk_bytes = _file_size(str(self._path_str)) + wal + _file_size(str(self._mark_path))
         self._disk_budget = limits.budget
         with contextlib.suppress(sqlite3.Error):
-            self._near_full = self._free_pages(limits) < self._last_need
+            # Near the quota: the last accept's need would not fit -- unless nothing is stored any more
+            # (a huge accept after a full disk leaves a need no drained outbox can meet; it is not full).
+            self._near_full = self._stored_samples > 0 and self._free_pages(limits) < self._last_need
 
     def _fit_quota(self) -> None:
         """At open: a database larger than the quota now allows (a lowered quota; a WAL that grew past it
