@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import types
 import zlib
 from collections.abc import Iterator, Sequence
@@ -1519,6 +1520,29 @@ def test_inspect_reports_bad_files_and_paths(batch_dir: Path, tmp_path: Path) ->
     assert "cannot import no_such_module_xyz" in err
 
 
+def test_inspect_of_what_is_not_a_batch_is_a_clear_error_in_bounded_memory(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.cbor"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.cbor"
+    with huge.open("wb") as f:
+        f.truncate(200 << 20)  # sparse: 200 MiB of zeros, three times what any batch can be
+    tracemalloc.start()
+    try:
+        for path, message in [
+            ("/dev/zero", "not a regular file"),
+            (str(fifo), "not a regular file"),
+            (str(huge), "209,715,200 bytes: larger than any batch can be"),
+        ]:
+            code, out, err = _inspect(path)
+            assert (code, out) == (1, "")
+            assert f"{path}: error: {message}" in err
+            assert "Traceback" not in err
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 80 << 20  # at most one batch's worth, not the file
+
+
 def test_inspect_through_the_vwos_command_entry_point(
     batch_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1552,7 +1576,7 @@ def test_batch_file_names_sort_by_seq() -> None:
     assert batch_file_name(".", "s", 1) == "%2E_s_00000000000000000001.cbor"  # never a hidden file
 
 
-# -- damage after a crash: found, counted, never silent --------------------------------------------------------
+# -- damage after a crash: found, counted, never silent ---------------------------------------------------
 
 
 def _flip_one_byte(path: Path, table: str, column: str) -> tuple[int, int]:

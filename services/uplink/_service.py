@@ -8,29 +8,58 @@ import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 import trio
 
 from bus import Overflow, Subscription, Topic, default_codec
-from services.uplink._batch import MIN_MAX_BATCH_BYTES
+from services.uplink._batch import MAX_BODY_BYTES, MIN_MAX_BATCH_BYTES
 from services.uplink._campaign import Campaign, CampaignFilter
 from services.uplink._file import FileTransport
 from services.uplink._mqtt import MqttConfig, MqttTransport
-from services.uplink._outbox import Outbox, OutboxError, OutboxStatistics, OutboxStorageError, Row
+from services.uplink._outbox import (
+    MAX_QUOTA_BYTES,
+    MIN_QUOTA_BYTES,
+    Outbox,
+    OutboxError,
+    OutboxStatistics,
+    OutboxStorageError,
+    Row,
+)
 from services.uplink._transport import TransportError, UplinkTransport
 from vwos import BackoffPolicy, Service, ServiceContext
 
+#: The longest duration a setting may be (as vwos's own: about 31 years; beyond, OS timers overflow).
+_MAX_SECONDS: Final = 1_000_000_000.0
+#: The quota's bounds, in MB (the outbox's own: below, not even the schema, a WAL and a batch fit).
+MIN_QUOTA_MB: Final = MIN_QUOTA_BYTES / (1024 * 1024)
+MAX_QUOTA_MB: Final = MAX_QUOTA_BYTES / (1024 * 1024)
+#: The most samples the bus may queue for the uplink.
+MAX_QUEUE_SIZE: Final = 10_000_000
+
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"must be positive, not {value}")
+    """Seconds: > 0 and finite (at most about 31 years)."""
+    if not 0 < value <= _MAX_SECONDS:  # also refuses NaN and inf
+        raise ValueError(f"expected a number of seconds > 0 and at most {_MAX_SECONDS:.0f}, not {value}")
+
+
+def _quota_mb(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not MIN_QUOTA_MB <= value <= MAX_QUOTA_MB:  # also refuses NaN and inf
+        raise ValueError(f"expected a number of MB from {MIN_QUOTA_MB:g} to {MAX_QUOTA_MB:.0f}, not {value}")
+
+
+def _queue_size(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 1 <= value <= MAX_QUEUE_SIZE:
+        raise ValueError(f"expected a number of samples from 1 to {MAX_QUEUE_SIZE:,}, not {value}")
 
 
 def _max_batch_bytes(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < MIN_MAX_BATCH_BYTES:
         raise ValueError(f"must be at least {MIN_MAX_BATCH_BYTES} bytes, not {value}")
+    if value > MAX_BODY_BYTES:
+        raise ValueError(f"must be at most {MAX_BODY_BYTES} bytes (what a reader decodes), not {value}")
 
 
 def _campaigns(_: object, attribute: attrs.Attribute[Any], value: tuple[Campaign, ...]) -> None:
@@ -62,7 +91,7 @@ class UplinkConfig:
     )
     mqtt: MqttConfig | None = attrs.field(default=None, metadata={"help": "the broker, for transport = mqtt"})
     quota_mb: float = attrs.field(
-        default=64.0, validator=_positive, metadata={"help": "disk quota of the outbox"}
+        default=64.0, validator=_quota_mb, metadata={"help": "disk quota of the outbox (its WAL included)"}
     )
     max_batch_bytes: int = attrs.field(
         default=131072,
@@ -82,7 +111,9 @@ class UplinkConfig:
         metadata={"help": "seconds a sample waits at most for a fuller batch"},
     )
     queue_size: int = attrs.field(
-        default=100_000, metadata={"help": "samples the bus queues for the uplink before it drops the oldest"}
+        default=100_000,
+        validator=_queue_size,
+        metadata={"help": "samples the bus queues for the uplink before it drops the oldest"},
     )
     status_period: float = attrs.field(
         default=5.0, validator=_positive, metadata={"help": "seconds between status samples"}
