@@ -284,7 +284,14 @@ async def test_a_full_disk_never_stops_the_uplink_and_it_drains_when_space_retur
                 car.publish(COUNTER, i)
             done = await car.expect(
                 status_topic("uplink"),
-                lambda s: s.storage == "ok" and s.stored_samples == 0 and s.accepted > 0 and s.connected,
+                # Every sample handled (stored or counted as dropped) and sent: stored_bytes counts the
+                # formed batches too, so it is 0 once the last one is acknowledged, not when it is formed.
+                lambda s: (
+                    s.storage == "ok"
+                    and s.accepted + s.dropped_storage + s.dropped_before_outbox == n + 5000
+                    and s.stored_bytes == 0
+                    and s.connected
+                ),
                 timeout=30,
             )
             assert car.status()["uplink"].restarts == 0
