@@ -33,7 +33,9 @@ from services.uplink import (
     decode_batch,
     status_topic,
 )
+from services.uplink._service import _quota_bytes
 from vwos import BackoffPolicy, ConfigError, ServiceSpec, SupervisorPolicy, parse_config
+from vwos._cli import main
 from vwos.testing import open_harness
 
 COUNTER = Topic("Test.Counter", int)
@@ -240,6 +242,104 @@ topics = ["**"]
     problems = [str(p) for p in info.value.problems]
     assert len(problems) == 1, problems
     assert problem in problems[0]
+
+
+CONFIG = """
+[services.uplink]
+plugin = "uplink"
+[services.uplink.config]
+vehicle_id = "car-1"
+{settings}
+[[services.uplink.config.campaigns]]
+name = "all"
+topics = ["**"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ("quota_mb = inf", ".quota_mb: expected a number of MB from 0.25 to 1048576, not inf"),
+        ("quota_mb = nan", ".quota_mb: expected a number of MB from 0.25 to 1048576, not nan"),
+        ("quota_mb = 1e-9", ".quota_mb: expected a number of MB from 0.25 to 1048576, not 1e-09"),
+        ("quota_mb = -1", ".quota_mb: expected a number of MB from 0.25 to 1048576, not -1"),
+        ("quota_mb = 0", ".quota_mb: expected a number of MB from 0.25 to 1048576, not 0"),
+        ("quota_mb = 1e300", ".quota_mb: expected a number of MB from 0.25 to 1048576, not 1e+300"),
+        (
+            "quota_mb = 0.5\nmax_batch_bytes = 1048576",
+            ".quota_mb: quota_mb = 0.5 is less than four batches of max_batch_bytes = 1,048,576 (4 MB), the "
+            "least the outbox holds",
+        ),
+        (
+            "max_batch_bytes = 67108864",  # the largest batch, and the default quota of 64 MB
+            # quota_mb left at its default: the problem is the table's, and says which key to change
+            ": quota_mb = 64 is less than four batches of max_batch_bytes = 67,108,864 (256 MB)",
+        ),
+        (
+            "max_batch_bytes = 9223372036854775807",
+            ".max_batch_bytes: must be at most 67108864 bytes (what a reader decodes)",
+        ),
+        ("queue_size = 0", ".queue_size: expected a number of samples from 1 to 10,000,000, not 0"),
+        ("queue_size = -1", ".queue_size: expected a number of samples from 1 to 10,000,000, not -1"),
+        ("queue_size = 1_000_000_000_000", ".queue_size: expected a number of samples from 1 to 10,000,000"),
+        ("flush_interval = nan", ".flush_interval: expected a number of seconds > 0 and at most 1000000000"),
+        ("batch_delay = inf", ".batch_delay: expected a number of seconds > 0 and at most 1000000000"),
+        ("status_period = 0", ".status_period: expected a number of seconds > 0 and at most 1000000000"),
+        (
+            'transport = "mqtt"\n[services.uplink.config.mqtt]\nhost = "broker.example"\n'
+            "connect_timeout = 1e12",
+            ".mqtt.connect_timeout: expected a number of seconds > 0 and at most 1000000000, got 1000000000",
+        ),
+        (
+            'transport = "mqtt"\n[services.uplink.config.mqtt]\nhost = "broker.example"\nack_timeout = inf',
+            ".mqtt.ack_timeout: expected a number of seconds > 0 and at most 1000000000, got inf",
+        ),
+    ],
+)
+def test_absurd_uplink_settings_are_refused_by_vwos_check(
+    tmp_path: Path, settings: str, problem: str
+) -> None:
+    """Each of these passed `vwos check` and then failed when the uplink started (an OverflowError, the
+    outbox refusing its quota, a socket timeout out of time_t's range) or never did its job."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(CONFIG.format(settings=settings), path=tmp_path / "vwos.toml")
+    problems = [str(p) for p in info.value.problems]
+    assert len(problems) == 1, problems
+    assert f"vwos.toml: services.uplink.config{problem}" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        "quota_mb = 0.25\nmax_batch_bytes = 65536",
+        "quota_mb = 1048576",
+        "quota_mb = 4\nmax_batch_bytes = 1048576",
+        "queue_size = 1",
+    ],
+)
+def test_uplink_settings_at_their_bounds_pass_and_the_outbox_opens_with_them(
+    tmp_path: Path, settings: str
+) -> None:
+    config = parse_config(CONFIG.format(settings=settings), path=tmp_path / "vwos.toml")
+    cfg = config.services[0].config
+    assert isinstance(cfg, UplinkConfig)
+    Outbox(  # what the service opens with these settings: no ValueError at start
+        tmp_path / "o.sqlite",
+        quota_bytes=_quota_bytes(cfg.quota_mb),
+        vehicle_id="V",
+        max_batch_bytes=cfg.max_batch_bytes,
+    ).close()
+
+
+def test_vwos_check_refuses_an_infinite_quota_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "vwos.toml"
+    path.write_text(CONFIG.format(settings="quota_mb = inf"))
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path.name}: services.uplink.config.quota_mb: expected a number of MB from 0.25" in err
+    assert "Traceback" not in err
 
 
 # -- storage faults ------------------------------------------------------------------------------------
