@@ -70,7 +70,7 @@ from services.uplink import (
     read_header,
 )
 from services.uplink._batch import ENCODING_ZLIB, FORMAT, VERSION, to_us
-from services.uplink._cli import register
+from services.uplink._cli import MAX_BATCH_FILE_BYTES, register
 from services.uplink._outbox import APPLICATION_ID, ROW_OVERHEAD, SCHEMA_VERSION
 from vwos._structure import StructureError, structure
 
@@ -1520,27 +1520,68 @@ def test_inspect_reports_bad_files_and_paths(batch_dir: Path, tmp_path: Path) ->
     assert "cannot import no_such_module_xyz" in err
 
 
-def test_inspect_of_what_is_not_a_batch_is_a_clear_error_in_bounded_memory(tmp_path: Path) -> None:
+def test_inspect_of_what_is_not_a_batch_is_one_clear_line_in_bounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/dev/zero was read for ever; a pipe blocked the open; a directory named like a batch gave "[Errno 21]
+    Is a directory: 3". Each is one line on stderr now, exit 1 (docs/uplink.md), and nothing is read whole."""
     fifo = tmp_path / "pipe.cbor"
     os.mkfifo(fifo)
     huge = tmp_path / "huge.cbor"
     with huge.open("wb") as f:
         f.truncate(200 << 20)  # sparse: 200 MiB of zeros, three times what any batch can be
+    directory = tmp_path / "dir"
+    (directory / "sub.cbor").mkdir(parents=True)
+    noise = tmp_path / "noise.cbor"
+    noise.write_bytes(random.Random(11).randbytes(100_000))
+    cases = [
+        ("/dev/zero", "a device, not a batch file"),
+        (str(fifo), "a pipe, not a batch file"),
+        (str(huge), "209,715,200 bytes: larger than any batch can be (at most 67,174,400 bytes)"),
+        (str(noise), "batch envelope: "),
+    ]
+    if Path("/proc/self/mem").exists():  # a regular file that cannot be read at offset 0
+        cases.append(("/proc/self/mem", "cannot read it: Input/output error"))
     tracemalloc.start()
     try:
-        for path, message in [
-            ("/dev/zero", "not a regular file"),
-            (str(fifo), "not a regular file"),
-            (str(huge), "209,715,200 bytes: larger than any batch can be"),
-        ]:
+        for path, message in cases:
             code, out, err = _inspect(path)
-            assert (code, out) == (1, "")
-            assert f"{path}: error: {message}" in err
-            assert "Traceback" not in err
+            assert (code, out) == (1, ""), path
+            assert err.startswith(f"{path}: error: {message}"), err
+            assert err.count("\n") == 1, err  # one line, no traceback
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 80 << 20  # at most one batch's worth, not the file
+    assert peak < 4 << 20  # the huge file was refused by its size, not read
+    code, out, err = _inspect(str(directory))
+    assert (code, out) == (1, "")
+    assert err == f"{directory / 'sub.cbor'}: error: a directory, not a batch file\n"
+
+    def unreadable(self: Path) -> Any:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", unreadable)
+    code, _, err = _inspect(str(directory))
+    assert code == 2
+    assert err == f"vwos uplink inspect: {directory}: cannot list the directory: Permission denied\n"
+
+
+def test_inspect_reads_a_file_at_the_size_limit_at_most_once(tmp_path: Path) -> None:
+    """A file just within the limit is read (it could be a batch), once, and refused for its content."""
+    limit = MAX_BATCH_FILE_BYTES
+    big = tmp_path / "big.cbor"
+    with big.open("wb") as f:
+        f.truncate(limit)
+    tracemalloc.start()
+    try:
+        code, out, err = _inspect(str(big))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (code, out) == (1, "")
+    assert err.startswith(f"{big}: error: batch envelope: ")
+    assert err.count("\n") == 1
+    assert peak < 2 * limit + (8 << 20)
 
 
 def test_inspect_through_the_vwos_command_entry_point(
