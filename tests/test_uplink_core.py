@@ -1689,3 +1689,125 @@ def test_commits_lost_with_a_truncated_wal_are_counted_at_the_next_open(tmp_path
         delivered = ids_of(drain(outbox))
     assert stats.lost_damaged == 500
     assert sorted(delivered) == list(range(1000))
+
+
+def _crash_copy(path: Path, into: Path) -> Path:
+    """The outbox's files as a crash would leave them: copied while it is open (its WAL not checkpointed)."""
+    into.mkdir()
+    for suffix in ("", "-wal", "-mark"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            Path(f"{into / path.name}{suffix}").write_bytes(source.read_bytes())
+    return into / path.name
+
+
+def _flip_in_file(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+def test_commits_lost_with_a_damaged_wal_after_a_crash_are_counted_logged_and_shown(
+    tmp_path: Path, how: str
+) -> None:
+    """A crash, then the WAL cut short (a torn write at power loss) or a byte in it flipped: SQLite drops
+    the commits from the damaged frame on, silently. The high-water mark counts them."""
+    path = tmp_path / "live" / "o.sqlite3"
+    wal = Path(f"{path}-wal")
+    outbox = Outbox(path, quota_bytes=64 << 20, vehicle_id="V")
+    try:
+        outbox.accept(rows(0, 1000))
+        good_end = wal.stat().st_size  # the WAL holds the first commit up to here
+        outbox.accept(rows(1000, 400))
+        outbox.accept(rows(1400, 600))
+        assert wal.stat().st_size > good_end + 200
+        crashed = _crash_copy(path, tmp_path / "crashed")
+    finally:
+        outbox.close()
+    damaged_wal = Path(f"{crashed}-wal")
+    if how == "truncated":
+        with damaged_wal.open("r+b") as f:
+            f.truncate(good_end + 100)  # in the middle of the second commit's first frame
+    else:
+        _flip_in_file(damaged_wal, good_end + 200)  # inside the second commit's first frame
+    with Outbox(crashed, quota_bytes=64 << 20, vehicle_id="V") as again:
+        damage = again.damage
+        stats = again.statistics()
+        delivered = ids_of(drain(again))
+    assert damage is not None
+    assert (damage.lost_samples, damage.corrupt_samples) == (1000, 0)
+    assert "1,000 accepted samples are missing" in str(damage)
+    assert (stats.lost_damaged, stats.accepted, stats.stored_samples) == (1000, 1000, 1000)
+    assert delivered == list(range(1000))
+    with Outbox(crashed, quota_bytes=64 << 20, vehicle_id="V") as later:  # counted once, not at every open
+        assert later.damage is None
+        assert later.statistics().lost_damaged == 1000
+
+
+def _blob_offset(path: Path, query: str) -> tuple[int, int]:
+    """Where in the database file a blob of ``query`` (blob, samples) lies, and its sample count."""
+    db = sqlite3.connect(path)
+    try:
+        blob, samples = db.execute(query).fetchone()
+    finally:
+        db.close()
+    data = path.read_bytes()
+    start = max(range(0, min(len(blob), 3000) - 32, 8), key=lambda i: len(set(blob[i : i + 32])))
+    probe = bytes(blob[start : start + 32])  # the most varied 32 bytes of its first page: found once
+    offset = data.find(probe)
+    assert offset > 0
+    assert data.find(probe, offset + 1) == -1, "the probe must be found once"
+    return offset + 16, samples
+
+
+@pytest.mark.parametrize("table", ["chunks", "batches"])
+def test_a_byte_flipped_on_disk_inside_a_chunk_or_a_formed_batch_is_found_at_open(
+    tmp_path: Path, table: str
+) -> None:
+    """A sector gone bad under SQLite: its pages still parse (quick_check says ok), the bytes are wrong.
+    The CRC-32 finds it at the next open: that chunk's or batch's samples are dropped and counted, the
+    rest is delivered."""
+    path = tmp_path / "o.sqlite3"
+    options: dict[str, Any] = {"quota_bytes": 64 << 20, "vehicle_id": "V", "compress": False}
+    with Outbox(path, max_batch_bytes=8192, **options) as outbox:
+        for start in range(0, 3000, 1000):
+            outbox.accept(rows(start, 1000))  # three chunks
+        assert outbox.next_batch(T0) is not None  # one formed batch, not acknowledged
+    query = {
+        "chunks": "SELECT data, count FROM chunks ORDER BY id DESC LIMIT 1",
+        "batches": "SELECT payload, samples FROM batches LIMIT 1",
+    }[table]
+    offset, lost = _blob_offset(path, query)
+    _flip_in_file(path, offset)
+    assert integrity(path) == "ok"  # SQLite itself sees nothing wrong
+    with Outbox(path, **options) as outbox:
+        damage = outbox.damage
+        stats = outbox.statistics()
+        delivered = ids_of(drain(outbox))
+    assert damage is not None
+    assert (damage.lost_samples, damage.corrupt_samples) == (0, lost)
+    assert "their CRC-32 did not match" in str(damage)
+    assert stats.dropped_corrupt == lost
+    assert len(delivered) == len(set(delivered)) == 3000 - lost
+    assert set(delivered) <= set(range(3000))
+
+
+def test_a_database_damaged_beyond_use_is_moved_aside_and_what_it_held_is_counted(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        outbox.accept(rows(0, 20_000))
+        assert outbox.next_batch(T0) is not None
+        held = outbox.statistics().stored_samples + outbox.statistics().formed_samples
+    data = bytearray(path.read_bytes())
+    data[4096 : 3 * 4096] = bytes(2 * 4096)  # pages 2 and 3 zeroed: the b-trees no longer parse
+    path.write_bytes(bytes(data))
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        assert outbox.moved_aside is not None
+        assert outbox.damage is not None
+        assert outbox.damage.lost_samples == held
+        assert "was moved aside" in str(outbox.damage)
+        assert outbox.statistics().lost_damaged == held
+    assert outbox.moved_aside.moved_to.exists()  # kept, for a person to look at

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ from typing import Any
 
 import mqtt_broker
 import pytest
+import structlog
 import tmpfs  # tests/ is on sys.path
 import trio
 from conftest import skip_or_fail
@@ -636,3 +638,35 @@ async def test_wrong_password_is_a_clear_error_and_loses_nothing(
     with Outbox(state / "uplink" / "outbox.sqlite", quota_bytes=1 << 30, vehicle_id="car-1") as box:
         stats = box.statistics()
     assert stats.stored_samples + stats.formed_samples == 1000  # all kept for when the password is fixed
+
+
+async def test_a_damaged_chunk_found_at_start_is_logged_and_on_the_status_topic(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    path = state / "uplink" / "outbox.sqlite"
+    keep = CampaignFilter((Campaign("all", ("Test.**",)),)).keep("Test.Counter", 0, 0.0)
+    assert keep is not None
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="car-1") as box:
+        for start in range(0, 900, 300):
+            box.accept([("Test.Counter", i, 1.7e9 + i, keep) for i in range(start, start + 300)])
+    db = sqlite3.connect(path)  # a flipped byte in the first chunk, its CRC as it was
+    try:
+        (data,) = db.execute("SELECT data FROM chunks ORDER BY id LIMIT 1").fetchone()
+        damaged = bytearray(data)
+        damaged[len(damaged) // 2] ^= 0x55
+        db.execute("UPDATE chunks SET data = ? WHERE id = (SELECT min(id) FROM chunks)", (bytes(damaged),))
+        db.commit()
+    finally:
+        db.close()
+    out = tmp_path / "out"
+    with trio.fail_after(30), structlog.testing.capture_logs() as logs:
+        async with open_harness(uplink(tmp_path, directory=out), state_dir=state) as car:
+            status = await car.expect(
+                status_topic("uplink"), lambda s: s.dropped_damaged > 0 and s.stored_bytes == 0
+            )
+    assert status.value.dropped_damaged == 300
+    assert status.value.sent_samples == 600
+    warnings = [e for e in logs if e["event"] == "outbox damage found at open: samples were lost"]
+    assert len(warnings) == 1, logs
+    assert warnings[0]["corrupt_samples"] == 300
+    assert "300 samples in 1 chunk were damaged" in warnings[0]["detail"]
+    assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(range(300, 900))

@@ -771,9 +771,14 @@ class Outbox:
             if bump_seq > self._next_seq:
                 self._next_seq = bump_seq
             if corrupt_chunks or corrupt_batches:
+                where = " and ".join(
+                    f"{n} {what}{'' if n == 1 else 'es' if what.endswith('batch') else 's'}"
+                    for n, what in ((len(corrupt_chunks), "chunk"), (len(corrupt_batches), "formed batch"))
+                    if n
+                )
                 notes.append(
-                    f"{corrupt:,} samples in {len(corrupt_chunks)} chunks and {len(corrupt_batches)} formed "
-                    "batches were damaged (their CRC-32 did not match) and were dropped"
+                    f"{corrupt:,} samples in {where} were damaged (their CRC-32 did not match) and were "
+                    "dropped"
                 )
         else:
             self._write_mark()
