@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -407,6 +408,76 @@ async def test_a_full_disk_never_stops_the_uplink_and_it_drains_when_space_retur
     assert got[-5000:] == list(range(n + 1, n + 5001))  # the newest all arrived
     lost = status.dropped_quota + status.dropped_storage + status.dropped_before_outbox
     assert len(got) + lost == n + 5000  # and every other sample is accounted for
+
+
+class _FakeDisk:
+    """``os.statvfs`` for the directory ``under``: a disk of ``size`` bytes holding only the outbox's files
+    (the real one elsewhere). A full disk without mounting one: `size` can shrink and grow as a test goes."""
+
+    def __init__(self, under: Path, size: int) -> None:
+        self.under, self.size = under, size
+        self.real = os.statvfs
+
+    def __call__(self, path: Any) -> Any:
+        if not Path(path).is_relative_to(self.under):
+            return self.real(path)
+        used = sum(p.stat().st_size for p in self.under.rglob("outbox.sqlite*") if p.is_file())
+        free = max(0, self.size - used)
+        return types.SimpleNamespace(f_bavail=free // 4096, f_frsize=4096)
+
+
+async def test_a_full_disk_under_the_real_supervisor_without_a_mount(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same fault injected: the disk's free space as the outbox sees it (os.statvfs) shrinks to
+    little, then to nothing, then grows back. Under the real Supervisor (open_harness; intensity 0: a
+    single crash would end the test) the uplink never fails, reports each state, and drains."""
+    out, state = tmp_path / "batches", tmp_path / "state"
+    out.write_text("no link yet")
+    disk = _FakeDisk(state, 400_000)
+    monkeypatch.setattr(os, "statvfs", disk)
+    spec = uplink(tmp_path, directory=out, reconnect=QUICK_RECONNECT)  # quota_mb 64: the disk is the limit
+    offered = 0
+
+    async def offer(n: int) -> None:
+        nonlocal offered
+        for _ in range(n // 1000):
+            for i in range(offered + 1, offered + 1001):
+                car.publish(COUNTER, i)
+            offered += 1000
+            await trio.sleep(0.02)
+
+    with trio.fail_after(60):
+        async with open_harness(spec, state_dir=state) as car:
+            await offer(60_000)
+            little = await car.expect(
+                status_topic("uplink"), lambda s: s.storage == "disk_full" and s.dropped_quota > 0
+            )
+            assert little.value.dropped_storage == 0  # the oldest made room for the newest
+            disk.size = 0  # someone took the rest: not even the WAL of a write fits
+            await offer(5_000)
+            none = await car.expect(
+                status_topic("uplink"), lambda s: s.storage == "disk_full" and s.dropped_storage > 0
+            )
+            assert "could not be stored" in none.value.storage_error
+            disk.size = 1 << 40  # space returns
+            out.unlink()  # and a link
+            await offer(5_000)
+            done = await car.expect(
+                status_topic("uplink"),
+                lambda s: (
+                    s.storage == "ok"
+                    and s.accepted + s.dropped_storage + s.dropped_before_outbox == offered
+                    and s.stored_bytes == 0
+                ),
+                timeout=30,
+            )
+            assert car.status()["uplink"].restarts == 0
+    status = done.value
+    got = samples_in(p.read_bytes() for p in sorted(out.iterdir()))["Test.Counter"]  # in seq order
+    assert got == sorted(got)
+    assert got[-5000:] == list(range(offered - 4999, offered + 1))  # everything after space returned
+    assert len(got) + status.dropped_quota + status.dropped_storage + status.dropped_before_outbox == offered
 
 
 async def test_a_failing_flush_at_stop_still_releases_the_outbox(
