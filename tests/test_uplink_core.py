@@ -1192,6 +1192,33 @@ def test_an_outbox_cannot_be_created_on_a_full_disk_and_says_so(small_disk: Path
         assert outbox.accept(rows(0, 10)) == 10
 
 
+def test_damage_found_at_open_on_a_full_disk_is_an_outbox_error_and_counted_once_there_is_room(
+    small_disk: Path,
+) -> None:
+    """Counting damage at open is a write: on a full disk it fails. That is an OutboxStorageError (which
+    the service reports and retries), not a bare sqlite3 error; the lock is released; with room again the
+    damage is found and counted."""
+    path = small_disk / "outbox.sqlite"
+    with Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        outbox.accept(rows(0, 300))
+        outbox.accept(rows(300, 300))
+    db = sqlite3.connect(path)
+    try:
+        db.execute("UPDATE chunks SET crc = (crc + 1) % 4294967296 WHERE id = (SELECT min(id) FROM chunks)")
+        db.commit()
+    finally:
+        db.close()
+    filler = tmpfs.fill(small_disk)
+    with pytest.raises(OutboxStorageError, match=r"outbox\.sqlite: .*database or disk is full") as info:
+        Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=4096)
+    assert info.value.kind == "full"
+    filler.unlink()
+    with Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=4096) as outbox:  # not locked
+        assert outbox.damage is not None
+        assert outbox.damage.corrupt_samples == 300
+        assert ids_of(drain(outbox)) == list(range(300, 600))
+
+
 async def test_the_file_transport_on_a_full_disk_fails_clearly_and_leaves_nothing(small_disk: Path) -> None:
     transport = FileTransport(small_disk / "batches", fsync=True)
     await transport.connect()

@@ -520,8 +520,14 @@ class Outbox:
             self._check_damage()
             self._fit_quota()
             self._refresh()
-        except BaseException:
+        except sqlite3.DatabaseError as exc:  # reading it, or counting damage found (a write), failed
             self._release()  # the lock, and the mark's file
+            kind = _kind(exc)
+            raise OutboxStorageError(
+                self.path, f"cannot open it: {exc}", kind="io" if kind == "corrupt" else kind
+            ) from None
+        except BaseException:
+            self._release()
             raise
 
     # -- opening --------------------------------------------------------------------------------------------
