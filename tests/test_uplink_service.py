@@ -454,6 +454,8 @@ async def test_a_full_disk_under_the_real_supervisor_without_a_mount(
                 status_topic("uplink"), lambda s: s.storage == "disk_full" and s.dropped_quota > 0
             )
             assert little.value.dropped_storage == 0  # the oldest made room for the newest
+            assert 0 < little.value.disk_bytes <= little.value.disk_budget <= 400_000  # occupancy: near 1
+            assert little.value.disk_bytes > 0.8 * little.value.disk_budget
             disk.size = 0  # someone took the rest: not even the WAL of a write fits
             await offer(5_000)
             none = await car.expect(

@@ -178,6 +178,10 @@ class UplinkStatus:
     dropped_storage: int = 0
     #: Samples lost to damage: corrupt chunks or batches, commits a damaged WAL lost, a replaced file.
     dropped_damaged: int = 0
+    #: The outbox's files on disk (database, WAL, high-water mark) and what they may take: the quota, or
+    #: less when the disk has less room. Their ratio is the outbox's occupancy.
+    disk_bytes: int = 0
+    disk_budget: int = 0
 
 
 def status_topic(service: str) -> Topic[UplinkStatus]:
@@ -518,6 +522,8 @@ class Uplink(Service[UplinkConfig]):
             storage_error=storage_error,
             dropped_storage=s.dropped_storage + self._dropped_unstored,
             dropped_damaged=s.dropped_corrupt + s.lost_damaged,
+            disk_bytes=s.disk_bytes,
+            disk_budget=s.disk_budget,
         )
 
     def _publish_status(self) -> None:
