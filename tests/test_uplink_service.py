@@ -410,6 +410,51 @@ async def test_a_full_disk_never_stops_the_uplink_and_it_drains_when_space_retur
     assert len(got) + lost == n + 5000  # and every other sample is accounted for
 
 
+async def test_restarted_on_a_full_disk_with_samples_pending_the_next_incarnation_opens_at_once(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """The attacker's sequence: samples collected and not yet committed, the disk full, the uplink
+    restarted. Before: the flush in run's finally raised "database or disk is full", the outbox was never
+    closed, the next incarnation found it "in use by another process" and the supervisor gave up. Now the
+    flush counts what it cannot store, the outbox is closed, the next incarnation opens it and runs on the
+    full disk, and stores and sends again once there is room."""
+    out, state = tmp_path / "batches", small_disk / "state"
+    spec = uplink(tmp_path, directory=out, quota_mb=0.5, flush_interval=0.2)
+    with trio.fail_after(60):
+        async with open_harness(spec, state_dir=state) as car:
+            for i in range(1, 2001):
+                car.publish(COUNTER, i)
+            await car.expect(status_topic("uplink"), lambda s: s.sent_samples == 2000, timeout=20)
+            filler = tmpfs.fill(small_disk)
+            for i in range(2001, 4001):
+                car.publish(COUNTER, i)
+            await trio.sleep(0.05)  # collected, not yet committed (the next flush is up to 0.2 s away)
+            first = car.status()["uplink"].incarnation
+            car.supervisor.restart_service("uplink")
+            await car.expect(  # a status sample seen once the new incarnation runs
+                status_topic("uplink"),
+                lambda _: (
+                    (row := car.status()["uplink"]).incarnation > first and row.state.value == "running"
+                ),
+                timeout=20,
+            )
+            await trio.sleep(0.3)  # three status periods of the new incarnation
+            again = car.samples(status_topic("uplink"))[-1].value
+            assert again.storage == "disk_full", again  # its outbox is open (else: "error", why)
+            assert again.storage_error == ""
+            row = car.status()["uplink"]
+            assert (row.state.value, row.incarnation, row.last_error) == ("running", first + 1, None)
+            filler.unlink()  # room again
+            for i in range(4001, 5001):
+                car.publish(COUNTER, i)
+            await car.expect(
+                status_topic("uplink"), lambda s: s.sent_samples >= 3000 and s.stored_bytes == 0, timeout=20
+            )
+    got = samples_in(p.read_bytes() for p in sorted(out.iterdir()))["Test.Counter"]
+    assert got[:2000] == list(range(1, 2001))
+    assert got[-1000:] == list(range(4001, 5001))  # the newest, after the disk had room again
+
+
 class _FakeDisk:
     """``os.statvfs`` for the directory ``under``: a disk of ``size`` bytes holding only the outbox's files
     (the real one elsewhere). A full disk without mounting one: `size` can shrink and grow as a test goes."""
