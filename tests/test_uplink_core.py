@@ -823,15 +823,24 @@ def test_refused_samples_are_counted_and_reported(tmp_path: Path) -> None:
                 ("Vehicle.Speed", 1.0, T0, A),
                 ("Vehicle.Thing", object(), T0, A),
                 ("Vehicle.Speed", 2.0, math.nan, A),
+                ("Vehicle.Far", 3.0, 1e300, A),  # a valid float, beyond what SQLite's integers sum
+                ("Vehicle.Far", 4.0, -1e13, B),
             ],
             on_refused=lambda topic, reason: refused.append((topic, reason)),
         )
         assert stored == 1
         stats = outbox.statistics()
-        assert (stats.refused_oversize, stats.refused_unencodable, stats.accepted) == (1, 2, 1)
-        assert [t for t, _ in refused] == ["Vehicle.Note", "Vehicle.Thing", "Vehicle.Speed"]
+        assert (stats.refused_oversize, stats.refused_unencodable, stats.accepted) == (1, 4, 1)
+        assert [t for t, _ in refused] == [
+            "Vehicle.Note",
+            "Vehicle.Thing",
+            "Vehicle.Speed",
+            "Vehicle.Far",
+            "Vehicle.Far",
+        ]
         assert "over the batch size limit of 2,048 bytes" in refused[0][1]
         assert "bad timestamp" in refused[2][1]
+        assert refused[3][1] == "bad timestamp 1e+300 (beyond +-2305843009214 s)"
         assert ids_of(drain(outbox)) == [1.0]
     with Outbox(tmp_path / "o.sqlite3", quota_bytes=1 << 30, vehicle_id="V") as outbox:
         assert outbox.statistics().refused_oversize == 1  # counters persist
