@@ -7,7 +7,8 @@ every run timed from the publisher's first publish to the subscriber's receipt o
 * **vwos**: three processes, the layout of isolated services on a vehicle -- a broker (a `bus.Bus` served
   with ``serve_unix`` on a Unix socket in a temporary directory), a publisher and a subscriber, each
   joining with ``connect_unix``. The publisher publishes the samples on a checked ``float`` topic (unit,
-  min, max) with a declared publisher's ``publish_nowait``, yielding every ``--burst`` samples so that the
+  min, max) with ``publish_nowait`` of a declared publisher made with ``block=True`` (it takes the
+  back-pressure of the subscriber's ``block`` queue), yielding every ``--burst`` samples so that the
   writer sends what is queued in one write; the subscriber reads with ``receive_batch``. The three run
   with the garbage-collector threshold every vwos process sets (``vwos._runtime.tune_gc``). The subscription's
   queues (the broker's and the subscriber's) hold ``--queue-size`` samples; drops are counted (samples
@@ -165,7 +166,7 @@ async def vwos_broker_publisher(path: str, burst: int) -> None:
     the_bus = bus.Bus()
     async with trio.open_nursery() as nursery:
         await nursery.start(_serve, the_bus, path)
-        publisher = the_bus.client("bench.publisher").publisher(SPEED)
+        publisher = the_bus.client("bench.publisher").publisher(SPEED, block=True)
         _say("ready")
         async for words in _trio_commands():
             started = await _publish_bursts(publisher, int(words[1]), burst)
@@ -233,7 +234,7 @@ async def _publish_bursts(publisher: Any, n: int, burst: int) -> float:
 
 async def vwos_publisher(path: str, burst: int) -> None:
     async with bus.connect_unix(path, "bench.publisher") as client:
-        publisher = client.publisher(SPEED)
+        publisher = client.publisher(SPEED, block=True)  # waits for the block subscriber: loses nothing
         await client.get(SPEED)  # a round trip: connected, the topic declared
         _say("ready")
         async for words in _trio_commands():

@@ -3,12 +3,21 @@
 The bus knows nothing of supervisors, CAN or MQTT. See ``docs/bus.md``.
 """
 
-from bus._bus import DEFAULT_CALL_TIMEOUT, Bus, BusClient, BusStatistics, Publisher, TopicStatistics
+from bus._bus import (
+    DEFAULT_CALL_TIMEOUT,
+    Bus,
+    BusClient,
+    BusStatistics,
+    Publisher,
+    TopicStatistics,
+    UndeclaredSubscription,
+)
 from bus._codec import Codec, default_codec
 from bus._errors import (
     BusError,
     CallTimeoutError,
     CodecError,
+    LimitExceededError,
     MethodAlreadyServedError,
     MethodError,
     NoSuchMethodError,
@@ -20,16 +29,18 @@ from bus._errors import (
     UnknownTopicError,
     ValueRefusedError,
 )
-from bus._pattern import covers, matches
+from bus._pattern import MAX_NAME_LENGTH, MAX_SEGMENT_LENGTH, MAX_SEGMENTS, covers, matches
 from bus._permissions import Action, Permissions
 from bus._sample import Sample
 from bus._socket import (
     BrokerRefusedError,
+    ConnectionLimits,
     ConnectionLostError,
     PeerCredentials,
     RemoteBusClient,
     RemotePublisher,
     connect_unix,
+    prepare_socket_dir,
     serve_unix,
 )
 from bus._subscription import Subscription, SubscriptionStatistics
@@ -39,6 +50,9 @@ from bus._wire import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, ProtocolError
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
     "DEFAULT_MAX_FRAME",
+    "MAX_NAME_LENGTH",
+    "MAX_SEGMENTS",
+    "MAX_SEGMENT_LENGTH",
     "PROTOCOL_VERSION",
     "Action",
     "BrokerRefusedError",
@@ -49,7 +63,9 @@ __all__ = [
     "CallTimeoutError",
     "Codec",
     "CodecError",
+    "ConnectionLimits",
     "ConnectionLostError",
+    "LimitExceededError",
     "Method",
     "MethodAlreadyServedError",
     "MethodError",
@@ -72,11 +88,13 @@ __all__ = [
     "Topic",
     "TopicError",
     "TopicStatistics",
+    "UndeclaredSubscription",
     "UnknownTopicError",
     "ValueRefusedError",
     "connect_unix",
     "covers",
     "default_codec",
     "matches",
+    "prepare_socket_dir",
     "serve_unix",
 ]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar, overload
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final, Generic, TypeVar, overload
 
 import attrs
 import structlog
@@ -20,8 +21,9 @@ from bus._errors import (
     StaleValueError,
     UnknownTopicError,
     ValueRefusedError,
+    shown,
 )
-from bus._pattern import check_pattern, is_pattern, matches
+from bus._pattern import check_name, check_pattern, is_pattern, matches
 from bus._permissions import Action, Permissions
 from bus._sample import Sample, SampleRun, _new_sample, _sliced
 from bus._subscription import ColumnSubscription, Subscription, SubscriptionStatistics
@@ -39,41 +41,88 @@ DEFAULT_CALL_TIMEOUT = 5.0
 
 
 class _TopicState:
-    """What the bus keeps per topic. Routing is rebuilt when subscriptions change, never per publish."""
+    """What the bus keeps per topic. Adding or removing a subscription is O(1) (``subs`` is an ordered
+    dict); the routing tuples the publishers iterate are rebuilt from it lazily, by the first publish
+    after a change (``pushes`` is None until then), so n subscription changes between two publishes cost
+    one rebuild, paid by a publish that costs as much anyway."""
 
     __slots__ = (
         "blocking",
         "check",
         "column_subs",
+        "declarer",
+        "fast_pushes",
+        "holders",
         "latest",
         "name",
         "pushes",
+        "routed",
         "sample_subs",
         "seq",
         "subs",
         "topic",
     )
 
-    def __init__(self, topic: Topic[Any], subs: tuple[Subscription[Any], ...]) -> None:
+    def __init__(self, topic: Topic[Any], subs: Iterable[Subscription[Any]], declarer: str | None) -> None:
         self.topic = topic
         self.name = topic.name
         self.check = topic._check
         self.seq = 0
         self.latest: Sample[Any] | None = None
-        self.subs: tuple[Subscription[Any], ...] = ()
-        self.pushes: tuple[Callable[[Sample[Any]], None], ...] = ()
+        self.subs: dict[Subscription[Any], None] = dict.fromkeys(subs)
+        #: The client that declared the topic first (None: `Bus.declare`), named by conflicts.
+        self.declarer = declarer
+        #: Who keeps the declaration: the clients that declared it or hold a publisher of it (the bus
+        #: itself for `Bus.declare`). Released once none is left, if nothing was ever published.
+        self.holders: set[object] = set()
+        #: Built by `rebuild` from ``subs``; ``pushes`` is None while they are out of date.
+        self.pushes: tuple[Callable[[Sample[Any]], None], ...] | None = None
+        #: The same, each a deque's own C append, for a publisher that has made sure every ``block``
+        #: queue has room (`_BlockingPublisher`): it need not have each push check again.
+        self.fast_pushes: tuple[Callable[[Sample[Any]], None], ...] = ()
+        self.routed: tuple[Subscription[Any], ...] = ()
         self.blocking: tuple[Subscription[Any], ...] = ()
         #: A run from another process goes to these as one `SampleRun`, to the others as built samples.
         self.column_subs: tuple[ColumnSubscription, ...] = ()
         self.sample_subs: tuple[Subscription[Any], ...] = ()
-        self.set_subs(subs)
 
-    def set_subs(self, subs: tuple[Subscription[Any], ...]) -> None:
-        self.subs = subs
-        self.pushes = tuple(s.push for s in subs)
+    def add(self, sub: Subscription[Any]) -> None:
+        self.subs[sub] = None
+        self.pushes = None
+
+    def remove(self, sub: Subscription[Any]) -> None:
+        if sub in self.subs:
+            del self.subs[sub]
+            self.pushes = None
+
+    def rebuild(self) -> tuple[Callable[[Sample[Any]], None], ...]:
+        """The routing tuples, from ``subs``; returns ``pushes``."""
+        subs = self.routed = tuple(self.subs)
         self.blocking = tuple(s for s in subs if s.overflow is Overflow.BLOCK)
         self.column_subs = tuple(s for s in subs if type(s) is ColumnSubscription)
         self.sample_subs = tuple(s for s in subs if type(s) is not ColumnSubscription)
+        pushes = self.pushes = tuple(s.push for s in subs)
+        self.fast_pushes = tuple(s._queue.append if s.overflow is Overflow.BLOCK else s.push for s in subs)
+        return pushes
+
+
+@attrs.frozen
+class UndeclaredSubscription:
+    """A subscription to an exact name that no topic is declared under (see
+    `Bus.undeclared_subscriptions`): most often a typo, or a publisher that never started."""
+
+    #: The subscribing client's name.
+    client: str
+    #: The name subscribed to.
+    name: str
+    #: The bus clock when the subscription was made (compare with ``bus.clock()`` for a grace period).
+    since: float
+    #: The declared names closest to ``name`` (``difflib``), closest first; at most three.
+    closest: tuple[str, ...]
+
+
+#: `Bus.undeclared_subscriptions` looks for close names for this many distinct names per call at most.
+_MAX_SUGGESTED: Final = 64
 
 
 @attrs.frozen
@@ -118,7 +167,12 @@ class Bus:
 
     def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
         self._topics: dict[str, _TopicState] = {}
-        self._subscriptions: list[Subscription[Any]] = []
+        #: Every subscription (an ordered set), and the same by kind: by exact name, and with wildcards.
+        self._subscriptions: dict[Subscription[Any], None] = {}
+        self._exact: dict[str, dict[Subscription[Any], None]] = {}
+        self._wildcard: dict[Subscription[Any], None] = {}
+        #: The bus clock when each subscription was made.
+        self._since: dict[Subscription[Any], float] = {}
         self._servers: dict[str, _Server] = {}
         #: Subscriptions whose reader waits: publishers wake readers only while this is not empty.
         self._parked: set[Subscription[Any]] = set()
@@ -133,16 +187,41 @@ class Bus:
     # -- topics --------------------------------------------------------------------------------------
 
     def declare(self, topic: Topic[T]) -> Topic[T]:
-        """Make ``topic`` known. Declaring the same name again with another type or other rules fails."""
-        state = self._topics.get(topic.name)
-        if state is not None:
-            state.topic._check_redeclaration(topic)
-            return topic
-        subs = tuple(s for s in self._subscriptions if matches(s.pattern, topic.name))
-        for sub in subs:
-            self._offsets[sub][topic.name] = 0
-        self._topics[topic.name] = _TopicState(topic, subs)
+        """Make ``topic`` known for good (a client's declaration, `BusClient.declare`, is released if
+        the client goes away before anything was published). Declaring the same name again with another
+        type or other rules raises `TopicError` naming the first declarer and what differs."""
+        self._declare(topic, self, None)
         return topic
+
+    def _declare(self, topic: Topic[Any], holder: object, declarer: str | None) -> _TopicState:
+        name = topic.name
+        state = self._topics.get(name)
+        if state is not None:
+            if state.topic is not topic:
+                state.topic._check_redeclaration(topic, state.declarer)
+            state.holders.add(holder)
+            return state
+        subs = [*self._exact.get(name, ()), *(s for s in self._wildcard if matches(s.pattern, name))]
+        for sub in subs:
+            self._offsets[sub][name] = 0
+        state = self._topics[name] = _TopicState(topic, subs, declarer)
+        state.holders.add(holder)
+        return state
+
+    def _release(self, holder: object, names: Iterable[str]) -> None:
+        """``holder`` (a closing client) lets go of the topics ``names``: each that nobody else holds and
+        that was never published is forgotten, so its name may be declared afresh."""
+        for name in names:
+            state = self._topics.get(name)
+            if state is None:
+                continue
+            state.holders.discard(holder)
+            if state.holders or state.seq:
+                continue
+            del self._topics[name]
+            for sub in state.subs:
+                self._offsets[sub].pop(name, None)
+            _log.info("declaration released: its declarer left before publishing", topic=name)
 
     def topic(self, name: str) -> Topic[Any]:
         """The declared topic called ``name``."""
@@ -170,14 +249,28 @@ class Bus:
             s.latest for n, s in sorted(self._topics.items()) if s.latest is not None and matches(pattern, n)
         ]
 
-    def _state(self, topic: Topic[Any] | str) -> _TopicState:
-        if isinstance(topic, str):
-            state = self._topics.get(topic)
-            if state is None:
-                raise UnknownTopicError(topic)
-            return state
-        self.declare(topic)
-        return self._topics[topic.name]
+    def undeclared_subscriptions(self) -> list[UndeclaredSubscription]:
+        """Subscriptions to an exact name under which no topic is declared, by name, with the declared
+        names closest to each (for at most 64 distinct names per call, the first by name; the others get
+        none). A report for the supervisor to make once a grace period has passed (``since``): a
+        subscriber waiting on a misspelt name waits for ever."""
+        declared = list(self._topics)
+        by_depth: dict[int, list[str]] = {}
+        for name in declared:
+            by_depth.setdefault(name.count("."), []).append(name)
+        found: list[UndeclaredSubscription] = []
+        suggested = 0
+        for name, subs in sorted(self._exact.items()):
+            if name in self._topics:
+                continue
+            closest: tuple[str, ...] = ()
+            if suggested < _MAX_SUGGESTED:
+                suggested += 1
+                depth = name.count(".")  # a typo rarely changes the depth: compare with names near it
+                near = [n for d in (depth - 1, depth, depth + 1) for n in by_depth.get(d, ())]
+                closest = tuple(difflib.get_close_matches(name, near, n=3))
+            found.extend(UndeclaredSubscription(sub.client, name, self._since[sub], closest) for sub in subs)
+        return found
 
     # -- subscriptions -------------------------------------------------------------------------------
 
@@ -191,9 +284,17 @@ class Bus:
         columns: bool = False,
     ) -> Subscription[Any]:
         """Make a subscription, route the matching topics to it, and queue their latest values if asked.
-        ``columns``: a `ColumnSubscription` (for a socket subscriber), unless the overflow is ``latest``."""
-        offsets: dict[str, int] = {}
+        ``columns``: a `ColumnSubscription` (for a socket subscriber), unless the overflow is ``latest``.
+        Everything that can fail happens before anything is changed: a refused subscription leaves
+        nothing behind."""
         topics = self._topics
+        wildcard = is_pattern(pattern)
+        if wildcard:
+            matched = [state for name, state in topics.items() if matches(pattern, name)]
+        else:
+            state = topics.get(pattern)
+            matched = [] if state is None else [state]
+        offsets: dict[str, int] = {}
 
         def pushed() -> int:
             return sum(topics[name].seq - offset for name, offset in offsets.items())
@@ -202,24 +303,38 @@ class Bus:
         sub: Subscription[Any] = kind(
             client, pattern, qos.queue_size, qos.overflow, detach, pushed, self._parked
         )
-        self._subscriptions.append(sub)
+        self._subscriptions[sub] = None
         self._offsets[sub] = offsets
-        for name, state in topics.items():
-            if matches(pattern, name):
-                offsets[name] = state.seq
-                if latest and state.latest is not None:
-                    sub.push(state.latest)
-                    offsets[name] -= 1  # one more sample pushed than the sequence numbers say
-                state.set_subs((*state.subs, sub))
+        self._since[sub] = self.clock()
+        if wildcard:
+            self._wildcard[sub] = None
+        else:
+            self._exact.setdefault(pattern, {})[sub] = None
+        for state in matched:
+            offsets[state.name] = state.seq
+            if latest and state.latest is not None:
+                sub.push(state.latest)
+                offsets[state.name] -= 1  # one more sample pushed than the sequence numbers say
+            state.add(sub)
         return sub
 
     def _detach(self, sub: Subscription[Any]) -> None:
-        self._subscriptions.remove(sub)
-        del self._offsets[sub]
+        del self._subscriptions[sub]
+        offsets = self._offsets.pop(sub)
+        del self._since[sub]
         self._parked.discard(sub)
-        for state in self._topics.values():
-            if sub in state.subs:
-                state.set_subs(tuple(s for s in state.subs if s is not sub))
+        if is_pattern(sub.pattern):
+            del self._wildcard[sub]
+        else:
+            exact = self._exact[sub.pattern]
+            del exact[sub]
+            if not exact:
+                del self._exact[sub.pattern]
+        topics = self._topics
+        for name in offsets:
+            state = topics.get(name)
+            if state is not None:
+                state.remove(sub)
 
     def statistics(self) -> BusStatistics:
         """Per-topic publish counts and per-subscription queue figures (drops included)."""
@@ -270,10 +385,15 @@ def _method_of(method: Method[Any, Any] | str) -> Method[Any, Any]:
     return Method(method) if isinstance(method, str) else method
 
 
-def _check_call(mdef: Method[Any, Any], arg: Any, timeout: float) -> None:
-    """A call's argument against the method's request type, and its timeout (in every bus client)."""
+def _check_request(mdef: Method[Any, Any], arg: Any) -> None:
+    """A call's argument against the method's request type: `ValueRefusedError` if it is not one."""
     if mdef.request is not object and not isinstance(arg, mdef.request):
         raise ValueRefusedError(mdef.name, f"expected a {mdef.request.__qualname__} argument", arg)
+
+
+def _check_call(mdef: Method[Any, Any], arg: Any, timeout: float) -> None:
+    """A call's argument against the method's request type, and its timeout (in every bus client)."""
+    _check_request(mdef, arg)
     if not (timeout > 0):
         raise ValueError(f"timeout must be positive seconds, not {timeout!r}")
 
@@ -285,11 +405,24 @@ def _response_problem(mdef: Method[Any, Any], result: Any) -> str | None:
     return None
 
 
+class _RequestRefused(ValueRefusedError):
+    """Raised by a handler that stands for a server in another process when that server refused the
+    request (not of its method's request type): the caller gets it as the `ValueRefusedError` it is,
+    not as a `RemoteError` of the handler."""
+
+
+_BLOCK_HINT: Final = (
+    "a subscription with overflow 'block' makes publishers that wait wait for it, a right of its own "
+    "(Permissions.block); use 'drop_oldest' or 'latest'"
+)
+
+
 class BusClient:
     """One client's handle on the bus. Every operation is checked against the client's permissions.
 
-    Publishing never waits unless a subscriber chose `Overflow.BLOCK`: ``publish_nowait`` is synchronous
-    and is the fast path; ``await publish(...)`` waits for room in blocking queues and is a checkpoint.
+    ``publish_nowait`` is synchronous, never waits and never fails because of another client's queue: it
+    is the fast path. ``await publish`` is a checkpoint and waits for room in ``block`` queues (whose
+    clients were granted ``block``); see `Overflow.BLOCK`.
     """
 
     def __init__(self, bus: Bus, name: str, permissions: Permissions) -> None:
@@ -297,42 +430,93 @@ class BusClient:
         self.name = name
         self.permissions = permissions
         #: Declared publishers by topic name (a str) or by the id of the Topic object (kept alive beside it,
-        #: so that its id is not reused).
+        #: so that its id is not reused); those made with ``block=True`` apart.
         self._publishers: dict[int | str, tuple[Publisher[Any], Topic[Any] | str]] = {}
-        self._subscriptions: list[Subscription[Any]] = []
+        self._block_publishers: dict[int | str, tuple[Publisher[Any], Topic[Any] | str]] = {}
+        self._subscriptions: dict[Subscription[Any], None] = {}
+        #: Names of the topics this client declared or publishes: released (unless published) on close.
+        self._declared: set[str] = set()
         self._closed = False
+        #: Where refusals are logged (a socket connection puts one here that adds the peer's uid and pid).
+        self._log: Any = _log.bind(client=name)
 
-    def _require(self, action: Action, name: str) -> None:
+    def _require(self, action: Action, name: str, hint: str = "") -> None:
         if self._closed:
             raise trio.ClosedResourceError(f"bus client {self.name!r} is closed")
         if not self.permissions.allows(action, name):
-            _log.warning("permission denied", client=self.name, action=action.value, name=name)
-            raise PermissionDeniedError(self.name, action.value, name)
+            self._log.warning("permission denied", action=action.value, name=shown(name))
+            raise PermissionDeniedError(self.name, action.value, name, hint)
 
     def declare(self, topic: Topic[T]) -> Topic[T]:
-        """Declare a topic on the bus (see `Bus.declare`). Needs no permission: it delivers nothing."""
-        return self.bus.declare(topic)
+        """Declare a topic on the bus (see `Bus.declare`). Needs the right to publish it; released when
+        this client closes if nothing was published on it by then."""
+        self._require(Action.PUBLISH, topic.name)
+        self._hold(topic)
+        return topic
+
+    def _hold(self, topic: Topic[Any]) -> _TopicState:
+        state = self.bus._declare(topic, self, self.name)
+        self._declared.add(topic.name)
+        return state
+
+    def _known(self, topic: Topic[Any]) -> _TopicState | None:
+        """The state of a topic this client reads through a `Topic` object: declared by this client if it
+        may publish it; else the existing declaration, which must agree with it (`TopicError`); else
+        None (not declared yet: a reader does not declare)."""
+        if self.permissions.allows(Action.PUBLISH, topic.name):
+            return self._hold(topic)
+        state = self.bus._topics.get(topic.name)
+        if state is not None and state.topic is not topic:
+            state.topic._check_redeclaration(topic, state.declarer)
+        return state
+
+    def _read_state(self, topic: Topic[Any] | str) -> _TopicState | None:
+        """The state `get` and `is_stale` read (the subscribe permission checked first)."""
+        name = topic if isinstance(topic, str) else topic.name
+        self._require(Action.SUBSCRIBE, name)
+        if isinstance(topic, str):
+            state = self.bus._topics.get(topic)
+            if state is None:
+                raise UnknownTopicError(topic)
+            return state
+        return self._known(topic)
 
     # -- publish -------------------------------------------------------------------------------------
 
     @overload
-    def publisher(self, topic: Topic[T]) -> Publisher[T]: ...
+    def publisher(self, topic: Topic[T], *, block: bool = False) -> Publisher[T]: ...
     @overload
-    def publisher(self, topic: str) -> Publisher[Any]: ...
-    def publisher(self, topic: Topic[Any] | str) -> Publisher[Any]:
+    def publisher(self, topic: str, *, block: bool = False) -> Publisher[Any]: ...
+    def publisher(self, topic: Topic[Any] | str, *, block: bool = False) -> Publisher[Any]:
         """A declared publisher for one topic: the permission is checked once, here; its
         ``publish_nowait`` is the fastest way to publish (like Zenoh's and ROS 2's declared publishers).
+
+        ``block=True`` makes a publisher that takes back-pressure from ``block`` subscribers (Zenoh's
+        congestion control "block"): its ``publish_nowait`` raises `trio.WouldBlock` while one's queue is
+        full (nothing delivered) instead of leaving the sample out of that queue. For lossless streams
+        whose publisher can wait (``except trio.WouldBlock: await publisher.publish(value)``).
         """
         key = topic if type(topic) is str else id(topic)
-        cached = self._publishers.get(key)
+        cache = self._block_publishers if block else self._publishers
+        cached = cache.get(key)
         if cached is not None:
             return cached[0]
         name = topic if isinstance(topic, str) else topic.name
+        if isinstance(topic, str):
+            check_name(name)
         self._require(Action.PUBLISH, name)
-        publisher: Publisher[Any] = Publisher(self, self.bus._state(topic))
-        if len(self._publishers) > 4096:  # someone builds a new Topic per publish: stay bounded
-            self._publishers.clear()
-        self._publishers[key] = (publisher, topic)
+        if isinstance(topic, str):
+            state = self.bus._topics.get(name)
+            if state is None:
+                raise UnknownTopicError(name)
+            state.holders.add(self)
+            self._declared.add(name)
+        else:
+            state = self._hold(topic)
+        publisher: Publisher[Any] = (_BlockingPublisher if block else Publisher)(self, state)
+        if len(cache) > 4096:  # someone builds a new Topic per publish: stay bounded
+            cache.clear()
+        cache[key] = (publisher, topic)
         return publisher
 
     @overload
@@ -343,8 +527,9 @@ class BusClient:
         """Check ``value`` against the topic's rules and deliver it to every matching subscriber.
 
         Raises `ValueRefusedError` (nothing delivered) if a rule is broken, `PermissionDeniedError` if
-        the client may not publish the topic, and `trio.WouldBlock` if a subscriber that chose
-        `Overflow.BLOCK` has a full queue (nothing delivered: retry, or use ``await publish``).
+        the client may not publish the topic. Never waits, and never fails because of a subscriber: a
+        ``block`` subscriber whose queue is full does not get the sample (it is counted in its statistics'
+        ``dropped_nowait``); ``await publish`` waits for room instead.
         Publishing often on one topic? `publisher` saves the look-up.
         """
         try:
@@ -358,7 +543,7 @@ class BusClient:
     @overload
     async def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
     async def publish(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
-        """Like `publish_nowait`, but waits for room in the queues of blocking subscribers."""
+        """Like `publish_nowait`, but waits for room in the queues of ``block`` subscribers."""
         await self.publisher(topic).publish(value, timestamp=timestamp)
 
     # -- subscribe and read --------------------------------------------------------------------------
@@ -393,7 +578,9 @@ class BusClient:
 
         The queue takes ``queue_size`` and ``overflow`` if given, else the topic's QoS (for a `Topic`) or
         the default QoS (for a name or pattern). With ``latest=True`` the latest value of each matching
-        topic is queued at once, so the subscriber starts from the current state.
+        topic is queued at once, so the subscriber starts from the current state. ``overflow="block"``
+        needs the ``block`` permission besides ``subscribe``. Subscribing through a `Topic` declares it if
+        this client may publish it; else the topic's declaration, if there is one, must agree with it.
         """
         return self._subscribe(topic, queue_size, overflow, latest)
 
@@ -406,7 +593,6 @@ class BusClient:
         columns: bool = False,
     ) -> Subscription[Any]:
         if isinstance(topic, Topic):
-            self.bus.declare(topic)
             pattern, qos = topic.name, topic.qos
         else:
             pattern, qos = check_pattern(topic), QoS()
@@ -414,13 +600,17 @@ class BusClient:
                 qos = self.bus._topics[pattern].topic.qos
         self._require(Action.SUBSCRIBE, pattern)
         qos = qos._override(queue_size, overflow)
+        if qos.overflow is Overflow.BLOCK:
+            self._require(Action.BLOCK, pattern, _BLOCK_HINT)
+        if isinstance(topic, Topic):
+            self._known(topic)
         sub = self.bus._subscription(self.name, pattern, qos, self._detach, latest, columns)
-        self._subscriptions.append(sub)
+        self._subscriptions[sub] = None
         return sub
 
     def _detach(self, sub: Subscription[Any]) -> None:
         self.bus._detach(sub)
-        self._subscriptions.remove(sub)
+        del self._subscriptions[sub]
 
     @overload
     def get(self, topic: Topic[T], *, allow_stale: bool = False) -> Sample[T] | None: ...
@@ -432,8 +622,9 @@ class BusClient:
         Raises `StaleValueError` if the topic has a ``max_age`` and its latest sample is older, unless
         ``allow_stale``. Reading needs the subscribe permission.
         """
-        state = self.bus._state(topic)
-        self._require(Action.SUBSCRIBE, state.name)
+        state = self._read_state(topic)
+        if state is None:
+            return None
         sample = state.latest
         if sample is None or allow_stale:
             return sample
@@ -446,8 +637,9 @@ class BusClient:
 
     def is_stale(self, topic: Topic[Any] | str) -> bool:
         """True if the topic has a value older than its ``max_age``, or no value at all."""
-        state = self.bus._state(topic)
-        self._require(Action.SUBSCRIBE, state.name)
+        state = self._read_state(topic)
+        if state is None:
+            return True
         sample, max_age = state.latest, state.topic.max_age
         if sample is None:
             return True
@@ -521,6 +713,9 @@ class BusClient:
                 call.scope = scope
                 try:
                     result = await handler(call.arg)
+                except _RequestRefused as refused:  # by the server in another process this stands for
+                    call.finish(error=ValueRefusedError(refused.topic, refused.rule, refused.value))
+                    return
                 except Exception as exc:
                     _log.info("method handler raised", method=mdef.name, caller=call.caller, error=repr(exc))
                     call.finish(error=RemoteError(mdef.name, type(exc).__name__, str(exc)))
@@ -545,7 +740,8 @@ class BusClient:
 
         Raises `NoSuchMethodError` if nobody serves it, `RemoteError` if its handler raised,
         `CallTimeoutError` if no reply came within ``timeout`` seconds (``math.inf`` waits for ever),
-        `ValueRefusedError` if ``arg`` is not of the method's request type.
+        `ValueRefusedError` if ``arg`` is not of the method's request type — the type of the `Method`
+        given, and the type its server declared (so also for a method called by name).
         """
         mdef = _method_of(method)
         self._require(Action.CALL, mdef.name)
@@ -554,6 +750,8 @@ class BusClient:
         if server is None:
             await trio.lowlevel.checkpoint()
             raise NoSuchMethodError(mdef.name)
+        if server.method is not mdef:
+            _check_request(server.method, arg)
         call = _Call(arg, self.name)
         with trio.move_on_after(timeout if math.isfinite(timeout) else math.inf):
             try:
@@ -580,11 +778,15 @@ class BusClient:
         return self._closed
 
     def close(self) -> None:
-        """Close every subscription of this client; further operations raise `trio.ClosedResourceError`."""
+        """Close every subscription of this client; further operations raise `trio.ClosedResourceError`.
+        The client's declarations of topics nothing was published on are released."""
         for sub in list(self._subscriptions):
             sub.close()
         self._closed = True
         self._publishers.clear()
+        self._block_publishers.clear()
+        self.bus._release(self, self._declared)
+        self._declared.clear()
 
     def __repr__(self) -> str:
         return f"<BusClient {self.name!r}>"
@@ -606,15 +808,15 @@ class Publisher(Generic[T]):
     def publish_nowait(self, value: T, *, timestamp: float | None = None) -> None:
         """See `BusClient.publish_nowait`."""
         # The hot path: no look-up, no permission check (done once), the rules compiled into one function,
-        # the sample built once and shared by every subscriber, each push a deque's own C append.
+        # the sample built once and shared by every subscriber, each push a deque's own C append (a
+        # `block` queue's checks its room first: a full one leaves the sample out and counts it).
         if self._client._closed:
             raise trio.ClosedResourceError(f"bus client {self._name!r} is closed")
         state = self._state
         value = state.check(value)
-        if state.blocking:
-            for sub in state.blocking:
-                if sub.full:
-                    raise trio.WouldBlock
+        pushes = state.pushes
+        if pushes is None:  # the subscriptions changed since the last publish
+            pushes = state.rebuild()
         seq = state.seq + 1
         state.seq = seq
         sample: Sample[T] = _new_sample(
@@ -622,26 +824,30 @@ class Publisher(Generic[T]):
             (state.name, value, _now() if timestamp is None else timestamp, self._clock(), self._name, seq),
         )
         state.latest = sample
-        for push in state.pushes:
+        for push in pushes:
             push(sample)
         parked = self._parked
-        if parked and not parked.isdisjoint(state.subs):
-            for sub in state.subs:
+        if parked and not parked.isdisjoint(state.routed):
+            for sub in state.routed:
                 sub.wake()
 
-    def _publish_run(self, values: list[Any], timestamps: list[float]) -> int:
+    def _publish_run(self, values: list[Any], timestamps: list[float], wait: bool = True) -> int:
         """Publish a run of values (``timestamps[i]`` the source time of ``values[i]``), as a PUBLISH from
         another process brings them: the rules checked for the whole run, the run queued whole for socket
         subscribers (`ColumnSubscription`) and as samples built in C for the others. Returns how many were
-        published from the start of the run: all, or fewer when the queue of a ``block`` subscriber filled
-        up (wait for room, then publish the rest). Raises `ValueRefusedError` if a value breaks the topic's
-        rules: then nothing was published (publish them one by one to keep the others)."""
+        published from the start of the run: all; or, if ``wait`` (the remote publisher waits, as ``await
+        publish`` does), fewer when the queue of a ``block`` subscriber filled up (wait for room, then
+        publish the rest). Without ``wait``, a full ``block`` queue takes what fits and leaves the rest out,
+        as for ``publish_nowait``. Raises `ValueRefusedError` if a value breaks the topic's rules: then
+        nothing was published (publish them one by one to keep the others)."""
         if self._client._closed:
             raise trio.ClosedResourceError(f"bus client {self._name!r} is closed")
         state = self._state
         values = state.topic._check_many(values)
         n = len(values)
-        if state.blocking:
+        if state.pushes is None:
+            state.rebuild()
+        if wait and state.blocking:
             room = min((sub.room for sub in state.blocking if not sub.closed), default=n)  # as _wait_for_room
             if room < n:
                 if room <= 0:
@@ -662,8 +868,8 @@ class Publisher(Generic[T]):
                 Sample, (state.name, values[-1], timestamps[-1], run.bus_time, self._name, seq + n)
             )
         parked = self._parked
-        if parked and not parked.isdisjoint(state.subs):
-            for sub in state.subs:
+        if parked and not parked.isdisjoint(state.routed):
+            for sub in state.routed:
                 sub.wake()
         return n
 
@@ -672,19 +878,66 @@ class Publisher(Generic[T]):
         await trio.lowlevel.checkpoint_if_cancelled()
         value = self._state.check(value)
         waited = await self._wait_for_room()
-        self.publish_nowait(value, timestamp=timestamp)  # no await since the check: it fits
+        Publisher.publish_nowait(self, value, timestamp=timestamp)  # no await since the check: it fits
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _full(self) -> Subscription[Any] | None:
+        """A ``block`` subscriber's full queue, if there is one."""
+        state = self._state
+        if state.pushes is None:
+            state.rebuild()
+        for sub in state.blocking:
+            if sub.full and not sub.closed:
+                return sub
+        return None
 
     async def _wait_for_room(self) -> bool:
         """Wait until no ``block`` subscriber's queue is full; True if that meant waiting."""
         waited = False
         while True:
-            full = [sub for sub in self._state.blocking if sub.full and not sub.closed]
-            if not full:
+            full = self._full()
+            if full is None:
                 return waited
             waited = True
-            await full[0]._wait_for_space()
+            await full._wait_for_space()
 
     def __repr__(self) -> str:
         return f"<Publisher {self.topic.name!r} of {self._name!r}>"
+
+
+class _BlockingPublisher(Publisher[T]):
+    """A publisher made with ``block=True``: its ``publish_nowait`` raises `trio.WouldBlock` (nothing
+    delivered) while a ``block`` subscriber's queue is full."""
+
+    __slots__ = ()
+
+    def publish_nowait(self, value: T, *, timestamp: float | None = None) -> None:
+        """See `BusClient.publisher`: raises `trio.WouldBlock` while a ``block`` queue is full."""
+        if self._client._closed:
+            raise trio.ClosedResourceError(f"bus client {self._name!r} is closed")
+        if self._full() is not None:
+            self._state.check(value)  # a refused value is refused first, as ever
+            raise trio.WouldBlock
+        # Publisher.publish_nowait's body, with the pushes that need not check for room (there is room
+        # in every block queue): a Python check per sample cost a quarter of bench/ipc.py's throughput.
+        state = self._state
+        value = state.check(value)
+        if state.pushes is None:  # the subscriptions changed since the last publish
+            state.rebuild()
+        seq = state.seq + 1
+        state.seq = seq
+        sample: Sample[T] = _new_sample(
+            Sample,
+            (state.name, value, _now() if timestamp is None else timestamp, self._clock(), self._name, seq),
+        )
+        state.latest = sample
+        for push in state.fast_pushes:
+            push(sample)
+        parked = self._parked
+        if parked and not parked.isdisjoint(state.routed):
+            for sub in state.routed:
+                sub.wake()
+
+    def __repr__(self) -> str:
+        return f"<Publisher {self.topic.name!r} of {self._name!r} (block)>"

@@ -5,6 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 
+def shown(text: str) -> str:
+    """``repr(text)``, shortened for an error message if it is long (a hostile name may be megabytes)."""
+    if len(text) <= 80:
+        return repr(text)
+    return f"{text[:60]!r}... ({len(text)} characters)"
+
+
 class BusError(Exception):
     """Base class of every error the bus raises."""
 
@@ -25,20 +32,37 @@ class ValueRefusedError(BusError):
     """A published value broke one of its topic's rules; nothing was delivered."""
 
     def __init__(self, topic: str, rule: str, value: Any) -> None:
-        super().__init__(f"{topic}: value {value!r} refused: {rule}")
+        text = repr(value)
+        if len(text) > 80:
+            text = f"{text[:60]}... ({len(text)} characters)"
+        super().__init__(f"{topic}: value {text} refused: {rule}")
         self.topic = topic
         self.rule = rule
         self.value = value
 
 
 class PermissionDeniedError(BusError):
-    """A client tried an operation its permission set does not grant."""
+    """A client tried an operation its permission set does not grant; ``hint`` may say what to do."""
 
-    def __init__(self, client: str, action: str, name: str) -> None:
-        super().__init__(f"client {client!r} may not {action} {name!r}")
+    def __init__(self, client: str, action: str, name: str, hint: str = "") -> None:
+        super().__init__(f"client {client!r} may not {action} {shown(name)}" + (f": {hint}" if hint else ""))
         self.client = client
         self.action = action
         self.name = name
+        self.hint = hint
+
+
+class LimitExceededError(BusError):
+    """A connection reached one of its limits (`bus.ConnectionLimits`): ``what`` names it."""
+
+    def __init__(self, client: str, what: str, limit: int) -> None:
+        super().__init__(
+            f"client {client!r} reached its limit of {limit} {what} per connection "
+            f"(ConnectionLimits.{what}); end some first"
+        )
+        self.client = client
+        self.what = what
+        self.limit = limit
 
 
 class StaleValueError(BusError):

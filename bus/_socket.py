@@ -24,23 +24,29 @@ import structlog
 import trio
 
 from bus._bus import (
+    _BLOCK_HINT,
     DEFAULT_CALL_TIMEOUT,
     Bus,
     BusClient,
     Publisher,
     _check_call,
+    _check_request,
     _method_of,
+    _RequestRefused,
     _response_problem,
 )
 from bus._errors import (
     BusError,
     CallTimeoutError,
     CodecError,
+    LimitExceededError,
     MethodAlreadyServedError,
     PermissionDeniedError,
     RemoteError,
+    StaleValueError,
     TopicError,
     ValueRefusedError,
+    shown,
 )
 from bus._pattern import check_name, check_pattern, covers
 from bus._permissions import Action, Permissions
@@ -104,7 +110,44 @@ DEFAULT_WRITE_TIMEOUT: Final = 5.0
 DEFAULT_MAX_PENDING: Final = 4096
 _HANDSHAKE_TIMEOUT: Final = 5.0
 _READ_SIZE: Final = 65536
-_MAX_CALLS_IN_FLIGHT: Final = 1024
+#: The longest client name a broker accepts in HELLO.
+MAX_CLIENT_NAME: Final = 256
+#: A connection's first refusals are all logged; after these, one in `_LOG_EVERY` (with the count).
+_LOG_FIRST: Final = 100
+_LOG_EVERY: Final = 1000
+
+
+def _positive_count(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"ConnectionLimits.{attribute.name} must be a positive int, not {value!r}")
+
+
+@attrs.frozen
+class ConnectionLimits:
+    """What one client connection may hold at once on the broker (``serve_unix(..., limits=...)``).
+
+    A request beyond a limit is refused with `LimitExceededError` (the client sees it: a SUBSCRIBE's
+    subscription ends with it, a SERVE or CALL raises it), logged with the client's name, uid and pid;
+    the connection stays up. The defaults are far above what a service needs and low enough that no
+    connection can make the broker's work per request or its memory grow without bound.
+    """
+
+    #: Subscriptions open at once.
+    subscriptions: int = attrs.field(
+        default=1024,
+        validator=_positive_count,
+        metadata={"help": "subscriptions one connection may hold open"},
+    )
+    #: Methods served at once.
+    methods: int = attrs.field(
+        default=64, validator=_positive_count, metadata={"help": "methods one connection may serve"}
+    )
+    #: Calls made by the client that are still waiting for their reply.
+    calls: int = attrs.field(
+        default=1024,
+        validator=_positive_count,
+        metadata={"help": "calls one connection may have waiting for their reply"},
+    )
 
 
 @attrs.frozen
@@ -294,6 +337,54 @@ def _grant(authorized: Permissions, requested: Permissions | None) -> Permission
     )
 
 
+#: The broker yields to other tasks after this many messages of one read (a yield per message cost a third
+#: of the throughput of bench/ipc.py; 64 bound what one client's frame holds the loop to well under 1 ms).
+_YIELD_EVERY: Final = 64
+
+
+def prepare_socket_dir(path: str | os.PathLike[str]) -> None:
+    """Make sure the directory that will hold the socket ``path`` is private, as ssh-agent and tmux do.
+
+    A missing directory is created with mode 0o700 (its missing parents as ``mkdir -p`` would). An
+    existing one must be a directory owned by this user or root and writable by nobody else: whoever can
+    write there can replace the socket with one of their own. Anything else raises `BusError` saying
+    what is wrong. `serve_unix` calls this; call it earlier to fail before anything starts.
+    """
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    try:
+        info = os.stat(directory)
+    except FileNotFoundError:
+        try:
+            os.makedirs(os.path.dirname(directory), exist_ok=True)
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass  # made meanwhile by someone else: checked below like any other
+        except OSError as exc:
+            raise BusError(f"{directory}: cannot create the socket's directory: {exc.strerror}") from None
+        info = os.stat(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        raise BusError(f"{directory}: the socket's directory is not a directory")
+    me = os.geteuid()
+    if info.st_uid not in (me, 0):
+        raise BusError(
+            f"{directory}: the socket's directory belongs to uid {info.st_uid}, not to this user "
+            f"(uid {me}) or root; refusing to serve there (its owner could replace the socket): "
+            "remove it, or choose another socket path"
+        )
+    loose = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if loose:
+        who = (
+            "its group and others"
+            if loose == stat.S_IWGRP | stat.S_IWOTH
+            else ("its group" if loose == stat.S_IWGRP else "others")
+        )
+        raise BusError(
+            f"{directory}: the socket's directory (mode {stat.S_IMODE(info.st_mode):#o}) is writable by "
+            f"{who}; refusing to serve there (they could replace the socket): `chmod go-w` it, or choose "
+            "another socket path"
+        )
+
+
 def _remove_stale_socket(path: str) -> bool:
     """True if ``path`` must be probed (it is a socket); raise if it exists and is not a socket."""
     try:
@@ -350,17 +441,23 @@ async def serve_unix(
     mode: int = DEFAULT_SOCKET_MODE,
     write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     max_pending: int = DEFAULT_MAX_PENDING,
+    limits: ConnectionLimits = ConnectionLimits(),
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``bus`` on the Unix socket ``path`` until cancelled (``await nursery.start(serve_unix, ...)``).
 
-    The socket file gets ``mode`` (0o600 by default: only this user; 0o660 lets the group in). A stale
-    socket file left by a dead broker is replaced; a live broker's is refused with `BusError`. Each
-    connection's peer credentials (``SO_PEERCRED``) and the client's name go to ``authorize``, which
-    returns the connection's permissions, or None to refuse it. ``max_frame`` limits incoming frames;
-    a peer whose socket stays unwritable for ``write_timeout`` seconds is disconnected.
+    The socket's directory must be private (`prepare_socket_dir`: created 0o700 if missing). The socket
+    file gets ``mode`` (0o600 by default: only this user; 0o660 lets the group in). A stale socket file
+    left by a dead broker is replaced; a live broker's is refused with `BusError`. Each connection's
+    peer credentials (``SO_PEERCRED``) and the client's name go to ``authorize``, which returns the
+    connection's permissions, or None to refuse it. ``max_frame`` limits incoming frames; a peer whose
+    socket stays unwritable for ``write_timeout`` seconds is disconnected; ``limits`` bounds what one
+    connection may hold at once (`ConnectionLimits`).
     """
+    if not isinstance(limits, ConnectionLimits):
+        raise TypeError(f"limits must be a bus.ConnectionLimits, not {type(limits).__name__}")
     fspath = os.fspath(path)
+    prepare_socket_dir(fspath)
     sock = await _bind(fspath, mode)
     inode = os.stat(fspath).st_ino
     listener = trio.SocketListener(sock)
@@ -368,7 +465,7 @@ async def serve_unix(
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
-            await _serve_connection(bus, stream, authorize, max_frame, write_timeout, max_pending)
+            await _serve_connection(bus, stream, authorize, max_frame, write_timeout, max_pending, limits)
         except Exception as exc:  # never let one connection take the broker down
             log.exception("connection handler failed", error=repr(exc))
 
@@ -401,6 +498,7 @@ async def _serve_connection(
     max_frame: int,
     write_timeout: float,
     max_pending: int,
+    limits: ConnectionLimits,
 ) -> None:
     try:
         creds = peer_credentials(stream.socket)
@@ -426,7 +524,12 @@ async def _serve_connection(
         if hello is None:
             log.warning("connection closed: no HELLO within the handshake timeout")
             return
-        log = log.bind(client=hello.name)
+        log = log.bind(client=shown(hello.name))
+        if not 1 <= len(hello.name) <= MAX_CLIENT_NAME:
+            log.warning("connection refused: bad client name", length=len(hello.name))
+            reason = f"a client name has 1 to {MAX_CLIENT_NAME} characters, not {len(hello.name)}"
+            await _send_now(stream, conn.send([Refused(reason)]))
+            return
         try:
             authorized = authorize(creds, hello.name)
         except Exception as exc:
@@ -441,7 +544,9 @@ async def _serve_connection(
         granted = _grant(authorized, hello.permissions)
         await stream.send_all(conn.send([Welcome(granted, max_frame)]))
         log.info("client connected")
-        session = _Session(bus.client(hello.name, granted), stream, conn, log, write_timeout, max_pending)
+        session = _Session(
+            bus.client(hello.name, granted), stream, conn, log, write_timeout, max_pending, limits
+        )
         await session.run()
     except ProtocolError as exc:
         log.warning("connection closed: protocol error", error=str(exc))
@@ -491,6 +596,29 @@ class _StatusCallback:
         self._callback()
 
 
+class _Refusals:
+    """Logs one connection's refusals, with the client's name, uid and pid (the connection's logger):
+    the first `_LOG_FIRST` all, then one in `_LOG_EVERY` with the count so far, so that a client sending
+    refused requests in a loop cannot flood the log. The session's `BusClient` logs its permission
+    refusals through it too."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.count = 0
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.count += 1
+        count = self.count
+        if count <= _LOG_FIRST:
+            self.log.warning(event, **fields)
+        elif count % _LOG_EVERY == 0:
+            self.log.warning(event, refusals=count, logged="the first 100, then one in 1000", **fields)
+
+    def summary(self) -> None:
+        if self.count > _LOG_FIRST:
+            self.log.warning("refusals of this connection", refusals=self.count)
+
+
 class _Session:
     """One accepted connection: a `BusClient` driven by the messages of its peer."""
 
@@ -502,11 +630,15 @@ class _Session:
         log: Any,
         write_timeout: float,
         max_pending: int,
+        limits: ConnectionLimits,
     ) -> None:
         self.client = client
         self.stream = stream
         self.conn = conn
         self.log = log
+        self.limits = limits
+        self.refusals = _Refusals(log)
+        client._log = self.refusals
         self.write_timeout = write_timeout
         self.outbox = _Outbox(max_pending)
         self.subs: dict[int, Subscription[Any]] = {}
@@ -526,6 +658,7 @@ class _Session:
         finally:
             self._fail_forwarded()
             self.client.close()
+            self.refusals.summary()
         if isinstance(self.ending, ProtocolError):
             raise self.ending
         if isinstance(self.ending, _Stalled):
@@ -556,35 +689,47 @@ class _Session:
     async def _read_loop(self) -> None:
         conn = self.conn
         while True:
-            for event in conn.events():
+            for handled, event in enumerate(conn.events(), 1):
                 if isinstance(event, Closed):
                     return
+                if handled % _YIELD_EVERY == 0:  # within one read: one huge frame cannot starve the others
+                    await trio.lowlevel.checkpoint()
                 await self._dispatch(event)
             conn.receive_data(await self.stream.receive_some(_READ_SIZE))
+
+    def _refuse(self, id: int | None, exc: BusError, op: str) -> None:
+        """Answer request ``id`` (None: asynchronously) with ``exc``, and log the refusal."""
+        if not isinstance(exc, PermissionDeniedError):  # the client logged those itself, through us
+            self.refusals.warning("request refused", op=op, error=str(exc))
+        self.outbox.put(error_from_exception(id, exc))
 
     async def _dispatch(self, m: Message) -> None:
         put = self.outbox.put
         if isinstance(m, Publish):
             try:
-                await self._publish(self.client.publisher(m.topic), m.values, m.timestamps)
+                await self._publish(self.client.publisher(m.topic), m.values, m.timestamps, m.wait)
             except BusError as exc:
-                put(error_from_exception(None, exc))
+                self._refuse(None, exc, "PUBLISH")
         elif isinstance(m, Deliver | Hello | Welcome | Refused):  # pragma: no cover - the state machine
             raise ProtocolError(f"unexpected {m.NAME}")
         elif isinstance(m, Declare):
             try:
                 self.client.declare(m.to_topic(self.conn.codec))
             except BusError as exc:
-                put(error_from_exception(None, exc))
+                self._refuse(None, exc, "DECLARE")
             except Exception as exc:  # e.g. unhashable allowed values
-                put(error_from_exception(None, TopicError(f"{m.name}: invalid declaration: {exc}")))
+                self._refuse(None, TopicError(f"{shown(m.name)}: invalid declaration: {exc}"), "DECLARE")
         elif isinstance(m, Subscribe):
             if m.sub_id in self.subs:
                 raise ProtocolError(f"SUBSCRIBE: subscription id {m.sub_id} is already in use")
+            if len(self.subs) >= self.limits.subscriptions:
+                limit = LimitExceededError(self.client.name, "subscriptions", self.limits.subscriptions)
+                self._refuse(m.sub_id, limit, "SUBSCRIBE")
+                return
             try:
                 sub = self.client._subscribe(m.pattern, m.queue_size, m.overflow, m.latest, columns=True)
             except BusError as exc:
-                put(error_from_exception(m.sub_id, exc))
+                self._refuse(m.sub_id, exc, "SUBSCRIBE")
                 return
             self.subs[m.sub_id] = sub
             assert self.nursery is not None
@@ -596,19 +741,23 @@ class _Session:
         elif isinstance(m, Get):
             try:
                 sample = self.client.get(m.topic, allow_stale=m.allow_stale)
+            except StaleValueError as exc:
+                put(error_from_exception(m.id, exc))  # an answer, not a refusal
             except BusError as exc:
-                put(error_from_exception(m.id, exc))
+                self._refuse(m.id, exc, "GET")
             else:
                 put(Reply(m.id, None if sample is None else list(sample)))
         elif isinstance(m, IsStale):
             try:
                 put(Reply(m.id, self.client.is_stale(m.topic)))
             except BusError as exc:
-                put(error_from_exception(m.id, exc))
+                self._refuse(m.id, exc, "STALE")
         elif isinstance(m, Call):
-            if len(self.calls) >= _MAX_CALLS_IN_FLIGHT or m.id in self.calls:
-                reason = f"call {m.id} refused: id in use, or {_MAX_CALLS_IN_FLIGHT} calls already in flight"
-                put(error_from_exception(m.id, BusError(reason)))
+            if m.id in self.calls:
+                self._refuse(m.id, BusError(f"call {m.id} refused: its id is in use"), "CALL")
+                return
+            if len(self.calls) >= self.limits.calls:
+                self._refuse(m.id, LimitExceededError(self.client.name, "calls", self.limits.calls), "CALL")
                 return
             scope = trio.CancelScope()
             self.calls[m.id] = scope
@@ -620,7 +769,11 @@ class _Session:
                 found_scope.cancel()
         elif isinstance(m, Serve):
             if m.method in self.served:
-                put(error_from_exception(m.id, MethodAlreadyServedError(m.method, self.client.name)))
+                self._refuse(m.id, MethodAlreadyServedError(m.method, self.client.name), "SERVE")
+                return
+            if len(self.served) >= self.limits.methods:
+                limit = LimitExceededError(self.client.name, "methods", self.limits.methods)
+                self._refuse(m.id, limit, "SERVE")
                 return
             scope = trio.CancelScope()
             self.served[m.method] = scope
@@ -640,23 +793,33 @@ class _Session:
                 return  # a late answer to a call already given up
             if isinstance(m, Reply):
                 pending.finish(m.result)
+            elif m.kind == "value_refused" and len(m.args) == 3:  # the serving client refused the request
+                pending.finish(error=_RequestRefused(*m.args))
             else:
                 pending.finish(error=_named_exception(m.error_type, m.message))
 
-    async def _publish(self, publisher: Publisher[Any], values: list[Any], timestamps: list[float]) -> None:
-        """Publish a PUBLISH's run: all at once while the subscribers' queues take it (waiting for room in
-        ``block`` queues as an in-process publisher would). If a value is refused, the others are still
-        published, one by one, and the first refusal is reported."""
+    async def _publish(
+        self, publisher: Publisher[Any], values: list[Any], timestamps: list[float], wait: bool
+    ) -> None:
+        """Publish a PUBLISH's run: all at once while the subscribers' queues take it. With ``wait`` (the
+        remote publisher awaited, or was made with ``block=True``) it waits for room in ``block`` queues
+        as an in-process ``await publish`` would, reading nothing more from this connection meanwhile:
+        the back-pressure reaches the remote publisher. Without, it never waits: a full ``block`` queue
+        does not get what does not fit, as with ``publish_nowait``. If a value is refused, the others are
+        still published, one by one, and the first refusal is reported."""
         try:
             while values:
-                done = publisher._publish_run(values, timestamps)
+                done = publisher._publish_run(values, timestamps, wait)
                 if done == 0:  # a `block` subscriber's queue is full: wait, like an in-process publisher
                     await publisher._wait_for_room()
                 values, timestamps = _sliced(values, done, None), timestamps[done:]
         except ValueRefusedError as refused:
             for value, timestamp in zip(values, timestamps, strict=True):
                 with contextlib.suppress(ValueRefusedError):
-                    await publisher.publish(value, timestamp=timestamp)  # waits for room, as above
+                    if wait:
+                        await publisher.publish(value, timestamp=timestamp)  # waits for room, as above
+                    else:
+                        Publisher.publish_nowait(publisher, value, timestamp=timestamp)
             raise refused from None
 
     async def _forward(self, sub_id: int, sub: Subscription[Any]) -> None:
@@ -680,6 +843,8 @@ class _Session:
             try:
                 timeout = math.inf if m.timeout is None else m.timeout
                 result = await self.client.call(m.method, m.arg, timeout=timeout)
+            except (ValueRefusedError, TopicError, PermissionDeniedError) as exc:
+                self._refuse(m.id, exc, "CALL")
             except BusError as exc:
                 self.outbox.put(error_from_exception(m.id, exc))
             except ValueError as exc:
@@ -713,7 +878,7 @@ class _Session:
                     method, forward, task_status=_StatusCallback(lambda: self.outbox.put(Reply(m.id, None)))
                 )
             except BusError as exc:
-                self.outbox.put(error_from_exception(m.id, exc))
+                self._refuse(m.id, exc, "SERVE")
         if self.served.get(method) is scope:
             del self.served[method]
 
@@ -731,9 +896,13 @@ class RemotePublisher(Generic[T]):
     Publishing queues the sample for the connection's writer, which sends everything queued in one write.
     The value is checked here when the topic is known to this client (declared, or published through a
     `Topic`); the broker checks again, and reports a refusal asynchronously (raised by the next publish).
+    A publisher made with ``block=True`` (and ``await publish`` of any) asks the broker to wait for room
+    in ``block`` queues: the broker then reads nothing more from this connection until there is, so the
+    outgoing queue fills and ``publish_nowait`` raises `trio.WouldBlock`.
     """
 
     __slots__ = (
+        "_block",
         "_check",
         "_client",
         "_floats",
@@ -742,13 +911,19 @@ class RemotePublisher(Generic[T]):
         "_name",
         "_outbox",
         "_run",
+        "_twin",
         "topic",
     )
 
-    def __init__(self, client: RemoteBusClient, name: str, topic: Topic[T] | None) -> None:
+    def __init__(
+        self, client: RemoteBusClient, name: str, topic: Topic[T] | None, block: bool = False
+    ) -> None:
         self._client = client
         self._outbox = client._outbox
         self._name = name
+        self._block = block
+        #: ``await publish`` of a publisher that does not wait: a waiting publisher of the same topic.
+        self._twin: RemotePublisher[T] | None = None
         #: The PUBLISH this publisher appends to while it is the last one queued.
         self._run: Publish = _NO_RUN
         self._floats = topic is not None and topic.type is float
@@ -786,18 +961,24 @@ class RemotePublisher(Generic[T]):
         else:
             # A float topic's checked values are all floats: the run says so, and packs without a look.
             values = FloatList((value,)) if self._floats else [value]
-            self._run = run = Publish(self._name, values, [timestamp])
+            self._run = run = Publish(self._name, values, [timestamp], self._block)
             outbox.put(run)
 
     async def publish(self, value: T, *, timestamp: float | None = None) -> None:
-        """Like `publish_nowait`, but waits for room in the outgoing queue."""
+        """Like `publish_nowait`, but waits for room in the outgoing queue, and the broker for room in
+        ``block`` queues (as an in-process ``await publish`` does)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         await self._client._outbox.wait_room()
-        self.publish_nowait(value, timestamp=timestamp)
+        waiting = self
+        if not self._block:
+            waiting = self._twin or RemotePublisher(self._client, self._name, self.topic, block=True)
+            self._twin = waiting
+        waiting.publish_nowait(value, timestamp=timestamp)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     def __repr__(self) -> str:
-        return f"<RemotePublisher {self._name!r} of {self._client.name!r}>"
+        block = " (block)" if self._block else ""
+        return f"<RemotePublisher {self._name!r} of {self._client.name!r}{block}>"
 
 
 class RemoteBusClient:
@@ -820,8 +1001,10 @@ class RemoteBusClient:
         self._stream = stream
         self._outbox = _Outbox(DEFAULT_MAX_PENDING)
         self._topics: dict[str, Topic[Any]] = {}
-        #: Declared publishers by topic name (a str) or by the id of the Topic object (kept alive beside it).
+        #: Declared publishers by topic name (a str) or by the id of the Topic object (kept alive beside it);
+        #: those made with ``block=True`` apart.
         self._publishers: dict[int | str, tuple[RemotePublisher[Any], Topic[Any] | str]] = {}
+        self._block_publishers: dict[int | str, tuple[RemotePublisher[Any], Topic[Any] | str]] = {}
         self._subs: dict[int, Subscription[Any]] = {}
         self._pushed: dict[int, list[int]] = {}
         self._parked: set[Subscription[Any]] = set()
@@ -863,14 +1046,14 @@ class RemoteBusClient:
             self._raise_problem()
         raise trio.WouldBlock
 
-    def _require(self, action: Action, name: str) -> None:
+    def _require(self, action: Action, name: str, hint: str = "") -> None:
         if self._closed:
             raise trio.ClosedResourceError(f"bus client {self.name!r} is closed")
         if self._lost is not None:
             raise self._lost
         if not self.permissions.allows(action, name):
-            _log.warning("permission denied", client=self.name, action=action.value, name=name)
-            raise PermissionDeniedError(self.name, action.value, name)
+            _log.warning("permission denied", client=self.name, action=action.value, name=shown(name))
+            raise PermissionDeniedError(self.name, action.value, name, hint)
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -879,41 +1062,53 @@ class RemoteBusClient:
     # -- topics and publishing -------------------------------------------------------------------------
 
     def declare(self, topic: Topic[T]) -> Topic[T]:
-        """Declare ``topic`` on the bus: checked here against this client's declarations at once, and by the
-        broker against the bus's (a conflict found there is raised by the next publish or declare)."""
+        """Declare ``topic`` on the bus (needs the right to publish it): checked here against this client's
+        declarations at once, and by the broker against the bus's (a conflict found there is raised by
+        the next publish or declare)."""
+        self._require(Action.PUBLISH, topic.name)
         if self._problem is not None:
             self._raise_problem()
         known = self._topics.get(topic.name)
         if known is not None:
-            known._check_redeclaration(topic)
+            known._check_redeclaration(topic, f"{self.name} (this client)")
             return topic
         declaration = Declare.from_topic(topic, self._conn.codec)
         self._topics[topic.name] = topic
         self._outbox.put(declaration)
         return topic
 
+    def _known(self, topic: Topic[Any]) -> None:
+        """A topic this client reads through a `Topic` object: declared if this client may publish it
+        (as `BusClient` does), else only remembered here (for its QoS)."""
+        if self.permissions.allows(Action.PUBLISH, topic.name):
+            self.declare(topic)
+        else:
+            self._topics.setdefault(topic.name, topic)
+
     @overload
-    def publisher(self, topic: Topic[T]) -> RemotePublisher[T]: ...
+    def publisher(self, topic: Topic[T], *, block: bool = False) -> RemotePublisher[T]: ...
     @overload
-    def publisher(self, topic: str) -> RemotePublisher[Any]: ...
-    def publisher(self, topic: Topic[Any] | str) -> RemotePublisher[Any]:
+    def publisher(self, topic: str, *, block: bool = False) -> RemotePublisher[Any]: ...
+    def publisher(self, topic: Topic[Any] | str, *, block: bool = False) -> RemotePublisher[Any]:
         """A declared publisher for one topic (see `BusClient.publisher`)."""
         key = topic if type(topic) is str else id(topic)
-        cached = self._publishers.get(key)
+        cache = self._block_publishers if block else self._publishers
+        cached = cache.get(key)
         if cached is not None:
             return cached[0]
         name = topic if isinstance(topic, str) else topic.name
+        if isinstance(topic, str):
+            check_name(name)  # a topic name: no wildcards
         self._require(Action.PUBLISH, name)
         if isinstance(topic, Topic):
             self.declare(topic)
             known: Topic[Any] | None = topic
         else:
-            check_name(name)  # a topic name: no wildcards
             known = self._topics.get(name)
-        publisher: RemotePublisher[Any] = RemotePublisher(self, name, known)
-        if len(self._publishers) > 4096:
-            self._publishers.clear()
-        self._publishers[key] = (publisher, topic)
+        publisher: RemotePublisher[Any] = RemotePublisher(self, name, known, block)
+        if len(cache) > 4096:
+            cache.clear()
+        cache[key] = (publisher, topic)
         return publisher
 
     @overload
@@ -968,7 +1163,6 @@ class RemoteBusClient:
         connection is backed up) and this one (which drops while the reader is slow).
         """
         if isinstance(topic, Topic):
-            self.declare(topic)
             pattern, qos = topic.name, topic.qos
         else:
             pattern = check_pattern(topic)
@@ -976,6 +1170,10 @@ class RemoteBusClient:
             qos = known.qos if known is not None else QoS()
         self._require(Action.SUBSCRIBE, pattern)
         qos = qos._override(queue_size, overflow)
+        if qos.overflow is Overflow.BLOCK:
+            self._require(Action.BLOCK, pattern, _BLOCK_HINT)
+        if isinstance(topic, Topic):
+            self._known(topic)
         sub_id = self._new_id()
         counter = [0]
         sub: Subscription[Any] = Subscription(
@@ -1012,8 +1210,10 @@ class RemoteBusClient:
     async def get(self, topic: str, *, allow_stale: bool = False) -> Sample[Any] | None: ...
     async def get(self, topic: Topic[Any] | str, *, allow_stale: bool = False) -> Sample[Any] | None:
         """The topic's latest sample, or None (see `BusClient.get`; here a round trip to the broker)."""
-        name = topic if isinstance(topic, str) else self.declare(topic).name
+        name = topic if isinstance(topic, str) else topic.name
         self._require(Action.SUBSCRIBE, name)
+        if isinstance(topic, Topic):
+            self._known(topic)
         result = await self._request(Get(self._new_id(), name, allow_stale))
         if result is None:
             return None
@@ -1023,8 +1223,10 @@ class RemoteBusClient:
 
     async def is_stale(self, topic: Topic[Any] | str) -> bool:
         """True if the topic's value is older than its ``max_age``, or it has none (a round trip)."""
-        name = topic if isinstance(topic, str) else self.declare(topic).name
+        name = topic if isinstance(topic, str) else topic.name
         self._require(Action.SUBSCRIBE, name)
+        if isinstance(topic, Topic):
+            self._known(topic)
         result = await self._request(IsStale(self._new_id(), name))
         if type(result) is not bool:
             raise ProtocolError(f"REPLY to STALE: expected a bool, got {result!r}")
@@ -1118,6 +1320,12 @@ class RemoteBusClient:
         call: Call,
         limit: trio.CapacityLimiter,
     ) -> None:
+        try:
+            _check_request(mdef, call.arg)  # however it was called: by Method or by name
+        except ValueRefusedError as refused:
+            _log.info("call refused", method=mdef.name, error=str(refused))
+            self._outbox.put(error_from_exception(call.id, refused))
+            return
         with trio.CancelScope() as scope:
             self._handler_scopes[call.id] = scope
             try:
@@ -1239,7 +1447,7 @@ class RemoteBusClient:
                 _log.warning("the broker refused a subscription", client=self.name, error=m.message)
                 self._async_error = m.to_exception()
                 self._set_problem(self._async_error)
-                sub.close()
+                sub._fail(m.to_exception())  # its reads raise why
         elif isinstance(m, Call):
             send = self._handlers.get(m.method)
             if send is None:

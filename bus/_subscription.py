@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import attrs
 import trio
@@ -30,7 +30,11 @@ class SubscriptionStatistics:
     capacity: int
     queued: int
     received: int
+    #: Samples that never reached the reader: what the queue dropped, and what never got into it.
     dropped: int
+    #: Of ``dropped``, the samples a publisher that does not wait (``publish_nowait``) left out because
+    #: this ``block`` queue was full (always 0 for the other policies).
+    dropped_nowait: int = 0
 
 
 class Subscription(Generic[T]):
@@ -44,7 +48,9 @@ class Subscription(Generic[T]):
     __slots__ = (
         "_closed",
         "_detach",
+        "_error",
         "_latest",
+        "_missed",
         "_parked",
         "_pushed",
         "_queue",
@@ -81,6 +87,10 @@ class Subscription(Generic[T]):
         self._received = 0
         self._parked = parked
         self._closed = False
+        #: Why the subscription was closed, if it was refused: raised by reads once the queue is empty.
+        self._error: BaseException | None = None
+        #: Samples left out of a full ``block`` queue by publishers that do not wait.
+        self._missed = 0
         self._waiter: trio.lowlevel.Task | None = None
         self._space = trio.lowlevel.ParkingLot()
         #: Called by the bus for each sample: for queues, the deque's own C ``append``.
@@ -92,12 +102,16 @@ class Subscription(Generic[T]):
 
     def _make_queue(self) -> None:
         """The queue and the push functions. DROP_OLDEST: a deque with maxlen drops the oldest by itself,
-        in C. BLOCK: the publisher never pushes to a full queue. LATEST: one slot per topic."""
+        in C. BLOCK: a publisher that waits pushes only when there is room; one that does not wait finds
+        the sample left out (and counted) when the queue is full. LATEST: one slot per topic."""
         overflow = self.overflow
         self._queue = deque(maxlen=self.capacity if overflow is Overflow.DROP_OLDEST else None)
         if overflow is Overflow.LATEST:
             self.push = self._push_latest
             self.push_run = self._push_latest_of_run
+        elif overflow is Overflow.BLOCK:
+            self.push = self._push_block
+            self.push_run = self._push_run_block
         else:
             self.push = self._queue.append
             self.push_run = self._queue.extend
@@ -113,6 +127,22 @@ class Subscription(Generic[T]):
 
     def _push_latest_of_run(self, samples: Sequence[Sample[T]]) -> None:
         self._push_latest(samples[-1])  # one topic: the last one is the latest
+
+    def _push_block(self, sample: Sample[T]) -> None:
+        queue = self._queue
+        if len(queue) < self.capacity:
+            queue.append(sample)
+        else:
+            self._missed += 1
+
+    def _push_run_block(self, samples: Sequence[Sample[T]]) -> None:
+        room = self.capacity - len(self._queue)
+        if room >= len(samples):
+            self._queue.extend(samples)
+            return
+        if room > 0:
+            self._queue.extend(samples[:room])
+        self._missed += len(samples) - max(room, 0)
 
     def wake(self) -> None:
         """Wake the reader if it waits (the bus calls this after pushing)."""
@@ -168,19 +198,26 @@ class Subscription(Generic[T]):
     # -- the reader's side ---------------------------------------------------------------------------
 
     def receive_nowait(self) -> Sample[T]:
-        """Take the next sample; raise `trio.WouldBlock` if none is queued."""
+        """Take the next sample; raise `trio.WouldBlock` if none is queued. Once the subscription is
+        closed and empty: `trio.ClosedResourceError`, or the error it was refused with (a remote
+        subscription the broker refused, e.g. `PermissionDeniedError`)."""
         if self._queue or self._latest:
             return self._pop_one()
         if self._closed:
-            raise trio.ClosedResourceError(f"subscription to {self.pattern!r} is closed")
+            self._raise_closed()
         raise trio.WouldBlock
+
+    def _raise_closed(self) -> NoReturn:
+        if self._error is not None:
+            raise self._error
+        raise trio.ClosedResourceError(f"subscription to {self.pattern!r} is closed")
 
     def receive_batch_nowait(self, max_items: int | None = None) -> list[Sample[T]]:
         """Take every queued sample (at most ``max_items``); raise `trio.WouldBlock` if none is queued."""
         if self._queue or self._latest:
             return self._pop_all(max_items)
         if self._closed:
-            raise trio.ClosedResourceError(f"subscription to {self.pattern!r} is closed")
+            self._raise_closed()
         raise trio.WouldBlock
 
     async def _wait(self) -> None:
@@ -236,6 +273,7 @@ class Subscription(Generic[T]):
             queued=queued,
             received=self._received,
             dropped=self._pushed() - self._received - queued,
+            dropped_nowait=self._missed,
         )
 
     def _queued(self) -> int:
@@ -244,6 +282,12 @@ class Subscription(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _fail(self, error: BaseException) -> None:
+        """Close the subscription because it was refused: reads raise ``error`` once the queue is empty."""
+        if not self._closed:
+            self._error = error
+        self.close()
 
     def close(self) -> None:
         """Unsubscribe. Samples already queued can still be read; then reads raise or iteration ends."""
@@ -292,18 +336,34 @@ class ColumnSubscription(Subscription[Any]):
         # (no push_run: the bus hands a ColumnSubscription its runs through push_columns)
         if self.overflow is Overflow.DROP_OLDEST:
             self.push = self._push_one
-        else:  # block: the bus never pushes beyond the room there is
-            self.push = self._queue.append
+        else:  # block: a sample beyond the room is left out (a publisher that waits never brings one)
+            self.push = self._push_block_one
 
     def _push_one(self, sample: Sample[Any]) -> None:
         self._queue.append(sample)
         if len(self._queue) + self._extra > self.capacity:
             self._drop_oldest()
 
+    def _push_block_one(self, sample: Sample[Any]) -> None:
+        if len(self._queue) + self._extra < self.capacity:
+            self._queue.append(sample)
+        else:
+            self._missed += 1
+
     def push_columns(self, run: SampleRun) -> None:
-        """Queue a run (the bus calls this instead of building its samples)."""
+        """Queue a run (the bus calls this instead of building its samples). A ``block`` queue takes what
+        fits and leaves the rest out (counted)."""
+        n = len(run.values)
+        if self.overflow is Overflow.BLOCK:
+            room = self.capacity - len(self._queue) - self._extra
+            if room < n:
+                if room <= 0:
+                    self._missed += n
+                    return
+                self._missed += n - room
+                run, n = run.head(room), room
         self._queue.append(run)
-        self._extra += len(run.values) - 1
+        self._extra += n - 1
         self._runs += 1
         if self.overflow is Overflow.DROP_OLDEST and len(self._queue) + self._extra > self.capacity:
             self._drop_oldest()
@@ -345,7 +405,7 @@ class ColumnSubscription(Subscription[Any]):
         queue = self._queue
         if not queue:
             if self._closed:
-                raise trio.ClosedResourceError(f"subscription to {self.pattern!r} is closed")
+                self._raise_closed()
             raise trio.WouldBlock
         queued = len(queue) + self._extra
         limit = queued if max_items is None else max(1, min(queued, max_items))

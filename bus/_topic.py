@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
@@ -25,8 +25,10 @@ class Overflow(enum.Enum):
     #: Keep only the latest sample of each topic: a new sample replaces a queued one of the same topic.
     #: Meant for state ("what is the speed now?"), where old values are worthless.
     LATEST = "latest"
-    #: Make the publisher wait until the subscriber has made room. The only policy that can slow a
-    #: publisher down; ``publish_nowait`` raises `trio.WouldBlock` instead of waiting.
+    #: Make publishers that wait (``await publish``) wait until the subscriber has made room: the only
+    #: policy that can slow a publisher down, and a right of its own (``Permissions.block``). A publisher
+    #: that does not wait (``publish_nowait``) is never slowed or failed by it: a full queue leaves the
+    #: sample out (counted as ``dropped_nowait``), unless the publisher was made with ``block=True``.
     BLOCK = "block"
 
 
@@ -224,12 +226,38 @@ class Topic(Generic[T]):
         """True if ``other`` declares the same name with the same type and rules (QoS aside)."""
         return attrs.evolve(self, qos=other.qos, description=other.description) == other
 
-    def _check_redeclaration(self, other: Topic[Any]) -> None:
-        """Raise `TopicError` unless ``other`` (declared again under this name) is this declaration."""
-        if other is not self and not self.same_declaration(other):
-            raise TopicError(
-                f"{self.name}: already declared as {self!r}; cannot declare it again as {other!r}"
-            )
+    def _differences(self, other: Topic[Any]) -> list[str]:
+        """What ``other`` declares differently, one ``field value (declared: value)`` each."""
+        found = []
+        for field in _DECLARED_FIELDS:
+            mine, theirs = getattr(self, field), getattr(other, field)
+            if mine != theirs:
+                found.append(f"{field} {_declared(theirs)} (declared: {_declared(mine)})")
+        return found
+
+    def _check_redeclaration(self, other: Topic[Any], declarer: str | None = None) -> None:
+        """Raise `TopicError` unless ``other`` (declared again under this name) is this declaration,
+        naming who declared it first (``declarer``, a client name; None: `Bus.declare`) and each field
+        that differs."""
+        if other is self or self.same_declaration(other):
+            return
+        by = "with Bus.declare" if declarer is None else f"by {declarer!r}"
+        raise TopicError(
+            f"{self.name}: already declared {by}; this declaration differs in "
+            + ", ".join(self._differences(other))
+        )
+
+
+#: The fields two declarations of one topic must agree on (QoS and description may differ).
+_DECLARED_FIELDS: Final = ("type", "unit", "min", "max", "allowed", "max_age")
+
+
+def _declared(value: Any) -> str:
+    """A declared field's value as an error message shows it: a type by name, anything else as repr."""
+    if isinstance(value, type):
+        return value.__qualname__
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @attrs.frozen

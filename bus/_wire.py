@@ -29,6 +29,7 @@ from bus._errors import (
     BusError,
     CallTimeoutError,
     CodecError,
+    LimitExceededError,
     MethodAlreadyServedError,
     NoSuchMethodError,
     PermissionDeniedError,
@@ -72,7 +73,7 @@ __all__ = [
 ]
 
 #: The protocol version this code speaks (HELLO and WELCOME carry it).
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 #: The largest frame body accepted unless configured otherwise: 1 MiB.
 DEFAULT_MAX_FRAME: Final = 1 << 20
 #: The smallest frame limit a peer may announce (a HELLO must fit).
@@ -186,7 +187,7 @@ def _version(value: Any, field: str) -> int:
     return value
 
 
-_ACTIONS: Final = ("publish", "subscribe", "serve", "call")
+_ACTIONS: Final = ("publish", "subscribe", "serve", "call", "block")
 
 
 def _permissions(value: Any, field: str) -> Permissions:
@@ -406,16 +407,20 @@ class Refused(_Message):
 @attrs.frozen
 class Publish(_Message):
     """Client -> server: publish a run of values on ``topic``, each with its source timestamp (no reply;
-    a refusal comes as an ERROR with no id). ``timestamps[i]`` belongs to ``values[i]``.
+    a refusal comes as an ERROR with no id). ``timestamps[i]`` belongs to ``values[i]``. ``wait``: the
+    publisher waits for room in ``block`` queues (``await publish``, or a publisher made with
+    ``block=True``); without it, a full ``block`` queue does not get the samples that do not fit.
 
-    On the wire: ``[3, topic, values, timestamps]``, the timestamps packed (`pack_doubles`). The Python
-    client appends to the last queued PUBLISH while it is still waiting for the writer, so a burst of
-    publishes on one topic travels as one message.
+    On the wire: ``[3, topic, values, timestamps]``, or ``[3, topic, values, timestamps, true]`` with
+    ``wait``; the timestamps packed (`pack_doubles`). The Python client appends to the last queued
+    PUBLISH while it is still waiting for the writer, so a burst of publishes on one topic travels as one
+    message.
     """
 
     topic: str
     values: list[Any]
     timestamps: list[float]
+    wait: bool = False
 
     OP: ClassVar[int] = 3
     NAME: ClassVar[str] = "PUBLISH"
@@ -433,26 +438,34 @@ class Publish(_Message):
         return len(self.values)
 
     def to_wire(self) -> list[Any]:
-        return [3, self.topic, _pack_values(self.values), pack_doubles(self.timestamps)]
+        wire = [3, self.topic, _pack_values(self.values), pack_doubles(self.timestamps)]
+        if self.wait:
+            wire.append(True)
+        return wire
 
     @classmethod
     def from_wire(cls, items: list[Any]) -> Publish:
-        if len(items) != 4:
+        if len(items) not in (4, 5):
             raise ProtocolError(
-                f"PUBLISH message: expected 4 items [3, topic, values, timestamps], got {len(items)}"
+                "PUBLISH message: expected 4 or 5 items [3, topic, values, timestamps, wait?], "
+                f"got {len(items)}"
             )
-        _, topic, values, timestamps = items
+        topic, values, timestamps = items[1:4]
+        wait = _bool(items[4], "PUBLISH.wait") if len(items) == 5 else False
         values = _values(values, "PUBLISH.values")
         return cls(
-            _str(topic, "PUBLISH.topic"), values, _numbers(timestamps, "PUBLISH.timestamps", len(values))
+            _str(topic, "PUBLISH.topic"),
+            values,
+            _numbers(timestamps, "PUBLISH.timestamps", len(values)),
+            wait,
         )
 
     def split(self) -> tuple[Publish, Publish]:
         """Two messages of half the run each (to fit a frame limit)."""
         half = len(self.values) // 2
         return (
-            Publish(self.topic, self.values[:half], self.timestamps[:half]),
-            Publish(self.topic, self.values[half:], self.timestamps[half:]),
+            Publish(self.topic, self.values[:half], self.timestamps[:half], self.wait),
+            Publish(self.topic, self.values[half:], self.timestamps[half:], self.wait),
         )
 
 
@@ -823,7 +836,8 @@ class Reply(_Message):
 
 #: Error kinds: the bus error class each stands for, and the constructor arguments ``args`` carries.
 _ERROR_KINDS: Final[dict[str, type[BusError]]] = {
-    "permission_denied": PermissionDeniedError,  # [client, action, name]
+    "permission_denied": PermissionDeniedError,  # [client, action, name, hint]
+    "limit": LimitExceededError,  # [client, what, limit]
     "value_refused": ValueRefusedError,  # [topic, rule, value]
     "unknown_topic": UnknownTopicError,  # [name]
     "topic": TopicError,  # [message]
@@ -888,7 +902,9 @@ def error_from_exception(id: int | None, exc: BaseException, *, method: str | No
     else:
         return remote_error(id, exc, method or "")
     if isinstance(exc, PermissionDeniedError):
-        args = [exc.client, exc.action, exc.name]
+        args = [exc.client, exc.action, exc.name, exc.hint]
+    elif isinstance(exc, LimitExceededError):
+        args = [exc.client, exc.what, exc.limit]
     elif isinstance(exc, ValueRefusedError):
         args = [exc.topic, exc.rule, exc.value]
     elif isinstance(exc, UnknownTopicError):
@@ -968,8 +984,11 @@ class Connection:
     their length prefix, before the body is buffered; outgoing batches are split into frames that fit the
     peer's limit (announced in the handshake). Call `next_event` until it returns None after each
     `receive_data`: the buffer then holds at most one partial frame, so memory stays bounded by
-    ``max_frame`` plus one read. Every protocol violation raises `ProtocolError`, and the connection stays
-    broken (later calls raise it again).
+    ``max_frame`` plus one read. A frame's body is decoded at once (CBOR, in C), its messages are made and
+    checked one by one as `next_event` reaches them, so a caller that yields between events lets others
+    run between the messages of a large frame (and those before a malformed message are handed out).
+    Every protocol violation raises `ProtocolError`, and the connection stays broken (later calls raise
+    it again).
     """
 
     def __init__(
@@ -986,7 +1005,9 @@ class Connection:
         self.hello: Hello | None = None
         self.welcome: Welcome | None = None
         self._buffer = bytearray()
-        self._events: deque[Message] = deque()
+        #: The messages of the frame being read, as decoded CBOR, each made a `Message` (and checked) only
+        #: when `next_event` reaches it: a frame of many messages is handed out one at a time.
+        self._items: deque[Any] = deque()
         self._eof = False
         self._error: ProtocolError | None = None
         self._received_handshake = False  # the peer's HELLO / the server's WELCOME or REFUSED arrived
@@ -1019,7 +1040,7 @@ class Connection:
             return self._next_event()
         except ProtocolError as exc:
             self._error = exc
-            self._events.clear()
+            self._items.clear()
             self._buffer.clear()
             raise
 
@@ -1034,9 +1055,9 @@ class Connection:
                 return
 
     def _next_event(self) -> Message | Closed | None:
-        events = self._events
-        if events:
-            return events.popleft()
+        items = self._items
+        if items:
+            return self._message(items.popleft())
         buffer = self._buffer
         while len(buffer) >= _HEADER:
             size = int.from_bytes(buffer[:_HEADER], "big")
@@ -1050,8 +1071,7 @@ class Connection:
             body = bytes(buffer[_HEADER:end])
             del buffer[:end]
             self._decode_frame(body)
-            if events:
-                return events.popleft()
+            return self._message(items.popleft())
         if self._eof:
             if buffer:
                 if len(buffer) < _HEADER:
@@ -1073,21 +1093,22 @@ class Connection:
             raise ProtocolError(f"undecodable frame: {exc}") from None
         if type(batch) is not list or not batch:
             raise ProtocolError(f"a frame holds a non-empty CBOR array of messages, got {_label(batch)}")
-        decoded: list[Message] = []
-        for items in batch:
-            if type(items) is not list or not items:
-                raise ProtocolError(f"a message is a non-empty CBOR array [op, ...], got {_label(items)}")
-            op = items[0]
-            cls = _BY_OP.get(op) if type(op) is int else None
-            if cls is None:
-                raise ProtocolError(f"unknown operation {_label(op)}")
-            if self.role in cls.SENT_BY and cls.SENT_BY != _BOTH:
-                peer = "client" if self.role is Role.SERVER else "server"
-                raise ProtocolError(f"a {peer} does not send {cls.NAME} messages")
-            message = cls.from_wire(items)
-            self._check_incoming(message)
-            decoded.append(message)
-        self._events.extend(decoded)
+        self._items.extend(batch)
+
+    def _message(self, items: Any) -> Message:
+        """One message of a frame, from its decoded CBOR (a protocol error if it is not one)."""
+        if type(items) is not list or not items:
+            raise ProtocolError(f"a message is a non-empty CBOR array [op, ...], got {_label(items)}")
+        op = items[0]
+        cls = _BY_OP.get(op) if type(op) is int else None
+        if cls is None:
+            raise ProtocolError(f"unknown operation {_label(op)}")
+        if self.role in cls.SENT_BY and cls.SENT_BY != _BOTH:
+            peer = "client" if self.role is Role.SERVER else "server"
+            raise ProtocolError(f"a {peer} does not send {cls.NAME} messages")
+        message: Message = cls.from_wire(items)
+        self._check_incoming(message)
+        return message
 
     def _check_incoming(self, message: Message) -> None:
         if self._refused:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import gc
 import math
+import time
 from typing import Any
 
 import attrs
@@ -17,6 +19,7 @@ from strategies import QueueOp, queue_operations, topics_and_runs
 from bus import (
     Action,
     Bus,
+    BusClient,
     Overflow,
     PermissionDeniedError,
     Permissions,
@@ -26,8 +29,10 @@ from bus import (
     Subscription,
     Topic,
     TopicError,
+    UndeclaredSubscription,
     UnknownTopicError,
     ValueRefusedError,
+    matches,
 )
 from bus._sample import SampleRun
 from bus._subscription import ColumnSubscription
@@ -273,10 +278,13 @@ async def test_block_policy_makes_publisher_wait_and_loses_nothing(
     client = bus.client("svc")
     received: list[float] = []
     sub = client.subscribe(SPEED, queue_size=2, overflow=Overflow.BLOCK)
-    client.publish_nowait(SPEED, 0.0)
-    client.publish_nowait(SPEED, 1.0)
+    lossless = client.publisher(SPEED, block=True)  # takes back-pressure: raises rather than leaves out
+    lossless.publish_nowait(0.0)
+    lossless.publish_nowait(1.0)
     with pytest.raises(trio.WouldBlock):
-        client.publish_nowait(SPEED, 2.0)
+        lossless.publish_nowait(2.0)
+    with pytest.raises(ValueRefusedError):  # a refused value is refused first, full queue or not
+        lossless.publish_nowait(-1.0)
 
     async def consume() -> None:
         async for sample in sub:
@@ -292,6 +300,25 @@ async def test_block_policy_makes_publisher_wait_and_loses_nothing(
     assert received == [float(v) for v in range(10)]
     assert sub.statistics().dropped == 0
     assert trio.current_time() >= 7  # the publisher really waited on the reader
+
+
+async def test_a_full_block_queue_never_fails_a_publisher_that_does_not_wait() -> None:
+    """The gateway's case: a reader's ``block`` queue of 1, never read, and a publisher using
+    ``publish_nowait``. Nothing raises; the reader misses what did not fit, counted apart."""
+    bus = Bus()
+    gateway, reader = bus.client("gateway"), bus.client("reader")
+    with reader.subscribe("Vehicle.**", queue_size=1, overflow="block") as blocked:
+        other = reader.subscribe(SPEED, queue_size=100)
+        speed = gateway.publisher(SPEED)
+        for v in range(100):
+            speed.publish_nowait(float(v))
+            gateway.publish_nowait(SPEED, float(v))
+        stats = blocked.statistics()
+        assert (stats.queued, stats.dropped, stats.dropped_nowait) == (1, 199, 199)
+        assert [s.value for s in blocked.receive_batch_nowait()] == [0.0]
+        assert other.statistics().dropped == 100  # a drop_oldest queue of 100 kept the last 100
+        assert other.statistics().dropped_nowait == 0
+        assert bus.statistics().dropped == 299
 
 
 async def test_receive_waits_for_a_sample_and_close_ends_iteration(
@@ -535,3 +562,209 @@ def test_a_column_queue_holds_and_drops_exactly_what_a_sample_queue_does(
         assert (columns.full, columns.room) == (plain.full, plain.room)
     rest = plain.receive_batch_nowait() if plain.statistics().queued else []
     assert (list(columns.take_columns()) if rest else []) == rest
+
+
+# -- a bus no client can take down -------------------------------------------------------------------
+
+
+def _owned_and_indexed(bus: Bus) -> None:
+    """The bus's invariants: every subscription belongs to a live client and is in exactly one index;
+    every topic's routing holds exactly the subscriptions that match it."""
+    subs = set(bus._subscriptions)
+    assert subs == set(bus._wildcard) | {s for d in bus._exact.values() for s in d}
+    assert not set(bus._wildcard) & {s for d in bus._exact.values() for s in d}
+    assert subs == set(bus._offsets) == set(bus._since)
+    for name, state in bus._topics.items():
+        assert set(state.subs) == {s for s in subs if matches(s.pattern, name)}
+        assert all(name in bus._offsets[s] for s in state.subs)
+
+
+async def test_a_refused_subscribe_leaves_nothing_behind() -> None:
+    """The issue's case: 1,500 ``**`` segments raised RecursionError inside the bus and left a
+    subscription nobody owned, after which every declaration failed. Every refusal now changes nothing."""
+    bus = Bus()
+    bus.declare(SPEED)
+    admin = bus.client("admin")
+    reader = bus.client("reader", Permissions(subscribe=["Vehicle.**"]))
+    cases: list[tuple[BusClient, str, dict[str, Any], type[Exception]]] = [
+        (admin, ".".join(["**"] * 1500), {}, TopicError),
+        (admin, "Vehicle." * 200 + "X", {}, TopicError),
+        (reader, "**", {}, PermissionDeniedError),
+        (reader, "Vehicle.**", {"overflow": "block"}, PermissionDeniedError),
+        (admin, "Vehicle.Speed", {"queue_size": 0}, TopicError),
+    ]
+    for client, pattern, kwargs, error in cases:
+        with pytest.raises(error):
+            client.subscribe(pattern, **kwargs)
+        assert not bus._subscriptions
+        assert not bus._exact
+        assert not bus._wildcard
+        assert not client._subscriptions
+    assert bus.declare(GEAR) is GEAR  # declarations still work
+    with admin.subscribe("Vehicle.**") as sub:
+        admin.publish_nowait(GEAR, "P")
+        assert sub.receive_nowait().value == "P"
+    _owned_and_indexed(bus)
+
+
+def _churn(n: int) -> float:
+    bus = Bus()
+    bus.declare(SPEED)
+    client = bus.client("svc")
+    gc.disable()  # the bus's own cost, not the collector's (which grows with the heap)
+    try:
+        started = time.perf_counter()
+        subs = [client.subscribe(SPEED if i % 2 else "Vehicle.*") for i in range(n)]
+        client.publish_nowait(SPEED, 1.0)  # one routing rebuild, paid by the publish
+        for sub in subs:
+            sub.close()
+        return time.perf_counter() - started
+    finally:
+        gc.enable()
+
+
+def test_adding_and_removing_subscriptions_costs_linear_time() -> None:
+    """n subscriptions on one topic, then all closed: each change rebuilt the topic's routing tuples
+    (20,000 took two and a half minutes); now the cost grows linearly: 8 times the work takes well under
+    24 times as long, where a quadratic cost takes 64 times."""
+    _churn(500)  # warm up
+    small = min(_churn(1000) for _ in range(3))
+    large = min(_churn(8000) for _ in range(3))
+    assert large < 24 * small, (small, large)
+    assert large < 5.0
+
+
+async def test_subscription_bookkeeping_stays_consistent_through_changes() -> None:
+    bus = Bus()
+    a, b = bus.client("a"), bus.client("b")
+    subs = [a.subscribe("Vehicle.*"), a.subscribe(SPEED), b.subscribe("Vehicle.Speed"), b.subscribe("**")]
+    _owned_and_indexed(bus)
+    subs[1].close()
+    bus.declare(GEAR)
+    _owned_and_indexed(bus)
+    a.publish_nowait(SPEED, 3.0)
+    assert [len(s.receive_batch_nowait()) for s in (subs[0], subs[2], subs[3])] == [1, 1, 1]
+    b.close()
+    a.close()
+    _owned_and_indexed(bus)
+    assert not bus._subscriptions
+
+
+async def test_a_block_subscription_needs_the_block_right() -> None:
+    bus = Bus()
+    reader = bus.client("reader", Permissions(subscribe=["**"], block=["Vehicle.Cabin.**"]))
+    with pytest.raises(PermissionDeniedError, match=r"may not block 'Vehicle\.\*\*': .*Permissions\.block"):
+        reader.subscribe("Vehicle.**", overflow="block")
+    with pytest.raises(PermissionDeniedError, match="block"):  # the topic's own QoS asks for block
+        reader.subscribe(Topic("Vehicle.Blocky", int, qos=QoS(overflow=Overflow.BLOCK)))
+    with reader.subscribe("Vehicle.Cabin.*", overflow="block") as sub:
+        assert sub.overflow is Overflow.BLOCK
+    assert reader.subscribe("Vehicle.**", overflow="latest").overflow is Overflow.LATEST
+    assert Permissions.ALL.allows(Action.BLOCK, "**")
+
+
+async def test_a_granted_block_reader_slows_only_publishers_that_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bus = Bus()
+    waiting, hasty, reader = bus.client("waiting"), bus.client("hasty"), bus.client("reader")
+    bus.declare(SPEED)
+    sub = reader.subscribe(SPEED, queue_size=1, overflow="block")
+    hasty.publish_nowait(SPEED, 1.0)
+    hasty.publish_nowait(SPEED, 2.0)  # left out of the full queue, and hasty never knows
+    published = trio.Event()
+
+    async def publish() -> None:
+        await waiting.publish(SPEED, 3.0)
+        published.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publish)
+        await trio.sleep(10)
+        assert not published.is_set()  # waits for the reader
+        assert sub.receive_nowait().value == 1.0
+        await published.wait()
+    assert sub.receive_nowait().value == 3.0
+    stats = sub.statistics()
+    assert (stats.received, stats.dropped, stats.dropped_nowait) == (2, 1, 1)
+
+
+# -- declarations -----------------------------------------------------------------------------------
+
+
+async def test_declaring_needs_the_right_to_publish() -> None:
+    """No squatting: a client that may not publish Vehicle.Speed cannot declare it (as str, before the
+    gateway does); a reader subscribing or reading through a Topic object does not declare it either."""
+    bus = Bus()
+    squatter = bus.client("squatter", Permissions(subscribe=["**"], publish=["Other.**"]))
+    with pytest.raises(PermissionDeniedError, match=r"'squatter' may not publish 'Vehicle\.Speed'"):
+        squatter.declare(Topic("Vehicle.Speed", str))
+    sub: Subscription[Any] = squatter.subscribe(Topic("Vehicle.Speed", str))  # not a declaration
+    assert squatter.get(Topic("Vehicle.Speed", str)) is None
+    assert squatter.is_stale(Topic("Vehicle.Speed", str))
+    assert "Vehicle.Speed" not in bus._topics
+    gateway = bus.client("gateway", Permissions(publish=["Vehicle.**"]))
+    gateway.publish_nowait(SPEED, 50.0)  # declares it, as float
+    assert sub.receive_nowait().value == 50.0  # the reader subscribed by name meanwhile
+    with pytest.raises(TopicError, match="already declared by 'gateway'"):
+        squatter.subscribe(Topic("Vehicle.Speed", str))  # a reader's expectation is checked once declared
+
+
+async def test_a_declaration_is_released_when_its_client_leaves_before_publishing() -> None:
+    bus = Bus()
+    early = bus.client("early")
+    early.declare(Topic("Vehicle.Speed", str))
+    reader = bus.client("reader").subscribe("Vehicle.*")
+    early.close()  # went away without publishing: the name is free again
+    gateway = bus.client("gateway")
+    gateway.publish_nowait(SPEED, 10.0)
+    assert reader.receive_nowait().value == 10.0
+    assert reader.statistics().dropped == 0
+    gateway.close()  # published: the topic and its latest value stay
+    assert bus.topic(SPEED.name) is SPEED
+    kept = bus.client("one")
+    kept.declare(GEAR)
+    bus.client("two").publisher(GEAR)  # holds it too
+    kept.close()
+    assert bus.topic(GEAR.name) is GEAR
+    bus.declare(LOCKED)
+    bus.client("three").declare(LOCKED)
+    assert bus.topic(LOCKED.name) is LOCKED  # Bus.declare is for good
+    _owned_and_indexed(bus)
+
+
+async def test_a_conflicting_declaration_names_the_first_declarer_and_what_differs() -> None:
+    bus = Bus()
+    bus.client("can-gateway").declare(SPEED)
+    with pytest.raises(TopicError) as info:
+        bus.client("plugin").declare(Topic("Vehicle.Speed", str, max_age=1.0, description="other"))
+    message = str(info.value)
+    assert message == (
+        "Vehicle.Speed: already declared by 'can-gateway'; this declaration differs in "
+        "type str (declared: float), unit None (declared: 'km/h'), min None (declared: 0), "
+        "max None (declared: 400)"
+    )
+    bus.declare(Topic("Vehicle.Gear", str, allowed=("P",)))
+    with pytest.raises(TopicError, match=r"^Vehicle.Gear: already declared with Bus.declare; .* allowed"):
+        bus.declare(Topic("Vehicle.Gear", str, allowed=("P", "D")))
+
+
+async def test_undeclared_subscriptions_are_reported_with_the_closest_declared_names(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bus = Bus()
+    bus.declare(SPEED)
+    bus.declare(GEAR)
+    bus.declare(LOCKED)
+    dashboard = bus.client("dashboard")
+    dashboard.subscribe("Vehicle.**")  # a pattern: never reported
+    await trio.sleep(3)
+    dashboard.subscribe("Vehicle.Sped")
+    dashboard.subscribe(SPEED)
+    bus.client("lock").subscribe("Vehicle.Cabin.Door.Row1.Left.IsLockd")
+    assert bus.undeclared_subscriptions() == [
+        UndeclaredSubscription("lock", "Vehicle.Cabin.Door.Row1.Left.IsLockd", 3.0, (LOCKED.name,)),
+        UndeclaredSubscription("dashboard", "Vehicle.Sped", 3.0, ("Vehicle.Speed",)),
+    ]
+    bus.declare(Topic("Vehicle.Sped", int))
+    assert [u.name for u in bus.undeclared_subscriptions()] == ["Vehicle.Cabin.Door.Row1.Left.IsLockd"]

@@ -186,3 +186,28 @@ async def test_the_bus_gives_a_served_methods_declaration(autojump_clock: trio.t
         nursery.cancel_scope.cancel()
     with pytest.raises(NoSuchMethodError):
         bus.method(LOCK.name)  # its server stopped
+
+
+async def test_a_call_by_name_is_checked_against_the_servers_request_type(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Calling by name skipped the request check, and the handler got None; the server's declared type
+    is checked however the method is called, before any handler runs."""
+    bus = Bus()
+    got: list[object] = []
+
+    async def handler(request: LockRequest) -> bool:
+        got.append(request)
+        return True
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.client("body").serve, LOCK, handler)
+        app = bus.client("app")
+        with pytest.raises(ValueRefusedError, match="expected a LockRequest argument") as info:
+            await app.call("Body.Doors.Lock")
+        assert (info.value.topic, info.value.value) == ("Body.Doors.Lock", None)
+        with pytest.raises(ValueRefusedError):
+            await app.call(Method("Body.Doors.Lock"), {"lock": True})  # a Method of its own, untyped
+        assert await app.call("Body.Doors.Lock", LockRequest(lock=True)) is True
+        nursery.cancel_scope.cancel()
+    assert got == [LockRequest(lock=True)]

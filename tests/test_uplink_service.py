@@ -14,7 +14,7 @@ import sys
 import textwrap
 import time
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ import pytest
 import structlog
 import tmpfs  # tests/ is on sys.path
 import trio
-from conftest import skip_or_fail
 
 from bus import Topic
 from services.uplink import (
@@ -346,16 +345,6 @@ def test_vwos_check_refuses_an_infinite_quota_in_one_line(
 
 
 # -- storage faults ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs (a really full disk), unmounted after the test."""
-    reason = tmpfs.tmpfs_unavailable_reason()
-    if reason is not None:
-        skip_or_fail(reason, ci_message=f"storage-fault tests must run under CI=true, but: {reason}")
-    with tmpfs.small_tmpfs(tmp_path / "disk", 256 * 1024) as disk:
-        yield disk
 
 
 QUICK_RECONNECT = BackoffPolicy(initial=0.05, multiplier=2.0, max_delay=0.2, jitter=0.0)

@@ -60,7 +60,7 @@ def drain(conn: Connection) -> list[Any]:
 
 def test_hello_frame_bytes() -> None:
     data = Connection(Role.CLIENT).send([Hello("svc")])
-    assert data.hex() == "0000000e8185000263737663f61a00100000"  # the worked example of docs/protocol.md
+    assert data.hex() == "0000000e8185000363737663f61a00100000"  # the worked example of docs/protocol.md
 
 
 def test_a_batch_is_one_frame_and_round_trips() -> None:
@@ -205,9 +205,9 @@ def test_handshake_rules() -> None:
 
 def test_version_is_checked_first() -> None:
     server = Connection(Role.SERVER)
-    body = cbor2.dumps([[0, 3, "a", "future", "fields", 1]])
+    body = cbor2.dumps([[0, 4, "a", "future", "fields", 1]])
     server.receive_data(len(body).to_bytes(4, "big") + body)
-    with pytest.raises(ProtocolError, match="unsupported protocol version 3; this peer speaks version 2"):
+    with pytest.raises(ProtocolError, match="unsupported protocol version 4; this peer speaks version 3"):
         server.next_event()
     with pytest.raises(ProtocolError):  # stays broken
         server.next_event()
@@ -229,7 +229,8 @@ def _frame(item: object) -> bytes:
         (_frame([5]), "a message is a non-empty CBOR array"),
         (_frame([[99]]), "unknown operation"),
         (_frame([["publish"]]), "unknown operation"),
-        (_frame([[3, "A.b"]]), "expected 4 items"),
+        (_frame([[3, "A.b"]]), "expected 4 or 5 items"),
+        (_frame([[3, "A.b", [1], b"\0" * 8, 1]]), "PUBLISH.wait: expected a bool"),
         (_frame([[3, 5, [1], b"\0" * 8]]), "PUBLISH.topic: expected a text string"),
         (_frame([[3, "A.b", [], b""]]), "PUBLISH.values: expected a non-empty array"),
         (
@@ -246,9 +247,9 @@ def _frame(item: object) -> bytes:
         (_frame([[5, -1, "A", None, None, False]]), "SUBSCRIBE.sub_id"),
         (_frame([[5, 1, "A", 0, None, False]]), "SUBSCRIBE.queue_size"),
         (_frame([[5, 1, "A", None, "sometimes", False]]), "SUBSCRIBE.overflow"),
-        (_frame([[0, 2, "x", None, 1 << 20]]), "a second HELLO"),
+        (_frame([[0, 3, "x", None, 1 << 20]]), "a second HELLO"),
         (_frame([[4, {"name": "A"}]]), "'name' and 'type' are required"),
-        (_frame([[1, 2, {}, 1 << 20]]), "a client does not send WELCOME"),
+        (_frame([[1, 3, {}, 1 << 20]]), "a client does not send WELCOME"),
     ],
 )
 def test_malformed_input_raises_protocol_error(data: bytes, match: str) -> None:
