@@ -69,7 +69,7 @@ from services.uplink import (
     read_header,
 )
 from services.uplink._batch import ENCODING_ZLIB, FORMAT, VERSION, to_us
-from services.uplink._cli import register
+from services.uplink._cli import MAX_BATCH_FILE_BYTES, register
 from services.uplink._outbox import APPLICATION_ID, ROW_OVERHEAD, SCHEMA_VERSION
 from vwos._structure import StructureError, structure
 
@@ -822,15 +822,24 @@ def test_refused_samples_are_counted_and_reported(tmp_path: Path) -> None:
                 ("Vehicle.Speed", 1.0, T0, A),
                 ("Vehicle.Thing", object(), T0, A),
                 ("Vehicle.Speed", 2.0, math.nan, A),
+                ("Vehicle.Far", 3.0, 1e300, A),  # a valid float, beyond what SQLite's integers sum
+                ("Vehicle.Far", 4.0, -1e13, B),
             ],
             on_refused=lambda topic, reason: refused.append((topic, reason)),
         )
         assert stored == 1
         stats = outbox.statistics()
-        assert (stats.refused_oversize, stats.refused_unencodable, stats.accepted) == (1, 2, 1)
-        assert [t for t, _ in refused] == ["Vehicle.Note", "Vehicle.Thing", "Vehicle.Speed"]
+        assert (stats.refused_oversize, stats.refused_unencodable, stats.accepted) == (1, 4, 1)
+        assert [t for t, _ in refused] == [
+            "Vehicle.Note",
+            "Vehicle.Thing",
+            "Vehicle.Speed",
+            "Vehicle.Far",
+            "Vehicle.Far",
+        ]
         assert "over the batch size limit of 2,048 bytes" in refused[0][1]
         assert "bad timestamp" in refused[2][1]
+        assert refused[3][1] == "bad timestamp 1e+300 (beyond +-2305843009214 s)"
         assert ids_of(drain(outbox)) == [1.0]
     with Outbox(tmp_path / "o.sqlite3", quota_bytes=1 << 30, vehicle_id="V") as outbox:
         assert outbox.statistics().refused_oversize == 1  # counters persist
@@ -1181,6 +1190,33 @@ def test_an_outbox_cannot_be_created_on_a_full_disk_and_says_so(small_disk: Path
         assert outbox.accept(rows(0, 10)) == 10
 
 
+def test_damage_found_at_open_on_a_full_disk_is_an_outbox_error_and_counted_once_there_is_room(
+    small_disk: Path,
+) -> None:
+    """Counting damage at open is a write: on a full disk it fails. That is an OutboxStorageError (which
+    the service reports and retries), not a bare sqlite3 error; the lock is released; with room again the
+    damage is found and counted."""
+    path = small_disk / "outbox.sqlite"
+    with Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        outbox.accept(rows(0, 300))
+        outbox.accept(rows(300, 300))
+    db = sqlite3.connect(path)
+    try:
+        db.execute("UPDATE chunks SET crc = (crc + 1) % 4294967296 WHERE id = (SELECT min(id) FROM chunks)")
+        db.commit()
+    finally:
+        db.close()
+    filler = tmpfs.fill(small_disk)
+    with pytest.raises(OutboxStorageError, match=r"outbox\.sqlite: .*database or disk is full") as info:
+        Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=4096)
+    assert info.value.kind == "full"
+    filler.unlink()
+    with Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=4096) as outbox:  # not locked
+        assert outbox.damage is not None
+        assert outbox.damage.corrupt_samples == 300
+        assert ids_of(drain(outbox)) == list(range(300, 600))
+
+
 async def test_the_file_transport_on_a_full_disk_fails_clearly_and_leaves_nothing(small_disk: Path) -> None:
     transport = FileTransport(small_disk / "batches", fsync=True)
     await transport.connect()
@@ -1509,27 +1545,68 @@ def test_inspect_reports_bad_files_and_paths(batch_dir: Path, tmp_path: Path) ->
     assert "cannot import no_such_module_xyz" in err
 
 
-def test_inspect_of_what_is_not_a_batch_is_a_clear_error_in_bounded_memory(tmp_path: Path) -> None:
+def test_inspect_of_what_is_not_a_batch_is_one_clear_line_in_bounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/dev/zero was read for ever; a pipe blocked the open; a directory named like a batch gave "[Errno 21]
+    Is a directory: 3". Each is one line on stderr now, exit 1 (docs/uplink.md), and nothing is read whole."""
     fifo = tmp_path / "pipe.cbor"
     os.mkfifo(fifo)
     huge = tmp_path / "huge.cbor"
     with huge.open("wb") as f:
         f.truncate(200 << 20)  # sparse: 200 MiB of zeros, three times what any batch can be
+    directory = tmp_path / "dir"
+    (directory / "sub.cbor").mkdir(parents=True)
+    noise = tmp_path / "noise.cbor"
+    noise.write_bytes(random.Random(11).randbytes(100_000))
+    cases = [
+        ("/dev/zero", "a device, not a batch file"),
+        (str(fifo), "a pipe, not a batch file"),
+        (str(huge), "209,715,200 bytes: larger than any batch can be (at most 67,174,400 bytes)"),
+        (str(noise), "batch envelope: "),
+    ]
+    if Path("/proc/self/mem").exists():  # a regular file that cannot be read at offset 0
+        cases.append(("/proc/self/mem", "cannot read it: Input/output error"))
     tracemalloc.start()
     try:
-        for path, message in [
-            ("/dev/zero", "not a regular file"),
-            (str(fifo), "not a regular file"),
-            (str(huge), "209,715,200 bytes: larger than any batch can be"),
-        ]:
+        for path, message in cases:
             code, out, err = _inspect(path)
-            assert (code, out) == (1, "")
-            assert f"{path}: error: {message}" in err
-            assert "Traceback" not in err
+            assert (code, out) == (1, ""), path
+            assert err.startswith(f"{path}: error: {message}"), err
+            assert err.count("\n") == 1, err  # one line, no traceback
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 80 << 20  # at most one batch's worth, not the file
+    assert peak < 4 << 20  # the huge file was refused by its size, not read
+    code, out, err = _inspect(str(directory))
+    assert (code, out) == (1, "")
+    assert err == f"{directory / 'sub.cbor'}: error: a directory, not a batch file\n"
+
+    def unreadable(self: Path) -> Any:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", unreadable)
+    code, _, err = _inspect(str(directory))
+    assert code == 2
+    assert err == f"vwos uplink inspect: {directory}: cannot list the directory: Permission denied\n"
+
+
+def test_inspect_reads_a_file_at_the_size_limit_at_most_once(tmp_path: Path) -> None:
+    """A file just within the limit is read (it could be a batch), once, and refused for its content."""
+    limit = MAX_BATCH_FILE_BYTES
+    big = tmp_path / "big.cbor"
+    with big.open("wb") as f:
+        f.truncate(limit)
+    tracemalloc.start()
+    try:
+        code, out, err = _inspect(str(big))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (code, out) == (1, "")
+    assert err.startswith(f"{big}: error: batch envelope: ")
+    assert err.count("\n") == 1
+    assert peak < 2 * limit + (8 << 20)
 
 
 def test_inspect_through_the_vwos_command_entry_point(
@@ -1637,3 +1714,125 @@ def test_commits_lost_with_a_truncated_wal_are_counted_at_the_next_open(tmp_path
         delivered = ids_of(drain(outbox))
     assert stats.lost_damaged == 500
     assert sorted(delivered) == list(range(1000))
+
+
+def _crash_copy(path: Path, into: Path) -> Path:
+    """The outbox's files as a crash would leave them: copied while it is open (its WAL not checkpointed)."""
+    into.mkdir()
+    for suffix in ("", "-wal", "-mark"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            Path(f"{into / path.name}{suffix}").write_bytes(source.read_bytes())
+    return into / path.name
+
+
+def _flip_in_file(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+def test_commits_lost_with_a_damaged_wal_after_a_crash_are_counted_logged_and_shown(
+    tmp_path: Path, how: str
+) -> None:
+    """A crash, then the WAL cut short (a torn write at power loss) or a byte in it flipped: SQLite drops
+    the commits from the damaged frame on, silently. The high-water mark counts them."""
+    path = tmp_path / "live" / "o.sqlite3"
+    wal = Path(f"{path}-wal")
+    outbox = Outbox(path, quota_bytes=64 << 20, vehicle_id="V")
+    try:
+        outbox.accept(rows(0, 1000))
+        good_end = wal.stat().st_size  # the WAL holds the first commit up to here
+        outbox.accept(rows(1000, 400))
+        outbox.accept(rows(1400, 600))
+        assert wal.stat().st_size > good_end + 200
+        crashed = _crash_copy(path, tmp_path / "crashed")
+    finally:
+        outbox.close()
+    damaged_wal = Path(f"{crashed}-wal")
+    if how == "truncated":
+        with damaged_wal.open("r+b") as f:
+            f.truncate(good_end + 100)  # in the middle of the second commit's first frame
+    else:
+        _flip_in_file(damaged_wal, good_end + 200)  # inside the second commit's first frame
+    with Outbox(crashed, quota_bytes=64 << 20, vehicle_id="V") as again:
+        damage = again.damage
+        stats = again.statistics()
+        delivered = ids_of(drain(again))
+    assert damage is not None
+    assert (damage.lost_samples, damage.corrupt_samples) == (1000, 0)
+    assert "1,000 accepted samples are missing" in str(damage)
+    assert (stats.lost_damaged, stats.accepted, stats.stored_samples) == (1000, 1000, 1000)
+    assert delivered == list(range(1000))
+    with Outbox(crashed, quota_bytes=64 << 20, vehicle_id="V") as later:  # counted once, not at every open
+        assert later.damage is None
+        assert later.statistics().lost_damaged == 1000
+
+
+def _blob_offset(path: Path, query: str) -> tuple[int, int]:
+    """Where in the database file a blob of ``query`` (blob, samples) lies, and its sample count."""
+    db = sqlite3.connect(path)
+    try:
+        blob, samples = db.execute(query).fetchone()
+    finally:
+        db.close()
+    data = path.read_bytes()
+    start = max(range(0, min(len(blob), 3000) - 32, 8), key=lambda i: len(set(blob[i : i + 32])))
+    probe = bytes(blob[start : start + 32])  # the most varied 32 bytes of its first page: found once
+    offset = data.find(probe)
+    assert offset > 0
+    assert data.find(probe, offset + 1) == -1, "the probe must be found once"
+    return offset + 16, samples
+
+
+@pytest.mark.parametrize("table", ["chunks", "batches"])
+def test_a_byte_flipped_on_disk_inside_a_chunk_or_a_formed_batch_is_found_at_open(
+    tmp_path: Path, table: str
+) -> None:
+    """A sector gone bad under SQLite: its pages still parse (quick_check says ok), the bytes are wrong.
+    The CRC-32 finds it at the next open: that chunk's or batch's samples are dropped and counted, the
+    rest is delivered."""
+    path = tmp_path / "o.sqlite3"
+    options: dict[str, Any] = {"quota_bytes": 64 << 20, "vehicle_id": "V", "compress": False}
+    with Outbox(path, max_batch_bytes=8192, **options) as outbox:
+        for start in range(0, 3000, 1000):
+            outbox.accept(rows(start, 1000))  # three chunks
+        assert outbox.next_batch(T0) is not None  # one formed batch, not acknowledged
+    query = {
+        "chunks": "SELECT data, count FROM chunks ORDER BY id DESC LIMIT 1",
+        "batches": "SELECT payload, samples FROM batches LIMIT 1",
+    }[table]
+    offset, lost = _blob_offset(path, query)
+    _flip_in_file(path, offset)
+    assert integrity(path) == "ok"  # SQLite itself sees nothing wrong
+    with Outbox(path, **options) as outbox:
+        damage = outbox.damage
+        stats = outbox.statistics()
+        delivered = ids_of(drain(outbox))
+    assert damage is not None
+    assert (damage.lost_samples, damage.corrupt_samples) == (0, lost)
+    assert "their CRC-32 did not match" in str(damage)
+    assert stats.dropped_corrupt == lost
+    assert len(delivered) == len(set(delivered)) == 3000 - lost
+    assert set(delivered) <= set(range(3000))
+
+
+def test_a_database_damaged_beyond_use_is_moved_aside_and_what_it_held_is_counted(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        outbox.accept(rows(0, 20_000))
+        assert outbox.next_batch(T0) is not None
+        held = outbox.statistics().stored_samples + outbox.statistics().formed_samples
+    data = bytearray(path.read_bytes())
+    data[4096 : 3 * 4096] = bytes(2 * 4096)  # pages 2 and 3 zeroed: the b-trees no longer parse
+    path.write_bytes(bytes(data))
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        assert outbox.moved_aside is not None
+        assert outbox.damage is not None
+        assert outbox.damage.lost_samples == held
+        assert "was moved aside" in str(outbox.damage)
+        assert outbox.statistics().lost_damaged == held
+    assert outbox.moved_aside.moved_to.exists()  # kept, for a person to look at

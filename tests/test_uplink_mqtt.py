@@ -547,7 +547,7 @@ def test_config_defaults_and_derived_values() -> None:
         ({"tls_insecure": True}, "tls_insecure", "needs tls = true"),
         ({"password_file": "pw"}, "password_file", "needs username"),
         ({"username": "u", "password_file": "pw", "password_env": "PW"}, "password_env", "not both"),
-        ({"connect_timeout": 0}, "connect_timeout", "positive"),
+        ({"connect_timeout": 0}, "connect_timeout", "> 0 and at most 1000000000"),
         ({"rate_limit": -1}, "rate_limit", ">= 0"),
         ({"rate_burst": 0}, "rate_burst", "at least 1"),
         ({"max_message_size": 0}, "max_message_size", "from 1 to"),

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+import types
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import mqtt_broker
 import pytest
+import structlog
 import tmpfs  # tests/ is on sys.path
 import trio
 
@@ -32,7 +35,9 @@ from services.uplink import (
     decode_batch,
     status_topic,
 )
+from services.uplink._service import _quota_bytes
 from vwos import BackoffPolicy, ConfigError, ServiceSpec, SupervisorPolicy, parse_config
+from vwos._cli import main
 from vwos.testing import open_harness
 
 COUNTER = Topic("Test.Counter", int)
@@ -241,6 +246,104 @@ topics = ["**"]
     assert problem in problems[0]
 
 
+CONFIG = """
+[services.uplink]
+plugin = "uplink"
+[services.uplink.config]
+vehicle_id = "car-1"
+{settings}
+[[services.uplink.config.campaigns]]
+name = "all"
+topics = ["**"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ("quota_mb = inf", ".quota_mb: expected a number of MB from 0.25 to 1048576, not inf"),
+        ("quota_mb = nan", ".quota_mb: expected a number of MB from 0.25 to 1048576, not nan"),
+        ("quota_mb = 1e-9", ".quota_mb: expected a number of MB from 0.25 to 1048576, not 1e-09"),
+        ("quota_mb = -1", ".quota_mb: expected a number of MB from 0.25 to 1048576, not -1"),
+        ("quota_mb = 0", ".quota_mb: expected a number of MB from 0.25 to 1048576, not 0"),
+        ("quota_mb = 1e300", ".quota_mb: expected a number of MB from 0.25 to 1048576, not 1e+300"),
+        (
+            "quota_mb = 0.5\nmax_batch_bytes = 1048576",
+            ".quota_mb: quota_mb = 0.5 is less than four batches of max_batch_bytes = 1,048,576 (4 MB), the "
+            "least the outbox holds",
+        ),
+        (
+            "max_batch_bytes = 67108864",  # the largest batch, and the default quota of 64 MB
+            # quota_mb left at its default: the problem is the table's, and says which key to change
+            ": quota_mb = 64 is less than four batches of max_batch_bytes = 67,108,864 (256 MB)",
+        ),
+        (
+            "max_batch_bytes = 9223372036854775807",
+            ".max_batch_bytes: must be at most 67108864 bytes (what a reader decodes)",
+        ),
+        ("queue_size = 0", ".queue_size: expected a number of samples from 1 to 10,000,000, not 0"),
+        ("queue_size = -1", ".queue_size: expected a number of samples from 1 to 10,000,000, not -1"),
+        ("queue_size = 1_000_000_000_000", ".queue_size: expected a number of samples from 1 to 10,000,000"),
+        ("flush_interval = nan", ".flush_interval: expected a number of seconds > 0 and at most 1000000000"),
+        ("batch_delay = inf", ".batch_delay: expected a number of seconds > 0 and at most 1000000000"),
+        ("status_period = 0", ".status_period: expected a number of seconds > 0 and at most 1000000000"),
+        (
+            'transport = "mqtt"\n[services.uplink.config.mqtt]\nhost = "broker.example"\n'
+            "connect_timeout = 1e12",
+            ".mqtt.connect_timeout: expected a number of seconds > 0 and at most 1000000000, got 1000000000",
+        ),
+        (
+            'transport = "mqtt"\n[services.uplink.config.mqtt]\nhost = "broker.example"\nack_timeout = inf',
+            ".mqtt.ack_timeout: expected a number of seconds > 0 and at most 1000000000, got inf",
+        ),
+    ],
+)
+def test_absurd_uplink_settings_are_refused_by_vwos_check(
+    tmp_path: Path, settings: str, problem: str
+) -> None:
+    """Each of these passed `vwos check` and then failed when the uplink started (an OverflowError, the
+    outbox refusing its quota, a socket timeout out of time_t's range) or never did its job."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(CONFIG.format(settings=settings), path=tmp_path / "vwos.toml")
+    problems = [str(p) for p in info.value.problems]
+    assert len(problems) == 1, problems
+    assert f"vwos.toml: services.uplink.config{problem}" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        "quota_mb = 0.25\nmax_batch_bytes = 65536",
+        "quota_mb = 1048576",
+        "quota_mb = 4\nmax_batch_bytes = 1048576",
+        "queue_size = 1",
+    ],
+)
+def test_uplink_settings_at_their_bounds_pass_and_the_outbox_opens_with_them(
+    tmp_path: Path, settings: str
+) -> None:
+    config = parse_config(CONFIG.format(settings=settings), path=tmp_path / "vwos.toml")
+    cfg = config.services[0].config
+    assert isinstance(cfg, UplinkConfig)
+    Outbox(  # what the service opens with these settings: no ValueError at start
+        tmp_path / "o.sqlite",
+        quota_bytes=_quota_bytes(cfg.quota_mb),
+        vehicle_id="V",
+        max_batch_bytes=cfg.max_batch_bytes,
+    ).close()
+
+
+def test_vwos_check_refuses_an_infinite_quota_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "vwos.toml"
+    path.write_text(CONFIG.format(settings="quota_mb = inf"))
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path.name}: services.uplink.config.quota_mb: expected a number of MB from 0.25" in err
+    assert "Traceback" not in err
+
+
 # -- storage faults ------------------------------------------------------------------------------------
 
 
@@ -273,7 +376,14 @@ async def test_a_full_disk_never_stops_the_uplink_and_it_drains_when_space_retur
                 car.publish(COUNTER, i)
             done = await car.expect(
                 status_topic("uplink"),
-                lambda s: s.storage == "ok" and s.stored_samples == 0 and s.accepted > 0 and s.connected,
+                # Every sample handled (stored or counted as dropped) and sent: stored_bytes counts the
+                # formed batches too, so it is 0 once the last one is acknowledged, not when it is formed.
+                lambda s: (
+                    s.storage == "ok"
+                    and s.accepted + s.dropped_storage + s.dropped_before_outbox == n + 5000
+                    and s.stored_bytes == 0
+                    and s.connected
+                ),
                 timeout=30,
             )
             assert car.status()["uplink"].restarts == 0
@@ -287,6 +397,123 @@ async def test_a_full_disk_never_stops_the_uplink_and_it_drains_when_space_retur
     assert got[-5000:] == list(range(n + 1, n + 5001))  # the newest all arrived
     lost = status.dropped_quota + status.dropped_storage + status.dropped_before_outbox
     assert len(got) + lost == n + 5000  # and every other sample is accounted for
+
+
+async def test_restarted_on_a_full_disk_with_samples_pending_the_next_incarnation_opens_at_once(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """The attacker's sequence: samples collected and not yet committed, the disk full, the uplink
+    restarted. Before: the flush in run's finally raised "database or disk is full", the outbox was never
+    closed, the next incarnation found it "in use by another process" and the supervisor gave up. Now the
+    flush counts what it cannot store, the outbox is closed, the next incarnation opens it and runs on the
+    full disk, and stores and sends again once there is room."""
+    out, state = tmp_path / "batches", small_disk / "state"
+    spec = uplink(tmp_path, directory=out, quota_mb=0.5, flush_interval=0.2)
+    with trio.fail_after(60):
+        async with open_harness(spec, state_dir=state) as car:
+            for i in range(1, 2001):
+                car.publish(COUNTER, i)
+            await car.expect(status_topic("uplink"), lambda s: s.sent_samples == 2000, timeout=20)
+            filler = tmpfs.fill(small_disk)
+            for i in range(2001, 4001):
+                car.publish(COUNTER, i)
+            await trio.sleep(0.05)  # collected, not yet committed (the next flush is up to 0.2 s away)
+            first = car.status()["uplink"].incarnation
+            car.supervisor.restart_service("uplink")
+            await car.expect(  # a status sample seen once the new incarnation runs
+                status_topic("uplink"),
+                lambda _: (
+                    (row := car.status()["uplink"]).incarnation > first and row.state.value == "running"
+                ),
+                timeout=20,
+            )
+            await trio.sleep(0.3)  # three status periods of the new incarnation
+            again = car.samples(status_topic("uplink"))[-1].value
+            assert again.storage == "disk_full", again  # its outbox is open (else: "error", why)
+            assert again.storage_error == ""
+            row = car.status()["uplink"]
+            assert (row.state.value, row.incarnation, row.last_error) == ("running", first + 1, None)
+            filler.unlink()  # room again
+            for i in range(4001, 5001):
+                car.publish(COUNTER, i)
+            await car.expect(
+                status_topic("uplink"), lambda s: s.sent_samples >= 3000 and s.stored_bytes == 0, timeout=20
+            )
+    got = samples_in(p.read_bytes() for p in sorted(out.iterdir()))["Test.Counter"]
+    assert got[:2000] == list(range(1, 2001))
+    assert got[-1000:] == list(range(4001, 5001))  # the newest, after the disk had room again
+
+
+class _FakeDisk:
+    """``os.statvfs`` for the directory ``under``: a disk of ``size`` bytes holding only the outbox's files
+    (the real one elsewhere). A full disk without mounting one: `size` can shrink and grow as a test goes."""
+
+    def __init__(self, under: Path, size: int) -> None:
+        self.under, self.size = under, size
+        self.real = os.statvfs
+
+    def __call__(self, path: Any) -> Any:
+        if not Path(path).is_relative_to(self.under):
+            return self.real(path)
+        used = sum(p.stat().st_size for p in self.under.rglob("outbox.sqlite*") if p.is_file())
+        free = max(0, self.size - used)
+        return types.SimpleNamespace(f_bavail=free // 4096, f_frsize=4096)
+
+
+async def test_a_full_disk_under_the_real_supervisor_without_a_mount(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same fault injected: the disk's free space as the outbox sees it (os.statvfs) shrinks to
+    little, then to nothing, then grows back. Under the real Supervisor (open_harness; intensity 0: a
+    single crash would end the test) the uplink never fails, reports each state, and drains."""
+    out, state = tmp_path / "batches", tmp_path / "state"
+    out.write_text("no link yet")
+    disk = _FakeDisk(state, 400_000)
+    monkeypatch.setattr(os, "statvfs", disk)
+    spec = uplink(tmp_path, directory=out, reconnect=QUICK_RECONNECT)  # quota_mb 64: the disk is the limit
+    offered = 0
+
+    async def offer(n: int) -> None:
+        nonlocal offered
+        for _ in range(n // 1000):
+            for i in range(offered + 1, offered + 1001):
+                car.publish(COUNTER, i)
+            offered += 1000
+            await trio.sleep(0.02)
+
+    with trio.fail_after(60):
+        async with open_harness(spec, state_dir=state) as car:
+            await offer(60_000)
+            little = await car.expect(
+                status_topic("uplink"), lambda s: s.storage == "disk_full" and s.dropped_quota > 0
+            )
+            assert little.value.dropped_storage == 0  # the oldest made room for the newest
+            assert 0 < little.value.disk_bytes <= little.value.disk_budget <= 400_000  # occupancy: near 1
+            assert little.value.disk_bytes > 0.8 * little.value.disk_budget
+            disk.size = 0  # someone took the rest: not even the WAL of a write fits
+            await offer(5_000)
+            none = await car.expect(
+                status_topic("uplink"), lambda s: s.storage == "disk_full" and s.dropped_storage > 0
+            )
+            assert "could not be stored" in none.value.storage_error
+            disk.size = 1 << 40  # space returns
+            out.unlink()  # and a link
+            await offer(5_000)
+            done = await car.expect(
+                status_topic("uplink"),
+                lambda s: (
+                    s.storage == "ok"
+                    and s.accepted + s.dropped_storage + s.dropped_before_outbox == offered
+                    and s.stored_bytes == 0
+                ),
+                timeout=30,
+            )
+            assert car.status()["uplink"].restarts == 0
+    status = done.value
+    got = samples_in(p.read_bytes() for p in sorted(out.iterdir()))["Test.Counter"]  # in seq order
+    assert got == sorted(got)
+    assert got[-5000:] == list(range(offered - 4999, offered + 1))  # everything after space returned
+    assert len(got) + status.dropped_quota + status.dropped_storage + status.dropped_before_outbox == offered
 
 
 async def test_a_failing_flush_at_stop_still_releases_the_outbox(
@@ -518,3 +745,35 @@ async def test_wrong_password_is_a_clear_error_and_loses_nothing(
     with Outbox(state / "uplink" / "outbox.sqlite", quota_bytes=1 << 30, vehicle_id="car-1") as box:
         stats = box.statistics()
     assert stats.stored_samples + stats.formed_samples == 1000  # all kept for when the password is fixed
+
+
+async def test_a_damaged_chunk_found_at_start_is_logged_and_on_the_status_topic(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    path = state / "uplink" / "outbox.sqlite"
+    keep = CampaignFilter((Campaign("all", ("Test.**",)),)).keep("Test.Counter", 0, 0.0)
+    assert keep is not None
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="car-1") as box:
+        for start in range(0, 900, 300):
+            box.accept([("Test.Counter", i, 1.7e9 + i, keep) for i in range(start, start + 300)])
+    db = sqlite3.connect(path)  # a flipped byte in the first chunk, its CRC as it was
+    try:
+        (data,) = db.execute("SELECT data FROM chunks ORDER BY id LIMIT 1").fetchone()
+        damaged = bytearray(data)
+        damaged[len(damaged) // 2] ^= 0x55
+        db.execute("UPDATE chunks SET data = ? WHERE id = (SELECT min(id) FROM chunks)", (bytes(damaged),))
+        db.commit()
+    finally:
+        db.close()
+    out = tmp_path / "out"
+    with trio.fail_after(30), structlog.testing.capture_logs() as logs:
+        async with open_harness(uplink(tmp_path, directory=out), state_dir=state) as car:
+            status = await car.expect(
+                status_topic("uplink"), lambda s: s.dropped_damaged > 0 and s.stored_bytes == 0
+            )
+    assert status.value.dropped_damaged == 300
+    assert status.value.sent_samples == 600
+    warnings = [e for e in logs if e["event"] == "outbox damage found at open: samples were lost"]
+    assert len(warnings) == 1, logs
+    assert warnings[0]["corrupt_samples"] == 300
+    assert "300 samples in 1 chunk were damaged" in warnings[0]["detail"]
+    assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(range(300, 900))

@@ -64,22 +64,57 @@ def _files(path: Path) -> list[Path]:
 
 #: The most bytes a batch file can have: its body's limit, plus room for the envelope.
 MAX_BATCH_FILE_BYTES: Final = MAX_BODY_BYTES + 64 * 1024
+_READ_PIECE: Final = 1 << 20
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 def _read_batch_file(file: Path) -> bytes:
-    """The bytes of a batch file, read with a bound: a device (``/dev/zero``), a pipe or a huge file is
-    refused with a clear error instead of being read for ever or into all memory."""
+    """The bytes of a batch file, read with a bound: a device (``/dev/zero``), a pipe, a directory or a
+    huge file is refused with a clear error instead of being read for ever or into all memory."""
     fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO without a writer would block the open
-    with open(fd, "rb") as f:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise BatchError("not a regular file (a device, a pipe or a socket?): not a batch")
-        data = f.read(MAX_BATCH_FILE_BYTES + 1)
+            raise BatchError(f"{_kind(info.st_mode)}, not a batch file")
+        if info.st_size > MAX_BATCH_FILE_BYTES:  # not even read
+            raise BatchError(
+                f"{info.st_size:,} bytes: larger than any batch can be (at most {MAX_BATCH_FILE_BYTES:,} "
+                "bytes), not a batch file"
+            )
+        # In pieces (a single read would allocate the whole limit up front), and up to the limit whatever
+        # the size said: a file may grow meanwhile, and /proc's say 0.
+        pieces: list[bytes] = []
+        total = 0
+        while total <= MAX_BATCH_FILE_BYTES:
+            piece = os.read(fd, min(_READ_PIECE, MAX_BATCH_FILE_BYTES + 1 - total))
+            if not piece:
+                break
+            pieces.append(piece)
+            total += len(piece)
+        data = b"".join(pieces)
+    finally:
+        os.close(fd)
     if len(data) > MAX_BATCH_FILE_BYTES:
         raise BatchError(
-            f"{info.st_size:,} bytes: larger than any batch can be (at most {MAX_BATCH_FILE_BYTES:,} bytes)"
+            f"larger than any batch can be (at most {MAX_BATCH_FILE_BYTES:,} bytes), not a batch file"
         )
     return data
+
+
+def _os_error(exc: OSError) -> str:
+    """An OS error without Python's ``[Errno N]`` and without the file name, which the line starts with."""
+    return f"cannot read it: {exc.strerror or exc}"
 
 
 def inspect_command(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -96,7 +131,11 @@ def inspect_command(args: argparse.Namespace, *, out: TextIO | None = None, err:
     if not path.exists():
         print(f"vwos uplink inspect: {path}: no such file or directory", file=err)
         return 2
-    files = _files(path)
+    try:
+        files = _files(path)
+    except OSError as exc:
+        print(f"vwos uplink inspect: {path}: cannot list the directory: {exc.strerror or exc}", file=err)
+        return 2
     if not files:
         print(f"vwos uplink inspect: {path}: no batch files (*{SUFFIX}) in this directory", file=err)
         return 2
@@ -106,7 +145,7 @@ def inspect_command(args: argparse.Namespace, *, out: TextIO | None = None, err:
             batch = decode_batch(_read_batch_file(file), strict=False)
         except (OSError, BatchError) as exc:
             failed += 1
-            print(f"{file}: error: {exc}", file=err)
+            print(f"{file}: error: {_os_error(exc) if isinstance(exc, OSError) else exc}", file=err)
             continue
         lines = _json_lines(file, batch, args.summary) if args.json else _text(file, batch, args.summary)
         for line in lines:

@@ -60,7 +60,7 @@ import string
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 import attrs
 import structlog
@@ -149,9 +149,13 @@ def _keepalive(_: object, __: attrs.Attribute[int], value: int) -> None:
         raise ValueError(f"expected seconds from 0 (no keepalive) to 65535, got {value}")
 
 
+#: The longest timeout (as vwos's own durations): beyond, a socket's timeout overflows the C time_t.
+_MAX_SECONDS: Final = 1_000_000_000.0
+
+
 def _positive_seconds(_: object, __: attrs.Attribute[float], value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"expected a positive number of seconds, got {value}")
+    if not 0 < value <= _MAX_SECONDS:  # also refuses NaN and inf
+        raise ValueError(f"expected a number of seconds > 0 and at most {_MAX_SECONDS:.0f}, got {value}")
 
 
 def _rate(_: object, __: attrs.Attribute[float], value: float) -> None:

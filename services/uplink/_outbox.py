@@ -520,8 +520,14 @@ class Outbox:
             self._check_damage()
             self._fit_quota()
             self._refresh()
-        except BaseException:
+        except sqlite3.DatabaseError as exc:  # reading it, or counting damage found (a write), failed
             self._release()  # the lock, and the mark's file
+            kind = _kind(exc)
+            raise OutboxStorageError(
+                self.path, f"cannot open it: {exc}", kind="io" if kind == "corrupt" else kind
+            ) from None
+        except BaseException:
+            self._release()
             raise
 
     # -- opening --------------------------------------------------------------------------------------------
@@ -771,9 +777,14 @@ class Outbox:
             if bump_seq > self._next_seq:
                 self._next_seq = bump_seq
             if corrupt_chunks or corrupt_batches:
+                where = " and ".join(
+                    f"{n} {what}{'' if n == 1 else 'es' if what.endswith('batch') else 's'}"
+                    for n, what in ((len(corrupt_chunks), "chunk"), (len(corrupt_batches), "formed batch"))
+                    if n
+                )
                 notes.append(
-                    f"{corrupt:,} samples in {len(corrupt_chunks)} chunks and {len(corrupt_batches)} formed "
-                    "batches were damaged (their CRC-32 did not match) and were dropped"
+                    f"{corrupt:,} samples in {where} were damaged (their CRC-32 did not match) and were "
+                    "dropped"
                 )
         else:
             self._write_mark()
@@ -1113,9 +1124,7 @@ class Outbox:
                     new_topics.append((next_tid, topic))
                     next_tid += 1
             try:
-                t_us = round(timestamp * 1_000_000)
-                if not -_MAX_US <= t_us <= _MAX_US:
-                    raise ValueError("out of range")
+                t_us = round(timestamp * 1_000_000)  # its range is checked per group below
                 if type(value) is not float:
                     value = prepare_value(value, codec)
                     builder.check(topic, value)
@@ -1131,6 +1140,10 @@ class Outbox:
             columns[0].append(tid)
             columns[1].append(t_us)
             columns[2].append(value)
+        for columns in groups.values():
+            times = columns[1]
+            if times and (min(times) < -_MAX_US or max(times) > _MAX_US):  # rare: not checked per sample
+                self._refuse_out_of_range(columns, new_topics, refused)
         if not groups and not refused:
             return 0
         # The chunks, encoded once, before the transaction.
@@ -1184,6 +1197,24 @@ class Outbox:
             reason = self._broken or (self._failure[1] if self._failure else "")
             raise OutboxStorageError(self.path, f"cannot store samples: {reason}", kind="corrupt")
         return stored
+
+    def _refuse_out_of_range(
+        self,
+        columns: tuple[list[int], list[int], list[Any]],
+        new_topics: list[tuple[int, str]],
+        refused: list[tuple[str, str, str]],
+    ) -> None:
+        """Take the samples whose timestamp is beyond `_MAX_US` out of ``columns``, into ``refused``."""
+        names = {**self._topic_names, **dict(new_topics)}
+        tids, times, values = columns
+        keep = [i for i, t in enumerate(times) if -_MAX_US <= t <= _MAX_US]
+        for i, t in enumerate(times):
+            if not -_MAX_US <= t <= _MAX_US:
+                reason = f"bad timestamp {t / 1e6!r} (beyond +-{_MAX_US / 1e6:.0f} s)"
+                refused.append((names[tids[i]], "refused_unencodable", reason))
+        columns[0][:] = [tids[i] for i in keep]
+        columns[1][:] = [times[i] for i in keep]
+        columns[2][:] = [values[i] for i in keep]
 
     def _accept_part(self, chunks: list[_NewChunk], now_us: int | None) -> tuple[int, sqlite3.Error | None]:
         """Store ``chunks`` in one transaction, making room first (and again, for more, if SQLite still

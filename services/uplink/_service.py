@@ -26,6 +26,7 @@ from services.uplink._outbox import (
     OutboxStatistics,
     OutboxStorageError,
     Row,
+    min_quota_bytes,
 )
 from services.uplink._transport import TransportError, UplinkTransport
 from vwos import BackoffPolicy, Service, ServiceContext
@@ -45,9 +46,21 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
         raise ValueError(f"expected a number of seconds > 0 and at most {_MAX_SECONDS:.0f}, not {value}")
 
 
-def _quota_mb(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _quota_mb(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
     if not MIN_QUOTA_MB <= value <= MAX_QUOTA_MB:  # also refuses NaN and inf
         raise ValueError(f"expected a number of MB from {MIN_QUOTA_MB:g} to {MAX_QUOTA_MB:.0f}, not {value}")
+    batch = instance.max_batch_bytes  # validators run once every field is set (AttributeError: it is bad)
+    smallest = min_quota_bytes(batch)
+    if _quota_bytes(value) < smallest:  # the outbox would refuse it when the service starts
+        raise ValueError(
+            f"quota_mb = {value:g} is less than four batches of max_batch_bytes = {batch:,} "
+            f"({smallest / (1024 * 1024):g} MB), the least the outbox holds (one batch waiting for its "
+            "acknowledgement, the samples of the next ones); raise quota_mb or lower max_batch_bytes"
+        )
+
+
+def _quota_bytes(quota_mb: float) -> int:
+    return int(quota_mb * 1024 * 1024)
 
 
 def _queue_size(_: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -165,6 +178,10 @@ class UplinkStatus:
     dropped_storage: int = 0
     #: Samples lost to damage: corrupt chunks or batches, commits a damaged WAL lost, a replaced file.
     dropped_damaged: int = 0
+    #: The outbox's files on disk (database, WAL, high-water mark) and what they may take: the quota, or
+    #: less when the disk has less room. Their ratio is the outbox's occupancy.
+    disk_bytes: int = 0
+    disk_budget: int = 0
 
 
 def status_topic(service: str) -> Topic[UplinkStatus]:
@@ -251,7 +268,7 @@ class Uplink(Service[UplinkConfig]):
         cfg = self.config
         outbox = Outbox(
             self.ctx.state_dir / "outbox.sqlite",
-            quota_bytes=int(cfg.quota_mb * 1024 * 1024),
+            quota_bytes=_quota_bytes(cfg.quota_mb),
             vehicle_id=cfg.vehicle_id,
             max_batch_bytes=cfg.max_batch_bytes,
             compress=cfg.compress,
@@ -505,6 +522,8 @@ class Uplink(Service[UplinkConfig]):
             storage_error=storage_error,
             dropped_storage=s.dropped_storage + self._dropped_unstored,
             dropped_damaged=s.dropped_corrupt + s.lost_damaged,
+            disk_bytes=s.disk_bytes,
+            disk_budget=s.disk_budget,
         )
 
     def _publish_status(self) -> None:
