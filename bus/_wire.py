@@ -984,8 +984,11 @@ class Connection:
     their length prefix, before the body is buffered; outgoing batches are split into frames that fit the
     peer's limit (announced in the handshake). Call `next_event` until it returns None after each
     `receive_data`: the buffer then holds at most one partial frame, so memory stays bounded by
-    ``max_frame`` plus one read. Every protocol violation raises `ProtocolError`, and the connection stays
-    broken (later calls raise it again).
+    ``max_frame`` plus one read. A frame's body is decoded at once (CBOR, in C), its messages are made and
+    checked one by one as `next_event` reaches them, so a caller that yields between events lets others
+    run between the messages of a large frame (and those before a malformed message are handed out).
+    Every protocol violation raises `ProtocolError`, and the connection stays broken (later calls raise
+    it again).
     """
 
     def __init__(
@@ -1002,7 +1005,9 @@ class Connection:
         self.hello: Hello | None = None
         self.welcome: Welcome | None = None
         self._buffer = bytearray()
-        self._events: deque[Message] = deque()
+        #: The messages of the frame being read, as decoded CBOR, each made a `Message` (and checked) only
+        #: when `next_event` reaches it: a frame of many messages is handed out one at a time.
+        self._items: deque[Any] = deque()
         self._eof = False
         self._error: ProtocolError | None = None
         self._received_handshake = False  # the peer's HELLO / the server's WELCOME or REFUSED arrived
@@ -1035,7 +1040,7 @@ class Connection:
             return self._next_event()
         except ProtocolError as exc:
             self._error = exc
-            self._events.clear()
+            self._items.clear()
             self._buffer.clear()
             raise
 
@@ -1050,9 +1055,9 @@ class Connection:
                 return
 
     def _next_event(self) -> Message | Closed | None:
-        events = self._events
-        if events:
-            return events.popleft()
+        items = self._items
+        if items:
+            return self._message(items.popleft())
         buffer = self._buffer
         while len(buffer) >= _HEADER:
             size = int.from_bytes(buffer[:_HEADER], "big")
@@ -1066,8 +1071,7 @@ class Connection:
             body = bytes(buffer[_HEADER:end])
             del buffer[:end]
             self._decode_frame(body)
-            if events:
-                return events.popleft()
+            return self._message(items.popleft())
         if self._eof:
             if buffer:
                 if len(buffer) < _HEADER:
@@ -1089,21 +1093,22 @@ class Connection:
             raise ProtocolError(f"undecodable frame: {exc}") from None
         if type(batch) is not list or not batch:
             raise ProtocolError(f"a frame holds a non-empty CBOR array of messages, got {_label(batch)}")
-        decoded: list[Message] = []
-        for items in batch:
-            if type(items) is not list or not items:
-                raise ProtocolError(f"a message is a non-empty CBOR array [op, ...], got {_label(items)}")
-            op = items[0]
-            cls = _BY_OP.get(op) if type(op) is int else None
-            if cls is None:
-                raise ProtocolError(f"unknown operation {_label(op)}")
-            if self.role in cls.SENT_BY and cls.SENT_BY != _BOTH:
-                peer = "client" if self.role is Role.SERVER else "server"
-                raise ProtocolError(f"a {peer} does not send {cls.NAME} messages")
-            message = cls.from_wire(items)
-            self._check_incoming(message)
-            decoded.append(message)
-        self._events.extend(decoded)
+        self._items.extend(batch)
+
+    def _message(self, items: Any) -> Message:
+        """One message of a frame, from its decoded CBOR (a protocol error if it is not one)."""
+        if type(items) is not list or not items:
+            raise ProtocolError(f"a message is a non-empty CBOR array [op, ...], got {_label(items)}")
+        op = items[0]
+        cls = _BY_OP.get(op) if type(op) is int else None
+        if cls is None:
+            raise ProtocolError(f"unknown operation {_label(op)}")
+        if self.role in cls.SENT_BY and cls.SENT_BY != _BOTH:
+            peer = "client" if self.role is Role.SERVER else "server"
+            raise ProtocolError(f"a {peer} does not send {cls.NAME} messages")
+        message: Message = cls.from_wire(items)
+        self._check_incoming(message)
+        return message
 
     def _check_incoming(self, message: Message) -> None:
         if self._refused:
