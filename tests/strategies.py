@@ -9,7 +9,9 @@ Typed values
 Bytes
     `mutated_bytes` damages a valid encoding (flips, overwrites, insertions, deletions, truncation, garbage).
 Bus
-    `topic_names`, `patterns` (with ``*`` and ``**``), `topic_values` for a topic's rules.
+    `topic_names`, `patterns` (with ``*`` and ``**``), `topic_values` for a topic's rules;
+    `extreme_patterns` (at and beyond the bounds) and `hostile_sessions` (a hostile socket client's
+    requests, `HostileOp`).
 Restart policy
     `backoff_policies`, `supervisor_policies`, `child_specs`, and `steps` of a simulated supervisor driver
     (`Step`, `DriverAction`).
@@ -657,3 +659,66 @@ def queue_operations() -> st.SearchStrategy[list[QueueOp]]:
 
 
 __all__ += ["QueueOp", "column_batches", "queue_operations"]
+
+
+# -- hostile clients of the bus socket (tests/test_hostile.py) -------------------------------------------
+
+#: One request (or a flood of one kind of request in one frame) a hostile client sends the broker:
+#: ("subscribe", (pattern, queue_size, overflow, latest, copies)), ("unsubscribe", how_many_of_the_last),
+#: ("declare", (name, type_name)), ("publish", (name, values)), ("serve", method),
+#: ("call", (method, arg, copies)).
+HostileOp = tuple[str, Any]
+
+_HOSTILE_SEGMENTS = st.sampled_from(["Vehicle", "Speed", "Cabin", "*", "**", "A", "x" * 128])
+
+
+def extreme_patterns() -> st.SearchStrategy[str]:
+    """Patterns at and beyond the bus's bounds: up to 64 segments and 1024 characters with ``*`` and
+    ``**`` anywhere (the worst for matching), thousands of ``**``, megabyte-long names, bad syntax."""
+    within = (
+        st.lists(_HOSTILE_SEGMENTS, min_size=1, max_size=64).map(".".join).filter(lambda p: len(p) <= 1024)
+    )
+    beyond = st.one_of(
+        st.integers(min_value=65, max_value=3000).map(lambda n: ".".join(["**"] * n)),
+        st.integers(min_value=1025, max_value=60_000).map(lambda n: "A" * n),
+        st.sampled_from(["A." + "x" * 129, "Bad..Name", "", "A.*b", "Vehicle.***", ".", "9"]),
+    )
+    common = st.sampled_from(["Vehicle.Speed", "Vehicle.**", "**", "*", "Test.Ping", "Vehicle.Nobody"])
+    return st.one_of(common, within, beyond)
+
+
+def hostile_sessions() -> st.SearchStrategy[list[HostileOp]]:
+    """What one hostile (or just extreme) client does: floods of subscriptions with every QoS (``block``
+    readers that never read, huge queues), declarations that conflict or squat, runs of good and bad
+    values, many methods served and many calls pending."""
+    names = st.one_of(extreme_patterns(), st.sampled_from(["Vehicle.Speed", "Squat.X", "Vehicle.Other"]))
+    subscribe = st.tuples(
+        st.just("subscribe"),
+        st.tuples(
+            extreme_patterns(),
+            st.none() | st.integers(min_value=1, max_value=2**40),
+            st.sampled_from([None, "drop_oldest", "latest", "block"]),
+            st.booleans(),
+            st.integers(min_value=1, max_value=400),
+        ),
+    )
+    unsubscribe = st.tuples(st.just("unsubscribe"), st.integers(min_value=1, max_value=50))
+    declare = st.tuples(
+        st.just("declare"), st.tuples(names, st.sampled_from(["float", "str", "int", "bytes", "NoSuchType"]))
+    )
+    value = st.one_of(st.floats(), st.just(1e300), st.just(-1.0), st.just("x"), st.integers(0, 400))
+    publish = st.tuples(st.just("publish"), st.tuples(names, st.lists(value, min_size=1, max_size=2000)))
+    serve = st.tuples(st.just("serve"), st.sampled_from(["Test.Ping", "Hostile.A", "Hostile.B", "Bad..M"]))
+    call = st.tuples(
+        st.just("call"),
+        st.tuples(
+            st.sampled_from(["Test.Ping", "Hostile.A", "Nobody.Serves", "x" * 2000]),
+            st.one_of(st.integers(), st.none(), st.text(max_size=5)),
+            st.integers(min_value=1, max_value=100),
+        ),
+    )
+    op: st.SearchStrategy[HostileOp] = st.one_of(subscribe, unsubscribe, declare, publish, serve, call)
+    return st.lists(op, min_size=1, max_size=12)
+
+
+__all__ += ["HostileOp", "extreme_patterns", "hostile_sessions"]
