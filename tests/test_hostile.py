@@ -276,6 +276,33 @@ async def test_huge_patterns_in_the_requested_permissions_are_refused_in_bounded
             assert await _ping_round_trip(broker.path) < 2.0
 
 
+async def test_a_hello_asking_for_thousands_of_patterns_is_refused_at_once(tmp_path: Path) -> None:
+    """Before: a HELLO of 12,000 patterns per action (a 1 MiB frame) held the broker for a third of a
+    second while it narrowed each against the grant, and every later request of that client checked
+    them all again. Now more than 256 per action is a protocol error, found by counting."""
+    patterns = tuple(f"Vehicle.A{i}.*" for i in range(12_000))
+    asked = Permissions(publish=patterns, subscribe=patterns, serve=patterns, call=patterns, block=patterns)
+    with trio.fail_after(LIMIT):
+        async with serving(tmp_path) as broker:
+            stream = await trio.open_unix_socket(str(broker.path))
+            data = Connection(Role.CLIENT).send([Hello("hostile", asked)])
+            started = time.perf_counter()
+            try:
+                await stream.send_all(data)
+                answer = b""
+                while chunk := await stream.receive_some(65536):
+                    answer += chunk
+                elapsed = time.perf_counter() - started
+            finally:
+                await stream.aclose()
+            assert b"12000 patterns asked for; the limit is 256" in answer
+            assert elapsed < 0.1
+            assert await _ping_round_trip(broker.path) < 2.0
+            within = Permissions(subscribe=patterns[:256])
+            async with bus.connect_unix(broker.path, "modest", permissions=within) as modest:
+                assert modest.permissions == within
+
+
 # -- floods -----------------------------------------------------------------------------------------------
 
 
