@@ -586,7 +586,10 @@ class BusClient:
         overflow: Overflow | str | None,
         latest: bool,
         columns: bool = False,
+        check_qos: Callable[[QoS], None] | None = None,
     ) -> Subscription[Any]:
+        """`subscribe`; ``columns`` for a socket subscriber; ``check_qos`` may refuse the queue asked for
+        (it raises) before anything is made."""
         if isinstance(topic, Topic):
             pattern, qos = topic.name, topic.qos
         else:
@@ -597,6 +600,8 @@ class BusClient:
         qos = qos._override(queue_size, overflow)
         if qos.overflow is Overflow.BLOCK:
             self._require(Action.BLOCK, pattern, _BLOCK_HINT)
+        if check_qos is not None:
+            check_qos(qos)
         if isinstance(topic, Topic):
             self._known(topic)
         sub = self.bus._subscription(self.name, pattern, qos, self._detach, latest, columns)

@@ -404,6 +404,45 @@ async def test_served_methods_and_pending_calls_are_limited(tmp_path: Path) -> N
                 nursery.cancel_scope.cancel()
 
 
+async def test_the_queues_a_connection_asks_for_are_limited_in_total(tmp_path: Path) -> None:
+    """Before: a subscriber could ask for a queue of 2**40 samples on ``**`` and read slowly enough not to
+    be cut off: its queue on the broker grew with everything the bus carried. Now the sum of a
+    connection's queue sizes is limited (`ConnectionLimits.queued`), and the broker holds no more."""
+    with trio.fail_after(LIMIT):
+        async with (
+            serving(tmp_path, ConnectionLimits(queued=10_000)) as broker,
+            RawClient.open(broker.path, "hostile") as raw,
+        ):
+            broker.bus.declare(SPEED)
+            await raw.send(
+                [
+                    Subscribe(1, "**", 2**40, None, False),
+                    Subscribe(2, "**", 6000, "block", False),
+                    Subscribe(3, "Vehicle.*", 5000, None, False),  # 11,000 in all
+                    Subscribe(4, "Vehicle.**", 10**9, "latest", False),  # one per topic: not counted
+                ]
+            )
+            answers = [a for a in await raw.receive(2) if isinstance(a, Error)]
+            assert [(a.id, a.kind) for a in answers] == [(1, "limit"), (3, "limit")]
+            assert "limit of 10000 samples queued for its subscriptions" in answers[0].message
+            assert isinstance(answers[0].to_exception(), LimitExceededError)
+            await raw.send([Unsubscribe(2), Subscribe(5, "Vehicle.*", 5000, None, False)])
+            await raw.round_trip()
+            queues = {
+                s.pattern: s.capacity for s in broker.bus.statistics().subscriptions if s.client == "hostile"
+            }
+            assert queues == {"Vehicle.*": 5000, "Vehicle.**": 10**9}
+            publisher = broker.bus.client("gateway").publisher(SPEED)
+            for i in range(50_000):  # the hostile client reads none of it
+                publisher.publish_nowait(float(i % 400))
+            held = sum(s.queued for s in broker.bus.statistics().subscriptions if s.client == "hostile")
+            assert held <= 5000 + 1
+            async with bus.connect_unix(broker.path, "honest") as honest:  # the client sees the refusal
+                with pytest.raises(LimitExceededError, match="ask for smaller queues"):
+                    async for _ in honest.subscribe("**", queue_size=2**40):
+                        pass
+
+
 # -- slow readers and publishers ---------------------------------------------------------------------------
 
 
