@@ -347,8 +347,12 @@ async def test_a_frame_of_20000_subscribes_does_not_starve_another_client(tmp_pa
                     during.append((time.perf_counter() - t, len(broker.bus._subscriptions)))
                 took = time.perf_counter() - started
             assert any(count < n for _, count in during), "the flood was over before the first answer"
-            worst = max(latency for latency, _ in during)
-            assert worst < 0.5, f"a call waited {worst:.3f} s behind the flood (which took {took:.2f} s)"
+            latencies = sorted(latency for latency, _ in during)
+            worst, median = latencies[-1], latencies[len(latencies) // 2]
+            # Here about 0.1 s at worst (a collection of the young generations), 1 ms typically; the
+            # bound is generous for a loaded machine (before: no answer for two minutes).
+            assert worst < 2.0, f"a call waited {worst:.3f} s behind the flood (which took {took:.2f} s)"
+            assert median < 0.1, f"calls took {median:.3f} s (the median) during the flood"
             assert took < 20
             _check_invariants(broker.bus)
 
