@@ -9,9 +9,12 @@ clock, a hard timeout on every test.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import stat
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,6 +35,7 @@ from bus import (
     BusClient,
     BusError,
     ConnectionLimits,
+    ConnectionLostError,
     LimitExceededError,
     Method,
     PeerCredentials,
@@ -747,3 +751,75 @@ def test_the_broker_survives_valid_but_extreme_requests(
     read, many pending calls, conflicting declarations, from two clients at once: the broker answers
     another client within 2 s throughout, keeps its invariants, and forgets both clients once they go."""
     _fuzz((one, two), tmp_path_factory.mktemp("fuzz"))
+
+
+# -- the built-in services with a block reader attached ---------------------------------------------------
+
+
+def test_the_demo_keeps_running_with_block_readers_attached_over_the_socket(tmp_path: Path) -> None:
+    """Before: a remote reader of ``Vehicle.**`` with overflow "block" and queue_size 1 made the CAN
+    gateway's publish_nowait raise trio.WouldBlock; it crash-looped and the supervisor gave up in 0.7 s.
+    Now the demo -- the simulated car, the CAN gateway, the uplink, the car functions -- runs its 10 s
+    with two such readers on its socket (one that never reads its subscription, one that never reads its
+    socket at all), nothing is restarted, and the uplink ships what the car did."""
+    from test_demo import assert_the_car_drove_and_locked, demo_config, log_events, samples_of
+
+    config = demo_config(tmp_path)
+    socket_path = tmp_path / "run" / "vwos.sock"
+    errors = tmp_path / "stderr.log"
+    command = [
+        sys.executable,
+        "-m",
+        "vwos",
+        "run",
+        str(config),
+        "--duration",
+        "10",
+        "--socket",
+        str(socket_path),
+    ]
+    speeds_seen: list[int] = []
+
+    async def attach() -> None:
+        with trio.fail_after(LIMIT):
+            while "all services ready" not in errors.read_text():
+                assert proc.poll() is None, errors.read_text()[-3000:]
+                await trio.sleep(0.05)
+            async with (
+                bus.connect_unix(socket_path, "block-reader") as reader,
+                RawClient.open(socket_path, "deaf-reader") as deaf,
+                bus.connect_unix(socket_path, "watcher") as watcher,
+            ):
+                reader.subscribe("Vehicle.**", queue_size=1, overflow="block")  # never read
+                await deaf.send([Subscribe(1, "Vehicle.**", 1, "block", False)])  # its socket never read
+                with watcher.subscribe("Vehicle.Speed", queue_size=1000) as speeds:
+                    while proc.poll() is None:
+                        with trio.move_on_after(0.2):
+                            try:
+                                speeds_seen.append(len(await speeds.receive_batch()))
+                            except trio.ClosedResourceError:  # the run ended (the broker went)
+                                return
+
+    started = time.monotonic()
+    with errors.open("w") as stderr:
+        proc = subprocess.Popen(
+            [*command, "--log-format", "json", "--log-level", "info"],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        try:
+            with contextlib.suppress(ConnectionLostError):  # the run ends under the readers
+                trio.run(attach)
+            proc.wait(timeout=LIMIT)
+        finally:
+            proc.kill()
+            proc.wait()
+    err = errors.read_text()
+    assert proc.returncode == 0, err[-3000:]
+    assert time.monotonic() - started < LIMIT
+    events = log_events(err)
+    assert not [e for e in events if e["level"] in ("error", "critical")], err[-3000:]
+    assert [e for e in events if e["event"] == "service exited"] == []  # none stopped before the end
+    assert sum(speeds_seen) >= 50  # the gateway published on (10 Hz) to a reader beside the stuck ones
+    outgoing = tmp_path / "outgoing"
+    assert_the_car_drove_and_locked(samples_of([f.read_bytes() for f in sorted(outgoing.glob("*.cbor"))]))
