@@ -133,15 +133,32 @@ class ConnectionLimits:
     """
 
     #: Subscriptions open at once.
-    subscriptions: int = attrs.field(default=1024, validator=_positive_count)
+    subscriptions: int = attrs.field(
+        default=1024,
+        validator=_positive_count,
+        metadata={"help": "subscriptions one connection may hold open"},
+    )
     #: Methods served at once.
-    methods: int = attrs.field(default=64, validator=_positive_count)
+    methods: int = attrs.field(
+        default=64, validator=_positive_count, metadata={"help": "methods one connection may serve"}
+    )
     #: Calls made by the client that are still waiting for their reply.
-    calls: int = attrs.field(default=1024, validator=_positive_count)
+    calls: int = attrs.field(
+        default=1024,
+        validator=_positive_count,
+        metadata={"help": "calls one connection may have waiting for their reply"},
+    )
     #: Samples the broker may queue for the connection's subscriptions: the sum of their queue sizes
     #: (``latest`` subscriptions, one sample per topic, do not count). A reader that reads slowly keeps
     #: its queues full; this bounds the memory it holds on the broker.
-    queued: int = attrs.field(default=1 << 20, validator=_positive_count)
+    queued: int = attrs.field(
+        default=1 << 20,
+        validator=_positive_count,
+        metadata={
+            "help": "samples one connection's subscriptions may queue on the broker (the sum of their queue "
+            "sizes; latest subscriptions do not count)"
+        },
+    )
 
 
 @attrs.frozen
