@@ -13,11 +13,13 @@ Bus
     `extreme_patterns` (at and beyond the bounds) and `hostile_sessions` (a hostile socket client's
     requests, `HostileOp`).
 Restart policy
-    `backoff_policies`, `supervisor_policies`, `child_specs`, and `steps` of a simulated supervisor driver
-    (`Step`, `DriverAction`).
+    `backoff_policies`, `supervisor_policies`, `child_specs`; `supervision_trees` (a `Tree` of nested groups,
+    services, ``after`` edges, critical flags, budgets and revivals); and `steps` of a simulated supervisor
+    driver (`Step`, `DriverAction`).
 Config
     `service_names`; `dependency_graphs` (acyclic ``after`` graphs), `cyclic_dependency_graphs`;
-    `toml_scalars`, `toml_values` (anything a TOML document can hold).
+    `toml_scalars`, `toml_values` (anything a TOML document can hold); `toml_strings` (each of the four
+    kinds, brackets and quotes inside), `nested_toml_documents` (valid TOML nested to a drawn depth).
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from typing import Any, Literal
 import attrs
 from hypothesis import strategies as st
 
-from vwos._policy import BackoffPolicy, ChildSpec, Exit, Restart, Strategy, SupervisorPolicy
+from vwos._policy import BackoffPolicy, ChildSpec, Exit, GroupSpec, Restart, Strategy, SupervisorPolicy
 
 __all__ = [
     "DriverAction",
     "Step",
+    "Tree",
     "backoff_policies",
     "cbor_scalars",
     "cbor_values",
@@ -44,11 +47,14 @@ __all__ = [
     "dependency_graphs",
     "instances_of",
     "mutated_bytes",
+    "nested_toml_documents",
     "patterns",
     "service_names",
     "steps",
+    "supervision_trees",
     "supervisor_policies",
     "toml_scalars",
+    "toml_strings",
     "toml_values",
     "topic_names",
     "values_of_type",
@@ -273,6 +279,55 @@ def toml_values(*, max_leaves: int = 10) -> st.SearchStrategy[object]:
     )
 
 
+_TOML_TEXT = st.text(alphabet="[]{}\"'#\\=,. ab\n", max_size=12)
+
+
+def _without(text: str, run: str) -> str:
+    while run in text:
+        text = text.replace(run, run[:-1])
+    return text
+
+
+@st.composite
+def toml_strings(draw: st.DrawFn) -> str:
+    """A TOML string of any of the four kinds, its content full of brackets, quotes, escapes and ``#``."""
+    content = draw(_TOML_TEXT)
+    kind = draw(st.sampled_from(["basic", "literal", "multi-line basic", "multi-line literal"]))
+    line = content.replace("\n", " ")
+    if kind == "basic":
+        return '"' + line.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if kind == "literal":
+        return "'" + line.replace("'", "") + "'"
+    if kind == "multi-line basic":
+        return '"""' + _without(content.replace("\\", "\\\\"), '"""') + '"""'
+    return "'''" + _without(content, "'''") + "'''"
+
+
+@st.composite
+def nested_toml_documents(draw: st.DrawFn, *, max_depth: int = 56) -> tuple[str, int]:
+    """A valid TOML document, and how deep its arrays and inline tables nest (0 to ``max_depth``): strings of
+    every kind everywhere, comments, headers and dotted keys, one value nested along a spine of ``[`` and
+    ``{``, with siblings at every level."""
+    depth = draw(st.integers(min_value=0, max_value=max_depth))
+    strings = toml_strings()
+    value = draw(strings)
+    for is_array in reversed(draw(st.lists(st.booleans(), min_size=depth, max_size=depth))):
+        sibling = draw(strings)
+        if is_array:
+            gap = draw(st.sampled_from([" ", "\n", " # a [ comment { \n"]))
+            value = f"[{sibling},{gap}{value}]" if draw(st.booleans()) else f"[{value}, {sibling}]"
+        else:
+            key = draw(st.sampled_from(["k", '"k.[{"', "'k]'", "a.b"]))
+            value = f"{{ s = {sibling}, {key} = {value} }}"
+    lines = [
+        f"a = {draw(strings)}  # {draw(_TOML_TEXT).replace(chr(10), ' ')}",
+        f"deep = {value}",
+        f'[t."x.[y"]\nb.c = {draw(strings)}',
+    ]
+    order = draw(st.permutations(range(2)))
+    return "\n".join([lines[i] for i in order] + [lines[2]]) + "\n", depth
+
+
 # -- bus: names and patterns (tests/test_pattern.py) --------------------------------------------------------
 
 _SEGMENTS = st.sampled_from(["Vehicle", "Cabin", "Door", "Row1", "Left", "Speed", "IsLocked", "A", "b_2"])
@@ -336,14 +391,158 @@ def child_specs(
     ]
 
 
+@attrs.frozen
+class Tree:
+    """A supervision tree for `RestartEngine`: the root's policy, the groups (any order) and the services
+    (in start order: each after everything it starts after, groups expanded)."""
+
+    policy: SupervisorPolicy
+    groups: tuple[GroupSpec, ...]
+    children: tuple[ChildSpec, ...]
+
+    @property
+    def units(self) -> tuple[ChildSpec | GroupSpec, ...]:
+        """Every service, then every group."""
+        return (*self.children, *self.groups)
+
+    def unit(self, name: str) -> ChildSpec | GroupSpec:
+        for unit in self.units:
+            if unit.name == name:
+                return unit
+        raise KeyError(name)
+
+    def parent(self, name: str) -> str | None:
+        """The group a unit belongs to (None: the root)."""
+        return self.unit(name).group
+
+    def ancestors(self, name: str) -> list[str]:
+        """The groups around a unit, innermost first."""
+        out = []
+        parent = self.parent(name)
+        while parent is not None:
+            out.append(parent)
+            parent = self.parent(parent)
+        return out
+
+    def services_of(self, name: str) -> set[str]:
+        """A service itself; a group's services, nested ones included."""
+        if any(c.name == name for c in self.children):
+            return {name}
+        return {c.name for c in self.children if name in self.ancestors(c.name)}
+
+    def deps(self) -> dict[str, frozenset[str]]:
+        """Every service's dependencies as services: its own ``after`` and its groups', groups expanded."""
+        after = {u.name: u.after for u in self.units}
+        return {
+            c.name: frozenset(
+                leaf
+                for unit in (c.name, *self.ancestors(c.name))
+                for dep in after[unit]
+                for leaf in self.services_of(dep)
+            )
+            for c in self.children
+        }
+
+
+def _maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.none(), strategy)
+
+
+@st.composite
+def supervision_trees(
+    draw: st.DrawFn,
+    *,
+    max_groups: int = 4,
+    max_services: int = 6,
+    max_seconds: float = 5.0,
+    max_intensity: int = 3,
+    critical_in: int = 3,
+) -> Tree:
+    """A random supervision tree: up to ``max_groups`` groups ``g0``, ``g1``, ... nested at random, up to
+    ``max_services`` services ``c0``, ``c1``, ... in start order, each in a group or at the root, ``after``
+    edges to earlier services and to groups (never between a unit and a group around it), critical flags
+    (one unit in ``critical_in``; 1: all), own or inherited budgets (up to ``max_intensity`` restarts) and
+    revivals, short backoffs."""
+    seconds = st.floats(min_value=0.1, max_value=max_seconds * 4)
+    policy = SupervisorPolicy(
+        strategy=draw(st.sampled_from(Strategy)),
+        intensity=draw(st.integers(min_value=0, max_value=max_intensity)),
+        period=draw(seconds),
+        revive_after=draw(_maybe(seconds)),
+    )
+    n_groups = draw(st.integers(min_value=0, max_value=max_groups))
+    group_parent: list[int | None] = [
+        draw(st.sampled_from([None, *range(i)])) for i in range(n_groups)
+    ]  # a group nests only in an earlier one: a tree
+    n = draw(st.integers(min_value=1, max_value=max_services))
+    service_group: list[int | None] = [draw(st.sampled_from([None, *range(n_groups)])) for _ in range(n)]
+
+    def around(group: int | None) -> list[int]:
+        out = []
+        while group is not None:
+            out.append(group)
+            group = group_parent[group]
+        return out
+
+    members = {k: [i for i in range(n) if k in around(service_group[i])] for k in range(n_groups)}
+    critical = st.integers(min_value=1, max_value=critical_in).map(lambda n: n == 1)
+
+    def after_of_service(i: int) -> tuple[str, ...]:
+        mine = around(service_group[i])
+        options = [f"c{j}" for j in range(i)]
+        options += [f"g{k}" for k in range(n_groups) if k not in mine and all(j < i for j in members[k])]
+        return tuple(draw(st.lists(st.sampled_from(options), max_size=2))) if options else ()
+
+    def after_of_group(k: int) -> tuple[str, ...]:
+        if not members[k]:
+            return ()
+        first = min(members[k])
+        related = {k, *around(k)} | {m for m in range(n_groups) if k in around(m)}
+        options = [f"c{j}" for j in range(first)]
+        options += [
+            f"g{m}" for m in range(n_groups) if m not in related and all(j < first for j in members[m])
+        ]
+        return tuple(draw(st.lists(st.sampled_from(options), max_size=2))) if options else ()
+
+    groups = tuple(
+        GroupSpec(
+            f"g{k}",
+            strategy=draw(st.sampled_from(Strategy)),
+            intensity=draw(_maybe(st.integers(min_value=0, max_value=max_intensity))),
+            period=draw(_maybe(seconds)),
+            backoff=draw(backoff_policies(max_seconds=max_seconds)),
+            group=None if group_parent[k] is None else f"g{group_parent[k]}",
+            critical=draw(critical),
+            after=after_of_group(k),
+            revive_after=draw(_maybe(seconds)),
+        )
+        for k in range(n_groups)
+    )
+    children = tuple(
+        ChildSpec(
+            f"c{i}",
+            restart=draw(st.sampled_from(Restart)),
+            backoff=draw(backoff_policies(max_seconds=max_seconds)),
+            after=after_of_service(i),
+            group=None if service_group[i] is None else f"g{service_group[i]}",
+            critical=draw(critical),
+            intensity=draw(_maybe(st.integers(min_value=0, max_value=max_intensity))),
+            period=draw(_maybe(seconds)),
+            revive_after=draw(_maybe(seconds)),
+        )
+        for i in range(n)
+    )
+    return Tree(policy, groups, children)
+
+
 class DriverAction(enum.Enum):
     """What a simulated driver does in one step."""
 
     TICK = "tick"  # let time pass
-    READY = "ready"  # a starting child becomes ready
-    EXIT = "exit"  # an active child (starting, running or stopping) ends on its own
-    STOPPED = "stopped"  # a child being stopped finishes stopping
-    OPERATOR_STOP = "operator_stop"
+    READY = "ready"  # a starting service becomes ready
+    EXIT = "exit"  # an active service (starting, running or stopping) ends on its own
+    STOPPED = "stopped"  # a service being stopped finishes stopping
+    OPERATOR_STOP = "operator_stop"  # of a unit: a service or a group
     OPERATOR_START = "operator_start"
 
 

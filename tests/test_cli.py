@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib
 import importlib.metadata
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from spawn import wait_for_line
 
-from vwos._cli import COMMANDS_GROUP, _command_entry_points, main
+from vwos._cli import COMMANDS_GROUP, _command_entry_points, _parser, main, seconds_argument
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "overspeed" / "vwos.toml"
 
@@ -88,6 +94,7 @@ def test_run_exits_1_when_the_supervisor_gives_up(tmp_path: Path) -> None:
             python_path = ["."]
             [services.crash]
             plugin = "crash:Crash"
+            critical = true
             backoff = { initial = 0.01, jitter = 0.0 }
             """
         )
@@ -404,3 +411,393 @@ def test_every_argument_of_every_command_has_help_text() -> None:
 
     walk(_parser(extensions=True))
     assert missing == []
+
+
+# -- no command line prints a traceback ---------------------------------------------------------------------
+
+
+def _number_options() -> list[tuple[list[str], argparse.Action]]:
+    """Every option of every command (extensions' included) whose value is a number: the command's words
+    (with placeholders for its positionals) and the option."""
+    found: list[tuple[list[str], argparse.Action]] = []
+
+    def walk(parser: argparse.ArgumentParser, words: list[str]) -> None:
+        positionals = [a for a in parser._actions if not a.option_strings]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*words, name])
+            elif action.option_strings and action.type is not None:
+                placeholders = ["x" for a in positionals if a.nargs is None]
+                found.append(([*words, *placeholders], action))
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        walk(_parser(extensions=True), [])
+    return found
+
+
+#: Options for which 0 means something (tail's ``-n 0``; replay as fast as possible).
+ZERO_ALLOWED = {("logs", "--lines"), ("can", "replay", "--speed")}
+BAD_SECONDS = ["nan", "inf", "-inf", "-1", "0", "-0.0", "abc", "", "1e300", "1e10"]
+BAD_COUNTS = ["nan", "inf", "-5", "0", "1.5", "abc", "", "9" * 5000]
+
+
+def _sweep() -> list[Any]:
+    cases = []
+    for words, action in _number_options():
+        option = max(action.option_strings, key=len)
+        integer = isinstance(action.type("2"), int)  # type: ignore[misc, operator]
+        core = action.type is seconds_argument or words[0] not in ("can", "uplink")
+        command = tuple(word for word in words if word != "x")
+        for value in BAD_COUNTS if integer else BAD_SECONDS:
+            if value in ("0", "-0.0") and (*command, option) in ZERO_ALLOWED:
+                continue
+            if value in ("1e300", "1e10") and not core:
+                continue  # the extensions' own bounds are theirs
+            cases.append(
+                pytest.param(
+                    [*words, f"{option}={value}"], option, id=f"{' '.join(words)} {option}={value[:8]}"
+                )
+            )
+    return cases
+
+
+@pytest.mark.parametrize(("argv", "option"), _sweep())
+def test_a_bad_number_on_the_command_line_is_one_line_and_exit_2(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nan, infinities, negative, zero and absurd values of every timeout, window, interval, duration and
+    count of every command: exit 2 and one line naming the option, never a traceback."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = err.splitlines()
+    assert line.startswith("vwos")
+    assert f"{option}: " in line
+    assert line.endswith("--help)")
+
+
+def test_the_sweep_covers_every_duration_option() -> None:
+    names = {(tuple(w for w in words if w != "x"), action.dest) for words, action in _number_options()}
+    for expected in [
+        (("run",), "duration"),
+        (("start",), "wait"),
+        (("logs",), "lines"),
+        (("logs",), "interval"),
+        (("top",), "interval"),
+        (("top",), "limit"),
+        (("bus", "hz"), "window"),
+        (("bus", "call"), "timeout"),
+        (("bus", "echo"), "count"),
+    ]:
+        assert expected in names
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "--socket", "/tmp/" + "s" * 200 + ".sock"],
+        ["run", str(EXAMPLE), "--socket", "/" + "s" * 120],
+    ],
+)
+def test_a_socket_path_too_long_for_a_unix_socket_is_exit_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("vwos: --socket /")
+    assert "a Unix socket's path has at most 107 bytes" in line
+
+
+def test_a_bare_vwos_shows_the_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: vwos")
+    assert "run" in err
+    assert err.endswith("vwos: error: a command is required (see vwos --help)\n")
+
+
+def test_an_unexpected_error_is_one_line_and_the_traceback_only_with_debug(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vwos import _cli
+
+    def broken(args: argparse.Namespace) -> int:
+        raise ExceptionGroup("wrapped", [RuntimeError("services\nare gone")])
+
+    monkeypatch.setattr(_cli, "_cmd_check", broken)
+    assert main(["check", "x"]) == 70
+    assert capsys.readouterr().err == (
+        "vwos: unexpected error (a bug): RuntimeError: services are gone; "
+        "vwos --debug ... shows the traceback\n"
+    )
+    assert main(["--debug", "check", "x"]) == 70
+    err = capsys.readouterr().err
+    assert err.startswith(("  + Exception Group Traceback", "Traceback"))
+    assert err.endswith("vwos: unexpected error (a bug): RuntimeError: services are gone\n")
+
+    def refused(args: argparse.Namespace) -> int:
+        raise PermissionError(13, "Permission denied", "/var/lib/vwos")
+
+    monkeypatch.setattr(_cli, "_cmd_check", refused)
+    assert main(["check", "x"]) == 1
+    assert capsys.readouterr().err == "vwos: Permission denied: /var/lib/vwos\n"
+
+
+async def test_a_socket_that_never_answers_the_handshake_is_exit_3(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It accepts the connection and says nothing: the handshake times out; docs/cli.md says exit 3."""
+    from vwos import _cli
+
+    path = tmp_path / "silent.sock"
+    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await listener.bind(str(path))
+    listener.listen()
+    accepted: list[object] = []
+
+    async def accept_and_say_nothing() -> None:
+        conn, _ = await listener.accept()
+        with conn:
+            accepted.append(conn)
+            await trio.sleep_forever()
+
+    args = _cli._parser(extensions=False).parse_args(["status", "--socket", str(path)])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept_and_say_nothing)
+        with trio.fail_after(60):
+            code = await _cli._connect_and_run(_cli.cmd_status, args)
+        nursery.cancel_scope.cancel()
+    listener.close()
+    assert code == 3
+    assert len(accepted) == 1
+    assert capsys.readouterr().err == (
+        f"vwos: cannot connect to {path}: no answer to the handshake (is it the socket of `vwos run`, and is "
+        "that process stuck?)\n"
+    )
+
+
+def test_check_refuses_what_run_would_fail_on_and_run_says_the_same(tmp_path: Path) -> None:
+    """Each of these made `vwos run` crash at start (a traceback) after `vwos check` said ok."""
+    (tmp_path / "afile").write_text("")
+    config = tmp_path / "vwos.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [supervisor]
+            state_dir = "afile"
+            start_timeout = 1e300
+            python_path = ["{EXAMPLE.parent}"]
+            [services.{"n" * 65}]
+            plugin = "overspeed:OverspeedWarning"
+            [services.drive]
+            plugin = "overspeed:DriveCycle"
+            isolated = true
+            memory_limit_mb = {2**63 - 1}
+            permissions = {{ publish = ["Vehicle..Speed", "Vehicle.Speed", "A.*B"] }}
+            """
+        )
+    )
+    checked = vwos("check", str(config))
+    ran = vwos("run", str(config), "--duration", "5")
+    for result in (checked, ran):
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+    lines = checked.stderr.splitlines()
+    assert lines[0] == "vwos: 6 problems in the config:"
+    for key in [
+        "supervisor.start_timeout",
+        f"services.{'n' * 65}: invalid service name",
+        "services.drive.memory_limit_mb",
+        "services.drive.permissions.publish[0]",
+        "services.drive.permissions.publish[2]",
+        "supervisor.state_dir",
+    ]:
+        assert any(key in line for line in lines), key
+    assert lines[1:] == [line for line in ran.stderr.splitlines() if line.startswith("  ")]
+
+
+def test_run_where_the_socket_cannot_be_made_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """The system refuses (here: no directory for the socket can be made under /proc): one line, exit 1."""
+    result = vwos(
+        "run",
+        str(example_config(tmp_path)),
+        "--socket",
+        "/proc/vwos-nowhere/vwos.sock",
+        "--log-format",
+        "json",
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("vwos: ")
+    assert "/proc/vwos-nowhere" in last
+
+
+# -- one fault never stops the car: vwos run keeps going, and always stops when told ----------------------
+
+FAULTY = """
+import trio
+from vwos import Service
+
+class Crash(Service):
+    async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        await trio.sleep(0.01)
+        raise RuntimeError("sensor unplugged")
+
+class NeverReady(Service):
+    async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
+        await trio.sleep_forever()
+
+class Stubborn(Service):
+    async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        while True:
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                pass  # swallows every cancellation: it can never be stopped
+
+class BlocksForGood(Service):
+    async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
+        import time
+        task_status.started()
+        await trio.sleep(0.2)
+        time.sleep(1000)  # the event loop is stuck: nothing in-process can preempt it
+
+class Healthy(Service):
+    async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        while True:
+            ctx.heartbeat()
+            await trio.sleep(0.05)
+"""
+
+
+def start_run(config: Path) -> subprocess.Popen[str]:
+    """``vwos run CONFIG`` logging JSON lines, its pipes open for the test to read."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "vwos", "run", str(config), "--log-format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def faulty_config(tmp_path: Path, services: str) -> Path:
+    (tmp_path / "faulty.py").write_text(textwrap.dedent(FAULTY))
+    config = tmp_path / "vwos.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [supervisor]
+            intensity = 2
+            period = 60
+            python_path = ["."]
+            state_dir = "{tmp_path / "state"}"
+            """
+        )
+        + textwrap.dedent(services)
+    )
+    return config
+
+
+def test_run_keeps_going_when_a_non_critical_plugin_crash_loops(tmp_path: Path) -> None:
+    config = faulty_config(
+        tmp_path,
+        """
+        [services.crash]
+        plugin = "faulty:Crash"
+        backoff = { initial = 0.01, jitter = 0.0 }
+        [services.healthy]
+        plugin = "faulty:Healthy"
+        watchdog = 1.0
+        """,
+    )
+    result = vwos("run", str(config), "--duration", "3", "--log-format", "json")
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert result.returncode == 0, result.stderr[-2000:]
+    failed = [e for e in events if e["event"] == "service failed for good"]
+    assert [e["service"] for e in failed] == ["crash"]
+    assert "RuntimeError: sensor unplugged" in failed[0]["reason"]
+    assert not [e for e in events if e["event"] == "service starting" and e.get("service") == "healthy"][1:]
+    assert "supervisor gave up" not in result.stderr
+    # The crash's traceback is in the log, not just its repr.
+    tracebacks = [e["exception"] for e in events if e["event"] == "service failed" and "exception" in e]
+    assert tracebacks
+    assert "Traceback (most recent call last):" in tracebacks[0]
+    assert 'raise RuntimeError("sensor unplugged")' in tracebacks[0]
+
+
+def test_duration_ends_the_run_while_a_start_never_finishes(tmp_path: Path) -> None:
+    config = faulty_config(
+        tmp_path,
+        """
+        [services.slow]
+        plugin = "faulty:NeverReady"
+        start_timeout = 1000
+        [services.after_slow]
+        plugin = "faulty:Healthy"
+        after = ["slow"]
+        [services.healthy]
+        plugin = "faulty:Healthy"
+        """,
+    )
+    result = vwos("run", str(config), "--duration", "1", "--log-format", "json", timeout=30)
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    ready = [e.get("service") for e in events if e["event"] == "service ready"]
+    assert ready == ["healthy"]  # independent of slow: up in parallel; after_slow waits
+    assert events[-1]["event"] == "supervisor stopped"
+
+
+def test_a_second_signal_exits_130_at_once_even_if_a_service_swallows_cancellation(tmp_path: Path) -> None:
+    config = faulty_config(
+        tmp_path,
+        """
+        [services.stubborn]
+        plugin = "faulty:Stubborn"
+        stop_timeout = 1000
+        [services.healthy]
+        plugin = "faulty:Healthy"
+        """,
+    )
+    proc = start_run(config)
+    try:
+        assert proc.stderr is not None
+        wait_for_line(proc.stderr, "all services ready")
+        proc.send_signal(signal.SIGTERM)
+        wait_for_line(proc.stderr, "service stopping")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+
+
+def test_two_signals_exit_130_even_while_a_service_blocks_the_event_loop_for_good(tmp_path: Path) -> None:
+    config = faulty_config(
+        tmp_path,
+        """
+        [services.stuck]
+        plugin = "faulty:BlocksForGood"
+        [services.healthy]
+        plugin = "faulty:Healthy"
+        """,
+    )
+    proc = start_run(config)
+    try:
+        assert proc.stderr is not None
+        wait_for_line(proc.stderr, "all services ready")
+        time.sleep(0.5)  # the block has begun: the loop cannot read a signal any more
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "vwos: second signal while stopping (SIGTERM): exiting at once" in err

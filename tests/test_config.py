@@ -6,11 +6,19 @@ import datetime
 import enum
 import itertools
 import json
-import math
+import os
+import resource  # here: a user forked from this process cannot read the interpreter's lib-dynload
+import shutil
+import subprocess
 import sys
+import tempfile
 import textwrap
+import time
+import tomllib
+import tracemalloc
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,10 +26,15 @@ import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import cyclic_dependency_graphs, dependency_graphs, toml_values
+from strategies import cyclic_dependency_graphs, dependency_graphs, nested_toml_documents, toml_values
 
-from bus import Permissions
+from bus import Permissions, TopicError
 from vwos._config import (
+    MAX_FILE_BYTES,
+    MAX_KEY_PARTS,
+    MAX_NESTING,
+    MAX_SECONDS,
+    MAX_SERVICE_NAME,
     ConfigError,
     ConfiguredService,
     LogLevel,
@@ -29,15 +42,16 @@ from vwos._config import (
     ServiceTable,
     SupervisorConfig,
     SupervisorTable,
+    _nesting_problem,
     load_config,
     parse_config,
-    start_order,
 )
 from vwos._logging import LEVELS
 from vwos._plugins import prepend_sys_path
-from vwos._policy import BackoffPolicy, Restart, Strategy, SupervisorPolicy
+from vwos._policy import BackoffPolicy, Restart, Strategy, SupervisorPolicy, start_order
 from vwos._service import NoConfig
 from vwos._structure import (
+    MAX_DEPTH,
     FieldDoc,
     FieldProblem,
     StructureError,
@@ -445,7 +459,7 @@ def test_problem_fields() -> None:
     ("text", "expected"),
     [
         ("[supervisr]\n", "supervisr: unknown key; did you mean 'supervisor'?"),
-        ("[vehicle]\n", "vehicle: unknown key (valid keys: supervisor, services)"),
+        ("[vehicle]\n", "vehicle: unknown key (valid keys: supervisor, groups, services)"),
         ("[supervisor]\nperiode = 1.0\n", "supervisor.periode: unknown key; did you mean 'period'?"),
         (
             "[supervisor]\nLog_Level = 'info'\n",
@@ -454,7 +468,8 @@ def test_problem_fields() -> None:
         (
             "[supervisor]\ncolor = 1\n",
             "supervisor.color: unknown key (valid keys: strategy, intensity, period, state_dir, python_path, "
-            "start_timeout, stop_timeout, log_level)",
+            "start_timeout, stop_timeout, log_level, revive_after, loop_block_limit, undeclared_grace, "
+            "connection_limits)",
         ),
         (
             f'[services.a]\nplugin = "{GATEWAY}"\nbackoff = {{ inital = 1.0 }}\n',
@@ -591,17 +606,54 @@ def test_timeouts_must_be_positive(key: str, value: str, shown: str) -> None:
         )
 
 
-def test_an_infinite_timeout_means_never() -> None:
-    (service,) = parse(f'[services.a]\nplugin = "{GATEWAY}"\nstop_timeout = inf\n').services
-    assert service.stop_timeout == math.inf
+TOO_LONG = "expected at most 1000000000 seconds (about 31 years), got the number"
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "supervisor.period",
+        "supervisor.start_timeout",
+        "supervisor.stop_timeout",
+        "services.a.start_timeout",
+        "services.a.stop_timeout",
+        "services.a.watchdog",
+        "services.a.backoff.initial",
+        "services.a.backoff.max_delay",
+        "services.a.backoff.reset_after",
+    ],
+)
+@pytest.mark.parametrize(
+    ("value", "shown"), [("inf", "inf"), ("1e300", "1e+300"), ("1000000000.5", "1000000000.5")]
+)
+def test_durations_are_finite_and_at_most_31_years(where: str, value: str, shown: str) -> None:
+    """An infinite or absurd wait never fires (a stop that never times out, a restart that never comes) and
+    overflows some of the OS's timers: refused at its key. `MAX_SECONDS` itself is fine."""
+    table, key = where.rsplit(".", 1)
+
+    def config(number: str) -> str:
+        line = (
+            f"{table.split('.')[-1]} = {{ {key} = {number} }}"
+            if table.endswith("backoff")
+            else f"{key} = {number}"
+        )
+        header = "[supervisor]" if table == "supervisor" else "[services.a]"
+        service = "" if table != "supervisor" else f'[services.a]\nplugin = "{GATEWAY}"\n'
+        own = f'plugin = "{GATEWAY}"\n' if table != "supervisor" else ""
+        return f"{header}\n{own}{line}\n{service}"
+
+    assert one_problem(config(value)) == f"vwos.toml: {where}: {TOO_LONG} {shown}"
+    assert MAX_SECONDS == 1e9
+    assert parse(config("1e9")).services[0].name == "a"
 
 
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
         ("intensity = -1", "intensity: expected an integer >= 0, got the integer -1"),
-        ("period = 0", "period: expected a finite number of seconds > 0, got the number 0.0"),
-        ("period = inf", "period: expected a finite number of seconds > 0, got the number inf"),
+        ("period = 0", "period: expected a number of seconds > 0, got the number 0.0"),
+        ("period = nan", "period: expected a number of seconds > 0, got the number nan"),
+        ("period = inf", f"period: {TOO_LONG} inf"),
     ],
 )
 def test_restart_intensity_limits(line: str, expected: str) -> None:
@@ -619,11 +671,37 @@ def test_backoff_validators_are_reported_at_their_key() -> None:
 
 
 def test_bad_permission_patterns_are_reported_at_their_key() -> None:
-    permissions = 'permissions = { subscribe = ["Vehicle.*", "Vehicle..Speed"] }'
-    assert one_problem(f'[services.a]\nplugin = "{GATEWAY}"\n{permissions}\n') == (
-        "vwos.toml: services.a.permissions.subscribe: pattern 'Vehicle..Speed': segment '' must be a name "
-        "segment, '*' or '**' (wildcards stand alone between dots)"
-    )
+    """Each bad pattern at its index, as bus's own check (`bus.Permissions`) words it."""
+    permissions = 'permissions = { subscribe = ["Vehicle.*", "Vehicle..Speed", "A.B*", "Ok.**"] }'
+    assert problems(f'[services.a]\nplugin = "{GATEWAY}"\n{permissions}\n') == [
+        "vwos.toml: services.a.permissions.subscribe[1]: pattern 'Vehicle..Speed': segment '' must be a name "
+        "segment, '*' or '**' (wildcards stand alone between dots)",
+        "vwos.toml: services.a.permissions.subscribe[2]: pattern 'A.B*': segment 'B*' must be a name "
+        "segment, '*' or '**' (wildcards stand alone between dots)",
+    ]
+
+
+def test_huge_permission_patterns_are_judged_by_the_bus_each_at_its_index_in_bounded_time() -> None:
+    """The config holds no rules of its own for patterns: whatever bounds `bus.Permissions` sets (length,
+    segments), each pattern it refuses is reported at its index with its message, and quickly."""
+    huge = ".".join(["**"] * 20_000)
+    patterns = [huge] * 20 + ["Vehicle..x", "Vehicle.*"]
+    listed = ", ".join(f'"{p}"' for p in patterns)
+    started = time.perf_counter()
+    try:
+        parse(f'[services.a]\nplugin = "{GATEWAY}"\npermissions = {{ subscribe = [{listed}] }}\n')
+        found: list[Problem] = []
+    except ConfigError as exc:
+        found = exc.problems
+    assert time.perf_counter() - started < 5.0
+    expected = []
+    for i, pattern in enumerate(patterns):
+        try:
+            Permissions(subscribe=(pattern,))
+        except TopicError as exc:
+            expected.append((f"services.a.permissions.subscribe[{i}]", str(exc)))
+    assert [(p.key_path, p.message) for p in found] == expected
+    assert expected[-1][0] == "services.a.permissions.subscribe[20]"
 
 
 @pytest.mark.parametrize("name", ["over speed", "-overspeed", "over.speed", "über", ""])
@@ -649,6 +727,306 @@ def test_services_must_be_tables() -> None:
         one_problem("supervisor = 'fast'\n")
         == "vwos.toml: supervisor: expected a table, got the string 'fast'"
     )
+
+
+# -- problems: what `vwos run` would fail on at start ------------------------------------------------------
+
+ISOLATED = f'[services.a]\nplugin = "{GATEWAY}"\nisolated = true\n'
+#: What setrlimit takes, in MiB: the most a memory limit can be on this machine (64-bit: 2**43 - 1).
+MOST_MIB = sys.maxsize // 2**20
+
+
+def as_user(uid: int, work: Callable[[], object]) -> object:
+    """``work()`` run in a forked child whose uid and gid are ``uid`` (needs root); its result, or the repr of
+    what it raised, comes back over a pipe as JSON."""
+    plugins()  # imported here: that user cannot read pytest's private tmp_path
+    read, write = os.pipe()
+    with warnings.catch_warnings():  # 3.12+ warns of forking with threads: the child only runs ``work``
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: no pytest teardown, no return
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            try:
+                result: object = {"ok": work()}
+            except BaseException as exc:
+                result = {"raised": repr(exc)}
+            os.write(write, json.dumps(result).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as stream:
+        data = stream.read()
+    os.waitpid(pid, 0)
+    answer: dict[str, object] = json.loads(data)
+    assert "ok" in answer, answer
+    return answer["ok"]
+
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to drop to another user)")
+
+
+def problems_in(directory: Path, text: str) -> list[str]:
+    """The problems of ``text`` as a config file in ``directory`` (its paths relative to it)."""
+    try:
+        parse_config(textwrap.dedent(text), path=directory / "vwos.toml")
+    except ConfigError as exc:
+        return [f"{p.key_path}: {p.message}" for p in exc.problems]
+    return []
+
+
+def test_a_memory_limit_beyond_what_the_os_takes_is_refused() -> None:
+    assert one_problem(f"{ISOLATED}memory_limit_mb = {2**63 - 1}\n") == (
+        f"vwos.toml: services.a.memory_limit_mb: expected at most {MOST_MIB} MiB (the largest address-space "
+        f"limit (RLIMIT_AS) the OS takes), got the integer {2**63 - 1}"
+    )
+    assert one_problem(f"{ISOLATED}memory_limit_mb = {MOST_MIB + 1}\n").startswith(
+        f"vwos.toml: services.a.memory_limit_mb: expected at most {MOST_MIB} MiB"
+    )
+    (service,) = parse(f"{ISOLATED}memory_limit_mb = {MOST_MIB}\n").services
+    assert service.memory_limit_mb == MOST_MIB
+
+
+@pytest.mark.parametrize(("mib", "takes"), [(MOST_MIB, True), (MOST_MIB + 1, False)])
+def test_the_memory_bound_is_what_setrlimit_takes(mib: int, takes: bool) -> None:
+    """The child process sets ``RLIMIT_AS`` to ``memory_limit_mb`` MiB (vwos/_child.py): the bound is where
+    that starts to fail."""
+    code = (
+        "import resource, sys; size = int(sys.argv[1]) * 1024 * 1024\n"
+        "try:\n    resource.setrlimit(resource.RLIMIT_AS, (size, size))\n"
+        "except (OverflowError, ValueError) as exc:\n    sys.exit(f'refused: {exc}')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(mib)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode == 0) is takes, result.stderr
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory another user can reach (pytest's tmp_path is private to root)."""
+    directory = Path(tempfile.mkdtemp(prefix="vwos-test-"))
+    directory.chmod(0o755)
+    yield directory
+    for path in sorted(directory.rglob("*"), reverse=True):
+        path.chmod(0o755) if path.is_dir() else None
+    shutil.rmtree(directory)
+
+
+def _check_under_hard_limit(directory: Path, hard_mib: int, wanted_mib: int) -> list[str]:
+    hard = hard_mib * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    return problems_in(directory, f"{ISOLATED}memory_limit_mb = {wanted_mib}\n")
+
+
+@needs_root
+def test_a_memory_limit_above_the_hard_limit_is_refused_unless_root(shared_dir: Path) -> None:
+    """Only root may raise its hard limit (``ulimit -Hv``), so the bound for anyone else is that limit."""
+    hard = 64 * 1024  # MiB
+    shared_dir.chmod(0o777)  # for the state directory
+    assert as_user(NOBODY, lambda: _check_under_hard_limit(shared_dir, hard, 2 * hard)) == [
+        f"services.a.memory_limit_mb: expected at most {hard} MiB (this process's hard address-space limit "
+        f"(ulimit -Hv), which only root may raise), got the integer {2 * hard}"
+    ]
+    assert as_user(NOBODY, lambda: _check_under_hard_limit(shared_dir, hard, hard)) == []
+    assert as_user(0, lambda: _check_under_hard_limit(shared_dir, hard, 2 * hard)) == []
+
+
+def test_service_names_are_at_most_64_characters() -> None:
+    assert MAX_SERVICE_NAME == 64
+    name = "x" * 65
+    assert one_problem(f'[services.{name}]\nplugin = "{GATEWAY}"\n') == (
+        f"vwos.toml: services.{name}: invalid service name: at most 64 characters, this one has 65"
+    )
+    assert [s.name for s in parse(f'[services.{"x" * 64}]\nplugin = "{GATEWAY}"\n').services] == ["x" * 64]
+
+
+def test_a_state_dir_too_long_for_the_file_system_is_refused(tmp_path: Path) -> None:
+    part = "p" * 256  # NAME_MAX is 255
+    assert problems_in(
+        tmp_path, f'[supervisor]\nstate_dir = "{part}"\n[services.a]\nplugin = "{GATEWAY}"\n'
+    ) == [f"supervisor.state_dir: {tmp_path / part}: a part of it is longer than 255 bytes (NAME_MAX)"]
+    deep = "/".join(["d" * 200] * 19)  # ~3,800 bytes: no part too long, but no room for the services' files
+    found = problems_in(tmp_path, f'[supervisor]\nstate_dir = "{deep}"\n[services.a]\nplugin = "{GATEWAY}"\n')
+    assert found == [
+        f"services.a: its state directory {tmp_path / deep / 'a'} is too long for the file system: at most "
+        "3840 bytes (PATH_MAX less 256 for the service's own files)"
+    ]
+
+
+def test_a_state_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    service = f'[services.a]\nplugin = "{GATEWAY}"\n'
+    assert problems_in(tmp_path, f'[supervisor]\nstate_dir = "afile"\n{service}') == [
+        f"supervisor.state_dir: {tmp_path / 'afile'}: {tmp_path / 'afile'} is not a directory"
+    ]
+    assert problems_in(tmp_path, f'[supervisor]\nstate_dir = "afile/state"\n{service}') == [
+        f"supervisor.state_dir: {tmp_path / 'afile/state'}: {tmp_path / 'afile'} is in the way of it and "
+        "not a directory"
+    ]
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "a").write_text("")  # where the service's own directory should be
+    assert problems_in(tmp_path, f'[supervisor]\nstate_dir = "state"\n{service}') == [
+        f"services.a: its state directory {tmp_path / 'state' / 'a'} is not a directory"
+    ]
+    (tmp_path / "state" / "a").unlink()
+    assert problems_in(tmp_path, f'[supervisor]\nstate_dir = "state/deeper/still"\n{service}') == []
+    assert not (tmp_path / "state" / "deeper").exists()  # the check made nothing
+    assert os.listdir(tmp_path / "state") == []  # and left no probe behind
+
+
+def _read_only_problems(directory: Path) -> list[str]:
+    return problems_in(
+        directory, f'[supervisor]\nstate_dir = "ro/state"\n[services.a]\nplugin = "{GATEWAY}"\n'
+    )
+
+
+def test_a_state_dir_that_cannot_be_made_is_refused(shared_dir: Path) -> None:
+    """Not writable for the user who runs it: refused. Root, who may write there, is not refused; the check
+    probes, as the supervisor will write, rather than reading mode bits."""
+    read_only = shared_dir / "ro"
+    read_only.mkdir(mode=0o555)
+    read_only.chmod(0o555)
+    state = read_only / "state"
+    expected = [f"supervisor.state_dir: {state}: cannot create directories in {read_only}: Permission denied"]
+    if os.geteuid() != 0:
+        assert _read_only_problems(shared_dir) == expected
+        return
+    assert as_user(NOBODY, lambda: _read_only_problems(shared_dir)) == expected
+    assert _read_only_problems(shared_dir) == []  # root may
+    (read_only / "state" / "a").mkdir(parents=True)  # and does: what the supervisor will do
+    (read_only / "state" / "a").chmod(0o555)
+    assert as_user(NOBODY, lambda: _read_only_problems(shared_dir)) == [
+        f"supervisor.state_dir: {read_only / 'state'}: cannot create directories in {read_only / 'state'}: "
+        "Permission denied"
+    ]
+    (read_only / "state").chmod(0o777)
+    assert as_user(NOBODY, lambda: _read_only_problems(shared_dir)) == [
+        f"services.a: its state directory {read_only / 'state' / 'a'} is not writable: Permission denied"
+    ]
+
+
+@needs_root
+def test_a_state_dir_where_even_root_cannot_write_is_refused() -> None:
+    """sysfs: root passes ``os.access(W_OK)`` there, and still cannot make a directory. The probe finds it."""
+    if not os.access("/sys", os.W_OK) or not Path("/sys/kernel").is_dir():
+        pytest.skip("no sysfs at /sys that access() calls writable")
+    found = problems_in(
+        Path("/"), f'[supervisor]\nstate_dir = "/sys/vwos-state"\n[services.a]\nplugin = "{GATEWAY}"\n'
+    )
+    assert len(found) == 1
+    assert found[0].startswith("supervisor.state_dir: /sys/vwos-state: cannot create directories in /sys: ")
+
+
+# -- problems: TOML beyond what tomllib can take -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "column"),
+    [
+        ("a = " + "[" * 100_000 + "]" * 100_000 + "\n", "a", 1, 5 + MAX_NESTING),
+        ("a = " + "{ b = " * 100_000 + "1" + " }" * 100_000 + "\n", "a", 1, 5 + 6 * MAX_NESTING),
+        (
+            "x = 1\n[services.s.config]\nzones = [" + "[" * 1000 + "]" * 1001 + "\n",
+            "services.s.config.zones",
+            3,
+            9 + MAX_NESTING,
+        ),
+    ],
+    ids=["arrays", "inline tables", "in a table"],
+)
+def test_deeply_nested_toml_is_a_problem_with_its_line_not_a_recursion_error(
+    text: str, key: str, line: int, column: int
+) -> None:
+    """tomllib recurses once per level: 100,000 levels raised RecursionError. Now: the key, line, column."""
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path="vwos.toml")
+    assert time.perf_counter() - started < 2.0  # generous: the scan is linear
+    (problem,) = info.value.problems
+    assert problem.message == (
+        f"invalid TOML: arrays and inline tables nested more than {MAX_NESTING} levels deep"
+    )
+    assert (problem.key_path, problem.line, problem.column) == (key, line, column)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" + ".".join(["a"] * 100_000) + "]\nx = 1\n",
+        ".".join(["a"] * 100_000) + " = 1\n",
+        "x = { " + ".".join(["a"] * 100_000) + " = 1 }\n",
+    ],
+    ids=["header", "key", "inline key"],
+)
+def test_a_key_of_100000_dotted_parts_is_refused_in_bounded_time(text: str) -> None:
+    """tomllib's work grows with the square of a dotted key's length (100,000 parts: seconds and GBs)."""
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ConfigError) as info:
+            parse_config(text, path="vwos.toml")
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 2.0
+    assert peak < 50 * 2**20
+    (problem,) = info.value.problems
+    assert problem.message.endswith(f"a key of more than {MAX_KEY_PARTS} dotted parts")
+    assert problem.line == 1
+
+
+def test_nesting_within_the_bounds_and_brackets_in_strings_and_comments_are_fine() -> None:
+    deep = "[" * MAX_NESTING + "]" * MAX_NESTING
+    key = ".".join(["k"] * MAX_KEY_PARTS)
+    text = (
+        f"a = {deep}\n"
+        f'b = "{"[" * 500}"  # {"{" * 500}\n'
+        f"c = '{'[' * 500}'\n"
+        f'd = """\n{"[{" * 500}"\n"""\n'
+        f"e = '''{'[' * 500}''''\n"
+        f"{key} = 1\n"
+        f'f = ["]", "[[[[", \'{{\', """]""", {{ g = "[" }}]\n'
+    )
+    data = tomllib.loads(text)
+    assert data["e"] == "[" * 500 + "'"
+    assert _nesting_problem(text, Path("vwos.toml")) is None
+
+
+@given(nested_toml_documents())
+@settings(max_examples=150)
+def test_the_nesting_scan_agrees_with_tomllib(drawn: tuple[str, int]) -> None:
+    """Over documents of every string kind (with brackets, quotes and escapes in them), comments and
+    nesting up to past the bound: the scan refuses exactly those that nest deeper than `MAX_NESTING`."""
+    text, depth = drawn
+    tomllib.loads(text)  # the document is valid TOML, at any depth drawn
+    problem = _nesting_problem(text, Path("vwos.toml"))
+    assert (problem is not None) == (depth > MAX_NESTING), problem
+
+
+def test_a_config_file_larger_than_4_mib_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    assert MAX_FILE_BYTES == 4 * 2**20
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * MAX_FILE_BYTES + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(big)
+    assert [str(p) for p in info.value.problems] == [
+        f"{big}: the config file is larger than 4 MiB (is it the right file?)"
+    ]
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError) as info:
+            load_config("/dev/zero")  # endless
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * MAX_FILE_BYTES
+    assert "larger than 4 MiB" in str(info.value)
 
 
 # -- problems: plugins --------------------------------------------------------------------------------------
@@ -738,8 +1116,9 @@ def services(graph: dict[str, list[str]], *, disabled: Sequence[str] = ()) -> st
 
 def test_after_unknown_service() -> None:
     assert problems(services({"gateway": [], "overspeed": ["gatway", "trip"]})) == [
-        "vwos.toml: services.overspeed.after[0]: unknown service 'gatway'; did you mean 'gateway'?",
-        "vwos.toml: services.overspeed.after[1]: unknown service 'trip' (services: gateway, overspeed)",
+        "vwos.toml: services.overspeed.after[0]: unknown service or group 'gatway'; did you mean 'gateway'?",
+        "vwos.toml: services.overspeed.after[1]: unknown service or group 'trip'"
+        " (there are: gateway, overspeed)",
     ]
 
 
@@ -1120,6 +1499,140 @@ def test_converters_apply_and_a_failure_of_the_whole_object_is_reported_at_the_t
     assert [str(p) for p in info.value.problems] == ["inner: seven is unlucky"]
 
 
+def _known_name(_inst: object, _attribute: object, value: str) -> None:
+    if value not in ("a", "b"):
+        raise ValueError(f"unknown name {value!r}")
+
+
+def _codes(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_to_upper(v) for v in values)  # stops at the first bad one
+
+
+def _at_least_two(_inst: object, _attribute: object, value: tuple[str, ...]) -> None:
+    if len(value) < 2:
+        raise ValueError(f"expected at least 2 names, got {len(value)}")
+
+
+def _low_and_high(_inst: object, _attribute: object, value: dict[str, int]) -> None:
+    problems = [FieldProblem((key,), f"at most 10, got {v}") for key, v in value.items() if v > 10]
+    if problems:
+        raise StructureError(problems)
+
+
+@attrs.frozen
+class Listed:
+    names: tuple[str, ...] = attrs.field(
+        default=(), validator=attrs.validators.deep_iterable(member_validator=_known_name)
+    )
+    codes: tuple[str, ...] = attrs.field(default=(), converter=_codes)
+    pair: tuple[str, ...] = attrs.field(default=("a", "b"), validator=[_at_least_two])
+    limits: dict[str, int] = attrs.field(factory=dict, validator=_low_and_high)
+
+
+def test_every_bad_item_of_an_array_is_reported_at_its_index() -> None:
+    """A validator or converter that stops at the first bad item still has each bad item reported."""
+    with pytest.raises(StructureError) as info:
+        structure({"names": ["a", "x", "b", "y"], "codes": ["ok", "", "fine", ""]}, Listed)
+    assert [str(p) for p in info.value.problems] == [
+        "codes[1]: must not be empty",
+        "codes[3]: must not be empty",
+        "names[1]: unknown name 'x'",
+        "names[3]: unknown name 'y'",
+    ]
+    assert structure({"names": ["b", "a"], "codes": ["x"]}, Listed) == Listed(names=("b", "a"), codes=("X",))
+
+
+def test_a_problem_of_the_whole_array_is_reported_at_its_key() -> None:
+    """No item is at fault when the rest fails too (here: too few items)."""
+    with pytest.raises(StructureError) as info:
+        structure({"pair": ["a"]}, Listed)
+    assert [str(p) for p in info.value.problems] == ["pair: expected at least 2 names, got 1"]
+
+
+def _first_bad_name(_inst: object, _attribute: object, value: tuple[str, ...]) -> None:
+    for i, name in enumerate(value):
+        if name not in ("a", "b"):
+            raise ValueError(f"[{i}] unknown name {name!r}")
+
+
+@attrs.frozen
+class OwnLoop:
+    names: tuple[str, ...] = attrs.field(default=(), validator=_first_bad_name)
+    more: tuple[str, ...] = attrs.field(
+        default=(),
+        validator=[attrs.validators.deep_iterable(member_validator=_known_name), _at_least_two],
+    )
+
+
+def test_a_validator_of_its_own_is_reported_at_its_key_as_it_says() -> None:
+    """It may name items in its message (``[3] ...``): it is not run again on items alone, which would
+    renumber them. deep_iterable in a list of validators still reports each item, and stops that list."""
+    with pytest.raises(StructureError) as info:
+        structure({"names": ["a", "b", "c", "x"], "more": ["x", "a", "y"]}, OwnLoop)
+    assert [str(p) for p in info.value.problems] == [
+        "names: [2] unknown name 'c'",
+        "more[0]: unknown name 'x'",
+        "more[2]: unknown name 'y'",
+    ]
+    with pytest.raises(StructureError) as info:
+        structure({"more": ["a"]}, OwnLoop)
+    assert [str(p) for p in info.value.problems] == ["more: expected at least 2 names, got 1"]
+
+
+def test_a_validator_may_report_several_problems_below_its_key() -> None:
+    with pytest.raises(StructureError) as info:
+        structure({"limits": {"low": 11, "mid": 5, "high": 12}}, Listed)
+    assert [str(p) for p in info.value.problems] == [
+        "limits.low: at most 10, got 11",
+        "limits.high: at most 10, got 12",
+    ]
+
+
+@attrs.frozen
+class Node:
+    label: str = ""
+    child: Node | None = None
+    children: tuple[Node, ...] = ()
+
+
+def _chain(depth: int, key: str) -> dict[str, Any]:
+    """``{key: {key: ... {}}}``, ``depth`` tables deep, built without recursion."""
+    top: dict[str, Any] = {}
+    here = top
+    for _ in range(depth):
+        inner: dict[str, Any] = {}
+        here[key] = [inner] if key == "children" else inner
+        here = inner
+    return top
+
+
+@pytest.mark.parametrize("key", ["child", "children"])
+def test_a_value_nested_too_deeply_is_a_problem_not_a_recursion_error(key: str) -> None:
+    """A recursive config type fed a 100,000-deep value (a desired config, or TOML headers ``[a.b.c...]``):
+    one problem at the depth bound, in bounded time."""
+    with pytest.raises(StructureError) as info:
+        structure(_chain(100_000, key), Node)
+    (problem,) = info.value.problems
+    assert problem.message == f"nested more than {MAX_DEPTH} levels deep"
+    assert len(problem.path) == MAX_DEPTH + 1
+    assert problem.path[:2] == ((key, key) if key == "child" else (key, 0))
+    shallow = structure(_chain(30, key), Node)
+    assert isinstance(shallow, Node)
+
+
+def test_a_recursion_error_of_a_validator_is_a_problem_at_its_key() -> None:
+    def recurse(inst: object, attribute: object, value: object) -> None:
+        recurse(inst, attribute, value)
+
+    @attrs.frozen
+    class Looping:
+        x: int = attrs.field(default=0, validator=recurse)
+
+    with pytest.raises(StructureError) as info:
+        structure({"x": 1}, Looping)
+    assert [str(p) for p in info.value.problems] == ["x: maximum recursion depth exceeded"]
+
+
 @attrs.frozen
 class Unsupported:
     when: complex
@@ -1306,6 +1819,10 @@ def test_describe_fields_of_the_config_file_tables() -> None:
         "start_timeout",
         "stop_timeout",
         "log_level",
+        "revive_after",
+        "loop_block_limit",
+        "undeclared_grace",
+        "connection_limits",
     ]
     assert all(d.help and not d.required for d in supervisor)
     strategy = supervisor[0]
@@ -1329,4 +1846,20 @@ def test_describe_fields_of_the_config_file_tables() -> None:
         ("serve", "array of strings", "[]"),
         ("call", "array of strings", "[]"),
         ("block", "array of strings", "[]"),
+    ]
+
+
+def test_the_bus_socket_s_connection_limits_are_configured_and_checked(tmp_path: Path) -> None:
+    from bus import ConnectionLimits
+
+    config = tmp_path / "vwos.toml"
+    config.write_text("[supervisor.connection_limits]\nsubscriptions = 16\ncalls = 8\n")
+    assert load_config(config).connection_limits == ConnectionLimits(subscriptions=16, methods=64, calls=8)
+    config.write_text("[supervisor]\nconnection_limits = { subscriptions = 0, method = 3 }\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert [str(p) for p in info.value.problems] == [
+        f"{config}: supervisor.connection_limits.method: unknown key; did you mean 'methods'?",
+        f"{config}: supervisor.connection_limits.subscriptions: ConnectionLimits.subscriptions must be a "
+        "positive int, not 0",
     ]

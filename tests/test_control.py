@@ -5,12 +5,14 @@ from __future__ import annotations
 import enum
 import io
 import json
+import logging
 import os
 import sys
 import termios
+import tty
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import pytest
@@ -22,6 +24,7 @@ from bus import Action, BusClient, Method, Topic, default_codec
 from vwos import NoConfig, Service, ServiceContext, ServiceSpec
 from vwos._cli import (
     ControlCommand,
+    _hidden_levels_note,
     _parser,
     cmd_bus_call,
     cmd_bus_echo,
@@ -249,7 +252,7 @@ async def test_operating_an_unknown_service_fails_with_the_names(
         code, out, err = await invoke(cmd_operate, ["restart", "nope"], h.bus.client("cli", CONTROL_ADMIN))
         assert code == 1
         assert out == ""
-        assert err == "vwos: no such service: 'nope' (services: speedo, doors)\n"
+        assert err == "vwos: no such service or group: 'nope' (there are: speedo, doors)\n"
 
 
 # -- permissions ------------------------------------------------------------------------------------
@@ -293,6 +296,31 @@ def test_default_authorize_by_uid() -> None:
     assert CONTROL_READ.allows(Action.CALL, "Vwos.Control.Read.Status")
     assert not CONTROL_READ.allows(Action.PUBLISH, "Vehicle.Speed")
     assert not CONTROL_OPERATE.allows(Action.PUBLISH, "Vehicle.Speed")
+    assert anyone(Creds(True), "cli") is None  # a bool is no uid
+
+
+def test_default_authorize_reads_the_supervisor_s_uid_when_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default admins are root and the uid running the supervisor at the time, not at import."""
+    monkeypatch.setattr(os, "getuid", lambda: 4321)
+    authorize = default_authorize()
+    assert authorize((1, 4321, 4321), "cli") is CONTROL_ADMIN
+    assert authorize((1, 0, 0), "cli") is CONTROL_ADMIN
+    assert authorize((1, 1000, 1000), "cli") is CONTROL_READ
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"read_uids": "all"}, "read_uids must be uids or \"any\", not 'all'"),
+        ({"admin_uids": "0"}, "admin_uids must be uids"),
+        ({"operate_uids": 1000}, "operate_uids must be an iterable of uids, not 1000"),
+        ({"operate_uids": (1000, -1, "x")}, "operate_uids must hold uids \\(integers >= 0\\), not .*-1"),
+        ({"admin_uids": (True,)}, "admin_uids must hold uids"),
+    ],
+)
+def test_default_authorize_refuses_wrong_arguments(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        default_authorize(**kwargs)
 
 
 # -- logs -------------------------------------------------------------------------------------------
@@ -325,7 +353,76 @@ async def test_logs_lines_n_and_follow(autojump_clock: trio.testing.MockClock, l
 
         code, _, err = await invoke(cmd_logs, ["logs", "ghost"], client)
         assert code == 1
-        assert "no such service: 'ghost'" in err
+        assert "no such service or group: 'ghost'" in err
+
+
+async def test_logs_without_a_service_merges_every_service_in_time_order(
+    autojump_clock: trio.testing.MockClock, log_buffer: LogBuffer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with running(log_buffer) as (h, _):
+        await trio.sleep(1.5)
+        client = h.bus.client("cli", CONTROL_READ)
+        code, out, _ = await invoke(cmd_logs, ["logs", "-n", "1000"], client)
+        assert code == 0
+        rows = [line.split(None, 3) for line in out.splitlines()]
+        assert {row[2] for row in rows} == {"speedo", "doors"}  # a column naming the service
+        assert ["speedo", "speedo up hz=10"] in [row[2:] for row in rows]
+        assert ["doors", "service ready"] in [row[2:] for row in rows]
+        stamps = [row[0] for row in rows]
+        assert stamps == sorted(stamps)
+        expected = [
+            (line.timestamp, line.text)
+            for name in ("speedo", "doors")
+            for line in log_buffer.read(name, lines=1000).lines
+        ]
+        assert len(rows) == len(expected)
+        code, out, _ = await invoke(cmd_logs, ["logs", "-n", "3", "--json"], client)
+        shown = [json.loads(line) for line in out.splitlines()]
+        assert [(s["timestamp"], s["text"]) for s in shown] == sorted(expected)[-3:]
+        assert all(s["service"] in ("speedo", "doors") for s in shown)
+
+        follow_out = io.StringIO()
+        args = _parser(extensions=False).parse_args(["logs", "-n", "0", "-f"])
+        with trio.move_on_after(2.0):
+            await run_control(cmd_logs, client, args, follow_out, io.StringIO())
+        followed = [line.split(None, 3)[2:] for line in follow_out.getvalue().splitlines()]
+        assert ["speedo", "tick i=20"] in followed
+    assert capsys.readouterr().err == ""  # at debug (the fixture's level) nothing was hidden
+
+
+async def test_logs_say_when_the_log_level_hid_lines(
+    autojump_clock: trio.testing.MockClock, log_buffer: LogBuffer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The supervisor runs at "warning": the info lines were never logged, so never kept. Say so."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    async with running(log_buffer) as (h, _):
+        await trio.sleep(1.5)
+        client = h.bus.client("cli", CONTROL_READ)
+        for argv in (["logs"], ["logs", "speedo"]):
+            code, out, _ = await invoke(cmd_logs, argv, client)
+            assert (code, out) == (0, "")
+            assert capsys.readouterr().err == (
+                "vwos: the supervisor logs at level 'warning': debug, info lines were never kept "
+                "(run it with --log-level info to see them)\n"
+            )
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    async with running(log_buffer) as (h, _):
+        await trio.sleep(1.5)
+        client = h.bus.client("cli", CONTROL_READ)
+        code, out, _ = await invoke(cmd_logs, ["logs", "speedo"], client)
+        assert "tick i=10" in out
+        assert capsys.readouterr().err == ""  # at info with lines shown: nothing worth saying
+
+
+def test_the_hidden_levels_note() -> None:
+    assert _hidden_levels_note("debug", 0) is None
+    assert _hidden_levels_note(None, 0) is None
+    assert _hidden_levels_note("info", 3) is None
+    assert _hidden_levels_note("info", 0) == (
+        "the supervisor logs at level 'info': debug lines were never kept (run it with --log-level debug to "
+        "see them)"
+    )
+    assert _hidden_levels_note("critical", 5) is not None
 
 
 def test_log_buffer_ring_counts_missed_lines() -> None:
@@ -452,9 +549,9 @@ async def test_bus_hz_measures_rate_and_intervals(autojump_clock: trio.testing.M
             cmd_bus_hz, ["bus", "hz", "Vehicle.Speed", "--window", "1", "--count", "1"], client
         )
         assert out == "Vehicle.Speed: 0 samples in 1 s\n"
-        code, _, err = await invoke(cmd_bus_hz, ["bus", "hz", "Vehicle.Speed", "--window", "0"], client)
-        assert code == 2
-        assert "--window must be positive" in err
+        with pytest.raises(SystemExit) as exited:  # the command line itself is refused (test_cli.py sweeps)
+            await invoke(cmd_bus_hz, ["bus", "hz", "Vehicle.Speed", "--window", "0"], client)
+        assert exited.value.code == 2
 
 
 async def test_bus_call_converts_the_argument_and_reports_errors(
@@ -514,6 +611,46 @@ async def test_top_once(autojump_clock: trio.testing.MockClock) -> None:
         assert [s["name"] for s in frame["services"]] == ["speedo", "doors"]
 
 
+class Terminal(io.StringIO):
+    """Standard output as `vwos top` sees a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_top_without_a_terminal_prints_one_plain_frame_and_ends(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``vwos top | less``, ``vwos top > file``: plain lines, no escape codes, no cbreak (even with a
+    terminal on stdin), and it ends rather than redrawing into the pipe forever."""
+    cbreaks: list[object] = []
+    monkeypatch.setattr(tty, "setcbreak", lambda *args: cbreaks.append(args))
+    master, slave = os.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+        with os.fdopen(slave, closefd=False) as keyboard:
+            monkeypatch.setattr(sys, "stdin", keyboard)
+            async with running() as (h, _):
+                client = h.bus.client("cli", CONTROL_READ)
+                await trio.sleep(2.05)
+                started = trio.current_time()
+                with trio.fail_after(10):
+                    code, out, err = await invoke(cmd_top, ["top", "--interval", "1"], client)
+                assert trio.current_time() - started < 1  # one frame, no waiting for the next
+            assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert cbreaks == []
+    assert (code, err) == (0, "")
+    assert "\x1b" not in out
+    lines = out.splitlines()
+    assert lines[0].startswith("vwos top")
+    assert sum(line.startswith("vwos top") for line in lines) == 1
+    assert any(line.split()[:2] == ["speedo", "running"] for line in lines)
+    assert "q or Ctrl-C quits" not in out
+
+
 async def test_top_live_redraws_each_interval_until_q(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -536,8 +673,11 @@ async def test_top_live_redraws_each_interval_until_q(
 
                 nursery.start_soon(press_q)
                 started = trio.current_time()
+                screen = Terminal()
                 with trio.fail_after(10):
-                    code, out, _ = await invoke(cmd_top, ["top", "--interval", "1"], client)
+                    args = _parser(extensions=False).parse_args(["top", "--interval", "1"])
+                    code = await run_control(cmd_top, client, args, screen, io.StringIO())
+                out = screen.getvalue()
                 # Quit at once on a real clock; the mock clock may jump to the next frame before the
                 # key is read.
                 assert 3.5 <= trio.current_time() - started <= 4.0
@@ -598,3 +738,93 @@ def test_socket_path_default(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_control_types_cross_the_codec() -> None:
     reply = StatusReply((), 1.5)
     assert default_codec.decode(default_codec.encode(reply)) == reply
+
+
+def _explode() -> None:
+    raise KeyError("missing")
+
+
+@pytest.mark.parametrize("format", ["console", "json"])
+def test_a_service_s_exception_is_kept_with_its_traceback_for_vwos_logs(
+    format: Literal["console", "json"],
+) -> None:
+    from vwos import configure_logging
+
+    buffer = LogBuffer(capacity=10)
+    saved = structlog.get_config()
+    try:
+        configure_logging(format=format, stream=io.StringIO(), extra_processors=[buffer.processor])
+        try:
+            _explode()
+        except KeyError as exc:
+            structlog.get_logger().error(
+                "service failed", service="x", error="KeyError: 'missing'", exc_info=exc
+            )
+    finally:
+        structlog.configure(**saved)
+    (line,) = buffer.read("x").lines
+    first, *rest = line.text.splitlines()
+    assert first == "service failed error=\"KeyError: 'missing'\""
+    trace = "\n".join(rest)
+    assert trace.startswith("Traceback (most recent call last):")
+    assert ", in _explode" in trace
+    assert trace.endswith("KeyError: 'missing'")
+
+
+def test_the_log_buffer_renders_an_exception_that_was_not_rendered_before_it() -> None:
+    buffer = LogBuffer(capacity=10)
+    try:
+        _explode()
+    except KeyError as exc:
+        buffer.processor(None, "error", {"event": "service failed", "service": "x", "exc_info": exc})
+    (line,) = buffer.read("x").lines
+    assert "Traceback (most recent call last):" in line.text
+    assert line.text.rstrip().endswith("KeyError: 'missing'")
+
+
+class _Flaky(Service[NoConfig]):
+    async def run(
+        self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        await trio.sleep(0.5)
+        raise RuntimeError("sensor unplugged")
+
+
+async def test_status_shows_a_failed_unit_and_why_and_restart_revives_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from vwos import GroupSpec, SupervisorPolicy
+
+    specs = [
+        ServiceSpec("speedo", Speedo),
+        ServiceSpec("flaky", _Flaky, group="sensors", intensity=1, period=100, revive_after=600.0),
+    ]
+    policy = SupervisorPolicy(intensity=3, period=100)
+    async with open_harness(*specs, policy=policy, groups=[GroupSpec("sensors")]) as h:
+        plane = ControlPlane(h.supervisor)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(plane.run)
+            await trio.sleep(30)
+            client = h.bus.client("cli", CONTROL_OPERATE)
+            code, out, err = await invoke(cmd_status, ["status", "--json"], client)
+            assert (code, err) == (0, "")
+            data = json.loads(out)
+            flaky = {s["name"]: s for s in data["services"]}["flaky"]
+            assert flaky["state"] == "failed"
+            assert flaky["group"] == "sensors"
+            assert "RuntimeError: sensor unplugged" in flaky["reason"]
+            assert 500 < flaky["revive_in"] <= 600
+            assert [g["name"] for g in data["groups"]] == ["sensors"]
+            assert {s["name"]: s for s in data["services"]}["speedo"]["state"] == "running"
+            code, out, _ = await invoke(cmd_status, ["status"], client)
+            line = next(line for line in out.splitlines() if line.startswith("flaky"))
+            assert line.split()[1] == "failed"
+            assert "RuntimeError: sensor unplugged" in line
+            assert "revive in" in line
+            assert any(line.startswith("GROUP") for line in out.splitlines())
+            code, out, _ = await invoke(cmd_operate, ["restart", "flaky"], client)
+            assert code == 0
+            await trio.sleep(0.1)
+            assert h.status()["flaky"].state.value == "running"  # revived with a fresh budget
+            nursery.cancel_scope.cancel()

@@ -16,6 +16,7 @@ import inspect
 import io
 import json
 import math
+import os
 import random
 import signal
 import sqlite3
@@ -23,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
+import types
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,7 +34,9 @@ from typing import Any
 import attrs
 import cbor2
 import pytest
+import tmpfs  # tests/ is on sys.path
 import trio
+from conftest import skip_or_fail
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import (
@@ -54,6 +59,7 @@ from services.uplink import (
     Keep,
     Outbox,
     OutboxError,
+    OutboxStorageError,
     SampleTooLargeError,
     TransportError,
     UplinkTransport,
@@ -662,10 +668,22 @@ def test_outbox_never_loses_or_duplicates_a_sample(
         assert integrity(path) == "ok"
 
 
+def disk_bytes(path: Path) -> int:
+    """The outbox's files on disk: the database, its WAL (and -shm, if SQLite ever made one), the mark."""
+    return sum(
+        Path(f"{path}{suffix}").stat().st_size
+        for suffix in ("", "-wal", "-shm", "-journal", "-mark")
+        if Path(f"{path}{suffix}").exists()
+    )
+
+
+QUOTA = 256 * 1024  # the smallest quota: a store of ~45 pages fills after some 7,000 samples
+
+
 @DB_SETTINGS
 @given(
-    accepts=st.lists(st.tuples(st.integers(1, 600), st.integers(0, 3)), min_size=1, max_size=12),
-    quota=st.integers(4_000, 40_000),
+    accepts=st.lists(st.tuples(st.integers(1, 4000), st.integers(0, 3)), min_size=1, max_size=12),
+    quota=st.integers(QUOTA, 2 * QUOTA),
     form_every=st.integers(1, 4),
 )
 def test_quota_drops_the_oldest_of_the_lowest_priority_and_holds(
@@ -673,21 +691,25 @@ def test_quota_drops_the_oldest_of_the_lowest_priority_and_holds(
 ) -> None:
     keeps = [Keep((f"p{p}",), p) for p in range(4)]
     priority_of: dict[int, int] = {}
-    with temporary_outbox(quota_bytes=quota, max_batch_bytes=1024) as (_, outbox):
+    with temporary_outbox(quota_bytes=quota, max_batch_bytes=1024) as (path, outbox):
         next_id = 0
         batches: list[Batch] = []
         for k, (n, p) in enumerate(accepts):
-            outbox.accept(rows(next_id, n, keeps[p]))
+            assert outbox.accept(rows(next_id, n, keeps[p])) == n  # room is made: the newest are stored
             priority_of.update(dict.fromkeys(range(next_id, next_id + n), p))
             next_id += n
             stats = outbox.statistics()
-            # Never over the quota but for the formed batches (at most one here, each <= one batch).
-            assert stats.stored_bytes - stats.formed_bytes <= quota
+            # The files on disk -- database, WAL, mark -- never over the quota.
+            assert disk_bytes(path) <= quota
+            assert stats.disk_bytes <= quota
             assert stats.formed_batches <= 1
             assert stats.formed_bytes <= 1024 + ROW_OVERHEAD
+            assert stats.storage in ("ok", "quota")
+            assert stats.dropped_storage == 0
             if k % form_every == 0 and (formed := outbox.next_batch(T0)) is not None:
                 batches.append(decode_batch(formed[1]))
                 outbox.ack(formed[0])
+                assert disk_bytes(path) <= quota
         batches += drain(outbox)
         stats = outbox.statistics()
     kept = set(ids_of(batches))
@@ -708,19 +730,62 @@ def test_quota_drops_the_oldest_of_the_lowest_priority_and_holds(
 
 
 def test_quota_evicts_low_priority_before_high(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.sqlite3", quota_bytes=20_000, vehicle_id="V") as outbox:
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=16384) as outbox:
         outbox.accept(rows(0, 500, B))  # high priority
-        for start in range(500, 5500, 500):
+        for start in range(500, 20500, 500):
             outbox.accept(rows(start, 500, A))
+            assert disk_bytes(path) <= QUOTA
         stats = outbox.statistics()
-        assert stats.stored_bytes <= 20_000
+        assert stats.storage == "quota"
         assert stats.dropped_quota > 0
         assert stats.dropped_quota_by_priority == {0: stats.dropped_quota}
         assert stats.dropped_quota_by_campaign == {"a": stats.dropped_quota}
         got = ids_of(drain(outbox))
     assert got[:500] == list(range(500))  # every high-priority sample survived
     survivors = got[500:]
-    assert survivors == list(range(5500 - len(survivors), 5500))  # the newest low-priority ones
+    assert survivors == list(range(20500 - len(survivors), 20500))  # the newest low-priority ones
+
+
+def test_the_quota_counts_the_wal_and_holds_on_disk_at_every_step(tmp_path: Path) -> None:
+    """The attacker's case: quota 0.5 MB, and the WAL alone grew to 2 MB. Now the database, its WAL and the
+    mark together stay within the quota after every accept, form and ack, and after close."""
+    path = tmp_path / "o.sqlite3"
+    quota = 512 * 1024
+    rng = random.Random(7)
+    with Outbox(path, quota_bytes=quota, vehicle_id="V") as outbox:
+        next_id = 0
+        for step in range(300):
+            n = rng.choice([10, 500, 5000, 20_000])  # up to a few times the WAL's share in one accept
+            assert outbox.accept(rows(next_id, n, rng.choice([A, B]))) == n
+            next_id += n
+            assert disk_bytes(path) <= quota, f"step {step}: {disk_bytes(path):,} bytes on disk"
+            if step % 3 == 0 and (formed := outbox.next_batch(T0)) is not None:
+                assert disk_bytes(path) <= quota
+                outbox.ack(formed[0])
+                assert disk_bytes(path) <= quota
+        stats = outbox.statistics()
+        assert stats.dropped_quota > 0
+        assert stats.dropped_storage == 0
+        assert Path(f"{path}-wal").stat().st_size <= quota // 8 + 64 * 1024
+    assert disk_bytes(path) <= quota
+    assert integrity(path) == "ok"
+
+
+def test_a_lowered_quota_shrinks_the_files_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, quota_bytes=8 << 20, vehicle_id="V") as outbox:
+        for start in range(0, 200_000, 5000):
+            outbox.accept(rows(start, 5000))
+    assert disk_bytes(path) > 2 << 20
+    with Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=16384) as outbox:
+        assert disk_bytes(path) <= QUOTA
+        stats = outbox.statistics()
+        assert stats.dropped_quota > 0
+        assert stats.stored_samples + stats.dropped_quota == 200_000
+        got = ids_of(drain(outbox))
+    assert got == list(range(200_000 - len(got), 200_000))  # the newest are kept
+    assert disk_bytes(path) <= QUOTA
 
 
 def test_ttl_drops_expired_samples_and_expired_formed_batches(tmp_path: Path) -> None:
@@ -895,6 +960,250 @@ def test_a_failed_transaction_leaves_memory_and_file_consistent(tmp_path: Path) 
         assert outbox.statistics().stored_samples == 0
         assert outbox.accept([("New.Topic", 2.0, T0, A)]) == 1
         assert [s.topic for s in drain(outbox)[0].samples] == ["New.Topic"]
+
+
+# --------------------------------------------------------------------------------------------- storage faults
+
+
+def storage_counts(outbox: Outbox) -> tuple[int, int, int]:
+    stats = outbox.statistics()
+    return stats.dropped_quota, stats.dropped_storage, stats.dropped_ttl
+
+
+def test_a_store_full_of_formed_batches_keeps_the_newest_then_refuses_and_says_so(tmp_path: Path) -> None:
+    """Formed batches are never evicted. Once they fill the quota, SQLite itself reports the store full (its
+    page limit is the quota): an accept keeps its newest samples, evicting its older ones; forming says
+    "full"; what does not fit at all is refused, counted, never raised; acknowledgements make room again."""
+    path = tmp_path / "o.sqlite3"
+    options: dict[str, Any] = {"quota_bytes": QUOTA, "vehicle_id": "V", "max_batch_bytes": 65536}
+    with Outbox(path, compress=False, **options) as outbox:
+        next_id = 0
+        formed: list[int] = []
+        for _ in range(10):
+            assert outbox.accept(rows(next_id, 3000)) == 3000
+            next_id += 3000
+            with contextlib.suppress(OutboxStorageError):  # no room left to form a batch: full
+                while (item := outbox.next_batch(T0, after=formed[-1] if formed else None)) is not None:
+                    formed.append(item[0])  # formed, never acknowledged
+        with pytest.raises(OutboxStorageError, match="cannot form a batch: database or disk is full") as info:
+            outbox.next_batch(T0, after=formed[-1])
+        assert info.value.kind == "full"
+        stats = outbox.statistics()
+        assert 0 < stats.stored_samples < 3000  # the newest of the last accept; its older ones evicted
+        assert stats.storage == "quota"
+        assert disk_bytes(path) <= QUOTA
+        kept = stats.stored_samples
+        big = [("Vehicle.Blob", b"x" * 900, T0, A) for _ in range(200)]  # 180 kB: no room for even 64 of them
+        assert outbox.accept(big) == 0
+        stats = outbox.statistics()
+        assert stats.dropped_storage == 200
+        assert stats.storage == "quota"
+        assert "200 samples could not be stored: database or disk is full" in stats.storage_error
+        assert stats.stored_samples == kept  # nothing evicted for what could not be stored anyway
+        for seq in formed:  # the cloud acknowledges: room again
+            assert outbox.ack(seq)
+        assert outbox.accept(rows(next_id, 100)) == 100
+        stats = outbox.statistics()
+        assert (stats.storage, stats.storage_error) == ("ok", "")
+        got = ids_of(drain(outbox))
+        stats = outbox.statistics()
+    assert got[:kept] == list(range(next_id - kept, next_id))  # the newest were kept, in order
+    assert got[kept:] == list(range(next_id, next_id + 100))
+    assert stats.acked_samples + stats.dropped_quota + stats.dropped_storage == next_id + 300
+    with Outbox(path, **options) as outbox:
+        assert outbox.statistics().dropped_storage == 200  # the count persists
+
+
+class _SmallDisk:
+    """``os.statvfs`` of a disk of ``size`` bytes holding nothing but the outbox at ``path``."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path, self.size = path, size
+
+    def __call__(self, _: object) -> Any:
+        free = max(0, self.size - disk_bytes(self.path))
+        return types.SimpleNamespace(f_bavail=free // 4096, f_frsize=4096)
+
+
+def test_little_free_disk_space_is_the_limit_and_the_state_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk's free space (os.statvfs) bounds the store like a smaller quota: the oldest samples are
+    evicted, the state says "disk_full"; with space back, the store grows again and says "ok"."""
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, quota_bytes=8 << 20, vehicle_id="V") as outbox:
+        monkeypatch.setattr(os, "statvfs", _SmallDisk(path, 600_000))
+        for start in range(0, 120_000, 2000):
+            assert outbox.accept(rows(start, 2000)) == 2000
+            assert disk_bytes(path) <= 600_000
+        stats = outbox.statistics()
+        assert stats.storage == "disk_full"
+        assert stats.dropped_quota > 0
+        assert stats.dropped_storage == 0
+        assert stats.disk_budget <= 600_000
+        monkeypatch.undo()  # the disk is larger now
+        for start in range(120_000, 160_000, 2000):
+            assert outbox.accept(rows(start, 2000)) == 2000
+        assert outbox.statistics().storage == "ok"
+        assert outbox.statistics().dropped_quota == stats.dropped_quota  # no more evictions
+        got = ids_of(drain(outbox))
+    assert got == list(range(160_000 - len(got), 160_000))  # the oldest went, nothing newer
+    assert len(got) + stats.dropped_quota == 160_000
+
+
+def test_statistics_read_from_another_thread_are_always_consistent(tmp_path: Path) -> None:
+    """The service reads statistics (for its status topic) while a worker thread accepts: every snapshot
+    must add up -- accepted = stored + formed + acked + dropped -- and never raise."""
+    import threading
+
+    path = tmp_path / "o.sqlite3"
+    problems: list[str] = []
+    done = threading.Event()
+    with Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=4096) as outbox:
+
+        def read() -> None:
+            while not done.is_set():
+                try:
+                    s = outbox.statistics()
+                    held = s.stored_samples + s.formed_samples + s.acked_samples + s.dropped_quota
+                    if held != s.accepted:
+                        problems.append(f"accepted {s.accepted}, accounted {held}")
+                    s.dropped_quota_by_campaign.items()
+                except Exception as exc:  # whatever it is, the test reports it
+                    problems.append(repr(exc))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            next_id = 0
+            for k in range(300):
+                keep = Keep((f"c{k}",), k % 7)  # new campaigns: new counter keys as samples are evicted
+                outbox.accept(rows(next_id, 300, keep))
+                next_id += 300
+                if k % 5 == 0 and (item := outbox.next_batch(T0)) is not None:
+                    outbox.ack(item[0])
+        finally:
+            done.set()
+            reader.join(timeout=60)
+    assert not problems, problems[:5]
+
+
+# -- a really full disk: a small tmpfs (root on Linux; CI runs as root) -------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs, unmounted after the test."""
+    reason = tmpfs.tmpfs_unavailable_reason()
+    if reason is not None:
+        skip_or_fail(reason, ci_message=f"storage-fault tests must run under CI=true, but: {reason}")
+    with tmpfs.small_tmpfs(tmp_path / "disk", 256 * 1024) as disk:
+        yield disk
+
+
+def test_a_really_full_disk_evicts_the_oldest_never_raises_and_recovers(small_disk: Path) -> None:
+    """Quota 1 MiB on a 256 KiB disk: SQLite meets ENOSPC's limit, not the quota's. The outbox keeps the
+    newest samples, evicting the oldest; once the disk grows it stops evicting; nothing is unaccounted."""
+    path = small_disk / "outbox.sqlite"
+    offered = 0
+    with Outbox(path, quota_bytes=1 << 20, vehicle_id="V") as outbox:
+        for _ in range(40):
+            outbox.accept(rows(offered, 8000))  # more than the disk holds, in one call
+            offered += 8000
+            assert disk_bytes(path) <= 256 * 1024
+        stats = outbox.statistics()
+        assert stats.storage == "disk_full", stats.storage_error
+        assert stats.dropped_quota > 100_000
+        assert stats.stored_samples > 4000
+        tmpfs.resize(small_disk, 4 << 20)  # space returns
+        for _ in range(10):
+            assert outbox.accept(rows(offered, 2000)) == 2000
+            offered += 2000
+        after = outbox.statistics()
+        assert after.storage == "ok"
+        assert after.dropped_quota == stats.dropped_quota
+        got = ids_of(drain(outbox))
+        stats = outbox.statistics()
+    assert got == sorted(got)
+    assert got[-1] == offered - 1
+    assert len(got) + stats.dropped_quota + stats.dropped_storage == offered
+    assert integrity(path) == "ok"
+
+
+def test_a_disk_filled_by_another_program_drops_counts_and_drains_once_space_returns(
+    small_disk: Path,
+) -> None:
+    path = small_disk / "outbox.sqlite"
+    tmpfs.resize(small_disk, 1 << 20)
+    offered, got = 0, []
+    with Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        for _ in range(5):
+            assert outbox.accept(rows(offered, 1000)) == 1000
+            offered += 1000
+        filler = tmpfs.fill(small_disk)  # someone else takes every byte left
+        kinds = set()
+        for _ in range(30):
+            outbox.accept(rows(offered, 1000))  # never raises
+            offered += 1000
+            try:
+                if (item := outbox.next_batch(T0)) is not None:
+                    got += ids_of([decode_batch(item[1])])
+                    outbox.ack(item[0])
+            except OutboxStorageError as exc:  # no room to form or acknowledge: nothing lost, retried
+                kinds.add(exc.kind)
+        assert kinds <= {"full"}
+        stats = outbox.statistics()
+        assert stats.storage == "disk_full"
+        assert stats.dropped_storage > 0
+        filler.unlink()  # space returns
+        for _ in range(3):
+            assert outbox.accept(rows(offered, 1000)) == 1000
+            offered += 1000
+        assert outbox.statistics().storage == "ok"
+        got += ids_of(drain(outbox))
+        stats = outbox.statistics()
+    assert len(got) == len(set(got))  # a batch that could not be acknowledged came again, same seq
+    assert len(set(got)) + stats.dropped_quota + stats.dropped_storage == offered
+    assert integrity(path) == "ok"
+
+
+def test_closing_on_a_full_disk_releases_the_lock_and_the_next_open_is_at_once(small_disk: Path) -> None:
+    path = small_disk / "outbox.sqlite"
+    outbox = Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=4096)
+    outbox.accept(rows(0, 3000))
+    filler = tmpfs.fill(small_disk)
+    outbox.accept(rows(3000, 20_000))  # fails for want of room: counted
+    outbox.close()  # its checkpoint cannot grow the file: it closes anyway
+    started = time.perf_counter()
+    with Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=4096) as again:  # not "in use"
+        assert time.perf_counter() - started < 5
+        stats = again.statistics()
+        assert stats.stored_samples == 3000
+    filler.unlink()
+
+
+def test_an_outbox_cannot_be_created_on_a_full_disk_and_says_so(small_disk: Path) -> None:
+    filler = tmpfs.fill(small_disk)
+    path = small_disk / "outbox.sqlite"
+    with pytest.raises(OutboxStorageError, match=r"outbox\.sqlite: cannot open it: database or disk is full"):
+        Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=4096)
+    filler.unlink()
+    with Outbox(path, quota_bytes=QUOTA, vehicle_id="V", max_batch_bytes=4096) as outbox:  # not locked
+        assert outbox.accept(rows(0, 10)) == 10
+
+
+async def test_the_file_transport_on_a_full_disk_fails_clearly_and_leaves_nothing(small_disk: Path) -> None:
+    transport = FileTransport(small_disk / "batches", fsync=True)
+    await transport.connect()
+    builder = BatchBuilder("V", "0123456789abcdef", max_bytes=200_000, compress=False)
+    payload, _ = builder.fill(1, [("T.x", i, float(i)) for i in range(10_000)])
+    filler = tmpfs.fill(small_disk)
+    with pytest.raises(TransportError, match=r"cannot write batch 1 to .*: No space left on device"):
+        await transport.publish(1, payload)
+    assert list((small_disk / "batches").iterdir()) == []  # no temporary file left behind
+    filler.unlink()
+    await transport.publish(1, payload)
+    assert [p.read_bytes() for p in (small_disk / "batches").iterdir()] == [payload]
 
 
 # ------------------------------------------------------------------------------------------ kill -9 at random
@@ -1211,6 +1520,29 @@ def test_inspect_reports_bad_files_and_paths(batch_dir: Path, tmp_path: Path) ->
     assert "cannot import no_such_module_xyz" in err
 
 
+def test_inspect_of_what_is_not_a_batch_is_a_clear_error_in_bounded_memory(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.cbor"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.cbor"
+    with huge.open("wb") as f:
+        f.truncate(200 << 20)  # sparse: 200 MiB of zeros, three times what any batch can be
+    tracemalloc.start()
+    try:
+        for path, message in [
+            ("/dev/zero", "not a regular file"),
+            (str(fifo), "not a regular file"),
+            (str(huge), "209,715,200 bytes: larger than any batch can be"),
+        ]:
+            code, out, err = _inspect(path)
+            assert (code, out) == (1, "")
+            assert f"{path}: error: {message}" in err
+            assert "Traceback" not in err
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 80 << 20  # at most one batch's worth, not the file
+
+
 def test_inspect_through_the_vwos_command_entry_point(
     batch_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1242,3 +1574,77 @@ def test_batch_file_names_sort_by_seq() -> None:
     names = [batch_file_name("V", "s", seq) for seq in (1, 2, 10, 2**64 - 1)]
     assert names == sorted(names)
     assert batch_file_name(".", "s", 1) == "%2E_s_00000000000000000001.cbor"  # never a hidden file
+
+
+# -- damage after a crash: found, counted, never silent ---------------------------------------------------
+
+
+def _flip_one_byte(path: Path, table: str, column: str) -> tuple[int, int]:
+    """Flip a byte in the middle of the first row of ``table`` (its CRC left as it was), behind the outbox's
+    back; returns the row's id and its sample count."""
+    key, count = ("id", "count") if table == "chunks" else ("seq", "samples")
+    db = sqlite3.connect(path)
+    try:
+        row_id, blob, n = db.execute(
+            f"SELECT {key}, {column}, {count} FROM {table} ORDER BY {key} LIMIT 1"
+        ).fetchone()
+        data = bytearray(blob)
+        data[len(data) // 2] ^= 0xFF
+        db.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (bytes(data), row_id))
+        db.commit()
+    finally:
+        db.close()
+    return row_id, n
+
+
+def test_a_damaged_chunk_is_dropped_counted_and_the_rest_is_delivered(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        for start in range(0, 3000, 300):
+            outbox.accept(rows(start, 300))  # one chunk per accept
+    _, lost = _flip_one_byte(path, "chunks", "data")
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        delivered = ids_of(drain(outbox))
+        stats = outbox.statistics()
+    assert stats.dropped_corrupt == lost
+    assert len(delivered) == 3000 - lost
+    assert len(set(delivered)) == len(delivered)  # nothing twice, nothing made up
+    assert set(delivered) <= set(range(3000))
+
+
+def test_a_damaged_formed_batch_is_dropped_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        outbox.accept(rows(0, 2000))
+        first = outbox.next_batch(T0)  # formed, not acknowledged: it waits for the next start
+        assert first is not None
+    _, lost = _flip_one_byte(path, "batches", "payload")
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        delivered = ids_of(drain(outbox))
+        stats = outbox.statistics()
+    assert stats.dropped_corrupt == lost
+    assert len(delivered) == 2000 - lost
+    assert len(set(delivered)) == len(delivered)
+
+
+def test_commits_lost_with_a_truncated_wal_are_counted_at_the_next_open(tmp_path: Path) -> None:
+    """A crash that damages the WAL: the commits it held are gone; the high-water mark, written after
+    every commit, tells how many accepted samples that was."""
+    path = tmp_path / "o.sqlite3"
+    wal = Path(f"{path}-wal")
+    outbox = Outbox(path, quota_bytes=64 << 20, vehicle_id="V")
+    try:
+        outbox.accept(rows(0, 1000))
+        saved = {p: p.read_bytes() for p in (path, wal) if p.exists()}  # a checkpointed state ...
+        outbox.accept(rows(1000, 500))  # ... then commits that live only in the WAL
+        mark = Path(f"{path}-mark").read_bytes()
+    finally:
+        outbox.close()
+    for p, data in saved.items():  # as if the crash took the last commits with a damaged WAL
+        p.write_bytes(data)
+    Path(f"{path}-mark").write_bytes(mark)
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V") as outbox:
+        stats = outbox.statistics()
+        delivered = ids_of(drain(outbox))
+    assert stats.lost_damaged == 500
+    assert sorted(delivered) == list(range(1000))

@@ -12,17 +12,20 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import mqtt_broker
 import pytest
+import tmpfs  # tests/ is on sys.path
 import trio
+from conftest import skip_or_fail
 
 from bus import Topic
 from services.uplink import (
     Campaign,
+    CampaignFilter,
     MqttConfig,
     Outbox,
     Uplink,
@@ -30,7 +33,7 @@ from services.uplink import (
     decode_batch,
     status_topic,
 )
-from vwos import ConfigError, ServiceSpec, SupervisorPolicy, parse_config
+from vwos import BackoffPolicy, ConfigError, ServiceSpec, SupervisorPolicy, parse_config
 from vwos.testing import open_harness
 
 COUNTER = Topic("Test.Counter", int)
@@ -237,6 +240,127 @@ topics = ["**"]
     problems = [str(p) for p in info.value.problems]
     assert len(problems) == 1, problems
     assert problem in problems[0]
+
+
+# -- storage faults ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (a really full disk), unmounted after the test."""
+    reason = tmpfs.tmpfs_unavailable_reason()
+    if reason is not None:
+        skip_or_fail(reason, ci_message=f"storage-fault tests must run under CI=true, but: {reason}")
+    with tmpfs.small_tmpfs(tmp_path / "disk", 256 * 1024) as disk:
+        yield disk
+
+
+QUICK_RECONNECT = BackoffPolicy(initial=0.05, multiplier=2.0, max_delay=0.2, jitter=0.0)
+
+
+async def test_a_full_disk_never_stops_the_uplink_and_it_drains_when_space_returns(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """The attacker's case: the state dir on a full disk, quota_mb = 0.5. The uplink keeps running, evicts
+    the oldest, counts and reports every loss on its status topic, drains once there is space and a link,
+    and releases the outbox when it stops: the next incarnation opens it at once."""
+    out, state = tmp_path / "batches", small_disk / "state"
+    out.write_text("not a directory yet")  # no link at first: everything stays in the outbox
+    spec = uplink(tmp_path, directory=out, quota_mb=0.5, reconnect=QUICK_RECONNECT)
+    n = 150_000
+    with trio.fail_after(60):
+        async with open_harness(spec, state_dir=state) as car:
+            for i in range(1, n + 1):
+                car.publish(COUNTER, i)
+                if i % 1000 == 0:
+                    await trio.sleep(0.002)
+            full = await car.expect(
+                status_topic("uplink"), lambda s: s.storage == "disk_full" and s.dropped_quota > 0, timeout=20
+            )
+            assert full.value.connected is False
+            tmpfs.resize(small_disk, 16 << 20)  # space returns
+            out.unlink()  # and a link
+            for i in range(n + 1, n + 5001):
+                car.publish(COUNTER, i)
+            done = await car.expect(
+                status_topic("uplink"),
+                lambda s: s.storage == "ok" and s.stored_samples == 0 and s.accepted > 0 and s.connected,
+                timeout=30,
+            )
+            assert car.status()["uplink"].restarts == 0
+        # Stopped: the outbox was closed; the next incarnation opens it at once and finds nothing lost.
+        async with open_harness(uplink(tmp_path, directory=out), state_dir=state) as car:
+            again = await car.expect(status_topic("uplink"), lambda s: s.storage == "ok", timeout=10)
+            assert again.value.storage_error == ""
+    status = done.value
+    got = samples_in(p.read_bytes() for p in sorted(out.iterdir()))["Test.Counter"]
+    assert got == sorted(got)
+    assert got[-5000:] == list(range(n + 1, n + 5001))  # the newest all arrived
+    lost = status.dropped_quota + status.dropped_storage + status.dropped_before_outbox
+    assert len(got) + lost == n + 5000  # and every other sample is accounted for
+
+
+async def test_a_failing_flush_at_stop_still_releases_the_outbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raised: list[int] = []
+
+    async def broken_flush(self: Uplink) -> None:
+        if self._pending:
+            raised.append(len(self._pending))
+            raise RuntimeError("the flush at stop failed")
+
+    monkeypatch.setattr(Uplink, "_flush", broken_flush)
+    state = tmp_path / "state"
+    spec = uplink(tmp_path, directory=tmp_path / "batches", flush_interval=10.0)  # no flush before the stop
+    with trio.fail_after(30):
+        async with open_harness(spec, state_dir=state) as car:
+            car.publish(COUNTER, 1)
+            await trio.sleep(0.1)
+    assert raised == [1]  # the flush in run's finally raised
+    started = time.perf_counter()
+    with Outbox(state / "uplink" / "outbox.sqlite", quota_bytes=1 << 30, vehicle_id="car-1") as box:
+        assert time.perf_counter() - started < 2  # at once, not "in use by another process"
+        assert box.statistics().stored_samples == 0
+
+
+async def test_an_outbox_that_cannot_be_opened_is_reported_and_opened_once_it_can(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    path = state / "uplink" / "outbox.sqlite"
+    holder = Outbox(path, quota_bytes=1 << 30, vehicle_id="car-1")  # someone else holds it
+    out = tmp_path / "batches"
+    try:
+        with trio.fail_after(30):
+            async with open_harness(uplink(tmp_path, directory=out), state_dir=state) as car:
+                for i in range(1, 101):
+                    car.publish(COUNTER, i)
+                down = await car.expect(
+                    status_topic("uplink"), lambda s: s.storage == "error" and s.dropped_storage == 100
+                )
+                assert "in use by another process" in down.value.storage_error
+                holder.close()
+                await car.expect(status_topic("uplink"), lambda s: s.storage == "ok", timeout=10)
+                for i in range(101, 201):
+                    car.publish(COUNTER, i)
+                await car.expect(status_topic("uplink"), lambda s: s.sent_samples == 100, timeout=10)
+    finally:
+        holder.close()
+    assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(range(101, 201))
+
+
+async def test_samples_lost_with_a_replaced_outbox_file_are_on_the_status_topic(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    path = state / "uplink" / "outbox.sqlite"
+    keep = CampaignFilter((Campaign("all", ("Test.**",)),)).keep
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="car-1") as box:
+        k = keep("Test.Counter", 0, 0.0)
+        assert k is not None
+        box.accept([("Test.Counter", i, 1.7e9 + i, k) for i in range(500)])
+    path.unlink()  # the database is gone; its high-water mark beside it remembers 500 samples
+    with trio.fail_after(30):
+        async with open_harness(uplink(tmp_path, directory=tmp_path / "out"), state_dir=state) as car:
+            status = await car.expect(status_topic("uplink"), lambda s: s.dropped_damaged > 0)
+    assert status.value.dropped_damaged == 500
 
 
 # -- a real broker -------------------------------------------------------------------------------------

@@ -11,11 +11,13 @@ SIGTERM (or EOF on stdin: the supervisor is gone) cancels the service; its ``fin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -31,9 +33,16 @@ from vwos._isolation import (
     ChildPayload,
     decode_payload,
     describe_failure,
+    unwrap,
 )
 
 _MEMORY_REPORT = b'{"exit": "memory"}\n'  # written without allocating much, after a MemoryError
+#: The longest failure summary sent to the supervisor (it becomes the status table's error).
+_MAX_SUMMARY = 1000
+
+
+def _summary(text: str) -> str:
+    return text if len(text) <= _MAX_SUMMARY else text[: _MAX_SUMMARY - 1] + "…"
 
 
 class _Control:
@@ -174,6 +183,10 @@ def main() -> int:
 
     tune_gc()
 
+    import structlog
+
+    # Exceptions are rendered here, as Python's own traceback text (configure_logging's format_exc_info),
+    # so the supervisor's log shows them whole: a traceback cannot cross the process boundary as an object.
     configure_logging(format="json", level=os.environ.get(ENV_LOG_LEVEL, "debug"), stream=sys.stderr)
     stdin: BinaryIO = sys.stdin.buffer
     try:
@@ -185,16 +198,43 @@ def main() -> int:
             return EXIT_MEMORY
         if isinstance(exc, SystemExit | KeyboardInterrupt):
             raise
-        control.send(exit="error", error=describe_failure(exc))
-        import structlog
-
-        structlog.get_logger("vwos.child").error("service failed", exc_info=exc)
+        control.send(exit="error", error=_summary(describe_failure(exc)))
+        # The service's own exception, not the nursery's group of one around it.
+        structlog.get_logger("vwos.child").error("service failed", exc_info=unwrap(exc))
         return EXIT_ERROR
     if signum is None:
         control.send(exit=how)
     else:
         control.send(exit=how, signal=signum.name)  # stopped by a signal: say which
+    if how == "stopped" and signum is None:
+        _stop_own_group()
     return 0
+
+
+def _stop_own_group(grace: float = 2.0) -> None:
+    """The supervisor is gone (stdin's EOF), so nobody else will stop what the service started in our
+    process group: SIGTERM to it, SIGKILL (ourselves included: we are done) to what is left after
+    ``grace`` seconds. What left the group is for the service manager (systemd kills the whole cgroup)."""
+    group = os.getpgrp()
+    if group != os.getpid():
+        return  # not started as the supervisor starts us: the group is not ours
+    from vwos._proctree import LiveProcesses
+
+    processes = LiveProcesses()
+
+    def others() -> bool:
+        me = os.getpid()
+        return any(p.pgid == group and p.pid != me and not p.zombie for p in processes.snapshot().values())
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while others() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if others():
+        sys.stderr.flush()
+        os.killpg(group, signal.SIGKILL)
 
 
 if __name__ == "__main__":

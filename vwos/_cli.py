@@ -1,7 +1,14 @@
 """The ``vwos`` command: run, check, plugins, and the commands of installed extensions.
 
 Exit codes: 0 — done (``run`` stopped cleanly, ``check`` found nothing wrong); 1 — the supervisor gave up
-(restarts exceeded the intensity); 2 — the config or the command line is wrong (every problem listed).
+(restarts exceeded the intensity), or the system refused something (a file, a socket: one line says what);
+2 — the config or the command line is wrong (every problem listed, one line each); 70 — an unexpected error
+(a bug: one line on stderr; ``vwos --debug ...`` shows the traceback).
+
+Every number of seconds on the command line (``--duration``, ``--timeout``, ``--window``, ``--interval``,
+``--wait``) is finite, > 0 and at most `vwos._config.MAX_SECONDS`; counts are whole numbers >= 1 (``-n`` of
+``logs`` >= 0). Extensions may use `seconds_argument` and `count_argument` as argparse ``type=`` to say the
+same.
 
 **Extensions.** A distribution adds subcommands through the entry-point group ``vwos.commands``: each entry
 point names a function ``register(subparsers) -> None`` that adds its subparser(s) to the given
@@ -13,6 +20,7 @@ register is skipped with a one-line warning on stderr; the core commands never l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import enum
 import json
@@ -20,7 +28,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import traceback
+import typing
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
@@ -29,7 +39,7 @@ import structlog
 import trio
 
 from bus import connect_unix
-from vwos._config import ConfigError, SupervisorConfig, load_config
+from vwos._config import MAX_SECONDS, ConfigError, SupervisorConfig, load_config
 from vwos._isolation import unwrap
 from vwos._logging import FORMATS, LEVELS, configure_logging
 from vwos._plugins import installed_plugins
@@ -45,6 +55,10 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_GAVE_UP = 1
 EXIT_CONFIG = 2
+EXIT_SYSTEM = 1  # the system refused something: a file, a directory, a socket
+EXIT_INTERNAL = 70  # an unexpected error: a bug (sysexits' EX_SOFTWARE)
+#: A second SIGINT/SIGTERM while stopping: exit at once (128 + SIGINT, what a shell reports).
+EXIT_INTERRUPTED = 130
 
 _log = structlog.get_logger("vwos")
 
@@ -87,14 +101,61 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a wrong command line is one line on stderr (what was wrong, and where help is), not the
+    usage block and then the error; its subcommands' parsers are made of this class too."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def seconds_argument(text: str) -> float:
+    """An argparse ``type=``: a number of seconds, finite, > 0 and at most `MAX_SECONDS` (about 31 years)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds > 0 and at most {MAX_SECONDS:.0f}, got {text!r}"
+        )
+    return value
+
+
+def count_argument(minimum: int = 1) -> Callable[[str], int]:
+    """An argparse ``type=``: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _parser(*, extensions: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vwos", description="vwos in-vehicle middleware runtime")
+    parser = _Parser(prog="vwos", description="vwos in-vehicle middleware runtime")
     parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an unexpected error (a bug), not one line"
+    )
+    # Subcommands' parsers are _Parser too (argparse makes them of the parent's class); extensions see the
+    # documented ArgumentParser type.
+    sub = typing.cast("Subparsers", parser.add_subparsers(dest="command", required=True))
 
     run = sub.add_parser("run", help="run the supervisor and its services from a TOML config")
     run.add_argument("config", help="the TOML config file")
-    run.add_argument("--duration", type=float, metavar="SECONDS", help="stop cleanly after this long")
+    run.add_argument(
+        "--duration", type=seconds_argument, metavar="SECONDS", help="stop cleanly after this long"
+    )
     run.add_argument(
         "--log-format",
         choices=FORMATS,
@@ -130,12 +191,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     # same, whatever else is installed.
     first = next((arg for arg in argv if not arg.startswith("-")), None)
     extensions = first not in _CORE_COMMANDS and "--version" not in argv
-    args = _parser(extensions=extensions).parse_args(argv)
+    parser = _parser(extensions=extensions)
+    if not [arg for arg in argv if arg != "--debug"]:  # a bare `vwos`: what there is to run
+        parser.print_usage(sys.stderr)
+        print("vwos: error: a command is required (see vwos --help)", file=sys.stderr)
+        return EXIT_CONFIG
+    args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:  # an extension's subparser that did not set its handler
         print(f"vwos: the command {args.command!r} has no handler (a bug in its extension)", file=sys.stderr)
         return EXIT_CONFIG
-    return handler(args)
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as raised:
+        return _unexpected(raised, debug=args.debug)
+
+
+def _unexpected(raised: BaseException, *, debug: bool) -> int:
+    """An exception no command turned into a message: one line on stderr (the traceback with ``--debug``)."""
+    exc = unwrap(raised)
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = _leaves(exc)
+        exc, more = leaves[0], len(leaves) - 1
+    else:
+        more = 0
+    also = f" (and {more} more)" if more else ""
+    if debug:
+        traceback.print_exception(raised, file=sys.stderr)
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        print(f"vwos: {_one_line(exc.strerror or str(exc))}{where}{also}", file=sys.stderr)
+        return EXIT_SYSTEM
+    hint = "" if debug else "; vwos --debug ... shows the traceback"
+    print(
+        f"vwos: unexpected error (a bug): {type(exc).__name__}: {_one_line(str(exc))}{also}{hint}",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 # -- extensions -------------------------------------------------------------------------------------
@@ -275,6 +376,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         configure_logging(format=args.log_format, level="info")
         _print_problems(exc)
         return EXIT_CONFIG
+    try:
+        _check_socket_path(args.socket or default_socket_path())
+    except _UsageError as exc:
+        _say(sys.stderr, str(exc))
+        return EXIT_CONFIG
     from vwos._control import LogBuffer
 
     logs = LogBuffer()
@@ -287,7 +393,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         return trio.run(_run, config, args.duration, args.socket, logs)
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as raised:  # main() prints the one-line summary; the log keeps the whole story
+        failure = unwrap(raised)
+        if isinstance(failure, OSError):
+            _log.error("vwos run failed", error=f"{type(failure).__name__}: {failure}")
+        else:
+            _log.error("vwos run failed", exc_info=failure)
+        raise
 
 
 async def _run(config: SupervisorConfig, duration: float | None, socket: str | None, logs: LogBuffer) -> int:
@@ -297,17 +410,21 @@ async def _run(config: SupervisorConfig, duration: float | None, socket: str | N
     socket_path = Path(socket or default_socket_path())
     try:
         prepare_socket_dir(socket_path)  # created 0700, or refused if others could replace the socket
-    except BusError as exc:
+    except BusError as exc:  # the system refused: the directory cannot be made, or is not safe
         print(f"vwos: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_SYSTEM
     bus = Bus()
     supervisor = Supervisor(
         config.services,  # the supervisor leaves out disabled ones
+        groups=config.groups,
         policy=config.policy,
         state_dir=config.state_dir,
         bus=bus,
         socket_path=socket_path,
         authorize=default_authorize(),
+        loop_block=config.loop_block_limit,
+        undeclared_grace=config.undeclared_grace,
+        connection_limits=config.connection_limits,
     )
     # Read and forget $NOTIFY_SOCKET: isolated services (child processes) must not talk to systemd.
     systemd = SystemdNotifier(unset_environment=True)
@@ -321,21 +438,23 @@ async def _run(config: SupervisorConfig, duration: float | None, socket: str | N
     )
     gave_up: BaseException | None = None
     try:
-        async with trio.open_nursery() as nursery:
+        with _signals_stop(supervisor, trio.lowlevel.current_trio_token()):
+            async with trio.open_nursery() as nursery:
 
-            async def supervise(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-                try:
-                    await supervisor.run(task_status=task_status)
-                finally:
-                    nursery.cancel_scope.cancel()  # the control plane, the signal watcher, the timers
+                async def supervise(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                    try:
+                        await supervisor.run(task_status=task_status)
+                    finally:
+                        nursery.cancel_scope.cancel()  # the control plane, the timers
 
-            nursery.start_soon(_watch_signals, supervisor)
-            await nursery.start(ControlPlane(supervisor, logs=logs).run)
-            # READY=1 once every service is up, WATCHDOG=1 while healthy, STOPPING=1 (vwos._systemd).
-            nursery.start_soon(tell_systemd, supervisor, systemd)
-            await nursery.start(supervise)
-            if duration is not None:
-                nursery.start_soon(_stop_after, supervisor, duration)
+                # Before the services start: --duration holds while starts are pending too.
+                if duration is not None:
+                    nursery.start_soon(_stop_after, supervisor, duration)
+                nursery.start_soon(_exit_when_left_behind, supervisor)
+                await nursery.start(ControlPlane(supervisor, logs=logs).run)
+                # READY=1 once every service is up, WATCHDOG=1 while healthy, STOPPING=1 (vwos._systemd).
+                nursery.start_soon(tell_systemd, supervisor, systemd)
+                await nursery.start(supervise)
     except* SupervisorGaveUp as group:
         gave_up = group.exceptions[0]
     finally:
@@ -352,17 +471,67 @@ async def _stop_after(supervisor: Supervisor, seconds: float) -> None:
     supervisor.shutdown(f"--duration {seconds:g} s reached")
 
 
-async def _watch_signals(supervisor: Supervisor) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        stopping = False
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if stopping:
-                _log.warning("second signal while stopping: exiting at once", signal=name)
-                raise KeyboardInterrupt
-            stopping = True
-            _log.info("stopping on signal", signal=name)
-            supervisor.shutdown(f"{name} received")
+@contextlib.contextmanager
+def _signals_stop(supervisor: Supervisor, token: trio.lowlevel.TrioToken) -> Iterator[None]:
+    """SIGINT and SIGTERM stop the supervisor; a second one exits at once with 130.
+
+    Plain Python signal handlers, not trio's signal receiver: Python runs them in the main thread between
+    bytecodes even while a service blocks the event loop (a ``time.sleep``, a busy loop), so the second
+    signal ends the process however stuck the loop is. The first is handed to the loop
+    (``run_sync_soon`` is signal-safe) and stops everything as soon as the loop runs again.
+    """
+    seen: list[str] = []
+
+    def first(name: str) -> None:
+        _log.info("stopping on signal", signal=name)
+        supervisor.shutdown(f"{name} received")
+
+    def handler(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        seen.append(name)
+        if len(seen) == 1:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(first, name)
+            return
+        # Not through structlog: the handler may have interrupted a log line, and its logger holds a lock
+        # for the line (a deadlock). One plain line, written straight to the file descriptor.
+        with contextlib.suppress(OSError):
+            os.write(2, f"vwos: second signal while stopping ({name}): exiting at once\n".encode())
+        _exit_now(supervisor, EXIT_INTERRUPTED)
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+async def _exit_when_left_behind(supervisor: Supervisor) -> None:
+    """Once everything has stopped but services that ignore cancellation, exit the process: their tasks
+    would keep `trio.run` from ever returning."""
+    await supervisor.wait_stopped()
+    left = supervisor.left_behind
+    if left:
+        _log.error("exiting with services left behind: they did not stop when cancelled", services=list(left))
+        _exit_now(
+            supervisor,
+            EXIT_GAVE_UP if supervisor.stop_reason and "gave up" in supervisor.stop_reason else EXIT_OK,
+        )
+
+
+def _exit_now(supervisor: Supervisor, code: int) -> None:
+    """Leave at once: kill isolated services' processes (they would stop on their own once our end of
+    their pipes closes, but one may ignore that too), flush what was written, and ``os._exit``."""
+    try:
+        supervisor.kill_processes()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # closed, or (from a signal handler) a write to it was interrupted
+                pass
+    finally:
+        os._exit(code)
 
 
 def console_main() -> None:
@@ -409,6 +578,20 @@ def default_socket_path() -> str:
     if runtime:
         return os.path.join(runtime, "vwos.sock")
     return f"/tmp/vwos-{os.getuid()}/vwos.sock"
+
+
+def _check_socket_path(path: str, *, option: str = "--socket") -> None:
+    """Raise `_UsageError` if ``path`` cannot be a Unix socket's path (at most 107 bytes on Linux)."""
+    size = len(os.fsencode(path))
+    if size > _SUN_PATH_MAX:
+        raise _UsageError(
+            f"{option} {path}: a Unix socket's path has at most {_SUN_PATH_MAX} bytes, this one has {size} "
+            f"(give a shorter {option}, or set ${SOCKET_ENV})"
+        )
+
+
+#: The longest path of a Unix socket (``sun_path`` is 108 bytes on Linux, with its terminating NUL).
+_SUN_PATH_MAX = 107
 
 
 def _jsonable(value: Any) -> Any:
@@ -467,6 +650,9 @@ async def run_control(
                 return EXIT_UNREACHABLE
             _say(err, str(exc))
             return EXIT_FAILED
+        if isinstance(exc, CallTimeoutError) and exc.method.startswith("Vwos.Control."):
+            _say(err, f"the supervisor did not answer in time ({exc.method}): is it stuck?")
+            return EXIT_UNREACHABLE
         if isinstance(exc, UnknownTopicError | ValueRefusedError | CallTimeoutError):
             _say(err, str(exc))
             return EXIT_FAILED
@@ -493,16 +679,31 @@ async def cmd_status(client: Any, args: argparse.Namespace, out: TextIO) -> int:
 
     reply = await client.call(STATUS, None)
     if args.json:
-        out.write(_dump({"supervisor_uptime": reply.supervisor_uptime, "services": reply.services}) + "\n")
+        document = {"supervisor_uptime": reply.supervisor_uptime, "services": reply.services}
+        document["groups"] = reply.groups
+        out.write(_dump(document) + "\n")
         return EXIT_OK
-    out.write(f"{'SERVICE':<24} {'STATE':<9} {'RESTARTS':>8} {'UPTIME':>8}  {'LAST EXIT':<13} LAST ERROR\n")
+    width = max([24, *(len(s.name) + 1 for s in (*reply.services, *reply.groups))])
+    out.write(f"{'SERVICE':<{width}} {'STATE':<9} {'RESTARTS':>8} {'UPTIME':>8}  {'LAST EXIT':<13} WHY\n")
     for s in reply.services:
         out.write(
-            f"{s.name:<24} {s.state:<9} {s.restarts:>8} {format_seconds(s.uptime):>8}  "
-            f"{s.last_exit or '-':<13} {s.last_error or ''}".rstrip()
+            f"{s.name:<{width}} {s.state:<9} {s.restarts:>8} {format_seconds(s.uptime):>8}  "
+            f"{s.last_exit or '-':<13} {_why(s)}".rstrip()
             + "\n"
         )
+    if reply.groups:
+        out.write(f"\n{'GROUP':<{width}} {'STATE':<9} {'RESTARTS':>8}  WHY\n")
+        for g in reply.groups:
+            out.write(f"{g.name:<{width}} {g.state:<9} {g.restarts:>8}  {_why(g)}".rstrip() + "\n")
     return EXIT_OK
+
+
+def _why(record: Any) -> str:
+    """The status table's last column: why a unit is in its state (failed, waiting), else its last error."""
+    text = record.reason or record.last_error or ""
+    if record.revive_in is not None:
+        text += f" (revive in {record.revive_in:.0f} s)"
+    return str(text)
 
 
 #: What each operation should leave a service in, to count as done.
@@ -532,35 +733,76 @@ async def cmd_operate(client: Any, args: argparse.Namespace, out: TextIO) -> int
 # -- logs -------------------------------------------------------------------------------------------
 
 
-def _log_text(line: Any) -> str:
+def _log_text(line: Any, service: str | None = None) -> str:
     stamp = datetime.datetime.fromtimestamp(line.timestamp, tz=datetime.UTC).isoformat(
         timespec="milliseconds"
     )
-    return f"{stamp.replace('+00:00', 'Z')} {line.level:<8} {line.text}"
+    who = f"{service} " if service is not None else ""
+    return f"{stamp.replace('+00:00', 'Z')} {line.level:<8} {who}{line.text}"
+
+
+def _hidden_levels_note(level: str | None, shown: int) -> str | None:
+    """What to say about lines the supervisor's log level never let into the buffer, or None.
+
+    Above ``info`` it hides the lines of normal operation, which is worth saying every time; at ``info`` it
+    hides only debug lines, worth saying when nothing at all is shown."""
+    if level not in LEVELS or level == "debug":
+        return None
+    hidden = LEVELS[: LEVELS.index(level)]
+    if level == "info" and shown:
+        return None
+    return (
+        f"the supervisor logs at level {level!r}: {', '.join(hidden)} lines were never kept "
+        f"(run it with --log-level {hidden[-1]} to see them)"
+    )
 
 
 async def cmd_logs(client: Any, args: argparse.Namespace, out: TextIO) -> int:
-    """``vwos logs SERVICE [-n N] [-f]``: the last N lines; with ``-f``, then every new line as it comes."""
-    from vwos._control import LOGS, LogsRequest
+    """``vwos logs [SERVICE] [-n N] [-f]``: the last N lines of a service, or of every service merged in
+    time order; with ``-f``, then every new line as it comes. Says when the log level hid lines."""
+    from vwos._control import LOGS, STATUS, LogsRequest
 
-    def show(reply: Any) -> None:
-        for line in reply.lines:
+    if args.service is not None:
+        names = [args.service]
+    else:
+        names = [row.name for row in (await client.call(STATUS, None)).services]
+    every = args.service is None
+    width = max((len(name) for name in names), default=0)
+
+    def show(lines: list[tuple[str, Any]]) -> None:
+        for name, line in lines:
             if args.json:
-                out.write(_dump({"service": args.service, **attrs.asdict(line)}) + "\n")
+                out.write(_dump({"service": name, **attrs.asdict(line)}) + "\n")
             else:
-                out.write(_log_text(line) + "\n")
+                out.write(_log_text(line, name.ljust(width) if every else None) + "\n")
         out.flush()
 
-    reply = await client.call(LOGS, LogsRequest(args.service, args.lines, 0))
-    show(reply)
-    cursor = reply.cursor
+    order = {name: i for i, name in enumerate(names)}
+
+    def merged(replies: dict[str, Any]) -> list[tuple[str, Any]]:
+        """Every service's lines in time order (ties: the services' order, then each one's own)."""
+        lines = [(name, line) for name, reply in replies.items() for line in reply.lines]
+        lines.sort(key=lambda item: (item[1].timestamp, order[item[0]], item[1].seq))
+        return lines
+
+    replies = {name: await client.call(LOGS, LogsRequest(name, args.lines, 0)) for name in names}
+    everything = merged(replies)
+    chosen = everything[len(everything) - args.lines :] if args.lines else []
+    show(chosen)
+    levels = {reply.level for reply in replies.values()}
+    note = _hidden_levels_note(levels.pop() if len(levels) == 1 else None, len(chosen))
+    if note is not None:
+        _say(sys.stderr, note)
+    cursors = {name: reply.cursor for name, reply in replies.items()}
     while args.follow:
         await trio.sleep(args.interval)
-        reply = await client.call(LOGS, LogsRequest(args.service, 100_000, cursor))
-        if reply.missed:
-            _say(sys.stderr, f"{reply.missed} lines of {args.service} were lost before they could be shown")
-        show(reply)
-        cursor = reply.cursor
+        replies = {}
+        for name in names:
+            reply = replies[name] = await client.call(LOGS, LogsRequest(name, 100_000, cursors[name]))
+            if reply.missed:
+                _say(sys.stderr, f"{reply.missed} lines of {name} were lost before they could be shown")
+            cursors[name] = reply.cursor
+        show(merged(replies))
     return EXIT_OK
 
 
@@ -634,8 +876,6 @@ async def cmd_bus_pub(client: Any, args: argparse.Namespace, out: TextIO) -> int
 
 async def cmd_bus_hz(client: Any, args: argparse.Namespace, out: TextIO) -> int:
     """``vwos bus hz TOPIC [--window S] [--count N]``: one report per window: rate and interval figures."""
-    if args.window <= 0:
-        raise _UsageError(f"--window must be positive seconds, not {args.window:g}")
     reports = 0
     last: float | None = None
     with client.subscribe(args.topic, queue_size=65536) as sub:
@@ -700,6 +940,8 @@ async def cmd_top(client: Any, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _connect_and_run(command: ControlCommand, args: argparse.Namespace) -> int:
+    from bus import BrokerRefusedError, ConnectionLostError, ProtocolError
+
     path = args.socket
     hint = "(is `vwos run` running? it serves the control socket)"
     connected = False
@@ -709,7 +951,8 @@ async def _connect_and_run(command: ControlCommand, args: argparse.Namespace) ->
             return await run_control(command, client, args, sys.stdout, sys.stderr)
     except BaseException as raised:
         exc = unwrap(raised)
-        if connected and not isinstance(exc, OSError | EOFError | trio.BrokenResourceError):
+        lost = OSError | EOFError | trio.BrokenResourceError | ConnectionLostError | ProtocolError
+        if connected and not isinstance(exc, lost):
             raise
         if isinstance(exc, FileNotFoundError):
             _say(sys.stderr, f"cannot connect to {path}: no such file {hint}")
@@ -717,9 +960,17 @@ async def _connect_and_run(command: ControlCommand, args: argparse.Namespace) ->
             _say(sys.stderr, f"cannot connect to {path}: nothing listens there {hint}")
         elif isinstance(exc, PermissionError):
             _say(sys.stderr, f"cannot connect to {path}: permission denied (see the socket's owner and mode)")
-        elif isinstance(exc, OSError | EOFError | trio.BrokenResourceError):
+        elif isinstance(exc, trio.TooSlowError):  # connect_unix's handshake timeout
+            _say(
+                sys.stderr,
+                f"cannot connect to {path}: no answer to the handshake (is it the socket of `vwos run`, and "
+                "is that process stuck?)",
+            )
+        elif isinstance(exc, BrokerRefusedError):
+            _say(sys.stderr, f"cannot connect to {path}: the supervisor refused the connection: {exc.reason}")
+        elif isinstance(exc, lost):
             what = "lost the connection to" if connected else "cannot connect to"
-            _say(sys.stderr, f"{what} {path}: {exc}")
+            _say(sys.stderr, f"{what} {path}: {_one_line(str(exc)) or type(exc).__name__}")
         else:
             raise
         return EXIT_UNREACHABLE
@@ -727,6 +978,11 @@ async def _connect_and_run(command: ControlCommand, args: argparse.Namespace) ->
 
 def _control_handler(command: ControlCommand) -> Handler:
     def handler(args: argparse.Namespace) -> int:
+        try:
+            _check_socket_path(args.socket)
+        except _UsageError as exc:
+            _say(sys.stderr, str(exc))
+            return EXIT_USAGE
         try:
             return trio.run(_connect_and_run, command, args)
         except KeyboardInterrupt:  # how echo, hz, logs -f and top are ended
@@ -757,19 +1013,32 @@ def _add_control_commands(sub: Subparsers) -> None:
         operate = _common(sub.add_parser(action, help=text))
         operate.add_argument("service", metavar="SERVICE", help="the service's name in the config")
         operate.add_argument(
-            "--wait", type=float, default=10.0, metavar="S", help="wait this long for it to settle (10)"
+            "--wait",
+            type=seconds_argument,
+            default=10.0,
+            metavar="S",
+            help="wait this long for it to settle (10)",
         )
         operate.set_defaults(handler=_control_handler(cmd_operate))
-    logs = _common(sub.add_parser("logs", help="recent log lines of a service; -f follows"))
-    logs.add_argument("service", metavar="SERVICE", help="the service's name in the config")
-    logs.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="how many lines (20)")
+    logs = _common(sub.add_parser("logs", help="recent log lines of a service, or of all; -f follows"))
+    logs.add_argument(
+        "service",
+        nargs="?",
+        metavar="SERVICE",
+        help="the service's name in the config (default: all services)",
+    )
+    logs.add_argument(
+        "-n", "--lines", type=count_argument(0), default=20, metavar="N", help="how many lines (20; 0: none)"
+    )
     logs.add_argument("-f", "--follow", action="store_true", help="then print new lines as they come")
-    logs.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    logs.add_argument("--interval", type=seconds_argument, default=0.5, help=argparse.SUPPRESS)
     logs.set_defaults(handler=_control_handler(cmd_logs))
     top = _common(sub.add_parser("top", help="a live view of services and the busiest topics"))
     top.add_argument("--once", action="store_true", help="print one frame and exit")
-    top.add_argument("--limit", type=int, default=15, metavar="N", help="how many topics (15)")
-    top.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period (1 s)")
+    top.add_argument("--limit", type=count_argument(), default=15, metavar="N", help="how many topics (15)")
+    top.add_argument(
+        "--interval", type=seconds_argument, default=1.0, metavar="S", help="refresh period (1 s)"
+    )
     top.set_defaults(handler=_control_handler(cmd_top))
 
     bus_parser = sub.add_parser("bus", help="the bus of the running supervisor: list, echo, pub, hz, call")
@@ -779,7 +1048,7 @@ def _add_control_commands(sub: Subparsers) -> None:
     listing.set_defaults(handler=_control_handler(cmd_bus_list))
     echo = _common(bus_sub.add_parser("echo", help="print samples of matching topics as they arrive"))
     echo.add_argument("pattern", metavar="PATTERN", help="a topic name or pattern (* one segment, ** any)")
-    echo.add_argument("--count", type=int, metavar="N", help="stop after N samples")
+    echo.add_argument("--count", type=count_argument(), metavar="N", help="stop after N samples")
     echo.add_argument("--latest", action="store_true", help="start with the latest value of each topic")
     echo.set_defaults(handler=_control_handler(cmd_bus_echo))
     pub = _common(bus_sub.add_parser("pub", help="publish one value (JSON) on a topic"))
@@ -788,13 +1057,17 @@ def _add_control_commands(sub: Subparsers) -> None:
     pub.set_defaults(handler=_control_handler(cmd_bus_pub))
     hz = _common(bus_sub.add_parser("hz", help="measure a topic's rate and intervals"))
     hz.add_argument("topic", metavar="TOPIC", help="the topic's full name (no pattern)")
-    hz.add_argument("--window", type=float, default=5.0, metavar="S", help="seconds per report (5)")
-    hz.add_argument("--count", type=int, metavar="N", help="stop after N reports")
+    hz.add_argument(
+        "--window", type=seconds_argument, default=5.0, metavar="S", help="seconds per report (5)"
+    )
+    hz.add_argument("--count", type=count_argument(), metavar="N", help="stop after N reports")
     hz.set_defaults(handler=_control_handler(cmd_bus_hz))
     call = _common(bus_sub.add_parser("call", help="call a method and print its reply"))
     call.add_argument("method", metavar="METHOD", help="the method's full name, e.g. CAN.demo.Send")
     call.add_argument("arg", nargs="?", metavar="ARG", help="the argument, as JSON")
-    call.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait (5)")
+    call.add_argument(
+        "--timeout", type=seconds_argument, default=5.0, metavar="S", help="seconds to wait (5)"
+    )
     call.set_defaults(handler=_control_handler(cmd_bus_call))
 
 

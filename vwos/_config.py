@@ -37,9 +37,11 @@ config file, not to the working directory::
 ``[supervisor]``
     ``strategy``, ``intensity`` and ``period`` are the OTP restart strategy and intensity (see
     `vwos._policy`): more than ``intensity`` restarts within ``period`` seconds and the supervisor stops
-    everything and gives up. ``state_dir`` holds one directory per service. ``python_path`` entries must be
-    existing directories. ``start_timeout``/``stop_timeout`` (seconds, > 0) are the defaults of services
-    that do not set their own. ``log_level`` is the supervisor's logging threshold.
+    everything and gives up. ``state_dir`` holds one directory per service; it must be (or be creatable
+    as) a directory the user can create directories in, which the check probes (`state_dir_problems`).
+    ``python_path`` entries must be existing directories. ``start_timeout``/``stop_timeout`` are the
+    defaults of services that do not set their own. ``log_level`` is the supervisor's logging threshold.
+    Every duration in the file is seconds, > 0 and at most `MAX_SECONDS` (so finite).
 
 ``[services.NAME]``
     ``NAME`` is letters, digits, ``_`` and ``-`` (it also names the service's state directory and is
@@ -56,7 +58,8 @@ config file, not to the working directory::
     ``*`` for one segment, ``**`` for any depth) -- a kind not listed is denied altogether.
     ``isolated``: run the service in a process of its own, joined to the bus over the supervisor's Unix
     socket; ``memory_limit_mb`` (only with ``isolated = true``) is that process's memory limit, enforced by
-    the OS (see ``docs/supervisor.md``, "Isolated services").
+    the OS (see ``docs/supervisor.md``, "Isolated services"), and at most what the OS takes
+    (`max_memory_limit_mb`). ``NAME`` has at most `MAX_SERVICE_NAME` characters.
 
 ``[services.NAME.config]``
     The plugin's own settings, built strictly into its ``config_class``: no string is taken for a number,
@@ -73,6 +76,10 @@ Errors
     vwos.toml: services.overspeed.restat: unknown key; did you mean 'restart'?
     vwos.toml: services.gateway.after[0]: dependency cycle: gateway -> overspeed -> gateway
 
+The file is at most `MAX_FILE_BYTES`; arrays and inline tables nest at most `MAX_NESTING` levels and keys
+have at most `MAX_KEY_PARTS` dotted parts, checked before tomllib parses it (tomllib recurses per level, and
+its work grows with the square of a key's length).
+
 Loading a config imports the plugins it names (their module-level code runs) after putting
 ``python_path`` on ``sys.path``. Disabled services are checked like enabled ones, plugin and config
 included.
@@ -80,23 +87,40 @@ included.
 
 from __future__ import annotations
 
-import heapq
-import math
 import os
 import re
+import sys
+import tempfile
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
-from bus import Permissions
+from bus import ConnectionLimits, Permissions
 from vwos._logging import LogLevel
 from vwos._plugins import PluginError, load_plugin, prepend_sys_path
-from vwos._policy import BackoffPolicy, Restart, Strategy, SupervisorPolicy
+from vwos._policy import (
+    BackoffPolicy,
+    GroupSpec,
+    Restart,
+    Strategy,
+    SupervisorPolicy,
+    service_dependencies,
+    start_order,
+)
 from vwos._service import Service
-from vwos._structure import INVALID, KeyPath, Structurer, describe_value, format_path, suggest
+from vwos._structure import (
+    INVALID,
+    FieldProblem,
+    KeyPath,
+    StructureError,
+    Structurer,
+    describe_value,
+    format_path,
+    suggest,
+)
 from vwos._structure import unknown_key_message as _unknown_key_message
 from vwos._supervisor import ServiceSpec
 
@@ -114,6 +138,22 @@ __all__ = [
 
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
+
+#: The longest service name. The name is a directory (NAME_MAX is 255 bytes), a bus client name, a log
+#: field, and part of the names services derive from it (``Uplink.<name>.Status``): 64 is plenty.
+MAX_SERVICE_NAME: Final = 64
+
+#: Room left below a service's state directory for the names of its own files (PATH_MAX less this is the
+#: longest ``state_dir/NAME``).
+_STATE_ROOM: Final = 256
+
+#: The largest config file read (``vwos check /dev/zero`` must not read forever).
+MAX_FILE_BYTES: Final = 4 * 1024 * 1024
+
+#: TOML nesting bounds, checked before the file is parsed (Python's tomllib recurses once per level of arrays
+#: and inline tables, and its work grows with the square of a dotted key's length).
+MAX_NESTING: Final = 50
+MAX_KEY_PARTS: Final = 50
 
 
 # -- problems ------------------------------------------------------------------------------------------
@@ -153,14 +193,30 @@ class ConfigError(Exception):
 # -- the file's tables, as attrs classes (also the source of the generated TOML reference) ---------------
 
 
-def _positive_seconds(_inst: object, _attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value > 0:  # also refuses NaN
+#: The longest duration any setting may be, in seconds (about 31.7 years). Longer never comes in a car's life,
+#: and beyond ~9.2e9 s some of the OS's timers (a thread's wait, a socket's timeout) overflow.
+MAX_SECONDS: Final = 1_000_000_000.0
+
+_MIB: Final = 1024 * 1024
+
+
+def _check_seconds(value: float) -> None:
+    if not value > 0:  # also refuses NaN
         raise ValueError(f"expected a number of seconds > 0, got {describe_value(value)}")
+    if not value <= MAX_SECONDS:
+        raise ValueError(
+            f"expected at most {MAX_SECONDS:.0f} seconds (about 31 years), got {describe_value(value)}"
+        )
+
+
+def _positive_seconds(_inst: object, _attribute: attrs.Attribute[Any], value: float | None) -> None:
+    """A duration in seconds: > 0 and at most `MAX_SECONDS` (so finite); None passes."""
+    if value is not None:
+        _check_seconds(value)
 
 
 def _period(_inst: object, _attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0 or math.isinf(value):
-        raise ValueError(f"expected a finite number of seconds > 0, got {describe_value(value)}")
+    _check_seconds(value)
 
 
 def _non_negative(_inst: object, _attribute: attrs.Attribute[int], value: int) -> None:
@@ -168,9 +224,67 @@ def _non_negative(_inst: object, _attribute: attrs.Attribute[int], value: int) -
         raise ValueError(f"expected an integer >= 0, got {describe_value(value)}")
 
 
+#: The shortest `loop_block_limit` (other than 0, off): shorter, ordinary steps (a JSON decode, a garbage
+#: collection) would count as blocks and restart healthy services.
+MIN_LOOP_BLOCK_LIMIT: Final = 0.5
+
+
+def _non_negative_seconds(_inst: object, _attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0 <= value <= MAX_SECONDS:  # also refuses NaN
+        raise ValueError(
+            f"expected a number of seconds >= 0 and at most {MAX_SECONDS:.0f}, got {describe_value(value)}"
+        )
+
+
+def _loop_block_limit(_inst: object, _attribute: attrs.Attribute[float], value: float) -> None:
+    if value == 0:
+        return
+    if not MIN_LOOP_BLOCK_LIMIT <= value <= MAX_SECONDS:  # also refuses NaN
+        raise ValueError(
+            f"expected 0 (off) or a number of seconds from {MIN_LOOP_BLOCK_LIMIT:g} to {MAX_SECONDS:.0f}, "
+            f"got {describe_value(value)}"
+        )
+
+
+def max_memory_limit_mb() -> tuple[int, str]:
+    """The largest ``memory_limit_mb`` an isolated service's process can be given here, and why.
+
+    The child sets it as ``RLIMIT_AS`` in bytes: ``setrlimit`` takes at most ``sys.maxsize`` (2**63 - 1 on a
+    64-bit system), and a process that is not root cannot raise its hard limit (``ulimit -Hv``).
+    """
+    most, why = sys.maxsize // _MIB, "the largest address-space limit (RLIMIT_AS) the OS takes"
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Linux
+        return most, why
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if hard != resource.RLIM_INFINITY and hard // _MIB < most and os.geteuid() != 0:
+        return hard // _MIB, "this process's hard address-space limit (ulimit -Hv), which only root may raise"
+    return most, why
+
+
 def _positive_mib(_inst: object, _attribute: attrs.Attribute[int | None], value: int | None) -> None:
-    if value is not None and value < 1:
+    if value is None:
+        return
+    if value < 1:
         raise ValueError(f"expected a number of MiB >= 1, got {describe_value(value)}")
+    most, why = max_memory_limit_mb()
+    if value > most:
+        raise ValueError(f"expected at most {most} MiB ({why}), got {describe_value(value)}")
+
+
+def _backoff_bounds(_inst: object, _attribute: attrs.Attribute[BackoffPolicy], value: BackoffPolicy) -> None:
+    """The delays of a backoff must be finite (`BackoffPolicy` itself takes any number >= 0)."""
+    problems = []
+    for name in ("initial", "max_delay", "reset_after"):
+        seconds = getattr(value, name)
+        if not seconds <= MAX_SECONDS:
+            message = (
+                f"expected at most {MAX_SECONDS:.0f} seconds (about 31 years), got {describe_value(seconds)}"
+            )
+            problems.append(FieldProblem((name,), message))
+    if problems:
+        raise StructureError(problems)
 
 
 def _help(text: str) -> dict[str, str]:
@@ -214,6 +328,96 @@ class SupervisorTable:
         metadata=_help("Seconds a service may take to stop, unless it sets its own."),
     )
     log_level: LogLevel = attrs.field(default="info", metadata=_help("The logging threshold."))
+    revive_after: float | None = attrs.field(
+        default=None,
+        validator=_positive_seconds,
+        metadata=_help(
+            "Seconds after a unit failed (exhausted its restart budget) that it is started again on its "
+            "own, with a fresh budget; default: only `vwos restart` revives it. Groups and services may "
+            "set their own."
+        ),
+    )
+    loop_block_limit: float = attrs.field(
+        default=5.0,
+        validator=_loop_block_limit,
+        metadata=_help(
+            "Seconds one step of a service's task may block the event loop before that service (only it) "
+            "is restarted; 0 turns the check off."
+        ),
+    )
+    undeclared_grace: float = attrs.field(
+        default=10.0,
+        validator=_non_negative_seconds,
+        metadata=_help(
+            "Seconds after which a subscription to an exact topic name nobody has declared is logged (once, "
+            "with the closest declared names: most often a typo); 0 turns the report off."
+        ),
+    )
+    connection_limits: ConnectionLimits = attrs.field(
+        factory=ConnectionLimits,
+        metadata=_help(
+            "What one client of the bus socket may hold at once (isolated services and tools alike); "
+            "beyond, a request is refused with a clear error and the connection stays up."
+        ),
+    )
+
+
+def _budget_help(unit: str) -> dict[str, dict[str, str]]:
+    return {
+        "intensity": _help(
+            f"At most this many restarts of the {unit} within `period` seconds; default: its group's."
+        ),
+        "period": _help("The window of `intensity`, in seconds; default: its group's."),
+    }
+
+
+@attrs.frozen
+class GroupTable:
+    """A ``[groups.NAME]`` table: a supervision group (a nested supervisor)."""
+
+    strategy: Strategy = attrs.field(
+        default=Strategy.ONE_FOR_ONE,
+        metadata=_help(
+            "Which of the group's units a restart takes along: the one that failed, all, or it and the rest."
+        ),
+    )
+    group: str | None = attrs.field(
+        default=None, metadata=_help("The group this group belongs to; default: the supervisor itself.")
+    )
+    critical: bool = attrs.field(
+        default=False,
+        metadata=_help(
+            "true: when the group exhausts its restart budget, its own group is failed (restarted whole, or "
+            "the supervisor gives up at the top); false: the group alone fails and stays down."
+        ),
+    )
+    after: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_help("Services or groups that must be ready before any service of this group starts."),
+    )
+    intensity: int | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_non_negative),
+        metadata=_help(
+            "At most this many restarts of the group as a whole within `period` seconds; also the default "
+            "budget of its units. Default: its group's."
+        ),
+    )
+    period: float | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_period),
+        metadata=_help("The window of `intensity`, in seconds."),
+    )
+    backoff: BackoffPolicy = attrs.field(
+        factory=BackoffPolicy, metadata=_help("The delay before the group is restarted as a whole.")
+    )
+    revive_after: float | None = attrs.field(
+        default=None,
+        validator=_positive_seconds,
+        metadata=_help(
+            "Seconds after the group failed that it is started again on its own; default: its group's."
+        ),
+    )
 
 
 @attrs.frozen
@@ -250,6 +454,7 @@ class ServiceTable:
     )
     backoff: BackoffPolicy = attrs.field(
         factory=BackoffPolicy,
+        validator=_backoff_bounds,
         metadata=_help(
             "The delay before a restart: min(max_delay, initial * multiplier ** (n - 1)), ±jitter."
         ),
@@ -281,6 +486,33 @@ class ServiceTable:
             "An isolated service's memory (address space) limit in MiB, enforced by the OS; "
             "only with isolated = true."
         ),
+    )
+    group: str | None = attrs.field(
+        default=None, metadata=_help("The group the service belongs to (`[groups.NAME]`); default: none.")
+    )
+    critical: bool = attrs.field(
+        default=False,
+        metadata=_help(
+            "true: when the service exhausts its restart budget, its group is failed (restarted whole, or "
+            "the supervisor gives up at the top); false: the service alone fails and stays down."
+        ),
+    )
+    intensity: int | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_non_negative),
+        metadata=_help(
+            "At most this many restarts within `period` seconds, else it fails; default: its group's."
+        ),
+    )
+    period: float | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_period),
+        metadata=_help("The window of `intensity`, in seconds; default: its group's."),
+    )
+    revive_after: float | None = attrs.field(
+        default=None,
+        validator=_positive_seconds,
+        metadata=_help("Seconds after it failed that it is started again on its own; default: its group's."),
     )
     config: dict[str, Any] = attrs.field(
         factory=dict, metadata=_help("The plugin's own settings, built into its config_class.")
@@ -316,6 +548,14 @@ class SupervisorConfig:
     #: Every service, disabled ones included, in a valid start order: each after all of its ``after``
     #: services, and otherwise in file order.
     services: tuple[ConfiguredService, ...]
+    #: The supervision groups (``[groups.NAME]``), in file order.
+    groups: tuple[GroupSpec, ...] = ()
+    #: Seconds a task step may block the event loop before its service is restarted; None: not checked.
+    loop_block_limit: float | None = 5.0
+    #: Seconds before a subscription to an undeclared exact name is reported; None: not reported.
+    undeclared_grace: float | None = 10.0
+    #: What one client connection of the bus socket may hold at once.
+    connection_limits: ConnectionLimits = attrs.field(factory=ConnectionLimits)
 
     def service(self, name: str) -> ConfiguredService:
         """The service called ``name``; KeyError if there is none."""
@@ -332,7 +572,8 @@ def load_config(path: str | os.PathLike[str]) -> SupervisorConfig:
     """Read, parse and check the config file at ``path``; raises `ConfigError` listing every problem."""
     file = Path(path)
     try:
-        data = file.read_bytes()
+        with file.open("rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError([Problem(file, "", "cannot read the config file: no such file")]) from None
     except IsADirectoryError:
@@ -340,6 +581,8 @@ def load_config(path: str | os.PathLike[str]) -> SupervisorConfig:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError([Problem(file, "", f"cannot read the config file: {reason}")]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError([Problem(file, "", _too_large())])
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -351,17 +594,115 @@ def load_config(path: str | os.PathLike[str]) -> SupervisorConfig:
     return parse_config(text, path=file)
 
 
+def _too_large() -> str:
+    return f"the config file is larger than {MAX_FILE_BYTES // _MIB} MiB (is it the right file?)"
+
+
 def parse_config(text: str, *, path: str | os.PathLike[str]) -> SupervisorConfig:
     """Parse and check a config given as text; ``path`` names it in problems and anchors relative paths.
 
     Raises `ConfigError` listing every problem.
     """
     file = Path(path)
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError([Problem(file, "", _too_large())])
+    too_deep = _nesting_problem(text, file)
+    if too_deep is not None:
+        raise ConfigError([too_deep])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_syntax_problem(file, exc)]) from None
+    except RecursionError:  # what _nesting_problem did not foresee
+        raise ConfigError([Problem(file, "", "invalid TOML: nested too deeply to be parsed")]) from None
     return _Loader(file).load(data)
+
+
+#: What the nesting scan looks at: string and comment openers, brackets, and what separates keys.
+_TOKEN = re.compile(r"\"\"\"|'''|[\"'#\[\]{}\n=,.]")
+#: Where each kind of string ends, from just after its opening quotes.
+_STRING_END = {
+    '"""': re.compile(r'(?:[^"\\]|\\.|"{1,2}(?!"))*"{3,5}', re.S),
+    "'''": re.compile(r"(?:[^']|'{1,2}(?!'))*'{3,5}", re.S),
+    '"': re.compile(r'(?:[^"\\\n]|\\.)*"'),
+    "'": re.compile(r"[^'\n]*'"),
+}
+
+
+def _nesting_problem(text: str, file: Path) -> Problem | None:
+    """The first place where arrays and inline tables nest deeper than `MAX_NESTING`, or a key has more
+    than `MAX_KEY_PARTS` dotted parts, as a problem with its line and key; None if there is none.
+
+    A scan of the text, not a parse: it knows strings, comments, table headers, keys and values just well
+    enough to count, and leaves every syntax error to tomllib.
+    """
+    stack: list[str] = []  # the open "[" and "{" of values
+    in_key, in_header = True, False
+    parts = 1  # of the key being read
+    table, key = "", ""  # for the message: the last [table] header and the top-level key
+    start = 0  # where the current header or top-level key began
+    pos = 0
+    while True:
+        match = _TOKEN.search(text, pos)
+        if match is None:
+            return None
+        token, at = match.group(), match.start()
+        pos = match.end()
+        if token == "#":
+            newline = text.find("\n", pos)
+            pos = len(text) if newline < 0 else newline
+        elif token in _STRING_END:
+            end = _STRING_END[token].match(text, pos)
+            pos = len(text) if end is None else end.end()  # unterminated: tomllib will say so
+        elif token == "\n":
+            if not stack:
+                in_key, in_header, parts, start = True, False, 1, pos
+        elif token == "." and in_key:
+            parts += 1
+            if parts > MAX_KEY_PARTS:
+                where = f"[{table}]: " if table else ""
+                message = f"invalid TOML: {where}a key of more than {MAX_KEY_PARTS} dotted parts"
+                return _problem_at(file, text, at, message)
+        elif token == "[":
+            if not stack and in_key and not in_header:
+                in_header, start = True, pos
+            elif not in_header:
+                stack.append(token)
+                in_key = False
+                if len(stack) > MAX_NESTING:
+                    return _too_deep(file, text, at, table, key)
+        elif token == "]":
+            if in_header:
+                table = text[start:at].strip("[] \t")
+            elif stack:
+                stack.pop()
+        elif token == "{":
+            stack.append(token)
+            in_key, parts = True, 1
+            if len(stack) > MAX_NESTING:
+                return _too_deep(file, text, at, table, key)
+        elif token == "}":
+            if stack:
+                stack.pop()
+            in_key = False
+        elif token == "=" and in_key:
+            if not stack:
+                key = text[start:at].strip()
+            in_key = False
+        elif token == "," and stack and stack[-1] == "{":
+            in_key, parts = True, 1
+
+
+def _too_deep(file: Path, text: str, at: int, table: str, key: str) -> Problem:
+    where = ".".join(part for part in (table, key) if part)
+    message = f"invalid TOML: arrays and inline tables nested more than {MAX_NESTING} levels deep"
+    return _problem_at(file, text, at, message, where[:200])
+
+
+def _problem_at(file: Path, text: str, at: int, message: str, key_path: str = "") -> Problem:
+    line = text.count("\n", 0, at) + 1
+    column = at - (text.rfind("\n", 0, at) + 1) + 1
+    return Problem(file, key_path, message, line, column)
 
 
 _AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)\Z")
@@ -407,8 +748,8 @@ class _Loader:
     def load(self, data: dict[str, Any]) -> SupervisorConfig:
         s = self.structurer
         for key in data:
-            if key not in ("supervisor", "services"):
-                self.problem((key,), _unknown_key_message(key, ["supervisor", "services"]))
+            if key not in ("supervisor", "groups", "services"):
+                self.problem((key,), _unknown_key_message(key, ["supervisor", "groups", "services"]))
         supervisor = s.table(data.get("supervisor", {}), SupervisorTable, ("supervisor",)) or {}
         settings = SupervisorTable(**supervisor)
         python_path = tuple(self.base / p for p in settings.python_path)
@@ -417,13 +758,18 @@ class _Loader:
                 self.problem(("supervisor", "python_path", i), f"no such directory: {directory}")
         prepend_sys_path(python_path)
 
+        groups = self._groups(data.get("groups", {}))
         services = data.get("services", {})
         if not isinstance(services, dict):
             self.problem(("services",), f"expected a table of services, got {describe_value(services)}")
             services = {}
         entries = [self._service(name, table, i) for i, (name, table) in enumerate(services.items())]
-        self._check_after(entries)
-        order = self._start_order(entries)
+        self._check_tree(entries, groups)
+        self._check_after(entries, groups)
+        order = self._start_order(entries, groups)
+        usable = [e.name for e in entries if e.enabled and _service_name_problem(e.name) is None]
+        for where, message in state_dir_problems(self.base / settings.state_dir, usable):
+            self.problem(where, message)
 
         if s.problems:
             raise ConfigError(
@@ -432,23 +778,90 @@ class _Loader:
         by_name = {e.name: e for e in entries}
         return SupervisorConfig(
             path=self.file.absolute(),
-            policy=SupervisorPolicy(settings.strategy, settings.intensity, settings.period),
+            policy=SupervisorPolicy(
+                settings.strategy, settings.intensity, settings.period, revive_after=settings.revive_after
+            ),
             state_dir=self.base / settings.state_dir,
             python_path=python_path,
             start_timeout=settings.start_timeout,
             stop_timeout=settings.stop_timeout,
             log_level=settings.log_level,
             services=tuple(self._spec(by_name[name], settings) for name in order),
+            groups=tuple(self._group_spec(g) for g in groups),
+            loop_block_limit=settings.loop_block_limit or None,
+            undeclared_grace=settings.undeclared_grace or None,
+            connection_limits=settings.connection_limits,
         )
+
+    def _groups(self, groups: object) -> list[_Entry]:
+        if not isinstance(groups, dict):
+            self.problem(("groups",), f"expected a table of groups, got {describe_value(groups)}")
+            return []
+        entries = []
+        for index, (name, table) in enumerate(groups.items()):
+            path: KeyPath = ("groups", name)
+            if not _SERVICE_NAME.match(name):
+                self.problem(
+                    path, "invalid group name: use letters, digits, '_' and '-', not starting with '-'"
+                )
+            values = self.structurer.table(table, GroupTable, path)
+            entries.append(_Entry(name, index, path, values or {}))
+        return entries
+
+    def _group_spec(self, entry: _Entry) -> GroupSpec:
+        table = GroupTable(**entry.values)
+        return GroupSpec(
+            entry.name,
+            strategy=table.strategy,
+            intensity=table.intensity,
+            period=table.period,
+            backoff=table.backoff,
+            group=table.group,
+            critical=table.critical,
+            after=tuple(entry.deps),
+            revive_after=table.revive_after,
+        )
+
+    def _check_tree(self, services: list[_Entry], groups: list[_Entry]) -> None:
+        """Names are unique across services and groups; ``group`` names a group; groups nest as a tree."""
+        group_names = {g.name: g for g in groups}
+        for g in groups:
+            if g.name in {e.name for e in services}:
+                self.problem(
+                    g.path, f"{g.name!r} names a service too: services and groups share one namespace"
+                )
+        for entry in (*services, *groups):
+            parent = entry.values.get("group")
+            if parent is None:
+                continue
+            if parent not in group_names:
+                message = f"no group {parent!r}"
+                close = suggest(parent, group_names)
+                if close is not None:
+                    message += f"; did you mean {close!r}?"
+                elif group_names:
+                    message += f" (groups: {', '.join(group_names)})"
+                else:
+                    message += " (there is no [groups] table)"
+                self.problem((*entry.path, "group"), message)
+                entry.values.pop("group")
+        for g in groups:
+            seen = [g.name]
+            parent = g.values.get("group")
+            while parent is not None:
+                if parent in seen:
+                    cycle = " -> ".join([*seen[seen.index(parent) :], parent])
+                    self.problem((*g.path, "group"), f"groups nest in a cycle: {cycle}")
+                    g.values.pop("group")
+                    break
+                seen.append(parent)
+                parent = group_names[parent].values.get("group")
 
     def _service(self, name: str, table: object, index: int) -> _Entry:
         path: KeyPath = ("services", name)
-        if not _SERVICE_NAME.match(name):
-            self.problem(
-                path,
-                "invalid service name: use letters, digits, '_' and '-', not starting with '-' (the name is "
-                "also the service's state directory)",
-            )
+        name_problem = _service_name_problem(name)
+        if name_problem is not None:
+            self.problem(path, name_problem)
         values = self.structurer.table(table, ServiceTable, path)
         entry = _Entry(name, index, path, values or {})
         if entry.values.get("memory_limit_mb") is not None and not entry.values.get("isolated", False):
@@ -474,38 +887,82 @@ class _Loader:
         entry.config = self.structurer.structure(config, config_class, (*path, "config"))
         return entry
 
-    def _check_after(self, entries: list[_Entry]) -> None:
-        by_name = {e.name: e for e in entries}
-        for entry in entries:
+    def _check_after(self, entries: list[_Entry], groups: list[_Entry]) -> None:
+        by_name = {e.name: e for e in (*entries, *groups)}
+        group_names = {g.name for g in groups}
+
+        def ancestors(entry: _Entry) -> list[str]:
+            out: list[str] = []
+            parent = entry.values.get("group")
+            while parent is not None and parent not in out and parent in group_names:
+                out.append(parent)
+                parent = by_name[parent].values.get("group")
+            return out
+
+        for entry in (*entries, *groups):
             for i, dep in enumerate(entry.values.get("after", ())):
                 where = (*entry.path, "after", i)
                 other = by_name.get(dep)
                 if other is None:
-                    message = f"unknown service {dep!r}"
+                    message = f"unknown service or group {dep!r}"
                     close = suggest(dep, by_name)
                     if close is not None:
                         message += f"; did you mean {close!r}?"
                     elif by_name:
-                        message += f" (services: {', '.join(by_name)})"
+                        message += f" (there are: {', '.join(by_name)})"
                     self.problem(where, message)
                     continue
-                if entry.enabled and not other.enabled:
+                if (
+                    (dep == entry.name and entry in groups)
+                    or dep in ancestors(entry)
+                    or entry.name in ancestors(other)
+                ):
+                    self.problem(
+                        where,
+                        f"{entry.name!r} cannot start after {dep!r}: one contains the other, so it would "
+                        "wait for itself",
+                    )
+                    continue
+                if (entry in groups or entry.enabled) and other in entries and not other.enabled:
+                    remedy = (
+                        f"disable {entry.name!r}"
+                        if entry in entries
+                        else f"remove it from {entry.name!r}'s after"
+                    )
                     self.problem(
                         where,
                         f"{dep!r} is disabled (enabled = false), so {entry.name!r}, which starts after it, "
-                        f"cannot start: enable {dep!r} or disable {entry.name!r}",
+                        f"cannot start: enable {dep!r} or {remedy}",
                     )
                 if dep not in entry.deps:
                     entry.deps.append(dep)
 
-    def _start_order(self, entries: list[_Entry]) -> list[str]:
-        """Topological order by ``after``, ties going to the service earlier in the file; cycles reported."""
-        order, cycles = start_order({e.name: e.deps for e in entries})
-        by_name = {e.name: e for e in entries}
+    def _start_order(self, entries: list[_Entry], groups: list[_Entry]) -> list[str]:
+        """Topological order by ``after`` (groups expanded to their services), ties going to the service
+        earlier in the file; cycles reported."""
+        from vwos._policy import ChildSpec
+
+        try:
+            children = [ChildSpec(e.name, after=tuple(e.deps), group=e.values.get("group")) for e in entries]
+            group_specs = [
+                GroupSpec(g.name, group=g.values.get("group"), after=tuple(g.deps)) for g in groups
+            ]
+            deps = service_dependencies(children, group_specs)
+        except ValueError:  # reported above, key by key
+            return [e.name for e in entries]
+        order, cycles = start_order(deps)
+        by_name = {e.name: e for e in (*entries, *groups)}
         for cycle in cycles:
             first = by_name[cycle[0]]
-            index = list(first.values.get("after", ())).index(cycle[1])
-            self.problem((*first.path, "after", index), f"dependency cycle: {' -> '.join(cycle)}")
+            key = next((dep for dep in first.deps if dep == cycle[1]), None)
+            if key is not None:
+                index = list(first.values.get("after", ())).index(key)
+                self.problem((*first.path, "after", index), f"dependency cycle: {' -> '.join(cycle)}")
+            else:  # the cycle goes through a group's after (or a group of the service)
+                self.problem(
+                    first.path,
+                    f"dependency cycle (through the `after` of groups): {' -> '.join(cycle)}",
+                )
         return order
 
     def _spec(self, entry: _Entry, settings: SupervisorTable) -> ConfiguredService:
@@ -526,101 +983,92 @@ class _Loader:
             permissions=Permissions.ALL if table.permissions is None else table.permissions,
             isolated=table.isolated,
             memory_limit_mb=table.memory_limit_mb,
+            group=table.group,
+            critical=table.critical,
+            intensity=table.intensity,
+            period=table.period,
+            revive_after=table.revive_after,
         )
 
 
-def start_order(after: Mapping[str, Sequence[str]]) -> tuple[list[str], list[list[str]]]:
-    """Order names so that each comes after all the names it lists, ties going to the earlier key.
+def _service_name_problem(name: str) -> str | None:
+    if not _SERVICE_NAME.match(name):
+        return (
+            "invalid service name: use letters, digits, '_' and '-', not starting with '-' (the name is also "
+            "the service's state directory)"
+        )
+    if len(name) > MAX_SERVICE_NAME:
+        return f"invalid service name: at most {MAX_SERVICE_NAME} characters, this one has {len(name)}"
+    return None
 
-    ``after`` maps each name (in file order) to the names it starts after; names it lists that are not keys
-    are ignored. Returns the order of every name not caught in or behind a cycle, and the cycles, each as
-    ``[a, b, ..., a]`` (``a`` starts after ``b`` ...), starting at its earliest name, earliest first.
+
+def state_dir_problems(state_dir: Path, services: Sequence[str]) -> list[tuple[KeyPath, str]]:
+    """What would keep the supervisor from making (or the services from writing in) ``state_dir / NAME`` for
+    each of ``services``: a file in the way, no right to create directories, a path too long.
+
+    Writability is probed the way the supervisor uses the directory -- a directory is made and removed
+    again in the deepest one that exists -- rather than guessed from mode bits (root may write where the
+    bits say no; nobody writes on a read-only or pseudo file system, whatever ``os.access`` says).
     """
-    index = {name: i for i, name in enumerate(after)}
-    deps = {name: [d for d in dict.fromkeys(after[name]) if d in index] for name in after}
-    waiting = {name: len(deps[name]) for name in after}
-    dependents: dict[str, list[str]] = {name: [] for name in after}
-    for name in after:
-        for dep in deps[name]:
-            dependents[dep].append(name)
-    ready = [(index[name], name) for name in after if not deps[name]]
-    heapq.heapify(ready)
-    order: list[str] = []
-    while ready:
-        _, name = heapq.heappop(ready)
-        order.append(name)
-        for dependent in dependents[name]:
-            waiting[dependent] -= 1
-            if waiting[dependent] == 0:
-                heapq.heappush(ready, (index[dependent], dependent))
-    placed = set(order)
-    left = {name: [d for d in deps[name] if d not in placed] for name in after if name not in placed}
-    cycles = [_cycle_through(component[0], left, set(component)) for component in _cyclic_components(left)]
-    cycles.sort(key=lambda cycle: index[cycle[0]])
-    return order, cycles
-
-
-def _cyclic_components(graph: dict[str, list[str]]) -> list[list[str]]:
-    """The strongly connected components of ``graph`` that contain a cycle, members in key order (Tarjan)."""
-    position = {name: i for i, name in enumerate(graph)}
-    number: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[list[str]] = []
-    for root in graph:
-        if root in number:
+    key: KeyPath = ("supervisor", "state_dir")
+    problems: list[tuple[KeyPath, str]] = []
+    existing = state_dir
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    name_max = _pathconf(existing, "PC_NAME_MAX", 255)
+    path_max = _pathconf(existing, "PC_PATH_MAX", 4096)
+    for part in state_dir.parts:
+        if len(os.fsencode(part)) > name_max:
+            return [(key, f"{state_dir}: a part of it is longer than {name_max} bytes (NAME_MAX)")]
+    for name in services:
+        if len(os.fsencode(state_dir / name)) > path_max - _STATE_ROOM:
+            where = ("services", name)
+            message = (
+                f"its state directory {state_dir / name} is too long for the file system: at most "
+                f"{path_max - _STATE_ROOM} bytes (PATH_MAX less {_STATE_ROOM} for the service's own files)"
+            )
+            problems.append((where, message))
+    if problems:
+        return problems
+    if not existing.is_dir():
+        what = "is" if existing == state_dir else "is in the way of it and"
+        return [(key, f"{state_dir}: {existing} {what} not a directory")]
+    reason = _cannot_make_directories(existing)
+    if reason is not None:
+        return [(key, f"{state_dir}: cannot create directories in {existing}: {reason}")]
+    if existing != state_dir:
+        return []
+    for name in services:
+        directory = state_dir / name
+        if not os.path.lexists(directory):
             continue
-        # Iterative DFS: (node, index of the next edge to follow).
-        work: list[tuple[str, int]] = [(root, 0)]
-        number[root] = low[root] = len(number)
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, edge = work[-1]
-            edges = graph[node]
-            if edge < len(edges):
-                work[-1] = (node, edge + 1)
-                nxt = edges[edge]
-                if nxt not in number:
-                    number[nxt] = low[nxt] = len(number)
-                    stack.append(nxt)
-                    on_stack.add(nxt)
-                    work.append((nxt, 0))
-                elif nxt in on_stack:
-                    low[node] = min(low[node], number[nxt])
-                continue
-            work.pop()
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
-            if low[node] == number[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                if len(component) > 1 or node in graph[node]:
-                    components.append(sorted(component, key=position.__getitem__))
-    return components
+        if not directory.is_dir():
+            problems.append((("services", name), f"its state directory {directory} is not a directory"))
+            continue
+        reason = _cannot_make_directories(directory)
+        if reason is not None:
+            problems.append(
+                (("services", name), f"its state directory {directory} is not writable: {reason}")
+            )
+    return problems
 
 
-def _cycle_through(start: str, graph: dict[str, list[str]], members: set[str]) -> list[str]:
-    """A shortest cycle from ``start`` back to it, within ``members`` (breadth first, edges in list order)."""
-    parent: dict[str, str] = {}
-    queue = [start]
-    for node in queue:
-        for nxt in graph[node]:
-            if nxt not in members:
-                continue
-            if nxt == start:
-                path = [node]
-                while path[-1] != start:
-                    path.append(parent[path[-1]])
-                return [start, *reversed(path[:-1]), start] if node != start else [start, start]
-            if nxt not in parent:
-                parent[nxt] = node
-                queue.append(nxt)
-    raise AssertionError(f"no cycle through {start!r}")  # pragma: no cover -- members is a cyclic component
+def _pathconf(path: Path, name: str, default: int) -> int:
+    try:
+        value = os.pathconf(path if path.is_dir() else path.parent, name)
+    except (OSError, ValueError):
+        return default
+    return value if value > 0 else default
+
+
+def _cannot_make_directories(directory: Path) -> str | None:
+    """Why a directory cannot be made in ``directory`` (the probe is made and removed), or None."""
+    try:
+        probe = tempfile.mkdtemp(prefix=".vwos-check-", dir=directory)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    try:
+        os.rmdir(probe)
+    except OSError:  # pragma: no cover - it was just made, empty
+        pass
+    return None

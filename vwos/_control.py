@@ -20,6 +20,7 @@ import math
 import os
 import reprlib
 import time
+import traceback
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -39,6 +40,7 @@ from bus import (
     UnknownTopicError,
     default_codec,
 )
+from vwos._logging import configured_level
 from vwos._policy import State
 from vwos._supervisor import _SETTLED, Supervisor
 
@@ -96,15 +98,27 @@ class ServiceRecord:
     last_exit: str | None
     last_error: str | None
     incarnation: int
+    #: Why it is in its state, when that needs saying: what a ``waiting`` one waits for, why a ``failed``
+    #: one failed (e.g. ``too many restarts: 4 restarts in 2.1 s exceeds intensity 3 per 5.0 s``).
+    reason: str | None = None
+    #: The group it belongs to; None for the root (and for a group's own record, its parent group).
+    group: str | None = None
+    critical: bool = False
+    #: Seconds until a failed unit is started again on its own; None: only by the operator.
+    revive_in: float | None = None
+    #: ``"service"`` or ``"group"``.
+    kind: str = "service"
 
 
 @default_codec.register(name="vwos.control.StatusReply")
 @attrs.frozen
 class StatusReply:
-    """``Vwos.Control.Read.Status``: every service in start order, and how long the supervisor has run."""
+    """``Vwos.Control.Read.Status``: every service in start order, how long the supervisor has run, and the
+    supervision groups (``kind = "group"`` records; their ``incarnation`` is the sum of their services')."""
 
     services: tuple[ServiceRecord, ...]
     supervisor_uptime: float
+    groups: tuple[ServiceRecord, ...] = ()
 
 
 @default_codec.register(name="vwos.control.TopicsRequest")
@@ -178,6 +192,8 @@ class LogsReply:
     cursor: int
     #: Lines newer than ``after`` that were no longer in the ring buffer (or beyond ``lines``).
     missed: int
+    #: The supervisor's log level: lines below it were never logged, so never kept (None: not known).
+    level: str | None = None
 
 
 @default_codec.register(name="vwos.control.ServiceRequest")
@@ -249,24 +265,51 @@ def _peer_uid(credentials: Any) -> int | None:
     uid = getattr(credentials, "uid", None)
     if uid is None and isinstance(credentials, tuple) and len(credentials) == 3:
         uid = credentials[1]  # SO_PEERCRED's (pid, uid, gid)
-    return uid if isinstance(uid, int) else None
+    return uid if type(uid) is int else None
+
+
+def _uids(argument: str, value: Iterable[int]) -> frozenset[int]:
+    if isinstance(value, str | bytes):
+        raise TypeError(f"default_authorize: {argument} must be uids (integers), not {value!r}")
+    try:
+        uids = frozenset(value)
+    except TypeError:
+        raise TypeError(f"default_authorize: {argument} must be an iterable of uids, not {value!r}") from None
+    wrong = sorted(repr(uid) for uid in uids if type(uid) is not int or uid < 0)
+    if wrong:
+        raise TypeError(
+            f"default_authorize: {argument} must hold uids (integers >= 0), not {', '.join(wrong)}"
+        )
+    return uids
 
 
 def default_authorize(
-    admin_uids: Iterable[int] = (0, os.getuid()),
+    admin_uids: Iterable[int] | None = None,
     operate_uids: Iterable[int] = (),
     read_uids: Iterable[int] | Literal["any"] = "any",
 ) -> Callable[[Any, str], Permissions | None]:
     """An ``authorize(peer_credentials, client_name)`` for the control socket, by the peer's uid.
 
-    ``admin_uids`` get `CONTROL_ADMIN` (by default root and the user running the supervisor),
-    ``operate_uids`` `CONTROL_OPERATE`, ``read_uids`` `CONTROL_READ` (``"any"``: every peer that can open
-    the socket, whose file mode is then the gate); anyone else is refused (None). The credentials are an
-    object with a ``uid`` attribute, or SO_PEERCRED's ``(pid, uid, gid)``.
+    ``admin_uids`` get `CONTROL_ADMIN` (None, the default: root and the user running the supervisor, as
+    ``os.getuid()`` says when this is called), ``operate_uids`` `CONTROL_OPERATE`, ``read_uids``
+    `CONTROL_READ` (``"any"``: every peer that can open the socket, whose file mode is then the gate); a uid
+    in several gets the most; anyone else is refused (None). The credentials are an object with a ``uid``
+    attribute, or SO_PEERCRED's ``(pid, uid, gid)``. Wrong arguments (a string, a negative or non-integer
+    uid) raise TypeError naming the argument.
+
+    The `Supervisor` asks it only about peers that are no process of an isolated service and were not
+    started under the supervisor (see `Supervisor.authorize`): being the same uid gives a service's own
+    subprocess nothing.
     """
-    admins = frozenset(admin_uids)
-    operators = frozenset(operate_uids)
-    readers: frozenset[int] | None = None if read_uids == "any" else frozenset(read_uids)
+    admins = _uids("admin_uids", (0, os.getuid()) if admin_uids is None else admin_uids)
+    operators = _uids("operate_uids", operate_uids)
+    readers: frozenset[int] | None
+    if isinstance(read_uids, str):
+        if read_uids != "any":
+            raise TypeError(f'default_authorize: read_uids must be uids or "any", not {read_uids!r}')
+        readers = None
+    else:
+        readers = _uids("read_uids", read_uids)
 
     def authorize(peer_credentials: Any, client_name: str) -> Permissions | None:
         uid = _peer_uid(peer_credentials)
@@ -285,7 +328,19 @@ def default_authorize(
 
 # == logs ==================================================================================================
 
-_SKIP_KEYS = frozenset({"event", "level", "timestamp", "service", "logger", "_record", "_from_structlog"})
+_SKIP_KEYS = frozenset(
+    {
+        "event",
+        "level",
+        "timestamp",
+        "service",
+        "logger",
+        "_record",
+        "_from_structlog",
+        "exception",
+        "exc_info",
+    }
+)
 
 
 class LogBuffer:
@@ -337,9 +392,16 @@ class LogBuffer:
 
 
 def _render(event_dict: Mapping[str, Any]) -> str:
+    """One log line as `vwos logs` shows it: the event, its fields, and a traceback on the lines below."""
     text = str(event_dict.get("event", ""))
     extra = " ".join(f"{k}={v!r}" for k, v in event_dict.items() if k not in _SKIP_KEYS)
-    return f"{text} {extra}" if extra else text
+    line = f"{text} {extra}" if extra else text
+    trace = event_dict.get("exception")
+    if trace is None:  # a chain that renders exceptions after us: render it here the same way
+        info = event_dict.get("exc_info")
+        if isinstance(info, BaseException):
+            trace = "".join(traceback.format_exception(info))
+    return f"{line}\n{str(trace).rstrip()}" if isinstance(trace, str) and trace else line
 
 
 # == value conversion ======================================================================================
@@ -470,7 +532,7 @@ _short.maxother = 60
 _short.maxlist = _short.maxtuple = _short.maxdict = 4
 
 
-def _record(row: Any) -> ServiceRecord:
+def _record(row: Any, now: float) -> ServiceRecord:
     return ServiceRecord(
         name=row.name,
         state=row.state.value,
@@ -479,6 +541,27 @@ def _record(row: Any) -> ServiceRecord:
         last_exit=None if row.last_exit is None else row.last_exit.value,
         last_error=row.last_error,
         incarnation=row.incarnation,
+        reason=row.reason,
+        group=row.group,
+        critical=row.critical,
+        revive_in=None if row.revive_at is None else max(0.0, row.revive_at - now),
+    )
+
+
+def _group_record(row: Any, services: Mapping[str, ServiceRecord], now: float) -> ServiceRecord:
+    return ServiceRecord(
+        name=row.name,
+        state=row.state.value,
+        restarts=row.restarts,
+        uptime=None,
+        last_exit=None,
+        last_error=None,
+        incarnation=sum(services[name].incarnation for name in row.services if name in services),
+        reason=row.reason,
+        group=row.group,
+        critical=row.critical,
+        revive_in=None if row.revive_at is None else max(0.0, row.revive_at - now),
+        kind="group",
     )
 
 
@@ -572,10 +655,14 @@ class ControlPlane:
 
     async def status(self, _: object = None) -> StatusReply:
         await trio.lowlevel.checkpoint()
-        started = self._started_at if self._started_at is not None else trio.current_time()
-        return StatusReply(
-            tuple(_record(row) for row in self.supervisor.status()), trio.current_time() - started
-        )
+        now = trio.current_time()
+        started = self._started_at if self._started_at is not None else now
+        services = self._records(now)
+        groups = tuple(_group_record(g, services, now) for g in self.supervisor.group_status())
+        return StatusReply(tuple(services.values()), now - started, groups)
+
+    def _records(self, now: float) -> dict[str, ServiceRecord]:
+        return {row.name: _record(row, now) for row in self.supervisor.status()}
 
     def _rates(self, counts: Mapping[str, int], now: float) -> tuple[dict[str, float], float]:
         if not self._samples:
@@ -618,7 +705,8 @@ class ControlPlane:
     async def read_logs(self, request: LogsRequest) -> LogsReply:
         await trio.lowlevel.checkpoint()
         self._row(request.service)  # no such service: ControlError
-        return self.logs.read(request.service, lines=request.lines, after=request.after)
+        reply = self.logs.read(request.service, lines=request.lines, after=request.after)
+        return attrs.evolve(reply, level=configured_level())
 
     async def convert(self, request: ConvertRequest) -> ConvertReply:
         await trio.lowlevel.checkpoint()
@@ -646,13 +734,17 @@ class ControlPlane:
     # -- operate -------------------------------------------------------------------------------------
 
     def _row(self, name: str) -> ServiceRecord:
-        """The status of service ``name``; `ControlError` naming the services if there is none."""
-        rows = self.supervisor.status()
-        for row in rows:
-            if row.name == name:
-                return _record(row)
-        names = ", ".join(row.name for row in rows) or "none"
-        raise ControlError(f"no such service: {name!r} (services: {names})")
+        """The status of the service or group ``name``; `ControlError` naming them if there is none."""
+        now = trio.current_time()
+        services = self._records(now)
+        if name in services:
+            return services[name]
+        groups = self.supervisor.group_status()
+        for group in groups:
+            if group.name == name:
+                return _group_record(group, services, now)
+        names = ", ".join([*services, *(g.name for g in groups)]) or "none"
+        raise ControlError(f"no such service or group: {name!r} (there are: {names})")
 
     async def _operate(self, action: str, request: ServiceRequest) -> OperateReply:
         before = self._row(request.service)

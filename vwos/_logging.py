@@ -54,11 +54,13 @@ def configure_logging(
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # An exception as Python's own traceback text under ``exception``, in both formats, before the
+        # extra processors (the control plane's log buffer keeps it for ``vwos logs``), and the same text
+        # an isolated service's process relays.
+        structlog.processors.format_exc_info,
         *extra_processors,
+        renderer,
     ]
-    if format == "json":
-        processors.append(structlog.processors.dict_tracebacks)
-    processors.append(renderer)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

@@ -41,6 +41,20 @@ class ServiceContext:
         """Tell the watchdog the service is alive. Cheap: call it as often as is convenient."""
         self._heartbeat()
 
+    async def heartbeat_every(self, seconds: float) -> None:
+        """Heartbeat now and every ``seconds`` until cancelled: ``nursery.start_soon(ctx.heartbeat_every,
+        1.0)`` in a service whose work has no natural loop to heartbeat from.
+
+        It proves that the event loop runs and that the service's nursery is alive, not that its work makes
+        progress: where there is a loop of work, heartbeat from it instead. Use an interval well below the
+        service's ``watchdog`` (a third of it, say).
+        """
+        if not seconds > 0 or seconds == float("inf"):
+            raise ValueError(f"heartbeat_every needs a finite number of seconds > 0, got {seconds!r}")
+        while True:
+            self._heartbeat()
+            await trio.sleep(seconds)
+
 
 class Service(Generic[ConfigT]):
     """Base class of a car service.

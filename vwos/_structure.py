@@ -15,6 +15,17 @@ or a ``Literal``), nested attrs classes (nested tables), and ``Any``.
 Every problem is collected, not just the first: a `Structurer` walks the whole value and records a
 `FieldProblem` (a key path and a message) for each thing that is wrong. Validators and converters of attrs
 fields run per field, so a failing validator is reported at the key it is about, with its own message.
+Every bad item of an array is reported at its index (``key[i]``) where the structurer can tell the items
+apart: the member validator of ``attrs.validators.deep_iterable`` runs on each item (also as a part of a
+list of validators); a converter of an array that stops at its first bad item (``tuple(check(v) for v
+in values)``, as `bus.Permissions` does) is run again on each item alone when it fails, and if the items
+that fail alone are exactly what makes the whole fail (the rest passes), each is reported at its index,
+else the whole at ``key``. Any other validator is reported at its key with its own message; one that has
+several things to say raises `StructureError` with paths relative to its key (``FieldProblem((3,
+"signal"), ...)`` of a ``mappings`` field is reported at ``mappings[3].signal``).
+
+Values nest at most `MAX_DEPTH` levels (a key path that long): deeper is a problem at that key, never a
+``RecursionError``.
 
 `describe_fields` documents an attrs class the same way (type, default, help text from
 ``attrs.field(metadata={"help": ...})``), for generated TOML references.
@@ -38,6 +49,7 @@ from typing import Any, Literal, TypeVar, Union, overload
 import attrs
 
 __all__ = [
+    "MAX_DEPTH",
     "FieldDoc",
     "FieldProblem",
     "StructureError",
@@ -57,6 +69,10 @@ T = TypeVar("T")
 
 #: A key path: table keys (str) and array indices (int).
 KeyPath = tuple[str | int, ...]
+
+#: How deep a value may nest (the length of a key path) before it is a problem: far deeper than any config
+#: needs, far shallower than Python's recursion limit (a level costs a few frames).
+MAX_DEPTH = 100
 
 
 @attrs.frozen
@@ -338,6 +354,16 @@ class Structurer:
 
     def structure(self, value: object, tp: Any, path: KeyPath = ()) -> Any:
         """``value`` built into ``tp``, or `INVALID` (with the problems recorded)."""
+        if len(path) > MAX_DEPTH:
+            self.problem(path, f"nested more than {MAX_DEPTH} levels deep")
+            return INVALID
+        try:
+            return self._structure(value, tp, path)
+        except RecursionError:  # a type or a validator that recurses on its own: still a problem, not a crash
+            self.problem(path, "nested too deeply to be built (Python's recursion limit)")
+            return INVALID
+
+    def _structure(self, value: object, tp: Any, path: KeyPath) -> Any:
         if tp is Any or tp is object:
             return value
         origin = typing.get_origin(tp)
@@ -538,7 +564,14 @@ class Structurer:
                     value if field.converter is None else _call_converter(field.converter, value, bare, field)
                 )
             except Exception as exc:
-                self.problem((*path, field.alias), _exception_message(exc))
+                converter = field.converter
+
+                def convert(
+                    items: object, field: attrs.Attribute[Any] = field, converter: Any = converter
+                ) -> None:
+                    _call_converter(converter, items, bare, field)
+
+                self._failed(exc, value, convert, (*path, field.alias))
                 if bare is not None:
                     with contextlib.suppress(AttributeError):
                         object.__delattr__(bare, field.name)
@@ -551,14 +584,63 @@ class Structurer:
         for field in fields:
             if field.alias not in good or field.validator is None:
                 continue
-            try:
-                field.validator(bare, field, getattr(bare, field.name))
-            except AttributeError:
-                pass  # it reads a field that is missing or wrong, already reported
-            except Exception as exc:
-                self.problem((*path, field.alias), _exception_message(exc))
+            if not self._validate(
+                field.validator, bare, field, getattr(bare, field.name), (*path, field.alias)
+            ):
                 del good[field.alias]
         return {key: good[key] for key in built if key in good}  # the table's order
+
+    def _validate(
+        self, validator: Any, instance: object, field: attrs.Attribute[Any], value: Any, path: KeyPath
+    ) -> bool:
+        """Run a field's validator, recording its problems; whether it passed. The parts of a list of
+        validators run in turn; the member validator of ``attrs.validators.deep_iterable`` runs on each
+        item, so every bad item is reported at its index."""
+        parts = (
+            getattr(validator, "_validators", None) if type(validator).__name__ == "_AndValidator" else None
+        )
+        if parts is not None:  # in order, up to the first that fails (a later one may rely on an earlier)
+            return all(self._validate(part, instance, field, value, path) for part in parts)
+        member = getattr(validator, "member_validator", None)
+        if (
+            member is not None
+            and hasattr(validator, "iterable_validator")
+            and isinstance(value, list | tuple)
+        ):
+            ok = True
+            if validator.iterable_validator is not None:
+                ok = self._validate(validator.iterable_validator, instance, field, value, path)
+            items = [
+                self._validate(member, instance, field, item, (*path, i)) for i, item in enumerate(value)
+            ]
+            return ok and all(items)
+        try:
+            validator(instance, field, value)
+        except AttributeError:
+            return True  # it reads a field that is missing or wrong, already reported
+        except StructureError as exc:
+            for problem in exc.problems:
+                self.problem((*path, *problem.path), problem.message)
+            return False
+        except Exception as exc:
+            self.problem(path, _exception_message(exc))
+            return False
+        return True
+
+    def _failed(self, exc: Exception, value: object, check: Any, path: KeyPath) -> None:
+        """Record why ``check(value)`` (a field's converter) raised ``exc``: the problems of a
+        `StructureError` at their paths below ``path``; for an array, each item that fails alone (see the
+        module's docstring); else the message at ``path``."""
+        if isinstance(exc, StructureError):
+            for problem in exc.problems:
+                self.problem((*path, *problem.path), problem.message)
+            return
+        items = _failing_items(value, check)
+        if items is None:
+            self.problem(path, _exception_message(exc))
+            return
+        for index, message in items:
+            self.problem((*path, index), message)
 
     def _bare_instance(self, cls: type) -> object | None:
         """An instance of ``cls`` bypassing ``__init__``, defaults set, for running validators one by one."""
@@ -578,9 +660,14 @@ class Structurer:
         return instance
 
     def build(self, cls: type[T], values: dict[str, Any], path: KeyPath = ()) -> T | Any:
-        """``cls(**values)``, or `INVALID` with the exception's message recorded at ``path``."""
+        """``cls(**values)``, or `INVALID` with the exception's message recorded at ``path`` (the problems
+        of a `StructureError` at their paths below it)."""
         try:
             return cls(**values)
+        except StructureError as exc:
+            for problem in exc.problems:
+                self.problem((*path, *problem.path), problem.message)
+            return INVALID
         except Exception as exc:
             self.problem(path, _exception_message(exc))
             return INVALID
@@ -591,6 +678,30 @@ class Structurer:
         if good is None or len(self.problems) > before:
             return INVALID
         return self.build(cls, good, path)
+
+
+def _failing_items(value: object, check: Any) -> list[tuple[int, str]] | None:
+    """The items of the array ``value`` that ``check`` refuses alone, with their messages, if the rest passes
+    together (so they are what is wrong with the whole); else None (the whole is wrong, or not an array)."""
+    if not isinstance(value, list | tuple) or not value:
+        return None
+    rebuild: Any = list if isinstance(value, list) else tuple
+    failing: list[tuple[int, str]] = []
+    for index, item in enumerate(value):
+        try:
+            check(rebuild([item]))
+        except StructureError:
+            return None  # it reports its own paths, relative to the whole
+        except Exception as exc:
+            failing.append((index, _exception_message(exc)))
+    if not failing:
+        return None
+    bad = {index for index, _ in failing}
+    try:
+        check(rebuild(item for index, item in enumerate(value) if index not in bad))
+    except Exception:
+        return None
+    return failing
 
 
 def unknown_key_message(key: str, valid: Sequence[str]) -> str:

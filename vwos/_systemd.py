@@ -4,9 +4,10 @@ With ``Type=notify`` in the unit (see ``examples/systemd/vwos.service``), `tell_
 supervisor through its life (`Supervisor.phase`) and tells systemd:
 
 - ``STATUS=starting N services`` at once;
-- ``READY=1`` once the supervisor is ``"up"``: every service has been ready (or has ended for good, a
-  temporary or transient one that finished) — never while one is still starting, waiting for its turn or
-  backing off after failing to start, and never at all if the supervisor is told to stop before that;
+- ``READY=1`` once the supervisor is ``"up"``: the first start of every service has been decided -- it
+  became ready, ended, failed, or waits behind a service whose first start failed -- never while a first
+  start is still pending, and never at all if the supervisor is told to stop before that (a service that
+  cannot start is the restart policy's to handle: it must not keep systemd from seeing vwos up);
 - ``WATCHDOG=1`` at half the unit's ``WatchdogSec=`` (``$WATCHDOG_USEC``), but only while the supervisor is
   healthy (`Supervisor.probe`: ``"up"`` and its event loop answers within a quarter of ``WatchdogSec``).
   A supervisor that hangs, gives up or is stopping sends none, and systemd's watchdog restarts a hung one;

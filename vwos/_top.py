@@ -1,4 +1,10 @@
-"""``vwos top``: a live terminal view of the services and the busiest topics (plain ANSI redraw)."""
+"""``vwos top``: a live terminal view of the services and the busiest topics (plain ANSI redraw).
+
+On a terminal it redraws a frame every ``--interval`` (the screen cleared with ANSI codes, keys read in
+cbreak mode so ``q`` quits). Without one -- standard output a pipe or a file -- it prints one frame as plain
+lines and ends, as ``--once`` does, and leaves the terminal modes alone; ``--json`` without a terminal
+streams one JSON frame per interval until stopped.
+"""
 
 from __future__ import annotations
 
@@ -62,9 +68,19 @@ async def _snapshot(client: Any) -> tuple[StatusReply, TopicsReply]:
     return status, topics
 
 
+def _is_terminal(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (OSError, ValueError):  # closed
+        return False
+
+
 @contextlib.contextmanager
-def _cbreak(stream: TextIO) -> Iterator[bool]:
+def _cbreak(stream: TextIO | None) -> Iterator[bool]:
     """Put a terminal in cbreak mode (keys arrive one by one, unechoed); yields whether it did."""
+    if stream is None:
+        yield False
+        return
     try:
         import termios
         import tty
@@ -95,7 +111,8 @@ async def _wait_for_quit(fd: int, scope: trio.CancelScope) -> None:
 
 async def cmd_top(client: Any, args: argparse.Namespace, out: TextIO) -> int:
     """``vwos top [--once] [--limit N] [--interval S] [--json]``."""
-    if args.once:
+    terminal = _is_terminal(out)
+    if args.once or not (terminal or args.json):
         status, topics = await _snapshot(client)
         out.write(
             _json_frame(status, topics, args.limit)
@@ -103,7 +120,7 @@ async def cmd_top(client: Any, args: argparse.Namespace, out: TextIO) -> int:
             else render_frame(status, topics, limit=args.limit)
         )
         return 0
-    with _cbreak(sys.stdin) as keys, trio.CancelScope() as scope:
+    with _cbreak(sys.stdin if terminal else None) as keys, trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             if keys:
                 nursery.start_soon(_wait_for_quit, sys.stdin.fileno(), scope)

@@ -22,7 +22,6 @@ from demo_signals import (
     DOOR_OPEN,
     NETWORK,
     SPEED,
-    heartbeat,
 )
 from demo_signals import positive as _positive
 
@@ -90,7 +89,9 @@ class AutoLock(Service[AutoLockConfig]):
             self._nursery = nursery
             for sub, table, door in doors:
                 nursery.start_soon(self._watch_door, sub, table, door)
-            nursery.start_soon(heartbeat, ctx)  # not per speed sample: the car may stand, the link be down
+            nursery.start_soon(
+                ctx.heartbeat_every, 1.0
+            )  # not per speed sample: the car may stand, the link be down
             task_status.started()
             with speeds:
                 async for sample in speeds:

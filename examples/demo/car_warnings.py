@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import attrs
 import trio
-from demo_signals import FUEL_LEVEL, LOW_FUEL, TIRE_LOW, TIRE_PRESSURE, heartbeat
+from demo_signals import FUEL_LEVEL, LOW_FUEL, TIRE_LOW, TIRE_PRESSURE
 from demo_signals import positive as _positive
 
 from bus import Subscription, Topic
@@ -98,7 +98,7 @@ class VehicleWarnings(Service[WarningsConfig]):
             for what, readings, rule, warning in rules:
                 nursery.start_soon(self._watch, ctx, what, readings, rule, warning)
             task_status.started()
-            await heartbeat(ctx)
+            await ctx.heartbeat_every(1.0)  # a parked car or a quiet CAN link is no reason to restart
 
     async def _watch(
         self,

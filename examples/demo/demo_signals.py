@@ -7,18 +7,15 @@ agree, or the bus refuses the second; ``tests/test_demo.py`` checks that every o
 the gateway declares from the demo's configs. Names follow the COVESA Vehicle Signal Specification (VSS)
 where it has one.
 
-At the end, what the demo services share besides topics: the `positive` validator and the `heartbeat` task.
+At the end, what the demo services share besides topics: the `positive` validator.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final, NoReturn
-
-import trio
+from typing import Any, Final
 
 from bus import Method, Topic
 from services.can import STALE_AFTER_CYCLES
-from vwos import ServiceContext
 
 #: The CAN network's name in the gateway's topics: ``CAN.demo.<Message>``, ``CAN.demo.Send``.
 NETWORK: Final = "demo"
@@ -191,11 +188,3 @@ def positive(_: object, attribute: Any, value: float) -> None:
     """The attrs validator the demo services' configs share: seconds, limits and rates above zero."""
     if not value > 0:
         raise ValueError(f"must be positive, not {value:g}")
-
-
-async def heartbeat(ctx: ServiceContext, period: float = 1.0) -> NoReturn:
-    """Feed the service's watchdog every ``period`` seconds, whether signals arrive or not (a car parked or a
-    CAN link down is no reason to restart a service): run it in the service's nursery."""
-    while True:
-        ctx.heartbeat()
-        await trio.sleep(period)

@@ -24,7 +24,17 @@ from services.uplink._batch import (
 from services.uplink._campaign import Campaign, CampaignFilter, Keep, Mode
 from services.uplink._file import FileTransport, batch_file_name
 from services.uplink._mqtt import MqttConfig, MqttStatistics, MqttTransport, TokenBucket
-from services.uplink._outbox import MovedAside, Outbox, OutboxError, OutboxStatistics, Row
+from services.uplink._outbox import (
+    Damage,
+    MovedAside,
+    Outbox,
+    OutboxError,
+    OutboxStatistics,
+    OutboxStorageError,
+    Row,
+    StorageState,
+    min_quota_bytes,
+)
 from services.uplink._service import Uplink, UplinkConfig, UplinkStatus, status_topic
 from services.uplink._transport import TransportError, UplinkTransport
 
@@ -37,6 +47,7 @@ __all__ = [
     "BatchSample",
     "Campaign",
     "CampaignFilter",
+    "Damage",
     "FileTransport",
     "Keep",
     "Mode",
@@ -48,8 +59,10 @@ __all__ = [
     "Outbox",
     "OutboxError",
     "OutboxStatistics",
+    "OutboxStorageError",
     "Row",
     "SampleTooLargeError",
+    "StorageState",
     "TokenBucket",
     "TransportError",
     "Uplink",
@@ -59,6 +72,7 @@ __all__ = [
     "batch_file_name",
     "decode_batch",
     "encode_batch",
+    "min_quota_bytes",
     "prepare_value",
     "read_header",
     "status_topic",

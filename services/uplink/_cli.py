@@ -13,15 +13,17 @@ import enum
 import importlib
 import json
 import math
+import os
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import attrs
 import cbor2
 
-from services.uplink._batch import Batch, BatchError, OpaqueValue, decode_batch, loads_generic
+from services.uplink._batch import MAX_BODY_BYTES, Batch, BatchError, OpaqueValue, decode_batch, loads_generic
 from services.uplink._file import SUFFIX
 
 __all__ = ["register"]
@@ -60,6 +62,26 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
+#: The most bytes a batch file can have: its body's limit, plus room for the envelope.
+MAX_BATCH_FILE_BYTES: Final = MAX_BODY_BYTES + 64 * 1024
+
+
+def _read_batch_file(file: Path) -> bytes:
+    """The bytes of a batch file, read with a bound: a device (``/dev/zero``), a pipe or a huge file is
+    refused with a clear error instead of being read for ever or into all memory."""
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO without a writer would block the open
+    with open(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BatchError("not a regular file (a device, a pipe or a socket?): not a batch")
+        data = f.read(MAX_BATCH_FILE_BYTES + 1)
+    if len(data) > MAX_BATCH_FILE_BYTES:
+        raise BatchError(
+            f"{info.st_size:,} bytes: larger than any batch can be (at most {MAX_BATCH_FILE_BYTES:,} bytes)"
+        )
+    return data
+
+
 def inspect_command(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """The handler of ``vwos uplink inspect``."""
     out = sys.stdout if out is None else out
@@ -81,7 +103,7 @@ def inspect_command(args: argparse.Namespace, *, out: TextIO | None = None, err:
     failed = 0
     for file in files:
         try:
-            batch = decode_batch(file.read_bytes(), strict=False)
+            batch = decode_batch(_read_batch_file(file), strict=False)
         except (OSError, BatchError) as exc:
             failed += 1
             print(f"{file}: error: {exc}", file=err)

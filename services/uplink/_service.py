@@ -8,29 +8,58 @@ import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 import trio
 
 from bus import Overflow, Subscription, Topic, default_codec
-from services.uplink._batch import MIN_MAX_BATCH_BYTES
+from services.uplink._batch import MAX_BODY_BYTES, MIN_MAX_BATCH_BYTES
 from services.uplink._campaign import Campaign, CampaignFilter
 from services.uplink._file import FileTransport
 from services.uplink._mqtt import MqttConfig, MqttTransport
-from services.uplink._outbox import Outbox, Row
+from services.uplink._outbox import (
+    MAX_QUOTA_BYTES,
+    MIN_QUOTA_BYTES,
+    Outbox,
+    OutboxError,
+    OutboxStatistics,
+    OutboxStorageError,
+    Row,
+)
 from services.uplink._transport import TransportError, UplinkTransport
 from vwos import BackoffPolicy, Service, ServiceContext
 
+#: The longest duration a setting may be (as vwos's own: about 31 years; beyond, OS timers overflow).
+_MAX_SECONDS: Final = 1_000_000_000.0
+#: The quota's bounds, in MB (the outbox's own: below, not even the schema, a WAL and a batch fit).
+MIN_QUOTA_MB: Final = MIN_QUOTA_BYTES / (1024 * 1024)
+MAX_QUOTA_MB: Final = MAX_QUOTA_BYTES / (1024 * 1024)
+#: The most samples the bus may queue for the uplink.
+MAX_QUEUE_SIZE: Final = 10_000_000
+
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"must be positive, not {value}")
+    """Seconds: > 0 and finite (at most about 31 years)."""
+    if not 0 < value <= _MAX_SECONDS:  # also refuses NaN and inf
+        raise ValueError(f"expected a number of seconds > 0 and at most {_MAX_SECONDS:.0f}, not {value}")
+
+
+def _quota_mb(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not MIN_QUOTA_MB <= value <= MAX_QUOTA_MB:  # also refuses NaN and inf
+        raise ValueError(f"expected a number of MB from {MIN_QUOTA_MB:g} to {MAX_QUOTA_MB:.0f}, not {value}")
+
+
+def _queue_size(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 1 <= value <= MAX_QUEUE_SIZE:
+        raise ValueError(f"expected a number of samples from 1 to {MAX_QUEUE_SIZE:,}, not {value}")
 
 
 def _max_batch_bytes(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < MIN_MAX_BATCH_BYTES:
         raise ValueError(f"must be at least {MIN_MAX_BATCH_BYTES} bytes, not {value}")
+    if value > MAX_BODY_BYTES:
+        raise ValueError(f"must be at most {MAX_BODY_BYTES} bytes (what a reader decodes), not {value}")
 
 
 def _campaigns(_: object, attribute: attrs.Attribute[Any], value: tuple[Campaign, ...]) -> None:
@@ -62,7 +91,7 @@ class UplinkConfig:
     )
     mqtt: MqttConfig | None = attrs.field(default=None, metadata={"help": "the broker, for transport = mqtt"})
     quota_mb: float = attrs.field(
-        default=64.0, validator=_positive, metadata={"help": "disk quota of the outbox"}
+        default=64.0, validator=_quota_mb, metadata={"help": "disk quota of the outbox (its WAL included)"}
     )
     max_batch_bytes: int = attrs.field(
         default=131072,
@@ -82,7 +111,9 @@ class UplinkConfig:
         metadata={"help": "seconds a sample waits at most for a fuller batch"},
     )
     queue_size: int = attrs.field(
-        default=100_000, metadata={"help": "samples the bus queues for the uplink before it drops the oldest"}
+        default=100_000,
+        validator=_queue_size,
+        metadata={"help": "samples the bus queues for the uplink before it drops the oldest"},
     )
     status_period: float = attrs.field(
         default=5.0, validator=_positive, metadata={"help": "seconds between status samples"}
@@ -126,6 +157,14 @@ class UplinkStatus:
     dropped_ttl: int
     refused: int
     dropped_before_outbox: int
+    #: How the outbox's storage is doing: "ok", "quota" (evicting to stay within it), "disk_full", "error"
+    #: (an I/O error, a damaged file, or the outbox could not be opened: ``storage_error`` says why).
+    storage: str = "ok"
+    storage_error: str = ""
+    #: Samples that could not be stored at all (no room left, the disk full, the storage failing).
+    dropped_storage: int = 0
+    #: Samples lost to damage: corrupt chunks or batches, commits a damaged WAL lost, a replaced file.
+    dropped_damaged: int = 0
 
 
 def status_topic(service: str) -> Topic[UplinkStatus]:
@@ -133,8 +172,18 @@ def status_topic(service: str) -> Topic[UplinkStatus]:
     return Topic(f"Uplink.{service}.Status", UplinkStatus, description="uplink progress and losses")
 
 
+#: How long the service waits between attempts to open an outbox that could not be opened.
+_STORAGE_RETRY = BackoffPolicy(initial=1.0, multiplier=2.0, max_delay=30.0, jitter=0.2)
+
+
 class Uplink(Service[UplinkConfig]):
-    """Collects campaigns from the bus into a crash-safe outbox and ships them in batches."""
+    """Collects campaigns from the bus into a crash-safe outbox and ships them in batches.
+
+    Storage faults never stop it: a full disk or a failing write is counted and reported on the status
+    topic, and the outbox is always closed (its lock released) however the service ends.
+    """
+
+    outbox: Outbox | None
 
     async def run(
         self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -146,11 +195,22 @@ class Uplink(Service[UplinkConfig]):
         self._connected = False
         self._last_error = ""
         self._refused = 0
+        #: Samples the service could not hand to an outbox (none open, or it failed while storing them).
+        self._dropped_unstored = 0
+        #: Why no outbox is open ("" while one is).
+        self._outbox_error = ""
+        self._storage_logged = ""
+        #: Batches the transport acknowledged whose acknowledgement the outbox could not store yet.
+        self._unacked: list[tuple[str, int]] = []
+        self._last_stats: OutboxStatistics | None = None
         #: Unformed bytes in the outbox from which a batch goes out at once, not after batch_delay.
         self._ready_bytes = cfg.max_batch_bytes // 3
         self._batch_ready = trio.Event()
-        self.outbox = await trio.to_thread.run_sync(self._open_outbox)
+        self._outbox_lost = trio.Event()
+        self.outbox = None
+        self._subs: list[Subscription[Any]] = []
         try:
+            await self._open()
             filt = CampaignFilter(cfg.campaigns)
             self._status = ctx.bus.publisher(status_topic(ctx.name))
             subs = [
@@ -164,14 +224,30 @@ class Uplink(Service[UplinkConfig]):
                 nursery.start_soon(self._flush_loop)
                 nursery.start_soon(self._send_loop)
                 nursery.start_soon(self._report)
+                nursery.start_soon(self._keep_open)
                 task_status.started()
         finally:
-            with trio.move_on_after(5) as cleanup:
-                cleanup.shield = True
-                await self._flush()  # what was collected but not yet committed: keep it on a clean stop
-                await trio.to_thread.run_sync(self.outbox.close)
+            try:
+                with trio.move_on_after(5) as cleanup:
+                    cleanup.shield = True
+                    await self._flush()  # what was collected but not yet committed: keep it on a clean stop
+            finally:
+                self._close_outbox()  # whatever the flush did: the lock is always released
 
-    def _open_outbox(self) -> Outbox:
+    # -- the outbox: open, lose, close ----------------------------------------------------------------
+
+    async def _open(self) -> bool:
+        """Open the outbox (in a worker thread); False, logged and reported, if it cannot be opened."""
+        try:
+            await trio.to_thread.run_sync(self._open_outbox)
+        except OutboxError as exc:
+            self._outbox_error = f"the outbox cannot be opened: {exc}"
+            self._log_storage(self._outbox_error)
+            return False
+        self._outbox_error = ""
+        return True
+
+    def _open_outbox(self) -> None:
         cfg = self.config
         outbox = Outbox(
             self.ctx.state_dir / "outbox.sqlite",
@@ -181,18 +257,66 @@ class Uplink(Service[UplinkConfig]):
             compress=cfg.compress,
             synchronous=cfg.synchronous,
         )
+        self.outbox = outbox  # at once: if the task is cancelled meanwhile, run's finally closes it
+        self._last_stats = stats = outbox.statistics()
         if outbox.moved_aside is not None:
             self.ctx.log.warning(
                 "outbox file was unusable; moved aside, starting a fresh one", detail=str(outbox.moved_aside)
             )
-        stats = outbox.statistics()
+        if outbox.damage is not None:
+            self.ctx.log.warning(
+                "outbox damage found at open: samples were lost",
+                lost_samples=outbox.damage.lost_samples,
+                corrupt_samples=outbox.damage.corrupt_samples,
+                detail=str(outbox.damage),
+            )
         self.ctx.log.info(
             "outbox open",
             path=str(outbox.path),
             stored_samples=stats.stored_samples,
             unacked_batches=stats.formed_batches,
         )
-        return outbox
+
+    async def _keep_open(self) -> None:
+        """Open the outbox again, with backoff, whenever none is open (it could not be opened, or broke)."""
+        rng = random.Random()
+        failures = 0
+        while True:
+            if self.outbox is not None:
+                await self._outbox_lost.wait()
+                self._outbox_lost = trio.Event()
+                failures = 0
+                continue
+            failures += 1
+            await trio.sleep(_STORAGE_RETRY.delay(failures, rng.random()))
+            async with self._lock:
+                opened = self.outbox is not None or await self._open()
+            if opened:
+                self.ctx.log.info("outbox open again: storing samples")
+                self._publish_status()
+                self._batch_ready.set()
+
+    async def _storage_failed(self, exc: OutboxStorageError) -> None:
+        """Log a storage failure (once per distinct message); a damaged outbox is closed, to open it again.
+        Called with the lock held."""
+        self._log_storage(str(exc))
+        if exc.kind == "corrupt" and self.outbox is not None:
+            outbox, self.outbox = self.outbox, None
+            self._last_stats = outbox.statistics()
+            self._outbox_error = f"the outbox is damaged and is opened again: {exc}"
+            await trio.to_thread.run_sync(outbox.close)
+            self._outbox_lost.set()
+
+    def _log_storage(self, message: str) -> None:
+        if message != self._storage_logged:
+            self.ctx.log.warning("uplink storage failed; samples may be dropped", error=message)
+            self._storage_logged = message
+
+    def _close_outbox(self) -> None:
+        """Close the outbox now, in this thread: nothing else uses it once the tasks have ended."""
+        outbox, self.outbox = self.outbox, None
+        if outbox is not None:
+            outbox.close()
 
     # -- collect and commit ---------------------------------------------------------------------------
 
@@ -222,19 +346,32 @@ class Uplink(Service[UplinkConfig]):
             return
         rows, self._pending = self._pending, []  # the collectors append to the new list from now on
         async with self._lock:
-            full = await trio.to_thread.run_sync(self._accept, rows)
+            outbox = self.outbox
+            if outbox is None:  # none could be opened: what was collected is dropped, and counted
+                self._dropped_unstored += len(rows)
+                return
+            try:
+                full = await trio.to_thread.run_sync(self._accept, outbox, rows)
+            except OutboxStorageError as exc:  # a damaged file: the rows were not stored
+                self._dropped_unstored += len(rows)
+                await self._storage_failed(exc)
+                return
         if full:
             self._batch_ready.set()
 
-    def _accept(self, rows: list[Row]) -> bool:
-        """Commit ``rows`` (in a worker thread); True once a batch's worth is stored."""
+    def _accept(self, outbox: Outbox, rows: list[Row]) -> bool:
+        """Commit ``rows`` (in a worker thread); True once a batch's worth is stored. A storage failure
+        does not raise: the outbox counts what it could not store and says why in its statistics."""
 
         def refused(topic: str, reason: str) -> None:
             self._refused += 1
             self.ctx.log.warning("sample refused by the outbox", topic=topic, reason=reason)
 
-        self.outbox.accept(rows, now=time.time(), on_refused=refused)
-        return self.outbox.unformed_bytes >= self._ready_bytes
+        outbox.accept(rows, now=time.time(), on_refused=refused)
+        stats = outbox.statistics()
+        if stats.storage_error:
+            self._log_storage(stats.storage_error)
+        return outbox.unformed_bytes >= self._ready_bytes
 
     # -- send -----------------------------------------------------------------------------------------
 
@@ -278,22 +415,79 @@ class Uplink(Service[UplinkConfig]):
                 await self._batch_ready.wait()
             self._batch_ready = trio.Event()
             while True:
-                async with self._lock:
-                    item = await trio.to_thread.run_sync(self.outbox.next_batch, time.time())
+                item = await self._next_batch()
                 if item is None:
-                    break
-                seq, payload = item
+                    break  # nothing to send, or the storage failed: try again after batch_delay
+                stream, seq, payload = item
                 await transport.publish(seq, payload)  # returns once acknowledged
-                async with self._lock:
-                    await trio.to_thread.run_sync(self.outbox.ack, seq)
-                if self.outbox.unformed_bytes < self._ready_bytes:
+                await self._ack(stream, seq)
+                outbox = self.outbox
+                if outbox is None or outbox.unformed_bytes < self._ready_bytes:
                     break  # the rest waits for a fuller batch, at most batch_delay
             last_sent = trio.current_time()
+
+    async def _next_batch(self) -> tuple[str, int, bytes] | None:
+        """The next batch to publish, as ``(stream, seq, payload)``; None if there is none, or if the
+        storage failed (acknowledgements it could not store before are stored first)."""
+        async with self._lock:
+            outbox = self.outbox
+            if outbox is None:
+                return None
+            try:
+                while self._unacked:
+                    stream, seq = self._unacked[0]
+                    if stream == outbox.stream:
+                        await trio.to_thread.run_sync(outbox.ack, seq)
+                    self._unacked.pop(0)
+                item = await trio.to_thread.run_sync(outbox.next_batch, time.time())
+            except OutboxStorageError as exc:
+                await self._storage_failed(exc)
+                return None
+            return None if item is None else (outbox.stream, *item)
+
+    async def _ack(self, stream: str, seq: int) -> None:
+        async with self._lock:
+            outbox = self.outbox
+            if outbox is not None and outbox.stream == stream:
+                try:
+                    await trio.to_thread.run_sync(outbox.ack, seq)
+                    return
+                except OutboxStorageError as exc:
+                    await self._storage_failed(exc)
+            # Sent, but not yet acknowledged in the outbox: that is done before anything else is sent.
+            self._unacked.append((stream, seq))
 
     # -- status ---------------------------------------------------------------------------------------
 
     def status(self) -> UplinkStatus:
-        s = self.outbox.statistics()
+        """The status now. Reads the outbox's snapshot only: safe while a worker thread uses the outbox."""
+        outbox = self.outbox
+        s = outbox.statistics() if outbox is not None else self._last_stats
+        if outbox is not None:
+            self._last_stats = s
+        if outbox is None:
+            storage, storage_error = "error", self._outbox_error
+        elif s is not None:
+            storage, storage_error = s.storage, s.storage_error
+        dropped_before = sum(sub.statistics().dropped for sub in self._subs)
+        if s is None:
+            return UplinkStatus(
+                connected=self._connected,
+                transport=self.config.transport,
+                last_error=self._last_error,
+                accepted=0,
+                stored_samples=0,
+                stored_bytes=0,
+                sent_batches=0,
+                sent_samples=0,
+                dropped_quota=0,
+                dropped_ttl=0,
+                refused=self._refused,
+                dropped_before_outbox=dropped_before,
+                storage=storage,
+                storage_error=storage_error,
+                dropped_storage=self._dropped_unstored,
+            )
         return UplinkStatus(
             connected=self._connected,
             transport=self.config.transport,
@@ -306,22 +500,35 @@ class Uplink(Service[UplinkConfig]):
             dropped_quota=s.dropped_quota,
             dropped_ttl=s.dropped_ttl,
             refused=self._refused,
-            dropped_before_outbox=sum(sub.statistics().dropped for sub in self._subs),
+            dropped_before_outbox=dropped_before,
+            storage=storage,
+            storage_error=storage_error,
+            dropped_storage=s.dropped_storage + self._dropped_unstored,
+            dropped_damaged=s.dropped_corrupt + s.lost_damaged,
         )
 
     def _publish_status(self) -> None:
         self._status.publish_nowait(self.status())
 
     async def _report(self) -> None:
-        last: tuple[int, int] = (0, 0)
+        last: tuple[int, ...] = (0, 0, 0, 0)
         while True:
             await trio.sleep(self.config.status_period)
-            async with self._lock:
-                status = self.status()
+            status = self.status()
             self._status.publish_nowait(status)
-            dropped = (status.dropped_quota, status.dropped_ttl)
+            dropped = (
+                status.dropped_quota,
+                status.dropped_ttl,
+                status.dropped_storage,
+                status.dropped_damaged,
+            )
             if dropped != last:
                 self.ctx.log.warning(
-                    "uplink dropped data", dropped_quota=status.dropped_quota, dropped_ttl=status.dropped_ttl
+                    "uplink dropped data",
+                    dropped_quota=status.dropped_quota,
+                    dropped_ttl=status.dropped_ttl,
+                    dropped_storage=status.dropped_storage,
+                    dropped_damaged=status.dropped_damaged,
+                    storage=status.storage,
                 )
                 last = dropped

@@ -10,10 +10,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+import attrs
 import trio
 
 from bus import Bus, BusClient, Method, Overflow, Permissions, Sample, Topic, matches
-from vwos._policy import SupervisorPolicy
+from vwos._policy import GroupSpec, SupervisorPolicy
 from vwos._service import Service
 from vwos._supervisor import ServiceSpec, ServiceStatus, Supervisor, SupervisorGaveUp
 
@@ -163,6 +164,7 @@ def _spec(item: Service[Any] | ServiceSpec) -> ServiceSpec:
 async def open_harness(
     *services: Service[Any] | ServiceSpec,
     policy: SupervisorPolicy | None = None,
+    groups: Sequence[GroupSpec] = (),
     state_dir: Path | None = None,
     permissions: Permissions = Permissions.ALL,
 ) -> AsyncIterator[Harness]:
@@ -170,11 +172,16 @@ async def open_harness(
 
     Give services as instances (``Overspeed(OverspeedConfig(limit=130))``, named after their class in
     snake case) or as `ServiceSpec` for full control (name, ``after``, permissions, watchdog...). By
-    default any service failure ends the test: the supervisor runs with intensity 0, so a crash raises
-    `SupervisorGaveUp` with the service's error. Under pytest-trio's ``autojump_clock`` everything runs in
-    mock time, so a test of minutes of driving takes milliseconds.
+    default any service failure ends the test: without a ``policy`` the supervisor runs with intensity 0
+    and every service critical, so the first crash ends the test with the service's own exception
+    (traceback intact), and a watchdog or start timeout with `SupervisorGaveUp` saying why. With a
+    ``policy``, the services' own ``critical`` settings hold, as in a real run; ``groups`` are the
+    supervision tree's groups the specs name. Under pytest-trio's
+    ``autojump_clock`` everything runs in mock time, so a test of minutes of driving takes milliseconds.
     """
     specs: Sequence[ServiceSpec] = [_spec(s) for s in services]
+    if policy is None:
+        specs = [attrs.evolve(s, critical=True, intensity=None, period=None) for s in specs]
     bus = Bus()
     recorder: list[Sample[Any]] = []
     client = bus.client("test", permissions)
@@ -184,7 +191,9 @@ async def open_harness(
             state_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vwos-test-")))
         supervisor = Supervisor(
             specs,
+            groups=groups,
             policy=policy if policy is not None else SupervisorPolicy(intensity=0, period=1.0),
+            loop_block=None,
             bus=bus,
             state_dir=state_dir,
         )
@@ -210,8 +219,13 @@ async def open_harness(
                     supervisor.shutdown()
                     tap.close()
         except BaseExceptionGroup as group:
-            # A service failure ends the test as itself, not wrapped: pytest.raises(SupervisorGaveUp) works.
+            # A service failure ends the test as itself, not wrapped in the nurseries' groups: the
+            # service's own exception where there is one, else SupervisorGaveUp saying why.
             gave_up, rest = group.split(SupervisorGaveUp)
             if gave_up is not None and rest is None:
-                raise _first_leaf(gave_up) from group
+                error = _first_leaf(gave_up)
+                cause = error.__cause__
+                if isinstance(cause, Exception):
+                    raise cause from None
+                raise error from None
             raise
