@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -103,7 +104,6 @@ def mqb_dbc() -> Path:
 # PKI (a CA, server and client certificates, an unrelated CA) is made once per session with openssl.
 # Without mosquitto, mosquitto-clients or openssl those tests are skipped with the reason, except under
 # CI=true, where they fail.
-from collections.abc import Iterator  # noqa: E402 -- imports of this section
 
 import mqtt_broker  # noqa: E402 -- this section's helper module (tests/ is on sys.path)
 
@@ -149,3 +149,20 @@ def _own_vwos_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         yield directory / "vwos.sock"
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# ==================================================================================== a really full disk
+# ``small_disk``: a 256 KiB tmpfs (tests/tmpfs.py), unmounted after the test; skipped where a tmpfs
+# cannot be mounted, failed under ``CI=true``.
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (a really full disk), unmounted after the test."""
+    import tmpfs
+
+    reason = tmpfs.tmpfs_unavailable_reason()
+    if reason is not None:
+        skip_or_fail(reason, ci_message=f"storage-fault tests must run under CI=true, but: {reason}")
+    with tmpfs.small_tmpfs(tmp_path / "disk", 256 * 1024) as disk:
+        yield disk

@@ -638,16 +638,9 @@ def test_run_where_the_socket_cannot_be_made_is_one_line_and_exit_1(tmp_path: Pa
 
 # -- one fault never stops the car: vwos run keeps going, and always stops when told ----------------------
 
-FAULTY = """
-import trio
-from vwos import Service
-
-class Crash(Service):
-    async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
-        task_status.started()
-        await trio.sleep(0.01)
-        raise RuntimeError("sensor unplugged")
-
+FAULTY = (
+    CRASHING
+    + """
 class NeverReady(Service):
     async def run(self, ctx, *, task_status=trio.TASK_STATUS_IGNORED):
         await trio.sleep_forever()
@@ -675,6 +668,7 @@ class Healthy(Service):
             ctx.heartbeat()
             await trio.sleep(0.05)
 """
+)
 
 
 def start_run(config: Path) -> subprocess.Popen[str]:

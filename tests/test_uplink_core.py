@@ -36,7 +36,6 @@ import cbor2
 import pytest
 import tmpfs  # tests/ is on sys.path
 import trio
-from conftest import skip_or_fail
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import (
@@ -1089,16 +1088,6 @@ def test_statistics_read_from_another_thread_are_always_consistent(tmp_path: Pat
 
 
 # -- a really full disk: a small tmpfs (root on Linux; CI runs as root) -------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs, unmounted after the test."""
-    reason = tmpfs.tmpfs_unavailable_reason()
-    if reason is not None:
-        skip_or_fail(reason, ci_message=f"storage-fault tests must run under CI=true, but: {reason}")
-    with tmpfs.small_tmpfs(tmp_path / "disk", 256 * 1024) as disk:
-        yield disk
 
 
 def test_a_really_full_disk_evicts_the_oldest_never_raises_and_recovers(small_disk: Path) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ import mqtt_broker
 import pytest
 import tmpfs  # tests/ is on sys.path
 import trio
-from conftest import skip_or_fail
 
 from bus import Topic
 from services.uplink import (
@@ -243,16 +242,6 @@ topics = ["**"]
 
 
 # -- storage faults ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs (a really full disk), unmounted after the test."""
-    reason = tmpfs.tmpfs_unavailable_reason()
-    if reason is not None:
-        skip_or_fail(reason, ci_message=f"storage-fault tests must run under CI=true, but: {reason}")
-    with tmpfs.small_tmpfs(tmp_path / "disk", 256 * 1024) as disk:
-        yield disk
 
 
 QUICK_RECONNECT = BackoffPolicy(initial=0.05, multiplier=2.0, max_delay=0.2, jitter=0.0)
