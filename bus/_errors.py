@@ -52,13 +52,26 @@ class PermissionDeniedError(BusError):
         self.hint = hint
 
 
+#: What each of `bus.ConnectionLimits`' fields counts, and what to do at the limit, for the messages.
+_LIMITS: dict[str, tuple[str, str]] = {
+    "subscriptions": ("subscriptions", "end some first"),
+    "methods": ("methods served", "end some first"),
+    "calls": ("calls waiting for their reply", "wait for some first"),
+    "queued": (
+        "samples queued for its subscriptions (the sum of their queue sizes)",
+        "ask for smaller queues, or end some subscriptions first",
+    ),
+}
+
+
 class LimitExceededError(BusError):
     """A connection reached one of its limits (`bus.ConnectionLimits`): ``what`` names it."""
 
     def __init__(self, client: str, what: str, limit: int) -> None:
+        noun, remedy = _LIMITS.get(what, (what, "end some first"))
         super().__init__(
-            f"client {client!r} reached its limit of {limit} {what} per connection "
-            f"(ConnectionLimits.{what}); end some first"
+            f"client {client!r} reached its limit of {limit} {noun} per connection "
+            f"(ConnectionLimits.{what}); {remedy}"
         )
         self.client = client
         self.what = what

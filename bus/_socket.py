@@ -148,6 +148,17 @@ class ConnectionLimits:
         validator=_positive_count,
         metadata={"help": "calls one connection may have waiting for their reply"},
     )
+    #: Samples the broker may queue for the connection's subscriptions: the sum of their queue sizes
+    #: (``latest`` subscriptions, one sample per topic, do not count). A reader that reads slowly keeps
+    #: its queues full; this bounds the memory it holds on the broker.
+    queued: int = attrs.field(
+        default=1 << 20,
+        validator=_positive_count,
+        metadata={
+            "help": "samples one connection's subscriptions may queue on the broker (the sum of their queue "
+            "sizes; latest subscriptions do not count)"
+        },
+    )
 
 
 @attrs.frozen
@@ -564,6 +575,12 @@ def _fatal_bytes(conn: Connection, exc: ProtocolError) -> bytes:
         return b""
 
 
+def _queued(overflow: Overflow, queue_size: int) -> int:
+    """What a subscription counts against `ConnectionLimits.queued`: its queue size (a ``latest`` one
+    keeps one sample per topic: nothing)."""
+    return 0 if overflow is Overflow.LATEST else queue_size
+
+
 class _Pending:
     """A request waiting for its answer: a call to the broker (client side), or a call the broker
     forwarded to the client that serves its method (broker side)."""
@@ -642,6 +659,8 @@ class _Session:
         self.write_timeout = write_timeout
         self.outbox = _Outbox(max_pending)
         self.subs: dict[int, Subscription[Any]] = {}
+        #: The sum of the queue sizes of ``subs`` (`ConnectionLimits.queued`).
+        self.queued = 0
         self.calls: dict[int, trio.CancelScope] = {}
         self.forwarded: dict[int, _Pending] = {}
         self.served: dict[str, trio.CancelScope] = {}
@@ -697,6 +716,12 @@ class _Session:
                 await self._dispatch(event)
             conn.receive_data(await self.stream.receive_some(_READ_SIZE))
 
+    def _check_queue(self, qos: QoS) -> None:
+        """A new subscription's queue against `ConnectionLimits.queued` (`LimitExceededError`)."""
+        limit = self.limits.queued
+        if self.queued + _queued(qos.overflow, qos.queue_size) > limit:
+            raise LimitExceededError(self.client.name, "queued", limit)
+
     def _refuse(self, id: int | None, exc: BusError, op: str) -> None:
         """Answer request ``id`` (None: asynchronously) with ``exc``, and log the refusal."""
         if not isinstance(exc, PermissionDeniedError):  # the client logged those itself, through us
@@ -727,16 +752,20 @@ class _Session:
                 self._refuse(m.sub_id, limit, "SUBSCRIBE")
                 return
             try:
-                sub = self.client._subscribe(m.pattern, m.queue_size, m.overflow, m.latest, columns=True)
+                sub = self.client._subscribe(
+                    m.pattern, m.queue_size, m.overflow, m.latest, columns=True, check_qos=self._check_queue
+                )
             except BusError as exc:
                 self._refuse(m.sub_id, exc, "SUBSCRIBE")
                 return
             self.subs[m.sub_id] = sub
+            self.queued += _queued(sub.overflow, sub.capacity)
             assert self.nursery is not None
             self.nursery.start_soon(self._forward, m.sub_id, sub)
         elif isinstance(m, Unsubscribe):
             found = self.subs.pop(m.sub_id, None)
             if found is not None:
+                self.queued -= _queued(found.overflow, found.capacity)
                 found.close()
         elif isinstance(m, Get):
             try:

@@ -188,9 +188,12 @@ def _version(value: Any, field: str) -> int:
 
 
 _ACTIONS: Final = ("publish", "subscribe", "serve", "call", "block")
+#: The most patterns per action a client may ask for in HELLO: the broker narrows each against its grant
+#: before it answers, and checks each again per request (a full frame of them took a third of a second).
+MAX_REQUESTED_PATTERNS: Final = 256
 
 
-def _permissions(value: Any, field: str) -> Permissions:
+def _permissions(value: Any, field: str, max_patterns: int | None = None) -> Permissions:
     if type(value) is not dict:
         raise _bad(field, "a map of permission lists", value)
     unknown = set(value) - set(_ACTIONS)
@@ -200,6 +203,10 @@ def _permissions(value: Any, field: str) -> Permissions:
     for action, patterns in value.items():
         if type(patterns) is not list or not all(type(p) is str for p in patterns):
             raise _bad(f"{field}.{action}", "a list of text patterns", patterns)
+        if max_patterns is not None and len(patterns) > max_patterns:
+            raise ProtocolError(
+                f"{field}.{action}: {len(patterns)} patterns asked for; the limit is {max_patterns}"
+            )
         lists[action] = tuple(patterns)
     try:
         return Permissions(**lists)
@@ -207,8 +214,8 @@ def _permissions(value: Any, field: str) -> Permissions:
         raise ProtocolError(f"{field}: {exc}") from None
 
 
-def _opt_permissions(value: Any, field: str) -> Permissions | None:
-    return None if value is None else _permissions(value, field)
+def _opt_permissions(value: Any, field: str, max_patterns: int | None = None) -> Permissions | None:
+    return None if value is None else _permissions(value, field, max_patterns)
 
 
 def _encode_permissions(perms: Permissions | None) -> dict[str, list[str]] | None:
@@ -356,7 +363,7 @@ class Hello(_Message):
             )
         return cls(
             _str(items[2], "HELLO.name"),
-            _opt_permissions(items[3], "HELLO.permissions"),
+            _opt_permissions(items[3], "HELLO.permissions", MAX_REQUESTED_PATTERNS),
             _max_frame(items[4], "HELLO.max_frame"),
             version,
         )

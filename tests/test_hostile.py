@@ -9,9 +9,12 @@ clock, a hard timeout on every test.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import stat
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,7 +26,7 @@ import attrs
 import pytest
 import structlog
 import trio
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from strategies import HostileOp, hostile_sessions
 
 import bus
@@ -32,6 +35,7 @@ from bus import (
     BusClient,
     BusError,
     ConnectionLimits,
+    ConnectionLostError,
     LimitExceededError,
     Method,
     PeerCredentials,
@@ -276,6 +280,33 @@ async def test_huge_patterns_in_the_requested_permissions_are_refused_in_bounded
             assert await _ping_round_trip(broker.path) < 2.0
 
 
+async def test_a_hello_asking_for_thousands_of_patterns_is_refused_at_once(tmp_path: Path) -> None:
+    """Before: a HELLO of 12,000 patterns per action (a 1 MiB frame) held the broker for a third of a
+    second while it narrowed each against the grant, and every later request of that client checked
+    them all again. Now more than 256 per action is a protocol error, found by counting."""
+    patterns = tuple(f"Vehicle.A{i}.*" for i in range(12_000))
+    asked = Permissions(publish=patterns, subscribe=patterns, serve=patterns, call=patterns, block=patterns)
+    with trio.fail_after(LIMIT):
+        async with serving(tmp_path) as broker:
+            stream = await trio.open_unix_socket(str(broker.path))
+            data = Connection(Role.CLIENT).send([Hello("hostile", asked)])
+            started = time.perf_counter()
+            try:
+                await stream.send_all(data)
+                answer = b""
+                while chunk := await stream.receive_some(65536):
+                    answer += chunk
+                elapsed = time.perf_counter() - started
+            finally:
+                await stream.aclose()
+            assert b"12000 patterns asked for; the limit is 256" in answer
+            assert elapsed < 0.1
+            assert await _ping_round_trip(broker.path) < 2.0
+            within = Permissions(subscribe=patterns[:256])
+            async with bus.connect_unix(broker.path, "modest", permissions=within) as modest:
+                assert modest.permissions == within
+
+
 # -- floods -----------------------------------------------------------------------------------------------
 
 
@@ -320,8 +351,12 @@ async def test_a_frame_of_20000_subscribes_does_not_starve_another_client(tmp_pa
                     during.append((time.perf_counter() - t, len(broker.bus._subscriptions)))
                 took = time.perf_counter() - started
             assert any(count < n for _, count in during), "the flood was over before the first answer"
-            worst = max(latency for latency, _ in during)
-            assert worst < 0.5, f"a call waited {worst:.3f} s behind the flood (which took {took:.2f} s)"
+            latencies = sorted(latency for latency, _ in during)
+            worst, median = latencies[-1], latencies[len(latencies) // 2]
+            # Here about 0.1 s at worst (a collection of the young generations), 1 ms typically; the
+            # bound is generous for a loaded machine (before: no answer for two minutes).
+            assert worst < 2.0, f"a call waited {worst:.3f} s behind the flood (which took {took:.2f} s)"
+            assert median < 0.1, f"calls took {median:.3f} s (the median) during the flood"
             assert took < 20
             _check_invariants(broker.bus)
 
@@ -337,7 +372,9 @@ async def test_a_flood_beyond_the_limit_is_refused_with_a_clear_error_and_bounde
             await raw.send([Subscribe(i + 1, "Vehicle.Speed", None, None, False) for i in range(n)])
             answers = await raw.receive(n - 1024)
             assert {(type(a).__name__, getattr(a, "kind", None)) for a in answers} == {("Error", "limit")}
-            assert sorted(a.id or 0 for a in answers if isinstance(a, Error)) == list(range(1025, n + 1))
+            assert sorted(a.id for a in answers if isinstance(a, Error) and a.id is not None) == list(
+                range(1025, n + 1)
+            )
             error = answers[0]
             assert isinstance(error, Error)
             assert isinstance(error.to_exception(), LimitExceededError)
@@ -373,6 +410,45 @@ async def test_served_methods_and_pending_calls_are_limited(tmp_path: Path) -> N
                 with pytest.raises(LimitExceededError, match="limit of 3 calls"):
                     await svc.call("Svc.B", timeout=LIMIT)
                 nursery.cancel_scope.cancel()
+
+
+async def test_the_queues_a_connection_asks_for_are_limited_in_total(tmp_path: Path) -> None:
+    """Before: a subscriber could ask for a queue of 2**40 samples on ``**`` and read slowly enough not to
+    be cut off: its queue on the broker grew with everything the bus carried. Now the sum of a
+    connection's queue sizes is limited (`ConnectionLimits.queued`), and the broker holds no more."""
+    with trio.fail_after(LIMIT):
+        async with (
+            serving(tmp_path, ConnectionLimits(queued=10_000)) as broker,
+            RawClient.open(broker.path, "hostile") as raw,
+        ):
+            broker.bus.declare(SPEED)
+            await raw.send(
+                [
+                    Subscribe(1, "**", 2**40, None, False),
+                    Subscribe(2, "**", 6000, "block", False),
+                    Subscribe(3, "Vehicle.*", 5000, None, False),  # 11,000 in all
+                    Subscribe(4, "Vehicle.**", 10**9, "latest", False),  # one per topic: not counted
+                ]
+            )
+            answers = [a for a in await raw.receive(2) if isinstance(a, Error)]
+            assert [(a.id, a.kind) for a in answers] == [(1, "limit"), (3, "limit")]
+            assert "limit of 10000 samples queued for its subscriptions" in answers[0].message
+            assert isinstance(answers[0].to_exception(), LimitExceededError)
+            await raw.send([Unsubscribe(2), Subscribe(5, "Vehicle.*", 5000, None, False)])
+            await raw.round_trip()
+            queues = {
+                s.pattern: s.capacity for s in broker.bus.statistics().subscriptions if s.client == "hostile"
+            }
+            assert queues == {"Vehicle.*": 5000, "Vehicle.**": 10**9}
+            publisher = broker.bus.client("gateway").publisher(SPEED)
+            for i in range(50_000):  # the hostile client reads none of it
+                publisher.publish_nowait(float(i % 400))
+            held = sum(s.queued for s in broker.bus.statistics().subscriptions if s.client == "hostile")
+            assert held <= 5000 + 1
+            async with bus.connect_unix(broker.path, "honest") as honest:  # the client sees the refusal
+                with pytest.raises(LimitExceededError, match="ask for smaller queues"):
+                    async for _ in honest.subscribe("**", queue_size=2**40):
+                        pass
 
 
 # -- slow readers and publishers ---------------------------------------------------------------------------
@@ -541,8 +617,11 @@ async def test_a_socket_directory_others_can_write_or_own_is_refused(tmp_path: P
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    with pytest.raises(
-        BusError, match=r"shared: the socket's directory \(mode 0o777\) is writable by its group"
+    with (
+        trio.fail_after(LIMIT),
+        pytest.raises(
+            BusError, match=r"shared: the socket's directory \(mode 0o777\) is writable by its group"
+        ),
     ):
         await bus.serve_unix(Bus(), shared / "bus.sock", authorize=_authorize)
     assert not (shared / "bus.sock").exists()
@@ -609,7 +688,7 @@ async def _run_hostile(raw: RawClient, ops: list[HostileOp]) -> None:
 
 def _fuzz(ops_of_two: tuple[list[HostileOp], list[HostileOp]], tmp: Path) -> None:
     async def main() -> None:
-        with trio.fail_after(LIMIT):
+        with trio.fail_after(LIMIT), structlog.testing.capture_logs() as logs:
             async with serving(tmp, ConnectionLimits(subscriptions=300, methods=8, calls=64)) as broker:
                 broker.bus.declare(SPEED)
                 async with (
@@ -632,12 +711,39 @@ def _fuzz(ops_of_two: tuple[list[HostileOp], list[HostileOp]], tmp: Path) -> Non
                 _check_invariants(broker.bus)
                 assert all(s.client == "pinger" for s in broker.bus._subscriptions)
                 assert set(broker.bus._servers) == {PING.name}
+        failures = [e for e in logs if e["log_level"] in ("error", "critical")]
+        assert not failures, f"the broker failed on a request: {failures[0]}"
 
     trio.run(main)
 
 
+#: The attacks of issue 11 as sessions, always tried first (random ones may miss them in 25 examples).
+_MANY_DOUBLE_STARS = ".".join(["**"] * 1500)
+_ATTACKS: list[tuple[list[HostileOp], list[HostileOp]]] = [
+    (  # a recursion bomb beside a block reader that never reads and a publisher that does not wait
+        [("subscribe", (_MANY_DOUBLE_STARS, None, None, False, 1)), ("declare", ("Vehicle.Other", "str"))],
+        [("subscribe", ("Vehicle.**", 1, "block", False, 1)), ("publish", ("Vehicle.Speed", [1.0] * 2000))],
+    ),
+    (  # floods past the limits: subscriptions with every QoS, methods, pending calls
+        [
+            ("subscribe", ("Vehicle.*", 1, "block", True, 400)),
+            ("serve", "Hostile.A"),
+            ("call", ("Hostile.A", 1, 100)),
+        ],
+        [("subscribe", ("**", 2**40, "drop_oldest", True, 400)), ("call", ("Test.Ping", "x", 100))],
+    ),
+    (  # squatting and conflicting declarations, then leaving
+        [("declare", ("Vehicle.Speed", "str")), ("declare", ("Squat.X", "int"))],
+        [("declare", ("Squat.X", "str")), ("publish", ("Squat.X", ["x", 1]))],
+    ),
+]
+
+
 @settings(max_examples=25, deadline=None)
 @given(hostile_sessions(), hostile_sessions())
+@example(*_ATTACKS[0])
+@example(*_ATTACKS[1])
+@example(*_ATTACKS[2])
 def test_the_broker_survives_valid_but_extreme_requests(
     tmp_path_factory: pytest.TempPathFactory, one: list[HostileOp], two: list[HostileOp]
 ) -> None:
@@ -645,3 +751,75 @@ def test_the_broker_survives_valid_but_extreme_requests(
     read, many pending calls, conflicting declarations, from two clients at once: the broker answers
     another client within 2 s throughout, keeps its invariants, and forgets both clients once they go."""
     _fuzz((one, two), tmp_path_factory.mktemp("fuzz"))
+
+
+# -- the built-in services with a block reader attached ---------------------------------------------------
+
+
+def test_the_demo_keeps_running_with_block_readers_attached_over_the_socket(tmp_path: Path) -> None:
+    """Before: a remote reader of ``Vehicle.**`` with overflow "block" and queue_size 1 made the CAN
+    gateway's publish_nowait raise trio.WouldBlock; it crash-looped and the supervisor gave up in 0.7 s.
+    Now the demo -- the simulated car, the CAN gateway, the uplink, the car functions -- runs its 10 s
+    with two such readers on its socket (one that never reads its subscription, one that never reads its
+    socket at all), nothing is restarted, and the uplink ships what the car did."""
+    from test_demo import assert_the_car_drove_and_locked, demo_config, log_events, samples_of
+
+    config = demo_config(tmp_path)
+    socket_path = tmp_path / "run" / "vwos.sock"
+    errors = tmp_path / "stderr.log"
+    command = [
+        sys.executable,
+        "-m",
+        "vwos",
+        "run",
+        str(config),
+        "--duration",
+        "10",
+        "--socket",
+        str(socket_path),
+    ]
+    speeds_seen: list[int] = []
+
+    async def attach() -> None:
+        with trio.fail_after(LIMIT):
+            while "all services ready" not in errors.read_text():
+                assert proc.poll() is None, errors.read_text()[-3000:]
+                await trio.sleep(0.05)
+            async with (
+                bus.connect_unix(socket_path, "block-reader") as reader,
+                RawClient.open(socket_path, "deaf-reader") as deaf,
+                bus.connect_unix(socket_path, "watcher") as watcher,
+            ):
+                reader.subscribe("Vehicle.**", queue_size=1, overflow="block")  # never read
+                await deaf.send([Subscribe(1, "Vehicle.**", 1, "block", False)])  # its socket never read
+                with watcher.subscribe("Vehicle.Speed", queue_size=1000) as speeds:
+                    while proc.poll() is None:
+                        with trio.move_on_after(0.2):
+                            try:
+                                speeds_seen.append(len(await speeds.receive_batch()))
+                            except trio.ClosedResourceError:  # the run ended (the broker went)
+                                return
+
+    started = time.monotonic()
+    with errors.open("w") as stderr:
+        proc = subprocess.Popen(
+            [*command, "--log-format", "json", "--log-level", "info"],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        try:
+            with contextlib.suppress(ConnectionLostError):  # the run ends under the readers
+                trio.run(attach)
+            proc.wait(timeout=LIMIT)
+        finally:
+            proc.kill()
+            proc.wait()
+    err = errors.read_text()
+    assert proc.returncode == 0, err[-3000:]
+    assert time.monotonic() - started < LIMIT
+    events = log_events(err)
+    assert not [e for e in events if e["level"] in ("error", "critical")], err[-3000:]
+    assert [e for e in events if e["event"] == "service exited"] == []  # none stopped before the end
+    assert sum(speeds_seen) >= 50  # the gateway published on (10 Hz) to a reader beside the stuck ones
+    outgoing = tmp_path / "outgoing"
+    assert_the_car_drove_and_locked(samples_of([f.read_bytes() for f in sorted(outgoing.glob("*.cbor"))]))
