@@ -97,10 +97,11 @@ _SPARE_PAGES: Final = 4
 #: One sample as the service hands it over: ``(topic, value, timestamp_seconds, keep)``.
 Row = tuple[str, object, float, Keep]
 
-#: How the outbox's storage is doing, as of its last write: ``ok``; ``quota`` -- the last accept had to
-#: evict samples to stay within the quota; ``disk_full`` -- the disk (not the quota) is what limits: samples
-#: were evicted or refused for want of space, or a write failed for it; ``error`` -- the last write failed
-#: otherwise (an I/O error, a read-only file system, a damaged file).
+#: How the outbox's storage is doing, as of its last write: ``ok``; ``quota`` -- the store is at the
+#: quota: an accept like the last one would evict samples (until batches sent make room); ``disk_full`` --
+#: the disk (not the quota) is what limits: samples were evicted or refused for want of space, or a write
+#: failed for it; ``error`` -- the last write failed otherwise (an I/O error, a read-only file system, a
+#: damaged file).
 StorageState = Literal["ok", "quota", "disk_full", "error"]
 
 
@@ -870,7 +871,10 @@ class Outbox:
         self._disk_bytes = _file_size(str(self._path_str)) + wal + _file_size(str(self._mark_path))
         self._disk_budget = limits.budget
         with contextlib.suppress(sqlite3.Error):
-            self._near_full = self._free_pages(limits) < self._last_need
+            # Whether the next accept like the last one would evict; a burst larger than a quarter of the
+            # store (it evicted to fit) does not count beyond that, or the state would say "quota" even
+            # once everything has been sent and the store is empty.
+            self._near_full = self._free_pages(limits) < min(self._last_need, limits.max_pages // 4)
 
     def _fit_quota(self) -> None:
         """At open: a database larger than the quota now allows (a lowered quota; a WAL that grew past it
