@@ -746,6 +746,23 @@ def test_quota_evicts_low_priority_before_high(tmp_path: Path) -> None:
     assert survivors == list(range(20500 - len(survivors), 20500))  # the newest low-priority ones
 
 
+def test_the_quota_state_ends_once_the_store_has_room_again_also_after_a_burst_larger_than_it(
+    tmp_path: Path,
+) -> None:
+    """One accept of more than the store holds evicts (state "quota"); once its batches are sent the store
+    is empty and the state says "ok" -- it said "quota" for good, as the next accept "like the last" would
+    still not fit (a flaky failure of the full-disk service test under load)."""
+    with Outbox(tmp_path / "o.sqlite3", quota_bytes=512 * 1024, vehicle_id="V") as outbox:
+        assert outbox.accept(rows(0, 60_000)) == 60_000
+        stats = outbox.statistics()
+        assert (stats.storage, stats.dropped_quota > 0) == ("quota", True)
+        drain(outbox)
+        stats = outbox.statistics()
+        assert (stats.storage, stats.stored_bytes) == ("ok", 0)
+        assert outbox.accept(rows(60_000, 5000)) == 5000  # a small one after it: room, no eviction
+        assert outbox.statistics().storage == "ok"
+
+
 def test_the_quota_counts_the_wal_and_holds_on_disk_at_every_step(tmp_path: Path) -> None:
     """The attacker's case: quota 0.5 MB, and the WAL alone grew to 2 MB. Now the database, its WAL and the
     mark together stay within the quota after every accept, form and ack, and after close."""

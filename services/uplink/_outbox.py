@@ -97,10 +97,11 @@ _SPARE_PAGES: Final = 4
 #: One sample as the service hands it over: ``(topic, value, timestamp_seconds, keep)``.
 Row = tuple[str, object, float, Keep]
 
-#: How the outbox's storage is doing, as of its last write: ``ok``; ``quota`` -- the last accept had to
-#: evict samples to stay within the quota; ``disk_full`` -- the disk (not the quota) is what limits: samples
-#: were evicted or refused for want of space, or a write failed for it; ``error`` -- the last write failed
-#: otherwise (an I/O error, a read-only file system, a damaged file).
+#: How the outbox's storage is doing, as of its last write: ``ok``; ``quota`` -- the store is at the
+#: quota: an accept like the last one would evict samples (until batches sent make room); ``disk_full`` --
+#: the disk (not the quota) is what limits: samples were evicted or refused for want of space, or a write
+#: failed for it; ``error`` -- the last write failed otherwise (an I/O error, a read-only file system, a
+#: damaged file).
 StorageState = Literal["ok", "quota", "disk_full", "error"]
 
 
@@ -870,9 +871,12 @@ class Outbox:
         self._disk_bytes = _file_size(str(self._path_str)) + wal + _file_size(str(self._mark_path))
         self._disk_budget = limits.budget
         with contextlib.suppress(sqlite3.Error):
-            # Near the quota: the last accept's need would not fit -- unless nothing is stored any more
-            # (a huge accept after a full disk leaves a need no drained outbox can meet; it is not full).
-            self._near_full = self._stored_samples > 0 and self._free_pages(limits) < self._last_need
+            # Whether the next accept like the last one would evict: not once nothing is stored, and a
+            # burst larger than a quarter of the store (it evicted to fit) counts no more than that, or
+            # the state would say "quota" even once everything has been sent and the store is empty.
+            self._near_full = self._stored_samples > 0 and self._free_pages(limits) < min(
+                self._last_need, limits.max_pages // 4
+            )
 
     def _fit_quota(self) -> None:
         """At open: a database larger than the quota now allows (a lowered quota; a WAL that grew past it
