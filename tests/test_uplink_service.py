@@ -229,18 +229,8 @@ def test_a_batch_limit_below_the_outbox_minimum_is_refused_at_load_time() -> Non
     ids=["below-minimum", "over-message-size"],
 )
 def test_batch_size_problems_are_refused_at_their_key(tmp_path: Path, settings: str, problem: str) -> None:
-    text = f"""
-[services.uplink]
-plugin = "uplink"
-[services.uplink.config]
-vehicle_id = "car-1"
-{settings}
-[[services.uplink.config.campaigns]]
-name = "all"
-topics = ["**"]
-"""
     with pytest.raises(ConfigError) as info:
-        parse_config(text, path=tmp_path / "vwos.toml")
+        parse_config(CONFIG.format(settings=settings), path=tmp_path / "vwos.toml")
     problems = [str(p) for p in info.value.problems]
     assert len(problems) == 1, problems
     assert problem in problems[0]

@@ -263,23 +263,9 @@ def _check_name(_inst: object, _attribute: attrs.Attribute[str], value: str) -> 
         raise ValueError(f"a unit's name must be a non-empty string, got {value!r}")
 
 
-def _check_optional_intensity(
-    _inst: object, _attribute: attrs.Attribute[int | None], value: int | None
-) -> None:
-    if value is not None:
-        _check_intensity(_inst, _attribute, value)
-
-
 def _check_intensity(_inst: object, _attribute: attrs.Attribute[Any], value: int | None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"intensity must be an integer >= 0, got {value!r}")
-
-
-def _check_optional_period(
-    _inst: object, _attribute: attrs.Attribute[float | None], value: float | None
-) -> None:
-    if value is not None:
-        _check_period(_inst, _attribute, value)
 
 
 def _check_period(_inst: object, _attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -312,8 +298,12 @@ class ChildSpec:
     #: Exhausting its budget fails its group (escalates) instead of failing only this service.
     critical: bool = attrs.field(default=False, kw_only=True)
     #: Its own restart budget; None: its group's.
-    intensity: int | None = attrs.field(default=None, validator=_check_optional_intensity, kw_only=True)
-    period: float | None = attrs.field(default=None, validator=_check_optional_period, kw_only=True)
+    intensity: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_check_intensity), kw_only=True
+    )
+    period: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_check_period), kw_only=True
+    )
     #: Seconds after failing that it is started again on its own; None: its group's (None: never).
     revive_after: float | None = attrs.field(default=None, validator=_check_revive, kw_only=True)
 
@@ -327,8 +317,8 @@ class GroupSpec:
         default=Strategy.ONE_FOR_ONE, validator=attrs.validators.instance_of(Strategy)
     )
     #: Its restart budget, also the default of its units; None: its group's.
-    intensity: int | None = attrs.field(default=None, validator=_check_optional_intensity)
-    period: float | None = attrs.field(default=None, validator=_check_optional_period)
+    intensity: int | None = attrs.field(default=None, validator=attrs.validators.optional(_check_intensity))
+    period: float | None = attrs.field(default=None, validator=attrs.validators.optional(_check_period))
     #: The delay before the group is restarted whole.
     backoff: BackoffPolicy = attrs.field(
         factory=BackoffPolicy, validator=attrs.validators.instance_of(BackoffPolicy)
