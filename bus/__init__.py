@@ -31,7 +31,7 @@ from bus._errors import (
 )
 from bus._pattern import MAX_NAME_LENGTH, MAX_SEGMENT_LENGTH, MAX_SEGMENTS, covers, matches
 from bus._permissions import Action, Permissions
-from bus._sample import Sample
+from bus._sample import NotAvailable, Sample
 from bus._socket import (
     BrokerRefusedError,
     ConnectionLimits,
@@ -70,6 +70,7 @@ __all__ = [
     "MethodAlreadyServedError",
     "MethodError",
     "NoSuchMethodError",
+    "NotAvailable",
     "Overflow",
     "PeerCredentials",
     "PermissionDeniedError",

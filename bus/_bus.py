@@ -25,7 +25,7 @@ from bus._errors import (
 )
 from bus._pattern import MAX_NAME_LENGTH, check_name, check_pattern, is_pattern, matches
 from bus._permissions import Action, Permissions
-from bus._sample import Sample, SampleRun, _new_sample, _sliced
+from bus._sample import NotAvailable, Sample, SampleRun, _new_sample, _sliced
 from bus._subscription import ColumnSubscription, Subscription, SubscriptionStatistics
 from bus._topic import Method, Overflow, QoS, Topic
 
@@ -571,7 +571,9 @@ class BusClient:
         return publisher
 
     @overload
-    def publish_nowait(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> None: ...
+    def publish_nowait(
+        self, topic: Topic[T], value: T | NotAvailable, *, timestamp: float | None = None
+    ) -> None: ...
     @overload
     def publish_nowait(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
     def publish_nowait(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
@@ -590,7 +592,9 @@ class BusClient:
         publisher.publish_nowait(value, timestamp=timestamp)
 
     @overload
-    async def publish(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> None: ...
+    async def publish(
+        self, topic: Topic[T], value: T | NotAvailable, *, timestamp: float | None = None
+    ) -> None: ...
     @overload
     async def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
     async def publish(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
@@ -861,7 +865,7 @@ class Publisher(Generic[T]):
         self._parked = client.bus._parked
         self.topic: Topic[T] = state.topic
 
-    def publish_nowait(self, value: T, *, timestamp: float | None = None) -> None:
+    def publish_nowait(self, value: T | NotAvailable, *, timestamp: float | None = None) -> None:
         """See `BusClient.publish_nowait`."""
         # The hot path: no look-up, no permission check (done once), the rules compiled into one function,
         # the sample built once and shared by every subscriber, each push a deque's own C append (a
@@ -929,7 +933,7 @@ class Publisher(Generic[T]):
                 sub.wake()
         return n
 
-    async def publish(self, value: T, *, timestamp: float | None = None) -> None:
+    async def publish(self, value: T | NotAvailable, *, timestamp: float | None = None) -> None:
         """See `BusClient.publish`."""
         await trio.lowlevel.checkpoint_if_cancelled()
         value = self._state.check(value)
@@ -968,7 +972,7 @@ class _BlockingPublisher(Publisher[T]):
 
     __slots__ = ()
 
-    def publish_nowait(self, value: T, *, timestamp: float | None = None) -> None:
+    def publish_nowait(self, value: T | NotAvailable, *, timestamp: float | None = None) -> None:
         """See `BusClient.publisher`: raises `trio.WouldBlock` while a ``block`` queue is full."""
         if self._client._closed:
             raise trio.ClosedResourceError(f"bus client {self._name!r} is closed")

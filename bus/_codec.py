@@ -54,6 +54,7 @@ import attrs
 import cbor2
 
 from bus._errors import CodecError, SchemaMismatchError
+from bus._sample import NotAvailable
 
 __all__ = ["OBJECT_TAG", "Codec", "default_codec"]
 
@@ -723,6 +724,7 @@ class Codec:
         }
         semantic[OBJECT_TAG] = self._decode_object
         self._semantic_decoders: Mapping[int, Callable[[Any, bool], Any]] = semantic
+        self.register(NotAvailable, name="bus.NotAvailable")  # every codec: any topic may carry one
 
     # -- registration ---------------------------------------------------------------------------------------
 

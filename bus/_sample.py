@@ -1,14 +1,44 @@
-"""The sample: one value as it travels on the bus; and the column forms a broker forwards runs in."""
+"""The sample: one value as it travels on the bus; "not available" in place of a value; and the column forms
+a broker forwards runs in."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from itertools import repeat
-from typing import Any, Generic, NamedTuple, TypeVar, overload
+from typing import Any, Final, Generic, NamedTuple, TypeVar, overload
 
 import attrs
 
 T = TypeVar("T")
+
+#: The longest `NotAvailable.reason`, in characters.
+MAX_REASON_LENGTH: Final = 64
+
+
+def _reason(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if type(value) is not str or not value or len(value) > MAX_REASON_LENGTH or not value.isprintable():
+        raise ValueError(
+            f"a NotAvailable reason must be a short printable str (1 to {MAX_REASON_LENGTH} characters), "
+            f"not {value!r:.80}"
+        )
+
+
+@attrs.frozen(slots=True)
+class NotAvailable:
+    """In place of a value: the source says it has no valid value now, and why.
+
+    A sample whose value is a ``NotAvailable`` is news ("the ECU says the speed is not available"), unlike
+    no sample at all (no news: see ``max_age`` and staleness). Any topic accepts one whatever its type and
+    rules; a record field accepts one where its annotation allows it (``speed: float | NotAvailable``).
+    `Sample.available` and `Sample.reason` read it. ``reason`` is a short code; the CAN gateway uses
+    ``out_of_range``, ``not_available``, ``e2e`` and others listed in docs/can.md. It travels as the
+    registered type ``bus.NotAvailable`` (every `Codec` knows it).
+    """
+
+    reason: str = attrs.field(validator=_reason)
+
+    def __str__(self) -> str:
+        return f"not available ({self.reason})"
 
 
 class Sample(NamedTuple, Generic[T]):
@@ -29,6 +59,17 @@ class Sample(NamedTuple, Generic[T]):
     bus_time: float
     publisher: str
     seq: int
+
+    @property
+    def available(self) -> bool:
+        """False when the value is a `NotAvailable` (the source says it has no valid value)."""
+        return type(self.value) is not NotAvailable
+
+    @property
+    def reason(self) -> str | None:
+        """The `NotAvailable` reason, or None when the sample carries a value."""
+        value: Any = self.value
+        return value.reason if type(value) is NotAvailable else None
 
 
 _new_sample = tuple.__new__  # a Sample without the named tuple's Python-level __new__: half the cost

@@ -50,7 +50,7 @@ from bus._errors import (
 )
 from bus._pattern import check_name, check_pattern, covers
 from bus._permissions import Action, Permissions
-from bus._sample import Sample, _sliced
+from bus._sample import NotAvailable, Sample, _sliced
 from bus._subscription import ColumnSubscription, Subscription, SubscriptionStatistics
 from bus._topic import FloatList, Method, Overflow, QoS, Topic
 from bus._wire import (
@@ -965,7 +965,7 @@ class RemotePublisher(Generic[T]):
             self._high = math.inf if topic.max is None else float(topic.max)
         self.topic = topic
 
-    def publish_nowait(self, value: T, *, timestamp: float | None = None) -> None:
+    def publish_nowait(self, value: T | NotAvailable, *, timestamp: float | None = None) -> None:
         """Queue ``value`` for sending. Raises `ValueRefusedError` if the topic's rules refuse it, a
         pending asynchronous error from the broker, `trio.ClosedResourceError` once the client is closed,
         and `trio.WouldBlock` if the outgoing queue is full."""
@@ -976,8 +976,10 @@ class RemotePublisher(Generic[T]):
         if outbox.count >= outbox.gate:
             self._client._refuse_publish()
         # (a float when compared; the comparison is false for NaN, which goes to the rules too)
-        if type(value) is not float or not self._low <= value <= self._high:  # type: ignore[operator]
+        if type(value) is not float or not self._low <= value <= self._high:
             value = self._check(value)
+            if type(value) is NotAvailable and self._floats:
+                self._not_only_floats()
         if timestamp is None:
             timestamp = _now()
         elif type(timestamp) is not float:
@@ -988,12 +990,19 @@ class RemotePublisher(Generic[T]):
             run.timestamps.append(timestamp)
             outbox.count += 1
         else:
-            # A float topic's checked values are all floats: the run says so, and packs without a look.
-            values = FloatList((value,)) if self._floats else [value]
+            # A float topic's checked values are floats (or NotAvailable, rarely): the run says so when
+            # they are, and then packs without a look.
+            values = FloatList((value,)) if self._floats and type(value) is float else [value]
             self._run = run = Publish(self._name, values, [timestamp], self._block)
             outbox.put(run)
 
-    async def publish(self, value: T, *, timestamp: float | None = None) -> None:
+    def _not_only_floats(self) -> None:
+        """A float topic's queued run is about to take a `NotAvailable`: it is no longer floats only."""
+        run = self._run
+        if self._outbox.tail is run and type(run.values) is FloatList:
+            object.__setattr__(run, "values", list(run.values))  # frozen, but not yet sent: still ours
+
+    async def publish(self, value: T | NotAvailable, *, timestamp: float | None = None) -> None:
         """Like `publish_nowait`, but waits for room in the outgoing queue, and the broker for room in
         ``block`` queues (as an in-process ``await publish`` does)."""
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -1141,7 +1150,9 @@ class RemoteBusClient:
         return publisher
 
     @overload
-    def publish_nowait(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> None: ...
+    def publish_nowait(
+        self, topic: Topic[T], value: T | NotAvailable, *, timestamp: float | None = None
+    ) -> None: ...
     @overload
     def publish_nowait(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
     def publish_nowait(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
@@ -1151,7 +1162,9 @@ class RemoteBusClient:
         publisher.publish_nowait(value, timestamp=timestamp)
 
     @overload
-    async def publish(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> None: ...
+    async def publish(
+        self, topic: Topic[T], value: T | NotAvailable, *, timestamp: float | None = None
+    ) -> None: ...
     @overload
     async def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
     async def publish(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:

@@ -11,6 +11,7 @@ import attrs
 
 from bus._errors import TopicError, ValueRefusedError
 from bus._pattern import check_name
+from bus._sample import NotAvailable
 
 T = TypeVar("T")
 Req = TypeVar("Req")
@@ -66,6 +67,8 @@ def _build_checker(topic: Topic[Any]) -> Callable[[Any], Any]:
         raise ValueRefusedError(name, rule, value)
 
     def check_type(value: Any) -> Any:
+        if type(value) is NotAvailable:  # any topic may say its source has no valid value
+            return value
         if vtype is float:
             if type(value) is float:
                 return value
@@ -116,6 +119,8 @@ def _build_checker(topic: Topic[Any]) -> Callable[[Any], Any]:
 
         def check_range(value: Any) -> Any:
             if type(value) is not vtype:
+                if type(value) is NotAvailable:
+                    return value
                 value = check_type(value)
             if not low <= value <= high:  # false for NaN too
                 diagnose(value)
@@ -125,6 +130,8 @@ def _build_checker(topic: Topic[Any]) -> Callable[[Any], Any]:
 
     def check_rules(value: Any) -> Any:
         if type(value) is not vtype:
+            if type(value) is NotAvailable:
+                return value
             value = check_type(value)
         if (lo is not None or hi is not None) and not low <= value <= high:
             diagnose(value)
@@ -181,8 +188,9 @@ class Topic(Generic[T]):
     """A named, typed stream of values on the bus.
 
     ``Topic("Vehicle.Speed", float, unit="km/h", min=0, max=400)`` declares that every value published
-    under that name is a float between 0 and 400. The type may be a scalar (``bool``, ``int``, ``float``,
-    ``str``, ``bytes``), an `enum.Enum` or an attrs class. ``int`` values are accepted for a ``float`` topic
+    under that name is a float between 0 and 400 -- or a `NotAvailable`, which every topic accepts. The
+    type may be a scalar (``bool``, ``int``, ``float``, ``str``, ``bytes``), an `enum.Enum` or an attrs
+    class. ``int`` values are accepted for a ``float`` topic
     and delivered as floats; ``bool`` is never taken for a number.
 
     ``max_age`` (seconds) marks the latest value stale once it is older; ``qos`` is the default queue of a

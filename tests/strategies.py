@@ -32,6 +32,7 @@ from typing import Any, Literal
 import attrs
 from hypothesis import strategies as st
 
+from bus import NotAvailable
 from vwos._policy import BackoffPolicy, ChildSpec, Exit, GroupSpec, Restart, Strategy, SupervisorPolicy
 
 __all__ = [
@@ -223,6 +224,14 @@ def mutated_bytes(draw: st.DrawFn, data: bytes) -> bytes:
 
 
 # -- config: service dependency graphs and TOML values (tests/test_config.py) -------------------------------
+
+
+def not_available_reasons() -> st.SearchStrategy[str]:
+    """`bus.NotAvailable` reasons: the CAN gateway's codes, and any short printable text."""
+    return st.one_of(
+        st.sampled_from(["out_of_range", "not_available", "e2e", "init", "error"]),
+        st.text(st.characters(codec="utf-8").filter(str.isprintable), min_size=1, max_size=64),
+    )
 
 
 def service_names() -> st.SearchStrategy[str]:
@@ -627,9 +636,9 @@ def uplink_keeps() -> st.SearchStrategy[Keep]:
 
 
 def uplink_values() -> st.SearchStrategy[object]:
-    """Values for a batch: CBOR scalars (bignums, nan and -0.0 included) travel raw; lists and dicts travel
-    as embedded CBOR (tag 24) made by the bus codec."""
-    return st.one_of(cbor_scalars(), cbor_values(max_leaves=6))
+    """Values for a batch: CBOR scalars (bignums, nan and -0.0 included) travel raw; lists and dicts, and
+    "not available", travel as embedded CBOR (tag 24) made by the bus codec."""
+    return st.one_of(cbor_scalars(), cbor_values(max_leaves=6), not_available_reasons().map(NotAvailable))
 
 
 def uplink_timestamps_us() -> st.SearchStrategy[int]:

@@ -38,7 +38,7 @@ import attrs
 import structlog
 import trio
 
-from bus import connect_unix
+from bus import NotAvailable, connect_unix
 from vwos._config import MAX_SECONDS, ConfigError, SupervisorConfig, load_config
 from vwos._isolation import unwrap
 from vwos._logging import FORMATS, LEVELS, configure_logging
@@ -595,7 +595,10 @@ _SUN_PATH_MAX = 107
 
 
 def _jsonable(value: Any) -> Any:
-    """A bus value as JSON: attrs classes as objects, enums by name, bytes as hex, tuples as arrays."""
+    """A bus value as JSON: attrs classes as objects, enums by name, bytes as hex, tuples as arrays, a
+    `bus.NotAvailable` as ``{"not_available": reason}``."""
+    if type(value) is NotAvailable:
+        return {"not_available": value.reason}
     if isinstance(value, enum.Enum):
         return value.name
     if attrs.has(type(value)):
@@ -827,6 +830,8 @@ async def cmd_bus_list(client: Any, args: argparse.Namespace, out: TextIO) -> in
 
 
 def _shown(value: Any) -> str:
+    if type(value) is NotAvailable:
+        return str(value)
     return json.dumps(_jsonable(value)) if not isinstance(value, str) else repr(value)
 
 
@@ -839,6 +844,7 @@ def _sample_json(sample: Any) -> str:
         {
             "topic": sample.topic,
             "value": sample.value,
+            "available": sample.available,
             "timestamp": sample.timestamp,
             "bus_time": sample.bus_time,
             "publisher": sample.publisher,

@@ -36,6 +36,7 @@ from bus import (
     Method,
     NoSuchMethodError,
     Permissions,
+    Sample,
     Topic,
     UnknownTopicError,
     default_codec,
@@ -532,6 +533,11 @@ _short.maxother = 60
 _short.maxlist = _short.maxtuple = _short.maxdict = 4
 
 
+def _latest_text(sample: Sample[Any]) -> str:
+    """A latest value as ``bus list``/``top`` show it: short, and "not available (why)" for no value."""
+    return _short.repr(sample.value) if sample.available else str(sample.value)
+
+
 def _record(row: Any, now: float) -> ServiceRecord:
     return ServiceRecord(
         name=row.name,
@@ -694,7 +700,7 @@ class ControlPlane:
                     published=stats[topic.name].published,
                     subscribers=stats[topic.name].subscribers,
                     rate=rates.get(topic.name, 0.0),
-                    latest=None if sample is None else _short.repr(sample.value),
+                    latest=None if sample is None else _latest_text(sample),
                     age=age,
                     max_age=topic.max_age,
                     stale=stale,

@@ -27,7 +27,7 @@ from typing import Any, Final
 import attrs
 import cbor2
 
-from bus import Codec, CodecError, default_codec
+from bus import Codec, CodecError, NotAvailable, default_codec
 
 __all__ = [
     "DEFAULT_MAX_BATCH_BYTES",
@@ -149,6 +149,11 @@ class BatchHeader:
         return self.encoding == ENCODING_ZLIB
 
 
+#: The registered type name a `bus.NotAvailable` travels under: a decoder without the bus codec sees it in
+#: an opaque value's tag 27.
+NOT_AVAILABLE_TYPE: Final = "bus.NotAvailable"
+
+
 @attrs.frozen
 class OpaqueValue:
     """A value the decoding codec could not rebuild (its type is not registered here, say)."""
@@ -174,6 +179,15 @@ class BatchSample:
     def timestamp(self) -> float:
         """The timestamp in seconds since the Unix epoch."""
         return self.timestamp_us / 1_000_000
+
+    @property
+    def available(self) -> bool:
+        """False when the sample said its source had no valid value (a `bus.NotAvailable`, decoded or
+        opaque): "not available" is news, unlike a sample that is not in the batch."""
+        value = self.value
+        if type(value) is NotAvailable:
+            return False
+        return not (type(value) is OpaqueValue and value.type_name == NOT_AVAILABLE_TYPE)
 
 
 @attrs.frozen

@@ -23,6 +23,7 @@ from typing import Any, Final, TextIO
 import attrs
 import cbor2
 
+from bus import NotAvailable
 from services.uplink._batch import MAX_BODY_BYTES, Batch, BatchError, OpaqueValue, decode_batch, loads_generic
 from services.uplink._file import SUFFIX
 
@@ -185,6 +186,8 @@ def _text(file: Path, batch: Batch, summary: bool) -> Iterator[str]:
 
 
 def _show(value: object) -> str:
+    if type(value) is NotAvailable:
+        return str(value)
     if isinstance(value, OpaqueValue):
         shown = _generic(value.cbor)
         return f"<{value.type_name or 'undecoded'}: {shown}>"
@@ -246,6 +249,7 @@ def _json_lines(file: Path, batch: Batch, summary: bool) -> Iterator[str]:
                 "timestamp_us": sample.timestamp_us,
                 "timestamp": _time(sample.timestamp_us),
                 "value": jsonable(sample.value),
+                "available": sample.available,
             },
             allow_nan=False,
         )
@@ -255,6 +259,8 @@ def jsonable(value: object) -> Any:
     """A decoded value as JSON: non-finite floats as strings, bytes as hex, attrs values and enums typed."""
     if value is None or isinstance(value, bool | int | str):
         return value
+    if type(value) is NotAvailable:
+        return {"not_available": value.reason}
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, bytes):

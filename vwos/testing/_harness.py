@@ -13,7 +13,7 @@ from typing import Any, TypeVar, overload
 import attrs
 import trio
 
-from bus import Bus, BusClient, Method, Overflow, Permissions, Sample, Topic, matches
+from bus import Bus, BusClient, Method, NotAvailable, Overflow, Permissions, Sample, Topic, matches
 from vwos._policy import GroupSpec, SupervisorPolicy
 from vwos._service import Service
 from vwos._supervisor import ServiceSpec, ServiceStatus, Supervisor, SupervisorGaveUp
@@ -56,7 +56,9 @@ class Harness:
     # -- inputs --------------------------------------------------------------------------------------
 
     @overload
-    def publish(self, topic: Topic[T], value: T, *, timestamp: float | None = None) -> None: ...
+    def publish(
+        self, topic: Topic[T], value: T | NotAvailable, *, timestamp: float | None = None
+    ) -> None: ...
     @overload
     def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
     def publish(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
@@ -104,10 +106,38 @@ class Harness:
         """Wait for the next sample on ``topic`` (a name or pattern) whose value satisfies ``where``.
 
         Reads the record of everything published from the cursor on, and moves the cursor past the
-        sample it returns. Raises `ExpectationFailed` (an AssertionError) after ``timeout`` seconds of
-        trio time, listing what was published meanwhile on matching topics.
+        sample it returns. ``where`` sees only samples that carry a value: a `bus.NotAvailable` sample
+        never matches it (`expect_not_available` waits for one). Raises `ExpectationFailed` (an
+        AssertionError) after ``timeout`` seconds of trio time, listing what was published meanwhile on
+        matching topics.
         """
         pattern = topic.name if isinstance(topic, Topic) else topic
+        what = pattern + ("" if where is None else " matching the condition")
+        if where is None:
+            return await self._wait_for(pattern, lambda _: True, what, timeout)
+        test = where
+        return await self._wait_for(pattern, lambda s: s.available and test(s.value), what, timeout)
+
+    async def expect_not_available(
+        self,
+        topic: Topic[Any] | str,
+        reason: str | None = None,
+        *,
+        timeout: float = DEFAULT_EXPECT_TIMEOUT,
+    ) -> Sample[Any]:
+        """Wait for the next sample on ``topic`` that says its source has no valid value (its value is a
+        `bus.NotAvailable`), with ``reason`` if given; otherwise as `expect`."""
+        pattern = topic.name if isinstance(topic, Topic) else topic
+        what = f"{pattern} not available" + ("" if reason is None else f" ({reason})")
+
+        def accept(sample: Sample[Any]) -> bool:
+            return not sample.available and (reason is None or sample.reason == reason)
+
+        return await self._wait_for(pattern, accept, what, timeout)
+
+    async def _wait_for(
+        self, pattern: str, accept: Callable[[Sample[Any]], bool], what: str, timeout: float
+    ) -> Sample[Any]:
         seen: list[Sample[Any]] = []
         with trio.move_on_after(timeout):
             while True:
@@ -115,11 +145,10 @@ class Harness:
                     sample = self._record[self._cursor]
                     self._cursor += 1
                     if matches(pattern, sample.topic):
-                        if where is None or where(sample.value):
+                        if accept(sample):
                             return sample
                         seen.append(sample)
                 await self._arrived.wait()
-        what = f"{pattern}" + ("" if where is None else " matching the condition")
         tail = ", ".join(f"{s.topic}={s.value!r}" for s in seen[-10:]) or "nothing"
         raise ExpectationFailed(f"no sample on {what} within {timeout:g} s; seen on matching topics: {tail}")
 
@@ -135,7 +164,9 @@ class Harness:
         start = len(self._record)
         await trio.sleep(within)
         for sample in self._record[start:]:
-            if matches(pattern, sample.topic) and (where is None or where(sample.value)):
+            if matches(pattern, sample.topic) and (
+                where is None or (sample.available and where(sample.value))
+            ):
                 raise ExpectationFailed(
                     f"unexpected sample {sample.topic}={sample.value!r} within {within:g} s"
                 )
