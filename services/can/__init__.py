@@ -35,6 +35,7 @@ from services.can._gateway import (
 from services.can._sim import CanSimulator, SignalValues, SimulatedEcu, SimulatorConfig
 from services.can._transport import (
     CanTransport,
+    FrameRefusedError,
     LinkDownError,
     MemoryTransport,
     PythonCanTransport,
@@ -53,6 +54,7 @@ __all__ = [
     "EncodeError",
     "Frame",
     "FrameError",
+    "FrameRefusedError",
     "FrameView",
     "GatewayConfig",
     "LinkDownError",

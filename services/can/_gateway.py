@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -22,6 +23,7 @@ from services.can._codec import (
 )
 from services.can._transport import (
     CanTransport,
+    FrameRefusedError,
     LinkDownError,
     ProblemLog,
     ReceiveMode,
@@ -240,6 +242,19 @@ class LinkStatus:
     error_frames: int
     bus_off: int
     reconnects: int
+    #: Frames whose signals were published (values, or "not available" where a signal had none).
+    decoded: int = 0
+    #: Remote (RTR) frames: they carry no data to decode.
+    remote_frames: int = 0
+    #: CAN FD frames on a network configured ``fd = false`` (not decoded: the config says no FD here).
+    fd_frames: int = 0
+    #: Frames whose values the bus refused, or that failed in a way the codec did not foresee (a bug:
+    #: logged with its traceback); the gateway goes on.
+    refused: int = 0
+    #: Frames whose end-to-end protection failed: published with every signal not available.
+    e2e_failures: int = 0
+    #: Frames the interface refused to send (EINVAL, EMSGSIZE), for Send, cyclic and actuators.
+    send_errors: int = 0
 
 
 #: Names under CAN.<network> that the gateway itself uses: a database message may not take them.
@@ -259,10 +274,16 @@ def send_method(network: str) -> Method[SendRequest, bool]:
 class _Counters:
     __slots__ = (
         "bus_off",
+        "decoded",
+        "e2e",
         "error_frames",
+        "fd_frames",
         "frames_received",
         "frames_sent",
         "reconnects",
+        "refused",
+        "remote_frames",
+        "send_errors",
         "undecodable",
         "unknown_id",
         "wrong_length",
@@ -270,7 +291,8 @@ class _Counters:
 
     def __init__(self) -> None:
         self.frames_received = self.frames_sent = self.error_frames = self.bus_off = self.reconnects = 0
-        self.unknown_id = self.wrong_length = self.undecodable = 0
+        self.unknown_id = self.wrong_length = self.undecodable = self.decoded = self.remote_frames = 0
+        self.fd_frames = self.refused = self.e2e = self.send_errors = 0
 
 
 class CanGateway(Service[GatewayConfig]):
@@ -300,6 +322,7 @@ class CanGateway(Service[GatewayConfig]):
         self._transport: CanTransport | None = None
         self._state, self._reason, self._mode = "down", "starting", ""
         self._problem = ProblemLog(ctx.log, "CAN frame problem", cfg.log_interval)
+        self._last_refusal = -math.inf
         self._cyclic_values = {c.message: dict(c.signals) for c in cfg.cyclic}
         for cyclic in cfg.cyclic:  # fail at start, not at the first period, if the config is wrong
             self.codec.encode(cyclic.message, cyclic.signals)
@@ -376,17 +399,17 @@ class CanGateway(Service[GatewayConfig]):
         self._publish_status()
 
     def _handle(self, batch: list[can.Message]) -> None:
-        """Decode and publish a batch of received frames: the hot path."""
+        """Decode and publish a batch of received frames: the hot path. Never raises for a frame: each
+        one is counted under exactly one of ``decoded``, the bad-frame kinds, ``remote_frames``,
+        ``fd_frames``, ``error_frames`` or ``refused``."""
         counters = self.counters
         decode = self.codec.decode
         publishers = self._publishers
+        classic_only = not self.config.fd
         counters.frames_received += len(batch)
         for msg in batch:
-            if msg.is_error_frame:
-                counters.error_frames += 1
-                if msg.arbitration_id & CAN_ERR_BUSOFF:
-                    counters.bus_off += 1
-                    self._problem("bus_off", "bus-off error frame")
+            if msg.is_error_frame or msg.is_remote_frame or (msg.is_fd and classic_only):
+                self._odd_frame(msg)
                 continue
             try:
                 decoded = decode(msg.arbitration_id, msg.data)
@@ -394,9 +417,49 @@ class CanGateway(Service[GatewayConfig]):
                 setattr(counters, exc.kind, getattr(counters, exc.kind) + 1)
                 self._problem(exc.kind, str(exc))
                 continue
+            except Exception as exc:  # a payload the codec did not foresee: this frame only
+                self._refused(msg, exc)
+                continue
             timestamp = msg.timestamp
-            for topic, value in decoded:
-                publishers[topic.name].publish_nowait(value, timestamp=timestamp)
+            try:
+                for topic, value in decoded:
+                    publishers[topic.name].publish_nowait(value, timestamp=timestamp)
+            except Exception as exc:  # the bus refused a value: the rest of the batch goes on
+                self._refused(msg, exc)
+                continue
+            counters.decoded += 1
+
+    def _odd_frame(self, msg: can.Message) -> None:
+        """An error, remote or (on a classic network) CAN FD frame: counted, never decoded."""
+        counters = self.counters
+        if msg.is_error_frame:
+            counters.error_frames += 1
+            if msg.arbitration_id & CAN_ERR_BUSOFF:
+                counters.bus_off += 1
+                self._problem("bus_off", "bus-off error frame")
+        elif msg.is_remote_frame:
+            counters.remote_frames += 1
+        else:
+            counters.fd_frames += 1
+            self._problem(
+                "fd_frame",
+                f"CAN FD frame 0x{msg.arbitration_id:x} ({len(msg.data)} bytes) on network "
+                f"{self.config.network}, which is configured fd = false: not decoded",
+            )
+
+    def _refused(self, msg: can.Message, exc: Exception) -> None:
+        self.counters.refused += 1
+        now = trio.current_time()
+        if now - self._last_refusal >= self.config.log_interval:  # with the traceback, rate-limited
+            self._last_refusal = now
+            self.ctx.log.error(
+                "CAN frame not published",
+                network=self.config.network,
+                frame_id=f"0x{msg.arbitration_id:x}",
+                data=bytes(msg.data).hex(),
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
 
     # -- status ---------------------------------------------------------------------------------------
 
@@ -414,6 +477,12 @@ class CanGateway(Service[GatewayConfig]):
             error_frames=c.error_frames,
             bus_off=c.bus_off,
             reconnects=c.reconnects,
+            decoded=c.decoded,
+            remote_frames=c.remote_frames,
+            fd_frames=c.fd_frames,
+            refused=c.refused,
+            e2e_failures=c.e2e,
+            send_errors=c.send_errors,
         )
 
     def _publish_status(self) -> None:
@@ -440,10 +509,19 @@ class CanGateway(Service[GatewayConfig]):
         frame = self.codec.encode(message, signals, base=None if base is None else defaults | base)
         if base is not None:
             base.update(signals)  # a cyclic message carries the new values from now on
+        if frame.is_fd and not self.config.fd:
+            raise FrameRefusedError(
+                f"{message} is a CAN FD message ({len(frame.data)} bytes) and CAN network "
+                f"{self.config.network} is configured fd = false: it cannot be sent there"
+            )
         transport = self._transport
         if transport is None:
             raise LinkDownError(f"CAN network {self.config.network} is down: {self._reason}")
-        transport.send(frame_message(frame))
+        try:
+            transport.send(frame_message(frame))
+        except FrameRefusedError:
+            self.counters.send_errors += 1
+            raise
         self.counters.frames_sent += 1
 
     async def _send_request(self, request: SendRequest) -> bool:
@@ -462,8 +540,8 @@ class CanGateway(Service[GatewayConfig]):
                 self.send(message, {})
             except LinkDownError:
                 pass  # degraded: already reported; the schedule goes on
-            except EncodeError as exc:
-                self._problem("encode", str(exc))
+            except (EncodeError, FrameRefusedError) as exc:
+                self._problem("send", str(exc))
             due[message] += periods[message]
             if due[message] < trio.current_time():  # fell behind (link was slow): do not burst to catch up
                 due[message] = trio.current_time() + periods[message]
@@ -481,5 +559,5 @@ class CanGateway(Service[GatewayConfig]):
                 value = float(sample.value) * actuator.scale + actuator.offset
                 try:
                     self.send(actuator.message, {actuator.signal: value})
-                except (EncodeError, LinkDownError, PermissionError) as exc:
+                except (EncodeError, LinkDownError, PermissionError, FrameRefusedError) as exc:
                     self.ctx.log.warning("actuator not sent", topic=actuator.topic, error=str(exc))

@@ -3,6 +3,7 @@ a transport interface with a mock implementation as the test seam)."""
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,6 +25,15 @@ class LinkDownError(Exception):
     """The CAN interface is down or gone; the message says why."""
 
 
+class FrameRefusedError(Exception):
+    """The interface refused one frame (``EINVAL``, ``EMSGSIZE``: a CAN FD frame on a classic interface,
+    say) while the link itself is up; the message says which frame and why."""
+
+
+#: errno values of a send that the frame caused, not the link (linux: EINVAL, EMSGSIZE).
+_FRAME_ERRNOS = frozenset({errno.EINVAL, errno.EMSGSIZE})
+
+
 class CanTransport(Protocol):
     """Frames in and out of one CAN network."""
 
@@ -36,7 +46,8 @@ class CanTransport(Protocol):
         ...
 
     def send(self, message: can.Message) -> None:
-        """Send one frame. Raises `LinkDownError` when the link fails, `can.CanError` otherwise."""
+        """Send one frame. Raises `LinkDownError` when the link fails, `FrameRefusedError` when the
+        interface refuses this frame, `can.CanError` otherwise."""
         ...
 
     def close(self) -> None: ...
@@ -107,6 +118,12 @@ class PythonCanTransport:
         try:
             self.bus.send(message, timeout=0)
         except can.CanOperationError as exc:
+            if exc.error_code in _FRAME_ERRNOS:
+                kind = "CAN FD" if message.is_fd else "classic"
+                raise FrameRefusedError(
+                    f"the interface refused {kind} frame 0x{message.arbitration_id:x} "
+                    f"({len(message.data)} bytes): {exc}"
+                ) from exc
             raise _link_error(exc) from exc
 
     def close(self) -> None:
@@ -182,7 +199,15 @@ def open_python_can(
         problem = socketcan_link_problem(channel)
         if problem is not None:
             raise LinkDownError(problem)
-    kwargs: dict[str, Any] = {"interface": interface, "channel": channel, "fd": fd, "can_filters": filters}
+    # SocketCAN takes CAN FD frames in on any socket that asks (CAN_RAW_FD_FRAMES): then a network
+    # configured fd = false still sees, and counts, the FD frames it will not decode.
+    take_fd = fd or interface == "socketcan"
+    kwargs: dict[str, Any] = {
+        "interface": interface,
+        "channel": channel,
+        "fd": take_fd,
+        "can_filters": filters,
+    }
     if bitrate is not None:
         kwargs["bitrate"] = bitrate
     try:
@@ -204,6 +229,9 @@ class MemoryTransport:
         self._down: str | None = None
         self._down_event = trio.Event()
         self.closed = False
+        #: Set it to a reason and `send` refuses every frame with `FrameRefusedError`, as an interface
+        #: refuses a frame it cannot carry (EINVAL) while the link stays up.
+        self.refusing: str | None = None
 
     def inject(self, *messages: can.Message) -> None:
         """Frames arriving from the network."""
@@ -251,6 +279,8 @@ class MemoryTransport:
     def send(self, message: can.Message) -> None:
         if self._down is not None:
             raise LinkDownError(self._down)
+        if self.refusing is not None:
+            raise FrameRefusedError(self.refusing)
         self.sent.append(message)
 
     def close(self) -> None:
