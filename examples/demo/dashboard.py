@@ -188,7 +188,15 @@ def _link(snap: Snapshot) -> str:
             channel = link.reason.partition(":")[0]
             hint = f" (make it: sudo ip link add dev {channel} type vcan && sudo ip link set up {channel})"
         return f"DOWN: {link.reason}{hint}"
-    bad = link.unknown_ids + link.wrong_lengths + link.undecodable + link.error_frames
+    bad = (
+        link.unknown_ids
+        + link.wrong_lengths
+        + link.undecodable
+        + link.error_frames
+        + link.fd_frames
+        + link.refused
+        + link.e2e_failures
+    )
     return f"up ({link.mode}) · {link.frames_received:,} frames in · {link.frames_sent:,} sent · {bad:,} bad"
 
 
