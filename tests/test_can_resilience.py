@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_can_gateway import Link, gateway, gateway_on, speed_frame, status
+from test_can_gateway import DBC, Link, gateway, gateway_on, speed_frame, status
 
 from bus import RemoteError
 from services.can import (
@@ -172,3 +172,20 @@ async def test_random_payloads_of_real_databases_never_stop_the_gateway(
         assert car.status()["gateway"].state.value == "running"
     assert accounted(report) == len(frames)
     assert report.decoded > 0
+
+
+def test_dump_shows_a_frame_the_codec_cannot_build_instead_of_a_traceback(tmp_path: Path) -> None:
+    from services.can import CanCodec, FrameView
+
+    class Broken(CanCodec):
+        def decode(self, frame_id: int, data: bytes | bytearray) -> Any:
+            raise TypeError("__init__() missing 1 required positional argument: 'Sig'")
+
+    view = FrameView(Broken(load_database(DBC), "body"))
+    frame = speed_frame(10.0)
+    record = view.record(frame)
+    assert record["error"] == {
+        "kind": "undecodable",
+        "message": "TypeError: __init__() missing 1 required positional argument: 'Sig'",
+    }
+    assert "! undecodable: TypeError" in view.line(frame)

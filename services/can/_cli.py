@@ -42,7 +42,7 @@ import can.io.player
 import cantools.database
 import trio
 
-from bus import Codec
+from bus import Codec, NotAvailable
 from services.can._codec import (
     CanCodec,
     CanDatabaseError,
@@ -201,6 +201,11 @@ class FrameView:
         except FrameError as exc:
             out["error"] = {"kind": exc.kind, "message": str(exc)}
             return out
+        except Exception as exc:  # a payload the codec did not foresee: shown, never a traceback
+            out["error"] = {"kind": "undecodable", "message": f"{type(exc).__name__}: {exc}"}
+            return out
+        if not decoded:
+            return out
         record = decoded[0][1]
         signals: dict[str, Any] = {}
         units: dict[str, str] = {}
@@ -208,6 +213,9 @@ class FrameView:
         for sig in message.signals:
             value = getattr(record, _field_name(sig.name))
             if value is None:  # a multiplexed signal not in this frame
+                continue
+            if type(value) is NotAvailable:
+                signals[sig.name] = {"not_available": value.reason}
                 continue
             signals[sig.name] = _json_number(value)
             if sig.unit:
@@ -246,6 +254,9 @@ class FrameView:
         units, labels = rec.get("units", {}), rec.get("labels", {})
         parts = []
         for sig, value in rec["signals"].items():
+            if isinstance(value, dict):  # {"not_available": reason}
+                parts.append(f"{sig}=n/a ({value['not_available']})")
+                continue
             part = f"{sig}={'nan' if value is None else _number(value)}"
             if sig in units:
                 part += f" {units[sig]}"
