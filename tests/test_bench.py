@@ -223,12 +223,17 @@ def test_table(case: Case) -> None:
         assert text in proc.stdout
 
 
-def test_bus_without_zenoh() -> None:
-    """Without zenoh, the bus benchmark reports its figure as null, says why, and still measures the rest."""
-    hide_zenoh = (
-        "import runpy, sys; sys.modules['zenoh'] = None; script = sys.argv[1]; sys.argv = sys.argv[1:]; "
+def _hiding(module: str) -> str:
+    """Python code that runs the script in argv[1] as __main__ with ``module`` not importable."""
+    return (
+        f"import runpy, sys; sys.modules[{module!r}] = None; script = sys.argv[1]; sys.argv = sys.argv[1:]; "
         "runpy.run_path(script, run_name='__main__')"
     )
+
+
+def test_bus_without_zenoh() -> None:
+    """Without zenoh, the bus benchmark reports its figure as null, says why, and still measures the rest."""
+    hide_zenoh = _hiding("zenoh")
     args = ("--samples", "500", "--repeat", "1")
     proc = run_bench("bus.py", "--json", *args, python_args=("-c", hide_zenoh))
     assert proc.returncode == 0, proc.stderr
@@ -408,10 +413,7 @@ def test_can_bad_databases_and_options_are_clear_errors(tmp_path: Path) -> None:
 def test_can_without_opendbc(tmp_path: Path) -> None:
     """Without opendbc (Python >= 3.13 has no release of it), its figure is null, the table says why, and
     the rest is measured."""
-    hide = (
-        "import runpy, sys; sys.modules['opendbc'] = None; script = sys.argv[1]; sys.argv = sys.argv[1:]; "
-        "runpy.run_path(script, run_name='__main__')"
-    )
+    hide = _hiding("opendbc")
     args = ("--dbc", str(_nasty(tmp_path)), *SMALL)
     proc = run_bench("can.py", "--json", *args, python_args=("-c", hide))
     assert proc.returncode == 0, proc.stderr

@@ -9,13 +9,15 @@ from typing import Any
 
 import can
 import pytest
+import structlog
+import structlog.testing
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_can_gateway import DBC, Link, gateway, gateway_on, speed_frame, status
 
-from bus import RemoteError
+from bus import RemoteError, ValueRefusedError
 from services.can import (
     CyclicMessage,
     FrameRefusedError,
@@ -68,14 +70,21 @@ async def test_a_value_the_bus_refuses_costs_only_its_frame(autojump_clock: trio
     # a mapping whose declared range is narrower than what the ECU sends: the bus refuses the value
     link = Link()
     narrow = (SignalMapping("Speed.VehicleSpeed", "Vehicle.Speed", max=50.0),)
-    async with open_harness(gateway(link, signals=narrow)) as car:
-        link.transport.inject(speed_frame(120.0), speed_frame(30.0))
-        kept = await car.expect("Vehicle.Speed")
-        report = await status(car, lambda s: s.frames_received == 2)
-        assert car.status()["gateway"].restarts == 0
+    with structlog.testing.capture_logs() as logs:
+        async with open_harness(gateway(link, signals=narrow)) as car:
+            link.transport.inject(speed_frame(120.0), speed_frame(30.0), speed_frame(130.0))
+            kept = await car.expect("Vehicle.Speed")
+            report = await status(car, lambda s: s.frames_received == 3)
+            assert car.status()["gateway"].restarts == 0
     assert kept.value == 30.0
-    assert (report.refused, report.decoded) == (1, 1)
+    assert (report.refused, report.decoded) == (2, 1)
     assert accounted(report) == report.frames_received
+    refused = [e for e in logs if e.get("kind") == "refused"]
+    assert len(refused) == 1  # rate-limited: the second refusal within log_interval is counted, not logged
+    assert refused[0]["log_level"] == "error"
+    assert isinstance(refused[0]["exc_info"], ValueRefusedError)
+    assert "frame 0x100" in refused[0]["detail"]
+    assert "above max 50" in refused[0]["detail"]
 
 
 async def test_send_of_an_fd_message_on_a_classic_network_is_a_clear_error(

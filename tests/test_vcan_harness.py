@@ -340,12 +340,15 @@ def test_bad_arguments_are_refused_before_anything_runs() -> None:
         vcan.run_in_vcan("true", env={"A B": "x"})
 
 
-def _pytest_this_file(test: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run one test of this file in a child pytest, where vcan is made unavailable on purpose."""
+def _pytest_this_file(
+    test: str, env: dict[str, str], *, runner: tuple[str, ...] = ("-m", "pytest")
+) -> subprocess.CompletedProcess[str]:
+    """Run one test of this file in a child pytest (``python RUNNER ARGS``), where vcan is made
+    unavailable on purpose."""
     child_env = {k: v for k, v in os.environ.items() if k not in {"CI", "PYTEST_ADDOPTS"}}
     child_env |= {"VWOS_VCAN_MODE": "uml", "VWOS_UML_KERNEL": "/nonexistent/linux.uml", **env}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", f"{__file__}::{test}"],
+        [sys.executable, *runner, "-p", "no:cacheprovider", "-rs", f"{__file__}::{test}"],
         cwd=ROOT,
         env=child_env,
         capture_output=True,
@@ -389,25 +392,7 @@ def test_without_user_mode_linux_on_arm64_a_vcan_test_is_skipped_with_that_reaso
         "import platform, sys, pytest; platform.machine = lambda: 'aarch64'; "
         "sys.exit(pytest.main(sys.argv[1:]))"
     )
-    child_env = {k: v for k, v in os.environ.items() if k not in {"CI", "PYTEST_ADDOPTS"}}
-    child_env |= {"VWOS_VCAN_MODE": "uml", "VWOS_UML_KERNEL": "/nonexistent/linux.uml"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            wrapper,
-            "-p",
-            "no:cacheprovider",
-            "-rs",
-            f"{__file__}::test_can_utils_on_two_interfaces",
-        ],
-        cwd=ROOT,
-        env=child_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _pytest_this_file("test_can_utils_on_two_interfaces", {}, runner=("-c", wrapper))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 skipped" in done.stdout, done.stdout
     assert "Debian builds user-mode-linux for amd64 only, not for this aarch64 machine" in done.stdout

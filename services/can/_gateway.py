@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import math
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -322,7 +321,6 @@ class CanGateway(Service[GatewayConfig]):
         self._transport: CanTransport | None = None
         self._state, self._reason, self._mode = "down", "starting", ""
         self._problem = ProblemLog(ctx.log, "CAN frame problem", cfg.log_interval)
-        self._last_refusal = -math.inf
         self._cyclic_values = {c.message: dict(c.signals) for c in cfg.cyclic}
         for cyclic in cfg.cyclic:  # fail at start, not at the first period, if the config is wrong
             self.codec.encode(cyclic.message, cyclic.signals)
@@ -449,17 +447,12 @@ class CanGateway(Service[GatewayConfig]):
 
     def _refused(self, msg: can.Message, exc: Exception) -> None:
         self.counters.refused += 1
-        now = trio.current_time()
-        if now - self._last_refusal >= self.config.log_interval:  # with the traceback, rate-limited
-            self._last_refusal = now
-            self.ctx.log.error(
-                "CAN frame not published",
-                network=self.config.network,
-                frame_id=f"0x{msg.arbitration_id:x}",
-                data=bytes(msg.data).hex(),
-                error=f"{type(exc).__name__}: {exc}",
-                exc_info=exc,
-            )
+        self._problem(
+            "refused",
+            f"frame 0x{msg.arbitration_id:x} [{bytes(msg.data).hex()}] on {self.config.network} not "
+            f"published: {type(exc).__name__}: {exc}",
+            exc=exc,
+        )
 
     # -- status ---------------------------------------------------------------------------------------
 

@@ -161,7 +161,9 @@ class ProblemLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def __call__(self, kind: str, detail: str) -> None:
+    def __call__(self, kind: str, detail: str, *, exc: BaseException | None = None) -> None:
+        """Log one problem of ``kind``; with ``exc`` (a failure nobody foresaw) as an error with its
+        traceback."""
         now = trio.current_time()
         last = self._last.get(kind)
         if last is not None and now - last < self._interval:
@@ -169,7 +171,10 @@ class ProblemLog:
             return
         self._last[kind] = now
         more = self._suppressed.pop(kind, 0)
-        self._log.warning(self._event, kind=kind, detail=detail, suppressed_since_last=more)
+        if exc is None:
+            self._log.warning(self._event, kind=kind, detail=detail, suppressed_since_last=more)
+        else:
+            self._log.error(self._event, kind=kind, detail=detail, suppressed_since_last=more, exc_info=exc)
 
 
 def positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:

@@ -151,7 +151,7 @@ class BatchHeader:
 
 #: The registered type name a `bus.NotAvailable` travels under: a decoder without the bus codec sees it in
 #: an opaque value's tag 27.
-NOT_AVAILABLE_TYPE: Final = "bus.NotAvailable"
+NOT_AVAILABLE_TYPE: Final = default_codec.type_name(NotAvailable)
 
 
 @attrs.frozen
