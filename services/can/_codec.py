@@ -333,20 +333,28 @@ def _raw_bounds(signal: Any) -> tuple[float, float]:
 
 #: A signal that only needs scaling: (field index, scale, offset).
 _ScaleStep = tuple[int, Any, Any]
-#: A signal whose raw value is checked: (field index, scale, offset, raw low, raw high, min, max, raw values
-#: that are not available). See `_plan`.
-_CheckStep = tuple[int, Any, Any, float, float, float, float, frozenset[int]]
+#: A signal whose raw value is its value, checked: (field index, raw low, raw high, raw values that are
+#: not available).
+_GuardStep = tuple[int, float, float, frozenset[int]]
+#: A scaled signal whose raw value is checked: (field index, scale, offset, raw low, raw high, raw values
+#: that are not available).
+_CheckStep = tuple[int, Any, Any, float, float, frozenset[int]]
+#: The same, whose scaled value could fall outside its range by a rounding error at an end, and is kept
+#: inside: (field index, scale, offset, raw low, raw high, min, max, raw values that are not available).
+_ClampStep = tuple[int, Any, Any, float, float, float, float, frozenset[int]]
 #: A floating-point (IEEE) signal's work: (field index, scale, offset, min, max).
 _FloatStep = tuple[int, Any, Any, float, float]
 
 
 @attrs.define
 class _Plan:
-    """What decode does with each signal of a message, by kind of work; signals in none of the lists are
-    their raw value as it is."""
+    """What decode does with each signal of a message, by kind of work (the fewer steps a kind needs, the
+    less each frame costs); signals in none of the lists are their raw value as it is."""
 
     scaled: list[_ScaleStep] = attrs.field(factory=list)
+    guarded: list[_GuardStep] = attrs.field(factory=list)
     checked: list[_CheckStep] = attrs.field(factory=list)
+    clamped: list[_ClampStep] = attrs.field(factory=list)
     floats: list[_FloatStep] = attrs.field(factory=list)
 
     def add(self, index: int, signal: Any) -> None:
@@ -368,13 +376,17 @@ class _Plan:
         unchecked = lo == extent_lo and hi == extent_hi  # every raw value the bits carry is in range
         if unchecked:
             lo, hi = -math.inf, math.inf
-        if ends[0] >= vmin and ends[1] <= vmax:
-            vmin, vmax = -math.inf, math.inf  # no scaled value can fall outside by a rounding error
-        if unchecked and not na and vmin == -math.inf and vmax == math.inf:
-            if not (scale == 1 and offset == 0):
+        identity = scale == 1 and offset == 0
+        clamp = not identity and not (ends[0] >= vmin and ends[1] <= vmax)
+        if unchecked and not na and not clamp:
+            if not identity:
                 self.scaled.append((index, scale, offset))
-            return
-        self.checked.append((index, scale, offset, lo, hi, vmin, vmax, na))
+        elif identity:
+            self.guarded.append((index, lo, hi, na))
+        elif clamp:
+            self.clamped.append((index, scale, offset, lo, hi, vmin, vmax, na))
+        else:
+            self.checked.append((index, scale, offset, lo, hi, na))
 
 
 def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -489,8 +501,11 @@ class _Route:
     __slots__ = (
         "big",
         "checked",
+        "clamped",
         "decode",
+        "fast",
         "floats",
+        "guarded",
         "length",
         "little",
         "mapped",
@@ -518,7 +533,9 @@ class _Route:
         for index, signal in enumerate(message.signals):
             plan.add(index, signal)
         self.scaled = tuple(plan.scaled)
+        self.guarded = tuple(plan.guarded)
         self.checked = tuple(plan.checked)
+        self.clamped = tuple(plan.clamped)
         self.floats = tuple(plan.floats)
         self.decode = _decoder(message)
         #: cantools' compiled layouts (see `_unpackers`), used directly when the message has them; ``order``
@@ -536,6 +553,8 @@ class _Route:
                 raw.update(self.little(data[::-1]))
             keys = tuple(raw)
             self.order = 1 if keys == self.names else -1 if keys == self.names[::-1] else 0
+        #: The little-endian layout when it is all decode needs (no big-endian signal, values in order).
+        self.fast = self.little if self.order and self.big is None else None
         #: For a multiplexed message: its signals outside every multiplexer's reach, as a plain message,
         #: decoded when the multiplexer's value selects nothing the database knows.
         self.top: Callable[..., Any] | None = None
@@ -747,8 +766,8 @@ class CanCodec:
                     "wrong_length",
                     f"{route.what}: {len(data)} data bytes, the database says {route.length}",
                 )
-            little = route.little
-            if route.order and route.big is None and little is not None:  # the usual case: Intel layout
+            little = route.fast
+            if little is not None:  # the usual case: an Intel (little-endian) layout
                 raw = little(data[::-1])
                 values = [*reversed(raw.values())] if route.order < 0 else [*raw.values()]
             else:
@@ -757,7 +776,7 @@ class CanCodec:
                 raw_value = values[index]
                 if raw_value is not None:  # None: a multiplexed signal not in this frame
                     values[index] = raw_value * scale + offset
-            for index, scale, offset, lo, hi, vmin, vmax, na in route.checked:
+            for index, lo, hi, na in route.guarded:
                 raw_value = values[index]
                 if raw_value is None:
                     continue
@@ -767,10 +786,32 @@ class CanCodec:
                 elif not lo <= raw_value <= hi:
                     values[index] = _OUT_OF_RANGE
                     self._out_of_range += 1
+            for index, scale, offset, lo, hi, na in route.checked:
+                raw_value = values[index]
+                if raw_value is None:
+                    continue
+                if na and raw_value in na:
+                    values[index] = _NOT_AVAILABLE
+                    self._not_available += 1
+                elif lo <= raw_value <= hi:
+                    values[index] = raw_value * scale + offset
                 else:
+                    values[index] = _OUT_OF_RANGE
+                    self._out_of_range += 1
+            for index, scale, offset, lo, hi, vmin, vmax, na in route.clamped:
+                raw_value = values[index]
+                if raw_value is None:
+                    continue
+                if na and raw_value in na:
+                    values[index] = _NOT_AVAILABLE
+                    self._not_available += 1
+                elif lo <= raw_value <= hi:
                     value = raw_value * scale + offset
                     # the scaled value of a raw value in range is in range, never a rounding error outside
                     values[index] = vmax if value > vmax else vmin if value < vmin else value
+                else:
+                    values[index] = _OUT_OF_RANGE
+                    self._out_of_range += 1
             for index, scale, offset, vmin, vmax in route.floats:
                 raw_value = values[index]
                 if raw_value is None:
