@@ -212,7 +212,7 @@ def test_a_multiplexer_marked_with_a_bare_m_selects_its_signals(tmp_path: Path) 
     db = load_database(path)
     assert db.get_message_by_name("Bare").signal_tree == [{"Mux": {1: ["X"], 2: ["Y"], 3: ["Y"]}}, "Z"]
     assert database_warnings(db) == (
-        "multiplexers marked with a bare 'm' that SG_MUL_VAL_ names as multiplexers, taken as multiplexers: "
+        "multiplexers not marked 'M' that SG_MUL_VAL_ names as multiplexers, taken as multiplexers: "
         "Bare.Mux (of X, Y)",
         "multiplexed signals marked with a bare 'm', their multiplexer values taken from SG_MUL_VAL_: "
         "Bare.X, Bare.Y",
@@ -246,6 +246,43 @@ def test_multiplexed_signals_marked_with_a_bare_m_load(tmp_path: Path) -> None:
     assert db.get_message_by_name("Bare").signal_tree == [{"Mux": {1: ["X"], 2: ["Y"], 3: ["Y"]}}, "Z"]
     codec = codec_of(db)
     assert record_of(codec, 257, bytes([2, 7, 9, 4, 0, 0, 0, 0])).Y == 4.5
+
+
+NESTED = """\
+BO_ 256 Nested: 4 ECU
+ SG_ Mux M : 0|8@1+ (1,0) [0|255] "" GW
+ SG_ Sub m0 : 8|8@1+ (1,0) [0|255] "" GW
+ SG_ A m1 : 16|8@1+ (1,0) [0|255] "" GW
+ SG_ B m2 : 16|8@1+ (1,0) [0|255] "" GW
+ SG_ C m5 : 24|8@1+ (1,0) [0|255] "" GW
+
+SG_MUL_VAL_ 256 Sub Mux 0-0;
+SG_MUL_VAL_ 256 A Sub 1-1;
+SG_MUL_VAL_ 256 B Sub 2-2;
+SG_MUL_VAL_ 256 C Mux 5-5;
+"""
+
+
+def test_a_nested_multiplexer_not_marked_m_selects_its_signals(tmp_path: Path) -> None:
+    path = write_dbc(tmp_path, NESTED)
+    alone = cantools.database.can.Database()
+    alone.add_dbc_file(path)  # the fault: Mux selects A and B itself, and Sub is a plain signal of page 0
+    assert alone.get_message_by_name("Nested").signal_tree == [
+        {"Mux": {0: ["Sub"], 1: ["A"], 2: ["B"], 5: ["C"]}}
+    ]
+    db = load_database(path)
+    assert db.get_message_by_name("Nested").signal_tree == [
+        {"Mux": {0: [{"Sub": {1: ["A"], 2: ["B"]}}], 5: ["C"]}}
+    ]
+    assert database_warnings(db) == (
+        "multiplexers not marked 'M' that SG_MUL_VAL_ names as multiplexers, taken as multiplexers: "
+        "Nested.Sub (of A, B)",
+    )
+    codec = codec_of(db)
+    assert attrs.asdict(record_of(codec, 0x100, bytes([0, 2, 7, 9]))) == {
+        "Mux": 0, "Sub": 2, "A": None, "B": 7, "C": None
+    }  # fmt: skip
+    assert codec.encode("Nested", {"Mux": 0, "Sub": 1, "A": 3}).data[:3] == bytes([0, 1, 3])
 
 
 def test_a_multiplexer_value_that_selects_nothing_still_yields_the_other_signals(tmp_path: Path) -> None:

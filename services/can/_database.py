@@ -8,9 +8,9 @@ never touched), and change only what cantools refuses or misreads:
   id 0x... is more than 11 bits"), strict or not. The id is flagged wherever the file names the message.
 * a multiplexed signal marked with a bare ``m`` (its multiplexer values only in ``SG_MUL_VAL_``): cantools
   cannot read the file. The marker gets its first multiplexer value from ``SG_MUL_VAL_``.
-* a multiplexer itself marked ``m`` (not ``M``) while ``SG_MUL_VAL_`` names it as the multiplexer of other
-  signals: cantools reads it as a plain signal and never decodes the signals it selects. It is marked ``M``
-  (or ``m<value>M`` when it is itself multiplexed).
+* a multiplexer marked ``m`` or ``m<value>`` (not ``M``) while ``SG_MUL_VAL_`` names it as the
+  multiplexer of other signals: cantools reads it as a plain signal and never decodes the signals it
+  selects. It is marked ``M`` (``m<value>M`` when it is itself multiplexed).
 
 After loading, a message longer than 8 bytes is CAN FD whether or not its ``VFrameFormat`` says so.
 """
@@ -21,6 +21,7 @@ import codecs
 import functools
 import importlib
 import os
+import re
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -215,29 +216,28 @@ def repair_dbc_text(text: str, warnings: list[str]) -> str:
 
     edits: list[tuple[int, int, str]] = []  # (offset, length, replacement)
 
-    # Bare "m" markers.
+    # Multiplexers not marked "M", multiplexed signals marked with a bare "m".
     bare_selected: list[str] = []
-    bare_multiplexers: list[str] = []
+    unmarked: list[str] = []
     for index, ident, signal in markers:
         token = tokens[index]
-        if token.value != "m":
+        marker = token.value
+        if not re.fullmatch(r"m\d*", marker):  # "M", "m3M": marked as multiplexers already
             continue
         value = selected.get((ident, signal))
-        is_multiplexer = (ident, signal) in multiplexers
-        if is_multiplexer:
-            replacement = ("" if value is None else f"m{value}") + "M"
-            chosen = ", ".join(multiplexers[ident, signal])
-            bare_multiplexers.append(f"{messages.get(ident, ident)}.{signal} (of {chosen})")
-        elif value is not None:
-            replacement = f"m{value}"
+        if marker == "m" and value is not None:
+            marker = f"m{value}"
             bare_selected.append(f"{messages.get(ident, ident)}.{signal}")
-        else:
-            continue
-        edits.append((token.offset, len(token.value), replacement))
-    if bare_multiplexers:
+        if (ident, signal) in multiplexers:
+            marker = ("" if marker == "m" else marker) + "M"
+            chosen = ", ".join(multiplexers[ident, signal])
+            unmarked.append(f"{messages.get(ident, ident)}.{signal} (of {chosen})")
+        if marker != token.value:
+            edits.append((token.offset, len(token.value), marker))
+    if unmarked:
         warnings.append(
-            "multiplexers marked with a bare 'm' that SG_MUL_VAL_ names as multiplexers, taken as "
-            f"multiplexers: {_listed(bare_multiplexers)}"
+            "multiplexers not marked 'M' that SG_MUL_VAL_ names as multiplexers, taken as multiplexers: "
+            f"{_listed(unmarked)}"
         )
     if bare_selected:
         warnings.append(
