@@ -423,6 +423,65 @@ def _unpackers(message: Any) -> tuple[Callable[[Any], dict[str, Any]] | None, ..
     return big, little
 
 
+Unpack = Callable[[Any], dict[str, Any]]
+
+
+def _layout(message: Any, names: Iterable[str]) -> Unpack:
+    """cantools' compiled bit layouts of some signals of a message, as one function: data to raw values."""
+    wanted = set(names)
+    signals = [s for s in message.signals if s.name in wanted]  # in the message's order, as cantools has them
+    formats = cantools.database.utils.create_encode_decode_formats(signals, message.length)
+    orders = {s.byte_order for s in signals}
+    big: Unpack | None = formats.big_endian.unpack if "big_endian" in orders else None
+    little: Unpack | None = formats.little_endian.unpack if orders - {"big_endian"} else None
+    if little is None:
+        return big if big is not None else (lambda data: {})
+    if big is None:
+        return lambda data: little(data[::-1])
+
+    def both(data: Any) -> dict[str, Any]:
+        raw = big(data)
+        raw.update(little(data[::-1]))
+        return raw
+
+    return both
+
+
+def _pages(message: Any) -> tuple[Unpack, str, dict[int, Unpack]] | None:
+    """For a message with one multiplexer (not nested): the layout of the signals every frame carries (the
+    multiplexer among them), the multiplexer's name, and the layout of each page by multiplexer value;
+    None for other messages, or where they unpack other values than cantools' decode (checked on random
+    raw values of every page)."""
+    tree = message.signal_tree
+    multiplexers = [node for node in tree if isinstance(node, dict)]
+    if len(multiplexers) != 1 or len(multiplexers[0]) != 1:
+        return None
+    ((name, branches),) = multiplexers[0].items()
+    if any(not isinstance(node, str) for branch in branches.values() for node in branch):
+        return None  # a multiplexer inside a page (extended multiplexing): cantools' decode does it
+    by_name = {s.name: s for s in message.signals}
+    common = [by_name[node] for node in tree if isinstance(node, str)] + [by_name[name]]
+    try:
+        top = _layout(message, (s.name for s in common))
+        pages = {value: _layout(message, branch) for value, branch in branches.items()}
+        rng = random.Random(message.frame_id)
+        for value, branch in branches.items():
+            for _ in range(3):
+                raw = {
+                    s.name: 0.0 if s.is_float else rng.randint(*_raw_extent(s))
+                    for s in [*common, *(by_name[n] for n in branch)]
+                }
+                raw[name] = value
+                data = message.encode(raw, scaling=False, strict=False)
+                ours = top(data)
+                ours.update(pages[ours[name]](data))
+                if not _same(ours, message.decode(data, decode_choices=False, scaling=False)):
+                    return None
+    except Exception:
+        return None
+    return top, name, pages
+
+
 def _decoder(message: Any) -> Callable[..., Any] | None:
     """A function decoding a frame of ``message`` into raw values by signal name, with cantools; for a
     message cantools cannot unpack whole (its signals overlap, as ``strict = false`` allows), one that
@@ -512,6 +571,7 @@ class _Route:
         "message",
         "names",
         "order",
+        "pages",
         "record",
         "scaled",
         "top",
@@ -555,6 +615,9 @@ class _Route:
             self.order = 1 if keys == self.names else -1 if keys == self.names[::-1] else 0
         #: The little-endian layout when it is all decode needs (no big-endian signal, values in order).
         self.fast = self.little if self.order and self.big is None else None
+        #: For a message with one multiplexer: cantools' layouts of what every frame carries and of each
+        #: page (see `_pages`), used directly.
+        self.pages = _pages(message) if message.is_multiplexed() else None
         #: For a multiplexed message: its signals outside every multiplexer's reach, as a plain message,
         #: decoded when the multiplexer's value selects nothing the database knows.
         self.top: Callable[..., Any] | None = None
@@ -860,6 +923,17 @@ class CanCodec:
                 raw.update(little(data[::-1]))
             if route.order > 0 and little is None:
                 return [*raw.values()]
+            get = raw.get
+            return [get(name) for name in route.names]
+        pages = route.pages
+        if pages is not None:
+            top, multiplexer, layouts = pages
+            raw = top(data)
+            layout = layouts.get(raw[multiplexer])
+            if layout is None:  # the multiplexer selects nothing the database knows
+                self._unknown_multiplexer += 1
+            else:
+                raw.update(layout(data))
             get = raw.get
             return [get(name) for name in route.names]
         unpack = route.decode
