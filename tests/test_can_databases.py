@@ -155,6 +155,19 @@ def test_messages_longer_than_8_bytes_are_can_fd(tmp_path: Path) -> None:
     assert codec.encode("Small", {}).is_fd is False
 
 
+def test_frames_of_an_fd_message_of_a_length_fd_has_not_are_padded(tmp_path: Path) -> None:
+    # 10 bytes: an FD frame carries 12 (the next length its DLC can say), the last two padding
+    body = 'BO_ 514 Odd: 10 ECU\n SG_ Tail : 72|8@1+ (1,0) [0|255] "" GW\n'
+    codec = codec_of(load_database(write_dbc(tmp_path, body)))
+    frame = codec.encode("Odd", {"Tail": 7})
+    assert (frame.is_fd, len(frame.data)) == (True, 10)
+    assert record_of(codec, 0x202, frame.data + b"\xcc\xcc").Tail == 7
+    assert record_of(codec, 0x202, frame.data).Tail == 7
+    for length in (11, 16):
+        with pytest.raises(FrameError, match=f"Odd \\(0x202\\): {length} data bytes, the database says 10"):
+            codec.decode(0x202, bytes(length))
+
+
 # -- loading: text encodings ------------------------------------------------------------------------------
 
 TEXT = """\

@@ -56,6 +56,9 @@ __all__ = [
 #: A message topic goes stale after this many of its database cycle times without a frame.
 STALE_AFTER_CYCLES = 3.0
 
+#: The data lengths a CAN FD frame can have beyond 8 bytes (its DLC codes 9 to 15).
+_FD_LENGTHS: Final = (12, 16, 20, 24, 32, 48, 64)
+
 #: The largest standard (11-bit) frame id.
 _STANDARD_MAX: Final = 0x7FF
 
@@ -571,6 +574,7 @@ class _Route:
         "message",
         "names",
         "order",
+        "padded",
         "pages",
         "record",
         "scaled",
@@ -582,6 +586,11 @@ class _Route:
     def __init__(self, message: Any, record: type | None, topic: Topic[Any] | None) -> None:
         self.message = message
         self.length = message.length
+        #: For a CAN FD message whose length no FD frame has (10 bytes, say): the length of its frames, the
+        #: next one FD has (12), whose last bytes are padding. None otherwise.
+        self.padded: int | None = None
+        if message.length > 8 and message.length not in _FD_LENGTHS:
+            self.padded = next((n for n in _FD_LENGTHS if n > message.length), None)
         self.record: Any = record
         self.topic = topic
         kind = " extended" if message.is_extended_frame else ""
@@ -825,10 +834,12 @@ class CanCodec:
                 sort = "extended" if extended else "standard"
                 raise FrameError("unknown_id", f"{sort} frame id 0x{frame_id:x} is not in the database")
             if len(data) != route.length:
-                raise FrameError(
-                    "wrong_length",
-                    f"{route.what}: {len(data)} data bytes, the database says {route.length}",
-                )
+                if len(data) != route.padded:
+                    raise FrameError(
+                        "wrong_length",
+                        f"{route.what}: {len(data)} data bytes, the database says {route.length}",
+                    )
+                data = data[: route.length]  # a CAN FD frame padded to the next length FD has
             little = route.fast
             if little is not None:  # the usual case: an Intel (little-endian) layout
                 raw = little(data[::-1])
