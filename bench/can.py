@@ -515,13 +515,13 @@ def opendbc_rejected(make: Callable[[], Any], frames: Sequence[can.Message]) -> 
     return rejected
 
 
-def codec_decode(codec: CanCodec, pairs: Sequence[tuple[int, bytearray]]) -> tuple[float, int]:
+def codec_decode(codec: CanCodec, pairs: Sequence[tuple[int, bytearray, bool]]) -> tuple[float, int]:
     """Seconds the gateway's codec takes to turn every frame into (topic, record) pairs, and the pairs."""
     decode = codec.decode
     samples = 0
     started = time.perf_counter()
-    for frame_id, data in pairs:
-        samples += len(decode(frame_id, data))
+    for frame_id, data, extended in pairs:
+        samples += len(decode(frame_id, data, extended))
     return time.perf_counter() - started, samples
 
 
@@ -878,7 +878,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     frames = traffic(messages, n, checksums=reference.checksums, protect=None if e2e is None else e2e.protect)
     fd = any(m.is_fd for m in frames)
     codec = CanCodec(db, NETWORK)
-    pairs = [(m.arbitration_id, m.data) for m in frames]
+    pairs = [(m.arbitration_id, m.data, m.is_extended_id) for m in frames]
     # The samples the gateway must deliver: what its codec makes of the frames (one per frame).
     try:
         _, expected = codec_decode(codec, pairs)

@@ -8,6 +8,9 @@ Typed values
     ``Literal[...]``, ...); `instances_of` draws instances of an attrs class from its fields' annotations.
 Bytes
     `mutated_bytes` damages a valid encoding (flips, overwrites, insertions, deletions, truncation, garbage).
+CAN
+    `can_payloads` (random data bytes and the init/error patterns), `can_frames` (frames of a database's
+    messages, some with the wrong length, the other kind of id, or an unknown id).
 Bus
     `topic_names`, `patterns` (with ``*`` and ``**``), `topic_values` for a topic's rules;
     `extreme_patterns` (at and beyond the bounds) and `hostile_sessions` (a hostile socket client's
@@ -40,6 +43,8 @@ __all__ = [
     "Step",
     "Tree",
     "backoff_policies",
+    "can_frames",
+    "can_payloads",
     "cbor_scalars",
     "cbor_values",
     "cbor_values_with_tuples",
@@ -221,6 +226,37 @@ def mutated_bytes(draw: st.DrawFn, data: bytes) -> bytes:
             else:
                 del out[at]
     return bytes(out)
+
+
+# -- CAN: frames of a database's messages (tests/test_can_databases.py) -------------------------------------
+
+
+def can_payloads(length: int) -> st.SearchStrategy[bytes]:
+    """``length`` data bytes: random ones, and the patterns ECUs send for init and error values (all bits
+    set, all clear, all set but the lowest) that land on a signal's edges and its SNA values."""
+    edges = [b"\xff" * length, bytes(length), b"\xfe" + b"\xff" * (length - 1) if length else b""]
+    return st.one_of(st.binary(min_size=length, max_size=length), st.sampled_from(edges))
+
+
+@st.composite
+def can_frames(draw: st.DrawFn, messages: typing.Sequence[Any]) -> tuple[int, bytes, bool]:
+    """A received frame, ``(frame id, data, extended)``, for ``messages`` (cantools ``Message`` objects):
+    mostly one of them with a random payload (`can_payloads`), sometimes the wrong length, the other kind
+    of id (standard for extended and back), or an id of neither."""
+    message = draw(st.sampled_from(list(messages)))
+    frame_id, extended, length = message.frame_id, bool(message.is_extended_frame), message.length
+    fault = draw(st.sampled_from(["none"] * 6 + ["length", "kind", "id"]))
+    if fault == "length":
+        length = draw(st.integers(min_value=0, max_value=64).filter(lambda n: n != message.length))
+    elif fault == "kind":
+        extended = not extended
+        if not extended:
+            frame_id &= 0x7FF
+    elif fault == "id":
+        extended = draw(st.booleans())
+        frame_id = draw(st.integers(min_value=0, max_value=0x1FFFFFFF if extended else 0x7FF))
+    data = draw(can_payloads(length))
+    return frame_id, data, extended
 
 
 # -- config: service dependency graphs and TOML values (tests/test_config.py) -------------------------------

@@ -320,14 +320,7 @@ def _nasty(tmp_path: Path, extra: str = "") -> Path:
     "extra",
     [
         "",
-        pytest.param(
-            COLLIDING,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="waits on the codec's routes keyed by (id, extended): 0x109 taken for Std109",
-            ),
-            id="extended-and-standard-0x109",
-        ),
+        pytest.param(COLLIDING, id="extended-and-standard-0x109"),
     ],
 )
 def test_can_takes_another_database(tmp_path: Path, extra: str) -> None:

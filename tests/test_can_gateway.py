@@ -135,8 +135,8 @@ async def test_bad_frames_are_counted_and_never_crash_the_service(
     link = Link()
     async with open_harness(gateway(link)) as car:
         link.transport.inject(
-            can.Message(arbitration_id=0x7FF, data=b"\x01"),  # not in the database
-            can.Message(arbitration_id=0x100, data=b"\x01\x02"),  # Speed has 8 bytes
+            can.Message(arbitration_id=0x7FF, data=b"\x01", is_extended_id=False),  # not in the database
+            can.Message(arbitration_id=0x100, data=b"\x01\x02", is_extended_id=False),  # Speed has 8 bytes
             can.Message(arbitration_id=0x100, is_error_frame=True),
             can.Message(arbitration_id=0x040, is_error_frame=True),  # CAN_ERR_BUSOFF
             speed_frame(10.0),

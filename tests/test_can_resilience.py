@@ -19,6 +19,7 @@ from test_can_gateway import DBC, Link, gateway, gateway_on, speed_frame, status
 
 from bus import RemoteError, ValueRefusedError
 from services.can import (
+    CanCodec,
     CyclicMessage,
     FrameRefusedError,
     GatewayConfig,
@@ -66,17 +67,44 @@ async def test_remote_and_fd_frames_are_counted_as_such(autojump_clock: trio.tes
     assert accounted(report) == report.frames_received
 
 
-async def test_a_value_the_bus_refuses_costs_only_its_frame(autojump_clock: trio.testing.MockClock) -> None:
-    # a mapping whose declared range is narrower than what the ECU sends: the bus refuses the value
+async def test_a_value_outside_a_mappings_own_range_is_not_available(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # a mapping whose declared range is narrower than what the ECU sends: published as not available
     link = Link()
     narrow = (SignalMapping("Speed.VehicleSpeed", "Vehicle.Speed", max=50.0),)
+    async with open_harness(gateway(link, signals=narrow)) as car:
+        link.transport.inject(speed_frame(120.0), speed_frame(30.0))
+        refused = await car.expect("Vehicle.Speed")
+        kept = await car.expect("Vehicle.Speed")
+        report = await status(car, lambda s: s.frames_received == 2)
+        assert car.status()["gateway"].restarts == 0
+    assert (refused.available, refused.reason) == (False, "out_of_range")
+    assert kept.value == 30.0
+    assert (report.refused, report.decoded) == (0, 2)
+    assert accounted(report) == report.frames_received
+
+
+async def test_a_value_the_bus_refuses_costs_only_its_frame(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a codec bug that yields a wrong-typed value for one frame: the bus refuses it, the next frame passes
+    decode = CanCodec.decode
+
+    def buggy(self: CanCodec, frame_id: int, data: bytes | bytearray, extended: bool | None = None) -> Any:
+        pairs = decode(self, frame_id, data, extended)
+        return [(t, "fast") for t, _ in pairs] if data[0] == 0xE0 else pairs
+
+    monkeypatch.setattr(CanCodec, "decode", buggy)
+    link = Link()
     with structlog.testing.capture_logs() as logs:
-        async with open_harness(gateway(link, signals=narrow)) as car:
-            link.transport.inject(speed_frame(120.0), speed_frame(30.0), speed_frame(130.0))
-            kept = await car.expect("Vehicle.Speed")
+        async with open_harness(gateway(link)) as car:
+            # 120 km/h: raw 12000, 0xE0 first
+            link.transport.inject(speed_frame(120.0), speed_frame(30.0), speed_frame(120.0))
+            kept = await car.expect("CAN.body.Speed")
             report = await status(car, lambda s: s.frames_received == 3)
             assert car.status()["gateway"].restarts == 0
-    assert kept.value == 30.0
+    assert kept.value.VehicleSpeed == 30.0
     assert (report.refused, report.decoded) == (2, 1)
     assert accounted(report) == report.frames_received
     refused = [e for e in logs if e.get("kind") == "refused"]
@@ -84,7 +112,7 @@ async def test_a_value_the_bus_refuses_costs_only_its_frame(autojump_clock: trio
     assert refused[0]["log_level"] == "error"
     assert isinstance(refused[0]["exc_info"], ValueRefusedError)
     assert "frame 0x100" in refused[0]["detail"]
-    assert "above max 50" in refused[0]["detail"]
+    assert "expected Speed, got str" in refused[0]["detail"]
 
 
 async def test_send_of_an_fd_message_on_a_classic_network_is_a_clear_error(
@@ -184,10 +212,10 @@ async def test_random_payloads_of_real_databases_never_stop_the_gateway(
 
 
 def test_dump_shows_a_frame_the_codec_cannot_build_instead_of_a_traceback(tmp_path: Path) -> None:
-    from services.can import CanCodec, FrameView
+    from services.can import FrameView
 
     class Broken(CanCodec):
-        def decode(self, frame_id: int, data: bytes | bytearray) -> Any:
+        def decode(self, frame_id: int, data: bytes | bytearray, extended: bool | None = None) -> Any:
             raise TypeError("__init__() missing 1 required positional argument: 'Sig'")
 
     view = FrameView(Broken(load_database(DBC), "body"))

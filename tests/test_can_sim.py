@@ -381,10 +381,6 @@ def test_fd_messages_need_an_fd_link(
     assert all(m.is_fd and len(m.data) == 12 for m in wide)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="waits on the codec marking frames longer than 8 bytes CAN FD (Frame.is_fd) without VFrameFormat",
-)
 def test_a_message_longer_than_8_bytes_is_fd_without_the_attribute(tmp_path: Path) -> None:
     path = _fd_dbc(tmp_path)
     ecu = SimulatedEcu(load_database(path), lambda frame: None)

@@ -2,8 +2,7 @@
 
 Two scenarios, each one run of the harness: the basic one (frames in, Send out, link down and up) and CAN FD
 (mtu 72) with extended ids, under kernel filters on and off (tests/vcan_fd_scenario.py). The FD scenario's
-behaviours are separate tests over one shared run; those that wait on the codec's fixes (routes keyed by
-(id, extended), frames longer than 8 bytes always FD) are marked xfail(strict) with the reason.
+behaviours are separate tests over one shared run.
 """
 
 from __future__ import annotations
@@ -121,12 +120,6 @@ def fd_run(vcan_runner: vcan.VcanRunner, tmp_path_factory: pytest.TempPathFactor
 
 
 FILTERS = pytest.mark.parametrize("filters", ["filters_on", "filters_off"])
-WAITS_ON_ROUTES = pytest.mark.xfail(
-    strict=True, reason="waits on the codec's routes keyed by (id, extended), not the numeric id alone"
-)
-WAITS_ON_FD = pytest.mark.xfail(
-    strict=True, reason="waits on the codec making every message longer than 8 bytes CAN FD (Frame.is_fd)"
-)
 
 
 def _sent(candump: list[str], frame_id: str) -> list[tuple[str, str]]:
@@ -173,7 +166,7 @@ def test_an_extended_id_frame_is_received(fd_run: dict[str, Any], filters: str) 
 
 
 @pytest.mark.vcan
-@pytest.mark.parametrize("filters", ["filters_on", pytest.param("filters_off", marks=WAITS_ON_ROUTES)])
+@FILTERS
 def test_an_extended_frame_with_a_standard_messages_id_is_not_taken_for_it(
     fd_run: dict[str, Any], filters: str
 ) -> None:
@@ -201,7 +194,6 @@ def test_send_of_an_extended_message_goes_out_extended(fd_run: dict[str, Any]) -
 
 
 @pytest.mark.vcan
-@WAITS_ON_FD
 def test_send_of_a_message_longer_than_8_bytes_goes_out_as_fd_without_the_attribute(
     fd_run: dict[str, Any],
 ) -> None:

@@ -197,7 +197,7 @@ class FrameView:
         if message is None:
             return out
         try:
-            decoded = self.codec.decode(msg.arbitration_id, msg.data)
+            decoded = self.codec.decode(msg.arbitration_id, msg.data, msg.is_extended_id)
         except FrameError as exc:
             out["error"] = {"kind": exc.kind, "message": str(exc)}
             return out
@@ -474,6 +474,7 @@ _MODULE_NAMES = {
     "Any",
     "attrs",
     "Topic",
+    "NotAvailable",
     "NETWORK",
     "TOPICS",
     "RECORDS",
@@ -553,7 +554,7 @@ def generate_topics(db: cantools.database.can.Database, *, network: str = "can0"
         "",
         "import attrs",
         "",
-        "from bus import Topic",
+        "from bus import NotAvailable, Topic",
         "",
         f'NETWORK = "{network}"',
     ]

@@ -313,6 +313,8 @@ class CanGateway(Service[GatewayConfig]):
             mappings=cfg.signals,
             records=records,
         )
+        for warning in self.codec.warnings:  # what loading the database repaired
+            ctx.log.warning("CAN database repaired", database=str(cfg.database), repair=warning)
         self.counters = _Counters()
         self._publishers: dict[str, Publisher[Any]] = {
             t.name: ctx.bus.publisher(t) for t in self.codec.topics
@@ -410,7 +412,7 @@ class CanGateway(Service[GatewayConfig]):
                 self._odd_frame(msg)
                 continue
             try:
-                decoded = decode(msg.arbitration_id, msg.data)
+                decoded = decode(msg.arbitration_id, msg.data, msg.is_extended_id)
             except FrameError as exc:
                 setattr(counters, exc.kind, getattr(counters, exc.kind) + 1)
                 self._problem(exc.kind, str(exc))
