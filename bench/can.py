@@ -696,9 +696,11 @@ async def measure(
     seconds: float,
     profile_top: int,
     gateway_options: dict[str, Any],
+    before_each: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    """Start the gateway once, then the saturated runs, the paced run, and a profile if asked.
-    ``gateway_options`` are its `GatewayConfig` (the database, strictness, FD, E2E)."""
+    """Start the gateway once, then the saturated runs (each after ``before_each``: the references), the
+    paced run, and a profile if asked. ``gateway_options`` are its `GatewayConfig` (the database,
+    strictness, FD, E2E)."""
     link = _Link()
     bus = Bus()
     config = GatewayConfig(
@@ -708,7 +710,9 @@ async def measure(
         **gateway_options,
     )
     spec = ServiceSpec("can_gateway", gateway_class(link), config)
-    supervisor = Supervisor([spec], policy=SupervisorPolicy(intensity=0, period=1.0), bus=bus)
+    # No blocked-loop watch: the references run between the saturated runs, holding the loop on purpose.
+    policy = SupervisorPolicy(intensity=0, period=1.0)
+    supervisor = Supervisor([spec], policy=policy, bus=bus, loop_block=None)
     status = bus.client("bench.status").subscribe(status_topic(NETWORK).name, queue_size=16)
     chunks = batches(frames, batch)
     runs: list[SaturatedRun] = []
@@ -725,6 +729,7 @@ async def measure(
         warm = frames[: min(len(frames), 10 * batch)]
         await saturated(bus, link.transport, batches(warm, batch))
         for _ in range(repeat):
+            before_each()
             _collect()
             runs.append(await saturated(bus, link.transport, chunks))
         _collect()
@@ -793,14 +798,6 @@ def positive_float(text: str) -> float:
     if not value > 0 or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
-
-
-def _timed(fn: Callable[[], float], repeat: int) -> list[float]:
-    out = []
-    for _ in range(repeat):
-        _collect()
-        out.append(fn())
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -891,25 +888,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     by_key = {(m.frame_id, bool(m.is_extended_frame)): m for m in messages}
     decoders = [(by_key[m.arbitration_id, m.is_extended_id].decode, m.data) for m in frames]
 
-    cantools_runs = _table.Runs(
-        "frames/s", [n / s for s in _timed(lambda: cantools_decode(decoders), repeat)]
-    )
-    codec_runs = _table.Runs(
-        "frames/s", [n / s for s in _timed(lambda: codec_decode(codec, pairs)[0], repeat)]
-    )
-    opendbc_runs: _table.Runs | None = None
-    rejected: int | None = None
-    if reference.parser is not None:
-        make = reference.parser
-        updates = opendbc_updates(frames, batch)
-        opendbc_runs = _table.Runs(
-            "frames/s", [n / s for s in _timed(lambda: opendbc_decode(make, updates), repeat)]
-        )
-        rejected = opendbc_rejected(make, frames)
+    # The references run in turn with the whole path's runs (each repeat: cantools, the codec, opendbc,
+    # then a saturated run of the gateway), so that a machine that slows down or speeds up meanwhile
+    # (other work on it) shifts them alike.
+    seconds_of: dict[str, list[float]] = {"cantools": [], "codec": [], "opendbc": []}
+    make = reference.parser
+    updates = [] if make is None else opendbc_updates(frames, batch)
+
+    def references() -> None:
+        _collect()
+        seconds_of["cantools"].append(cantools_decode(decoders))
+        _collect()
+        seconds_of["codec"].append(codec_decode(codec, pairs)[0])
+        if make is not None:
+            _collect()
+            seconds_of["opendbc"].append(opendbc_decode(make, updates))
+
+    rejected = None if make is None else opendbc_rejected(make, frames)
     gateway_options: dict[str, Any] = {"database": path, "strict": strict, "fd": fd}
     if e2e is not None:
         gateway_options |= e2e.gateway_options
-    measured = trio.run(measure, frames, repeat, batch, seconds, max(args.profile, 0), gateway_options)
+    # The traffic is the benchmark's input, not the gateway's state: out of the garbage collector's sight
+    # (a car's gateway does not hold 100,000 frames, whose scans would slow every figure down with n).
+    gc.collect()
+    gc.freeze()
+    measured = trio.run(
+        measure, frames, repeat, batch, seconds, max(args.profile, 0), gateway_options, references
+    )
+    cantools_runs = _table.Runs("frames/s", [n / t for t in seconds_of["cantools"]])
+    codec_runs = _table.Runs("frames/s", [n / t for t in seconds_of["codec"]])
+    opendbc_runs = None if make is None else _table.Runs("frames/s", [n / t for t in seconds_of["opendbc"]])
     runs: list[SaturatedRun] = measured["runs"]
     paced_run: PacedRun = measured["paced"]
     whole = _table.Runs("frames/s", [r.per_s for r in runs])
