@@ -493,14 +493,15 @@ def opendbc_updates(frames: Sequence[can.Message], batch: int) -> list[list[tupl
     return out
 
 
-def opendbc_decode(make: Callable[[], Any], updates: Sequence[Any]) -> float:
-    """Seconds opendbc's CANParser takes over every batch (a fresh parser, made before the clock starts)."""
+def opendbc_decode(make: Callable[[], Any], updates: Sequence[Any]) -> tuple[float, float]:
+    """Seconds opendbc's CANParser takes over every batch (a fresh parser, made before the clock starts):
+    wall-clock and CPU (``time.process_time``, as the whole path's CPU per frame)."""
     parser = make()
     update = parser.update
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for entry in updates:
         update(entry)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def opendbc_rejected(make: Callable[[], Any], frames: Sequence[can.Message]) -> int:
@@ -891,7 +892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The references run in turn with the whole path's runs (each repeat: cantools, the codec, opendbc,
     # then a saturated run of the gateway), so that a machine that slows down or speeds up meanwhile
     # (other work on it) shifts them alike.
-    seconds_of: dict[str, list[float]] = {"cantools": [], "codec": [], "opendbc": []}
+    seconds_of: dict[str, list[float]] = {"cantools": [], "codec": [], "opendbc": [], "opendbc_cpu": []}
     make = reference.parser
     updates = [] if make is None else opendbc_updates(frames, batch)
 
@@ -902,7 +903,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds_of["codec"].append(codec_decode(codec, pairs)[0])
         if make is not None:
             _collect()
-            seconds_of["opendbc"].append(opendbc_decode(make, updates))
+            wall, cpu_seconds = opendbc_decode(make, updates)
+            seconds_of["opendbc"].append(wall)
+            seconds_of["opendbc_cpu"].append(cpu_seconds)
 
     rejected = None if make is None else opendbc_rejected(make, frames)
     gateway_options: dict[str, Any] = {"database": path, "strict": strict, "fd": fd}
@@ -918,6 +921,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cantools_runs = _table.Runs("frames/s", [n / t for t in seconds_of["cantools"]])
     codec_runs = _table.Runs("frames/s", [n / t for t in seconds_of["codec"]])
     opendbc_runs = None if make is None else _table.Runs("frames/s", [n / t for t in seconds_of["opendbc"]])
+    opendbc_cpu = (
+        None
+        if make is None
+        else _table.Runs("us", [t / n * 1e6 for t in seconds_of["opendbc_cpu"]], higher_is_better=False)
+    )
     runs: list[SaturatedRun] = measured["runs"]
     paced_run: PacedRun = measured["paced"]
     whole = _table.Runs("frames/s", [r.per_s for r in runs])
@@ -932,6 +940,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     vs_cantools = _table.ratio(whole.best, cantools_runs.best)
     opendbc_best = None if opendbc_runs is None else opendbc_runs.best
     vs_opendbc = _table.ratio(whole.best, opendbc_best)
+    # CPU per frame, theirs over ours: less moved than wall-clock rates by other work on the machine.
+    vs_opendbc_cpu = None if opendbc_cpu is None else _table.ratio(opendbc_cpu.best, cpu.best)
     goal_vs_opendbc = None if vs_opendbc is None else vs_opendbc >= GOAL_VS_OPENDBC
     per_bus = bus_load(messages)
     our_e2e = e2e is not None
@@ -946,6 +956,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "opendbc_frames_per_s": opendbc_best,
         "gateway_vs_cantools_decode": vs_cantools,
         "gateway_vs_opendbc": vs_opendbc,
+        "opendbc_cpu_us_per_frame": None if opendbc_cpu is None else opendbc_cpu.best,
+        "gateway_vs_opendbc_cpu": vs_opendbc_cpu,
         "dropped_at_8000_fps": dropped_paced,
         "max_lag_ms_at_8000_fps": lag_max,
         "p50_lag_ms_at_8000_fps": lag_p50,
@@ -974,6 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "codec_decode_frames_per_s": codec_runs,
             "cantools_decode_frames_per_s": cantools_runs,
             "opendbc_frames_per_s": opendbc_runs,
+            "opendbc_cpu_us_per_frame": opendbc_cpu,
         },
         "spread_frames_per_s": whole.spread,
         "spread_cpu_us_per_frame": cpu.spread,
@@ -1023,6 +1036,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         table.runs(
             f"opendbc CANParser.update ({what})", opendbc_runs, _table.times(vs_opendbc), fmt=frames_per_s
         )
+        assert opendbc_cpu is not None
+        table.runs("opendbc: CPU per frame", opendbc_cpu, _table.times(vs_opendbc_cpu), fmt=_table.micros)
     else:
         table.row("opendbc CANParser.update", "-", "-", "-", "-")
     table.runs(
@@ -1048,7 +1063,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table.row("paced: CPU load", _table.percent(paced_load))
     table.note(
         "best: highest rate / lowest CPU time of the runs; spread: (max - min) / median; "
-        "gateway / it: the whole path's rate over that one"
+        "gateway / it: the whole path's rate over that one (for CPU: its CPU per frame over the whole path's)"
     )
     table.note(
         f"dropped flat out: {lost} samples (must be 0); frame errors: {frame_errors} (must be 0); "
@@ -1085,7 +1100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"whole path >= {GOAL_VS_OPENDBC}x opendbc's CANParser"
         + ("" if our_e2e or not reference.checked else " (ours without E2E checks, opendbc with)"),
         goal_vs_opendbc,
-        _table.times(vs_opendbc),
+        f"{_table.times(vs_opendbc)}; in CPU per frame {_table.times(vs_opendbc_cpu)}",
     )
     _table.emit(args, result, table)
     if measured["profile"] is not None:
