@@ -422,7 +422,7 @@ async def test_the_sim_of_model3can_decodes_in_range(autojump_clock: trio.testin
     assert ecu.skipped == {}
     assert len(ecu.messages) == len(db.messages)
     await _run_for(ecu, 10.0)
-    messages = {(m.frame_id, m.is_extended_frame): m for m in db.messages}
+    messages: dict[tuple[int, bool], Any] = {(m.frame_id, m.is_extended_frame): m for m in db.messages}
     moved: dict[str, set[float]] = {}
     for frame in frames:
         message = messages[frame.arbitration_id, frame.is_extended_id]
