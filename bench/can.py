@@ -493,14 +493,15 @@ def opendbc_updates(frames: Sequence[can.Message], batch: int) -> list[list[tupl
     return out
 
 
-def opendbc_decode(make: Callable[[], Any], updates: Sequence[Any]) -> float:
-    """Seconds opendbc's CANParser takes over every batch (a fresh parser, made before the clock starts)."""
+def opendbc_decode(make: Callable[[], Any], updates: Sequence[Any]) -> tuple[float, float]:
+    """Seconds opendbc's CANParser takes over every batch (a fresh parser, made before the clock starts):
+    wall-clock and CPU (``time.process_time``, as the whole path's CPU per frame)."""
     parser = make()
     update = parser.update
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for entry in updates:
         update(entry)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def opendbc_rejected(make: Callable[[], Any], frames: Sequence[can.Message]) -> int:
@@ -696,9 +697,11 @@ async def measure(
     seconds: float,
     profile_top: int,
     gateway_options: dict[str, Any],
+    before_each: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    """Start the gateway once, then the saturated runs, the paced run, and a profile if asked.
-    ``gateway_options`` are its `GatewayConfig` (the database, strictness, FD, E2E)."""
+    """Start the gateway once, then the saturated runs (each after ``before_each``: the references), the
+    paced run, and a profile if asked. ``gateway_options`` are its `GatewayConfig` (the database,
+    strictness, FD, E2E)."""
     link = _Link()
     bus = Bus()
     config = GatewayConfig(
@@ -708,7 +711,9 @@ async def measure(
         **gateway_options,
     )
     spec = ServiceSpec("can_gateway", gateway_class(link), config)
-    supervisor = Supervisor([spec], policy=SupervisorPolicy(intensity=0, period=1.0), bus=bus)
+    # No blocked-loop watch: the references run between the saturated runs, holding the loop on purpose.
+    policy = SupervisorPolicy(intensity=0, period=1.0)
+    supervisor = Supervisor([spec], policy=policy, bus=bus, loop_block=None)
     status = bus.client("bench.status").subscribe(status_topic(NETWORK).name, queue_size=16)
     chunks = batches(frames, batch)
     runs: list[SaturatedRun] = []
@@ -725,6 +730,7 @@ async def measure(
         warm = frames[: min(len(frames), 10 * batch)]
         await saturated(bus, link.transport, batches(warm, batch))
         for _ in range(repeat):
+            before_each()
             _collect()
             runs.append(await saturated(bus, link.transport, chunks))
         _collect()
@@ -793,14 +799,6 @@ def positive_float(text: str) -> float:
     if not value > 0 or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
-
-
-def _timed(fn: Callable[[], float], repeat: int) -> list[float]:
-    out = []
-    for _ in range(repeat):
-        _collect()
-        out.append(fn())
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -891,25 +889,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     by_key = {(m.frame_id, bool(m.is_extended_frame)): m for m in messages}
     decoders = [(by_key[m.arbitration_id, m.is_extended_id].decode, m.data) for m in frames]
 
-    cantools_runs = _table.Runs(
-        "frames/s", [n / s for s in _timed(lambda: cantools_decode(decoders), repeat)]
-    )
-    codec_runs = _table.Runs(
-        "frames/s", [n / s for s in _timed(lambda: codec_decode(codec, pairs)[0], repeat)]
-    )
-    opendbc_runs: _table.Runs | None = None
-    rejected: int | None = None
-    if reference.parser is not None:
-        make = reference.parser
-        updates = opendbc_updates(frames, batch)
-        opendbc_runs = _table.Runs(
-            "frames/s", [n / s for s in _timed(lambda: opendbc_decode(make, updates), repeat)]
-        )
-        rejected = opendbc_rejected(make, frames)
+    # The references run in turn with the whole path's runs (each repeat: cantools, the codec, opendbc,
+    # then a saturated run of the gateway), so that a machine that slows down or speeds up meanwhile
+    # (other work on it) shifts them alike.
+    seconds_of: dict[str, list[float]] = {"cantools": [], "codec": [], "opendbc": [], "opendbc_cpu": []}
+    make = reference.parser
+    updates = [] if make is None else opendbc_updates(frames, batch)
+
+    def references() -> None:
+        _collect()
+        seconds_of["cantools"].append(cantools_decode(decoders))
+        _collect()
+        seconds_of["codec"].append(codec_decode(codec, pairs)[0])
+        if make is not None:
+            _collect()
+            wall, cpu_seconds = opendbc_decode(make, updates)
+            seconds_of["opendbc"].append(wall)
+            seconds_of["opendbc_cpu"].append(cpu_seconds)
+
+    rejected = None if make is None else opendbc_rejected(make, frames)
     gateway_options: dict[str, Any] = {"database": path, "strict": strict, "fd": fd}
     if e2e is not None:
         gateway_options |= e2e.gateway_options
-    measured = trio.run(measure, frames, repeat, batch, seconds, max(args.profile, 0), gateway_options)
+    # The traffic is the benchmark's input, not the gateway's state: out of the garbage collector's sight
+    # (a car's gateway does not hold 100,000 frames, whose scans would slow every figure down with n).
+    gc.collect()
+    gc.freeze()
+    measured = trio.run(
+        measure, frames, repeat, batch, seconds, max(args.profile, 0), gateway_options, references
+    )
+    cantools_runs = _table.Runs("frames/s", [n / t for t in seconds_of["cantools"]])
+    codec_runs = _table.Runs("frames/s", [n / t for t in seconds_of["codec"]])
+    opendbc_runs = None if make is None else _table.Runs("frames/s", [n / t for t in seconds_of["opendbc"]])
+    opendbc_cpu = (
+        None
+        if make is None
+        else _table.Runs("us", [t / n * 1e6 for t in seconds_of["opendbc_cpu"]], higher_is_better=False)
+    )
     runs: list[SaturatedRun] = measured["runs"]
     paced_run: PacedRun = measured["paced"]
     whole = _table.Runs("frames/s", [r.per_s for r in runs])
@@ -924,6 +940,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     vs_cantools = _table.ratio(whole.best, cantools_runs.best)
     opendbc_best = None if opendbc_runs is None else opendbc_runs.best
     vs_opendbc = _table.ratio(whole.best, opendbc_best)
+    # CPU per frame, theirs over ours: less moved than wall-clock rates by other work on the machine.
+    vs_opendbc_cpu = None if opendbc_cpu is None else _table.ratio(opendbc_cpu.best, cpu.best)
     goal_vs_opendbc = None if vs_opendbc is None else vs_opendbc >= GOAL_VS_OPENDBC
     per_bus = bus_load(messages)
     our_e2e = e2e is not None
@@ -938,6 +956,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "opendbc_frames_per_s": opendbc_best,
         "gateway_vs_cantools_decode": vs_cantools,
         "gateway_vs_opendbc": vs_opendbc,
+        "opendbc_cpu_us_per_frame": None if opendbc_cpu is None else opendbc_cpu.best,
+        "gateway_vs_opendbc_cpu": vs_opendbc_cpu,
         "dropped_at_8000_fps": dropped_paced,
         "max_lag_ms_at_8000_fps": lag_max,
         "p50_lag_ms_at_8000_fps": lag_p50,
@@ -966,6 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "codec_decode_frames_per_s": codec_runs,
             "cantools_decode_frames_per_s": cantools_runs,
             "opendbc_frames_per_s": opendbc_runs,
+            "opendbc_cpu_us_per_frame": opendbc_cpu,
         },
         "spread_frames_per_s": whole.spread,
         "spread_cpu_us_per_frame": cpu.spread,
@@ -1015,6 +1036,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         table.runs(
             f"opendbc CANParser.update ({what})", opendbc_runs, _table.times(vs_opendbc), fmt=frames_per_s
         )
+        assert opendbc_cpu is not None
+        table.runs("opendbc: CPU per frame", opendbc_cpu, _table.times(vs_opendbc_cpu), fmt=_table.micros)
     else:
         table.row("opendbc CANParser.update", "-", "-", "-", "-")
     table.runs(
@@ -1040,7 +1063,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table.row("paced: CPU load", _table.percent(paced_load))
     table.note(
         "best: highest rate / lowest CPU time of the runs; spread: (max - min) / median; "
-        "gateway / it: the whole path's rate over that one"
+        "gateway / it: the whole path's rate over that one (for CPU: its CPU per frame over the whole path's)"
     )
     table.note(
         f"dropped flat out: {lost} samples (must be 0); frame errors: {frame_errors} (must be 0); "
@@ -1077,7 +1100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"whole path >= {GOAL_VS_OPENDBC}x opendbc's CANParser"
         + ("" if our_e2e or not reference.checked else " (ours without E2E checks, opendbc with)"),
         goal_vs_opendbc,
-        _table.times(vs_opendbc),
+        f"{_table.times(vs_opendbc)}; in CPU per frame {_table.times(vs_opendbc_cpu)}",
     )
     _table.emit(args, result, table)
     if measured["profile"] is not None:

@@ -80,6 +80,7 @@ CASES = [
                 "codec_decode_frames_per_s",
                 "cantools_decode_frames_per_s",
                 "opendbc_frames_per_s",
+                "opendbc_cpu_us_per_frame",
                 "max_lag_ms_at_8000_fps",
                 "paced_frames",
                 "opendbc_messages",
@@ -87,6 +88,7 @@ CASES = [
             zero=("dropped_at_8000_fps", "dropped_saturated", "frame_errors", "opendbc_rejected_frames"),
             optional={
                 "opendbc_frames_per_s": "opendbc",
+                "opendbc_cpu_us_per_frame": "opendbc",
                 "opendbc_rejected_frames": "opendbc",
                 "opendbc_messages": "opendbc",
             },

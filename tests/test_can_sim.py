@@ -15,6 +15,7 @@ import can
 import pytest
 import trio
 import trio.testing
+from conftest import SHARED, require_shared_file
 
 from bus import Codec
 from services.can import (
@@ -405,3 +406,30 @@ async def test_the_service_leaves_fd_messages_out_on_a_classic_link(
             seen = _drain(peer)
     assert {m.arbitration_id for m in seen} == {258}
     assert 9 <= len(seen) <= 11
+
+
+async def test_the_sim_of_model3can_decodes_in_range(autojump_clock: trio.testing.MockClock) -> None:
+    """Kuksa's Model3CAN.dbc: 255 signals without a declared range, 29 multiplexed messages, choices named
+    SNA everywhere. Every message is simulated, every frame decodes, every value is in range and none is a
+    choice that means "no valid value"."""
+    db = load_database(require_shared_file(SHARED / "kuksa" / "Model3CAN.dbc"))
+    frames: list[Frame] = []
+    ecu = SimulatedEcu(db, frames.append)
+    assert ecu.skipped == {}
+    assert len(ecu.messages) == len(db.messages)
+    await _run_for(ecu, 10.0)
+    messages: dict[tuple[int, bool], Any] = {(m.frame_id, m.is_extended_frame): m for m in db.messages}
+    moved: dict[str, set[float]] = {}
+    for frame in frames:
+        message = messages[frame.arbitration_id, frame.is_extended_id]
+        decoded = message.decode(frame.data, decode_choices=False)
+        for name, value in decoded.items():
+            signal = message.get_signal_by_name(name)
+            if signal.minimum is not None and signal.maximum is not None:
+                assert signal.minimum - 1e-6 <= value <= signal.maximum + 1e-6, f"{message.name}.{name}"
+            label = (signal.choices or {}).get(round((value - signal.offset) / signal.scale))
+            assert label is None or "SNA" not in str(label), f"{message.name}.{name} = {label}"
+            moved.setdefault(f"{message.name}.{name}", set()).add(value)
+    with_choices = [f"{m.name}.{s.name}" for m in db.messages for s in m.signals if s.choices]
+    stepped = [name for name in with_choices if len(moved.get(name, ())) > 1]
+    assert len(stepped) > len(with_choices) // 2  # a car that moves: most of them change within 10 s

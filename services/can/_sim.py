@@ -147,7 +147,7 @@ class _SignalPlan:
         toward = 1 if self.center >= value else -1
         if self.scale < 0:
             toward = -toward
-        for _ in range(len(self.avoid) + 1):
+        for _ in range(min(len(self.avoid), 64) + 1):  # a bounded walk, however many values it avoids
             if raw not in self.avoid:
                 break
             raw += toward
@@ -168,8 +168,9 @@ def _plan_signal(message: Any, sig: Any, default: float) -> _SignalPlan:
     physical = not integer or (bool(sig.unit) and sig.length > 2)
     seed = zlib.crc32(f"{message.name}.{sig.name}".encode())
     choices = _choices(sig)
-    if physical and high > low:  # a value, perhaps with a few special raw values named (Init, SNA, ...)
-        avoid = frozenset(raw for raw, name in choices if sig.scale and _means_no_value(name))
+    # Raw values whose choices mean "no valid value" (Init, SNA, ...): never sent.
+    avoid = frozenset(raw for raw, name in choices if sig.scale and _means_no_value(name))
+    if physical and high > low:  # a value, perhaps with a few special raw values named
         if low < 0 < high:  # around zero: a steering angle, an acceleration
             center, amplitude = 0.0, 0.3 * min(-low, high)
         else:  # in the lower part of the range: a speed, a temperature
@@ -205,7 +206,21 @@ def _plan_signal(message: Any, sig: Any, default: float) -> _SignalPlan:
     value = steps[0] if steps else min(max(default, low), high)
     if integer:
         value = min(max(round(value), math.ceil(low)), math.floor(high))
-    return _SignalPlan(sig.name, "constant", low, high, integer, constant=value, mux=mux)
+    plan = _SignalPlan(
+        sig.name,
+        "constant",
+        low,
+        high,
+        integer,
+        center=(low + high) / 2,
+        mux=mux,
+        avoid=avoid,
+        scale=float(sig.scale),
+        offset=float(sig.offset),
+    )
+    # An initial value the database marks as "no valid value" (a percentage whose only choice is 127
+    # "SNA"): the nearest valid one instead.
+    return attrs.evolve(plan, constant=plan._avoided(value) if avoid else value)
 
 
 def _choices(sig: Any) -> list[tuple[int, str]]:
@@ -214,12 +229,10 @@ def _choices(sig: Any) -> list[tuple[int, str]]:
 
 
 def _steps(sig: Any, choices: list[tuple[int, str]], low: float, high: float) -> tuple[float, ...]:
-    """The physical values of a signal's choices that are in range, those that mean "no valid value" left
-    out (unless nothing else is left), in order."""
+    """The physical values of a signal's choices that are in range, those that mean "no valid value" (or a
+    fault) left out, in order."""
     values = [(raw * sig.scale + sig.offset, name) for raw, name in sorted(choices)]
-    in_range = [(v, name) for v, name in values if low - 1e-9 <= v <= high + 1e-9]
-    valid = [v for v, name in in_range if not _means_no_value(name)]
-    return tuple(valid if valid else [v for v, _ in in_range])
+    return tuple(v for v, name in values if low - 1e-9 <= v <= high + 1e-9 and not _means_no_value(name))
 
 
 class _MessagePlan:
