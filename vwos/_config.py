@@ -174,12 +174,15 @@ class Problem:
     column: int | None = None
 
     def __str__(self) -> str:
+        """One line (a message of several lines, such as a plugin's validator may raise, is joined with
+        `` | ``), so that each problem ``vwos check`` prints is one line."""
         where = str(self.file)
         if self.line is not None:
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
-        return ": ".join(part for part in (where, self.key_path, self.message) if part)
+        message = " | ".join(line.strip() for line in self.message.splitlines() if line.strip())
+        return ": ".join(part for part in (where, self.key_path, message) if part)
 
 
 class ConfigError(Exception):
