@@ -833,3 +833,29 @@ def test_vwos_check_prints_each_problem_of_a_gateway_config_on_one_line(tmp_path
         f"{where}actuators[0].message: Command is not in transmit (nor sent cyclically): the gateway would "
         "refuse to send it at every sample; add it to transmit",
     ]
+
+
+# -- the simulator ------------------------------------------------------------------------------------------
+
+
+def test_every_wrong_message_name_of_a_simulator_config_is_reported_at_its_index(tmp_path: Path) -> None:
+    (tmp_path / "car.dbc").write_text(NASTY)
+    text = """\
+        [services.sim]
+        plugin = "can_sim"
+        [services.sim.config]
+        database = "car.dbc"
+        interface = "virtal"
+        messages = ["Speed", "Sped", "Command", "Nope"]
+        receive = ["Comand", "Command", "Muxed"]
+        """
+    with pytest.raises(ConfigError) as info:
+        parse_config(textwrap.dedent(text), path=tmp_path / "vwos.toml")
+    problems = {p.key_path.removeprefix("services.sim.config."): p.message for p in info.value.problems}
+    assert problems == {
+        "interface": "python-can has no interface 'virtal'; did you mean 'virtual'?",
+        "messages[1]": "no message 'Sped' in car.dbc; did you mean 'Speed'?",
+        "messages[3]": "no message 'Nope' in car.dbc",
+        "receive[0]": "no message 'Comand' in car.dbc; did you mean 'Command'?",
+        "receive[1]": "Command: listed in both messages and receive (an ECU sends or receives)",
+    }
