@@ -859,3 +859,73 @@ def test_every_wrong_message_name_of_a_simulator_config_is_reported_at_its_index
         "receive[0]": "no message 'Comand' in car.dbc; did you mean 'Command'?",
         "receive[1]": "Command: listed in both messages and receive (an ECU sends or receives)",
     }
+
+
+# -- the bus: permissions, and one gateway per network ---------------------------------------------------
+
+
+def test_a_gateways_bus_names_must_be_granted_by_its_permissions(tmp_path: Path) -> None:
+    body = """\
+        [[services.gw.config.signals]]
+        signal = "Speed.VehicleSpeed"
+        topic = "Vehicle.Speed"
+        [[services.gw.config.actuators]]
+        topic = "Body.Lock"
+        message = "Command"
+        signal = "Lock"
+        """
+    text = config_text('transmit = ["Command"]\n' + textwrap.dedent(body))
+    text = text.replace(
+        'plugin = "can_gateway"\n',
+        'plugin = "can_gateway"\npermissions = { publish = ["Vehicle.**"], serve = ["CAN.**"] }\n',
+    )
+    (tmp_path / "car.dbc").write_text(NASTY)
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path=tmp_path / "vwos.toml")
+    problems = {p.key_path: p.message for p in info.value.problems}
+    assert problems == {
+        "services.gw.permissions.publish": "it would publish CAN.nasty.Status, CAN.nasty.Speed, "
+        "CAN.nasty.Command, CAN.nasty.Muxed, CAN.nasty.Wide and 1 more when it runs, which its permissions "
+        "do not grant (it would be refused at start)",
+        "services.gw.permissions.subscribe": "it would subscribe to Body.Lock when it runs, which its "
+        "permissions do not grant (it would be refused at start)",
+    }
+    granted = 'publish = ["Vehicle.**", "CAN.nasty.**"], subscribe = ["Body.*"], serve = ["CAN.**"]'
+    parse_config(
+        text.replace(text.splitlines()[2], f"permissions = {{ {granted} }}"), path=tmp_path / "vwos.toml"
+    )
+
+
+async def test_a_gateway_its_permissions_do_not_grant_its_topics_fails_at_start(
+    dbc: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    from bus import PermissionDeniedError, Permissions
+
+    spec = ServiceSpec(
+        "gateway",
+        gateway_on(Link()),
+        unchecked(database=dbc),
+        permissions=Permissions(publish=("Vehicle.**",)),
+    )
+    with pytest.raises(PermissionDeniedError, match=r"CAN\.nasty"):
+        async with open_harness(spec):
+            pass
+
+
+def test_two_gateways_of_one_network_are_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "car.dbc").write_text(NASTY)
+    one = config_text("")
+    two = one.replace("[services.gw]", "[services.gw2]").replace(
+        "[services.gw.config]", "[services.gw2.config]"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(one + two, path=tmp_path / "vwos.toml")
+    assert [(p.key_path, p.message) for p in info.value.problems] == [
+        (
+            "services.gw2",
+            "it would serve CAN.nasty.Send, which 'gw' serves too: a method has one server (the second to "
+            "start would fail)",
+        )
+    ]
+    other = two.replace(f'network = "{NETWORK}"', 'network = "other"')
+    parse_config(one + other, path=tmp_path / "vwos.toml")

@@ -111,6 +111,24 @@ class Bare(Service[None]):
     pass
 
 
+@attrs.frozen
+class NamedConfig:
+    topic: str = "Vehicle.Speed"
+    method: str = "Vehicle.Lock"
+    broken: bool = False
+
+
+class Named(Service[NamedConfig]):
+    @classmethod
+    def bus_names(cls, config):
+        from bus import Permissions
+
+        if config.broken:
+            raise RuntimeError("no idea")
+        publish = (config.topic, "Named.Status")
+        return Permissions(publish=publish, subscribe=("Vehicle.*",), serve=(config.method,))
+
+
 NOT_A_SERVICE = 1
 """
 
@@ -1586,6 +1604,38 @@ def test_a_validator_may_report_several_problems_below_its_key() -> None:
         "limits.low: at most 10, got 11",
         "limits.high: at most 10, got 12",
     ]
+
+
+def test_what_a_service_says_it_uses_on_the_bus_must_be_granted_and_a_method_served_once(
+    tmp_path: Path,
+) -> None:
+    """`Service.bus_names`: what run would be refused (a permission) or fail on (a second server)."""
+    found = problems_in(
+        tmp_path,
+        """
+        [services.a]
+        plugin = "vwos_ct_plugins:Named"
+        permissions = { publish = ["Vehicle.**"], subscribe = ["Vehicle.Speed"] }
+        [services.b]
+        plugin = "vwos_ct_plugins:Named"
+        [services.c]
+        plugin = "vwos_ct_plugins:Named"
+        enabled = false
+        [services.d]
+        plugin = "vwos_ct_plugins:Named"
+        config = { method = "Other.Lock", broken = true }
+        """,
+    )
+    refused = "when it runs, which its permissions do not grant (it would be refused at start)"
+    assert found == [
+        f"services.a.permissions.publish: it would publish Named.Status {refused}",
+        f"services.a.permissions.subscribe: it would subscribe to Vehicle.* {refused}",
+        f"services.a.permissions.serve: it would serve Vehicle.Lock {refused}",
+        "services.b: it would serve Vehicle.Lock, which 'a' serves too: a method has one server (the second "
+        "to start would fail)",
+        "services.d.config: the plugin cannot say which bus names it uses: RuntimeError: no idea",
+    ]
+    assert problems_in(tmp_path, '[services.a]\nplugin = "vwos_ct_plugins:Named"\n') == []
 
 
 @attrs.frozen

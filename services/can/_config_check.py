@@ -26,7 +26,7 @@ from typing import Any, Final
 import can
 import cantools.database
 
-from bus import Codec, Topic, TopicError
+from bus import Codec, Permissions, Topic, TopicError
 from services.can._codec import CanCodec, CanDatabaseError, EncodeError, cached_database, suggest
 from vwos import FieldProblem
 
@@ -534,6 +534,25 @@ def topics_module_problems(cfg: object, name: str) -> list[FieldProblem]:
     except Exception as exc:
         found.append(FieldProblem((), f"{name}: {_exception_text(exc)}"))
     return found
+
+
+def bus_names(cfg: Any) -> Permissions | None:
+    """What the gateway publishes (its status topic, its message topics, its mapped signals), serves
+    (``CAN.<network>.Send``) and subscribes to (its actuators' topics) with ``cfg``; None if the database
+    does not load."""
+    db = database_of(cfg)
+    network = _network(cfg)
+    if db is None or network is None:
+        return None
+    publish = [f"CAN.{network}.Status"]
+    if cfg.message_topics:
+        publish += [f"CAN.{network}.{m.name}" for m in db.messages]
+    publish += [m.topic for m in cfg.signals]
+    return Permissions(
+        publish=tuple(dict.fromkeys(publish)),
+        subscribe=tuple(dict.fromkeys(a.topic for a in cfg.actuators)),
+        serve=(f"CAN.{network}.Send",),
+    )
 
 
 def _exception_text(exc: BaseException) -> str:

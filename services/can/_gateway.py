@@ -11,7 +11,7 @@ import attrs
 import can
 import trio
 
-from bus import Method, Publisher, Topic, default_codec
+from bus import Method, Permissions, Publisher, Topic, default_codec
 from services.can import _config_check as _check
 from services.can._codec import (
     CanCodec,
@@ -308,6 +308,11 @@ class _Counters:
 
 class CanGateway(Service[GatewayConfig]):
     """Bridges one CAN network and the bus: decodes frames into typed topics, sends frames on request."""
+
+    @classmethod
+    def bus_names(cls, config: GatewayConfig) -> Permissions | None:
+        """Its topics, its ``Send`` method and its actuators' topics: for the config check."""
+        return _check.bus_names(config)
 
     async def run(
         self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
