@@ -160,6 +160,44 @@ def test_every_problem_of_every_list_is_reported_at_once_at_its_item(tmp_path: P
     }
 
 
+def test_an_entry_wrong_in_itself_does_not_hide_the_problems_of_the_others(tmp_path: Path) -> None:
+    body = """\
+        transmit = ["Command"]
+        [[services.gw.config.cyclic]]
+        message = "Command"
+        period = "fast"
+        [[services.gw.config.cyclic]]
+        message = "Speed"
+        period = 0.1
+        signals = { VehicleSpeed = 700 }
+        [[services.gw.config.cyclic]]
+        message = "Speed"
+        period = 0.1
+        [[services.gw.config.actuators]]
+        topic = "Body.Lock"
+        message = "Comand"
+        signal = "Lock"
+        [[services.gw.config.actuators]]
+        topic = "Body.Lock"
+        message = "Command"
+        signal = "Lock"
+        tpye = "bool"
+        [[services.gw.config.actuators]]
+        topic = "Body.Level"
+        message = "Speed"
+        signal = "Counter"
+        """
+    assert check_keys(tmp_path, body) == {
+        "cyclic[0].period": "expected a number, got the string 'fast'",
+        "actuators[1].tpye": "unknown key; did you mean 'type'?",
+        "cyclic[1].signals.VehicleSpeed": "700.0 is out of range [0, 655.32] km/h",
+        "cyclic[2].message": "Speed is listed in cyclic before: list a message once, with all the signal "
+        "values it starts with",
+        "actuators[0].message": "no message 'Comand' in the database; did you mean 'Command'?",
+        # not "Speed is not in transmit": cyclic, which might send it, is not all there yet
+    }
+
+
 def test_a_list_validator_raising_several_problems_names_its_field_in_python_too(dbc: Path) -> None:
     from services.can import CyclicMessage
 
@@ -245,7 +283,7 @@ def test_a_message_listed_twice_in_cyclic_is_a_problem_at_the_second(tmp_path: P
     (key, message), *rest = check(tmp_path, body)
     assert rest == []
     assert key == "cyclic[2].message"
-    assert message.startswith("Command is sent cyclically by cyclic[0] already")
+    assert message.startswith("Command is listed in cyclic before: list a message once")
 
 
 def test_the_multiplexer_of_a_cyclic_message_is_checked_as_it_is_encoded(tmp_path: Path) -> None:
@@ -377,8 +415,8 @@ def test_actuator_topics_are_checked_against_the_gateways_own_and_each_other(tmp
         "actuators[0].topic": "CAN.nasty.Speed is the topic of message Speed" + echo,
         "actuators[1].topic": "CAN.nasty.Status is the gateway's status topic" + echo,
         "actuators[2].topic": "Vehicle.Speed is the topic of signals[0] (Speed.VehicleSpeed)" + echo,
-        "actuators[4].type": "Body.Level is the topic of actuators[3] too, with type 'float': a topic has "
-        "one type",
+        "actuators[4].type": "Body.Level is the topic of an earlier actuator too, with type 'float': a "
+        "topic has one type",
         "actuators[5].topic": "topic name 'Body..Level': segment '' must be non-empty letters, digits or "
         "underscores",
         "actuators[5].signal": "Command: no signal 'Lok'; did you mean 'Lock'?",
@@ -455,8 +493,8 @@ def test_mapped_topics_are_valid_names_each_taken_once_and_not_the_gateways_own(
         scale = inf
         """
     assert check_keys(tmp_path, body) == {
-        "signals[1].topic": "Vehicle.Speed is also the topic of signals[0] (Speed.VehicleSpeed): a topic "
-        "carries one signal",
+        "signals[1].topic": "Vehicle.Speed is the topic of an earlier mapping too (Speed.VehicleSpeed): a "
+        "topic carries one signal",
         "signals[2].topic": "topic name 'Vehicle.Speed Counter': segment 'Speed Counter' must be non-empty "
         "letters, digits or underscores",
         "signals[3].topic": "CAN.nasty.Command is the topic of message Command, which the gateway publishes",

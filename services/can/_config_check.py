@@ -249,6 +249,10 @@ def _own_topics(cfg: object, db: cantools.database.can.Database | None) -> dict[
     return own
 
 
+# Another item of the same list is named by what it is, not by its index: when some items of a list cannot be
+# built, the validator is run on the others alone (see `vwos.StructureError`), and an index would be off.
+
+
 def mapping_problems(cfg: object, mappings: Sequence[Any]) -> list[FieldProblem]:
     """Each mapping: its ``Message.Signal`` in the database, a valid topic name that no other mapping and
     no topic of the gateway's own takes, finite numbers; then the topic made as the gateway makes it."""
@@ -277,8 +281,8 @@ def mapping_problems(cfg: object, mappings: Sequence[Any]) -> list[FieldProblem]
             problems.append(
                 FieldProblem(
                     (i, "topic"),
-                    f"{mapping.topic} is also the topic of signals[{where}] ({mappings[where].signal}): "
-                    "a topic carries one signal",
+                    f"{mapping.topic} is the topic of an earlier mapping too ({mappings[where].signal}): a "
+                    "topic carries one signal",
                 )
             )
         elif mapping.topic in own:
@@ -335,8 +339,8 @@ def cyclic_problems(cfg: object, cyclic: Sequence[Any]) -> list[FieldProblem]:
             found.append(
                 FieldProblem(
                     (i, "message"),
-                    f"{entry.message} is sent cyclically by cyclic[{first[entry.message]}] already: list a "
-                    "message once, with all the signal values it starts with",
+                    f"{entry.message} is listed in cyclic before: list a message once, with all the signal "
+                    "values it starts with",
                 )
             )
             continue
@@ -417,7 +421,7 @@ def actuator_problems(cfg: object, actuators: Sequence[Any]) -> list[FieldProble
     bases: dict[str, Mapping[str, float] | None] = {}  # by message: the values of its cyclic entry
     codec = None if db is None else _codec(db, _network(cfg) or "check")
     found: list[FieldProblem] = []
-    types: dict[str, tuple[int, str]] = {}
+    types: dict[str, str] = {}
     for i, actuator in enumerate(actuators):
         found += _finite(actuator, ("scale", "offset"), (i,))
         name_problem = _topic_name_problem(actuator.topic)
@@ -431,16 +435,16 @@ def actuator_problems(cfg: object, actuators: Sequence[Any]) -> list[FieldProble
                     "on it would send back what the gateway receives",
                 )
             )
-        elif actuator.topic in types and types[actuator.topic][1] != actuator.type:
-            j, other = types[actuator.topic]
+        elif actuator.topic in types and types[actuator.topic] != actuator.type:
+            other = types[actuator.topic]
             found.append(
                 FieldProblem(
                     (i, "type"),
-                    f"{actuator.topic} is the topic of actuators[{j}] too, with type {other!r}: a topic has "
-                    "one type",
+                    f"{actuator.topic} is the topic of an earlier actuator too, with type {other!r}: a topic "
+                    "has one type",
                 )
             )
-        types.setdefault(actuator.topic, (i, actuator.type))
+        types.setdefault(actuator.topic, actuator.type)
         if db is None:
             continue
         message, why = _lookup(db, actuator.message)
