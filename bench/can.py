@@ -1,10 +1,15 @@
-"""The CAN gateway benchmark: frames through the whole receive path, beside cantools' bare decode loop.
+"""The CAN gateway benchmark: frames through the whole receive path, beside opendbc's CANParser and cantools'
+bare decode loop, on the same frames in the same run.
 
-Traffic is a realistic mix of the messages of a real Volkswagen MQB database (``../shared/dbc/vw_mqb.dbc``,
-loaded with ``strict=False``): each message sent at a typical MQB cycle time (the database has none; see
-`CYCLE_MS`), its signals changing plausibly inside their [minimum, maximum] (counters counting, checksums
-changing, flags toggling, values swinging), encoded with the gateway's own codec
-(``CanCodec.encode``) into python-can ``Message`` objects with timestamps, all before anything is timed.
+Traffic is a realistic mix of the messages of a CAN database: ``--dbc PATH`` (``--no-strict`` for files
+with overlapping signals), by default the real Volkswagen MQB database ``../shared/dbc/vw_mqb.dbc`` (loaded
+with ``strict=False``). Every message that cantools encodes and decodes is sent at its cycle time (the
+database's; else a typical MQB one, `CYCLE_MS`: ``vw_mqb.dbc`` has none; else 100 ms) with random values
+valid for the database (seeded: the same frames every run): raw values inside each signal's [minimum,
+maximum] (taken in raw space; what its bits carry where it declares no range), drifting like a car's,
+counters counting, flags and enumerations changing now and then, multiplexed messages through their pages;
+checksums are opendbc's where it knows the database's algorithm (so the frames are valid for its checks),
+else random. Messages longer than 8 bytes are CAN FD frames. All of it before anything is timed.
 
 Measured in one run, each rate the best of ``--repeat`` runs (the median and the run-to-run spread too):
 
@@ -15,15 +20,21 @@ Measured in one run, each rate the best of ``--repeat`` runs (the median and the
   batch arrives once every sample of the last one reached the subscriber; the run is done when every
   sample arrived. Also CPU µs per frame (``time.process_time`` over the timed part). Nothing may be
   dropped: samples received must equal samples expected and the subscriber's drop count must be 0.
+  ``--e2e`` turns the gateway's E2E checks on (`e2e_setup`, the hook for ``services/can/_e2e.py``).
+* opendbc's ``CANParser.update`` over the same frames in the same batches (PyPI ``opendbc``, the bench
+  extra): its own DBC parser reads the same file; it checks checksums and counters where it knows the
+  file's algorithm (``vw_mqb*``: Volkswagen's CRC8), into per-message value dicts. Frames it rejects are
+  counted (must be 0). Without opendbc (Python >= 3.13 has no release of it) it is reported as not measured.
 * ``CanCodec.decode`` alone over the same frames: the gateway's decoding without trio or the bus.
-* cantools' bare decode loop over the same frames, ``db.decode_message(frame_id, data,
-  decode_choices=False)``: the floor of any cantools-based gateway.
+* cantools' bare decode loop over the same frames (each frame's message's ``decode``,
+  ``decode_choices=False``): the floor of any cantools-based gateway.
 * a paced run at 8,000 frames/s (the most a classic 1 Mbit/s CAN bus carries) for ``--seconds`` of real
   time: every 10 ms the 80 frames due are injected (``trio.sleep_until`` on the real clock). Reports the
   frames whose samples never reached the subscriber (must be 0), the lag from a batch's due time until
   the subscriber had all of it (max and p50), and the CPU load.
 
-Usage: ``python bench/can.py [--json] [--frames N] [--repeat R] [--batch B] [--seconds S] [--profile K]``.
+Usage: ``python bench/can.py [--json] [--dbc PATH [--no-strict]] [--e2e] [--frames N] [--repeat R]
+[--batch B] [--seconds S] [--profile K]``.
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ import importlib.metadata
 import io
 import math
 import pstats
+import random
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -56,8 +69,10 @@ from bench import _table
 from bus import Bus, Subscription
 from services.can import (
     CanCodec,
+    CanDatabaseError,
     CanGateway,
     CanTransport,
+    FrameError,
     GatewayConfig,
     MemoryTransport,
     load_database,
@@ -65,9 +80,11 @@ from services.can import (
 )
 from vwos import ServiceSpec, Supervisor, SupervisorPolicy, configure_logging
 
-DBC = Path(__file__).resolve().parents[2] / "shared" / "dbc" / "vw_mqb.dbc"
-NETWORK = "mqb"
+DEFAULT_DBC = Path(__file__).resolve().parents[2] / "shared" / "dbc" / "vw_mqb.dbc"
+NETWORK = "bench"
 GOAL_FRAMES_PER_S = 40_000
+#: The whole path against opendbc's CANParser on the same frames (the CAN gateway issue's goal).
+GOAL_VS_OPENDBC = 1.5
 #: The most frames a classic CAN bus at 1 Mbit/s carries (about 125 µs per frame of 8 data bytes).
 PACED_FRAMES_PER_S = 8_000
 #: The paced run injects the frames due every this many seconds.
@@ -153,11 +170,15 @@ RARE_PREFIXES = ("NMH_", "KN_")
 DEFAULT_CYCLE_MS = 100
 
 
-def cycle_ms(message: str) -> int:
-    """The cycle time (ms) the benchmark sends ``message`` at."""
-    if message in CYCLE_MS:
-        return CYCLE_MS[message]
-    return 1000 if message.startswith(RARE_PREFIXES) else DEFAULT_CYCLE_MS
+def cycle_ms(message: Any) -> int:
+    """The cycle time (ms) the benchmark sends ``message`` (a cantools message) at: the database's, else
+    `CYCLE_MS` (MQB's), else 1000 for network management, else `DEFAULT_CYCLE_MS`."""
+    if message.cycle_time:
+        return max(1, int(message.cycle_time))
+    name: str = message.name
+    if name in CYCLE_MS:
+        return CYCLE_MS[name]
+    return 1000 if name.startswith(RARE_PREFIXES) else DEFAULT_CYCLE_MS
 
 
 def _collect() -> None:
@@ -167,122 +188,210 @@ def _collect() -> None:
 
 # -- traffic ---------------------------------------------------------------------------------------------
 
+#: Signals named like alive counters count up by one per frame of their message (opendbc checks MQB's).
+_COUNTER = re.compile(r"(?:^|_)(?:COUNTER|CNT|BZ|ALIVE)$|counter$", re.IGNORECASE)
+#: Signals named like checksums get opendbc's checksum where it knows the database's algorithm.
+_CHECKSUM = re.compile(r"(?:^|_)(?:CRC\d*|CHK)$|che?c?ksum$", re.IGNORECASE)
+#: The seed of the traffic's random values: every run of the benchmark measures the same frames.
+SEED = 12
 
-class _SignalWave:
-    """Plausible successive values of one signal, always inside its [minimum, maximum]."""
 
-    def __init__(self, signal: Any, index: int) -> None:
+def raw_bounds(signal: Any) -> tuple[float, float]:
+    """The raw values a signal may take: what its bits carry, within its declared [minimum, maximum] (taken
+    in raw space, so a value decoded from them is in range), or all its bits carry where it declares none
+    (or a range its bits cannot reach)."""
+    if signal.is_float:
+        low: float = -1e3 if signal.minimum is None else float(signal.minimum)
+        high: float = 1e3 if signal.maximum is None else float(signal.maximum)
+        return (low, high) if low <= high else (-1e3, 1e3)
+    bits_low = -(1 << (signal.length - 1)) if signal.is_signed else 0
+    bits_high = (1 << (signal.length - 1)) - 1 if signal.is_signed else (1 << signal.length) - 1
+    ends = [
+        (float(v) - signal.offset) / signal.scale for v in (signal.minimum, signal.maximum) if v is not None
+    ]
+    if len(ends) < 2 or not signal.scale:
+        return bits_low, bits_high
+    tolerance = 1e-9 * max(1.0, *(abs(e) for e in ends))
+    low, high = math.ceil(min(ends) - tolerance), math.floor(max(ends) + tolerance)
+    low, high = max(low, bits_low), min(high, bits_high)
+    return (low, high) if low <= high else (bits_low, bits_high)
+
+
+class _SignalWalk:
+    """Successive raw values of one signal, always inside its `raw_bounds`: random, and like a car's (a
+    value drifts rather than jumps; a flag or an enumeration changes now and then)."""
+
+    def __init__(self, signal: Any, rng: random.Random) -> None:
         self.name: str = signal.name
-        lo, hi = float(signal.minimum), float(signal.maximum)
-        if not signal.is_float:  # the range the bits can carry (opendbc has a 4-bit COUNTER up to 255)
-            raw_lo = -(1 << (signal.length - 1)) if signal.is_signed else 0
-            raw_hi = (1 << (signal.length - 1)) - 1 if signal.is_signed else (1 << signal.length) - 1
-            ends = sorted((raw_lo * signal.scale + signal.offset, raw_hi * signal.scale + signal.offset))
-            lo, hi = max(lo, ends[0]), min(hi, ends[1])
-        self.lo, self.hi = lo, hi
-        upper = signal.name.upper()
-        self.kind = "wave"
-        if "COUNTER" in upper or upper.endswith("_BZ"):
-            self.kind = "counter"  # a message counter: 0, 1, ..., 15, 0, ...
-        elif "CHECKSUM" in upper or upper.endswith("_CRC"):
-            self.kind = "checksum"
-        elif signal.length == 1:
-            self.kind = "flag"
-        elif signal.choices:
+        self.rng = rng
+        self.integer = not signal.is_float
+        self.low, self.high = raw_bounds(signal)
+        span = self.high - self.low
+        self.choices = [
+            raw for raw in (signal.choices or {}) if isinstance(raw, int) and self.low <= raw <= self.high
+        ]
+        if self.integer and _COUNTER.search(self.name) and span >= 1:
+            self.kind = "counter"
+        elif self.integer and _CHECKSUM.search(self.name):
+            self.kind = "checksum"  # random, unless opendbc's algorithm fills it (`_Checksums`)
+        elif self.choices:
             self.kind = "choice"
-            self.choices = [float(int(v)) for v in signal.choices if lo <= int(v) <= hi] or [lo]
-        # Each signal its own pace and phase, so values do not all move together.
-        self.period = 50 + (index * 37) % 400
-        self.phase = (index * 0.7) % (2 * math.pi)
+        elif self.integer and span <= 1:
+            self.kind = "flag"
+        else:
+            self.kind = "value"
+        self.step = span * 0.01
+        self.value = self.low + rng.random() * span
+        self.start = rng.randrange(0, 1 << 16)  # where a counter starts
 
-    def value(self, k: int) -> float:
-        """The value in the ``k``-th frame of its message."""
-        lo, hi = self.lo, self.hi
+    def next(self, k: int) -> float:
+        """The raw value in the ``k``-th frame of its message."""
+        rng, low, high = self.rng, self.low, self.high
         if self.kind == "counter":
-            return lo + k % int(hi - lo + 1)
+            return low + (self.start + k) % int(high - low + 1)
         if self.kind == "checksum":
-            return lo + (k * 167 + self.period) % int(hi - lo + 1)
-        if self.kind == "flag":
-            return lo if (k // self.period) % 2 == 0 else hi
+            return rng.randint(int(low), int(high))
         if self.kind == "choice":
-            return self.choices[(k // self.period) % len(self.choices)]
-        swing = 0.5 + 0.5 * math.sin(self.phase + 2 * math.pi * k / self.period)
-        return min(max(lo + (hi - lo) * swing, lo), hi)
+            if k == 0 or rng.random() < 0.02:
+                self.value = rng.choice(self.choices)
+            return self.value
+        if self.kind == "flag":
+            if rng.random() < 0.02:
+                self.value = high if self.value == low else low
+            return round(self.value)
+        value = self.value + rng.gauss(0.0, 1.0) * self.step  # a random walk, reflected at the ends
+        if value < low:
+            value = min(2 * low - value, high)
+        elif value > high:
+            value = max(2 * high - value, low)
+        self.value = value
+        return min(max(round(value), int(low)), int(high)) if self.integer else value
 
 
-def decodable(message: Any) -> bool:
-    """Whether cantools decodes frames of ``message`` at all. Not so PLA_01 of ``vw_mqb.dbc``: its signals
-    overlap (hence ``strict=False``) and cantools 45 neither decodes nor encodes it (every frame of it is
-    counted ``undecodable`` by the gateway). The traffic leaves such messages out."""
-    try:
-        message.decode(bytes(message.length), decode_choices=False)
-    except Exception:
-        return False
-    return True
+class _Checksums:
+    """opendbc's checksums of the database's messages, where opendbc knows the algorithm (it chooses it by
+    the file's name: ``vw_mqb*`` is Volkswagen's CRC8 with a per-message data id). With them the frames are
+    valid for opendbc's `CANParser`, which checks them (and the counters) on every frame."""
+
+    def __init__(self, dbc: Any) -> None:
+        self.dbc = dbc
+
+    def signal(self, address: int) -> Any | None:
+        message = self.dbc.addr_to_msg.get(address)
+        if message is None:
+            return None
+        return next((s for s in message.sigs.values() if s.calc_checksum is not None), None)
+
+
+def opendbc_address(message: Any) -> int:
+    """The address opendbc files a message under: the DBC's id, with bit 31 for an extended one."""
+    return int(message.frame_id) | (0x80000000 if message.is_extended_frame else 0)
+
+
+def is_fd(message: Any) -> bool:
+    """CAN FD: declared so, or longer than 8 bytes (no classic frame is)."""
+    return bool(message.is_fd) or message.length > 8
 
 
 class _MessageSource:
-    """Successive frames of one message: every signal's next value, encoded with the gateway's codec."""
+    """Successive frames of one message: every signal's next raw value, encoded by cantools."""
 
-    def __init__(self, codec: CanCodec, message: Any, first_index: int) -> None:
-        self.codec = codec
+    def __init__(
+        self,
+        message: Any,
+        rng: random.Random,
+        checksum: Any | None = None,
+        protect: Callable[[Any, bytes], bytes] | None = None,
+    ) -> None:
+        self.message = message
         self.name: str = message.name
         self.frame_id: int = message.frame_id
-        self.period = cycle_ms(message.name) / 1000.0
-        self.waves = [_SignalWave(s, first_index + i) for i, s in enumerate(message.signals)]
+        self.period = cycle_ms(message) / 1000.0
+        self.rng = rng
+        self.walks = [_SignalWalk(s, rng) for s in message.signals]
         self.count = 0
-        # A multiplexed message (VIN_01) carries one multiplexer value's signals per frame: cycle them.
-        self.mux: tuple[str, list[int], dict[int, set[str]]] | None = None
-        if message.is_multiplexed():
-            muxer = next(s for s in message.signals if s.is_multiplexer)
-            ids = sorted({i for s in message.signals for i in (s.multiplexer_ids or ())})
-            members = {
-                i: {s.name for s in message.signals if not s.multiplexer_ids or i in s.multiplexer_ids}
-                for i in ids
-            }
-            self.mux = (muxer.name, ids, members)
+        self.checksum = checksum
+        self.protect = protect
+        self.fd = is_fd(message)
+
+    def _pick_pages(self, nodes: list[Any], values: dict[str, float], k: int) -> None:
+        """Set each multiplexer of ``nodes`` to one of its pages: the top one cycles with ``k``, nested ones
+        at random."""
+        for node in nodes:
+            if isinstance(node, str):
+                continue
+            for mux, branches in node.items():
+                pages = sorted(branches)
+                page = pages[k % len(pages)] if nodes is self.message.signal_tree else self.rng.choice(pages)
+                values[mux] = page
+                self._pick_pages(branches[page], values, k)
+
+    def data(self, k: int) -> bytes:
+        values = {w.name: w.next(k) for w in self.walks}
+        if self.message.is_multiplexed():
+            self._pick_pages(self.message.signal_tree, values, k)
+        encode = self.message.encode
+        data = bytes(encode(values, scaling=False, padding=False, strict=False))
+        if self.checksum is not None:
+            values[self.checksum.name] = self.checksum.calc_checksum(
+                opendbc_address(self.message), self.checksum, bytearray(data)
+            )
+            data = bytes(encode(values, scaling=False, padding=False, strict=False))
+        if self.protect is not None:
+            data = self.protect(self.message, data)
+        return data
 
     def next_frame(self, timestamp: float) -> can.Message:
-        k = self.count
+        data = self.data(self.count)
         self.count += 1
-        values = {w.name: w.value(k) for w in self.waves}
-        if self.mux is not None:
-            # The codec's defaults hold every multiplexer value's signals, which cantools refuses: give it
-            # only the signals of this frame's multiplexer value, as the base.
-            name, ids, members = self.mux
-            selected = ids[k % len(ids)]
-            values = {n: v for n, v in values.items() if n in members[selected]}
-            values[name] = float(selected)
-            frame = self.codec.encode(self.name, {}, base=values)
-        else:
-            frame = self.codec.encode(self.name, values)
         return can.Message(
             timestamp=timestamp,
-            arbitration_id=frame.arbitration_id,
-            data=frame.data,
-            is_extended_id=frame.is_extended_id,
-            is_fd=frame.is_fd,
-            dlc=len(frame.data),
+            arbitration_id=self.frame_id,
+            data=data,
+            is_extended_id=bool(self.message.is_extended_frame),
+            is_fd=self.fd,
+            dlc=len(data),
         )
 
 
+def why_left_out(message: Any) -> str | None:
+    """Why the traffic leaves ``message`` out (None: it does not): cantools must encode its frames and
+    decode them again. Not so PLA_01 of ``vw_mqb.dbc``: its signals overlap (hence ``strict=False``) and
+    cantools 45 neither decodes nor encodes it; on a car the gateway counts its frames ``undecodable``."""
+    try:
+        data = _MessageSource(message, random.Random(SEED)).data(0)
+        message.decode(data, decode_choices=False)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}".rstrip(". ")
+    return None
+
+
 def mix(db: Any) -> list[Any]:
-    """The messages of the traffic: every message of the database that cantools can decode."""
-    return [m for m in db.messages if decodable(m)]
+    """The messages of the traffic: every message of the database that cantools encodes and decodes."""
+    return [m for m in db.messages if why_left_out(m) is None]
 
 
 def bus_load(messages: Sequence[Any]) -> float:
     """Frames per second the traffic mix carries on one bus."""
-    return sum(1000.0 / cycle_ms(m.name) for m in messages)
+    return sum(1000.0 / cycle_ms(m) for m in messages)
 
 
-def traffic(codec: CanCodec, n: int) -> list[can.Message]:
-    """The first ``n`` frames of the mix, in time order, each message at its cycle time and phase."""
-    sources: list[_MessageSource] = []
-    index = 0
-    for message in mix(codec.db):
-        sources.append(_MessageSource(codec, message, index))
-        index += len(message.signals)
+def traffic(
+    messages: Sequence[Any],
+    n: int,
+    *,
+    checksums: _Checksums | None = None,
+    protect: Callable[[Any, bytes], bytes] | None = None,
+) -> list[can.Message]:
+    """The first ``n`` frames of the mix, in time order, each message at its cycle time and phase, with
+    random values valid for the database (seeded: the same frames every run)."""
+    rng = random.Random(SEED)
+    sources = [
+        _MessageSource(
+            m, rng, None if checksums is None else checksums.signal(opendbc_address(m)), protect=protect
+        )
+        for m in messages
+    ]
     # (due time, source number): each message starts at its own offset inside its first cycle.
     due = [(s.period * ((s.frame_id * 7919) % 1000) / 1000.0, i) for i, s in enumerate(sources)]
     heapq.heapify(due)
@@ -302,13 +411,108 @@ def batches(frames: Sequence[can.Message], size: int) -> list[Sequence[can.Messa
 # -- references: decoding alone --------------------------------------------------------------------------
 
 
-def cantools_decode(db: Any, pairs: Sequence[tuple[int, bytearray]]) -> float:
-    """Seconds cantools takes to decode every frame: the floor of a cantools-based gateway."""
-    decode = db.decode_message
+def cantools_decode(decoders: Sequence[tuple[Callable[..., Any], bytearray]]) -> float:
+    """Seconds cantools takes to decode every frame (each with its message's ``decode``, found before the
+    clock starts; ``db.decode_message`` would mix up a standard and an extended id of the same number):
+    the floor of a cantools-based gateway."""
     started = time.perf_counter()
-    for frame_id, data in pairs:
-        decode(frame_id, data, decode_choices=False)
+    for decode, data in decoders:
+        decode(data, decode_choices=False)
     return time.perf_counter() - started
+
+
+@dataclass
+class Opendbc:
+    """opendbc's `CANParser` set up for the traffic (a reference measured on the same frames), or why not."""
+
+    #: Makes a fresh parser (its counter state starts anew each run); None if opendbc is not there.
+    parser: Callable[[], Any] | None
+    #: Why it is not measured ("" when it is).
+    unavailable: str = ""
+    checksums: _Checksums | None = None
+    #: Messages of the mix opendbc knows, and those it checks (a checksum or a counter).
+    messages: int = 0
+    checked: int = 0
+    #: Signals of those messages as cantools and as opendbc read them (opendbc skips what its parser
+    #: does not match).
+    signals: int = 0
+    opendbc_signals: int = 0
+    version: str | None = None
+
+
+def setup_opendbc(path: Path, messages: Sequence[Any]) -> Opendbc:
+    """opendbc's CANParser for ``messages`` of the database at ``path``.
+
+    opendbc takes a DBC by name (a file in its own ``opendbc/dbc``) or by path: given a path, it reads the
+    file itself and takes its name (the file's stem) to choose the checksum algorithm, so
+    ``../shared/dbc/vw_mqb.dbc`` gets Volkswagen MQB's CRC8 and counter checks, and ``Model3CAN.dbc`` none.
+    Messages are named to it by address (bit 31 set for extended ids), each with its cycle's frequency.
+    """
+    try:
+        from opendbc.can.dbc import DBC
+        from opendbc.can.parser import CANParser
+    except Exception as exc:  # not installed (Python >= 3.13: opendbc has no wheel), or broken
+        return Opendbc(None, f"opendbc is not importable ({type(exc).__name__}: {exc})")
+    dbc = DBC(str(path))
+    known = [m for m in messages if opendbc_address(m) in dbc.addr_to_msg]
+    if not known:
+        return Opendbc(None, f"opendbc knows none of the {len(messages)} messages in {path.name}")
+    wanted = [(opendbc_address(m), 1000.0 / cycle_ms(m)) for m in known]
+    ours = {opendbc_address(m): m for m in known}
+    theirs = [dbc.addr_to_msg[a] for a in ours]
+    checked = sum(
+        any(s.calc_checksum is not None or s.type == 1 for s in msg.sigs.values()) for msg in theirs
+    )
+    return Opendbc(
+        lambda: CANParser(str(path), wanted, 0),
+        checksums=_Checksums(dbc),
+        messages=len(known),
+        checked=checked,
+        signals=sum(len(m.signals) for m in known),
+        opendbc_signals=sum(len(msg.sigs) for msg in theirs),
+        version=_version("opendbc"),
+    )
+
+
+def opendbc_updates(frames: Sequence[can.Message], batch: int) -> list[list[tuple[int, list[Any]]]]:
+    """The frames as `CANParser.update` takes them: per batch, (nanoseconds, [(address, data, bus)])."""
+    out = []
+    for chunk in batches(frames, batch):
+        nanos = int(chunk[-1].timestamp * 1e9)
+        out.append(
+            [
+                (
+                    nanos,
+                    [
+                        (m.arbitration_id | (0x80000000 if m.is_extended_id else 0), bytes(m.data), 0)
+                        for m in chunk
+                    ],
+                )
+            ]
+        )
+    return out
+
+
+def opendbc_decode(make: Callable[[], Any], updates: Sequence[Any]) -> float:
+    """Seconds opendbc's CANParser takes over every batch (a fresh parser, made before the clock starts)."""
+    parser = make()
+    update = parser.update
+    started = time.perf_counter()
+    for entry in updates:
+        update(entry)
+    return time.perf_counter() - started
+
+
+def opendbc_rejected(make: Callable[[], Any], frames: Sequence[can.Message]) -> int:
+    """Frames opendbc's CANParser did not take (a failed checksum or counter check, or a message it does
+    not know), fed one at a time, untimed: 0 means it did its whole work on every frame."""
+    parser = make()
+    rejected = 0
+    for m in frames:
+        address = m.arbitration_id | (0x80000000 if m.is_extended_id else 0)
+        if address not in parser.update([(int(m.timestamp * 1e9), [(address, bytes(m.data), 0)])]):
+            rejected += 1
+    return rejected
 
 
 def codec_decode(codec: CanCodec, pairs: Sequence[tuple[int, bytearray]]) -> tuple[float, int]:
@@ -491,16 +695,17 @@ async def measure(
     batch: int,
     seconds: float,
     profile_top: int,
+    gateway_options: dict[str, Any],
 ) -> dict[str, Any]:
-    """Start the gateway once, then the saturated runs, the paced run, and a profile if asked."""
+    """Start the gateway once, then the saturated runs, the paced run, and a profile if asked.
+    ``gateway_options`` are its `GatewayConfig` (the database, strictness, FD, E2E)."""
     link = _Link()
     bus = Bus()
     config = GatewayConfig(
-        database=DBC,
         network=NETWORK,
-        strict=False,
         kernel_filters=False,
         status_period=1e6,  # no status samples on CAN.** while measuring
+        **gateway_options,
     )
     spec = ServiceSpec("can_gateway", gateway_class(link), config)
     supervisor = Supervisor([spec], policy=SupervisorPolicy(intensity=0, period=1.0), bus=bus)
@@ -536,6 +741,41 @@ async def measure(
         counters = gateway.status()
         supervisor.shutdown()
     return {"runs": runs, "paced": paced_run, "status": counters, "profile": profile}
+
+
+# -- E2E on our side: the integrator's hook ------------------------------------------------------------------
+
+
+class E2EUnavailable(Exception):
+    """``--e2e`` was asked for, but the gateway's E2E checks are not wired into the benchmark."""
+
+
+@dataclass(frozen=True)
+class E2ESetup:
+    """What ``--e2e`` needs from the gateway's end-to-end protection (``services/can/_e2e.py``)."""
+
+    #: Added to the gateway's `GatewayConfig`: the E2E checks for the database's protected messages.
+    gateway_options: dict[str, Any]
+    #: ``protect(message, data) -> data``: the frame with its alive counter and CRC filled the way those
+    #: checks expect (the traffic's counters already count by one per frame).
+    protect: Callable[[Any, bytes], bytes]
+    #: Messages it protects, by name.
+    messages: tuple[str, ...]
+
+
+def e2e_setup(db: Any, path: Path) -> E2ESetup:
+    """The gateway's E2E checks for ``db`` (read from ``path``), configured as a car would configure them.
+
+    THE HOOK: once ``services/can/_e2e.py`` is merged, build here the gateway's E2E config for every message
+    of ``db`` that carries a counter and a CRC (for ``vw_mqb.dbc``: Volkswagen's CRC8 with its per-message
+    data ids, the messages opendbc checks) and a ``protect`` that fills them (the simulator's and Send's
+    code). Until then ``--e2e`` stops with this reason, and the whole path is measured without E2E checks
+    (opendbc's CANParser checks checksums and counters where it knows the database: the table says so).
+    """
+    raise E2EUnavailable(
+        "--e2e: the gateway's E2E checks (services/can/_e2e.py) are not wired into bench/can.py yet "
+        "(see e2e_setup)"
+    )
 
 
 # -- the whole benchmark ---------------------------------------------------------------------------------
@@ -592,27 +832,84 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="K",
         help="profile one more saturated run and print its K costliest functions to stderr",
     )
+    parser.add_argument(
+        "--dbc",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"the CAN database of the traffic (default: {DEFAULT_DBC.name} from ../shared, loaded with "
+        "strict=False)",
+    )
+    parser.add_argument(
+        "--no-strict",
+        dest="strict",
+        action="store_false",
+        default=None,
+        help="load --dbc with strict=False (real-world files with overlapping signals need it)",
+    )
+    parser.add_argument(
+        "--e2e",
+        action="store_true",
+        help="the gateway with E2E checks on for the database's protected messages (see e2e_setup)",
+    )
     args = parser.parse_args(argv)
     n, repeat, batch, seconds = args.samples, args.repeat, min(args.batch, 512), args.seconds
+    path: Path = DEFAULT_DBC if args.dbc is None else args.dbc
+    strict: bool = (args.dbc is not None) if args.strict is None else args.strict
     # Service logs go to stderr, and only warnings: stdout is the table or the one JSON object.
     configure_logging(format="json", level="warning", stream=sys.stderr)
 
-    db = load_database(DBC, strict=False)
+    try:
+        db = load_database(path, strict=strict)
+        e2e = e2e_setup(db, path) if args.e2e else None
+    except (CanDatabaseError, E2EUnavailable) as exc:
+        hint = " (real-world files often need --no-strict)" if strict and "strict" in str(exc) else ""
+        print(
+            f"error: {str(exc).replace(' (real-world files often need strict = false)', '')}{hint}",
+            file=sys.stderr,
+        )
+        return 2
+    messages = mix(db)
+    if not messages:
+        print(f"error: {path}: cantools encodes and decodes none of its messages", file=sys.stderr)
+        return 2
+    left_out = {m.name: why for m in db.messages if (why := why_left_out(m)) is not None}
+    reference = setup_opendbc(path, messages)
+    frames = traffic(messages, n, checksums=reference.checksums, protect=None if e2e is None else e2e.protect)
+    fd = any(m.is_fd for m in frames)
     codec = CanCodec(db, NETWORK)
-    frames = traffic(codec, n)
     pairs = [(m.arbitration_id, m.data) for m in frames]
     # The samples the gateway must deliver: what its codec makes of the frames (one per frame).
-    _, expected = codec_decode(codec, pairs)
+    try:
+        _, expected = codec_decode(codec, pairs)
+    except FrameError as exc:
+        print(f"error: the gateway's codec refuses a frame cantools decodes: {exc}", file=sys.stderr)
+        return 1
     if expected != len(frames):
-        raise RuntimeError(f"{len(frames)} frames decode into {expected} samples, not one each")
+        print(f"error: {len(frames)} frames decode into {expected} samples, not one each", file=sys.stderr)
+        return 1
+    by_key = {(m.frame_id, bool(m.is_extended_frame)): m for m in messages}
+    decoders = [(by_key[m.arbitration_id, m.is_extended_id].decode, m.data) for m in frames]
 
     cantools_runs = _table.Runs(
-        "frames/s", [n / s for s in _timed(lambda: cantools_decode(db, pairs), repeat)]
+        "frames/s", [n / s for s in _timed(lambda: cantools_decode(decoders), repeat)]
     )
     codec_runs = _table.Runs(
         "frames/s", [n / s for s in _timed(lambda: codec_decode(codec, pairs)[0], repeat)]
     )
-    measured = trio.run(measure, frames, repeat, batch, seconds, max(args.profile, 0))
+    opendbc_runs: _table.Runs | None = None
+    rejected: int | None = None
+    if reference.parser is not None:
+        make = reference.parser
+        updates = opendbc_updates(frames, batch)
+        opendbc_runs = _table.Runs(
+            "frames/s", [n / s for s in _timed(lambda: opendbc_decode(make, updates), repeat)]
+        )
+        rejected = opendbc_rejected(make, frames)
+    gateway_options: dict[str, Any] = {"database": path, "strict": strict, "fd": fd}
+    if e2e is not None:
+        gateway_options |= e2e.gateway_options
+    measured = trio.run(measure, frames, repeat, batch, seconds, max(args.profile, 0), gateway_options)
     runs: list[SaturatedRun] = measured["runs"]
     paced_run: PacedRun = measured["paced"]
     whole = _table.Runs("frames/s", [r.per_s for r in runs])
@@ -625,9 +922,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     lag_p50 = _table.percentile(paced_run.lags, 50) * 1e3 if paced_run.lags else None
     paced_load = paced_run.cpu / paced_run.seconds
     vs_cantools = _table.ratio(whole.best, cantools_runs.best)
-    messages = mix(db)
-    skipped = sorted(m.name for m in db.messages if m not in messages)
+    opendbc_best = None if opendbc_runs is None else opendbc_runs.best
+    vs_opendbc = _table.ratio(whole.best, opendbc_best)
+    goal_vs_opendbc = None if vs_opendbc is None else vs_opendbc >= GOAL_VS_OPENDBC
     per_bus = bus_load(messages)
+    our_e2e = e2e is not None
 
     result: dict[str, Any] = {
         "benchmark": "can",
@@ -636,7 +935,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpu_frames_per_s": 1e6 / cpu.best,
         "codec_decode_frames_per_s": codec_runs.best,
         "cantools_decode_frames_per_s": cantools_runs.best,
+        "opendbc_frames_per_s": opendbc_best,
         "gateway_vs_cantools_decode": vs_cantools,
+        "gateway_vs_opendbc": vs_opendbc,
         "dropped_at_8000_fps": dropped_paced,
         "max_lag_ms_at_8000_fps": lag_max,
         "p50_lag_ms_at_8000_fps": lag_p50,
@@ -645,49 +946,77 @@ def main(argv: Sequence[str] | None = None) -> int:
         "paced_seconds": paced_run.seconds,
         "dropped_saturated": lost,
         "frame_errors": frame_errors,
+        "e2e": our_e2e,
+        "e2e_messages": [] if e2e is None else list(e2e.messages),
+        "opendbc_unavailable": reference.unavailable or None,
+        "opendbc_messages": reference.messages if reference.parser else None,
+        "opendbc_checked_messages": reference.checked if reference.parser else None,
+        "opendbc_rejected_frames": rejected,
+        "opendbc_signals": reference.opendbc_signals if reference.parser else None,
+        "cantools_signals": sum(len(m.signals) for m in messages),
         "goal_frames_per_s": GOAL_FRAMES_PER_S,
         "goal_frames_per_s_met": whole.best >= GOAL_FRAMES_PER_S,
         "goal_no_drop_at_8000_fps_met": dropped_paced == 0,
+        "goal_vs_opendbc": GOAL_VS_OPENDBC,
+        "goal_vs_opendbc_met": goal_vs_opendbc,
         "figures": "best of the runs (highest rate, lowest CPU time); spread = (max - min) / median",
         "runs": {
             "frames_per_s": whole,
             "cpu_us_per_frame": cpu,
             "codec_decode_frames_per_s": codec_runs,
             "cantools_decode_frames_per_s": cantools_runs,
+            "opendbc_frames_per_s": opendbc_runs,
         },
         "spread_frames_per_s": whole.spread,
         "spread_cpu_us_per_frame": cpu.spread,
         "spread_codec_decode": codec_runs.spread,
         "spread_cantools_decode": cantools_runs.spread,
+        "spread_opendbc": None if opendbc_runs is None else opendbc_runs.spread,
         "frames": n,
         "samples_per_run": expected,
         "repeat": repeat,
         "batch": batch,
         "paced_frames_per_s": PACED_FRAMES_PER_S,
         "paced_tick_ms": PACED_TICK * 1e3,
-        "database": DBC.name,
+        "database": path.name,
+        "database_path": str(path),
+        "strict": strict,
+        "fd": fd,
         "database_messages": len(db.messages),
         "mix_messages": len(messages),
-        "skipped_messages": skipped,
+        "skipped_messages": sorted(left_out),
         "mix_frames_per_s_per_bus": per_bus,
         **_table.environment(
             trio=trio.__version__,
             cantools=_version("cantools"),
             python_can=_version("python-can"),
             attrs=_version("attrs"),
+            opendbc=reference.version,
         ),
     }
 
     frames_per_s = functools.partial(_table.rate, unit=" frames/s")
     table = _table.Table(
-        f"vwos CAN gateway, {DBC.name} ({len(messages)} of its {len(db.messages)} messages, "
+        f"vwos CAN gateway, {path.name} ({len(messages)} of its {len(db.messages)} messages, "
         f"{per_bus:,.0f} frames/s per bus): best of {repeat} run{'s' if repeat > 1 else ''} of {n:,} "
         f"frames in batches of {batch}, Python {result['python']}",
         ["figure", "best", "median", "spread", "gateway / it"],
     )
-    table.runs("gateway, whole path: frames -> subscriber", whole, fmt=frames_per_s)
+    checks = "with E2E checks" if our_e2e else "no E2E checks"
+    table.runs(f"gateway, whole path: frames -> subscriber ({checks})", whole, fmt=frames_per_s)
     table.runs("gateway, whole path: CPU per frame", cpu, fmt=_table.micros)
     table.rule()
+    if opendbc_runs is not None:
+        what = (
+            f"checksums + counters of {reference.checked} messages"
+            if reference.checked
+            else "no checks known for this file"
+        )
+        table.runs(
+            f"opendbc CANParser.update ({what})", opendbc_runs, _table.times(vs_opendbc), fmt=frames_per_s
+        )
+    else:
+        table.row("opendbc CANParser.update", "-", "-", "-", "-")
     table.runs(
         "CanCodec.decode alone",
         codec_runs,
@@ -717,8 +1046,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"dropped flat out: {lost} samples (must be 0); frame errors: {frame_errors} (must be 0); "
         f"paced lag is from a batch's due time until the subscriber had all of it"
     )
-    if skipped:
-        table.note(f"left out of the traffic, cantools cannot decode them: {', '.join(skipped)}")
+    if opendbc_runs is not None:
+        table.note(
+            f"opendbc {reference.version}: the same frames, in the same batches, by CANParser.update into "
+            f"its value dicts (no typed samples, no subscriber); it knows {reference.messages} of the "
+            f"{len(messages)} messages and reads {reference.opendbc_signals} of their "
+            f"{reference.signals} signals; frames it rejected: {rejected} (must be 0)"
+        )
+    else:
+        table.note(f"opendbc not measured: {reference.unavailable}")
+    if not our_e2e:
+        table.note(
+            "the gateway checks no E2E here: --e2e turns its checks on once they are wired (e2e_setup)"
+        )
+    if left_out:
+        table.note(
+            f"left out of the traffic, cantools cannot encode or decode them: {', '.join(sorted(left_out))}"
+        )
     table.goal(
         f">= {GOAL_FRAMES_PER_S:,} frames/s through the whole path (five saturated buses)",
         whole.best >= GOAL_FRAMES_PER_S,
@@ -729,13 +1073,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         dropped_paced == 0,
         f"{dropped_paced} dropped of {paced_run.frames:,}",
     )
+    table.goal(
+        f"whole path >= {GOAL_VS_OPENDBC}x opendbc's CANParser"
+        + ("" if our_e2e or not reference.checked else " (ours without E2E checks, opendbc with)"),
+        goal_vs_opendbc,
+        _table.times(vs_opendbc),
+    )
     _table.emit(args, result, table)
     if measured["profile"] is not None:
         sys.stderr.write(f"\ncProfile of one more flat-out run of {n:,} frames:\n{measured['profile']}")
-    if lost or dropped_paced or frame_errors:
+    if lost or dropped_paced or frame_errors or rejected:
         print(
             f"error: {lost} samples lost flat out, {dropped_paced} frames lost at {PACED_FRAMES_PER_S} "
-            f"frames/s, {frame_errors} frame errors",
+            f"frames/s, {frame_errors} frame errors, {rejected or 0} frames rejected by opendbc",
             file=sys.stderr,
         )
         return 1

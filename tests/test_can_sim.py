@@ -3,6 +3,7 @@ python-can's virtual interface under trio's MockClock. The ECU's schedule and pl
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import uuid
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ from services.can import (
     SimulatorConfig,
     load_database,
 )
+from services.can import _cli as can_cli
 from vwos import ConfigError, ServiceSpec, load_plugin, parse_config
 from vwos.testing import open_harness
 
@@ -200,3 +202,210 @@ database = "{tmp_path / "bad.dbc"}"
     assert "services.sloppy.config.database: " in message
     assert "The signal B does not fit in message X." in message
     assert "real-world files often need strict = false" in message
+
+
+# -- what the simulated car does with a real database's habits --------------------------------------------
+
+#: A car whose signals have the habits of real exports: a vehicle speed with choices for its init and error
+#: values (it stayed 0 before), an angle whose raw 0 means SNA, an enumeration with an SNA value, flags with
+#: named values (one of them an error flag), and signals without a declared range ([0|0]).
+CAR_DBC = """VERSION ""
+
+BO_ 256 Motion: 8 ECU
+ SG_ VehicleSpeed : 0|16@1+ (0.01,0) [0|655.35] "km/h" GW
+ SG_ Angle : 16|8@1- (1,0) [-100|100] "deg" GW
+ SG_ Gear : 24|3@1+ (1,0) [0|7] "" GW
+ SG_ Blinker : 27|1@1+ (1,0) [0|1] "" GW
+ SG_ Fault : 28|1@1+ (1,0) [0|1] "" GW
+ SG_ Level : 32|8@1+ (1,0) [0|0] "" GW
+ SG_ Temperature : 40|8@1+ (1,-40) [0|0] "degC" GW
+
+BA_DEF_ BO_ "GenMsgCycleTime" INT 0 10000;
+BA_DEF_DEF_ "GenMsgCycleTime" 0;
+BA_ "GenMsgCycleTime" BO_ 256 20;
+VAL_ 256 VehicleSpeed 65534 "Init" 65535 "Fehler" ;
+VAL_ 256 Angle 0 "SNA" ;
+VAL_ 256 Gear 0 "P" 1 "R" 2 "N" 3 "D" 7 "SNA" ;
+VAL_ 256 Blinker 0 "off" 1 "on" ;
+VAL_ 256 Fault 0 "kein_Fehler" 1 "Fehler" ;
+"""
+
+
+def _load(tmp_path: Path, text: str, *, strict: bool = True) -> Any:
+    path = tmp_path / "car.dbc"
+    path.write_text(text)
+    return load_database(path, strict=strict)
+
+
+async def _run_for(ecu: SimulatedEcu, seconds: float) -> None:
+    with trio.move_on_after(seconds):
+        await ecu.run()
+
+
+async def test_a_simulated_car_moves_its_signals_with_choices(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    db = _load(tmp_path, CAR_DBC)
+    frames: list[Frame] = []
+    ecu = SimulatedEcu(db, frames.append)
+    await _run_for(ecu, 60.0)
+    assert len(frames) == 3000  # 20 ms for a minute
+    motion = [db.decode_message(f.arbitration_id, f.data, decode_choices=False) for f in frames]
+
+    speeds = [m["VehicleSpeed"] for m in motion]
+    assert max(speeds) - min(speeds) > 100  # it moves (it stayed 0 because the signal has choices)
+    assert max(speeds) < 655.34  # never its Init or Fehler value
+    angles = [m["Angle"] for m in motion]
+    assert min(angles) < 0 < max(angles)  # a wave around zero ...
+    assert 0 not in angles  # ... stepping over raw 0, which means SNA
+    gears = [m["Gear"] for m in motion]
+    assert set(gears) == {0, 1, 2, 3}  # P R N D, never SNA
+    assert 3 <= sum(a != b for a, b in itertools.pairwise(gears)) <= 60 / 2  # held seconds each
+    assert {m["Blinker"] for m in motion} == {0, 1}  # a named flag steps too
+    assert {m["Fault"] for m in motion} == {0}  # ... but a healthy car shows no fault
+    # Without a declared range: the range its bits carry.
+    assert {m["Level"] for m in motion} == {0}  # a plain integer keeps its initial value
+    temperatures = [m["Temperature"] for m in motion]
+    assert max(temperatures) - min(temperatures) > 20
+    assert -40 <= min(temperatures) <= max(temperatures) <= 215
+
+
+def test_a_message_cantools_encodes_but_cannot_decode_is_left_out_with_the_reason(tmp_path: Path) -> None:
+    """A signal reaching past its message (loaded with strict=False): cantools encodes the frames, but
+    decodes none of them; a receiver would count every one as undecodable."""
+    db = _load(
+        tmp_path,
+        'VERSION ""\n\nBO_ 256 Beyond: 2 ECU\n SG_ A : 8|16@1+ (1,0) [0|100] "" GW\n\n'
+        'BO_ 257 Fine: 1 ECU\n SG_ B : 0|8@1+ (1,0) [0|100] "" GW\n',
+        strict=False,
+    )
+    frames: list[Frame] = []
+    ecu = SimulatedEcu(db, frames.append)
+    assert ecu.messages == ["Fine"]
+    assert list(ecu.skipped) == ["Beyond"]
+    assert ecu.skipped["Beyond"].startswith("cantools encodes it but cannot decode the frames: ")
+    ecu.start(0.0)
+    assert [f.arbitration_id for f in ecu.poll(1.0)] == [257]
+
+
+def tool(*argv: str | Path) -> int:
+    """``vwos can ...`` as the command runs it."""
+    parser = argparse.ArgumentParser(prog="vwos")
+    can_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([str(a) for a in argv])
+    code: int = args.handler(args)
+    return code
+
+
+def test_the_sim_command_warns_of_a_message_it_cannot_decode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(can_cli, "_clock", trio.testing.MockClock(autojump_threshold=0))
+    path = tmp_path / "beyond.dbc"
+    path.write_text(
+        'VERSION ""\n\nBO_ 256 Beyond: 2 ECU\n SG_ A : 8|16@1+ (1,0) [0|100] "" GW\n\n'
+        'BO_ 257 Fine: 1 ECU\n SG_ B : 0|8@1+ (1,0) [0|100] "" GW\n'
+    )
+    ch = channel()
+    with can.Bus(interface="virtual", channel=ch) as listener:
+        code = tool(
+            "can", "sim", path, "--no-strict", "--interface", "virtual", "--channel", ch, "--duration", "1"
+        )
+        received = _drain(listener)
+    assert code == 0
+    assert {m.arbitration_id for m in received} == {257}
+    err = capsys.readouterr().err
+    assert (
+        "vwos can: warning: Beyond is not simulated: cantools encodes it but cannot decode the frames" in err
+    )
+
+
+def _fd_dbc(tmp_path: Path) -> Path:
+    """``WideFd`` is declared CAN FD (``VFrameFormat``); ``Wide``, 12 bytes too, is not (a common export
+    fault): it is CAN FD all the same, there is no classic frame of 12 bytes."""
+    path = tmp_path / "fd.dbc"
+    path.write_text(
+        """VERSION ""
+
+BO_ 256 Wide: 12 ECU
+ SG_ A : 0|16@1+ (1,0) [0|100] "" GW
+ SG_ B : 80|16@1+ (1,0) [0|100] "" GW
+
+BO_ 257 WideFd: 12 ECU
+ SG_ C : 0|16@1+ (1,0) [0|100] "" GW
+
+BO_ 258 Classic: 8 ECU
+ SG_ D : 0|16@1+ (1,0) [0|100] "" GW
+
+BA_DEF_ BO_ "VFrameFormat" ENUM "StandardCAN","ExtendedCAN","""
+        + '"reserved",' * 12
+        + """"StandardCAN_FD","ExtendedCAN_FD";
+BA_DEF_DEF_ "VFrameFormat" "StandardCAN";
+BA_ "VFrameFormat" BO_ 257 14;
+"""
+    )
+    return path
+
+
+def test_fd_messages_need_an_fd_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(can_cli, "_clock", trio.testing.MockClock(autojump_threshold=0))
+    path = _fd_dbc(tmp_path)
+    db = load_database(path)
+    ecu = SimulatedEcu(db, lambda frame: None, messages=["WideFd", "Classic"])
+    assert ecu.fd_messages == ["WideFd"]
+    classic = SimulatedEcu(db, lambda frame: None, messages=["WideFd", "Classic"], fd=False)
+    assert classic.messages == ["Classic"]
+    assert classic.skipped == {"WideFd": "CAN FD (12 data bytes), and the link is classic CAN (not fd)"}
+    ch = channel()
+    argv: list[str | Path] = [
+        "can",
+        "sim",
+        path,
+        "--messages",
+        "WideFd,Classic",
+        "--interface",
+        "virtual",
+        "--channel",
+        ch,
+    ]
+    assert tool(*argv, "--duration", "1") == 2
+    assert "vwos can: " in (err := capsys.readouterr().err)
+    assert "message WideFd is CAN FD: simulate it with --fd" in err
+    with can.Bus(interface="virtual", channel=ch, fd=True) as listener:
+        assert tool(*argv, "--fd", "--duration", "1") == 0
+        received = _drain(listener)
+    wide = [m for m in received if m.arbitration_id == 257]
+    assert wide
+    assert all(m.is_fd and len(m.data) == 12 for m in wide)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="waits on the codec marking frames longer than 8 bytes CAN FD (Frame.is_fd) without VFrameFormat",
+)
+def test_a_message_longer_than_8_bytes_is_fd_without_the_attribute(tmp_path: Path) -> None:
+    path = _fd_dbc(tmp_path)
+    ecu = SimulatedEcu(load_database(path), lambda frame: None)
+    assert ecu.fd_messages == ["Wide", "WideFd"]
+    classic = SimulatedEcu(load_database(path), lambda frame: None, fd=False)
+    assert classic.messages == ["Classic"]
+    assert set(classic.skipped) == {"Wide", "WideFd"}
+
+
+async def test_the_service_leaves_fd_messages_out_on_a_classic_link(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    path = _fd_dbc(tmp_path)
+    ch = channel()
+    config = SimulatorConfig(
+        database=path, interface="virtual", channel=ch, messages=("WideFd", "Classic"), receive_mode="poll"
+    )
+    with can.Bus(interface="virtual", channel=ch) as peer:
+        async with open_harness(ServiceSpec("ecu", CanSimulator, config)) as car:
+            await trio.sleep(1.0)
+            assert car.status()["ecu"].state.value == "running"
+            seen = _drain(peer)
+    assert {m.arbitration_id for m in seen} == {258}
+    assert 9 <= len(seen) <= 11

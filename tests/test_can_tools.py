@@ -588,7 +588,11 @@ async def test_sim_values_are_plausible_and_decode(
     assert max(speeds) <= 0.45 * 250 + 0.01
     angles = [r.SteeringAngle for r in speed]
     assert min(angles) < 0 < max(angles)  # around zero
-    assert {r.Gear for r in speed} == {0}  # flags and enums stay put
+    # An enumeration steps through its choices (Park, Reverse, Neutral, Drive), seconds each.
+    gears = [r.Gear for r in speed]
+    assert set(gears) == {0, 1, 2, 3}
+    assert sum(a != b for a, b in itertools.pairwise(gears)) <= 30 / 2 + 1
+    assert {r.Locked for r in doors} == {0}  # a plain flag stays put
     temperatures = {r.Temperature for r in doors}
     assert len(temperatures) > 3
     assert all(isinstance(t, int) for t in temperatures)

@@ -146,3 +146,38 @@ def test_a_changed_pyproject_installs_again_into_the_same_venv(project: Path, fa
     assert "creating" not in again.stderr
     assert marker.exists()
     assert calls(project) == ["install_project", "install_project"]
+
+
+def packages_installed(project: Path, arch: str) -> subprocess.CompletedProcess[str]:
+    """``install_test_packages`` of the copy in ``project`` on a machine of Debian architecture ``arch``,
+    with apt replaced by a line in the log."""
+    script = "\n".join(
+        [
+            "source ./dev",
+            f"debian_arch() {{ echo {arch}; }}",
+            'apt_install() { echo "apt_install $*" >>calls.log; }',
+            "install_test_packages",
+        ]
+    )
+    return subprocess.run(
+        ["bash", "-c", script], cwd=project, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_user_mode_linux_is_installed_only_where_debian_builds_it(project: Path) -> None:
+    """Debian has user-mode-linux for amd64 only: on arm64 (the Raspberry Pi) asking apt for it failed the
+    whole `./dev test`; now it is left out, with a line saying so, and the vcan tests skip with the reason."""
+    amd64 = packages_installed(project, "amd64")
+    assert amd64.returncode == 0, amd64.stderr
+    assert amd64.stderr == ""
+    [line] = calls(project)
+    assert line.startswith("apt_install ")
+    assert "user-mode-linux" in line.split()
+    assert {"can-utils", "iproute2", "kmod", "mosquitto"} <= set(line.split())
+    (project / "calls.log").unlink()
+    arm64 = packages_installed(project, "arm64")
+    assert arm64.returncode == 0, arm64.stderr
+    [line] = calls(project)
+    assert "user-mode-linux" not in line.split()
+    assert {"can-utils", "iproute2", "kmod", "mosquitto"} <= set(line.split())
+    assert "no user-mode-linux on arm64 (Debian builds it for amd64 only)" in arm64.stderr

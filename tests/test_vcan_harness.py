@@ -368,3 +368,46 @@ def test_without_vcan_under_ci_a_vcan_test_fails_and_so_does_the_session() -> No
     assert "1 error" in done.stdout, done.stdout
     assert "vcan tests must run under CI=true, but: VWOS_VCAN_MODE=uml" in done.stdout, done.stdout
     assert "1 vcan test(s) were selected but none ran against vcan" in done.stdout, done.stdout
+
+
+def test_where_debian_has_no_user_mode_linux_the_reason_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """arm64 (the Raspberry Pi): no package to install, so the reason must not tell to apt-get it."""
+    monkeypatch.setenv("VWOS_UML_KERNEL", "/nonexistent/linux.uml")
+    arm = vcan.uml_available(machine="aarch64")
+    assert arm is not None
+    assert "Debian builds user-mode-linux for amd64 only, not for this aarch64 machine" in arm
+    assert "natively only: as root, on a kernel with the vcan module" in arm
+    assert "apt-get install" not in arm
+    assert (
+        vcan.uml_available(machine="x86_64") == "no /nonexistent/linux.uml (apt-get install user-mode-linux)"
+    )
+
+
+def test_without_user_mode_linux_on_arm64_a_vcan_test_is_skipped_with_that_reason() -> None:
+    """What `./dev test` does on a Raspberry Pi without native vcan: the vcan tests skip, saying why."""
+    wrapper = (
+        "import platform, sys, pytest; platform.machine = lambda: 'aarch64'; "
+        "sys.exit(pytest.main(sys.argv[1:]))"
+    )
+    child_env = {k: v for k, v in os.environ.items() if k not in {"CI", "PYTEST_ADDOPTS"}}
+    child_env |= {"VWOS_VCAN_MODE": "uml", "VWOS_UML_KERNEL": "/nonexistent/linux.uml"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            wrapper,
+            "-p",
+            "no:cacheprovider",
+            "-rs",
+            f"{__file__}::test_can_utils_on_two_interfaces",
+        ],
+        cwd=ROOT,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 skipped" in done.stdout, done.stdout
+    assert "Debian builds user-mode-linux for amd64 only, not for this aarch64 machine" in done.stdout

@@ -761,9 +761,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         failing_since = None
 
     ecu = SimulatedEcu(db, send, messages=names, default_cycle=args.default_cycle / 1000.0)
-    fd_message = next((m for m in db.messages if m.name in ecu.messages and m.is_fd), None)
-    if fd_message is not None and not args.fd:
-        raise ToolError(f"{args.dbc}: message {fd_message.name} is CAN FD: simulate it with --fd")
+    if ecu.fd_messages and not args.fd:  # the codec's frames say which are FD (> 8 bytes always are)
+        raise ToolError(f"{args.dbc}: message {ecu.fd_messages[0]} is CAN FD: simulate it with --fd")
     transport = open_bus(args.interface, args.channel, fd=args.fd, bitrate=args.bitrate)
     for name, reason in ecu.skipped.items():
         _error(f"warning: {name} is not simulated: {reason}")

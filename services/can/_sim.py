@@ -56,8 +56,27 @@ SignalValues: TypeAlias = Callable[[str, float], Mapping[str, float]]
 
 _COUNTER = re.compile(r"(?:^|_)(?:COUNTER|CNT|BZ|ALIVE)$", re.IGNORECASE)
 _CHECKSUM = re.compile(r"(?:^|_)(?:CHECKSUM|CHKSUM|CRC\d*|CHK)$", re.IGNORECASE)
+#: Choice names that say "no valid value" or a fault (SNA, Init, Fehler, invalid, ... as real exports spell
+#: them, in English and German): the simulator (a healthy car) steps through the other choices, and its
+#: waves avoid these raw values.
+_NOT_A_VALUE = re.compile(
+    r"(?:^|[\W_])(?:sna|init|initiali[sz]\w*|invalid|ung(?:ue|ü)ltig\w*|error|fehler|fault|"
+    r"not[\W_]*(?:available|valid|defined)|unavailable|undefined|"
+    r"nicht[\W_]*(?:verf(?:ue|ü)gbar|definiert|g(?:ue|ü)ltig)|reserved|reserviert)(?=$|[\W_])",
+    re.IGNORECASE,
+)
+#: ... unless the name says there is none: "kein_Fehler", "NO_FAULT", "PMM_FAULT_NONE", "LAMP_OFF".
+_NEGATED = re.compile(
+    r"(?:^|[\W_])(?:kein\w*|no|ohne)[\W_]+(?:fehler|fault|error)|[\W_](?:none|off|ok)$", re.IGNORECASE
+)
 
-SignalKind = Literal["counter", "checksum", "wave", "constant", "multiplexer"]
+
+def _means_no_value(name: str) -> bool:
+    """Whether a choice's name says the signal has no valid value, or a fault (SNA, Init, Fehler, ...)."""
+    return _NOT_A_VALUE.search(name) is not None and _NEGATED.search(name) is None
+
+
+SignalKind = Literal["counter", "checksum", "wave", "step", "constant", "multiplexer"]
 
 
 def _signal_range(sig: Any) -> tuple[float, float]:
@@ -92,6 +111,12 @@ class _SignalPlan:
     phase: float = 0.0
     #: The multiplexer values this signal is sent with; None: always.
     mux: frozenset[int] | None = None
+    #: For "step": the values it steps through, each held ``period`` seconds (from ``phase``). For "wave":
+    #: the raw values it must not take (choices that mean "no valid value"), with ``scale`` and ``offset``.
+    steps: tuple[float, ...] = ()
+    avoid: frozenset[int] = frozenset()
+    scale: float = 1.0
+    offset: float = 0.0
 
     def clamp(self, value: float) -> float:
         """``value`` brought into the signal's range (and rounded, for an integer signal)."""
@@ -109,9 +134,26 @@ class _SignalPlan:
             value = self.center + self.amplitude * math.sin(2 * math.pi * t / self.period + self.phase)
             if self.integer:
                 value = round(value)
-                return min(max(value, math.ceil(self.low)), math.floor(self.high))
-            return min(max(value, self.low), self.high)
+                value = min(max(value, math.ceil(self.low)), math.floor(self.high))
+            else:
+                value = min(max(value, self.low), self.high)
+            return self._avoided(value) if self.avoid else value
+        if self.kind == "step":
+            return self.steps[math.floor(t / self.period + self.phase) % len(self.steps)]
         return self.constant
+
+    def _avoided(self, value: float) -> float:
+        """``value``, moved by whole raw steps toward the wave's center off a raw value it must avoid."""
+        raw = round((value - self.offset) / self.scale)
+        toward = 1 if self.center >= value else -1
+        if self.scale < 0:
+            toward = -toward
+        for _ in range(len(self.avoid) + 1):
+            if raw not in self.avoid:
+                break
+            raw += toward
+        moved = raw * self.scale + self.offset
+        return moved if self.low <= moved <= self.high else value
 
 
 def _plan_signal(message: Any, sig: Any, default: float) -> _SignalPlan:
@@ -125,8 +167,10 @@ def _plan_signal(message: Any, sig: Any, default: float) -> _SignalPlan:
     if integer and _CHECKSUM.search(sig.name):
         return _SignalPlan(sig.name, "checksum", low, high, True, constant=math.ceil(low), mux=mux)
     physical = not integer or (bool(sig.unit) and sig.length > 2)
-    if physical and not sig.choices and high > low:
-        seed = zlib.crc32(f"{message.name}.{sig.name}".encode())
+    seed = zlib.crc32(f"{message.name}.{sig.name}".encode())
+    choices = _choices(sig)
+    if physical and high > low:  # a value, perhaps with a few special raw values named (Init, SNA, ...)
+        avoid = frozenset(raw for raw, name in choices if sig.scale and _means_no_value(name))
         if low < 0 < high:  # around zero: a steering angle, an acceleration
             center, amplitude = 0.0, 0.3 * min(-low, high)
         else:  # in the lower part of the range: a speed, a temperature
@@ -142,14 +186,41 @@ def _plan_signal(message: Any, sig: Any, default: float) -> _SignalPlan:
             period=20.0 + seed % 41,
             phase=2 * math.pi * ((seed >> 8) % 1000) / 1000,
             mux=mux,
+            avoid=avoid,
+            scale=float(sig.scale),
+            offset=float(sig.offset),
         )
-    value = min(max(default, low), high)
-    if sig.choices and value not in sig.choices:
-        allowed = [k for k in sig.choices if isinstance(k, int | float) and low <= k <= high]
-        value = min(allowed) if allowed else value
+    steps = _steps(sig, choices, low, high)
+    if len(steps) > 1:  # an enumeration or a flag with named values: through them, a few seconds each
+        return _SignalPlan(
+            sig.name,
+            "step",
+            low,
+            high,
+            integer,
+            period=2.0 + seed % 7,
+            phase=((seed >> 8) % 1000) / 1000 * len(steps),
+            mux=mux,
+            steps=steps,
+        )
+    value = steps[0] if steps else min(max(default, low), high)
     if integer:
         value = min(max(round(value), math.ceil(low)), math.floor(high))
     return _SignalPlan(sig.name, "constant", low, high, integer, constant=value, mux=mux)
+
+
+def _choices(sig: Any) -> list[tuple[int, str]]:
+    """A signal's choices as (raw value, name)."""
+    return [(int(raw), str(name)) for raw, name in (sig.choices or {}).items() if isinstance(raw, int)]
+
+
+def _steps(sig: Any, choices: list[tuple[int, str]], low: float, high: float) -> tuple[float, ...]:
+    """The physical values of a signal's choices that are in range, those that mean "no valid value" left
+    out (unless nothing else is left), in order."""
+    values = [(raw * sig.scale + sig.offset, name) for raw, name in sorted(choices)]
+    in_range = [(v, name) for v, name in values if low - 1e-9 <= v <= high + 1e-9]
+    valid = [v for v, name in in_range if not _means_no_value(name)]
+    return tuple(valid if valid else [v for v, _ in in_range])
 
 
 class _MessagePlan:
@@ -157,6 +228,7 @@ class _MessagePlan:
         "by_name",
         "checksums",
         "cycle",
+        "fd",
         "k",
         "multiplexer",
         "mux_values",
@@ -182,6 +254,21 @@ class _MessagePlan:
         self.by_name = {p.name: p for p in self.signals}
         values = sorted({v for p in plans if p.mux is not None for v in p.mux})
         self.mux_values = values or [0]
+        #: Whether its frames are CAN FD (`Frame.is_fd` of the codec's frames), known once it encoded one.
+        self.fd = False
+
+
+def _undecodable(message: Any, frames: list[Frame]) -> str | None:
+    """Why frames cantools encoded for ``message`` cannot be decoded again (None if they can): a receiver
+    would count every one of them as undecodable, so the simulator leaves such a message out. So it is with
+    signals reaching past the message's length, which a database loaded with ``strict=False`` may have."""
+    for frame in frames:
+        try:
+            message.decode(frame.data, decode_choices=False)
+        except Exception as exc:
+            why = str(exc).rstrip(".") or type(exc).__name__
+            return f"cantools encodes it but cannot decode the frames: {why}"
+    return None
 
 
 def _why_not(message: Any, exc: Exception) -> str:
@@ -201,10 +288,17 @@ class SimulatedEcu:
     Values: signals named like counters (``COUNTER``, ``*_BZ``, ``*_CNT``) count up by one per frame and
     wrap; checksums (``CHECKSUM``, ``*_CRC``, ``*_CHK``) are the XOR of the frame's other bytes (plausible,
     not valid for any real algorithm); physical signals (scaled, or with a unit) follow a slow sine (a
-    period of 20-60 s) within their range, around zero for signed ranges and in the lower half otherwise;
-    the others (flags, enums) keep their initial value. Multiplexed messages cycle through their
-    multiplexer values. A message that cannot be encoded (cantools cannot encode overlapping signals,
-    which databases loaded with ``strict=False`` may have) is left out, with the reason in `skipped`.
+    period of 20-60 s) within their range, around zero for signed ranges and in the lower half otherwise,
+    stepping over raw values whose choices mean "no valid value" (SNA, Init, Fehler, ...); signals with
+    choices (enumerations, named flags) step through the choices in their range, a few seconds each,
+    leaving out those that mean "no valid value" or a fault; the others (plain flags and integers) keep
+    their initial value. Multiplexed messages cycle through their multiplexer values. Signals without a
+    declared minimum or maximum take the range their bits carry.
+
+    Left out, with the reason in `skipped`: a message that cannot be encoded (cantools cannot encode
+    overlapping signals, which databases loaded with ``strict=False`` may have), one whose frames cantools
+    encodes but cannot decode (signals reaching past its length), and, with ``fd=False`` (a classic link),
+    one whose frames are CAN FD (`Frame.is_fd`; `fd_messages` lists those it sends).
 
     ``values``, if given, is a model of the vehicle behind the ECU: ``values(message, t)`` returns signal
     values of ``message`` at ``t`` seconds after the start (a mapping of signal name to physical value),
@@ -227,6 +321,7 @@ class SimulatedEcu:
         messages: Iterable[str] | None = None,
         default_cycle: float = 0.1,
         values: SignalValues | None = None,
+        fd: bool = True,
     ) -> None:
         if not default_cycle > 0:
             raise ValueError(f"default_cycle must be positive seconds, not {default_cycle!r}")
@@ -247,10 +342,19 @@ class SimulatedEcu:
             cycle = message.cycle_time / 1000.0 if message.cycle_time else default_cycle
             plan = _MessagePlan(self.codec, message, cycle)
             try:
-                for n in range(len(plan.mux_values)):
-                    self._encode(plan, 0.0, n)
+                probes = [self._encode(plan, 0.0, n) for n in range(len(plan.mux_values))]
             except EncodeError as exc:
                 self.skipped[message.name] = _why_not(message, exc)
+                continue
+            undecodable = _undecodable(message, probes)
+            if undecodable is not None:
+                self.skipped[message.name] = undecodable
+                continue
+            plan.fd = any(frame.is_fd for frame in probes)
+            if plan.fd and not fd:
+                self.skipped[message.name] = (
+                    f"CAN FD ({message.length} data bytes), and the link is classic CAN (not fd)"
+                )
                 continue
             self._plans.append(plan)
         self._heap: list[tuple[float, int]] = []
@@ -266,6 +370,12 @@ class SimulatedEcu:
     def messages(self) -> list[str]:
         """The messages it sends, in database order."""
         return [p.name for p in self._plans]
+
+    @property
+    def fd_messages(self) -> list[str]:
+        """The messages it sends as CAN FD frames (`Frame.is_fd`), in database order: a link for them must
+        be opened with FD."""
+        return [p.name for p in self._plans if p.fd]
 
     def _plan(self, message: str) -> _MessagePlan:
         plan = next((p for p in self._plans if p.name == message), None)
@@ -531,7 +641,12 @@ class CanSimulator(Service[SimConfigT]):
         #: Frames sent, frames dropped (link down or refusing), frames of ``receive`` messages handed on.
         self.frames_sent = self.frames_dropped = self.frames_received = 0
         self.ecu = SimulatedEcu(
-            codec, self._send, messages=sends, default_cycle=cfg.default_cycle, values=self.values
+            codec,
+            self._send,
+            messages=sends,
+            default_cycle=cfg.default_cycle,
+            values=self.values,
+            fd=cfg.fd,
         )
         for name, reason in self.ecu.skipped.items():
             ctx.log.warning("message not simulated", message=name, reason=reason)
