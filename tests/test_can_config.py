@@ -650,6 +650,25 @@ def test_every_message_named_like_the_gateways_own_names_is_reported(tmp_path: P
     assert "message 'Send' would publish on CAN.nasty.Send" in problems[1][1]
 
 
+def test_a_message_whose_topic_the_codec_cannot_make_is_a_problem(tmp_path: Path) -> None:
+    """A negative cycle time (GenMsgCycleTime) made the codec's topic refuse its max_age at start."""
+    negative = NASTY + 'BA_DEF_ BO_ "GenMsgCycleTime" INT -100 10000;\nBA_ "GenMsgCycleTime" BO_ 256 -20;\n'
+    ((key, message),) = check(tmp_path, "", dbc=negative)
+    assert key == "database"
+    assert message.endswith(
+        "car.dbc: message 'Speed' cannot be a topic: CAN.nasty.Speed: max_age must be positive seconds, "
+        "not -0.06"
+    )
+    with pytest.raises(TopicError, match="max_age must be positive"):  # as run would fail
+        CanCodec(load_database(tmp_path / "car.dbc"), NETWORK, codec=Codec())
+    mapped = (
+        'message_topics = false\n[[services.gw.config.signals]]\nsignal = "Speed.Counter"\ntopic = "V.C"\n'
+    )
+    ((key, message),) = check(tmp_path, mapped, dbc=negative)
+    assert key == "signals[0]"
+    assert message == "V.C: max_age must be positive seconds, not -0.06"
+
+
 def test_a_database_problem_is_shown_as_the_loader_gives_it(tmp_path: Path, mqb_dbc: Path) -> None:
     """The loader decides when to hint at strict = false; check shows its message unchanged."""
     with pytest.raises(CanDatabaseError) as loading:

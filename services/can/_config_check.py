@@ -27,7 +27,14 @@ import can
 import cantools.database
 
 from bus import Codec, Permissions, Topic, TopicError
-from services.can._codec import CanCodec, CanDatabaseError, EncodeError, cached_database, suggest
+from services.can._codec import (
+    STALE_AFTER_CYCLES,
+    CanCodec,
+    CanDatabaseError,
+    EncodeError,
+    cached_database,
+    suggest,
+)
 from vwos import FieldProblem
 
 #: The shortest period of a cyclic message, in seconds: a CAN bus carries at most about 8,000 frames a
@@ -180,8 +187,9 @@ def network_problem(network: str) -> str | None:
 
 def database_problems(cfg: object, path: Any, gateway_names: Mapping[str, str]) -> list[FieldProblem]:
     """The database must exist and load as ``strict`` says (its error shown as the loader gives it); with
-    ``message_topics``, every message must make a topic name, and none may take the name of the gateway's
-    own status topic or send method (``gateway_names``: name -> what it is)."""
+    ``message_topics``, every message must make a topic (a valid name; a cycle time, if any, > 0), and none
+    may take the name of the gateway's own status topic or send method (``gateway_names``: name -> what it
+    is)."""
     if not os.path.isfile(path):
         return [FieldProblem((), f"{path}: no such file")]
     db = load(path, _get(cfg, "strict"))
@@ -199,10 +207,16 @@ def database_problems(cfg: object, path: Any, gateway_names: Mapping[str, str]) 
                 "set message_topics = false and map its signals"
             )
     bad = []
-    for message in db.messages:
-        problem = _topic_name_problem(f"CAN.{network}.{message.name}")
-        if problem is not None:
-            bad.append(f"{path}: message {message.name!r} cannot be a topic: {problem}")
+    for message in db.messages:  # its topic as the codec makes it, but for the record class
+        cycle = message.cycle_time
+        try:
+            Topic(
+                f"CAN.{network}.{message.name}",
+                object,
+                max_age=STALE_AFTER_CYCLES * cycle / 1000.0 if cycle else None,
+            )
+        except TopicError as exc:
+            bad.append(f"{path}: message {message.name!r} cannot be a topic: {exc}")
     found += _counted(bad, "messages whose names cannot be topics (set message_topics = false?)")
     return [FieldProblem((), text) for text in found]
 
