@@ -669,6 +669,49 @@ def test_a_message_whose_topic_the_codec_cannot_make_is_a_problem(tmp_path: Path
     assert message == "V.C: max_age must be positive seconds, not -0.06"
 
 
+KCD = """\
+<NetworkDefinition xmlns="http://kayak.2codeornot2code.org/1.0">
+  <Bus name="B">
+    <Message id="0x100" name="Speed" length="8"><Signal name="Veh-Speed" offset="0" length="16"/></Message>
+    <Message id="0x101" name="Door Lock" length="1"><Signal name="Lock" offset="0" length="1"/></Message>
+    <Message id="0x102" name="Twice" length="1"><Signal name="A" offset="0" length="1"/></Message>
+    <Message id="0x103" name="Twice" length="1"><Signal name="B" offset="0" length="1"/></Message>
+  </Bus>
+</NetworkDefinition>
+"""
+
+
+def test_messages_and_signals_that_cannot_make_topics_and_records_are_problems(tmp_path: Path) -> None:
+    """Real exports (KCD, ARXML) have names a DBC cannot: each made the gateway fail at start."""
+    (tmp_path / "car.kcd").write_text(KCD)
+    text = config_text("").replace('"car.dbc"', '"car.kcd"')
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path=tmp_path / "vwos.toml")
+    messages = [p.message.removeprefix(f"{tmp_path / 'car.kcd'}: ") for p in info.value.problems]
+    assert {p.key_path for p in info.value.problems} == {PREFIX + "database"}
+    assert messages == [
+        "message 'Door Lock' cannot be a topic: topic name 'CAN.nasty.Door Lock': segment 'Door Lock' must "
+        "be non-empty letters, digits or underscores",
+        "messages 0x102, 0x103 are all named 'Twice': a name makes one topic and one record; rename them "
+        "in the database, or set message_topics = false and map their signals",
+        "signal Speed.'Veh-Speed' cannot be a field of the message's record (it is not a Python name)",
+    ]
+    db = load_database(tmp_path / "car.kcd")
+    for name, error in [("Speed", SyntaxError), ("Twice", CanDatabaseError)]:  # as run would fail
+        with pytest.raises(error):
+            CanCodec(cantools_database([m for m in db.messages if m.name == name]), NETWORK, codec=Codec())
+    parse_config(
+        text.replace("[services.gw.config]", "[services.gw.config]\nmessage_topics = false"),
+        path=tmp_path / "vwos.toml",
+    )
+
+
+def cantools_database(messages: list[Any]) -> Any:
+    import cantools.database
+
+    return cantools.database.can.Database(messages=messages, strict=False)
+
+
 def test_a_database_problem_is_shown_as_the_loader_gives_it(tmp_path: Path, mqb_dbc: Path) -> None:
     """The loader decides when to hint at strict = false; check shows its message unchanged."""
     with pytest.raises(CanDatabaseError) as loading:

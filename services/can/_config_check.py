@@ -218,6 +218,23 @@ def database_problems(cfg: object, path: Any, gateway_names: Mapping[str, str]) 
         except TopicError as exc:
             bad.append(f"{path}: message {message.name!r} cannot be a topic: {exc}")
     found += _counted(bad, "messages whose names cannot be topics (set message_topics = false?)")
+    ids: dict[str, list[str]] = {}
+    for message in db.messages:
+        ids.setdefault(message.name, []).append(f"0x{message.frame_id:x}")
+    for name, frames in ids.items():
+        if len(frames) > 1:
+            found.append(
+                f"{path}: messages {', '.join(frames)} are all named {name!r}: a name makes one topic and "
+                "one record; rename them in the database, or set message_topics = false and map their signals"
+            )
+    fields = [
+        f"{path}: signal {message.name}.{signal.name!r} cannot be a field of the message's record (it is "
+        "not a Python name)"
+        for message in db.messages
+        for signal in message.signals
+        if not signal.name.isidentifier()
+    ]
+    found += _counted(fields, "signals that cannot be fields (set message_topics = false and map them?)")
     return [FieldProblem((), text) for text in found]
 
 
