@@ -28,6 +28,7 @@ Config
 from __future__ import annotations
 
 import enum
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -966,3 +967,60 @@ def hostile_sessions() -> st.SearchStrategy[list[HostileOp]]:
 
 
 __all__ += ["HostileOp", "extreme_patterns", "hostile_sessions"]
+
+
+# -- CAN gateway configs ---------------------------------------------------------------------------------
+
+
+def _can_values() -> st.SearchStrategy[float]:
+    """Signal values a config may give: mostly small ones most signals take, sometimes out of range, the
+    edges of scaling, nan or inf."""
+    return st.one_of(
+        st.integers(0, 1).map(float),
+        st.floats(0.0, 1.0),
+        st.integers(-5, 1100).map(float),
+        st.sampled_from([655.32, 655.34, math.nan, math.inf, -math.inf]),
+    )
+
+
+@st.composite
+def can_gateway_tables(
+    draw: st.DrawFn, layout: dict[str, list[str]], *, database: str, network: str, faults: bool = True
+) -> dict[str, Any]:
+    """A CAN gateway's ``[services.NAME.config]`` table over a database whose messages and signals are
+    ``layout`` (message -> signal names): cyclic messages with start values, actuators, ``transmit`` and
+    ``fd``. With ``faults``, mostly names the database has, sometimes one it has not, values in and out of
+    range, periods too short; without, only the database's names, values 0 and 1, sane periods, and
+    every message in ``transmit``."""
+    messages = sorted(layout)
+    # one time in six, a name the database has not
+    wrong = st.integers(0, 5).map(lambda n: n == 0) if faults else st.just(False)
+    message = st.builds(lambda w, m: "NoSuchMessage" if w else m, wrong, st.sampled_from(messages))
+
+    def signal_of(name: str) -> st.SearchStrategy[str]:
+        signals = st.sampled_from(layout.get(name) or ["NoSuchSignal"])
+        return st.builds(lambda w, s: "NoSuchSignal" if w else s, wrong, signals)
+
+    table: dict[str, Any] = {"database": database, "network": network, "fd": draw(st.booleans())}
+    transmit = st.lists(st.one_of(message, st.just("*")), max_size=3) if faults else st.just(["*"])
+    table["transmit"] = draw(transmit)
+    cyclic = []
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(message)
+        values = draw(
+            st.dictionaries(
+                signal_of(name), _can_values() if faults else st.sampled_from([0.0, 1.0]), max_size=2
+            )
+        )
+        period = draw(st.sampled_from([0.01, 0.1, 0.5, 0.0001] if faults else [0.01, 0.1, 0.5]))
+        cyclic.append({"message": name, "period": period, "signals": values})
+    table["cyclic"] = cyclic
+    actuators = []
+    for i in range(draw(st.integers(0, 2))):
+        name = draw(message)
+        actuators.append({"topic": f"Test.Actuator{i}", "message": name, "signal": draw(signal_of(name))})
+    table["actuators"] = actuators
+    return table
+
+
+__all__ += ["can_gateway_tables"]

@@ -214,7 +214,7 @@ async def test_actuator_topics_become_frames(autojump_clock: trio.testing.MockCl
 
 def test_a_wrong_cyclic_config_is_refused_with_a_clear_error() -> None:
     cyclic = (CyclicMessage("DoorCommand", period=0.1, signals={"Nope": 1}),)
-    with pytest.raises(ValueError, match=r"\[0\] DoorCommand: no signal 'Nope'"):
+    with pytest.raises(ValueError, match=r"cyclic\[0\]\.signals\.Nope: DoorCommand: no signal 'Nope'"):
         config(cyclic=cyclic)
 
 
@@ -253,12 +253,12 @@ def test_names_the_database_does_not_have_are_config_problems_at_their_keys(tmp_
     """
     with pytest.raises(ConfigError) as info:
         parse_config(text, path=tmp_path / "vwos.toml")
-    problems = {p.key_path.rsplit(".", 1)[1]: p.message for p in info.value.problems}
+    problems = {p.key_path.removeprefix("services.body.config."): p.message for p in info.value.problems}
     assert problems == {
-        "transmit": "no message 'DoorComand' in the database; did you mean 'DoorCommand'?",
-        "signals": "[0] Speed.VehicleSped: Speed: no signal 'VehicleSped'; did you mean 'VehicleSpeed'?",
-        "cyclic": "[0] DoorCommand: no signal 'LockReqest'; did you mean 'LockRequest'?",
-        "actuators": "[0] Vehicle.Cabin.Lock: no message 'Nope' in the database",
+        "transmit[0]": "no message 'DoorComand' in the database; did you mean 'DoorCommand'?",
+        "signals[0].signal": "Speed: no signal 'VehicleSped'; did you mean 'VehicleSpeed'?",
+        "cyclic[0].signals.LockReqest": "DoorCommand: no signal 'LockReqest'; did you mean 'LockRequest'?",
+        "actuators[0].message": "no message 'Nope' in the database",
     }
 
 

@@ -195,9 +195,9 @@ database = "{tmp_path / "bad.dbc"}"
     with pytest.raises(ConfigError) as info:
         parse_config(text, path=tmp_path / "vwos.toml")
     message = str(info.value)
-    assert "services.ecu.config.messages: no message 'Dahs' in ecu.dbc; did you mean 'Dash'?" in message
+    assert "services.ecu.config.messages[1]: no message 'Dahs' in ecu.dbc; did you mean 'Dash'?" in message
     assert "services.ecu.config.default_cycle: must be positive, not 0" in message
-    assert "services.ecu.config.receive: Dash: listed in both messages and receive" in message
+    assert "services.ecu.config.receive[1]: Dash: listed in both messages and receive" in message
     assert "services.broken.config.database: " in message
     assert "nope.dbc: no such file" in message
     assert "services.sloppy.config.database: " in message

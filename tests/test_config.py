@@ -111,6 +111,24 @@ class Bare(Service[None]):
     pass
 
 
+@attrs.frozen
+class NamedConfig:
+    topic: str = "Vehicle.Speed"
+    method: str = "Vehicle.Lock"
+    broken: bool = False
+
+
+class Named(Service[NamedConfig]):
+    @classmethod
+    def bus_names(cls, config):
+        from bus import Permissions
+
+        if config.broken:
+            raise RuntimeError("no idea")
+        publish = (config.topic, "Named.Status")
+        return Permissions(publish=publish, subscribe=("Vehicle.*",), serve=(config.method,))
+
+
 NOT_A_SERVICE = 1
 """
 
@@ -1586,6 +1604,101 @@ def test_a_validator_may_report_several_problems_below_its_key() -> None:
         "limits.low: at most 10, got 11",
         "limits.high: at most 10, got 12",
     ]
+
+
+def test_what_a_service_says_it_uses_on_the_bus_must_be_granted_and_a_method_served_once(
+    tmp_path: Path,
+) -> None:
+    """`Service.bus_names`: what run would be refused (a permission) or fail on (a second server)."""
+    found = problems_in(
+        tmp_path,
+        """
+        [services.a]
+        plugin = "vwos_ct_plugins:Named"
+        permissions = { publish = ["Vehicle.**"], subscribe = ["Vehicle.Speed"] }
+        [services.b]
+        plugin = "vwos_ct_plugins:Named"
+        [services.c]
+        plugin = "vwos_ct_plugins:Named"
+        enabled = false
+        [services.d]
+        plugin = "vwos_ct_plugins:Named"
+        config = { method = "Other.Lock", broken = true }
+        """,
+    )
+    refused = "when it runs, which its permissions do not grant (it would be refused at start)"
+    assert found == [
+        f"services.a.permissions.publish: it would publish Named.Status {refused}",
+        f"services.a.permissions.subscribe: it would subscribe to Vehicle.* {refused}",
+        f"services.a.permissions.serve: it would serve Vehicle.Lock {refused}",
+        "services.b: it would serve Vehicle.Lock, which 'a' serves too: a method has one server (the second "
+        "to start would fail)",
+        "services.d.config: the plugin cannot say which bus names it uses: RuntimeError: no idea",
+    ]
+    assert problems_in(tmp_path, '[services.a]\nplugin = "vwos_ct_plugins:Named"\n') == []
+
+
+@attrs.frozen
+class Zone:
+    name: str
+    limit: float = 130.0
+
+
+def _known_zones(_inst: object, _attribute: object, value: tuple[Zone, ...]) -> None:
+    """Item by item, each problem at its item: the way a validator lists every problem of an array."""
+    problems = [
+        FieldProblem((i, "name"), f"no zone {z.name!r}") for i, z in enumerate(value) if z.name != "a"
+    ]
+    if len(value) < 4:  # of the array as a whole: 3 are built below, so it would say so
+        problems.append(FieldProblem((), f"expected at least 4 zones, got {len(value)}"))
+    if problems:
+        raise StructureError(problems)
+
+
+@attrs.frozen
+class Zoned:
+    zones: tuple[Zone, ...] = attrs.field(default=(), validator=_known_zones)
+    names: tuple[str, ...] = attrs.field(
+        default=(), validator=attrs.validators.deep_iterable(member_validator=_known_name)
+    )
+    pair: tuple[str, ...] = attrs.field(default=("a", "b"), validator=_at_least_two)
+
+
+def test_the_validator_of_an_array_checks_the_items_that_were_built_when_others_were_not() -> None:
+    """A table of an array that is wrong in itself does not hide what the array's validator finds wrong with
+    the others: each is reported at its own index. What it says of the array as a whole is left out (it may
+    not hold once every item is there), and so is anything a validator of no items says."""
+    table = {
+        "zones": [{"name": "a"}, {"name": "a", "limit": "fast"}, {"name": "x"}, {"nme": "a"}, {"name": "y"}],
+        "names": ["a", 3, "x"],
+        "pair": ["a", 1],
+    }
+    with pytest.raises(StructureError) as info:
+        structure(table, Zoned)
+    assert [str(p) for p in info.value.problems] == [
+        "zones[1].limit: expected a number, got the string 'fast'",
+        "zones[3].nme: unknown key; did you mean 'name'?",
+        "zones[3].name: required key is missing (expected a string)",
+        "names[1]: expected a string, got the integer 3",
+        "pair[1]: expected a string, got the integer 1",
+        "zones[2].name: no zone 'x'",
+        "zones[4].name: no zone 'y'",
+        "names[2]: unknown name 'x'",
+    ]
+
+
+def test_a_structure_error_may_name_the_key_its_paths_are_below() -> None:
+    problems = [FieldProblem((2, "name"), "no zone 'x'"), FieldProblem((), "too few")]
+    assert str(StructureError(problems, key="zones")).splitlines() == [
+        "zones[2].name: no zone 'x'",
+        "zones: too few",
+    ]
+    assert str(StructureError(problems)).splitlines() == ["[2].name: no zone 'x'", "too few"]
+
+
+def test_a_problem_of_several_lines_is_shown_on_one(tmp_path: Path) -> None:
+    problem = Problem(tmp_path / "vwos.toml", "services.x.config.a", "first line\n  second line\n")
+    assert str(problem) == f"{tmp_path / 'vwos.toml'}: services.x.config.a: first line | second line"
 
 
 @attrs.frozen

@@ -194,7 +194,7 @@ def test_mistakes_in_the_demo_config_are_named_with_the_key_and_a_fix(tmp_path: 
     assert result.returncode == 2
     assert "5 problems in the config" in result.stderr
     assert (
-        "services.vehicle.config.receive: no message 'Body_DoorComand' in demo_vehicle.dbc; "
+        "services.vehicle.config.receive[0]: no message 'Body_DoorComand' in demo_vehicle.dbc; "
         "did you mean 'Body_DoorCommand'?" in result.stderr
     )
     assert "services.vehicle.config.leaking_tyre: expected one of" in result.stderr

@@ -26,6 +26,7 @@ from vwos._policy import (
     TransitionError,
 )
 from vwos._service import NoConfig, Service, ServiceContext
+from vwos._structure import FieldProblem, StructureError
 from vwos._supervisor import ServiceSpec, ServiceStatus, Supervisor, SupervisorGaveUp
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "ConfiguredService",
     "Decision",
     "Exit",
+    "FieldProblem",
     "GroupSpec",
     "GroupStatus",
     "NoConfig",
@@ -50,6 +52,7 @@ __all__ = [
     "ServiceStatus",
     "State",
     "Strategy",
+    "StructureError",
     "Supervisor",
     "SupervisorConfig",
     "SupervisorGaveUp",

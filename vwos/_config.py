@@ -98,7 +98,7 @@ from typing import Any, Final
 
 import attrs
 
-from bus import ConnectionLimits, Permissions
+from bus import Action, ConnectionLimits, Permissions
 from vwos._logging import LogLevel
 from vwos._plugins import PluginError, load_plugin, prepend_sys_path
 from vwos._policy import (
@@ -174,12 +174,15 @@ class Problem:
     column: int | None = None
 
     def __str__(self) -> str:
+        """One line (a message of several lines, such as a plugin's validator may raise, is joined with
+        `` | ``), so that each problem ``vwos check`` prints is one line."""
         where = str(self.file)
         if self.line is not None:
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
-        return ": ".join(part for part in (where, self.key_path, self.message) if part)
+        message = " | ".join(line.strip() for line in self.message.splitlines() if line.strip())
+        return ": ".join(part for part in (where, self.key_path, message) if part)
 
 
 class ConfigError(Exception):
@@ -766,6 +769,7 @@ class _Loader:
         entries = [self._service(name, table, i) for i, (name, table) in enumerate(services.items())]
         self._check_tree(entries, groups)
         self._check_after(entries, groups)
+        self._check_bus_names(entries)
         order = self._start_order(entries, groups)
         usable = [e.name for e in entries if e.enabled and _service_name_problem(e.name) is None]
         for where, message in state_dir_problems(self.base / settings.state_dir, usable):
@@ -887,6 +891,44 @@ class _Loader:
         entry.config = self.structurer.structure(config, config_class, (*path, "config"))
         return entry
 
+    def _check_bus_names(self, entries: list[_Entry]) -> None:
+        """What each service says it will use on the bus (`Service.bus_names`) must be granted by its
+        ``permissions``, and no method may be served by two enabled services (the second to start fails)."""
+        served: dict[str, str] = {}
+        for entry in entries:
+            if entry.service_class is None or entry.config is INVALID:
+                continue
+            try:
+                names = entry.service_class.bus_names(entry.config)
+            except Exception as exc:  # the plugin's bug: said, not a traceback
+                message = f"the plugin cannot say which bus names it uses: {type(exc).__name__}: {exc}"
+                self.problem((*entry.path, "config"), message)
+                continue
+            if names is None:
+                continue
+            granted = entry.values.get("permissions")
+            if isinstance(granted, Permissions):
+                for action in _CHECKED_ACTIONS:
+                    denied = [n for n in getattr(names, action.value) if not granted.allows(action, n)]
+                    if denied:
+                        self.problem(
+                            (*entry.path, "permissions", action.value),
+                            f"it would {_VERBS[action]} {_listed(denied)} when it runs, which its "
+                            f"permissions do not grant (it would be refused at start)",
+                        )
+            if not entry.enabled:
+                continue
+            for method in names.serve:
+                if "*" in method:  # a pattern: no one name to clash on
+                    continue
+                other = served.setdefault(method, entry.name)
+                if other != entry.name:
+                    self.problem(
+                        entry.path,
+                        f"it would serve {method}, which {other!r} serves too: a method has one server (the "
+                        "second to start would fail)",
+                    )
+
     def _check_after(self, entries: list[_Entry], groups: list[_Entry]) -> None:
         by_name = {e.name: e for e in (*entries, *groups)}
         group_names = {g.name for g in groups}
@@ -989,6 +1031,20 @@ class _Loader:
             period=table.period,
             revive_after=table.revive_after,
         )
+
+
+_CHECKED_ACTIONS: Final = (Action.PUBLISH, Action.SUBSCRIBE, Action.SERVE, Action.CALL)
+_VERBS: Final = {
+    Action.PUBLISH: "publish",
+    Action.SUBSCRIBE: "subscribe to",
+    Action.SERVE: "serve",
+    Action.CALL: "call",
+}
+
+
+def _listed(names: Sequence[str], most: int = 5) -> str:
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
 def _service_name_problem(name: str) -> str | None:

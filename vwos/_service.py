@@ -11,7 +11,7 @@ import attrs
 import structlog
 import trio
 
-from bus import BusClient
+from bus import BusClient, Permissions
 
 
 @attrs.frozen
@@ -90,6 +90,18 @@ class Service(Generic[ConfigT]):
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config
+
+    @classmethod
+    def bus_names(cls, config: ConfigT) -> Permissions | None:
+        """The bus names the service will publish, subscribe to, serve and call when it runs with
+        ``config`` (exact names, or patterns), as a `bus.Permissions`; None (the default) if it cannot say.
+
+        The config check (`vwos check`) reports each name the service's ``permissions`` do not grant (the
+        service would be refused it when it runs) and each method that two enabled services would serve.
+        It is called on configs that passed their own checks; it must be cheap and do no I/O beyond what the
+        config's validators did.
+        """
+        return None
 
     async def run(
         self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

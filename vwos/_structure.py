@@ -22,7 +22,10 @@ in values)``, as `bus.Permissions` does) is run again on each item alone when it
 that fail alone are exactly what makes the whole fail (the rest passes), each is reported at its index,
 else the whole at ``key``. Any other validator is reported at its key with its own message; one that has
 several things to say raises `StructureError` with paths relative to its key (``FieldProblem((3,
-"signal"), ...)`` of a ``mappings`` field is reported at ``mappings[3].signal``).
+"signal"), ...)`` of a ``mappings`` field is reported at ``mappings[3].signal``). When some items of an
+array cannot be built, the array's validator (not its converter) still runs on the items that were: what
+it reports at an item is reported at that item's index, what it says of the array as a whole is left out
+until every item is there.
 
 Values nest at most `MAX_DEPTH` levels (a key path that long): deeper is a problem at that key, never a
 ``RecursionError``.
@@ -88,11 +91,18 @@ class FieldProblem:
 
 
 class StructureError(ValueError):
-    """A value could not be built into the requested type; ``problems`` lists everything that was wrong."""
+    """A value could not be built into the requested type; ``problems`` lists everything that was wrong.
 
-    def __init__(self, problems: Sequence[FieldProblem]) -> None:
+    A validator of an attrs field that has several things to say raises one with paths relative to its
+    field, and may name the field as ``key`` (``attribute.alias``): then the message of the exception,
+    seen when the class is built in Python rather than from TOML, shows the paths from the field on
+    (``cyclic[2].signals.Speed: ...``). The structurer reads ``problems`` only.
+    """
+
+    def __init__(self, problems: Sequence[FieldProblem], *, key: str | None = None) -> None:
         self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
+        prefix: KeyPath = () if key is None else (key,)
+        super().__init__("\n".join(str(FieldProblem((*prefix, *p.path), p.message)) for p in self.problems))
 
 
 class _Invalid:
@@ -343,6 +353,8 @@ class Structurer:
         self.base_dir = base_dir
         self.problems: list[FieldProblem] = []
         self._hints: dict[type, dict[str, Any]] = {}
+        #: Arrays with items that could not be built, by key path: the items that were, and their indices.
+        self._partial: dict[KeyPath, tuple[Any, list[int]]] = {}
 
     def problem(self, path: KeyPath, message: str) -> None:
         """Record a problem at ``path``."""
@@ -460,9 +472,14 @@ class Structurer:
         items_ = [
             self.structure(item, t, (*path, i)) for i, (item, t) in enumerate(zip(value, types_, strict=True))
         ]
+        as_list = origin in (list, collections.abc.MutableSequence, typing.List)  # noqa: UP006
         if len(self.problems) > before:
+            if not fixed:  # for the validators of the field: the items that were built (see _check_partial)
+                kept = [i for i, item in enumerate(items_) if item is not INVALID]
+                built = [items_[i] for i in kept]
+                self._partial[path] = (built if as_list else tuple(built), kept)
             return INVALID
-        return items_ if origin in (list, collections.abc.MutableSequence, typing.List) else tuple(items_)  # noqa: UP006
+        return items_ if as_list else tuple(items_)
 
     def _mapping(self, value: object, tp: Any, args: tuple[Any, ...], path: KeyPath) -> Any:
         if not isinstance(value, dict):
@@ -588,7 +605,38 @@ class Structurer:
                 field.validator, bare, field, getattr(bare, field.name), (*path, field.alias)
             ):
                 del good[field.alias]
+        for field in fields:
+            key: KeyPath = (*path, field.alias or field.name)
+            partial = self._partial.pop(key, None)
+            checkable = field.name in failed and field.validator is not None and field.converter is None
+            if partial is not None and checkable:
+                self._check_partial(bare, field, *partial, key)
         return {key: good[key] for key in built if key in good}  # the table's order
+
+    def _check_partial(
+        self, instance: object, field: attrs.Attribute[Any], items: Any, kept: list[int], path: KeyPath
+    ) -> None:
+        """Run the validator of an array field some of whose items could not be built on the items that
+        were (``kept`` are their indices), so that what it finds wrong with them is reported now, not after
+        the other items are fixed. Only what it reports at an item is kept, at the item's own index: what
+        it says of the array as a whole may not hold once every item is there. The instance has the partial
+        array only while its own validator runs: for the validators of other fields the field is missing."""
+        saved, self.problems = self.problems, []
+        object.__setattr__(instance, field.name, items)
+        try:
+            assert field.validator is not None
+            self._validate(field.validator, instance, field, items, path)
+        finally:
+            with contextlib.suppress(AttributeError):
+                object.__delattr__(instance, field.name)
+            found, self.problems = self.problems, saved
+        depth = len(path)
+        for problem in found:
+            where = problem.path
+            if len(where) > depth and where[:depth] == path:
+                index = where[depth]
+                if isinstance(index, int) and 0 <= index < len(kept):
+                    self.problem((*path, kept[index], *where[depth + 1 :]), problem.message)
 
     def _validate(
         self, validator: Any, instance: object, field: attrs.Attribute[Any], value: Any, path: KeyPath

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -10,15 +11,14 @@ import attrs
 import can
 import trio
 
-from bus import Method, Publisher, Topic, default_codec
+from bus import Method, Permissions, Publisher, Topic, default_codec
+from services.can import _config_check as _check
 from services.can._codec import (
     CanCodec,
-    CanDatabaseError,
     EncodeError,
     FrameError,
     SignalMapping,
     cached_database,
-    suggest,
 )
 from services.can._transport import (
     CanTransport,
@@ -29,19 +29,62 @@ from services.can._transport import (
     can_filters,
     frame_message,
     open_python_can,
-    positive,
 )
-from vwos import Service, ServiceContext
+from vwos import FieldProblem, Service, ServiceContext, StructureError
 
 #: SocketCAN error class bit of a bus-off error frame (linux/can/error.h, CAN_ERR_BUSOFF).
 CAN_ERR_BUSOFF = 0x40
 
 
+def _raise(attribute: attrs.Attribute[Any], problems: list[FieldProblem]) -> None:
+    """Report every problem a validator found, each at its path below the field (`vwos.StructureError`)."""
+    if problems:
+        raise StructureError(problems, key=attribute.alias)
+
+
 def _network_name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not value.isidentifier():
+    problem = _check.network_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def _interface(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    problem = _check.interface_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def _channel(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not value:
+        raise ValueError("expected the name of a channel (such as vcan0), got an empty string")
+
+
+def _bitrate(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"expected a number of bits per second > 0, got {value}")
+
+
+def _receive_mode(inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    problem = _check.receive_mode_problem(inst, value)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def _finite(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}")
+
+
+def _cyclic_period(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not _check.MIN_CYCLIC_PERIOD <= value <= MAX_PERIOD:  # also refuses NaN
         raise ValueError(
-            f"{value!r} must be a name of letters, digits and underscores (it goes in topic names)"
+            f"expected seconds from {_check.MIN_CYCLIC_PERIOD} (a CAN bus carries at most about 8,000 "
+            f"frames a second) to {MAX_PERIOD:.0f}, got {value!r}"
         )
+
+
+#: The longest period or interval of the gateway's config, in seconds (about 31 years): finite.
+MAX_PERIOD: Final = 1_000_000_000.0
 
 
 @attrs.frozen
@@ -49,8 +92,13 @@ class CyclicMessage:
     """A message the gateway sends every ``period`` seconds, with signal values that `Send` can change."""
 
     message: str = attrs.field(metadata={"help": "the message's name in the database"})
-    period: float = attrs.field(validator=positive, metadata={"help": "seconds"})
-    signals: dict[str, float] = attrs.field(factory=dict, metadata={"help": "initial signal values"})
+    period: float = attrs.field(
+        validator=_cyclic_period, metadata={"help": "seconds between frames, at least 0.001"}
+    )
+    signals: dict[str, float] = attrs.field(
+        factory=dict,
+        metadata={"help": "initial signal values (the others: their initial value in the database, or 0)"},
+    )
 
 
 @attrs.frozen
@@ -58,95 +106,50 @@ class Actuator:
     """A bus topic whose samples are sent as one signal of a message (``value * scale + offset``)."""
 
     topic: str = attrs.field(metadata={"help": "the bus topic whose samples are sent"})
-    message: str = attrs.field(metadata={"help": "the message that carries them (only this signal is set)"})
+    message: str = attrs.field(
+        metadata={"help": "the message that carries them (only this signal is set); in transmit or cyclic"}
+    )
     signal: str = attrs.field(metadata={"help": "the signal of the message that takes the value"})
     type: Literal["float", "int", "bool"] = attrs.field(
         default="float", metadata={"help": "the topic's value type"}
     )
-    scale: float = attrs.field(default=1.0, metadata={"help": "the signal is value * scale + offset"})
-    offset: float = attrs.field(default=0.0, metadata={"help": "see scale"})
+    scale: float = attrs.field(
+        default=1.0, validator=_finite, metadata={"help": "the signal is value * scale + offset"}
+    )
+    offset: float = attrs.field(default=0.0, validator=_finite, metadata={"help": "see scale"})
 
 
 def _gateway_database(inst: Any, attribute: attrs.Attribute[Path], value: Path) -> None:
-    """The database must exist and load (as ``strict`` says), and its messages must not take the names of
-    the gateway's own status topic and send method."""
-    if not value.is_file():
-        raise ValueError(f"{value}: no such file")
-    try:
-        db = cached_database(value, getattr(inst, "strict", True))
-        if getattr(inst, "message_topics", True):
-            _check_gateway_names(db, value, getattr(inst, "network", "can0"))
-    except CanDatabaseError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _check_gateway_names(db: Any, path: Path | str, network: str) -> None:
-    for message in db.messages:
-        if message.name in _GATEWAY_NAMES:
-            raise CanDatabaseError(
-                f"{path}: message {message.name!r} would publish on CAN.{network}.{message.name}, which is "
-                f"the gateway's own {_GATEWAY_NAMES[message.name]}; rename the message in the database, or "
-                "set message_topics = false and map its signals"
-            )
-
-
-def _database_of(inst: Any) -> Any:
-    """The config's database, or None when it does not load (reported at ``database``)."""
-    try:
-        return cached_database(inst.database, inst.strict)
-    except (CanDatabaseError, AttributeError):
-        return None
-
-
-def _message(db: Any, name: str) -> Any:
-    try:
-        return db.get_message_by_name(name)
-    except KeyError:
-        known = [m.name for m in db.messages]
-        raise ValueError(f"no message {name!r} in the database{suggest(name, known)}") from None
-
-
-def _signal(message: Any, name: str) -> None:
-    known = [s.name for s in message.signals]
-    if name not in known:
-        raise ValueError(f"{message.name}: no signal {name!r}{suggest(name, known)}")
+    """The database must exist and load (as ``strict`` says), and with ``message_topics`` its messages must
+    make topic names, none of them the gateway's own status topic or send method."""
+    _raise(attribute, _check.database_problems(inst, value, _GATEWAY_NAMES))
 
 
 def _known_mappings(inst: Any, attribute: attrs.Attribute[Any], value: tuple[SignalMapping, ...]) -> None:
-    db = _database_of(inst)
-    for i, mapping in enumerate(() if db is None else value):
-        message_name, _, signal_name = mapping.signal.partition(".")
-        try:
-            _signal(_message(db, message_name), signal_name)
-        except ValueError as exc:
-            raise ValueError(f"[{i}] {mapping.signal}: {exc}") from None
+    _raise(attribute, _check.mapping_problems(inst, value))
 
 
 def _known_transmit(inst: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
-    db = _database_of(inst)
-    for name in () if db is None else value:
-        if name != "*":
-            _message(db, name)
+    _raise(attribute, _check.transmit_problems(inst, value))
 
 
 def _known_cyclic(inst: Any, attribute: attrs.Attribute[Any], value: tuple[CyclicMessage, ...]) -> None:
-    db = _database_of(inst)
-    for i, cyclic in enumerate(() if db is None else value):
-        try:
-            message = _message(db, cyclic.message)
-            for name in cyclic.signals:
-                _signal(message, name)
-        except ValueError as exc:
-            raise ValueError(f"[{i}] {exc}") from None
+    _raise(attribute, _check.cyclic_problems(inst, value))
 
 
 def _known_actuators(inst: Any, attribute: attrs.Attribute[Any], value: tuple[Actuator, ...]) -> None:
-    db = _database_of(inst)
-    for i, actuator in enumerate(() if db is None else value):
-        try:
-            _signal(_message(db, actuator.message), actuator.signal)
-        except ValueError as exc:
-            raise ValueError(f"[{i}] {actuator.topic}: {exc}") from None
+    _raise(attribute, _check.actuator_problems(inst, value))
+
+
+def _topics_module(inst: Any, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None:
+        _raise(attribute, _check.topics_module_problems(inst, value))
+
+
+def _seconds(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    """A period or interval: seconds above zero, finite (``inf`` would never come)."""
+    if not 0 < value <= MAX_PERIOD:  # also refuses NaN
+        raise ValueError(f"expected seconds > 0 and at most {MAX_PERIOD:.0f}, got {value!r}")
 
 
 @attrs.frozen
@@ -159,15 +162,22 @@ class GatewayConfig:
     network: str = attrs.field(
         default="can0", validator=_network_name, metadata={"help": "the network's name in topic names"}
     )
-    interface: str = attrs.field(default="socketcan", metadata={"help": "a python-can interface"})
-    channel: str = attrs.field(default="vcan0", metadata={"help": "the interface's channel"})
-    bitrate: int | None = attrs.field(default=None, metadata={"help": "for interfaces that set it"})
+    interface: str = attrs.field(
+        default="socketcan", validator=_interface, metadata={"help": "a python-can interface"}
+    )
+    channel: str = attrs.field(
+        default="vcan0", validator=_channel, metadata={"help": "the interface's channel"}
+    )
+    bitrate: int | None = attrs.field(
+        default=None, validator=_bitrate, metadata={"help": "for interfaces that set it"}
+    )
     fd: bool = attrs.field(default=False, metadata={"help": "CAN FD frames"})
     strict: bool = attrs.field(
         default=True, metadata={"help": "false for real-world databases with overlaps"}
     )
     topics_module: str | None = attrs.field(
         default=None,
+        validator=_topics_module,
         metadata={"help": "a module `vwos can gen` wrote: its typed topics are then the gateway's topics"},
     )
     message_topics: bool = attrs.field(
@@ -194,24 +204,26 @@ class GatewayConfig:
     kernel_filters: bool = attrs.field(
         default=True, metadata={"help": "let the kernel drop frames nobody wants"}
     )
-    receive_mode: ReceiveMode = attrs.field(default="auto", metadata={"help": "auto | fd | thread | poll"})
+    receive_mode: ReceiveMode = attrs.field(
+        default="auto", validator=_receive_mode, metadata={"help": "auto | fd | thread | poll"}
+    )
     poll_interval: float = attrs.field(
-        default=0.01, validator=positive, metadata={"help": "seconds, for poll"}
+        default=0.01, validator=_seconds, metadata={"help": "seconds, for poll"}
     )
     reconnect_initial: float = attrs.field(
-        default=0.1, validator=positive, metadata={"help": "seconds before the first try to reopen a link"}
+        default=0.1, validator=_seconds, metadata={"help": "seconds before the first try to reopen a link"}
     )
     reconnect_max: float = attrs.field(
         default=5.0,
-        validator=positive,
+        validator=_seconds,
         metadata={"help": "the longest wait between tries, doubling up to it"},
     )
     status_period: float = attrs.field(
-        default=1.0, validator=positive, metadata={"help": "seconds between status samples"}
+        default=1.0, validator=_seconds, metadata={"help": "seconds between status samples"}
     )
     log_interval: float = attrs.field(
         default=10.0,
-        validator=positive,
+        validator=_seconds,
         metadata={"help": "at most one log line per problem kind this often"},
     )
 
@@ -296,6 +308,11 @@ class _Counters:
 
 class CanGateway(Service[GatewayConfig]):
     """Bridges one CAN network and the bus: decodes frames into typed topics, sends frames on request."""
+
+    @classmethod
+    def bus_names(cls, config: GatewayConfig) -> Permissions | None:
+        """Its topics, its ``Send`` method and its actuators' topics: for the config check."""
+        return _check.bus_names(config)
 
     async def run(
         self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

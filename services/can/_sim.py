@@ -36,6 +36,7 @@ from services.can._codec import (
 from services.can._codec import (
     suggest as _suggest,
 )
+from services.can._config_check import interface_problem
 from services.can._transport import (
     CanTransport,
     LinkDownError,
@@ -46,7 +47,7 @@ from services.can._transport import (
     open_python_can,
     positive,
 )
-from vwos import Service, ServiceContext
+from vwos import FieldProblem, Service, ServiceContext, StructureError
 
 #: A vehicle model behind a `SimulatedEcu`: ``values(message, t)`` is a mapping of signal name to physical
 #: value for ``message`` at ``t`` seconds after the start.
@@ -518,15 +519,24 @@ def _message_names(inst: Any, attribute: attrs.Attribute[Any], value: tuple[str,
     except CanDatabaseError:
         return  # reported at ``database``
     known = [m.name for m in db.messages]
-    for name in value:
+    sent = set(getattr(inst, "messages", None) or ()) if attribute.name == "receive" else set()
+    problems = []  # every one, each at its index
+    for i, name in enumerate(value):
         if name not in known:
-            raise ValueError(f"no message {name!r} in {Path(inst.database).name}{_suggest(name, known)}")
-    if attribute.name == "receive":
-        both = sorted(set(value) & set(inst.messages or ()))
-        if both:
-            raise ValueError(
-                f"{', '.join(both)}: listed in both messages and receive (an ECU sends or receives)"
+            message = f"no message {name!r} in {Path(inst.database).name}{_suggest(name, known)}"
+            problems.append(FieldProblem((i,), message))
+        elif name in sent:
+            problems.append(
+                FieldProblem((i,), f"{name}: listed in both messages and receive (an ECU sends or receives)")
             )
+    if problems:
+        raise StructureError(problems, key=attribute.alias)
+
+
+def _interface(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    problem = interface_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 @attrs.frozen
@@ -539,7 +549,9 @@ class SimulatorConfig:
     strict: bool = attrs.field(
         default=True, metadata={"help": "false for real-world databases with overlaps"}
     )
-    interface: str = attrs.field(default="socketcan", metadata={"help": "a python-can interface"})
+    interface: str = attrs.field(
+        default="socketcan", validator=_interface, metadata={"help": "a python-can interface"}
+    )
     channel: str = attrs.field(default="vcan0", metadata={"help": "the interface's channel"})
     bitrate: int | None = attrs.field(default=None, metadata={"help": "for interfaces that set it"})
     fd: bool = attrs.field(default=False, metadata={"help": "CAN FD frames"})
