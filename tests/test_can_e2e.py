@@ -12,6 +12,9 @@ from typing import Any
 
 import cantools
 import pytest
+from cantools.autosar.end_to_end import compute_profile2_crc, compute_profile5_crc
+from cantools.database.can import Message, Signal
+from cantools.database.can.formats.arxml import AutosarEnd2EndProperties, AutosarMessageSpecifics
 from conftest import MQB_DBC, SHARED, require_shared_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -567,7 +570,12 @@ def test_e2e_reasons_and_profiles() -> None:
     ("kwargs", "error"),
     [
         ({"profile": "p04"}, "must be one of 'p01', 'p02', 'vw_mqb', 'p05', 'tesla', 'counter', not 'p04'"),
-        ({"profile": "p01"}, r"profile 'p01' takes 1 value \(the 16-bit data id\), got 0"),
+        ({"profile": "p01", "data_id": [1, 2]}, r"profile 'p01' takes 1 value \(the 16-bit data id\), got 2"),
+        (
+            {"profile": "p01", "data_id": 0x123},
+            r"must be an array of integers \(\[0x123\] for one\), not 291",
+        ),
+        ({"profile": "vw_mqb", "data_id": ["x"]}, r"\[0\] must be an integer, not 'x'"),
         ({"profile": "p01", "data_id": [0x10000]}, r"\[0\] 0x10000 is out of range 0..0xffff"),
         ({"profile": "p02", "data_id": [1, 2]}, r"takes 16 values \(the data id list, one byte per counter"),
         ({"profile": "p02", "data_id": [256] * 16}, r"\[0\] 0x100 is out of range 0..0xff"),
@@ -584,7 +592,7 @@ def test_e2e_reasons_and_profiles() -> None:
     ],
 )
 def test_bad_configs_are_refused(kwargs: dict[str, Any], error: str) -> None:
-    with pytest.raises(ValueError, match=error):
+    with pytest.raises((ValueError, TypeError), match=error):
         E2E(message="M", **kwargs)
 
 
@@ -645,6 +653,11 @@ P02 = {"profile": "p02", "data_id": [0] * 16}
         ),
         ("ALIVE", P02, "crc_signal: ALIVE: no signal is named like a CRC; name one with crc_signal"),
         (
+            "P8",
+            {"profile": "p01"},
+            "data_id: P8: profile 'p01' needs the 16-bit data id; the database gives none",
+        ),
+        (
             "ALIVE",
             {**P02, "crc_signal": "value"},
             "crc_signal: ALIVE.value has 12 bits; profile 'p02' needs 8",
@@ -700,6 +713,50 @@ BO_ 303 SHORT: 1 ECU
     ).bind(two)
     with pytest.raises(E2EConfigError, match=r"SHORT\.S_BZ ends beyond the message's 1 bytes"):
         E2E(message="SHORT", profile="vw_mqb", data_id=[1]).bind(db.get_message_by_name("SHORT"))
+
+
+def arxml_like_message(category: str, data_ids: list[int], *, sqc_start: int = 8, crc_length: int = 8) -> Any:
+    """A message as cantools loads it from an ARXML file with end-to-end protection properties."""
+    e2e = AutosarEnd2EndProperties()
+    e2e.category, e2e.data_ids, e2e.payload_length = category, data_ids, 8
+    autosar = AutosarMessageSpecifics()
+    autosar.e2e = e2e
+    signals = [
+        Signal("Pdu_CRC", start=0, length=crc_length),
+        Signal("Pdu_SQC", start=sqc_start, length=8 if crc_length == 16 else 4),
+        Signal("Pdu_Data", start=32, length=32),
+    ]
+    return Message(frame_id=0x42, name="Pdu", length=8, signals=signals, autosar_specifics=autosar)
+
+
+def test_data_ids_default_to_the_databases() -> None:
+    message = arxml_like_message("Profile2", list(range(123, 139)))
+    protection = E2E(message="Pdu", profile="p02").bind(message)
+    assert protection.data_id == tuple(range(123, 139))
+    assert (protection.crc_signal, protection.counter_signal) == ("Pdu_CRC", "Pdu_SQC")
+    # the config's own data id wins
+    assert E2E(message="Pdu", profile="p02", data_id=[7] * 16).bind(message).data_id == (7,) * 16
+    with pytest.raises(
+        E2EConfigError, match=re.escape("data_id: Pdu: profile 'p05' takes 1 value (the 16-bit")
+    ):
+        E2E(message="Pdu", profile="p05").bind(
+            arxml_like_message("Profile5", [1, 2], sqc_start=16, crc_length=16)
+        )
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=st.binary(min_size=8, max_size=8), ids=st.lists(st.integers(0, 255), min_size=16, max_size=16))
+def test_profiles_2_and_5_agree_with_cantools_own_functions(payload: bytes, ids: list[int]) -> None:
+    """cantools has P2 and P5 CRCs too (fixed layouts, ~6 us a frame: too slow for the hot path): the
+    same CRCs as here."""
+    p2 = arxml_like_message("Profile2", ids)
+    assert E2E(message="Pdu", profile="p02").bind(p2).expected_crc(payload) == compute_profile2_crc(
+        payload, p2
+    )
+    p5 = arxml_like_message("Profile5", [ids[0] << 8 | ids[1]], sqc_start=16, crc_length=16)
+    assert E2E(message="Pdu", profile="p05").bind(p5).expected_crc(payload) == compute_profile5_crc(
+        payload, p5
+    )
 
 
 def test_find_e2e_signals_pairs_counters_with_their_checksum(model3: Any) -> None:

@@ -228,29 +228,56 @@ def _check_mode(inst: Any, attribute: attrs.Attribute[str], value: str) -> None:
 
 
 def _ints(values: Iterable[int]) -> tuple[int, ...]:
+    if isinstance(values, int | str | bytes):
+        raise TypeError(f"must be an array of integers ([0x123] for one), not {values!r}")
     return tuple(values)
 
 
-def _check_data_id(inst: Any, attribute: attrs.Attribute[tuple[int, ...]], value: tuple[int, ...]) -> None:
-    for i, item in enumerate(value):
+def _item_problem(ids: Sequence[int]) -> str | None:
+    for i, item in enumerate(ids):
         if isinstance(item, bool) or not isinstance(item, int):
-            raise ValueError(f"[{i}] must be an integer, not {item!r}")
-    profile = _profile_of(inst)
-    if profile is None:
-        return
+            return f"[{i}] must be an integer, not {item!r}"
+    return None
+
+
+def _data_id_problem(profile: str, ids: Sequence[int], mode: str, *, given: bool = True) -> str | None:
+    """What is wrong with ``ids`` as the data id of ``profile`` (in P01 data id mode ``mode``), or None.
+    ``given``: the config gave them (none given means "the database's", checked by `E2E.bind`), else the
+    database did."""
+    problem = _item_problem(ids)
+    if problem is not None:
+        return problem
     rules = _RULES[profile]
-    if len(value) not in rules.data_ids:
+    if not ids and given and rules.data_ids != (0,):
+        return None
+    if len(ids) not in rules.data_ids:
         if rules.data_ids == (0,):
-            raise ValueError(f"profile {profile!r} takes no data id")
+            return f"profile {profile!r} takes no data id"
         counts = " or ".join(map(str, rules.data_ids))
         what = "value" if rules.data_ids == (1,) else "values"
-        raise ValueError(
-            f"profile {profile!r} takes {counts} {what} ({_DATA_ID_HELP[profile]}), got {len(value)}"
-        )
-    limit = 0x0FFF if getattr(inst, "data_id_mode", "both") == "nibble" else rules.data_id_max
-    for i, item in enumerate(value):
+        source = "" if given else " in the database"
+        return f"profile {profile!r} takes {counts} {what} ({_DATA_ID_HELP[profile]}), got {len(ids)}{source}"
+    limit = 0x0FFF if mode == "nibble" else rules.data_id_max
+    for i, item in enumerate(ids):
         if not 0 <= item <= limit:
-            raise ValueError(f"[{i}] {item:#x} is out of range 0..{limit:#x}")
+            return f"[{i}] {item:#x} is out of range 0..{limit:#x}"
+    return None
+
+
+def _check_data_id(inst: Any, attribute: attrs.Attribute[tuple[int, ...]], value: tuple[int, ...]) -> None:
+    profile = _profile_of(inst)
+    mode = getattr(inst, "data_id_mode", "both")
+    # with no valid profile (reported at its key) only the items can be checked
+    problem = _item_problem(value) if profile is None else _data_id_problem(profile, value, mode)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def _database_data_ids(message: Any) -> tuple[int, ...]:
+    """The data ids an AUTOSAR (ARXML) database gives for ``message``, if any."""
+    autosar = getattr(message, "autosar", None)
+    e2e = getattr(autosar, "e2e", None)
+    return tuple(getattr(e2e, "data_ids", None) or ())
 
 
 _DATA_ID_HELP: Final = {
@@ -289,10 +316,10 @@ def _check_delta(inst: Any, attribute: attrs.Attribute[int], value: int) -> None
 class E2E:
     """End-to-end protection of one message: which profile, where its CRC and counter are, its data id.
 
-    A TOML table of the gateway's config (``[[services.NAME.config.e2e]]``). The CRC and counter signals
-    default to the message's signals named like them (``CHECKSUM``, ``*_CRC``, ``*Checksum``;
-    ``COUNTER``, ``*_BZ``, ``*Counter``); `bind` fits the config to the message and reports what does not
-    fit.
+    A TOML table of the gateway's config (``[[services.NAME.config.e2e]]``). What the database tells is
+    the default: the CRC and counter signals are the message's signals named like them (``CHECKSUM``,
+    ``*_CRC``, ``*Checksum``; ``COUNTER``, ``*_BZ``, ``*Counter``, ``*_SQC``), the data id is the one an
+    AUTOSAR (ARXML) database gives. `bind` fits the config to the message and reports what does not fit.
     """
 
     message: str = attrs.field(validator=_check_message, metadata={"help": "the message's name"})
@@ -308,7 +335,7 @@ class E2E:
         default=(),
         converter=_ints,
         validator=_check_data_id,
-        metadata={"help": "p01/p05: [id]; p02: 16 bytes; vw_mqb: 1 or 16 bytes"},
+        metadata={"help": "p01/p05: [id]; p02: 16 bytes; vw_mqb: 1 or 16 bytes; default: the database's"},
     )
     crc_signal: str | None = attrs.field(
         default=None, validator=_check_name, metadata={"help": "default: the signal named like a CRC"}
@@ -359,7 +386,7 @@ def _path_text(path: tuple[int | str, ...]) -> str:
 # -- finding the signals ---------------------------------------------------------------------------------
 
 _CRC_SUFFIXES: Final = ("checksum", "crc", "chksum")
-_COUNTER_SUFFIXES: Final = ("counter", "_bz")
+_COUNTER_SUFFIXES: Final = ("counter", "_bz", "_sqc")
 
 
 def _suffix(name: str, suffixes: tuple[str, ...]) -> str | None:
@@ -368,7 +395,7 @@ def _suffix(name: str, suffixes: tuple[str, ...]) -> str | None:
     for suffix in suffixes:
         if lowered.endswith(suffix):
             return name[: len(name) - len(suffix)].rstrip("_")
-    if lowered == "bz" and suffixes is _COUNTER_SUFFIXES:
+    if lowered in ("bz", "sqc") and suffixes is _COUNTER_SUFFIXES:
         return ""
     return None
 
@@ -399,8 +426,9 @@ def find_e2e_signals(message: Any) -> tuple[str | None, str | None]:
     """The CRC signal and the alive counter signal of a cantools ``Message``, found by their names.
 
     CRCs: ``CHECKSUM``, ``CRC``, ``*_CRC``, ``*Checksum``; counters: ``COUNTER``, ``BZ``, ``*_BZ``
-    (Volkswagen's *Botschaftszähler*), ``*Counter``. Where several signals look like a counter, the one
-    with the CRC's prefix is taken (``DAS_controlChecksum`` pairs with ``DAS_controlCounter``). None for
+    (Volkswagen's *Botschaftszähler*), ``SQC``, ``*_SQC``, ``*Counter``. Where several signals look like
+    a counter, the one with the CRC's prefix is taken (``DAS_controlChecksum`` pairs with
+    ``DAS_controlCounter``). None for
     none, or for more than one that fit equally. Multiplexed signals are never taken.
     """
     crcs, counters = _pick(message)
@@ -413,9 +441,10 @@ def find_e2e_signals(message: Any) -> tuple[str | None, str | None]:
 class E2EProtection:
     """An `E2E` fitted to its message's layout. Immutable; makes the per-message state objects.
 
-    ``crc_signal`` and ``counter_signal`` are the signals it uses (None where the profile has none);
-    ``counter_modulo`` is how many counter values there are (P01: 15). What a protector writes into them
-    overrides whatever the payload held.
+    ``crc_signal`` and ``counter_signal`` are the signals it uses (None where the profile has none),
+    ``data_id`` the data id (the config's, else the database's), ``counter_modulo`` how many counter
+    values there are (P01: 15). What a protector writes into them overrides whatever the payload held.
+    The CRC covers the message's length (``length``): bytes beyond it are not looked at.
     """
 
     def __init__(self, config: E2E, message: Any) -> None:
@@ -490,6 +519,21 @@ class E2EProtection:
                 problems.append(
                     (("nibble_signal",), f"{message.name}.{nibble.name} has {nibble.length} bits, not 4")
                 )
+        data_id = config.data_id
+        if not data_id and rules.data_ids != (0,):
+            data_id = _database_data_ids(message)
+            if not data_id:
+                problems.append(
+                    (
+                        ("data_id",),
+                        f"{message.name}: profile {config.profile!r} needs "
+                        f"{_DATA_ID_HELP[config.profile]}; the database gives none",
+                    )
+                )
+            else:
+                problem = _data_id_problem(config.profile, data_id, config.data_id_mode, given=False)
+                if problem is not None:
+                    problems.append((("data_id",), f"{message.name}: {problem}"))
         fields = {"crc_signal": crc, "counter_signal": counter, "nibble_signal": nibble}
         named = [(k, f) for k, f in fields.items() if f is not None]
         for i, (key, f) in enumerate(named):
@@ -520,8 +564,9 @@ class E2EProtection:
         self._nibble_field = nibble
         self._need = max((f.end for _, f in named), default=0)
         self._need = max(self._need, message.length)
+        self.data_id: tuple[int, ...] = data_id
         self._compute = self._crc_function(crc) if crc is not None else None
-        self._nibble = (config.data_id[0] >> 8) & 0x0F if nibble is not None else 0
+        self._nibble = (data_id[0] >> 8) & 0x0F if nibble is not None else 0
 
     def _crc_function(self, crc: _Field) -> Callable[[Payload, int], int]:
         """``f(data, counter)``: the CRC the profile wants for the payload ``data``.
@@ -535,7 +580,7 @@ class E2EProtection:
         lo, hi = span
         n = self.length
         config = self.config
-        ids = config.data_id
+        ids = self.data_id
         profile = config.profile
 
         if profile == "p01":
