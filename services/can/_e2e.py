@@ -444,13 +444,15 @@ class E2EProtection:
     ``crc_signal`` and ``counter_signal`` are the signals it uses (None where the profile has none),
     ``data_id`` the data id (the config's, else the database's), ``counter_modulo`` how many counter
     values there are (P01: 15). What a protector writes into them overrides whatever the payload held.
-    The CRC covers the message's length (``length``): bytes beyond it are not looked at.
+    The CRC covers the message's length (``length``): bytes beyond it are not looked at. ``frame_id`` and
+    ``extended`` name the message's route.
     """
 
     def __init__(self, config: E2E, message: Any) -> None:
         self.config = config
         self.message: str = message.name
         self.frame_id: int = message.frame_id
+        self.extended: bool = bool(message.is_extended_frame)
         self.length: int = message.length
         rules = _RULES[config.profile]
         problems: list[tuple[tuple[int | str, ...], str]] = []
