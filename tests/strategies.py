@@ -1024,3 +1024,22 @@ def can_gateway_tables(
 
 
 __all__ += ["can_gateway_tables"]
+
+
+# -- CAN payloads (tests/test_can_e2e.py) -------------------------------------------------------------------
+
+
+def any_can_payloads(*, max_size: int = 72) -> st.SearchStrategy[bytes]:
+    """Payloads a CAN link could hand over, and worse: empty, classic (0..8 bytes), FD lengths up to 64, and
+    beyond; random bytes, all zeros and all ones."""
+    sizes = st.sampled_from([0, 1, 2, 4, 7, 8, 12, 16, 20, 24, 32, 48, 64, max_size]) | st.integers(
+        0, max_size
+    )
+    return st.one_of(
+        st.binary(max_size=max_size),
+        sizes.map(bytes),
+        sizes.map(lambda n: b"\xff" * n),
+    )
+
+
+__all__ += ["any_can_payloads"]

@@ -1,5 +1,5 @@
 """The CAN gateway: CAN networks as typed bus topics (SocketCAN, python-can), simulated ECUs, and the CAN
-tools.
+tools; end-to-end protection (CRCs and alive counters) per message.
 
 See ``docs/can.md``.
 """
@@ -23,6 +23,17 @@ from services.can._codec import (
     SignalMapping,
     load_database,
 )
+from services.can._e2e import (
+    E2E,
+    E2E_PROFILES,
+    E2E_REASONS,
+    E2EChecker,
+    E2EConfigError,
+    E2EProtection,
+    E2EProtector,
+    bind_e2e,
+    find_e2e_signals,
+)
 from services.can._gateway import (
     Actuator,
     CanGateway,
@@ -44,6 +55,9 @@ from services.can._transport import (
 )
 
 __all__ = [
+    "E2E",
+    "E2E_PROFILES",
+    "E2E_REASONS",
     "STALE_AFTER_CYCLES",
     "Actuator",
     "CanCodec",
@@ -53,6 +67,10 @@ __all__ = [
     "CanTransport",
     "CodecStatistics",
     "CyclicMessage",
+    "E2EChecker",
+    "E2EConfigError",
+    "E2EProtection",
+    "E2EProtector",
     "EncodeError",
     "Frame",
     "FrameError",
@@ -69,7 +87,9 @@ __all__ = [
     "SignalValues",
     "SimulatedEcu",
     "SimulatorConfig",
+    "bind_e2e",
     "dump_frames",
+    "find_e2e_signals",
     "generate_topics",
     "load_database",
     "open_python_can",
