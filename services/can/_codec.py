@@ -811,6 +811,21 @@ class CanCodec:
             if route.topic is not None or route.mapped
         ]
 
+    def not_available(self, frame_id: int, extended: bool, reason: str) -> list[tuple[Topic[Any], Any]]:
+        """The (topic, value) pairs for a frame of a known message whose content is not to be trusted
+        (its end-to-end protection failed, say): ``NotAvailable(reason)`` on the message's topic (the
+        whole sample, so that ``sample.available`` says it) and on each mapped signal's. Empty for an id the
+        database does not know."""
+        route = self._routes.get(frame_id | EXTENDED_FLAG if extended else frame_id)
+        if route is None:
+            return []
+        value = NotAvailable(reason)
+        out: list[tuple[Topic[Any], Any]] = []
+        if route.topic is not None:
+            out.append((route.topic, value))
+        out.extend((mapped[0], value) for mapped in route.mapped)
+        return out
+
     # -- receive --------------------------------------------------------------------------------------
 
     def decode(

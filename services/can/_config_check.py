@@ -35,6 +35,7 @@ from services.can._codec import (
     cached_database,
     suggest,
 )
+from services.can._e2e import E2EConfigError, bind_e2e
 from vwos import FieldProblem
 
 #: The shortest period of a cyclic message, in seconds: a CAN bus carries at most about 8,000 frames a
@@ -594,3 +595,15 @@ def _exception_text(exc: BaseException) -> str:
     if isinstance(exc, CanDatabaseError | EncodeError | TopicError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def e2e_problems(cfg: object, configs: Sequence[Any]) -> list[FieldProblem]:
+    """Each E2E config fits its message in the database (see `bind_e2e`): every problem at its key."""
+    db = database_of(cfg)
+    if db is None:
+        return []
+    try:
+        bind_e2e(configs, db)
+    except E2EConfigError as exc:
+        return [FieldProblem(path, text) for path, text in exc.problems]
+    return []

@@ -20,6 +20,8 @@ from services.can._codec import (
     SignalMapping,
     cached_database,
 )
+from services.can._database import EXTENDED_FLAG
+from services.can._e2e import E2E, E2EChecker, E2EProtector, bind_e2e
 from services.can._transport import (
     CanTransport,
     FrameRefusedError,
@@ -141,6 +143,10 @@ def _known_actuators(inst: Any, attribute: attrs.Attribute[Any], value: tuple[Ac
     _raise(attribute, _check.actuator_problems(inst, value))
 
 
+def _known_e2e(inst: Any, attribute: attrs.Attribute[Any], value: tuple[E2E, ...]) -> None:
+    _raise(attribute, _check.e2e_problems(inst, value))
+
+
 def _topics_module(inst: Any, attribute: attrs.Attribute[str | None], value: str | None) -> None:
     if value is not None:
         _raise(attribute, _check.topics_module_problems(inst, value))
@@ -200,6 +206,11 @@ class GatewayConfig:
         default=(),
         validator=_known_actuators,
         metadata={"help": "bus topics whose samples are sent as a signal"},
+    )
+    e2e: tuple[E2E, ...] = attrs.field(
+        default=(),
+        validator=_known_e2e,
+        metadata={"help": "end-to-end protection (CRC, alive counter) of messages, checked and filled"},
     )
     kernel_filters: bool = attrs.field(
         default=True, metadata={"help": "let the kernel drop frames nobody wants"}
@@ -341,6 +352,15 @@ class CanGateway(Service[GatewayConfig]):
         self._state, self._reason, self._mode = "down", "starting", ""
         self._problem = ProblemLog(ctx.log, "CAN frame problem", cfg.log_interval)
         self._cyclic_values = {c.message: dict(c.signals) for c in cfg.cyclic}
+        protections = bind_e2e(cfg.e2e, db)  # checked by the config's validator
+        #: E2E checkers of received frames, by route key (frame id, with EXTENDED_FLAG if extended).
+        self._checkers: dict[int, E2EChecker] = {
+            p.frame_id | EXTENDED_FLAG if p.extended else p.frame_id: p.checker()
+            for p in protections.values()
+        }
+        #: E2E protectors of sent frames, by message name: Send, cyclic messages and actuators share one
+        #: counter per message.
+        self._protectors: dict[str, E2EProtector] = {name: p.protector() for name, p in protections.items()}
         for cyclic in cfg.cyclic:  # fail at start, not at the first period, if the config is wrong
             self.codec.encode(cyclic.message, cyclic.signals)
         async with trio.open_nursery() as nursery:
@@ -404,6 +424,8 @@ class CanGateway(Service[GatewayConfig]):
 
     def _up(self, mode: str) -> None:
         self._state, self._reason, self._mode = "up", "", mode
+        for checker in self._checkers.values():  # the counters start anew after a gap
+            checker.reset()
         self.ctx.log.info("CAN link up", network=self.config.network, channel=self.config.channel, mode=mode)
         self._publish_status()
 
@@ -418,10 +440,11 @@ class CanGateway(Service[GatewayConfig]):
     def _handle(self, batch: list[can.Message]) -> None:
         """Decode and publish a batch of received frames: the hot path. Never raises for a frame: each
         one is counted under exactly one of ``decoded``, the bad-frame kinds, ``remote_frames``,
-        ``fd_frames``, ``error_frames`` or ``refused``."""
+        ``fd_frames``, ``error_frames``, ``e2e_failures`` or ``refused``."""
         counters = self.counters
         decode = self.codec.decode
         publishers = self._publishers
+        checkers = self._checkers
         classic_only = not self.config.fd
         counters.frames_received += len(batch)
         for msg in batch:
@@ -437,6 +460,15 @@ class CanGateway(Service[GatewayConfig]):
             except Exception as exc:  # a payload the codec did not foresee: this frame only
                 self._refused(msg, exc)
                 continue
+            failed = False
+            if checkers:
+                ident = msg.arbitration_id
+                checker = checkers.get(ident | EXTENDED_FLAG if msg.is_extended_id else ident)
+                if checker is not None:
+                    reason = checker.check(msg.data)
+                    if reason is not None:
+                        decoded = self._e2e_failed(msg, reason)
+                        failed = True
             timestamp = msg.timestamp
             try:
                 for topic, value in decoded:
@@ -444,7 +476,19 @@ class CanGateway(Service[GatewayConfig]):
             except Exception as exc:  # the bus refused a value: the rest of the batch goes on
                 self._refused(msg, exc)
                 continue
-            counters.decoded += 1
+            if failed:
+                counters.e2e += 1
+            else:
+                counters.decoded += 1
+
+    def _e2e_failed(self, msg: can.Message, reason: str) -> list[tuple[Topic[Any], Any]]:
+        """What a frame whose E2E check failed publishes: every signal not available (reason ``e2e``)."""
+        self._problem(
+            "e2e",
+            f"frame 0x{msg.arbitration_id:x} [{bytes(msg.data).hex()}] on {self.config.network} failed its "
+            f"end-to-end check ({reason}): published as not available",
+        )
+        return self.codec.not_available(msg.arbitration_id, bool(msg.is_extended_id), "e2e")
 
     def _odd_frame(self, msg: can.Message) -> None:
         """An error, remote or (on a classic network) CAN FD frame: counted, never decoded."""
@@ -521,6 +565,9 @@ class CanGateway(Service[GatewayConfig]):
         frame = self.codec.encode(message, signals, base=None if base is None else defaults | base)
         if base is not None:
             base.update(signals)  # a cyclic message carries the new values from now on
+        protector = self._protectors.get(message)
+        if protector is not None:  # its alive counter and CRC, as the receivers check them
+            frame = attrs.evolve(frame, data=protector.protect(frame.data))
         if frame.is_fd and not self.config.fd:
             raise FrameRefusedError(
                 f"{message} is a CAN FD message ({len(frame.data)} bytes) and CAN network "
@@ -568,6 +615,12 @@ class CanGateway(Service[GatewayConfig]):
         with self.ctx.bus.subscribe(topic, queue_size=16) as samples:
             task_status.started()
             async for sample in samples:
+                if not sample.available:  # nothing to send: the signal's source has no value
+                    self._problem(
+                        "actuator",
+                        f"{actuator.topic} is not available ({sample.reason}): {actuator.message} not sent",
+                    )
+                    continue
                 value = float(sample.value) * actuator.scale + actuator.offset
                 try:
                     self.send(actuator.message, {actuator.signal: value})

@@ -36,7 +36,8 @@ from services.can._codec import (
 from services.can._codec import (
     suggest as _suggest,
 )
-from services.can._config_check import interface_problem
+from services.can._config_check import e2e_problems, interface_problem
+from services.can._e2e import E2E, E2EProtection, bind_e2e
 from services.can._transport import (
     CanTransport,
     LinkDownError,
@@ -335,12 +336,15 @@ class SimulatedEcu:
         default_cycle: float = 0.1,
         values: SignalValues | None = None,
         fd: bool = True,
+        e2e: Mapping[str, E2EProtection] | None = None,
     ) -> None:
         if not default_cycle > 0:
             raise ValueError(f"default_cycle must be positive seconds, not {default_cycle!r}")
         self.codec = source if isinstance(source, CanCodec) else self._codec(source)
         self._send = send
         self._values = values
+        #: E2E protectors by message name: they fill each frame's alive counter and CRC.
+        self._protectors = {name: p.protector() for name, p in (e2e or {}).items()}
         chosen = list(self.codec.db.messages)
         if messages is not None:
             wanted = set(messages)
@@ -440,6 +444,9 @@ class SimulatedEcu:
 
     def _next_frame(self, plan: _MessagePlan, t: float) -> Frame:
         frame = self._encode(plan, t, plan.sent)
+        protector = self._protectors.get(plan.name)
+        if protector is not None:
+            frame = attrs.evolve(frame, data=protector.protect(frame.data))
         plan.sent += 1
         return frame
 
@@ -533,6 +540,12 @@ def _message_names(inst: Any, attribute: attrs.Attribute[Any], value: tuple[str,
         raise StructureError(problems, key=attribute.alias)
 
 
+def _known_e2e(inst: Any, attribute: attrs.Attribute[Any], value: tuple[E2E, ...]) -> None:
+    problems = e2e_problems(inst, value)
+    if problems:
+        raise StructureError(problems, key=attribute.alias)
+
+
 def _interface(_: object, attribute: attrs.Attribute[str], value: str) -> None:
     problem = interface_problem(value)
     if problem is not None:
@@ -586,6 +599,11 @@ class SimulatorConfig:
         default=10.0,
         validator=positive,
         metadata={"help": "at most one log line per problem kind this often"},
+    )
+    e2e: tuple[E2E, ...] = attrs.field(
+        default=(),
+        validator=_known_e2e,
+        metadata={"help": "end-to-end protection (CRC, alive counter) filled into the messages it sends"},
     )
 
 
@@ -660,6 +678,7 @@ class CanSimulator(Service[SimConfigT]):
             default_cycle=cfg.default_cycle,
             values=self.values,
             fd=cfg.fd,
+            e2e=bind_e2e(cfg.e2e, db),
         )
         for name, reason in self.ecu.skipped.items():
             ctx.log.warning("message not simulated", message=name, reason=reason)
