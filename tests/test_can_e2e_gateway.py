@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 from test_can_gateway import Link, gateway_on
+from test_can_resilience import accounted
 
 from bus import NotAvailable, Topic
 from services.can import (
@@ -88,20 +89,6 @@ async def status(car: Harness, where: Any) -> LinkStatus:
     sample = await car.expect(status_topic(NETWORK), where)
     value: LinkStatus = sample.value
     return value
-
-
-def accounted(s: LinkStatus) -> int:
-    return (
-        s.decoded
-        + s.unknown_ids
-        + s.wrong_lengths
-        + s.undecodable
-        + s.remote_frames
-        + s.fd_frames
-        + s.error_frames
-        + s.refused
-        + s.e2e_failures
-    )
 
 
 async def test_protected_frames_pass_and_a_bad_crc_or_counter_makes_every_signal_not_available(
