@@ -22,6 +22,7 @@ from services.can._codec import (
 )
 from services.can._database import EXTENDED_FLAG
 from services.can._e2e import E2E, E2EProtection, E2EProtector, bind_e2e
+from services.can._link import keep_link_open, reconnect_backoff
 from services.can._transport import (
     CanTransport,
     FrameRefusedError,
@@ -413,30 +414,27 @@ class CanGateway(Service[GatewayConfig]):
         """Keep the link open: receive while it is up; when it fails, report degraded and reopen with
         exponential backoff (never a crash loop)."""
         cfg = self.config
-        delay = cfg.reconnect_initial
-        first = True
-        while True:
-            try:
-                transport = self.open_transport()
-            except LinkDownError as exc:
-                self._down(str(exc))
-            else:
-                if not first:
-                    self.counters.reconnects += 1
-                first = False
-                self._transport = transport
-                self._up(transport.mode)
-                delay = cfg.reconnect_initial
-                try:
-                    while True:
-                        self._handle(await transport.receive())
-                except LinkDownError as exc:
-                    self._down(str(exc))
-                finally:
-                    self._transport = None
-                    transport.close()
-            await trio.sleep(delay)
-            delay = min(delay * 2, cfg.reconnect_max)
+        opened = 0
+
+        def up(transport: CanTransport) -> None:
+            nonlocal opened
+            if opened:
+                self.counters.reconnects += 1
+            opened += 1
+            self._transport = transport
+            self._up(transport.mode)
+
+        def closed() -> None:
+            self._transport = None
+
+        await keep_link_open(
+            self.open_transport,
+            self._handle,
+            reconnect_backoff(cfg.reconnect_initial, cfg.reconnect_max),
+            up=up,
+            down=self._down,
+            closed=closed,
+        )
 
     def _up(self, mode: str) -> None:
         self._state, self._reason, self._mode = "up", "", mode

@@ -39,6 +39,7 @@ from services.can._codec import (
 )
 from services.can._config_check import e2e_problems, interface_problem
 from services.can._e2e import E2E, E2EProtection, bind_e2e
+from services.can._link import keep_link_open, reconnect_backoff
 from services.can._transport import (
     CanTransport,
     FrameRefusedError,
@@ -728,35 +729,33 @@ class CanSimulator(Service[SimConfigT]):
         """Keep the link open (ready after the first try, whether it worked or not): read what arrives
         while it is up; when it fails, log it and reopen with exponential backoff."""
         cfg = self.config
-        delay = cfg.reconnect_initial
         down: str | None = None
-        while True:
-            try:
-                transport = self.open_transport()
-            except LinkDownError as exc:
-                if down != str(exc):
-                    self.ctx.log.warning("CAN link down: frames are dropped, reconnecting", reason=str(exc))
-                down = str(exc)
-                task_status.started()
-            else:
-                self._transport = transport
-                if down is not None:
-                    self.ctx.log.info("CAN link up again", channel=cfg.channel)
-                down = None
-                delay = cfg.reconnect_initial
-                task_status.started()
-                try:
-                    while True:
-                        self._handle(await transport.receive())
-                except LinkDownError as exc:
-                    self.ctx.log.warning("CAN link down: frames are dropped, reconnecting", reason=str(exc))
-                    down = str(exc)
-                finally:
-                    self._transport = None
-                    transport.close()
-            task_status = trio.TASK_STATUS_IGNORED
-            await trio.sleep(delay)
-            delay = min(delay * 2, cfg.reconnect_max)
+
+        def up(transport: CanTransport) -> None:
+            nonlocal down
+            self._transport = transport
+            if down is not None:
+                self.ctx.log.info("CAN link up again", channel=cfg.channel)
+            down = None
+
+        def failed(reason: str) -> None:
+            nonlocal down
+            if down != reason:
+                self.ctx.log.warning("CAN link down: frames are dropped, reconnecting", reason=reason)
+            down = reason
+
+        def closed() -> None:
+            self._transport = None
+
+        await keep_link_open(
+            self.open_transport,
+            self._handle,
+            reconnect_backoff(cfg.reconnect_initial, cfg.reconnect_max),
+            up=up,
+            down=failed,
+            closed=closed,
+            task_status=task_status,
+        )
 
     def _handle(self, batch: list[can.Message]) -> None:
         """Hand the frames of ``receive`` messages to `received`; drop the rest."""
