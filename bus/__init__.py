@@ -4,7 +4,6 @@ The bus knows nothing of supervisors, CAN or MQTT. See ``docs/bus.md``.
 """
 
 from bus._bus import (
-    DEFAULT_CALL_TIMEOUT,
     Bus,
     BusClient,
     BusStatistics,
@@ -29,6 +28,7 @@ from bus._errors import (
     UnknownTopicError,
     ValueRefusedError,
 )
+from bus._handle import DEFAULT_CALL_TIMEOUT, BusHandle, PublisherHandle
 from bus._pattern import MAX_NAME_LENGTH, MAX_SEGMENT_LENGTH, MAX_SEGMENTS, covers, matches
 from bus._permissions import Action, Permissions
 from bus._sample import NotAvailable, Sample
@@ -59,6 +59,7 @@ __all__ = [
     "Bus",
     "BusClient",
     "BusError",
+    "BusHandle",
     "BusStatistics",
     "CallTimeoutError",
     "Codec",
@@ -77,6 +78,7 @@ __all__ = [
     "Permissions",
     "ProtocolError",
     "Publisher",
+    "PublisherHandle",
     "QoS",
     "RemoteBusClient",
     "RemoteError",

@@ -17,7 +17,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, Generic, NoReturn, TypeVar, overload
+from typing import Any, Final, Generic, NoReturn, TypeVar
 
 import attrs
 import structlog
@@ -25,13 +25,9 @@ import trio
 
 from bus._bus import (
     _BLOCK_HINT,
-    DEFAULT_CALL_TIMEOUT,
     Bus,
     BusClient,
     Publisher,
-    _check_call,
-    _check_request,
-    _method_of,
     _RequestRefused,
     _response_problem,
 )
@@ -48,7 +44,8 @@ from bus._errors import (
     ValueRefusedError,
     shown,
 )
-from bus._pattern import check_name, check_pattern, covers
+from bus._handle import _check_request, _ClientBase, _method_of
+from bus._pattern import check_pattern, covers
 from bus._permissions import Action, Permissions
 from bus._sample import NotAvailable, Sample, _sliced
 from bus._subscription import ColumnSubscription, Subscription, SubscriptionStatistics
@@ -732,7 +729,7 @@ class _Session:
         put = self.outbox.put
         if isinstance(m, Publish):
             try:
-                await self._publish(self.client.publisher(m.topic), m.values, m.timestamps, m.wait)
+                await self._publish(self.client._publisher(m.topic, False), m.values, m.timestamps, m.wait)
             except BusError as exc:
                 self._refuse(None, exc, "PUBLISH")
         elif isinstance(m, Deliver | Hello | Welcome | Refused):  # pragma: no cover - the state machine
@@ -769,7 +766,7 @@ class _Session:
                 found.close()
         elif isinstance(m, Get):
             try:
-                sample = self.client.get(m.topic, allow_stale=m.allow_stale)
+                sample = self.client._get_now(m.topic, m.allow_stale)
             except StaleValueError as exc:
                 put(error_from_exception(m.id, exc))  # an answer, not a refusal
             except BusError as exc:
@@ -778,7 +775,7 @@ class _Session:
                 put(Reply(m.id, None if sample is None else list(sample)))
         elif isinstance(m, IsStale):
             try:
-                put(Reply(m.id, self.client.is_stale(m.topic)))
+                put(Reply(m.id, self.client._is_stale_now(m.topic)))
             except BusError as exc:
                 self._refuse(m.id, exc, "STALE")
         elif isinstance(m, Call):
@@ -1019,15 +1016,13 @@ class RemotePublisher(Generic[T]):
         return f"<RemotePublisher {self._name!r} of {self._client.name!r}{block}>"
 
 
-class RemoteBusClient:
-    """A bus client in another process, connected over a Unix socket (made by `connect_unix`).
+class RemoteBusClient(_ClientBase):
+    """A bus client in another process, connected over a Unix socket (made by `connect_unix`): a
+    `BusHandle`, as `BusClient` is, so a service written against one runs on the other.
 
-    Its API mirrors `BusClient`, so a service written against one runs on the other: ``publisher``,
-    ``publish_nowait``, ``await publish``, ``subscribe`` (a `Subscription`, read the same way), ``declare``,
-    ``await call``, ``await serve``, ``statistics``, ``close``. The differences: ``get`` and ``is_stale``
-    are coroutines (a round trip to the broker); publishes do not wait for the broker, so a refusal only
-    the broker detects is logged and raised by the next publish; the permission set is the one the broker
-    granted, checked here first and enforced by the broker.
+    The differences: ``get`` and ``is_stale`` are a round trip to the broker; publishes do not wait for
+    the broker, so a refusal only the broker detects is logged and raised by the next publish; the
+    permission set is the one the broker granted, checked here first and enforced by the broker.
     """
 
     def __init__(
@@ -1039,10 +1034,8 @@ class RemoteBusClient:
         self._stream = stream
         self._outbox = _Outbox(DEFAULT_MAX_PENDING)
         self._topics: dict[str, Topic[Any]] = {}
-        #: Declared publishers by topic name (a str) or by the id of the Topic object (kept alive beside it);
-        #: those made with ``block=True`` apart.
-        self._publishers: dict[int | str, tuple[RemotePublisher[Any], Topic[Any] | str]] = {}
-        self._block_publishers: dict[int | str, tuple[RemotePublisher[Any], Topic[Any] | str]] = {}
+        self._publishers = {}
+        self._block_publishers = {}
         self._subs: dict[int, Subscription[Any]] = {}
         self._pushed: dict[int, list[int]] = {}
         self._parked: set[Subscription[Any]] = set()
@@ -1123,87 +1116,22 @@ class RemoteBusClient:
         else:
             self._topics.setdefault(topic.name, topic)
 
-    @overload
-    def publisher(self, topic: Topic[T], *, block: bool = False) -> RemotePublisher[T]: ...
-    @overload
-    def publisher(self, topic: str, *, block: bool = False) -> RemotePublisher[Any]: ...
-    def publisher(self, topic: Topic[Any] | str, *, block: bool = False) -> RemotePublisher[Any]:
-        """A declared publisher for one topic (see `BusClient.publisher`)."""
-        key = topic if type(topic) is str else id(topic)
-        cache = self._block_publishers if block else self._publishers
-        cached = cache.get(key)
-        if cached is not None:
-            return cached[0]
-        name = topic if isinstance(topic, str) else topic.name
-        if isinstance(topic, str):
-            check_name(name)  # a topic name: no wildcards
-        self._require(Action.PUBLISH, name)
+    def _make_publisher(self, topic: Topic[Any] | str, name: str, block: bool) -> RemotePublisher[Any]:
         if isinstance(topic, Topic):
             self.declare(topic)
             known: Topic[Any] | None = topic
         else:
             known = self._topics.get(name)
-        publisher: RemotePublisher[Any] = RemotePublisher(self, name, known, block)
-        if len(cache) > 4096:
-            cache.clear()
-        cache[key] = (publisher, topic)
-        return publisher
-
-    @overload
-    def publish_nowait(
-        self, topic: Topic[T], value: T | NotAvailable, *, timestamp: float | None = None
-    ) -> None: ...
-    @overload
-    def publish_nowait(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
-    def publish_nowait(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
-        """Queue a publish (see `RemotePublisher.publish_nowait`)."""
-        cached = self._publishers.get(topic if type(topic) is str else id(topic))
-        publisher = cached[0] if cached is not None else self.publisher(topic)
-        publisher.publish_nowait(value, timestamp=timestamp)
-
-    @overload
-    async def publish(
-        self, topic: Topic[T], value: T | NotAvailable, *, timestamp: float | None = None
-    ) -> None: ...
-    @overload
-    async def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
-    async def publish(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
-        """Like `publish_nowait`, but waits for room in the outgoing queue."""
-        await self.publisher(topic).publish(value, timestamp=timestamp)
+        return RemotePublisher(self, name, known, block)
 
     # -- subscribing and reading -----------------------------------------------------------------------
 
-    @overload
-    def subscribe(
-        self,
-        topic: Topic[T],
-        *,
-        queue_size: int | None = None,
-        overflow: Overflow | str | None = None,
-        latest: bool = False,
-    ) -> Subscription[T]: ...
-    @overload
-    def subscribe(
-        self,
-        topic: str,
-        *,
-        queue_size: int | None = None,
-        overflow: Overflow | str | None = None,
-        latest: bool = False,
-    ) -> Subscription[Any]: ...
-    def subscribe(
-        self,
-        topic: Topic[Any] | str,
-        *,
-        queue_size: int | None = None,
-        overflow: Overflow | str | None = None,
-        latest: bool = False,
+    def _subscribe(
+        self, topic: Topic[Any] | str, queue_size: int | None, overflow: Overflow | str | None, latest: bool
     ) -> Subscription[Any]:
-        """Subscribe to a topic or pattern (see `BusClient.subscribe`); samples arrive in batches.
-
-        Both ends keep a queue of the chosen size and policy: the broker's (which drops while this
-        connection is backed up) and this one (which drops while the reader is slow).
-        """
+        """Samples arrive in batches. Both ends keep a queue of the chosen size and policy: the broker's
+        (which drops while this connection is backed up) and this one (which drops while the reader is
+        slow)."""
         if isinstance(topic, Topic):
             pattern, qos = topic.name, topic.qos
         else:
@@ -1246,12 +1174,7 @@ class RemoteBusClient:
             raise pending.error
         return pending.result
 
-    @overload
-    async def get(self, topic: Topic[T], *, allow_stale: bool = False) -> Sample[T] | None: ...
-    @overload
-    async def get(self, topic: str, *, allow_stale: bool = False) -> Sample[Any] | None: ...
-    async def get(self, topic: Topic[Any] | str, *, allow_stale: bool = False) -> Sample[Any] | None:
-        """The topic's latest sample, or None (see `BusClient.get`; here a round trip to the broker)."""
+    async def _get(self, topic: Topic[Any] | str, allow_stale: bool) -> Sample[Any] | None:
         name = topic if isinstance(topic, str) else topic.name
         self._require(Action.SUBSCRIBE, name)
         if isinstance(topic, Topic):
@@ -1263,8 +1186,7 @@ class RemoteBusClient:
             raise ProtocolError(f"REPLY to GET: expected null or the 6 fields of a sample, got {result!r}")
         return Sample(*result)
 
-    async def is_stale(self, topic: Topic[Any] | str) -> bool:
-        """True if the topic's value is older than its ``max_age``, or it has none (a round trip)."""
+    async def _is_stale(self, topic: Topic[Any] | str) -> bool:
         name = topic if isinstance(topic, str) else topic.name
         self._require(Action.SUBSCRIBE, name)
         if isinstance(topic, Topic):
@@ -1274,35 +1196,9 @@ class RemoteBusClient:
             raise ProtocolError(f"REPLY to STALE: expected a bool, got {result!r}")
         return result
 
-    @overload
-    async def fetch(self, topic: Topic[T], *, allow_stale: bool = False) -> Sample[T] | None: ...
-    @overload
-    async def fetch(self, topic: str, *, allow_stale: bool = False) -> Sample[Any] | None: ...
-    async def fetch(self, topic: Topic[Any] | str, *, allow_stale: bool = False) -> Sample[Any] | None:
-        """The portable latest-value read (`BusClient.fetch` in-process): a round trip here."""
-        return await self.get(topic, allow_stale=allow_stale)
-
-    async def fetch_is_stale(self, topic: Topic[Any] | str) -> bool:
-        """The portable staleness check (`BusClient.fetch_is_stale` in-process)."""
-        return await self.is_stale(topic)
-
     # -- methods ---------------------------------------------------------------------------------------
 
-    @overload
-    async def call(self, method: Method[Req, Resp], arg: Req, *, timeout: float = ...) -> Resp: ...  # noqa: ASYNC109
-    @overload
-    async def call(self, method: str, arg: Any = None, *, timeout: float = ...) -> Any: ...  # noqa: ASYNC109
-    async def call(
-        self,
-        method: Method[Any, Any] | str,
-        arg: Any = None,
-        *,
-        timeout: float = DEFAULT_CALL_TIMEOUT,  # noqa: ASYNC109 - it travels with the request, as in BusClient
-    ) -> Any:
-        """Call a method served anywhere on the bus (see `BusClient.call`; the same errors)."""
-        mdef = _method_of(method)
-        self._require(Action.CALL, mdef.name)
-        _check_call(mdef, arg, timeout)
+    async def _call(self, mdef: Method[Any, Any], arg: Any, timeout: float) -> Any:  # noqa: ASYNC109
         call_id = self._new_id()
         pending = _Pending()
         self._pending[call_id] = pending
