@@ -28,7 +28,7 @@ from bus._errors import (
     UnknownTopicError,
     ValueRefusedError,
 )
-from bus._handle import DEFAULT_CALL_TIMEOUT, BusHandle, PublisherHandle
+from bus._handle import DEFAULT_CALL_TIMEOUT, MAX_SUBSCRIPTION_PATTERNS, BusHandle, PublisherHandle
 from bus._pattern import MAX_NAME_LENGTH, MAX_SEGMENT_LENGTH, MAX_SEGMENTS, covers, matches
 from bus._permissions import Action, Permissions
 from bus._sample import NotAvailable, Sample
@@ -53,6 +53,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_SEGMENTS",
     "MAX_SEGMENT_LENGTH",
+    "MAX_SUBSCRIPTION_PATTERNS",
     "PROTOCOL_VERSION",
     "Action",
     "BrokerRefusedError",

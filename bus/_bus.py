@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 import attrs
@@ -23,7 +23,7 @@ from bus._errors import (
     ValueRefusedError,
     shown,
 )
-from bus._handle import _check_request, _ClientBase, _method_of
+from bus._handle import _check_request, _ClientBase, _method_of, _subscribed
 from bus._pattern import MAX_NAME_LENGTH, check_pattern, is_pattern, matches
 from bus._permissions import Action, Permissions
 from bus._sample import NotAvailable, Sample, SampleRun, _new_sample, _sliced
@@ -205,7 +205,7 @@ class Bus:
         #: Every subscription (an ordered set), and the same by kind: by exact name, and with wildcards.
         self._subscriptions: dict[Subscription[Any], None] = {}
         self._exact: dict[str, dict[Subscription[Any], None]] = {}
-        self._wildcard: dict[Subscription[Any], None] = {}
+        self._wildcard: dict[Subscription[Any], tuple[str, ...]] = {}  # and their wildcard patterns
         #: The bus clock when each subscription was made.
         self._since: dict[Subscription[Any], float] = {}
         self._servers: dict[str, _Server] = {}
@@ -238,7 +238,10 @@ class Bus:
                 state.topic._check_redeclaration(topic, state.declarer)
             state.holders.add(holder)
             return state
-        subs = [*self._exact.get(name, ()), *(s for s in self._wildcard if matches(s.pattern, name))]
+        subs = dict.fromkeys(self._exact.get(name, ()))
+        for sub, wild in self._wildcard.items():
+            if sub not in subs and any(matches(p, name) for p in wild):
+                subs[sub] = None
         for sub in subs:
             self._offsets[sub][name] = 0
         state = self._topics[name] = _TopicState(topic, subs, declarer)
@@ -326,23 +329,28 @@ class Bus:
     def _subscription(
         self,
         client: str,
-        pattern: str,
+        patterns: tuple[str, ...],
         qos: QoS,
         detach: Callable[[Subscription[Any]], None],
         latest: bool,
         columns: bool = False,
     ) -> Subscription[Any]:
-        """Make a subscription, route the matching topics to it, and queue their latest values if asked.
+        """Make a subscription to ``patterns`` (distinct, checked names and patterns), route the matching
+        topics to it, and queue their latest values if asked.
         ``columns``: a `ColumnSubscription` (for a socket subscriber), unless the overflow is ``latest``.
         Everything that can fail happens before anything is changed: a refused subscription leaves
         nothing behind."""
         topics = self._topics
-        wildcard = is_pattern(pattern)
-        if wildcard:
-            matched = [state for name, state in topics.items() if matches(pattern, name)]
-        else:
-            state = topics.get(pattern)
-            matched = [] if state is None else [state]
+        wild = tuple(p for p in patterns if is_pattern(p))
+        exact = [p for p in patterns if not is_pattern(p)]
+        matched = [topics[p] for p in exact if p in topics]
+        if wild:
+            have = set(exact)
+            matched += [
+                state
+                for name, state in topics.items()
+                if name not in have and any(matches(p, name) for p in wild)
+            ]
         offsets: dict[str, int] = {}
 
         def pushed() -> int:
@@ -350,15 +358,15 @@ class Bus:
 
         kind = ColumnSubscription if columns and qos.overflow is not Overflow.LATEST else Subscription
         sub: Subscription[Any] = kind(
-            client, pattern, qos.queue_size, qos.overflow, detach, pushed, self._parked
+            client, patterns, qos.queue_size, qos.overflow, detach, pushed, self._parked
         )
         self._subscriptions[sub] = None
         self._offsets[sub] = offsets
         self._since[sub] = self.clock()
-        if wildcard:
-            self._wildcard[sub] = None
-        else:
-            self._exact.setdefault(pattern, {})[sub] = None
+        if wild:
+            self._wildcard[sub] = wild
+        for name in exact:
+            self._exact.setdefault(name, {})[sub] = None
         for state in matched:
             offsets[state.name] = state.seq
             if latest and state.latest is not None:
@@ -372,13 +380,13 @@ class Bus:
         offsets = self._offsets.pop(sub)
         del self._since[sub]
         self._parked.discard(sub)
-        if is_pattern(sub.pattern):
-            del self._wildcard[sub]
-        else:
-            exact = self._exact[sub.pattern]
-            del exact[sub]
-            if not exact:
-                del self._exact[sub.pattern]
+        self._wildcard.pop(sub, None)
+        for pattern in sub.patterns:
+            exact = self._exact.get(pattern)
+            if exact is not None:
+                del exact[sub]
+                if not exact:
+                    del self._exact[pattern]
         topics = self._topics
         for name in offsets:
             state = topics.get(name)
@@ -527,7 +535,7 @@ class BusClient(_ClientBase):
 
     def _subscribe(
         self,
-        topic: Topic[Any] | str,
+        topics: Sequence[Topic[Any] | str],
         queue_size: int | None,
         overflow: Overflow | str | None,
         latest: bool,
@@ -536,23 +544,25 @@ class BusClient(_ClientBase):
     ) -> Subscription[Any]:
         """`subscribe`; ``columns`` for a socket subscriber; ``check_qos`` may refuse the queue asked for
         (it raises) before anything is made."""
-        if isinstance(topic, Topic):
-            pattern, qos = topic.name, topic.qos
-        else:
-            pattern, qos = check_pattern(topic), QoS()
-            if not is_pattern(pattern) and pattern in self.bus._topics:
-                qos = self.bus._topics[pattern].topic.qos
-        self._require(Action.SUBSCRIBE, pattern)
+        patterns, qos = _subscribed(topics, self._declared_qos)
+        for pattern in patterns:
+            self._require(Action.SUBSCRIBE, pattern)
         qos = qos._override(queue_size, overflow)
         if qos.overflow is Overflow.BLOCK:
-            self._require(Action.BLOCK, pattern, _BLOCK_HINT)
+            for pattern in patterns:
+                self._require(Action.BLOCK, pattern, _BLOCK_HINT)
         if check_qos is not None:
             check_qos(qos)
-        if isinstance(topic, Topic):
-            self._known(topic)
-        sub = self.bus._subscription(self.name, pattern, qos, self._detach, latest, columns)
+        for topic in topics:
+            if isinstance(topic, Topic):
+                self._known(topic)
+        sub = self.bus._subscription(self.name, patterns, qos, self._detach, latest, columns)
         self._subscriptions[sub] = None
         return sub
+
+    def _declared_qos(self, name: str) -> QoS | None:
+        state = self.bus._topics.get(name)
+        return None if state is None else state.topic.qos
 
     def _detach(self, sub: Subscription[Any]) -> None:
         self.bus._detach(sub)

@@ -12,17 +12,17 @@ declared-publisher cache. A client supplies the hooks (``_require``, ``_make_pub
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar, overload
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, Protocol, TypeVar, overload
 
 import trio
 
-from bus._errors import ValueRefusedError
-from bus._pattern import check_name
+from bus._errors import TopicError, ValueRefusedError
+from bus._pattern import check_name, check_pattern
 from bus._permissions import Action, Permissions
 from bus._sample import NotAvailable, Sample
 from bus._subscription import Subscription, SubscriptionStatistics
-from bus._topic import Method, Overflow, Topic
+from bus._topic import Method, Overflow, QoS, Topic
 
 T = TypeVar("T")
 T_contra = TypeVar("T_contra", contravariant=True)
@@ -31,6 +31,12 @@ Resp = TypeVar("Resp")
 
 #: How long `BusHandle.call` waits for a reply unless told otherwise.
 DEFAULT_CALL_TIMEOUT = 5.0
+
+#: The most names and patterns one subscription may take (`BusHandle.subscribe`).
+MAX_SUBSCRIPTION_PATTERNS: Final = 256
+
+#: What `BusHandle.subscribe` takes: one or more names, patterns or topics (or sequences of them).
+Subscribable = Topic[Any] | str | Iterable[Topic[Any] | str]
 
 #: Declared publishers kept per client at most (someone building a new `Topic` per publish stays bounded).
 _MAX_CACHED_PUBLISHERS = 4096
@@ -99,6 +105,7 @@ class BusHandle(Protocol):
     def subscribe(
         self,
         topic: Topic[T],
+        /,
         *,
         queue_size: int | None = None,
         overflow: Overflow | str | None = None,
@@ -107,8 +114,9 @@ class BusHandle(Protocol):
     @overload
     def subscribe(
         self,
-        topic: str,
-        *,
+        topic: Subscribable,
+        /,
+        *more: Topic[Any] | str,
         queue_size: int | None = None,
         overflow: Overflow | str | None = None,
         latest: bool = False,
@@ -177,8 +185,13 @@ class _ClientBase:
         raise NotImplementedError
 
     def _subscribe(
-        self, topic: Topic[Any] | str, queue_size: int | None, overflow: Overflow | str | None, latest: bool
+        self,
+        topics: Sequence[Topic[Any] | str],
+        queue_size: int | None,
+        overflow: Overflow | str | None,
+        latest: bool,
     ) -> Subscription[Any]:
+        """`subscribe` to ``topics`` (one or more, each a `Topic` or a str: see `_subscribed`)."""
         raise NotImplementedError
 
     async def _get(self, topic: Topic[Any] | str, allow_stale: bool) -> Sample[Any] | None:
@@ -260,6 +273,7 @@ class _ClientBase:
     def subscribe(
         self,
         topic: Topic[T],
+        /,
         *,
         queue_size: int | None = None,
         overflow: Overflow | str | None = None,
@@ -268,29 +282,34 @@ class _ClientBase:
     @overload
     def subscribe(
         self,
-        topic: str,
-        *,
+        topic: Subscribable,
+        /,
+        *more: Topic[Any] | str,
         queue_size: int | None = None,
         overflow: Overflow | str | None = None,
         latest: bool = False,
     ) -> Subscription[Any]: ...
     def subscribe(
         self,
-        topic: Topic[Any] | str,
-        *,
+        topic: Subscribable,
+        /,
+        *more: Topic[Any] | str,
         queue_size: int | None = None,
         overflow: Overflow | str | None = None,
         latest: bool = False,
     ) -> Subscription[Any]:
-        """Subscribe to a topic, or to a pattern of names (``*`` one segment, ``**`` any depth).
+        """Subscribe to a topic, or to a pattern of names (``*`` one segment, ``**`` any depth); or to
+        several at once, in one queue: ``subscribe(SPEED, "Vehicle.Gear", "Body.**")`` or a sequence of
+        them (at most `MAX_SUBSCRIPTION_PATTERNS`). A topic several of them match is delivered once.
 
-        The queue takes ``queue_size`` and ``overflow`` if given, else the topic's QoS (for a `Topic`) or
-        the default QoS (for a name or pattern). With ``latest=True`` the latest value of each matching
-        topic is queued at once, so the subscriber starts from the current state. ``overflow="block"``
-        needs the ``block`` permission besides ``subscribe``. Subscribing through a `Topic` declares it if
-        this client may publish it; else the topic's declaration, if there is one, must agree with it.
+        The queue takes ``queue_size`` and ``overflow`` if given, else the first one's QoS: a `Topic`'s,
+        a declared topic's for its exact name, else the default QoS. With ``latest=True`` the latest value
+        of each matching topic is queued at once, so the subscriber starts from the current state.
+        ``overflow="block"`` needs the ``block`` permission besides ``subscribe``. Subscribing through a
+        `Topic` declares it if this client may publish it; else the topic's declaration, if there is one,
+        must agree with it.
         """
-        return self._subscribe(topic, queue_size, overflow, latest)
+        return self._subscribe(_flattened(topic, more), queue_size, overflow, latest)
 
     @overload
     async def get(self, topic: Topic[T], *, allow_stale: bool = False) -> Sample[T] | None: ...
@@ -346,3 +365,34 @@ def _check_call(mdef: Method[Any, Any], arg: Any, timeout: float) -> None:
     _check_request(mdef, arg)
     if not (timeout > 0):
         raise ValueError(f"timeout must be positive seconds, not {timeout!r}")
+
+
+def _flattened(topic: Subscribable, more: tuple[Topic[Any] | str, ...]) -> list[Topic[Any] | str]:
+    """`subscribe`'s arguments as one list of topics, names and patterns; `TypeError` naming the first
+    that is none of them."""
+    first = [topic] if isinstance(topic, Topic | str) else list(topic)
+    topics = [*first, *more]
+    for i, item in enumerate(topics):
+        if not isinstance(item, Topic | str):
+            raise TypeError(
+                f"subscribe: argument {i} is a {type(item).__name__}; expected a Topic, a name or a pattern"
+            )
+    if not topics:
+        raise TypeError("subscribe needs at least one Topic, name or pattern")
+    if len(topics) > MAX_SUBSCRIPTION_PATTERNS:
+        raise TopicError(
+            f"a subscription takes at most {MAX_SUBSCRIPTION_PATTERNS} names and patterns, not {len(topics)}"
+        )
+    return topics
+
+
+def _subscribed(
+    topics: Sequence[Topic[Any] | str], qos_of: Callable[[str], QoS | None]
+) -> tuple[tuple[str, ...], QoS]:
+    """The distinct names and patterns of ``topics`` (each checked, in order), and the QoS of the first:
+    a `Topic`'s own, else ``qos_of(name)`` (a declared topic's) for an exact name, else the default."""
+    patterns = tuple(dict.fromkeys(t.name if isinstance(t, Topic) else check_pattern(t) for t in topics))
+    first = topics[0]
+    if isinstance(first, Topic):
+        return patterns, first.qos
+    return patterns, qos_of(patterns[0]) or QoS()

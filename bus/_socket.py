@@ -44,8 +44,8 @@ from bus._errors import (
     ValueRefusedError,
     shown,
 )
-from bus._handle import _check_request, _ClientBase, _method_of
-from bus._pattern import check_pattern, covers
+from bus._handle import _check_request, _ClientBase, _method_of, _subscribed
+from bus._pattern import covers
 from bus._permissions import Action, Permissions
 from bus._sample import NotAvailable, Sample, _sliced
 from bus._subscription import ColumnSubscription, Subscription, SubscriptionStatistics
@@ -749,8 +749,9 @@ class _Session:
                 self._refuse(m.sub_id, limit, "SUBSCRIBE")
                 return
             try:
+                patterns = [m.pattern] if type(m.pattern) is str else m.pattern
                 sub = self.client._subscribe(
-                    m.pattern, m.queue_size, m.overflow, m.latest, columns=True, check_qos=self._check_queue
+                    patterns, m.queue_size, m.overflow, m.latest, columns=True, check_qos=self._check_queue
                 )
             except BusError as exc:
                 self._refuse(m.sub_id, exc, "SUBSCRIBE")
@@ -1127,32 +1128,40 @@ class RemoteBusClient(_ClientBase):
     # -- subscribing and reading -----------------------------------------------------------------------
 
     def _subscribe(
-        self, topic: Topic[Any] | str, queue_size: int | None, overflow: Overflow | str | None, latest: bool
+        self,
+        topics: Sequence[Topic[Any] | str],
+        queue_size: int | None,
+        overflow: Overflow | str | None,
+        latest: bool,
     ) -> Subscription[Any]:
         """Samples arrive in batches. Both ends keep a queue of the chosen size and policy: the broker's
         (which drops while this connection is backed up) and this one (which drops while the reader is
         slow)."""
-        if isinstance(topic, Topic):
-            pattern, qos = topic.name, topic.qos
-        else:
-            pattern = check_pattern(topic)
-            known = self._topics.get(pattern)
-            qos = known.qos if known is not None else QoS()
-        self._require(Action.SUBSCRIBE, pattern)
+        patterns, qos = _subscribed(topics, self._declared_qos)
+        for pattern in patterns:
+            self._require(Action.SUBSCRIBE, pattern)
         qos = qos._override(queue_size, overflow)
         if qos.overflow is Overflow.BLOCK:
-            self._require(Action.BLOCK, pattern, _BLOCK_HINT)
-        if isinstance(topic, Topic):
-            self._known(topic)
+            for pattern in patterns:
+                self._require(Action.BLOCK, pattern, _BLOCK_HINT)
+        for topic in topics:
+            if isinstance(topic, Topic):
+                self._known(topic)
         sub_id = self._new_id()
         counter = [0]
         sub: Subscription[Any] = Subscription(
-            self.name, pattern, qos.queue_size, qos.overflow, self._detach, lambda: counter[0], self._parked
+            self.name, patterns, qos.queue_size, qos.overflow, self._detach, lambda: counter[0], self._parked
         )
         self._subs[sub_id] = sub
         self._pushed[sub_id] = counter
-        self._outbox.put(Subscribe(sub_id, pattern, qos.queue_size, qos.overflow.value, latest))
+        # One name or pattern travels as a text, as to a broker that knows no more.
+        wire: str | list[str] = patterns[0] if len(patterns) == 1 else list(patterns)
+        self._outbox.put(Subscribe(sub_id, wire, qos.queue_size, qos.overflow.value, latest))
         return sub
+
+    def _declared_qos(self, name: str) -> QoS | None:
+        known = self._topics.get(name)
+        return None if known is None else known.qos
 
     def _detach(self, sub: Subscription[Any]) -> None:
         for sub_id, found in list(self._subs.items()):
