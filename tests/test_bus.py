@@ -12,6 +12,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from bus_sides import BusSide
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import QueueOp, queue_operations, topics_and_runs
@@ -32,6 +33,7 @@ from bus import (
     UndeclaredSubscription,
     UnknownTopicError,
     ValueRefusedError,
+    default_codec,
     matches,
 )
 from bus._sample import SampleRun
@@ -43,11 +45,13 @@ GEAR = Topic("Vehicle.Powertrain.Gear", str, allowed=("P", "R", "N", "D"))
 LOCKED = Topic("Vehicle.Cabin.Door.Row1.Left.IsLocked", bool)
 
 
+@default_codec.register(name="test_bus.Mode")
 class Mode(enum.Enum):
     ECO = "eco"
     SPORT = "sport"
 
 
+@default_codec.register(name="test_bus.Position")
 @attrs.frozen
 class Position:
     lat: float
@@ -76,26 +80,26 @@ MODE = Topic("Vehicle.DriveMode", Mode)
     ],
 )
 async def test_refused_values_name_topic_and_rule_and_deliver_nothing(
-    topic: Topic[object], value: object, rule: str
+    topic: Topic[object], value: object, rule: str, bus_side: BusSide
 ) -> None:
-    bus = Bus()
-    client = bus.client("svc")
-    with client.subscribe("**") as sub:
-        with pytest.raises(ValueRefusedError) as info:
-            client.publish_nowait(topic, value)
-        assert topic.name in str(info.value)
-        assert rule in str(info.value)
-        assert info.value.topic == topic.name
-        with pytest.raises(trio.WouldBlock):
-            sub.receive_nowait()
-    assert await client.get(topic) is None
+    async with bus_side.client("svc") as client:
+        with client.subscribe("**") as sub:
+            with pytest.raises(ValueRefusedError) as info:
+                client.publish_nowait(topic, value)
+            assert topic.name in str(info.value)
+            assert rule in str(info.value)
+            assert info.value.topic == topic.name
+            await bus_side.settle(client)
+            with pytest.raises(trio.WouldBlock):
+                sub.receive_nowait()
+        assert await client.get(topic) is None
 
 
-async def test_int_is_accepted_for_float_topic_and_delivered_as_float() -> None:
-    bus = Bus()
-    client = bus.client("svc")
-    client.publish_nowait(SPEED, 50)
-    sample = await client.get(SPEED)
+async def test_int_is_accepted_for_float_topic_and_delivered_as_float(bus_side: BusSide) -> None:
+    async with bus_side.client("svc") as client:
+        client.publish_nowait(SPEED, 50)
+        await bus_side.settle(client)
+        sample = await client.get(SPEED)
     assert sample is not None
     assert sample.value == 50.0
     assert type(sample.value) is float
