@@ -3,6 +3,7 @@
 The bus knows nothing of supervisors, CAN or MQTT. See ``docs/bus.md``.
 """
 
+from bus._broker import ConnectionLimits, PeerCredentials, prepare_socket_dir, serve_unix
 from bus._bus import (
     Bus,
     BusClient,
@@ -31,18 +32,14 @@ from bus._errors import (
 from bus._handle import DEFAULT_CALL_TIMEOUT, MAX_SUBSCRIPTION_PATTERNS, BusHandle, PublisherHandle
 from bus._pattern import MAX_NAME_LENGTH, MAX_SEGMENT_LENGTH, MAX_SEGMENTS, covers, matches
 from bus._permissions import Action, Permissions
-from bus._sample import NotAvailable, Sample
-from bus._socket import (
+from bus._remote import (
     BrokerRefusedError,
-    ConnectionLimits,
     ConnectionLostError,
-    PeerCredentials,
     RemoteBusClient,
     RemotePublisher,
     connect_unix,
-    prepare_socket_dir,
-    serve_unix,
 )
+from bus._sample import NotAvailable, Sample
 from bus._subscription import Subscription, SubscriptionStatistics
 from bus._topic import Method, Overflow, QoS, Topic
 from bus._wire import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, ProtocolError

@@ -2,8 +2,8 @@
 
 No I/O and no trio here (h11's habit): a `Connection` is fed the bytes that arrived
 (`Connection.receive_data`), hands back decoded messages (`Connection.next_event`), and turns outgoing
-messages into bytes (`Connection.send`). ``bus/_socket.py`` drives it over a Unix socket;
-``docs/protocol.md`` is the specification a client in another language is written from.
+messages into bytes (`Connection.send`). ``bus/_broker.py`` and ``bus/_remote.py`` drive it over a Unix
+socket; ``docs/protocol.md`` is the specification a client in another language is written from.
 
 A frame is a 4-byte big-endian length and one CBOR item of that many bytes: an array of one or more
 messages, so that one write carries a whole batch. Each message is a CBOR array whose first item is its
