@@ -3,8 +3,8 @@
 The bus knows nothing of supervisors, CAN or MQTT. See ``docs/bus.md``.
 """
 
+from bus._broker import ConnectionLimits, PeerCredentials, prepare_socket_dir, serve_unix
 from bus._bus import (
-    DEFAULT_CALL_TIMEOUT,
     Bus,
     BusClient,
     BusStatistics,
@@ -29,20 +29,17 @@ from bus._errors import (
     UnknownTopicError,
     ValueRefusedError,
 )
+from bus._handle import DEFAULT_CALL_TIMEOUT, MAX_SUBSCRIPTION_PATTERNS, BusHandle, PublisherHandle
 from bus._pattern import MAX_NAME_LENGTH, MAX_SEGMENT_LENGTH, MAX_SEGMENTS, covers, matches
 from bus._permissions import Action, Permissions
-from bus._sample import NotAvailable, Sample
-from bus._socket import (
+from bus._remote import (
     BrokerRefusedError,
-    ConnectionLimits,
     ConnectionLostError,
-    PeerCredentials,
     RemoteBusClient,
     RemotePublisher,
     connect_unix,
-    prepare_socket_dir,
-    serve_unix,
 )
+from bus._sample import NotAvailable, Sample
 from bus._subscription import Subscription, SubscriptionStatistics
 from bus._topic import Method, Overflow, QoS, Topic
 from bus._wire import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, ProtocolError
@@ -53,12 +50,14 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_SEGMENTS",
     "MAX_SEGMENT_LENGTH",
+    "MAX_SUBSCRIPTION_PATTERNS",
     "PROTOCOL_VERSION",
     "Action",
     "BrokerRefusedError",
     "Bus",
     "BusClient",
     "BusError",
+    "BusHandle",
     "BusStatistics",
     "CallTimeoutError",
     "Codec",
@@ -77,6 +76,7 @@ __all__ = [
     "Permissions",
     "ProtocolError",
     "Publisher",
+    "PublisherHandle",
     "QoS",
     "RemoteBusClient",
     "RemoteError",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, Generic, TypeVar, overload
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, Generic, TypeVar
 
 import attrs
 import structlog
@@ -23,7 +23,8 @@ from bus._errors import (
     ValueRefusedError,
     shown,
 )
-from bus._pattern import MAX_NAME_LENGTH, check_name, check_pattern, is_pattern, matches
+from bus._handle import _check_request, _ClientBase, _method_of, _subscribed
+from bus._pattern import MAX_NAME_LENGTH, check_pattern, is_pattern, matches
 from bus._permissions import Action, Permissions
 from bus._sample import NotAvailable, Sample, SampleRun, _new_sample, _sliced
 from bus._subscription import ColumnSubscription, Subscription, SubscriptionStatistics
@@ -35,9 +36,6 @@ Resp = TypeVar("Resp")
 
 _log = structlog.get_logger("vwos.bus")
 _now = time.time
-
-#: How long `BusClient.call` waits for a reply unless told otherwise.
-DEFAULT_CALL_TIMEOUT = 5.0
 
 
 class _TopicState:
@@ -207,7 +205,7 @@ class Bus:
         #: Every subscription (an ordered set), and the same by kind: by exact name, and with wildcards.
         self._subscriptions: dict[Subscription[Any], None] = {}
         self._exact: dict[str, dict[Subscription[Any], None]] = {}
-        self._wildcard: dict[Subscription[Any], None] = {}
+        self._wildcard: dict[Subscription[Any], tuple[str, ...]] = {}  # and their wildcard patterns
         #: The bus clock when each subscription was made.
         self._since: dict[Subscription[Any], float] = {}
         self._servers: dict[str, _Server] = {}
@@ -240,7 +238,10 @@ class Bus:
                 state.topic._check_redeclaration(topic, state.declarer)
             state.holders.add(holder)
             return state
-        subs = [*self._exact.get(name, ()), *(s for s in self._wildcard if matches(s.pattern, name))]
+        subs = dict.fromkeys(self._exact.get(name, ()))
+        for sub, wild in self._wildcard.items():
+            if sub not in subs and any(matches(p, name) for p in wild):
+                subs[sub] = None
         for sub in subs:
             self._offsets[sub][name] = 0
         state = self._topics[name] = _TopicState(topic, subs, declarer)
@@ -328,23 +329,28 @@ class Bus:
     def _subscription(
         self,
         client: str,
-        pattern: str,
+        patterns: tuple[str, ...],
         qos: QoS,
         detach: Callable[[Subscription[Any]], None],
         latest: bool,
         columns: bool = False,
     ) -> Subscription[Any]:
-        """Make a subscription, route the matching topics to it, and queue their latest values if asked.
+        """Make a subscription to ``patterns`` (distinct, checked names and patterns), route the matching
+        topics to it, and queue their latest values if asked.
         ``columns``: a `ColumnSubscription` (for a socket subscriber), unless the overflow is ``latest``.
         Everything that can fail happens before anything is changed: a refused subscription leaves
         nothing behind."""
         topics = self._topics
-        wildcard = is_pattern(pattern)
-        if wildcard:
-            matched = [state for name, state in topics.items() if matches(pattern, name)]
-        else:
-            state = topics.get(pattern)
-            matched = [] if state is None else [state]
+        wild = tuple(p for p in patterns if is_pattern(p))
+        exact = [p for p in patterns if not is_pattern(p)]
+        matched = [topics[p] for p in exact if p in topics]
+        if wild:
+            have = set(exact)
+            matched += [
+                state
+                for name, state in topics.items()
+                if name not in have and any(matches(p, name) for p in wild)
+            ]
         offsets: dict[str, int] = {}
 
         def pushed() -> int:
@@ -352,15 +358,15 @@ class Bus:
 
         kind = ColumnSubscription if columns and qos.overflow is not Overflow.LATEST else Subscription
         sub: Subscription[Any] = kind(
-            client, pattern, qos.queue_size, qos.overflow, detach, pushed, self._parked
+            client, patterns, qos.queue_size, qos.overflow, detach, pushed, self._parked
         )
         self._subscriptions[sub] = None
         self._offsets[sub] = offsets
         self._since[sub] = self.clock()
-        if wildcard:
-            self._wildcard[sub] = None
-        else:
-            self._exact.setdefault(pattern, {})[sub] = None
+        if wild:
+            self._wildcard[sub] = wild
+        for name in exact:
+            self._exact.setdefault(name, {})[sub] = None
         for state in matched:
             offsets[state.name] = state.seq
             if latest and state.latest is not None:
@@ -374,13 +380,13 @@ class Bus:
         offsets = self._offsets.pop(sub)
         del self._since[sub]
         self._parked.discard(sub)
-        if is_pattern(sub.pattern):
-            del self._wildcard[sub]
-        else:
-            exact = self._exact[sub.pattern]
-            del exact[sub]
-            if not exact:
-                del self._exact[sub.pattern]
+        self._wildcard.pop(sub, None)
+        for pattern in sub.patterns:
+            exact = self._exact.get(pattern)
+            if exact is not None:
+                del exact[sub]
+                if not exact:
+                    del self._exact[pattern]
         topics = self._topics
         for name in offsets:
             state = topics.get(name)
@@ -432,23 +438,6 @@ class _Server:
     send: trio.MemorySendChannel[_Call]
 
 
-def _method_of(method: Method[Any, Any] | str) -> Method[Any, Any]:
-    return Method(method) if isinstance(method, str) else method
-
-
-def _check_request(mdef: Method[Any, Any], arg: Any) -> None:
-    """A call's argument against the method's request type: `ValueRefusedError` if it is not one."""
-    if mdef.request is not object and not isinstance(arg, mdef.request):
-        raise ValueRefusedError(mdef.name, f"expected a {mdef.request.__qualname__} argument", arg)
-
-
-def _check_call(mdef: Method[Any, Any], arg: Any, timeout: float) -> None:
-    """A call's argument against the method's request type, and its timeout (in every bus client)."""
-    _check_request(mdef, arg)
-    if not (timeout > 0):
-        raise ValueError(f"timeout must be positive seconds, not {timeout!r}")
-
-
 def _response_problem(mdef: Method[Any, Any], result: Any) -> str | None:
     """What is wrong with a handler's ``result`` for the method's response type, or None."""
     if mdef.response is not object and not isinstance(result, mdef.response):
@@ -468,8 +457,9 @@ _BLOCK_HINT: Final = (
 )
 
 
-class BusClient:
-    """One client's handle on the bus. Every operation is checked against the client's permissions.
+class BusClient(_ClientBase):
+    """One client's handle on a `Bus` in this process: a `BusHandle`. Every operation is checked against
+    the client's permissions.
 
     ``publish_nowait`` is synchronous, never waits and never fails because of another client's queue: it
     is the fast path. ``await publish`` is a checkpoint and waits for room in ``block`` queues (whose
@@ -480,10 +470,8 @@ class BusClient:
         self.bus = bus
         self.name = name
         self.permissions = permissions
-        #: Declared publishers by topic name (a str) or by the id of the Topic object (kept alive beside it,
-        #: so that its id is not reused); those made with ``block=True`` apart.
-        self._publishers: dict[int | str, tuple[Publisher[Any], Topic[Any] | str]] = {}
-        self._block_publishers: dict[int | str, tuple[Publisher[Any], Topic[Any] | str]] = {}
+        self._publishers = {}
+        self._block_publishers = {}
         self._subscriptions: dict[Subscription[Any], None] = {}
         #: Names of the topics this client declared or publishes: released (unless published) on close.
         self._declared: set[str] = set()
@@ -532,30 +520,9 @@ class BusClient:
             return state
         return self._known(topic)
 
-    # -- publish -------------------------------------------------------------------------------------
+    # -- the hooks of _ClientBase ---------------------------------------------------------------------
 
-    @overload
-    def publisher(self, topic: Topic[T], *, block: bool = False) -> Publisher[T]: ...
-    @overload
-    def publisher(self, topic: str, *, block: bool = False) -> Publisher[Any]: ...
-    def publisher(self, topic: Topic[Any] | str, *, block: bool = False) -> Publisher[Any]:
-        """A declared publisher for one topic: the permission is checked once, here; its
-        ``publish_nowait`` is the fastest way to publish (like Zenoh's and ROS 2's declared publishers).
-
-        ``block=True`` makes a publisher that takes back-pressure from ``block`` subscribers (Zenoh's
-        congestion control "block"): its ``publish_nowait`` raises `trio.WouldBlock` while one's queue is
-        full (nothing delivered) instead of leaving the sample out of that queue. For lossless streams
-        whose publisher can wait (``except trio.WouldBlock: await publisher.publish(value)``).
-        """
-        key = topic if type(topic) is str else id(topic)
-        cache = self._block_publishers if block else self._publishers
-        cached = cache.get(key)
-        if cached is not None:
-            return cached[0]
-        name = topic if isinstance(topic, str) else topic.name
-        if isinstance(topic, str):
-            check_name(name)
-        self._require(Action.PUBLISH, name)
+    def _make_publisher(self, topic: Topic[Any] | str, name: str, block: bool) -> Publisher[Any]:
         if isinstance(topic, str):
             state = self.bus._topics.get(name)
             if state is None:
@@ -564,84 +531,11 @@ class BusClient:
             self._declared.add(name)
         else:
             state = self._hold(topic)
-        publisher: Publisher[Any] = (_BlockingPublisher if block else Publisher)(self, state)
-        if len(cache) > 4096:  # someone builds a new Topic per publish: stay bounded
-            cache.clear()
-        cache[key] = (publisher, topic)
-        return publisher
-
-    @overload
-    def publish_nowait(
-        self, topic: Topic[T], value: T | NotAvailable, *, timestamp: float | None = None
-    ) -> None: ...
-    @overload
-    def publish_nowait(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
-    def publish_nowait(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
-        """Check ``value`` against the topic's rules and deliver it to every matching subscriber.
-
-        Raises `ValueRefusedError` (nothing delivered) if a rule is broken, `PermissionDeniedError` if
-        the client may not publish the topic. Never waits, and never fails because of a subscriber: a
-        ``block`` subscriber whose queue is full does not get the sample (it is counted in its statistics'
-        ``dropped_nowait``); ``await publish`` waits for room instead.
-        Publishing often on one topic? `publisher` saves the look-up.
-        """
-        try:
-            publisher = self._publishers[topic if type(topic) is str else id(topic)][0]
-        except KeyError:
-            publisher = self.publisher(topic)
-        publisher.publish_nowait(value, timestamp=timestamp)
-
-    @overload
-    async def publish(
-        self, topic: Topic[T], value: T | NotAvailable, *, timestamp: float | None = None
-    ) -> None: ...
-    @overload
-    async def publish(self, topic: str, value: Any, *, timestamp: float | None = None) -> None: ...
-    async def publish(self, topic: Topic[Any] | str, value: Any, *, timestamp: float | None = None) -> None:
-        """Like `publish_nowait`, but waits for room in the queues of ``block`` subscribers."""
-        await self.publisher(topic).publish(value, timestamp=timestamp)
-
-    # -- subscribe and read --------------------------------------------------------------------------
-
-    @overload
-    def subscribe(
-        self,
-        topic: Topic[T],
-        *,
-        queue_size: int | None = None,
-        overflow: Overflow | str | None = None,
-        latest: bool = False,
-    ) -> Subscription[T]: ...
-    @overload
-    def subscribe(
-        self,
-        topic: str,
-        *,
-        queue_size: int | None = None,
-        overflow: Overflow | str | None = None,
-        latest: bool = False,
-    ) -> Subscription[Any]: ...
-    def subscribe(
-        self,
-        topic: Topic[Any] | str,
-        *,
-        queue_size: int | None = None,
-        overflow: Overflow | str | None = None,
-        latest: bool = False,
-    ) -> Subscription[Any]:
-        """Subscribe to a topic, or to a pattern of names (``*`` one segment, ``**`` any depth).
-
-        The queue takes ``queue_size`` and ``overflow`` if given, else the topic's QoS (for a `Topic`) or
-        the default QoS (for a name or pattern). With ``latest=True`` the latest value of each matching
-        topic is queued at once, so the subscriber starts from the current state. ``overflow="block"``
-        needs the ``block`` permission besides ``subscribe``. Subscribing through a `Topic` declares it if
-        this client may publish it; else the topic's declaration, if there is one, must agree with it.
-        """
-        return self._subscribe(topic, queue_size, overflow, latest)
+        return (_BlockingPublisher if block else Publisher)(self, state)
 
     def _subscribe(
         self,
-        topic: Topic[Any] | str,
+        topics: Sequence[Topic[Any] | str],
         queue_size: int | None,
         overflow: Overflow | str | None,
         latest: bool,
@@ -650,38 +544,36 @@ class BusClient:
     ) -> Subscription[Any]:
         """`subscribe`; ``columns`` for a socket subscriber; ``check_qos`` may refuse the queue asked for
         (it raises) before anything is made."""
-        if isinstance(topic, Topic):
-            pattern, qos = topic.name, topic.qos
-        else:
-            pattern, qos = check_pattern(topic), QoS()
-            if not is_pattern(pattern) and pattern in self.bus._topics:
-                qos = self.bus._topics[pattern].topic.qos
-        self._require(Action.SUBSCRIBE, pattern)
+        patterns, qos = _subscribed(topics, self._declared_qos)
+        for pattern in patterns:
+            self._require(Action.SUBSCRIBE, pattern)
         qos = qos._override(queue_size, overflow)
         if qos.overflow is Overflow.BLOCK:
-            self._require(Action.BLOCK, pattern, _BLOCK_HINT)
+            for pattern in patterns:
+                self._require(Action.BLOCK, pattern, _BLOCK_HINT)
         if check_qos is not None:
             check_qos(qos)
-        if isinstance(topic, Topic):
-            self._known(topic)
-        sub = self.bus._subscription(self.name, pattern, qos, self._detach, latest, columns)
+        for topic in topics:
+            if isinstance(topic, Topic):
+                self._known(topic)
+        sub = self.bus._subscription(self.name, patterns, qos, self._detach, latest, columns)
         self._subscriptions[sub] = None
         return sub
+
+    def _declared_qos(self, name: str) -> QoS | None:
+        state = self.bus._topics.get(name)
+        return None if state is None else state.topic.qos
 
     def _detach(self, sub: Subscription[Any]) -> None:
         self.bus._detach(sub)
         del self._subscriptions[sub]
 
-    @overload
-    def get(self, topic: Topic[T], *, allow_stale: bool = False) -> Sample[T] | None: ...
-    @overload
-    def get(self, topic: str, *, allow_stale: bool = False) -> Sample[Any] | None: ...
-    def get(self, topic: Topic[Any] | str, *, allow_stale: bool = False) -> Sample[Any] | None:
-        """The topic's latest sample, or None if nothing was published yet.
+    async def _get(self, topic: Topic[Any] | str, allow_stale: bool) -> Sample[Any] | None:
+        await trio.lowlevel.checkpoint()
+        return self._get_now(topic, allow_stale)
 
-        Raises `StaleValueError` if the topic has a ``max_age`` and its latest sample is older, unless
-        ``allow_stale``. Reading needs the subscribe permission.
-        """
+    def _get_now(self, topic: Topic[Any] | str, allow_stale: bool = False) -> Sample[Any] | None:
+        """`get` without the checkpoint (for the broker, which answers a GET at once)."""
         state = self._read_state(topic)
         if state is None:
             return None
@@ -695,8 +587,12 @@ class BusClient:
                 raise StaleValueError(state.name, age, max_age)
         return sample
 
-    def is_stale(self, topic: Topic[Any] | str) -> bool:
-        """True if the topic has a value older than its ``max_age``, or no value at all."""
+    async def _is_stale(self, topic: Topic[Any] | str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self._is_stale_now(topic)
+
+    def _is_stale_now(self, topic: Topic[Any] | str) -> bool:
+        """`is_stale` without the checkpoint (for the broker)."""
         state = self._read_state(topic)
         if state is None:
             return True
@@ -704,25 +600,6 @@ class BusClient:
         if sample is None:
             return True
         return max_age is not None and self.bus.clock() - sample.bus_time > max_age
-
-    @overload
-    async def fetch(self, topic: Topic[T], *, allow_stale: bool = False) -> Sample[T] | None: ...
-    @overload
-    async def fetch(self, topic: str, *, allow_stale: bool = False) -> Sample[Any] | None: ...
-    async def fetch(self, topic: Topic[Any] | str, *, allow_stale: bool = False) -> Sample[Any] | None:
-        """`get` as a checkpoint: the portable way to read a latest value.
-
-        In a process of its own a service's bus client reads latest values with a round trip to the
-        supervisor, so there only ``await fetch(...)`` exists in both; a service that may run isolated
-        uses it instead of `get`.
-        """
-        await trio.lowlevel.checkpoint()
-        return self.get(topic, allow_stale=allow_stale)
-
-    async def fetch_is_stale(self, topic: Topic[Any] | str) -> bool:
-        """`is_stale` as a checkpoint (see `fetch`)."""
-        await trio.lowlevel.checkpoint()
-        return self.is_stale(topic)
 
     # -- methods -------------------------------------------------------------------------------------
 
@@ -789,23 +666,7 @@ class BusClient:
             # Abandoned by its caller (who has its answer already), or the server is stopping.
             call.finish(error=RemoteError(mdef.name, "Cancelled", "the server stopped before replying"))
 
-    @overload
-    async def call(self, method: Method[Req, Resp], arg: Req, *, timeout: float = ...) -> Resp: ...
-    @overload
-    async def call(self, method: str, arg: Any = None, *, timeout: float = ...) -> Any: ...
-    async def call(
-        self, method: Method[Any, Any] | str, arg: Any = None, *, timeout: float = DEFAULT_CALL_TIMEOUT
-    ) -> Any:
-        """Call a method and return its reply.
-
-        Raises `NoSuchMethodError` if nobody serves it, `RemoteError` if its handler raised,
-        `CallTimeoutError` if no reply came within ``timeout`` seconds (``math.inf`` waits for ever),
-        `ValueRefusedError` if ``arg`` is not of the method's request type — the type of the `Method`
-        given, and the type its server declared (so also for a method called by name).
-        """
-        mdef = _method_of(method)
-        self._require(Action.CALL, mdef.name)
-        _check_call(mdef, arg, timeout)
+    async def _call(self, mdef: Method[Any, Any], arg: Any, timeout: float) -> Any:
         server = self.bus._servers.get(mdef.name)
         if server is None:
             await trio.lowlevel.checkpoint()
@@ -836,6 +697,10 @@ class BusClient:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    async def flush(self) -> None:
+        """A checkpoint: in-process, what this client published has reached the bus already."""
+        await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
         """Close every subscription of this client; further operations raise `trio.ClosedResourceError`.

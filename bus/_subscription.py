@@ -61,6 +61,7 @@ class Subscription(Generic[T]):
         "client",
         "overflow",
         "pattern",
+        "patterns",
         "push",
         "push_run",
     )
@@ -68,7 +69,7 @@ class Subscription(Generic[T]):
     def __init__(
         self,
         client: str,
-        pattern: str,
+        pattern: str | tuple[str, ...],
         capacity: int,
         overflow: Overflow,
         detach: Callable[[Subscription[Any]], None],
@@ -76,7 +77,9 @@ class Subscription(Generic[T]):
         parked: set[Subscription[Any]],
     ) -> None:
         self.client = client
-        self.pattern = pattern
+        #: The names and patterns subscribed to (one or more), and the same as one text (", " between).
+        self.patterns: tuple[str, ...] = (pattern,) if type(pattern) is str else tuple(pattern)
+        self.pattern = ", ".join(self.patterns)
         self.capacity = capacity
         self.overflow = overflow
         self._detach = detach

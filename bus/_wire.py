@@ -2,8 +2,8 @@
 
 No I/O and no trio here (h11's habit): a `Connection` is fed the bytes that arrived
 (`Connection.receive_data`), hands back decoded messages (`Connection.next_event`), and turns outgoing
-messages into bytes (`Connection.send`). ``bus/_socket.py`` drives it over a Unix socket;
-``docs/protocol.md`` is the specification a client in another language is written from.
+messages into bytes (`Connection.send`). ``bus/_broker.py`` and ``bus/_remote.py`` drive it over a Unix
+socket; ``docs/protocol.md`` is the specification a client in another language is written from.
 
 A frame is a 4-byte big-endian length and one CBOR item of that many bytes: an array of one or more
 messages, so that one write carries a whole batch. Each message is a CBOR array whose first item is its
@@ -39,6 +39,7 @@ from bus._errors import (
     UnknownTopicError,
     ValueRefusedError,
 )
+from bus._handle import MAX_SUBSCRIPTION_PATTERNS
 from bus._permissions import Permissions
 from bus._sample import Sample, SampleColumns
 from bus._topic import FloatList, Overflow, QoS, Topic
@@ -593,12 +594,27 @@ class Declare(_Message):
         )
 
 
+def _subscribed(value: Any, field: str) -> str | list[str]:
+    """What a SUBSCRIBE subscribes to: a text, or an array of 1 to 256 texts (several in one queue)."""
+    if type(value) is str:
+        return value
+    if type(value) is list and value and all(type(v) is str for v in value):
+        if len(value) > MAX_SUBSCRIPTION_PATTERNS:
+            raise ProtocolError(
+                f"{field}: {len(value)} names and patterns; a subscription takes at most "
+                f"{MAX_SUBSCRIPTION_PATTERNS}"
+            )
+        return value
+    raise _bad(field, "a text string, or a non-empty array of them", value)
+
+
 @attrs.frozen
 class Subscribe(_Message):
-    """Client -> server: subscribe to a name or pattern under the client-chosen ``sub_id``."""
+    """Client -> server: subscribe to a name or pattern (a text), or to several in one queue (an array of
+    texts), under the client-chosen ``sub_id``."""
 
     sub_id: int
-    pattern: str
+    pattern: str | list[str]
     queue_size: int | None = None
     overflow: str | None = None
     latest: bool = False
@@ -608,7 +624,7 @@ class Subscribe(_Message):
     SENT_BY: ClassVar[frozenset[Role]] = frozenset({_C})
     FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (
         ("sub_id", _id),
-        ("pattern", _str),
+        ("pattern", _subscribed),
         ("queue_size", _queue_size),
         ("overflow", _overflow),
         ("latest", _bool),

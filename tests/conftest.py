@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -166,3 +166,20 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         skip_or_fail(reason, ci_message=f"storage-fault tests must run under CI=true, but: {reason}")
     with tmpfs.small_tmpfs(tmp_path / "disk", 256 * 1024) as disk:
         yield disk
+
+
+# ===================================================================== bus handles: in-process and socket
+# A service sees a `bus.BusHandle`; the same test runs against every client, as anyio runs each test on
+# every backend: a test that takes ``bus_side`` runs twice, with handles made in-process (``bus.client``)
+# and over a Unix socket (``connect_unix`` to a broker on a tmp path serving the same ``bus_side.bus``).
+import bus_sides  # noqa: E402 -- this section's helper module (tests/ is on sys.path)
+
+
+@pytest.fixture(params=["in_process", "socket"])
+async def bus_side(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[bus_sides.BusSide]:
+    """The bus a test runs against, once in-process and once over the socket (see `bus_sides.BusSide`)."""
+    async with bus_sides.open_bus_side(request.param, tmp_path / "bus.sock") as side:
+        yield side
+
+
+# ============================================================== end of bus handles: in-process and socket

@@ -12,6 +12,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from bus_sides import BusSide
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import QueueOp, queue_operations, topics_and_runs
@@ -32,6 +33,7 @@ from bus import (
     UndeclaredSubscription,
     UnknownTopicError,
     ValueRefusedError,
+    default_codec,
     matches,
 )
 from bus._sample import SampleRun
@@ -43,11 +45,13 @@ GEAR = Topic("Vehicle.Powertrain.Gear", str, allowed=("P", "R", "N", "D"))
 LOCKED = Topic("Vehicle.Cabin.Door.Row1.Left.IsLocked", bool)
 
 
+@default_codec.register(name="test_bus.Mode")
 class Mode(enum.Enum):
     ECO = "eco"
     SPORT = "sport"
 
 
+@default_codec.register(name="test_bus.Position")
 @attrs.frozen
 class Position:
     lat: float
@@ -76,26 +80,26 @@ MODE = Topic("Vehicle.DriveMode", Mode)
     ],
 )
 async def test_refused_values_name_topic_and_rule_and_deliver_nothing(
-    topic: Topic[object], value: object, rule: str
+    topic: Topic[object], value: object, rule: str, bus_side: BusSide
 ) -> None:
-    bus = Bus()
-    client = bus.client("svc")
-    with client.subscribe("**") as sub:
-        with pytest.raises(ValueRefusedError) as info:
-            client.publish_nowait(topic, value)
-        assert topic.name in str(info.value)
-        assert rule in str(info.value)
-        assert info.value.topic == topic.name
-        with pytest.raises(trio.WouldBlock):
-            sub.receive_nowait()
-    assert client.get(topic) is None
+    async with bus_side.client("svc") as client:
+        with client.subscribe("**") as sub:
+            with pytest.raises(ValueRefusedError) as info:
+                client.publish_nowait(topic, value)
+            assert topic.name in str(info.value)
+            assert rule in str(info.value)
+            assert info.value.topic == topic.name
+            await bus_side.settle(client)
+            with pytest.raises(trio.WouldBlock):
+                sub.receive_nowait()
+        assert await client.get(topic) is None
 
 
-async def test_int_is_accepted_for_float_topic_and_delivered_as_float() -> None:
-    bus = Bus()
-    client = bus.client("svc")
-    client.publish_nowait(SPEED, 50)
-    sample = client.get(SPEED)
+async def test_int_is_accepted_for_float_topic_and_delivered_as_float(bus_side: BusSide) -> None:
+    async with bus_side.client("svc") as client:
+        client.publish_nowait(SPEED, 50)
+        await bus_side.settle(client)
+        sample = await client.get(SPEED)
     assert sample is not None
     assert sample.value == 50.0
     assert type(sample.value) is float
@@ -106,7 +110,7 @@ async def test_attrs_and_enum_values_pass() -> None:
     client = bus.client("svc")
     client.publish_nowait(POSITION, Position(52.4, 10.8))
     client.publish_nowait(MODE, Mode.SPORT)
-    position, mode = client.get(POSITION), client.get(MODE)
+    position, mode = await client.get(POSITION), await client.get(MODE)
     assert position is not None
     assert position.value == Position(52.4, 10.8)
     assert mode is not None
@@ -153,12 +157,12 @@ async def test_samples_carry_value_timestamps_publisher_and_per_topic_sequence(
     bus = Bus()
     client = bus.client("gateway")
     client.publish_nowait(SPEED, 10.0, timestamp=1700000000.5)
-    first = client.get(SPEED)
+    first = await client.get(SPEED)
     await trio.sleep(2)
     client.publish_nowait(SPEED, 20.0)
-    second = client.get(SPEED)
+    second = await client.get(SPEED)
     client.publish_nowait(LOCKED, True)
-    other = client.get(LOCKED)
+    other = await client.get(LOCKED)
     assert first is not None
     assert second is not None
     assert other is not None
@@ -174,24 +178,24 @@ async def test_latest_value_and_staleness_follow_the_bus_clock(
 ) -> None:
     bus = Bus()
     client = bus.client("svc")
-    assert client.get(SPEED) is None
-    assert client.is_stale(SPEED)
+    assert await client.get(SPEED) is None
+    assert await client.is_stale(SPEED)
     client.publish_nowait(SPEED, 42.0)
-    got = client.get(SPEED)
+    got = await client.get(SPEED)
     assert got is not None
     assert got.value == 42.0
-    assert not client.is_stale(SPEED)
+    assert not await client.is_stale(SPEED)
     await trio.sleep(1.5)
-    assert client.is_stale(SPEED)
+    assert await client.is_stale(SPEED)
     with pytest.raises(StaleValueError, match=r"Vehicle.Speed: latest value is stale \(1.500 s old"):
-        client.get(SPEED)
-    stale = client.get(SPEED, allow_stale=True)
+        await client.get(SPEED)
+    stale = await client.get(SPEED, allow_stale=True)
     assert stale is not None
     assert stale.value == 42.0
     # A topic without max_age never goes stale.
     client.publish_nowait(LOCKED, True)
     await trio.sleep(1000)
-    assert not client.is_stale(LOCKED)
+    assert not await client.is_stale(LOCKED)
 
 
 async def test_subscribe_latest_starts_from_current_state() -> None:
@@ -401,7 +405,7 @@ async def test_permissions_are_enforced_and_refusals_name_client_action_and_name
     with pytest.raises(PermissionDeniedError, match=r"may not subscribe 'Vehicle\.\*\*'"):
         client.subscribe("Vehicle.**")
     with pytest.raises(PermissionDeniedError, match="subscribe"):
-        client.get(SPEED)
+        await client.get(SPEED)
     assert not Permissions.NONE.allows(Action.CALL, "Any.Thing")
     assert Permissions.ALL.allows(Action.SUBSCRIBE, "**")
     with pytest.raises(PermissionDeniedError):
@@ -508,7 +512,7 @@ def test_a_run_is_checked_exactly_as_its_values_one_by_one(case: tuple[Topic[Any
 
 async def test_publish_run_fills_block_queues_only_as_far_as_they_have_room() -> None:
     the_bus = Bus()
-    publisher = the_bus.client("pub").publisher(Topic("A.b", float))
+    publisher = the_bus.client("pub")._publisher(Topic("A.b", float), False)
     reader = the_bus.client("reader")
     with reader.subscribe("A.b", queue_size=5, overflow="block") as blocked, reader.subscribe("A.*") as free:
         assert publisher._publish_run([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 3
@@ -700,8 +704,8 @@ async def test_declaring_needs_the_right_to_publish() -> None:
     with pytest.raises(PermissionDeniedError, match=r"'squatter' may not publish 'Vehicle\.Speed'"):
         squatter.declare(Topic("Vehicle.Speed", str))
     sub: Subscription[Any] = squatter.subscribe(Topic("Vehicle.Speed", str))  # not a declaration
-    assert squatter.get(Topic("Vehicle.Speed", str)) is None
-    assert squatter.is_stale(Topic("Vehicle.Speed", str))
+    assert await squatter.get(Topic("Vehicle.Speed", str)) is None
+    assert await squatter.is_stale(Topic("Vehicle.Speed", str))
     assert "Vehicle.Speed" not in bus._topics
     gateway = bus.client("gateway", Permissions(publish=["Vehicle.**"]))
     gateway.publish_nowait(SPEED, 50.0)  # declares it, as float

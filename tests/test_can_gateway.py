@@ -158,9 +158,9 @@ async def test_message_topics_go_stale_after_three_cycle_times(
         assert car.bus.topic("CAN.body.Battery").max_age is None  # no cycle time in the database
         link.transport.inject(speed_frame(10.0))
         await car.expect("CAN.body.Speed")
-        assert not car.client.is_stale("CAN.body.Speed")
+        assert not await car.client.is_stale("CAN.body.Speed")
         await trio.sleep(0.061)
-        assert car.client.is_stale("CAN.body.Speed")
+        assert await car.client.is_stale("CAN.body.Speed")
 
 
 # -- transmit ------------------------------------------------------------------------------------------

@@ -552,15 +552,15 @@ def test_the_config_file_says_isolated_and_sets_a_memory_limit(tmp_path: Path) -
 
 
 async def test_latest_values_read_the_same_way_in_process_and_isolated(tmp_path: Path) -> None:
-    """``await ctx.bus.fetch(...)`` works on both clients: the portable read of a latest value."""
+    """``await ctx.bus.get(...)`` works on both clients: the portable read of a latest value."""
     import bus as bus_module
 
     topic = bus_module.Topic("Test.Fetched", int)
     local = bus_module.Bus()
     client = local.client("in-process")
     client.publish_nowait(topic, 7)
-    assert (await client.fetch(topic)) == client.get(topic)
-    assert not await client.fetch_is_stale(topic)
+    assert (await client.get(topic)) == local.latest("Test.Fetched")[0]
+    assert not await client.is_stale(topic)
     path = tmp_path / "b.sock"
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
@@ -573,8 +573,8 @@ async def test_latest_values_read_the_same_way_in_process_and_isolated(tmp_path:
                 )
             )
             async with bus_module.connect_unix(path, "remote") as remote:
-                sample = await remote.fetch(topic)
-                stale = await remote.fetch_is_stale(topic)
+                sample = await remote.get(topic)
+                stale = await remote.is_stale(topic)
             nursery.cancel_scope.cancel()
     assert sample is not None
     assert sample.value == 7

@@ -8,7 +8,9 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from bus_sides import BusSide
 
+import bus
 from bus import (
     Bus,
     CallTimeoutError,
@@ -22,6 +24,7 @@ from bus import (
 )
 
 
+@bus.default_codec.register(name="test_methods.LockRequest")
 @attrs.frozen
 class LockRequest:
     lock: bool
@@ -41,33 +44,36 @@ async def lock_handler(request: LockRequest) -> bool:
     return True
 
 
-async def test_call_gets_the_reply(autojump_clock: trio.testing.MockClock) -> None:
-    bus = Bus()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(bus.client("body").serve, LOCK, lock_handler)
-        assert await bus.client("app").call(LOCK, LockRequest(lock=True)) is True
-        assert bus.statistics().methods == {"Body.Doors.Lock": "body"}
-        nursery.cancel_scope.cancel()
-    assert bus.statistics().methods == {}
+# (on every client, real time: the handler's 10 ms; a broker's round trips under autojump would race it)
+async def test_call_gets_the_reply(bus_side: BusSide) -> None:
+    with trio.fail_after(10):
+        async with bus_side.client("body") as body, bus_side.client("app") as app:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(body.serve, LOCK, lock_handler)
+                assert await app.call(LOCK, LockRequest(lock=True)) is True
+                assert bus_side.bus.statistics().methods == {"Body.Doors.Lock": "body"}
+                nursery.cancel_scope.cancel()
+            await bus_side.settle(body)
+            assert bus_side.bus.statistics().methods == {}
 
 
-async def test_handler_exception_reaches_caller_as_typed_remote_error(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    bus = Bus()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(bus.client("body").serve, LOCK, lock_handler)
-        with pytest.raises(RemoteError) as info:
-            await bus.client("app").call(LOCK, LockRequest(lock=False))
-        nursery.cancel_scope.cancel()
+async def test_handler_exception_reaches_caller_as_typed_remote_error(bus_side: BusSide) -> None:
+    with trio.fail_after(10):
+        async with bus_side.client("body") as body, bus_side.client("app") as app, trio.open_nursery() as n:
+            await n.start(body.serve, LOCK, lock_handler)
+            with pytest.raises(RemoteError) as info:
+                await app.call(LOCK, LockRequest(lock=False))
+            n.cancel_scope.cancel()
     assert info.value.error_type == "DoorsOpenError"
     assert info.value.message == "a door is open"
     assert "Body.Doors.Lock" in str(info.value)
 
 
-async def test_calling_an_unserved_method_fails_at_once() -> None:
-    with pytest.raises(NoSuchMethodError, match=r"Body.Doors.Lock: no such method"):
-        await Bus().client("app").call(LOCK, LockRequest(lock=True))
+async def test_calling_an_unserved_method_fails_at_once(bus_side: BusSide) -> None:
+    with trio.fail_after(10):
+        async with bus_side.client("app") as app:
+            with pytest.raises(NoSuchMethodError, match=r"Body.Doors.Lock: no such method"):
+                await app.call(LOCK, LockRequest(lock=True))
 
 
 async def test_slow_handler_times_out_and_is_cancelled(autojump_clock: trio.testing.MockClock) -> None:

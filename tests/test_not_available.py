@@ -107,22 +107,22 @@ def test_sample_available_and_reason() -> None:
 async def test_not_available_is_news_and_staleness_is_no_news(autojump_clock: trio.abc.Clock) -> None:
     the_bus = Bus()
     client = the_bus.client("ecu")
-    assert client.get(SPEED) is None  # never heard of
+    assert await client.get(SPEED) is None  # never heard of
     client.publish_nowait(SPEED, 12.5)
     client.publish_nowait(SPEED, NotAvailable("out_of_range"))
-    latest = client.get(SPEED)
+    latest = await client.get(SPEED)
     assert latest is not None
     assert (latest.available, latest.reason, latest.seq) == (False, "out_of_range", 2)
-    assert not client.is_stale(SPEED)
+    assert not await client.is_stale(SPEED)
     await trio.sleep(1.5)  # max_age is 1 s: now no news at all
-    assert client.is_stale(SPEED)
+    assert await client.is_stale(SPEED)
     with pytest.raises(StaleValueError):
-        client.get(SPEED)
-    stale = client.get(SPEED, allow_stale=True)
+        await client.get(SPEED)
+    stale = await client.get(SPEED, allow_stale=True)
     assert stale is not None
     assert not stale.available
     client.publish_nowait(SPEED, NotAvailable("init"))  # a not-available sample is fresh news
-    assert not client.is_stale(SPEED)
+    assert not await client.is_stale(SPEED)
 
 
 async def test_subscribers_receive_it_in_order() -> None:

@@ -31,7 +31,8 @@ from bus import (
     Topic,
     ValueRefusedError,
 )
-from bus._socket import RemotePublisher, _Outbox
+from bus._remote import RemotePublisher
+from bus._stream import _Outbox
 from bus._wire import Connection, Hello, Publish, Role
 
 LIMIT = 10  # seconds: every test ends within this, or fails

@@ -386,3 +386,27 @@ def test_runs_queued_as_columns_go_on_the_wire_as_their_samples_would(entries: l
     assert repr(back.samples) == repr(
         [s._replace(bus_time=float(s.bus_time)) for s in built]
     )  # read as float
+
+
+def test_a_subscribe_of_several_patterns_travels_as_an_array_and_one_as_a_text() -> None:
+    client, server = pair()
+    several = Subscribe(1, ["Vehicle.Speed", "Body.**"], None, None, False)
+    one = Subscribe(2, "Vehicle.Speed")
+    server.receive_data(client.send([several, one]))
+    assert drain(server) == [several, one]
+    assert cbor2.loads(client.send([one])[4:])[0][2] == "Vehicle.Speed"  # as an older broker reads it
+
+
+@pytest.mark.parametrize(
+    ("pattern", "match"),
+    [
+        ([], "SUBSCRIBE.pattern: expected a text string, or a non-empty array of them"),
+        (["A.b", 7], "SUBSCRIBE.pattern: expected a text string, or a non-empty array of them"),
+        ([f"A.b{i}" for i in range(257)], "257 names and patterns; a subscription takes at most 256"),
+    ],
+)
+def test_a_bad_list_of_patterns_is_a_protocol_error(pattern: list[Any], match: str) -> None:
+    _, server = pair()
+    server.receive_data(_frame([[5, 1, pattern, None, None, False]]))
+    with pytest.raises(ProtocolError, match=match):
+        drain(server)

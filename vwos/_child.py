@@ -19,11 +19,11 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 import trio
 
-from bus import BusClient, RemoteBusClient, connect_unix
+from bus import RemoteBusClient, connect_unix
 from vwos._isolation import (
     ENV_LOG_LEVEL,
     ENV_MEMORY_LIMIT,
@@ -138,7 +138,7 @@ async def _run(payload: ChildPayload, control: _Control) -> tuple[str, signal.Si
                 heartbeat = _Heartbeat()
                 ctx = ServiceContext(
                     name=payload.name,
-                    bus=cast(BusClient, client),  # a RemoteBusClient: the same API over the socket
+                    bus=client,
                     log=service_logger(payload.name),
                     state_dir=Path(payload.state_dir),
                     heartbeat=heartbeat,

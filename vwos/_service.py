@@ -11,7 +11,7 @@ import attrs
 import structlog
 import trio
 
-from bus import BusClient, Permissions
+from bus import BusHandle, Permissions
 
 
 @attrs.frozen
@@ -32,7 +32,7 @@ class ServiceContext:
     """
 
     name: str
-    bus: BusClient
+    bus: BusHandle
     log: structlog.typing.FilteringBoundLogger
     state_dir: Path
     _heartbeat: Callable[[], None] = attrs.field(alias="heartbeat", repr=False)

@@ -353,7 +353,7 @@ class Dashboard(Service[DashboardConfig]):
         and statuses sent periodically) it is older than `STALE_AFTER`. Read by name: the dashboard never
         declares a topic."""
         try:
-            sample = await ctx.bus.fetch(topic.name if isinstance(topic, Topic) else topic, allow_stale=True)
+            sample = await ctx.bus.get(topic.name if isinstance(topic, Topic) else topic, allow_stale=True)
         except BusError:  # not declared yet: its publisher has not started
             return None
         if sample is None or (fresh and trio.current_time() - sample.bus_time > STALE_AFTER):

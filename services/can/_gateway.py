@@ -11,7 +11,7 @@ import attrs
 import can
 import trio
 
-from bus import Method, Permissions, Publisher, Topic, default_codec
+from bus import Method, Permissions, PublisherHandle, Topic, default_codec
 from services.can import _config_check as _check
 from services.can._codec import (
     CanCodec,
@@ -361,7 +361,7 @@ class CanGateway(Service[GatewayConfig]):
         for warning in self.codec.warnings:  # what loading the database repaired
             ctx.log.warning("CAN database repaired", database=str(cfg.database), repair=warning)
         self.counters = _Counters()
-        self._publishers: dict[str, Publisher[Any]] = {
+        self._publishers: dict[str, PublisherHandle[Any]] = {
             t.name: ctx.bus.publisher(t) for t in self.codec.topics
         }
         self._status = ctx.bus.publisher(status_topic(cfg.network))
