@@ -1,4 +1,6 @@
-"""The uplink service end to end: bus -> campaigns -> crash-safe outbox -> file or a real MQTT broker.
+"""The uplink service end to end: bus -> campaigns -> crash-safe outbox -> a transport: files, a memory
+link the test drives (outages, held acknowledgements, restarts), or a real MQTT broker (only where the test
+is about MQTT).
 
 These run on the real clock (the outbox works in a worker thread, which an autojump clock would race
 past), with short intervals and hard timeouts.
@@ -28,6 +30,7 @@ from bus import Topic
 from services.uplink import (
     Campaign,
     CampaignFilter,
+    MemoryTransport,
     MqttConfig,
     Outbox,
     Uplink,
@@ -569,38 +572,116 @@ async def test_samples_lost_with_a_replaced_outbox_file_are_on_the_status_topic(
     assert status.value.dropped_damaged == 500
 
 
-# -- a real broker -------------------------------------------------------------------------------------
+# -- the link: a memory transport the test drives (no broker) ---------------------------------------------
 
 
-async def test_broker_stopped_mid_stream_then_started_again_loses_nothing(
-    tmp_path: Path, make_mosquitto: mqtt_broker.BrokerFactory
-) -> None:
-    broker = make_mosquitto(persistent=True)
-    observer = mqtt_broker.Subscriber(broker, "vwos/car-1/batches")
-    observer.start()
-    mqtt = MqttConfig(host=broker.host, port=broker.port, connect_timeout=1.0, ack_timeout=1.0, rate_limit=0)
-    spec = uplink(tmp_path, transport="mqtt", mqtt=mqtt)
-    spec = ServiceSpec(spec.name, spec.service_class, spec.config, stop_timeout=10)
-    try:
-        with trio.fail_after(60):
-            async with open_harness(spec, policy=SupervisorPolicy(intensity=0, period=1.0)) as car:
-                for i in range(1, 30_001):
-                    car.publish(COUNTER, i)
-                    if i % 500 == 0:
-                        await trio.sleep(0.005)
-                    if i == 10_000:
-                        await trio.to_thread.run_sync(broker.stop)
-                    if i == 20_000:
-                        await trio.sleep(0.5)
-                        await trio.to_thread.run_sync(broker.start)
-                status = await car.expect(
-                    status_topic("uplink"), lambda s: s.sent_samples == 30_000, timeout=30
-                )
+def linked(link: MemoryTransport, state: Path, **kwargs: Any) -> ServiceSpec:
+    """The uplink publishing through ``link``."""
+    spec = uplink(state, **kwargs)
+    return ServiceSpec(spec.name, Uplink.with_transport(link), spec.config, stop_timeout=10)
+
+
+async def test_link_down_mid_stream_then_up_again_loses_nothing(tmp_path: Path) -> None:
+    """The far side goes away mid-stream -- with a batch waiting for its acknowledgement -- and comes back:
+    every sample arrives (the batch in flight is sent again), and the uplink never crashes (intensity 0)."""
+    link = MemoryTransport()
+    spec = linked(link, tmp_path, reconnect=QUICK_RECONNECT)
+    with trio.fail_after(60):
+        async with open_harness(spec, policy=SupervisorPolicy(intensity=0, period=1.0)) as car:
+            for i in range(1, 30_001):
+                car.publish(COUNTER, i)
+                if i % 500 == 0:
+                    await trio.sleep(0.005)
+                if i == 10_000:
+                    link.hold_acks()
+                    await link.wait_waiting(1)  # a batch in flight
+                    link.go_down("the broker went away")
+                    link.release()
+                if i == 20_000:
+                    await car.expect(status_topic("uplink"), lambda s: not s.connected and bool(s.last_error))
+                    await trio.sleep(0.5)
+                    link.come_up()
+            status = await car.expect(status_topic("uplink"), lambda s: s.sent_samples == 30_000, timeout=30)
         batches = status.value.sent_batches
-        received = await trio.to_thread.run_sync(lambda: observer.wait_for(batches, timeout=20))
-    finally:
-        observer.stop()
+        received = await link.wait_delivered(batches)
     assert samples_in(received)["Test.Counter"] == list(range(1, 30_001))
+    assert status.value.transport == "memory"
+    assert link.failures >= 1
+    assert link.connects >= 2
+
+
+async def test_a_batch_leaves_the_outbox_only_once_acknowledged(tmp_path: Path) -> None:
+    """One batch at a time: while its acknowledgement is held back nothing else is published and the
+    outbox holds every sample; once released, all of them are sent."""
+    link = MemoryTransport()
+    link.hold_acks()
+    state = tmp_path / "state"
+    with trio.fail_after(30):
+        async with open_harness(linked(link, tmp_path), state_dir=state) as car:
+            for i in range(1, 20_001):
+                car.publish(COUNTER, i)
+            await link.wait_waiting(1)
+            await car.expect(status_topic("uplink"), lambda s: s.accepted == 20_000)
+            await trio.sleep(0.3)  # several batch_delays: still the one batch in flight, nothing sent
+            held = car.samples(status_topic("uplink"))[-1].value
+            assert link.waiting == 1
+            assert link.delivered == []
+            assert (held.sent_batches, held.sent_samples, held.stored_samples) == (0, 0, 20_000)
+            link.release()
+            done = await car.expect(status_topic("uplink"), lambda s: s.sent_samples == 20_000, timeout=20)
+    assert done.value.sent_batches == len(link.delivered) >= 2
+    seqs = [seq for seq, _ in link.delivered]
+    assert seqs == sorted(set(seqs))  # in order, none sent twice
+    assert samples_in(link.payloads)["Test.Counter"] == list(range(1, 20_001))
+
+
+async def test_a_restart_sends_again_the_batch_whose_acknowledgement_was_lost(tmp_path: Path) -> None:
+    """The service restarted while a batch waits for its acknowledgement: the next incarnation connects to
+    the same far side and sends that batch again first, with the same seq; nothing is lost or doubled."""
+    link = MemoryTransport()
+    link.hold_acks()
+    state = tmp_path / "state"
+    with trio.fail_after(30):
+        async with open_harness(linked(link, tmp_path), state_dir=state) as car:
+            for i in range(1, 1001):
+                car.publish(COUNTER, i)
+            await link.wait_waiting(1)
+            first = car.status()["uplink"].incarnation
+            car.supervisor.restart_service("uplink")
+            await car.expect(
+                status_topic("uplink"),
+                lambda _: car.status()["uplink"].incarnation > first and link.waiting == 1,
+                timeout=20,
+            )
+            assert link.delivered == []  # the first try was cancelled with its incarnation
+            assert link.connects == 2
+            link.release()
+            await car.expect(status_topic("uplink"), lambda s: s.sent_samples == 1000, timeout=20)
+    assert [seq for seq, _ in link.delivered] == [1]
+    assert samples_in(link.payloads)["Test.Counter"] == list(range(1, 1001))
+
+
+async def test_a_link_that_refuses_to_connect_is_on_the_status_topic_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    link = MemoryTransport()
+    link.go_down("connection refused by the broker: not authorized")
+    state = tmp_path / "state"
+    spec = linked(link, tmp_path, reconnect=QUICK_RECONNECT)
+    with trio.fail_after(30):
+        async with open_harness(spec, state_dir=state) as car:
+            for i in range(1, 1001):
+                car.publish(COUNTER, i)
+            refused = await car.expect(
+                status_topic("uplink"), lambda s: bool(s.last_error) and s.accepted == 1000, timeout=20
+            )
+            assert refused.value.last_error == "connection refused by the broker: not authorized"
+            assert (refused.value.connected, refused.value.sent_samples) == (False, 0)
+            assert refused.value.stored_samples == 1000  # all kept for when the link takes us
+            link.come_up()
+            done = await car.expect(status_topic("uplink"), lambda s: s.sent_samples == 1000, timeout=20)
+    assert done.value.connected
+    assert samples_in(link.payloads)["Test.Counter"] == list(range(1, 1001))
 
 
 PRODUCER = """
@@ -629,7 +710,7 @@ class Counter(Service[CounterConfig]):
 """
 
 
-def _config(tmp_path: Path, broker: mqtt_broker.MosquittoBroker, *, producer: bool) -> Path:
+def _config(tmp_path: Path, *, producer: bool) -> Path:
     config = tmp_path / ("run.toml" if producer else "drain.toml")
     config.write_text(
         textwrap.dedent(
@@ -645,13 +726,10 @@ def _config(tmp_path: Path, broker: mqtt_broker.MosquittoBroker, *, producer: bo
             after = ["uplink"]
             [services.uplink.config]
             vehicle_id = "car-1"
-            transport = "mqtt"
+            transport = "file"
+            directory = "batches"
             flush_interval = 0.02
             batch_delay = 0.05
-            [services.uplink.config.mqtt]
-            host = "{broker.host}"
-            port = {broker.port}
-            rate_limit = 0
             [[services.uplink.config.campaigns]]
             name = "all"
             topics = ["Test.**"]
@@ -661,56 +739,58 @@ def _config(tmp_path: Path, broker: mqtt_broker.MosquittoBroker, *, producer: bo
     return config
 
 
-def test_sigkill_of_the_supervisor_mid_stream_loses_no_accepted_sample(
-    tmp_path: Path, make_mosquitto: mqtt_broker.BrokerFactory
-) -> None:
+def _batch_files(directory: Path, count: int, timeout: float) -> list[Path]:
+    """The batch files in ``directory`` (temporary ones left out), once there are at least ``count``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = sorted(directory.glob("*.cbor")) if directory.is_dir() else []
+        if len(files) >= count:
+            return files
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(files)} batch files in {directory} after {timeout} s, not {count}")
+        time.sleep(0.05)
+
+
+def test_sigkill_of_the_supervisor_mid_stream_loses_no_accepted_sample(tmp_path: Path) -> None:
     (tmp_path / "producer.py").write_text(textwrap.dedent(PRODUCER))
-    broker = make_mosquitto(persistent=True)
-    observer = mqtt_broker.Subscriber(broker, "vwos/car-1/batches")
-    observer.start()
+    out = tmp_path / "batches"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "vwos", "run", str(_config(tmp_path, producer=True))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "vwos", "run", str(_config(tmp_path, broker, producer=True))],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            observer.wait_for(5, timeout=30)  # mid-stream: batches are flowing
-            time.sleep(0.3)
-        finally:
-            os.kill(run.pid, signal.SIGKILL)
-            run.wait(timeout=10)
-        assert run.returncode == -signal.SIGKILL
-        drain = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "vwos",
-                "run",
-                str(_config(tmp_path, broker, producer=False)),
-                "--duration",
-                "4",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert drain.returncode == 0, drain.stderr
-        with Outbox(
-            tmp_path / "state" / "uplink" / "outbox.sqlite", quota_bytes=1 << 30, vehicle_id="car-1"
-        ) as box:
-            stats = box.statistics()
-        assert stats.stored_samples == 0
-        assert stats.formed_batches == 0
-        received = observer.wait_for(stats.acked_batches, timeout=20)
+        _batch_files(out, 5, timeout=30)  # mid-stream: batches are flowing
+        time.sleep(0.3)
     finally:
-        observer.stop()
-    counters = samples_in(received)["Test.Counter"]
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=10)
+    assert run.returncode == -signal.SIGKILL
+    drain = subprocess.run(
+        [sys.executable, "-m", "vwos", "run", str(_config(tmp_path, producer=False)), "--duration", "4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert drain.returncode == 0, drain.stderr
+    with Outbox(
+        tmp_path / "state" / "uplink" / "outbox.sqlite", quota_bytes=1 << 30, vehicle_id="car-1"
+    ) as box:
+        stats = box.statistics()
+    assert stats.stored_samples == 0
+    assert stats.formed_batches == 0
+    # A batch sent again overwrites its file (same name, same bytes): one file per acknowledged batch.
+    files = _batch_files(out, stats.acked_batches, timeout=20)
+    assert len(files) == stats.acked_batches
+    counters = samples_in(p.read_bytes() for p in files)["Test.Counter"]
     # Every accepted sample arrived exactly once (after dropping re-sent batches), in order: the accepted
     # samples are a prefix of what was published, since collection and commits keep bus order.
     assert stats.accepted > 5_000
     assert counters == list(range(1, stats.accepted + 1))
+
+
+# -- a real broker -------------------------------------------------------------------------------------
 
 
 async def test_wrong_password_is_a_clear_error_and_loses_nothing(
