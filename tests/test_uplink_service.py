@@ -9,6 +9,7 @@ past), with short intervals and hard timeouts.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -30,16 +31,18 @@ from bus import Topic
 from services.uplink import (
     Campaign,
     CampaignFilter,
+    Keep,
     MemoryTransport,
     MqttConfig,
     Outbox,
+    Row,
     Uplink,
     UplinkConfig,
     decode_batch,
     status_topic,
 )
 from services.uplink._service import _quota_bytes
-from vwos import BackoffPolicy, ConfigError, ServiceSpec, SupervisorPolicy, parse_config
+from vwos import BackoffPolicy, ConfigError, ServiceContext, ServiceSpec, SupervisorPolicy, parse_config
 from vwos._cli import main
 from vwos.testing import open_harness
 
@@ -847,3 +850,79 @@ async def test_a_damaged_chunk_found_at_start_is_logged_and_on_the_status_topic(
     assert warnings[0]["corrupt_samples"] == 300
     assert "300 samples in 1 chunk were damaged" in warnings[0]["detail"]
     assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(range(300, 900))
+
+
+# -- the status topic while a worker thread writes ------------------------------------------------------
+
+
+async def test_status_is_consistent_while_a_worker_thread_accepts_new_counter_keys(tmp_path: Path) -> None:
+    """`Uplink.status` runs in trio's thread while the outbox works in a worker thread. Here the worker
+    accepts, evicts (a small quota: new per-campaign counter keys at every call), forms and acknowledges
+    as fast as it can while the trio thread reads and publishes the status without a pause: every status
+    adds up and nothing raises ("dictionary changed size during iteration" would end the service)."""
+    instances: list[Uplink] = []
+
+    class Probe(Uplink):
+        async def run(
+            self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            instances.append(self)
+            await super().run(ctx, task_status=task_status)
+
+    link = MemoryTransport()
+    link.hold_acks()
+    config = UplinkConfig(
+        vehicle_id="car-1",
+        campaigns=(Campaign("all", ("Test.**",)),),
+        quota_mb=0.25,
+        max_batch_bytes=65536,
+        flush_interval=0.01,
+        batch_delay=0.05,
+        status_period=0.01,
+    )
+    spec = ServiceSpec("uplink", Probe.with_transport(link), config)
+    problems: list[str] = []
+    with trio.fail_after(60):
+        async with open_harness(spec, state_dir=tmp_path / "state"):
+            (probe,) = instances
+            outbox = probe.outbox
+            assert outbox is not None
+
+            def hammer() -> None:
+                rng = random.Random(13)
+                for k in range(300):
+                    keep = Keep((f"c{k}",), k % 7)  # a new campaign: new counter keys once it is evicted
+                    rows: list[Row] = [("Test.Other", rng.random(), 1.7e9 + k, keep) for _ in range(300)]
+                    probe._accept(outbox, rows)
+                    if k % 5 == 0:
+                        outbox.next_batch(time.time())  # formed, never acknowledged (the link is held)
+
+            reads = 0
+            async with probe._lock:  # as the service's own outbox calls: one thread at a time uses it
+                worker_done = trio.Event()
+
+                async def work() -> None:
+                    try:
+                        await trio.to_thread.run_sync(hammer)
+                    finally:
+                        worker_done.set()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(work)
+                    while not worker_done.is_set():
+                        try:
+                            s = probe.status()
+                            probe._publish_status()
+                        except Exception as exc:  # whatever it is, the test reports it
+                            problems.append(repr(exc))
+                            break
+                        held = s.stored_samples + s.sent_samples + s.dropped_quota + s.dropped_ttl
+                        if held != s.accepted:
+                            problems.append(f"accepted {s.accepted}, accounted {held}")
+                        reads += 1
+                        await trio.lowlevel.checkpoint()
+            final = probe.status()
+    assert not problems, problems[:5]
+    assert reads > 100  # the reads really overlapped the writes
+    assert final.accepted > 0
+    assert final.dropped_quota > 0  # the quota evicted: counter keys were added while status was read
