@@ -29,7 +29,7 @@ from bus._errors import (
     UnknownTopicError,
     ValueRefusedError,
 )
-from bus._pattern import MAX_NAME_LENGTH, MAX_SEGMENT_LENGTH, MAX_SEGMENTS, covers, matches
+from bus._pattern import MAX_NAME_LENGTH, MAX_SEGMENT_LENGTH, MAX_SEGMENTS, check_pattern, covers, matches
 from bus._permissions import Action, Permissions
 from bus._sample import NotAvailable, Sample
 from bus._socket import (
@@ -92,6 +92,7 @@ __all__ = [
     "UndeclaredSubscription",
     "UnknownTopicError",
     "ValueRefusedError",
+    "check_pattern",
     "connect_unix",
     "covers",
     "default_codec",

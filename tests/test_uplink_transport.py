@@ -3,6 +3,7 @@ drives (httpx's MockTransport idea). No broker, no threads: trio's autojump cloc
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from services.uplink import (
 )
 from vwos import ServiceContext
 
+ROOT = Path(__file__).parent.parent
 CAMPAIGNS = (Campaign("all", ("**",)),)
 
 
@@ -202,3 +204,21 @@ async def test_publish_refuses_wrong_types(autojump_clock: trio.abc.Clock) -> No
         await link.publish(1, "x")  # type: ignore[arg-type]
     assert link.delivered == []
     assert link.connected
+
+
+def test_the_uplink_imports_no_private_module_of_another_package() -> None:
+    """services/uplink uses bus and vwos through their public names only (bus._pattern was one)."""
+    for path in sorted((ROOT / "services" / "uplink").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            modules = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                else []
+            )
+            for module in modules:
+                parts = module.split(".")
+                if parts[0] in ("bus", "vwos") and any(p.startswith("_") for p in parts[1:]):
+                    pytest.fail(f"{path.relative_to(ROOT)} imports {module}, a private module of {parts[0]}")
