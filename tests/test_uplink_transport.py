@@ -4,6 +4,7 @@ drives (httpx's MockTransport idea). No broker, no threads: trio's autojump cloc
 from __future__ import annotations
 
 import ast
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,22 @@ async def test_queued_publish_failures_lose_the_link(autojump_clock: trio.abc.Cl
     await link.publish(1, b"x")
     assert link.delivered == [(1, b"x")]
     assert link.failures == 2
+
+
+async def test_a_huge_failure_count_costs_no_memory(autojump_clock: trio.abc.Clock) -> None:
+    link = MemoryTransport()
+    tracemalloc.start()
+    try:
+        link.fail_publishes(10**12, "down for good")
+        link.fail_publishes(1, "then this")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000
+    for _ in range(3):
+        await link.connect()
+        with pytest.raises(TransportError, match="down for good"):
+            await link.publish(1, b"x")
 
 
 @pytest.mark.parametrize(

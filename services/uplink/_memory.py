@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
 import trio
 
@@ -67,7 +67,7 @@ class MemoryTransport:
         self._connected = False
         self._link = 0  # a new number at each connect and each loss: a waiting publish sees its link end
         self._lost = ""  # why the last link ended
-        self._fail: collections.deque[str] = collections.deque()
+        self._fail: collections.deque[list[Any]] = collections.deque()  # [reason, publishes left to fail]
         self._holding = False
         self._released = 0
         self._waiting = 0
@@ -109,7 +109,8 @@ class MemoryTransport:
     def fail_publishes(self, count: int = 1, reason: str = "the far side refused the batch") -> None:
         """Make the next ``count`` publishes raise `TransportError` with ``reason`` (each also loses the
         link, as a failed MQTT publish does: the service connects again)."""
-        self._fail.extend([_reason(reason, "reason")] * _count(count, "count"))
+        reason, count = _reason(reason, "reason"), _count(count, "count")
+        self._fail.append([reason, count])  # a count, not count copies: fail_publishes(10**12) is cheap
 
     def hold_acks(self) -> None:
         """From now on each publish waits until `release` lets it through."""
@@ -181,7 +182,11 @@ class MemoryTransport:
             raise TransportError(self._lost or "the memory transport is not connected")
         if self._fail:
             await trio.lowlevel.checkpoint()
-            reason = self._fail.popleft()
+            reason, left = self._fail[0]
+            if left == 1:
+                self._fail.popleft()
+            else:
+                self._fail[0][1] = left - 1
             self._lose(reason)
             self.failures += 1
             raise TransportError(reason)
