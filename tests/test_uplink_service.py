@@ -890,9 +890,9 @@ async def test_status_is_consistent_while_a_worker_thread_accepts_new_counter_ke
 
             def hammer() -> None:
                 rng = random.Random(13)
-                for k in range(300):
+                for k in range(120):
                     keep = Keep((f"c{k}",), k % 7)  # a new campaign: new counter keys once it is evicted
-                    rows: list[Row] = [("Test.Other", rng.random(), 1.7e9 + k, keep) for _ in range(300)]
+                    rows: list[Row] = [("Test.Other", rng.random(), 1.7e9 + k, keep) for _ in range(500)]
                     probe._accept(outbox, rows)
                     if k % 5 == 0:
                         outbox.next_batch(time.time())  # formed, never acknowledged (the link is held)
