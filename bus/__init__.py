@@ -30,7 +30,7 @@ from bus._errors import (
     ValueRefusedError,
 )
 from bus._handle import DEFAULT_CALL_TIMEOUT, MAX_SUBSCRIPTION_PATTERNS, BusHandle, PublisherHandle
-from bus._pattern import MAX_NAME_LENGTH, MAX_SEGMENT_LENGTH, MAX_SEGMENTS, covers, matches
+from bus._pattern import MAX_NAME_LENGTH, MAX_SEGMENT_LENGTH, MAX_SEGMENTS, check_pattern, covers, matches
 from bus._permissions import Action, Permissions
 from bus._remote import (
     BrokerRefusedError,
@@ -92,6 +92,7 @@ __all__ = [
     "UndeclaredSubscription",
     "UnknownTopicError",
     "ValueRefusedError",
+    "check_pattern",
     "connect_unix",
     "covers",
     "default_codec",

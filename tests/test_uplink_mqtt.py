@@ -20,15 +20,9 @@ import pytest
 import structlog
 import trio
 
-from services.uplink._mqtt import (
-    MqttConfig,
-    MqttTransport,
-    TokenBucket,
-    _Attempt,
-    _error_levels,
-    _Link,
-    _load_error,
-)
+from services.uplink._mqtt import MqttConfig, MqttTransport, TokenBucket
+from services.uplink._mqtt_errors import _error_levels, _load_error
+from services.uplink._paho import _Attempt, _Link
 from services.uplink._transport import TransportError, UplinkTransport
 from vwos._structure import StructureError, structure
 

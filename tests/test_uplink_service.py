@@ -1,4 +1,6 @@
-"""The uplink service end to end: bus -> campaigns -> crash-safe outbox -> file or a real MQTT broker.
+"""The uplink service end to end: bus -> campaigns -> crash-safe outbox -> a transport: files, a memory
+link the test drives (outages, held acknowledgements, restarts), or a real MQTT broker (only where the test
+is about MQTT).
 
 These run on the real clock (the outbox works in a worker thread, which an autojump clock would race
 past), with short intervals and hard timeouts.
@@ -7,6 +9,7 @@ past), with short intervals and hard timeouts.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -28,15 +31,18 @@ from bus import Topic
 from services.uplink import (
     Campaign,
     CampaignFilter,
+    Keep,
+    MemoryTransport,
     MqttConfig,
     Outbox,
+    Row,
     Uplink,
     UplinkConfig,
     decode_batch,
     status_topic,
 )
 from services.uplink._service import _quota_bytes
-from vwos import BackoffPolicy, ConfigError, ServiceSpec, SupervisorPolicy, parse_config
+from vwos import BackoffPolicy, ConfigError, ServiceContext, ServiceSpec, SupervisorPolicy, parse_config
 from vwos._cli import main
 from vwos.testing import open_harness
 
@@ -569,38 +575,116 @@ async def test_samples_lost_with_a_replaced_outbox_file_are_on_the_status_topic(
     assert status.value.dropped_damaged == 500
 
 
-# -- a real broker -------------------------------------------------------------------------------------
+# -- the link: a memory transport the test drives (no broker) ---------------------------------------------
 
 
-async def test_broker_stopped_mid_stream_then_started_again_loses_nothing(
-    tmp_path: Path, make_mosquitto: mqtt_broker.BrokerFactory
-) -> None:
-    broker = make_mosquitto(persistent=True)
-    observer = mqtt_broker.Subscriber(broker, "vwos/car-1/batches")
-    observer.start()
-    mqtt = MqttConfig(host=broker.host, port=broker.port, connect_timeout=1.0, ack_timeout=1.0, rate_limit=0)
-    spec = uplink(tmp_path, transport="mqtt", mqtt=mqtt)
-    spec = ServiceSpec(spec.name, spec.service_class, spec.config, stop_timeout=10)
-    try:
-        with trio.fail_after(60):
-            async with open_harness(spec, policy=SupervisorPolicy(intensity=0, period=1.0)) as car:
-                for i in range(1, 30_001):
-                    car.publish(COUNTER, i)
-                    if i % 500 == 0:
-                        await trio.sleep(0.005)
-                    if i == 10_000:
-                        await trio.to_thread.run_sync(broker.stop)
-                    if i == 20_000:
-                        await trio.sleep(0.5)
-                        await trio.to_thread.run_sync(broker.start)
-                status = await car.expect(
-                    status_topic("uplink"), lambda s: s.sent_samples == 30_000, timeout=30
-                )
+def linked(link: MemoryTransport, state: Path, **kwargs: Any) -> ServiceSpec:
+    """The uplink publishing through ``link``."""
+    spec = uplink(state, **kwargs)
+    return ServiceSpec(spec.name, Uplink.with_transport(link), spec.config, stop_timeout=10)
+
+
+async def test_link_down_mid_stream_then_up_again_loses_nothing(tmp_path: Path) -> None:
+    """The far side goes away mid-stream -- with a batch waiting for its acknowledgement -- and comes back:
+    every sample arrives (the batch in flight is sent again), and the uplink never crashes (intensity 0)."""
+    link = MemoryTransport()
+    spec = linked(link, tmp_path, reconnect=QUICK_RECONNECT)
+    with trio.fail_after(60):
+        async with open_harness(spec, policy=SupervisorPolicy(intensity=0, period=1.0)) as car:
+            for i in range(1, 30_001):
+                car.publish(COUNTER, i)
+                if i % 500 == 0:
+                    await trio.sleep(0.005)
+                if i == 10_000:
+                    link.hold_acks()
+                    await link.wait_waiting(1)  # a batch in flight
+                    link.go_down("the broker went away")
+                    link.release()
+                if i == 20_000:
+                    await car.expect(status_topic("uplink"), lambda s: not s.connected and bool(s.last_error))
+                    await trio.sleep(0.5)
+                    link.come_up()
+            status = await car.expect(status_topic("uplink"), lambda s: s.sent_samples == 30_000, timeout=30)
         batches = status.value.sent_batches
-        received = await trio.to_thread.run_sync(lambda: observer.wait_for(batches, timeout=20))
-    finally:
-        observer.stop()
+        received = await link.wait_delivered(batches)
     assert samples_in(received)["Test.Counter"] == list(range(1, 30_001))
+    assert status.value.transport == "memory"
+    assert link.failures >= 1
+    assert link.connects >= 2
+
+
+async def test_a_batch_leaves_the_outbox_only_once_acknowledged(tmp_path: Path) -> None:
+    """One batch at a time: while its acknowledgement is held back nothing else is published and the
+    outbox holds every sample; once released, all of them are sent."""
+    link = MemoryTransport()
+    link.hold_acks()
+    state = tmp_path / "state"
+    with trio.fail_after(30):
+        async with open_harness(linked(link, tmp_path), state_dir=state) as car:
+            for i in range(1, 20_001):
+                car.publish(COUNTER, i)
+            await link.wait_waiting(1)
+            await car.expect(status_topic("uplink"), lambda s: s.accepted == 20_000)
+            await trio.sleep(0.3)  # several batch_delays: still the one batch in flight, nothing sent
+            held = car.samples(status_topic("uplink"))[-1].value
+            assert link.waiting == 1
+            assert link.delivered == []
+            assert (held.sent_batches, held.sent_samples, held.stored_samples) == (0, 0, 20_000)
+            link.release()
+            done = await car.expect(status_topic("uplink"), lambda s: s.sent_samples == 20_000, timeout=20)
+    assert done.value.sent_batches == len(link.delivered) >= 2
+    seqs = [seq for seq, _ in link.delivered]
+    assert seqs == sorted(set(seqs))  # in order, none sent twice
+    assert samples_in(link.payloads)["Test.Counter"] == list(range(1, 20_001))
+
+
+async def test_a_restart_sends_again_the_batch_whose_acknowledgement_was_lost(tmp_path: Path) -> None:
+    """The service restarted while a batch waits for its acknowledgement: the next incarnation connects to
+    the same far side and sends that batch again first, with the same seq; nothing is lost or doubled."""
+    link = MemoryTransport()
+    link.hold_acks()
+    state = tmp_path / "state"
+    with trio.fail_after(30):
+        async with open_harness(linked(link, tmp_path), state_dir=state) as car:
+            for i in range(1, 1001):
+                car.publish(COUNTER, i)
+            await link.wait_waiting(1)
+            first = car.status()["uplink"].incarnation
+            car.supervisor.restart_service("uplink")
+            await car.expect(
+                status_topic("uplink"),
+                lambda _: car.status()["uplink"].incarnation > first and link.waiting == 1,
+                timeout=20,
+            )
+            assert link.delivered == []  # the first try was cancelled with its incarnation
+            assert link.connects == 2
+            link.release()
+            await car.expect(status_topic("uplink"), lambda s: s.sent_samples == 1000, timeout=20)
+    assert [seq for seq, _ in link.delivered] == [1]
+    assert samples_in(link.payloads)["Test.Counter"] == list(range(1, 1001))
+
+
+async def test_a_link_that_refuses_to_connect_is_on_the_status_topic_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    link = MemoryTransport()
+    link.go_down("connection refused by the broker: not authorized")
+    state = tmp_path / "state"
+    spec = linked(link, tmp_path, reconnect=QUICK_RECONNECT)
+    with trio.fail_after(30):
+        async with open_harness(spec, state_dir=state) as car:
+            for i in range(1, 1001):
+                car.publish(COUNTER, i)
+            refused = await car.expect(
+                status_topic("uplink"), lambda s: bool(s.last_error) and s.accepted == 1000, timeout=20
+            )
+            assert refused.value.last_error == "connection refused by the broker: not authorized"
+            assert (refused.value.connected, refused.value.sent_samples) == (False, 0)
+            assert refused.value.stored_samples == 1000  # all kept for when the link takes us
+            link.come_up()
+            done = await car.expect(status_topic("uplink"), lambda s: s.sent_samples == 1000, timeout=20)
+    assert done.value.connected
+    assert samples_in(link.payloads)["Test.Counter"] == list(range(1, 1001))
 
 
 PRODUCER = """
@@ -629,7 +713,7 @@ class Counter(Service[CounterConfig]):
 """
 
 
-def _config(tmp_path: Path, broker: mqtt_broker.MosquittoBroker, *, producer: bool) -> Path:
+def _config(tmp_path: Path, *, producer: bool) -> Path:
     config = tmp_path / ("run.toml" if producer else "drain.toml")
     config.write_text(
         textwrap.dedent(
@@ -645,13 +729,10 @@ def _config(tmp_path: Path, broker: mqtt_broker.MosquittoBroker, *, producer: bo
             after = ["uplink"]
             [services.uplink.config]
             vehicle_id = "car-1"
-            transport = "mqtt"
+            transport = "file"
+            directory = "batches"
             flush_interval = 0.02
             batch_delay = 0.05
-            [services.uplink.config.mqtt]
-            host = "{broker.host}"
-            port = {broker.port}
-            rate_limit = 0
             [[services.uplink.config.campaigns]]
             name = "all"
             topics = ["Test.**"]
@@ -661,56 +742,58 @@ def _config(tmp_path: Path, broker: mqtt_broker.MosquittoBroker, *, producer: bo
     return config
 
 
-def test_sigkill_of_the_supervisor_mid_stream_loses_no_accepted_sample(
-    tmp_path: Path, make_mosquitto: mqtt_broker.BrokerFactory
-) -> None:
+def _batch_files(directory: Path, count: int, timeout: float) -> list[Path]:
+    """The batch files in ``directory`` (temporary ones left out), once there are at least ``count``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = sorted(directory.glob("*.cbor")) if directory.is_dir() else []
+        if len(files) >= count:
+            return files
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(files)} batch files in {directory} after {timeout} s, not {count}")
+        time.sleep(0.05)
+
+
+def test_sigkill_of_the_supervisor_mid_stream_loses_no_accepted_sample(tmp_path: Path) -> None:
     (tmp_path / "producer.py").write_text(textwrap.dedent(PRODUCER))
-    broker = make_mosquitto(persistent=True)
-    observer = mqtt_broker.Subscriber(broker, "vwos/car-1/batches")
-    observer.start()
+    out = tmp_path / "batches"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "vwos", "run", str(_config(tmp_path, producer=True))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "vwos", "run", str(_config(tmp_path, broker, producer=True))],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            observer.wait_for(5, timeout=30)  # mid-stream: batches are flowing
-            time.sleep(0.3)
-        finally:
-            os.kill(run.pid, signal.SIGKILL)
-            run.wait(timeout=10)
-        assert run.returncode == -signal.SIGKILL
-        drain = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "vwos",
-                "run",
-                str(_config(tmp_path, broker, producer=False)),
-                "--duration",
-                "4",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert drain.returncode == 0, drain.stderr
-        with Outbox(
-            tmp_path / "state" / "uplink" / "outbox.sqlite", quota_bytes=1 << 30, vehicle_id="car-1"
-        ) as box:
-            stats = box.statistics()
-        assert stats.stored_samples == 0
-        assert stats.formed_batches == 0
-        received = observer.wait_for(stats.acked_batches, timeout=20)
+        _batch_files(out, 5, timeout=30)  # mid-stream: batches are flowing
+        time.sleep(0.3)
     finally:
-        observer.stop()
-    counters = samples_in(received)["Test.Counter"]
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=10)
+    assert run.returncode == -signal.SIGKILL
+    drain = subprocess.run(
+        [sys.executable, "-m", "vwos", "run", str(_config(tmp_path, producer=False)), "--duration", "4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert drain.returncode == 0, drain.stderr
+    with Outbox(
+        tmp_path / "state" / "uplink" / "outbox.sqlite", quota_bytes=1 << 30, vehicle_id="car-1"
+    ) as box:
+        stats = box.statistics()
+    assert stats.stored_samples == 0
+    assert stats.formed_batches == 0
+    # A batch sent again overwrites its file (same name, same bytes): one file per acknowledged batch.
+    files = _batch_files(out, stats.acked_batches, timeout=20)
+    assert len(files) == stats.acked_batches
+    counters = samples_in(p.read_bytes() for p in files)["Test.Counter"]
     # Every accepted sample arrived exactly once (after dropping re-sent batches), in order: the accepted
     # samples are a prefix of what was published, since collection and commits keep bus order.
     assert stats.accepted > 5_000
     assert counters == list(range(1, stats.accepted + 1))
+
+
+# -- a real broker -------------------------------------------------------------------------------------
 
 
 async def test_wrong_password_is_a_clear_error_and_loses_nothing(
@@ -767,3 +850,79 @@ async def test_a_damaged_chunk_found_at_start_is_logged_and_on_the_status_topic(
     assert warnings[0]["corrupt_samples"] == 300
     assert "300 samples in 1 chunk were damaged" in warnings[0]["detail"]
     assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(range(300, 900))
+
+
+# -- the status topic while a worker thread writes ------------------------------------------------------
+
+
+async def test_status_is_consistent_while_a_worker_thread_accepts_new_counter_keys(tmp_path: Path) -> None:
+    """`Uplink.status` runs in trio's thread while the outbox works in a worker thread. Here the worker
+    accepts, evicts (a small quota: new per-campaign counter keys at every call), forms and acknowledges
+    as fast as it can while the trio thread reads and publishes the status without a pause: every status
+    adds up and nothing raises ("dictionary changed size during iteration" would end the service)."""
+    instances: list[Uplink] = []
+
+    class Probe(Uplink):
+        async def run(
+            self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            instances.append(self)
+            await super().run(ctx, task_status=task_status)
+
+    link = MemoryTransport()
+    link.hold_acks()
+    config = UplinkConfig(
+        vehicle_id="car-1",
+        campaigns=(Campaign("all", ("Test.**",)),),
+        quota_mb=0.25,
+        max_batch_bytes=65536,
+        flush_interval=0.01,
+        batch_delay=0.05,
+        status_period=0.01,
+    )
+    spec = ServiceSpec("uplink", Probe.with_transport(link), config)
+    problems: list[str] = []
+    with trio.fail_after(60):
+        async with open_harness(spec, state_dir=tmp_path / "state"):
+            (probe,) = instances
+            outbox = probe.outbox
+            assert outbox is not None
+
+            def hammer() -> None:
+                rng = random.Random(13)
+                for k in range(120):
+                    keep = Keep((f"c{k}",), k % 7)  # a new campaign: new counter keys once it is evicted
+                    rows: list[Row] = [("Test.Other", rng.random(), 1.7e9 + k, keep) for _ in range(500)]
+                    probe._accept(outbox, rows)
+                    if k % 5 == 0:
+                        outbox.next_batch(time.time())  # formed, never acknowledged (the link is held)
+
+            reads = 0
+            async with probe._lock:  # as the service's own outbox calls: one thread at a time uses it
+                worker_done = trio.Event()
+
+                async def work() -> None:
+                    try:
+                        await trio.to_thread.run_sync(hammer)
+                    finally:
+                        worker_done.set()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(work)
+                    while not worker_done.is_set():
+                        try:
+                            s = probe.status()
+                            probe._publish_status()
+                        except Exception as exc:  # whatever it is, the test reports it
+                            problems.append(repr(exc))
+                            break
+                        held = s.stored_samples + s.sent_samples + s.dropped_quota + s.dropped_ttl
+                        if held != s.accepted:
+                            problems.append(f"accepted {s.accepted}, accounted {held}")
+                        reads += 1
+                        await trio.lowlevel.checkpoint()
+            final = probe.status()
+    assert not problems, problems[:5]
+    assert reads > 100  # the reads really overlapped the writes
+    assert final.accepted > 0
+    assert final.dropped_quota > 0  # the quota evicted: counter keys were added while status was read

@@ -3,8 +3,8 @@
 `Uplink` is the service (plugin ``uplink``). The pure parts live here (no trio, no network):
 campaigns and their filter (`Campaign`, `CampaignFilter`,
 `Keep`), the batch wire format (`BatchBuilder`, `decode_batch`), the SQLite outbox (`Outbox`), and the
-transport interface (`UplinkTransport`, `TransportError`) with the embedded `FileTransport`. See
-``docs/uplink.md``.
+transport interface (`UplinkTransport`, `TransportError`, `TransportFactory`) with the embedded
+`FileTransport` and, for tests, `MemoryTransport`. See ``docs/uplink.md``.
 """
 
 from services.uplink._batch import (
@@ -23,6 +23,7 @@ from services.uplink._batch import (
 )
 from services.uplink._campaign import Campaign, CampaignFilter, Keep, Mode
 from services.uplink._file import FileTransport, batch_file_name
+from services.uplink._memory import MemoryTransport
 from services.uplink._mqtt import MqttConfig, MqttStatistics, MqttTransport, TokenBucket
 from services.uplink._outbox import (
     Damage,
@@ -35,8 +36,8 @@ from services.uplink._outbox import (
     StorageState,
     min_quota_bytes,
 )
-from services.uplink._service import Uplink, UplinkConfig, UplinkStatus, status_topic
-from services.uplink._transport import TransportError, UplinkTransport
+from services.uplink._service import Uplink, UplinkConfig, UplinkStatus, configured_transport, status_topic
+from services.uplink._transport import TransportError, TransportFactory, UplinkTransport
 
 __all__ = [
     "DEFAULT_MAX_BATCH_BYTES",
@@ -50,6 +51,7 @@ __all__ = [
     "Damage",
     "FileTransport",
     "Keep",
+    "MemoryTransport",
     "Mode",
     "MovedAside",
     "MqttConfig",
@@ -65,11 +67,13 @@ __all__ = [
     "StorageState",
     "TokenBucket",
     "TransportError",
+    "TransportFactory",
     "Uplink",
     "UplinkConfig",
     "UplinkStatus",
     "UplinkTransport",
     "batch_file_name",
+    "configured_transport",
     "decode_batch",
     "encode_batch",
     "min_quota_bytes",

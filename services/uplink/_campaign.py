@@ -33,8 +33,7 @@ from typing import Any, Literal
 
 import attrs
 
-from bus import TopicError, matches
-from bus._pattern import check_pattern
+from bus import TopicError, check_pattern, matches
 
 __all__ = ["Campaign", "CampaignFilter", "Keep", "Mode"]
 

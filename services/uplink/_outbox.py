@@ -1,5 +1,9 @@
 """The uplink's durable outbox: samples and formed batches in SQLite (WAL) until the cloud acknowledged them.
 
+This module's one job is the store: the SQL, the transactions, the quota and the disk, the counters and the
+high-water mark. What to store and what a batch takes -- chunks, refusals, candidates, filling -- is decided
+by the pure planning functions of ``_plan.py``, which it calls.
+
 Synchronous; the service calls it from one thread at a time (e.g. through ``trio.to_thread.run_sync``),
 while `Outbox.statistics` may be read from any thread at any time. No trio, no network. See docs/uplink.md
 ("The outbox") for the guarantees:
@@ -37,19 +41,30 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import attrs
-import cbor2
 
-from bus import Codec, CodecError, default_codec
+from bus import Codec, default_codec
 from services.uplink._batch import (
     DEFAULT_MAX_BATCH_BYTES,
     MIN_MAX_BATCH_BYTES,
     BatchBuilder,
-    BatchError,
-    SampleTooLargeError,
-    prepare_value,
     to_us,
 )
 from services.uplink._campaign import Keep
+from services.uplink._plan import (
+    _MAX_US,
+    CHUNK_SAMPLES,
+    ROW_OVERHEAD,
+    Row,
+    _decode_chunk,
+    _encode_chunk,
+    _Group,
+    _halves,
+    _NewChunk,
+    consume,
+    fill,
+    gather,
+    plan_accept,
+)
 
 __all__ = [
     "APPLICATION_ID",
@@ -74,10 +89,6 @@ APPLICATION_ID: Final = 0x76774F42
 #: ``PRAGMA user_version``: the layout of the tables. A file with a higher version is refused; version 1
 #: (no CRC columns) is upgraded in place when opened.
 SCHEMA_VERSION: Final = 2
-#: Samples are stored in chunks of at most this many (one row each), grouped by `Keep`.
-CHUNK_SAMPLES: Final = 4096
-#: Bytes counted in ``stored_bytes`` for each stored row besides its blob (SQLite's own bookkeeping).
-ROW_OVERHEAD: Final = 64
 #: The smallest quota of any outbox: the schema, a WAL, the high-water mark and some room for data.
 MIN_QUOTA_BYTES: Final = 256 * 1024
 #: The largest quota (SQLite's own limit with 4 KiB pages is 16 TiB).
@@ -88,14 +99,8 @@ _WAL_MIN_PAGES: Final = 16
 _WAL_MAX_PAGES: Final = 1024
 #: Bytes of the quota set aside for the high-water mark file (one block).
 _MARK_RESERVE: Final = 4096
-#: Timestamps and ttls in microseconds stay within this (about 73,000 years), so that SQLite's 64-bit
-#: integers hold their sums.
-_MAX_US: Final = 1 << 61
 #: Pages kept free beyond what a write needs, so that acknowledgements and counters always find one.
 _SPARE_PAGES: Final = 4
-
-#: One sample as the service hands it over: ``(topic, value, timestamp_seconds, keep)``.
-Row = tuple[str, object, float, Keep]
 
 #: How the outbox's storage is doing, as of its last write: ``ok``; ``quota`` -- the store is at the
 #: quota: an accept like the last one would evict samples (until batches sent make room); ``disk_full`` --
@@ -278,14 +283,6 @@ class OutboxStatistics:
 
 
 @attrs.frozen
-class _Group:
-    id: int
-    campaigns: tuple[str, ...]
-    priority: int
-    ttl_us: int | None
-
-
-@attrs.frozen
 class _Limits:
     """The page budget of the database for one write, from the quota and the free space of the disk."""
 
@@ -298,78 +295,6 @@ class _Limits:
     disk_bound: bool
     #: Whether the write's WAL fits on the disk at all.
     fits: bool = True
-
-
-@attrs.frozen
-class _NewChunk:
-    """A chunk of an accept, encoded, not yet stored."""
-
-    keep: Keep
-    tids: list[int]
-    times: list[int]
-    values: list[Any]
-    data: bytes
-
-
-def _new_chunk(keep: Keep, tids: list[int], times: list[int], values: list[Any]) -> _NewChunk:
-    return _NewChunk(keep, tids, times, values, _encode_chunk(tids, times, values))
-
-
-#: The smallest piece an accept is split into when the disk has no room for the WAL of a larger one.
-_MIN_SPLIT: Final = 64
-
-
-def _halves(chunks: list[_NewChunk]) -> list[list[_NewChunk]]:
-    """``chunks`` in two parts, in order (a single chunk split in two); [] if too small to split."""
-    if len(chunks) > 1:
-        middle = len(chunks) // 2
-        return [chunks[:middle], chunks[middle:]]
-    if not chunks or len(chunks[0].tids) < 2 * _MIN_SPLIT:
-        return []
-    c = chunks[0]
-    m = len(c.tids) // 2
-    return [
-        [_new_chunk(c.keep, c.tids[:m], c.times[:m], c.values[:m])],
-        [_new_chunk(c.keep, c.tids[m:], c.times[m:], c.values[m:])],
-    ]
-
-
-class _Chunk:
-    """A chunk being consumed while a batch is formed."""
-
-    __slots__ = ("bytes", "corrupt", "expired", "group", "id", "tids", "times", "values")
-
-    def __init__(
-        self, id: int, group: _Group, tids: list[int], times: list[int], values: list[Any], size: int
-    ) -> None:
-        self.id = id
-        self.group = group
-        self.tids = tids
-        self.times = times
-        self.values = values
-        self.bytes = size
-        #: Samples dropped because they are past their ttl.
-        self.expired = 0
-        #: The chunk could not be decoded: it is dropped whole (``expired`` holds its sample count).
-        self.corrupt = False
-
-
-def _encode_chunk(tids: list[int], times: list[int], values: list[Any]) -> bytes:
-    return cbor2.dumps([tids, times, values])
-
-
-def _decode_chunk(data: bytes, crc: int | None = None) -> tuple[list[int], list[int], list[Any]]:
-    if crc is not None and zlib.crc32(data) != crc:
-        raise ValueError("the chunk's CRC-32 does not match its bytes")
-    item = cbor2.loads(data)
-    if type(item) is not list or len(item) != 3:
-        raise ValueError("a chunk is an array of 3 columns")
-    tids, times, values = item
-    if not (type(tids) is list and type(times) is list and type(values) is list):
-        raise ValueError("a chunk's columns are arrays")
-    if not len(tids) == len(times) == len(values) > 0:
-        raise ValueError("a chunk's columns differ in length or are empty")
-    return tids, times, values
 
 
 def _code(exc: sqlite3.Error) -> int:
@@ -1103,59 +1028,10 @@ class Outbox:
         storage failure never raises (only a damaged file does, `OutboxStorageError`: open it again).
         """
         self._check_open()
-        groups: dict[Keep, tuple[list[int], list[int], list[Any]]] = {}
-        topic_ids = self._topic_ids
-        new_ids: dict[str, int] = {}  # joins topic_ids only once committed
-        new_topics: list[tuple[int, str]] = []
-        refused: list[tuple[str, str, str]] = []
-        builder = self._builder
-        codec = self.codec
-        next_tid = max(self._topic_names, default=0) + 1
-        for topic, value, timestamp, keep in rows:
-            columns = groups.get(keep)
-            if columns is None:
-                columns = groups[keep] = ([], [], [])
-            tid = topic_ids.get(topic)
-            if tid is None:
-                tid = new_ids.get(topic)
-                if tid is None:
-                    if type(topic) is not str:
-                        refused.append(
-                            (str(topic), "refused_unencodable", f"topic must be a str, not {topic!r}")
-                        )
-                        continue
-                    tid = new_ids[topic] = next_tid
-                    new_topics.append((next_tid, topic))
-                    next_tid += 1
-            try:
-                t_us = round(timestamp * 1_000_000)  # its range is checked per group below
-                if type(value) is not float:
-                    value = prepare_value(value, codec)
-                    builder.check(topic, value)
-            except BatchError as exc:
-                refused.append((topic, "refused_oversize", str(exc)))
-                continue
-            except CodecError as exc:
-                refused.append((topic, "refused_unencodable", str(exc)))
-                continue
-            except (TypeError, ValueError, OverflowError) as exc:
-                refused.append((topic, "refused_unencodable", f"bad timestamp {timestamp!r} ({exc})"))
-                continue
-            columns[0].append(tid)
-            columns[1].append(t_us)
-            columns[2].append(value)
-        for columns in groups.values():
-            times = columns[1]
-            if times and (min(times) < -_MAX_US or max(times) > _MAX_US):  # rare: not checked per sample
-                self._refuse_out_of_range(columns, new_topics, refused)
-        if not groups and not refused:
+        plan = plan_accept(rows, self._topic_ids, self._topic_names, self._builder, self.codec)
+        if plan is None:
             return 0
-        # The chunks, encoded once, before the transaction.
-        chunks: list[_NewChunk] = []
-        for keep, (tids, times, values) in groups.items():
-            for start in range(0, len(tids), CHUNK_SAMPLES):
-                end = start + CHUNK_SAMPLES
-                chunks.append(_new_chunk(keep, tids[start:end], times[start:end], values[start:end]))
+        chunks, new_topics, refused = plan
         for _, counter, _ in refused:  # committed with the next write that succeeds
             self._count_unsaved(counter, 1)
         now_us = None if now is None else to_us(now)
@@ -1201,24 +1077,6 @@ class Outbox:
             reason = self._broken or (self._failure[1] if self._failure else "")
             raise OutboxStorageError(self.path, f"cannot store samples: {reason}", kind="corrupt")
         return stored
-
-    def _refuse_out_of_range(
-        self,
-        columns: tuple[list[int], list[int], list[Any]],
-        new_topics: list[tuple[int, str]],
-        refused: list[tuple[str, str, str]],
-    ) -> None:
-        """Take the samples whose timestamp is beyond `_MAX_US` out of ``columns``, into ``refused``."""
-        names = {**self._topic_names, **dict(new_topics)}
-        tids, times, values = columns
-        keep = [i for i, t in enumerate(times) if -_MAX_US <= t <= _MAX_US]
-        for i, t in enumerate(times):
-            if not -_MAX_US <= t <= _MAX_US:
-                reason = f"bad timestamp {t / 1e6!r} (beyond +-{_MAX_US / 1e6:.0f} s)"
-                refused.append((names[tids[i]], "refused_unencodable", reason))
-        columns[0][:] = [tids[i] for i in keep]
-        columns[1][:] = [times[i] for i in keep]
-        columns[2][:] = [values[i] for i in keep]
 
     def _accept_part(self, chunks: list[_NewChunk], now_us: int | None) -> tuple[int, sqlite3.Error | None]:
         """Store ``chunks`` in one transaction, making room first (and again, for more, if SQLite still
@@ -1397,70 +1255,20 @@ class Outbox:
         taken = refused = 0
         with self._transaction():
             self._purge_expired(now_us)
-            chunks: list[_Chunk] = []
-            candidates: list[tuple[str, int, Any]] = []
-            estimate = 0.0
             cursor = self._db.execute(
                 "SELECT id, grp, count, bytes, stale_us, data, crc FROM chunks ORDER BY priority DESC, id"
             )
-            for cid, gid, count, size, stale_us, data, crc in cursor:
-                group = self._groups[gid]
-                try:
-                    tids, times, values = _decode_chunk(data, crc)
-                    if len(tids) != count:
-                        raise ValueError("sample count differs from the chunk's row")
-                    chunk_candidates = [
-                        (names[t], ts, v) for t, ts, v in zip(tids, times, values, strict=True)
-                    ]
-                except Exception:
-                    damaged = _Chunk(cid, group, [], [], [], size)
-                    damaged.corrupt, damaged.expired = True, count
-                    chunks.append(damaged)
-                    continue
-                chunk = _Chunk(cid, group, tids, times, values, size)
-                if stale_us is not None and stale_us < now_us:
-                    ttl_us = group.ttl_us
-                    assert ttl_us is not None
-                    keep_index = [i for i, ts in enumerate(times) if ts + ttl_us >= now_us]
-                    chunk.expired = count - len(keep_index)
-                    chunk.tids = [tids[i] for i in keep_index]
-                    chunk.times = [times[i] for i in keep_index]
-                    chunk.values = [values[i] for i in keep_index]
-                    chunk_candidates = [chunk_candidates[i] for i in keep_index]
-                chunks.append(chunk)
-                candidates += chunk_candidates
-                estimate += (size - ROW_OVERHEAD) * len(chunk_candidates) / count
-                if estimate > budget:
-                    break
+            chunks, candidates = gather(cursor, self._groups, names, now_us, budget)
             cursor.close()
             seq = self._next_seq
-            payload = b""
-            while refused < len(candidates):
-                try:
-                    payload, taken = self._builder.fill(seq, candidates[refused:])
-                    break
-                except SampleTooLargeError:
-                    refused += 1
+            payload, taken, refused = fill(self._builder, seq, candidates)
             self._count("refused_oversize", refused)
-            # The candidates [0, refused) leave the store unsent, [refused, refused + taken) go in the batch.
-            position = 0
-            batch_groups: dict[int, int] = {}
-            expires: int | None = -1
-            for chunk in chunks:
+            ends, batch_groups, expires = consume(chunks, refused, taken)
+            for chunk, last in zip(chunks, ends, strict=True):
                 if chunk.corrupt:
                     self._drop_corrupt(chunk.id, chunk.expired, chunk.bytes, chunk.group)
                     continue
                 count = len(chunk.tids)
-                first = min(max(refused - position, 0), count)  # this chunk's first sample in the batch
-                last = min(max(refused + taken - position, 0), count)  # and the end of its samples there
-                position += count
-                if last > first:
-                    group = chunk.group
-                    batch_groups[group.id] = batch_groups.get(group.id, 0) + last - first
-                    if group.ttl_us is None or expires is None:
-                        expires = None
-                    else:
-                        expires = max(expires, max(chunk.times[first:last]) + group.ttl_us)
                 self._count("dropped_ttl", chunk.expired, chunk.group)
                 original = count + chunk.expired
                 if last == count:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -28,7 +27,7 @@ from services.uplink._outbox import (
     Row,
     min_quota_bytes,
 )
-from services.uplink._transport import TransportError, UplinkTransport
+from services.uplink._transport import TransportError, TransportFactory, UplinkTransport
 from vwos import BackoffPolicy, Service, ServiceContext
 
 #: The longest duration a setting may be (as vwos's own: about 31 years; beyond, OS timers overflow).
@@ -189,6 +188,19 @@ def status_topic(service: str) -> Topic[UplinkStatus]:
     return Topic(f"Uplink.{service}.Status", UplinkStatus, description="uplink progress and losses")
 
 
+def configured_transport(
+    config: UplinkConfig, ctx: ServiceContext
+) -> contextlib.AbstractAsyncContextManager[UplinkTransport]:
+    """The `TransportFactory` the service uses by default: the transport ``config.transport`` names --
+    `MqttTransport` on ``config.mqtt``, or `FileTransport` into ``config.directory`` (by default the
+    service's state directory's ``outgoing``)."""
+    if config.transport == "mqtt":
+        assert config.mqtt is not None  # UplinkConfig refuses transport = "mqtt" without it
+        return MqttTransport(config.mqtt, config.vehicle_id, log=ctx.log)
+    directory = config.directory if config.directory is not None else ctx.state_dir / "outgoing"
+    return contextlib.nullcontext(FileTransport(directory))
+
+
 #: How long the service waits between attempts to open an outbox that could not be opened.
 _STORAGE_RETRY = BackoffPolicy(initial=1.0, multiplier=2.0, max_delay=30.0, jitter=0.2)
 
@@ -202,6 +214,30 @@ class Uplink(Service[UplinkConfig]):
 
     outbox: Outbox | None
 
+    def __init__(self, config: UplinkConfig, *, transport: TransportFactory | None = None) -> None:
+        super().__init__(config)
+        #: Makes the transport of each run: ``transport``, else the one ``config.transport`` names.
+        self.transport_factory: TransportFactory = (
+            transport if transport is not None else configured_transport
+        )
+
+    @classmethod
+    def with_transport(cls, transport: TransportFactory) -> type[Uplink]:
+        """This service class with ``transport`` in place of the configured one, for a `vwos.ServiceSpec`
+        (which names a class the supervisor constructs with the config alone)::
+
+            link = MemoryTransport()
+            spec = ServiceSpec("uplink", Uplink.with_transport(link), config)
+
+        The class is made at run time: it cannot be pickled, so not used with ``isolated = true``.
+        """
+
+        def __init__(self: Uplink, config: UplinkConfig) -> None:
+            cls.__init__(self, config, transport=transport)
+
+        namespace = {"__init__": __init__, "__doc__": cls.__doc__, "__module__": cls.__module__}
+        return type(cls.__name__, (cls,), namespace)
+
     async def run(
         self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -210,6 +246,7 @@ class Uplink(Service[UplinkConfig]):
         self._lock = trio.Lock()  # the outbox is used from one thread at a time
         self._pending: list[Row] = []
         self._connected = False
+        self._transport_name: str = cfg.transport  # the transport's own name once it is made
         self._last_error = ""
         self._refused = 0
         #: Samples the service could not hand to an outbox (none open, or it failed while storing them).
@@ -392,22 +429,12 @@ class Uplink(Service[UplinkConfig]):
 
     # -- send -----------------------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _transport(self) -> AsyncIterator[UplinkTransport]:
-        cfg = self.config
-        if cfg.transport == "mqtt":
-            assert cfg.mqtt is not None
-            async with MqttTransport(cfg.mqtt, cfg.vehicle_id, log=self.ctx.log) as mqtt:
-                yield mqtt
-        else:
-            directory = cfg.directory if cfg.directory is not None else self.ctx.state_dir / "outgoing"
-            yield FileTransport(directory)
-
     async def _send_loop(self) -> None:
         cfg = self.config
         rng = random.Random()
         failures = 0
-        async with self._transport() as transport:
+        async with self.transport_factory(cfg, self.ctx) as transport:
+            self._transport_name = transport.name
             while True:
                 try:
                     await transport.connect()
@@ -490,7 +517,7 @@ class Uplink(Service[UplinkConfig]):
         if s is None:
             return UplinkStatus(
                 connected=self._connected,
-                transport=self.config.transport,
+                transport=self._transport_name,
                 last_error=self._last_error,
                 accepted=0,
                 stored_samples=0,
@@ -507,7 +534,7 @@ class Uplink(Service[UplinkConfig]):
             )
         return UplinkStatus(
             connected=self._connected,
-            transport=self.config.transport,
+            transport=self._transport_name,
             last_error=self._last_error,
             accepted=s.accepted,
             stored_samples=s.stored_samples + s.formed_samples,

@@ -6,11 +6,21 @@ formed batch at a time, in outbox order, and ``close`` when it stops. A batch le
 (MQTT: PUBACK for QoS 1; the file transport: the file renamed into place and its directory synced).
 Delivery is at least once: a batch may be published again with the same ``seq`` after a failure or a
 restart, and the receiver drops duplicates by ``(vehicle id, seq)``.
+
+The service does not build its transport itself: a `TransportFactory` makes it for each run (httpx's
+``transport=`` seam). The default one builds what ``config.transport`` names (`FileTransport`,
+`MqttTransport`); ``Uplink.with_transport(factory)`` takes another (`MemoryTransport` in tests, a cloud
+dialect of an integrator's).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from services.uplink._service import UplinkConfig
+    from vwos import ServiceContext
 
 
 class TransportError(Exception):
@@ -22,7 +32,8 @@ class TransportError(Exception):
 
 
 class UplinkTransport(Protocol):
-    """Where formed batches go. Implementations: ``FileTransport`` (``_file.py``), MQTT (``_mqtt.py``)."""
+    """Where formed batches go. Implementations: ``FileTransport`` (``_file.py``), MQTT (``_mqtt.py``),
+    ``MemoryTransport`` (``_memory.py``, for tests)."""
 
     #: A short name for logs and statistics (``"file"``, ``"mqtt"``).
     name: str
@@ -41,3 +52,17 @@ class UplinkTransport(Protocol):
     async def close(self) -> None:
         """Close the link (idempotent)."""
         ...
+
+
+class TransportFactory(Protocol):
+    """Makes the transport of one run of the uplink service.
+
+    Called once each time the service starts, with its config and its `vwos.ServiceContext` (the vehicle
+    id, the state directory, the logger); the service enters the returned async context manager for as long
+    as it runs and publishes through the transport it yields. Leaving it releases the transport (a
+    connection's tasks, a socket).
+    """
+
+    def __call__(
+        self, config: UplinkConfig, ctx: ServiceContext, /
+    ) -> AbstractAsyncContextManager[UplinkTransport]: ...
