@@ -30,6 +30,7 @@ import cantools.database
 import cantools.database.utils
 
 from bus import Codec, NotAvailable, Topic, default_codec
+from services.can._compiled import compile_decoder
 from services.can._database import (
     EXTENDED_FLAG,
     CanDatabaseError,
@@ -564,6 +565,7 @@ class _Route:
         "big",
         "checked",
         "clamped",
+        "compiled",
         "decode",
         "fast",
         "floats",
@@ -633,6 +635,109 @@ class _Route:
         if message.is_multiplexed():
             part = _part(message, [s for s in message.signals if not _multiplexed(s)], plain=True)
             self.top = None if part is None else _decoder(part)
+        #: The message's own decoder, what `CanCodec.decode` returns for a frame of the database's length
+        #: (see `compile`); None until then, and for messages it does not cover.
+        self.compiled: Callable[[Any, list[int]], list[tuple[Topic[Any], Any]]] | None = None
+
+    def compile(self, general: Callable[[_Route, Any, list[int]], list[tuple[Topic[Any], Any]]]) -> None:
+        """Make `compiled` (see `services.can._compiled`), once the route's mapped signals are known, if it
+        decodes exactly as ``general`` (`CanCodec._general`) does on sample payloads: all zeros, all ones,
+        random ones and, for a multiplexed message, some of each page. Else it stays None."""
+        message = self.message
+        pages = _page_map(message)
+        if message.is_multiplexed() and pages is None:
+            return  # a multiplexer inside a page (extended multiplexing): the general path does it
+        whole = self.topic is not None and not self.mapped
+        try:
+            values = compile_decoder(
+                message,
+                self,
+                pages=pages,
+                record=self.record if whole else None,
+                topic=self.topic if whole else None,
+                name=self.what,
+            )
+        except Exception:  # a layout nobody foresaw: the general path decodes it
+            return
+        if values is None:
+            return
+        compiled: Callable[[Any, list[int]], list[tuple[Topic[Any], Any]]]
+        if whole:
+            compiled = values
+        else:
+            finish = CanCodec._finish
+
+            def compiled(data: Any, stats: list[int]) -> list[tuple[Topic[Any], Any]]:
+                return finish(self, values(data, stats), stats)
+
+        for data in _samples(message, pages):
+            try:
+                expected = general(self, data, [0, 0, 0])
+            except Exception:
+                return  # the general path fails on it: leave such a message to the general path
+            try:
+                got = compiled(data, [0, 0, 0])
+            except Exception:
+                return
+            if not _identical(got, expected):
+                return
+        self.compiled = compiled
+
+
+def _page_map(message: Any) -> tuple[str, dict[int, list[str]]] | None:
+    """For a message with one multiplexer whose pages hold no multiplexer: its name and the names of the
+    signals of each page by multiplexer value. None for other messages."""
+    if not message.is_multiplexed():
+        return None
+    tree = message.signal_tree
+    multiplexers = [node for node in tree if isinstance(node, dict)]
+    if len(multiplexers) != 1 or len(multiplexers[0]) != 1:
+        return None
+    ((name, branches),) = multiplexers[0].items()
+    if any(not isinstance(node, str) for branch in branches.values() for node in branch):
+        return None
+    return name, {value: list(branch) for value, branch in branches.items()}
+
+
+def _samples(message: Any, pages: tuple[str, dict[int, list[str]]] | None) -> list[bytes]:
+    """Payloads to check a compiled decoder on (seeded: the same every time)."""
+    length = message.length
+    rng = random.Random(message.frame_id)
+    samples = [bytes(length), b"\xff" * length, *(rng.randbytes(length) for _ in range(16))]
+    if pages is not None:
+        name, branches = pages
+        common = [s for s in message.signals if not _multiplexed(s)]
+        by_name = {s.name: s for s in message.signals}
+        for value, branch in branches.items():
+            for _ in range(2):
+                raw = {
+                    s.name: 0.0 if s.is_float else rng.randint(*_raw_extent(s))
+                    for s in [*common, *(by_name[n] for n in branch)]
+                }
+                raw[name] = value
+                try:
+                    samples.append(bytes(message.encode(raw, scaling=False, strict=False)))
+                except Exception:
+                    continue
+    return samples
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """The same value, of the same type (NaN the same as NaN, -0.0 not the same as 0.0)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is float:
+        return (a != a and b != b) or (a == b and math.copysign(1.0, a) == math.copysign(1.0, b))
+    if attrs.has(type(a)):
+        return all(_same_value(getattr(a, f.name), getattr(b, f.name)) for f in attrs.fields(type(a)))
+    return bool(a == b)
+
+
+def _identical(a: list[tuple[Topic[Any], Any]], b: list[tuple[Topic[Any], Any]]) -> bool:
+    """The same (topic, value) pairs: see `_same_value`."""
+    return len(a) == len(b) and all(
+        x[0] is y[0] and _same_value(x[1], y[1]) for x, y in zip(a, b, strict=True)
+    )
 
 
 class CanCodec:
@@ -665,7 +770,8 @@ class CanCodec:
         #: Routes by frame id, with `EXTENDED_FLAG` set for extended frames.
         self._routes: dict[int, _Route] = {}
         self._by_name: dict[str, _Route] = {}
-        self._out_of_range = self._not_available = self._unknown_multiplexer = 0
+        #: What decode met: [values out of range, values not available, unknown multiplexer values].
+        self._stats = [0, 0, 0]
         for message in db.messages:
             record: type | None = None
             topic: Topic[Any] | None = None
@@ -684,6 +790,8 @@ class CanCodec:
         self._mapped_topics: list[Topic[Any]] = []
         for mapping in mappings:
             self._add_mapping(mapping)
+        for route in self._routes.values():
+            route.compile(self._general)
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -693,7 +801,7 @@ class CanCodec:
 
     def statistics(self) -> CodecStatistics:
         """Counts of what `decode` met so far: see `CodecStatistics`."""
-        return CodecStatistics(self._out_of_range, self._not_available, self._unknown_multiplexer)
+        return CodecStatistics(*self._stats)
 
     # -- topics ---------------------------------------------------------------------------------------
 
@@ -855,91 +963,112 @@ class CanCodec:
                         f"{route.what}: {len(data)} data bytes, the database says {route.length}",
                     )
                 data = data[: route.length]  # a CAN FD frame padded to the next length FD has
-            little = route.fast
-            if little is not None:  # the usual case: an Intel (little-endian) layout
-                raw = little(data[::-1])
-                values = [*reversed(raw.values())] if route.order < 0 else [*raw.values()]
-            else:
-                values = self._values(route, data)
-            for index, scale, offset in route.scaled:
-                raw_value = values[index]
-                if raw_value is not None:  # None: a multiplexed signal not in this frame
-                    values[index] = raw_value * scale + offset
-            for index, lo, hi, na in route.guarded:
-                raw_value = values[index]
-                if raw_value is None:
-                    continue
-                if na and raw_value in na:
-                    values[index] = _NOT_AVAILABLE
-                    self._not_available += 1
-                elif not lo <= raw_value <= hi:
-                    values[index] = _OUT_OF_RANGE
-                    self._out_of_range += 1
-            for index, scale, offset, lo, hi, na in route.checked:
-                raw_value = values[index]
-                if raw_value is None:
-                    continue
-                if na and raw_value in na:
-                    values[index] = _NOT_AVAILABLE
-                    self._not_available += 1
-                elif lo <= raw_value <= hi:
-                    values[index] = raw_value * scale + offset
-                else:
-                    values[index] = _OUT_OF_RANGE
-                    self._out_of_range += 1
-            for index, scale, offset, lo, hi, vmin, vmax, na in route.clamped:
-                raw_value = values[index]
-                if raw_value is None:
-                    continue
-                if na and raw_value in na:
-                    values[index] = _NOT_AVAILABLE
-                    self._not_available += 1
-                elif lo <= raw_value <= hi:
-                    value = raw_value * scale + offset
-                    # the scaled value of a raw value in range is in range, never a rounding error outside
-                    values[index] = vmax if value > vmax else vmin if value < vmin else value
-                else:
-                    values[index] = _OUT_OF_RANGE
-                    self._out_of_range += 1
-            for index, scale, offset, vmin, vmax in route.floats:
-                raw_value = values[index]
-                if raw_value is None:
-                    continue
-                if raw_value != raw_value:  # NaN: the IEEE "no value"
-                    values[index] = _NOT_AVAILABLE
-                    self._not_available += 1
-                    continue
-                value = raw_value * scale + offset
-                if vmin <= value <= vmax:
-                    values[index] = value
-                else:
-                    values[index] = _OUT_OF_RANGE
-                    self._out_of_range += 1
-            out: list[tuple[Topic[Any], Any]] = []
-            if route.topic is not None:
-                out.append((route.topic, route.record(*values)))
-            for topic, index, scale, offset, kind, low, high in route.mapped:
-                value = values[index]
-                if value is None:  # a multiplexed signal not in this frame
-                    continue
-                if value.__class__ is not NotAvailable:
-                    if kind is bool:
-                        value = bool(value)
-                    else:
-                        value = value * scale + offset
-                        value = round(value) if kind is int else float(value)
-                        if not low <= value <= high:  # the mapping's own range (NaN too)
-                            value = _OUT_OF_RANGE
-                            self._out_of_range += 1
-                out.append((topic, value))
-            return out
+            compiled = route.compiled
+            if compiled is not None:  # the usual case: see `_Route.compile`
+                return compiled(data, self._stats)
+            return self._general(route, data, self._stats)
         except FrameError:
             raise
         except Exception as exc:  # a payload or a database nobody foresaw: still only a FrameError
             ident = f"0x{frame_id:x}" if isinstance(frame_id, int) else repr(frame_id)
             raise FrameError("undecodable", f"frame id {ident}: {type(exc).__name__}: {exc}") from exc
 
-    def _values(self, route: _Route, data: bytes | bytearray) -> list[Any]:
+    def _general(
+        self, route: _Route, data: bytes | bytearray, stats: list[int]
+    ) -> list[tuple[Topic[Any], Any]]:
+        """`decode`'s general path, for a frame of the database's length: cantools' layouts unpack the raw
+        values, the plan's steps check and scale them, then the record and the mapped signals. Messages
+        with a compiled decoder (`_Route.compile`) take this path only when the decoder is checked."""
+        values = self._checked_values(route, data, stats)
+        return self._finish(route, values, stats)
+
+    def _checked_values(self, route: _Route, data: bytes | bytearray, stats: list[int]) -> list[Any]:
+        """The signals' values in field order, checked and scaled as the plan says."""
+        little = route.fast
+        if little is not None:  # the usual case: an Intel (little-endian) layout
+            raw = little(data[::-1])
+            values = [*reversed(raw.values())] if route.order < 0 else [*raw.values()]
+        else:
+            values = self._values(route, data, stats)
+        for index, scale, offset in route.scaled:
+            raw_value = values[index]
+            if raw_value is not None:  # None: a multiplexed signal not in this frame
+                values[index] = raw_value * scale + offset
+        for index, lo, hi, na in route.guarded:
+            raw_value = values[index]
+            if raw_value is None:
+                continue
+            if na and raw_value in na:
+                values[index] = _NOT_AVAILABLE
+                stats[1] += 1
+            elif not lo <= raw_value <= hi:
+                values[index] = _OUT_OF_RANGE
+                stats[0] += 1
+        for index, scale, offset, lo, hi, na in route.checked:
+            raw_value = values[index]
+            if raw_value is None:
+                continue
+            if na and raw_value in na:
+                values[index] = _NOT_AVAILABLE
+                stats[1] += 1
+            elif lo <= raw_value <= hi:
+                values[index] = raw_value * scale + offset
+            else:
+                values[index] = _OUT_OF_RANGE
+                stats[0] += 1
+        for index, scale, offset, lo, hi, vmin, vmax, na in route.clamped:
+            raw_value = values[index]
+            if raw_value is None:
+                continue
+            if na and raw_value in na:
+                values[index] = _NOT_AVAILABLE
+                stats[1] += 1
+            elif lo <= raw_value <= hi:
+                value = raw_value * scale + offset
+                # the scaled value of a raw value in range is in range, never a rounding error outside
+                values[index] = vmax if value > vmax else vmin if value < vmin else value
+            else:
+                values[index] = _OUT_OF_RANGE
+                stats[0] += 1
+        for index, scale, offset, vmin, vmax in route.floats:
+            raw_value = values[index]
+            if raw_value is None:
+                continue
+            if raw_value != raw_value:  # NaN: the IEEE "no value"
+                values[index] = _NOT_AVAILABLE
+                stats[1] += 1
+                continue
+            value = raw_value * scale + offset
+            if vmin <= value <= vmax:
+                values[index] = value
+            else:
+                values[index] = _OUT_OF_RANGE
+                stats[0] += 1
+        return values
+
+    @staticmethod
+    def _finish(route: _Route, values: list[Any], stats: list[int]) -> list[tuple[Topic[Any], Any]]:
+        """The (topic, value) pairs of a frame's checked and scaled values: its record and mapped signals."""
+        out: list[tuple[Topic[Any], Any]] = []
+        if route.topic is not None:
+            out.append((route.topic, route.record(*values)))
+        for topic, index, scale, offset, kind, low, high in route.mapped:
+            value = values[index]
+            if value is None:  # a multiplexed signal not in this frame
+                continue
+            if value.__class__ is not NotAvailable:
+                if kind is bool:
+                    value = bool(value)
+                else:
+                    value = value * scale + offset
+                    value = round(value) if kind is int else float(value)
+                    if not low <= value <= high:  # the mapping's own range (NaN too)
+                        value = _OUT_OF_RANGE
+                        stats[0] += 1
+            out.append((topic, value))
+        return out
+
+    def _values(self, route: _Route, data: bytes | bytearray, stats: list[int]) -> list[Any]:
         """Raw values in field order, the slower ways: big-endian or mixed layouts, multiplexed messages and
         those cantools unpacks in parts. None for a signal the frame does not carry."""
         if route.order:
@@ -957,7 +1086,7 @@ class CanCodec:
             raw = top(data)
             layout = layouts.get(raw[multiplexer])
             if layout is None:  # the multiplexer selects nothing the database knows
-                self._unknown_multiplexer += 1
+                stats[2] += 1
             else:
                 raw.update(layout(data))
             get = raw.get
@@ -971,7 +1100,7 @@ class CanCodec:
             if route.top is None:
                 raise
             raw = route.top(data, False, False)  # the multiplexer selects nothing the database knows
-            self._unknown_multiplexer += 1
+            stats[2] += 1
         get = raw.get
         return [get(name) for name in route.names]
 
