@@ -51,7 +51,16 @@ def _extract(signal: Any, length: int, i: int) -> tuple[str, str] | None:
     if shift < 0 or shift + bits > 8 * length:
         return None
     mask = (1 << bits) - 1
-    field = f"({word} >> {shift}) & {mask}" if shift else f"{word} & {mask}"
+    if shift // 8 == (shift + bits - 1) // 8:  # inside one byte: that byte alone, a small int
+        byte = shift // 8 if word == "v" else length - 1 - shift // 8
+        word = "data"
+        field = f"data[{byte}]"
+        if shift % 8:
+            field = f"({field} >> {shift % 8})"
+        if shift % 8 + bits < 8:
+            field = f"{field} & {mask}"
+    else:
+        field = f"({word} >> {shift}) & {mask}" if shift else f"{word} & {mask}"
     if signal.is_float:
         if bits not in _FLOATS:
             return None
