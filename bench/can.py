@@ -20,7 +20,8 @@ Measured in one run, each rate the best of ``--repeat`` runs (the median and the
   batch arrives once every sample of the last one reached the subscriber; the run is done when every
   sample arrived. Also CPU µs per frame (``time.process_time`` over the timed part). Nothing may be
   dropped: samples received must equal samples expected and the subscriber's drop count must be 0.
-  ``--e2e`` turns the gateway's E2E checks on (`e2e_setup`, the hook for ``services/can/_e2e.py``).
+  The gateway checks end-to-end protection where the database has it (`e2e_configs`; ``--no-e2e``: not),
+  the traffic's counters and CRCs filled by the gateway's own protectors; no frame may fail.
 * opendbc's ``CANParser.update`` over the same frames in the same batches (PyPI ``opendbc``, the bench
   extra): its own DBC parser reads the same file; it checks checksums and counters where it knows the
   file's algorithm (``vw_mqb*``: Volkswagen's CRC8), into per-message value dicts. Frames it rejects are
@@ -33,7 +34,7 @@ Measured in one run, each rate the best of ``--repeat`` runs (the median and the
   frames whose samples never reached the subscriber (must be 0), the lag from a batch's due time until
   the subscriber had all of it (max and p50), and the CPU load.
 
-Usage: ``python bench/can.py [--json] [--dbc PATH [--no-strict]] [--e2e] [--frames N] [--repeat R]
+Usage: ``python bench/can.py [--json] [--dbc PATH [--no-strict]] [--no-e2e] [--frames N] [--repeat R]
 [--batch B] [--seconds S] [--profile K]``.
 """
 
@@ -68,13 +69,17 @@ import trio
 from bench import _table
 from bus import Bus, Subscription
 from services.can import (
+    E2E,
     CanCodec,
     CanDatabaseError,
     CanGateway,
     CanTransport,
+    E2EConfigError,
     FrameError,
     GatewayConfig,
     MemoryTransport,
+    bind_e2e,
+    find_e2e_signals,
     load_database,
     status_topic,
 )
@@ -690,6 +695,13 @@ async def paced(
     return PacedRun(total, received, stats.dropped, seconds, cpu, lags=lags)
 
 
+def _replay(gateway: CanGateway) -> None:
+    """The same traffic comes again: its alive counters start over, as after a gap in the link (the
+    gateway's E2E checks take the next counter as it is)."""
+    for checker in gateway._checkers.values():
+        checker.reset()
+
+
 async def measure(
     frames: Sequence[can.Message],
     repeat: int,
@@ -698,6 +710,7 @@ async def measure(
     profile_top: int,
     gateway_options: dict[str, Any],
     before_each: Callable[[], None] = lambda: None,
+    paced_frames: Sequence[can.Message] = (),
 ) -> dict[str, Any]:
     """Start the gateway once, then the saturated runs (each after ``before_each``: the references), the
     paced run, and a profile if asked. ``gateway_options`` are its `GatewayConfig` (the database,
@@ -731,11 +744,14 @@ async def measure(
         await saturated(bus, link.transport, batches(warm, batch))
         for _ in range(repeat):
             before_each()
+            _replay(gateway)
             _collect()
             runs.append(await saturated(bus, link.transport, chunks))
+        _replay(gateway)
         _collect()
-        paced_run = await paced(bus, link.transport, frames, seconds)
+        paced_run = await paced(bus, link.transport, paced_frames or frames, seconds)
         if profile_top:
+            _replay(gateway)
             _collect()
             profiler = cProfile.Profile()
             profiler.enable()
@@ -749,39 +765,72 @@ async def measure(
     return {"runs": runs, "paced": paced_run, "status": counters, "profile": profile}
 
 
-# -- E2E on our side: the integrator's hook ------------------------------------------------------------------
-
-
-class E2EUnavailable(Exception):
-    """``--e2e`` was asked for, but the gateway's E2E checks are not wired into the benchmark."""
+# -- E2E on our side ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class E2ESetup:
-    """What ``--e2e`` needs from the gateway's end-to-end protection (``services/can/_e2e.py``)."""
+    """The gateway's end-to-end checks for the traffic's protected messages, and the ``protect`` that fills
+    their counters and CRCs the way those checks expect."""
 
     #: Added to the gateway's `GatewayConfig`: the E2E checks for the database's protected messages.
     gateway_options: dict[str, Any]
-    #: ``protect(message, data) -> data``: the frame with its alive counter and CRC filled the way those
-    #: checks expect (the traffic's counters already count by one per frame).
+    #: ``protect(message, data) -> data``: the frame with its alive counter and CRC filled in (counting by
+    #: one per frame of the message).
     protect: Callable[[Any, bytes], bytes]
     #: Messages it protects, by name.
     messages: tuple[str, ...]
 
 
-def e2e_setup(db: Any, path: Path) -> E2ESetup:
-    """The gateway's E2E checks for ``db`` (read from ``path``), configured as a car would configure them.
+def _mqb_data_ids() -> dict[int, list[int]]:
+    """Volkswagen's per-message magic bytes (the MQB data ids), as opendbc lists them; none without it."""
+    try:
+        from opendbc.car.volkswagen.mqbcan import VOLKSWAGEN_MQB_MEB_CONSTANTS
+    except Exception:
+        return {}
+    return {int(k): [int(b) for b in v] for k, v in VOLKSWAGEN_MQB_MEB_CONSTANTS.items()}
 
-    THE HOOK: once ``services/can/_e2e.py`` is merged, build here the gateway's E2E config for every message
-    of ``db`` that carries a counter and a CRC (for ``vw_mqb.dbc``: Volkswagen's CRC8 with its per-message
-    data ids, the messages opendbc checks) and a ``protect`` that fills them (the simulator's and Send's
-    code). Until then ``--e2e`` stops with this reason, and the whole path is measured without E2E checks
-    (opendbc's CANParser checks checksums and counters where it knows the database: the table says so).
-    """
-    raise E2EUnavailable(
-        "--e2e: the gateway's E2E checks (services/can/_e2e.py) are not wired into bench/can.py yet "
-        "(see e2e_setup)"
-    )
+
+def e2e_configs(db: Any, path: Path) -> list[E2E]:
+    """The E2E checks a car would configure for ``db``: for a Volkswagen MQB database (``vw_mqb*``, as
+    opendbc tells them), ``vw_mqb`` on every message with a CRC and a counter whose magic bytes are known
+    (opendbc's list); otherwise ``tesla`` on messages with a ``*Checksum`` and a ``*Counter`` (Model 3).
+    Those that do not bind to their message are left out."""
+    configs: list[E2E] = []
+    mqb = path.name.startswith("vw_mqb")
+    data_ids = _mqb_data_ids() if mqb else {}
+    for message in db.messages:
+        crc, counter = find_e2e_signals(message)
+        if crc is None or counter is None:
+            continue
+        if mqb:
+            ids = data_ids.get(message.frame_id)
+            if ids is None or message.is_extended_frame:
+                continue
+            config = E2E(message=message.name, profile="vw_mqb", data_id=ids)
+        elif crc.lower().endswith("checksum"):
+            config = E2E(message=message.name, profile="tesla")
+        else:
+            continue
+        try:
+            config.bind(message)
+        except E2EConfigError:
+            continue
+        configs.append(config)
+    return configs
+
+
+def e2e_setup(db: Any, path: Path) -> E2ESetup:
+    """The gateway's E2E checks for ``db`` (read from ``path``), configured as a car would configure them
+    (`e2e_configs`), and a ``protect`` that fills the frames the way the simulator and ``Send`` do."""
+    configs = e2e_configs(db, path)
+    protectors = {name: p.protector() for name, p in bind_e2e(configs, db).items()}
+
+    def protect(message: Any, data: bytes) -> bytes:
+        protector = protectors.get(message.name)
+        return data if protector is None else protector.protect(data)
+
+    return E2ESetup({"e2e": tuple(configs)}, protect, tuple(c.message for c in configs))
 
 
 # -- the whole benchmark ---------------------------------------------------------------------------------
@@ -847,8 +896,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--e2e",
-        action="store_true",
-        help="the gateway with E2E checks on for the database's protected messages (see e2e_setup)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the gateway's E2E checks on for the database's protected messages (default; see e2e_configs)",
     )
     args = parser.parse_args(argv)
     n, repeat, batch, seconds = args.samples, args.repeat, min(args.batch, 512), args.seconds
@@ -860,7 +910,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         db = load_database(path, strict=strict)
         e2e = e2e_setup(db, path) if args.e2e else None
-    except (CanDatabaseError, E2EUnavailable) as exc:
+    except CanDatabaseError as exc:
         hint = " (real-world files often need --no-strict)" if strict and "strict" in str(exc) else ""
         print(
             f"error: {str(exc).replace(' (real-world files often need strict = false)', '')}{hint}",
@@ -873,7 +923,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     left_out = {m.name: why for m in db.messages if (why := why_left_out(m)) is not None}
     reference = setup_opendbc(path, messages)
-    frames = traffic(messages, n, checksums=reference.checksums, protect=None if e2e is None else e2e.protect)
+    protect = None if e2e is None else e2e.protect
+    frames = traffic(messages, n, checksums=reference.checksums, protect=protect)
+    # The paced run's frames: the same mix, long enough not to come round again (its alive counters would
+    # jump where it does, and the E2E checks would rightly fail those frames).
+    paced_total = max(1, round(seconds / PACED_TICK)) * round(PACED_FRAMES_PER_S * PACED_TICK)
+    paced_frames = (
+        traffic(messages, paced_total, checksums=reference.checksums, protect=protect)
+        if paced_total > n and protect is not None
+        else frames
+    )
     fd = any(m.is_fd for m in frames)
     codec = CanCodec(db, NETWORK)
     pairs = [(m.arbitration_id, m.data, m.is_extended_id) for m in frames]
@@ -916,7 +975,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     measured = trio.run(
-        measure, frames, repeat, batch, seconds, max(args.profile, 0), gateway_options, references
+        measure,
+        frames,
+        repeat,
+        batch,
+        seconds,
+        max(args.profile, 0),
+        gateway_options,
+        references,
+        paced_frames,
     )
     cantools_runs = _table.Runs("frames/s", [n / t for t in seconds_of["cantools"]])
     codec_runs = _table.Runs("frames/s", [n / t for t in seconds_of["codec"]])
@@ -944,7 +1011,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     vs_opendbc_cpu = None if opendbc_cpu is None else _table.ratio(opendbc_cpu.best, cpu.best)
     goal_vs_opendbc = None if vs_opendbc is None else vs_opendbc >= GOAL_VS_OPENDBC
     per_bus = bus_load(messages)
-    our_e2e = e2e is not None
+    our_e2e = e2e is not None and bool(e2e.messages)
 
     result: dict[str, Any] = {
         "benchmark": "can",
@@ -967,6 +1034,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dropped_saturated": lost,
         "frame_errors": frame_errors,
         "e2e": our_e2e,
+        "e2e_failures": status.e2e_failures,
         "e2e_messages": [] if e2e is None else list(e2e.messages),
         "opendbc_unavailable": reference.unavailable or None,
         "opendbc_messages": reference.messages if reference.parser else None,
@@ -1079,8 +1147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         table.note(f"opendbc not measured: {reference.unavailable}")
     if not our_e2e:
+        table.note("the gateway checks no E2E here (--no-e2e)")
+    else:
         table.note(
-            "the gateway checks no E2E here: --e2e turns its checks on once they are wired (e2e_setup)"
+            f"the gateway checks E2E on {len(e2e.messages) if e2e else 0} messages; frames that failed: "
+            f"{status.e2e_failures} (must be 0)"
         )
     if left_out:
         table.note(

@@ -727,7 +727,7 @@ class Deliver(_Message):
             bus_times = _numbers(bus_time, "SAMPLES.bus_time", n)
         seqs: Any
         if type(seq) is int:
-            if not 0 <= seq <= _MAX_ID - n:
+            if not 0 <= seq <= _MAX_ID - max(n - 1, 0):  # the last one, seq + n - 1, is an id too
                 raise _bad("SAMPLES.seq", "a sequence number (an int >= 0)", seq)
             seqs = range(seq, seq + n)
         else:

@@ -85,7 +85,13 @@ CASES = [
                 "paced_frames",
                 "opendbc_messages",
             ),
-            zero=("dropped_at_8000_fps", "dropped_saturated", "frame_errors", "opendbc_rejected_frames"),
+            zero=(
+                "dropped_at_8000_fps",
+                "dropped_saturated",
+                "frame_errors",
+                "opendbc_rejected_frames",
+                "e2e_failures",
+            ),
             optional={
                 "opendbc_frames_per_s": "opendbc",
                 "opendbc_cpu_us_per_frame": "opendbc",
@@ -399,10 +405,24 @@ def test_can_bad_databases_and_options_are_clear_errors(tmp_path: Path) -> None:
     loose = run_bench("can.py", "--dbc", str(overlapping), "--no-strict", *SMALL)
     assert loose.returncode == 2
     assert "cantools encodes and decodes none of its messages" in loose.stderr
-    # The gateway's E2E checks are the integrator's to wire in (bench/can.py e2e_setup).
-    e2e = run_bench("can.py", "--dbc", str(_nasty(tmp_path)), "--e2e", *SMALL)
-    assert e2e.returncode == 2
-    assert "--e2e: the gateway's E2E checks (services/can/_e2e.py) are not wired" in e2e.stderr
+    # A database without protected messages: E2E checks are on, on none of them; --no-e2e turns them off.
+    for flag in ("--e2e", "--no-e2e"):
+        e2e = run_bench("can.py", "--json", "--dbc", str(_nasty(tmp_path)), flag, *SMALL)
+        assert e2e.returncode == 0, e2e.stderr
+        result = json.loads(e2e.stdout)
+        assert (result["e2e"], result["e2e_messages"], result["e2e_failures"]) == (False, [], 0)
+
+
+def test_can_checks_e2e_where_the_database_has_it() -> None:
+    """Model3CAN's Tesla checksums and counters, filled by the gateway's protectors, all checked and passed
+    (and, with opendbc, vw_mqb's CRCs as opendbc computes them: it rejects none of the frames)."""
+    proc = run_bench("can.py", "--json", "--dbc", str(require_shared_file(MODEL3_DBC)), *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["e2e"] is True
+    assert len(result["e2e_messages"]) == 25
+    assert result["e2e_failures"] == 0
+    assert result["frame_errors"] == 0
 
 
 def test_can_without_opendbc(tmp_path: Path) -> None:

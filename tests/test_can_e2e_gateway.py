@@ -170,9 +170,10 @@ async def test_send_cyclic_messages_and_actuators_fill_counter_and_crc(
     assert len(sent["Brake"]) == 3  # Send, then the actuator twice: one counter shared by both
     for name, frames in sent.items():
         assert [checkers[name].check(data) for data in frames] == [None] * len(frames), name
-    brake = db.get_message_by_name("Brake")
-    assert [brake.decode(data)["Pressure"] for data in sent["Brake"]] == pytest.approx([5.0, 6.5, 7.0])
-    assert [brake.decode(data)["Brake_BZ"] for data in sent["Brake"]] == [0, 1, 2]
+    brake: Any = db.get_message_by_name("Brake")
+    decoded = [brake.decode(data) for data in sent["Brake"]]
+    assert [d["Pressure"] for d in decoded] == pytest.approx([5.0, 6.5, 7.0])
+    assert [d["Brake_BZ"] for d in decoded] == [0, 1, 2]
 
 
 async def test_an_actuator_sample_that_is_not_available_is_not_sent_and_the_gateway_goes_on(

@@ -433,3 +433,14 @@ def test_a_stale_generated_module_is_refused() -> None:
 
     with pytest.raises(CanDatabaseError, match="does not match the database"):
         CanCodec(load_database(DBC), "stale", records={"Speed": Speed})
+
+
+def test_opening_an_interface_fails_only_with_link_down_and_leaks_no_bus() -> None:
+    """receive_mode = "fd" on an interface without a file descriptor, an interface that does not exist:
+    LinkDownError (the gateway's backoff handles it), never another exception out of the link task."""
+    from services.can._transport import open_python_can
+
+    with pytest.raises(LinkDownError, match="no file descriptor"):
+        open_python_can("virtual", "fd-less", mode="fd")
+    with pytest.raises(LinkDownError):
+        open_python_can("no_such_interface", "x")

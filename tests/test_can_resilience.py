@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_can_gateway import DBC, Link, gateway, gateway_on, speed_frame, status
 
-from bus import RemoteError, ValueRefusedError
+from bus import NotAvailable, RemoteError, ValueRefusedError
 from services.can import (
     CanCodec,
     CyclicMessage,
@@ -82,7 +82,38 @@ async def test_a_value_outside_a_mappings_own_range_is_not_available(
     assert (refused.available, refused.reason) == (False, "out_of_range")
     assert kept.value == 30.0
     assert (report.refused, report.decoded) == (0, 2)
+    assert (report.signals_out_of_range, report.signals_not_available) == (1, 0)
     assert accounted(report) == report.frames_received
+
+
+SNA_DBC = """VERSION ""
+BS_:
+BU_: ECU
+BO_ 512 Fuel: 2 ECU
+ SG_ Level : 0|8@1+ (0.5,0) [0|100] "%" ECU
+ SG_ Range : 8|8@1+ (10,0) [0|2000] "km" ECU
+VAL_ 512 Level 254 "Init" 255 "Fehler" ;
+"""
+
+
+async def test_signal_values_not_available_are_counted_in_the_status_by_reason(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    dbc = tmp_path / "fuel.dbc"
+    dbc.write_text(SNA_DBC)
+    link = Link()
+    spec = ServiceSpec("gateway", gateway_on(link), GatewayConfig(database=dbc, network="body"))
+    async with open_harness(spec) as car:
+        link.transport.inject(
+            can.Message(arbitration_id=512, data=bytes([255, 210]), is_extended_id=False),  # Fehler; 2100 km
+            can.Message(arbitration_id=512, data=bytes([254, 10]), is_extended_id=False),  # Init; 100 km
+            can.Message(arbitration_id=512, data=bytes([100, 10]), is_extended_id=False),  # 50 %; 100 km
+        )
+        report = await status(car, lambda s: s.frames_received == 3)
+        fuel = car.samples("CAN.body.Fuel")
+    assert [s.value.Level for s in fuel] == [NotAvailable("not_available")] * 2 + [50.0]
+    assert [s.value.Range for s in fuel] == [NotAvailable("out_of_range"), 100, 100]
+    assert (report.decoded, report.signals_not_available, report.signals_out_of_range) == (3, 2, 1)
 
 
 async def test_a_value_the_bus_refuses_costs_only_its_frame(

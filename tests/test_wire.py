@@ -110,6 +110,27 @@ def test_a_run_travels_as_columns() -> None:
     assert drain(client) == [Deliver(3, run), Deliver(4, mixed)]
 
 
+def test_a_run_may_end_at_the_last_sequence_number() -> None:
+    """The last seq of a run, first + n - 1, may be 2**63 - 1 (found by hypothesis: it was refused)."""
+    client, server = pair()
+    last = 2**63 - 1
+    run = [Sample("Vehicle.Speed", float(i), 1.0 + i, 5.0, "gw", last - 2 + i) for i in range(3)]
+    client.receive_data(server.send([Deliver(3, run)]))
+    assert drain(client) == [Deliver(3, run)]
+    past = [
+        7,
+        3,
+        "Vehicle.Speed",
+        struct.pack("<3d", 0, 1, 2),
+        struct.pack("<3d", 0, 1, 2),
+        5.0,
+        "gw",
+        last - 1,
+    ]
+    with pytest.raises(ProtocolError, match=r"SAMPLES\.seq"):
+        Deliver.from_wire(past)  # its last sample would be 2**63
+
+
 def test_publish_runs_need_a_timestamp_per_value() -> None:
     with pytest.raises(ValueError, match="as many timestamps as values"):
         Publish("A.b", [1.0, 2.0], [1.0])

@@ -277,6 +277,10 @@ class LinkStatus:
     e2e_failures: int = 0
     #: Frames the interface refused to send (EINVAL, EMSGSIZE), for Send, cyclic and actuators.
     send_errors: int = 0
+    #: Signal values (not frames) decoded as not available: outside their declared range ...
+    signals_out_of_range: int = 0
+    #: ... or a raw value the database marks as no valid value (SNA, Init, error): see `CodecStatistics`.
+    signals_not_available: int = 0
 
 
 #: Names under CAN.<network> that the gateway itself uses: a database message may not take them.
@@ -521,6 +525,7 @@ class CanGateway(Service[GatewayConfig]):
 
     def status(self) -> LinkStatus:
         c = self.counters
+        signals = self.codec.statistics()
         return LinkStatus(
             state=self._state,
             reason=self._reason,
@@ -539,6 +544,8 @@ class CanGateway(Service[GatewayConfig]):
             refused=c.refused,
             e2e_failures=c.e2e,
             send_errors=c.send_errors,
+            signals_out_of_range=signals.out_of_range,
+            signals_not_available=signals.not_available,
         )
 
     def _publish_status(self) -> None:

@@ -217,9 +217,13 @@ def open_python_can(
         kwargs["bitrate"] = bitrate
     try:
         bus = can.Bus(**kwargs)
-    except (can.CanError, OSError) as exc:
+    except Exception as exc:  # CanError, OSError, and what a backend raises for what it cannot do
         raise _link_error(exc) from exc
-    return PythonCanTransport(bus, mode, poll_interval=poll_interval)
+    try:
+        return PythonCanTransport(bus, mode, poll_interval=poll_interval)
+    except Exception as exc:  # receive_mode = "fd" on an interface without a file descriptor
+        bus.shutdown()
+        raise _link_error(exc) from exc
 
 
 class MemoryTransport:
