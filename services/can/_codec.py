@@ -388,7 +388,8 @@ class _Plan:
         elif identity:
             self.guarded.append((index, lo, hi, na))
         elif clamp:
-            self.clamped.append((index, scale, offset, lo, hi, vmin, vmax, na))
+            # kept inside [min, max] as the signal's type: a float signal's value never becomes an int 100
+            self.clamped.append((index, scale, offset, lo, hi, float(vmin), float(vmax), na))
         else:
             self.checked.append((index, scale, offset, lo, hi, na))
 
@@ -964,7 +965,8 @@ class CanCodec:
                     )
                 data = data[: route.length]  # a CAN FD frame padded to the next length FD has
             compiled = route.compiled
-            if compiled is not None:  # the usual case: see `_Route.compile`
+            kind = data.__class__
+            if compiled is not None and (kind is bytearray or kind is bytes):  # see `_Route.compile`
                 return compiled(data, self._stats)
             return self._general(route, data, self._stats)
         except FrameError:
