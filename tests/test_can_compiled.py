@@ -305,3 +305,25 @@ def test_payloads_of_other_types_are_undecodable_as_before(tmp_path: Path, data:
     with pytest.raises(FrameError) as info:
         codec.decode(256, data, False)
     assert info.value.kind == "undecodable"
+
+
+def test_a_given_record_class_is_made_through_its_own_init(tmp_path: Path) -> None:
+    """A record class given to the codec (a `vwos can gen` module's) may do more in ``__init__`` than set
+    its fields: the compiled decoder calls it, where it sets the fields of the codec's own classes itself."""
+    made = _nasty(tmp_path)
+    own = type(made.decode(256, bytes(8), False)[0][1])
+    calls: list[Any] = []
+
+    class Base:
+        def __attrs_post_init__(self) -> None:
+            calls.append(self)
+
+    fields = {f.name: attrs.field(type=f.type) for f in attrs.fields(own)}
+    given = attrs.make_class("Mixed", fields, bases=(Base,), frozen=True, slots=True)
+    path = tmp_path / "nasty.dbc"
+    codec = CanCodec(load_database(path, strict=False), "given", codec=Codec(), records={"Mixed": given})
+    assert codec._routes[256].compiled is not None
+    calls.clear()
+    ((_, record),) = codec.decode(256, bytes(8), False)
+    assert type(record) is given
+    assert calls == [record]

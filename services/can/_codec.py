@@ -640,7 +640,12 @@ class _Route:
         #: (see `compile`); None until then, and for messages it does not cover.
         self.compiled: Callable[[Any, list[int]], list[tuple[Topic[Any], Any]]] | None = None
 
-    def compile(self, general: Callable[[_Route, Any, list[int]], list[tuple[Topic[Any], Any]]]) -> None:
+    def compile(
+        self,
+        general: Callable[[_Route, Any, list[int]], list[tuple[Topic[Any], Any]]],
+        *,
+        plain_record: bool,
+    ) -> None:
         """Make `compiled` (see `services.can._compiled`), once the route's mapped signals are known, if it
         decodes exactly as ``general`` (`CanCodec._general`) does on sample payloads: all zeros, all ones,
         random ones and, for a multiplexed message, some of each page. Else it stays None."""
@@ -657,6 +662,7 @@ class _Route:
                 record=self.record if whole else None,
                 topic=self.topic if whole else None,
                 name=self.what,
+                plain_record=plain_record,
             )
         except Exception:  # a layout nobody foresaw: the general path decodes it
             return
@@ -723,21 +729,12 @@ def _samples(message: Any, pages: tuple[str, dict[int, list[str]]] | None) -> li
     return samples
 
 
-def _same_value(a: Any, b: Any) -> bool:
-    """The same value, of the same type (NaN the same as NaN, -0.0 not the same as 0.0)."""
-    if type(a) is not type(b):
-        return False
-    if type(a) is float:
-        return (a != a and b != b) or (a == b and math.copysign(1.0, a) == math.copysign(1.0, b))
-    if attrs.has(type(a)):
-        return all(_same_value(getattr(a, f.name), getattr(b, f.name)) for f in attrs.fields(type(a)))
-    return bool(a == b)
-
-
 def _identical(a: list[tuple[Topic[Any], Any]], b: list[tuple[Topic[Any], Any]]) -> bool:
-    """The same (topic, value) pairs: see `_same_value`."""
+    """The same (topic, value) pairs, each value of the same type and printing the same: a record's
+    ``repr`` shows its fields' (an int 100 is not a float 100.0, -0.0 is not 0.0, NaN is NaN)."""
     return len(a) == len(b) and all(
-        x[0] is y[0] and _same_value(x[1], y[1]) for x, y in zip(a, b, strict=True)
+        x[0] is y[0] and type(x[1]) is type(y[1]) and repr(x[1]) == repr(y[1])
+        for x, y in zip(a, b, strict=True)
     )
 
 
@@ -791,8 +788,8 @@ class CanCodec:
         self._mapped_topics: list[Topic[Any]] = []
         for mapping in mappings:
             self._add_mapping(mapping)
-        for route in self._routes.values():
-            route.compile(self._general)
+        for route in self._routes.values():  # a given record class may do more in its __init__: called
+            route.compile(self._general, plain_record=route.message.name not in self._given)
 
     @property
     def warnings(self) -> tuple[str, ...]:

@@ -20,6 +20,8 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
+import attrs
+
 from bus import NotAvailable
 
 #: How the bits of a floating-point signal of each length read as a number (big-endian bit order, as
@@ -149,6 +151,28 @@ def _work(i: int, kind: str, numbers: tuple[Any, ...], ns: dict[str, Any], pad: 
     return lines
 
 
+def _slots(record: Any, count: int) -> list[Callable[[Any, Any], None]] | None:
+    """The setters of a record class's fields, in order, if its ``__init__`` does nothing but set them
+    (an attrs class with slots, ``count`` fields all set by ``__init__``, no validator, converter or
+    ``__attrs_pre_init__`` / ``__attrs_post_init__``); else None."""
+    if not attrs.has(record) or "__slots__" not in record.__dict__:
+        return None
+    fields = attrs.fields(record)
+    if (
+        len(fields) != count
+        or hasattr(record, "__attrs_pre_init__")
+        or hasattr(record, "__attrs_post_init__")
+    ):
+        return None
+    setters = []
+    for field in fields:
+        slot = record.__dict__.get(field.name)
+        if field.validator is not None or field.converter is not None or not field.init or slot is None:
+            return None
+        setters.append(slot.__set__)
+    return setters
+
+
 def compile_decoder(
     message: Any,
     plan: Any,
@@ -157,15 +181,20 @@ def compile_decoder(
     record: Callable[..., Any] | None,
     topic: Any,
     name: str,
+    plain_record: bool = False,
 ) -> Decoder | None:
     """A function ``decode(data, stats)`` for frames of ``message`` (a cantools message) whose payload has
     the database's length: the signals' values in field order as a list, with ``plan``'s steps done
     (``plan`` a ``_codec._Plan`` of the message). With a ``record`` class and a ``topic``, it returns
     ``[(topic, record(r0, r1, ...))]`` instead: all that `CanCodec.decode` returns for a message that has
-    no mapped signals. ``pages`` is (multiplexer name, signal names by multiplexer value) for a
-    message with one multiplexer whose pages hold no multiplexer: a signal of no page of the frame's
-    multiplexer value is None, and a value of no page counts in ``stats[2]``. ``stats[0]`` and
-    ``stats[1]`` count values out of range and not available. ``name`` is only for tracebacks.
+    no mapped signals. ``plain_record`` says the record class is one the codec made (a frozen slotted
+    attrs class whose ``__init__`` only sets its fields): the decoder then sets the fields itself, through
+    the slots (what ``__init__`` does, with less work per field).
+
+    ``pages`` is (multiplexer name, signal names by multiplexer value) for a message with one multiplexer
+    whose pages hold no multiplexer: a signal of no page of the frame's multiplexer value is None, and a
+    value of no page counts in ``stats[2]``. ``stats[0]`` and ``stats[1]`` count values out of range and
+    not available. ``name`` is only for tracebacks.
 
     None where the message's layout is not one this covers: the codec's general path decodes it.
     """
@@ -228,7 +257,16 @@ def compile_decoder(
     fields = ", ".join(f"r{i}" for i in range(len(signals)))
     if record is not None and topic is not None:
         ns["RECORD"], ns["TOPIC"] = record, topic
-        body.append(f"    return [(TOPIC, RECORD({fields}))]")
+        slots = _slots(record, len(signals)) if plain_record else None
+        if slots is None:
+            body.append(f"    return [(TOPIC, RECORD({fields}))]")
+        else:
+            ns["NEW"] = object.__new__
+            body.append("    o = NEW(RECORD)")
+            for i, slot in enumerate(slots):
+                ns[f"W{i}"] = slot
+                body.append(f"    W{i}(o, r{i})")
+            body.append("    return [(TOPIC, o)]")
     else:
         body.append(f"    return [{fields}]")
     ns["from_bytes"] = int.from_bytes
