@@ -3,10 +3,17 @@
 Every message of the database becomes a topic ``CAN.<network>.<Message>`` whose value is an attrs record
 with one field per signal (class made from the database, registered with the bus codec). A mapping table
 can also publish chosen signals under VSS-style names (``Vehicle.Speed``) with a unit and a linear
-transform. Signal values are unpacked by cantools (raw), then checked and scaled here, once per signal, by
-a plan made per message when the codec is built: a raw value the database marks as "no valid value", or one
-outside the signal's declared range (compared in raw integer space, so the check agrees with the
-database's scaling), becomes a `bus.NotAvailable` in its field; the frame's other signals keep their values.
+transform. Signal values are checked and scaled here, once per signal, by a plan made per message when the
+codec is built: a raw value the database marks as "no valid value", or one outside the signal's declared
+range (compared in raw integer space, so the check agrees with the database's scaling), becomes a
+`bus.NotAvailable` in its field; the frame's other signals keep their values.
+
+Each message gets a decoder compiled from its layout and plan when the codec is built
+(`services.can._compiled`: shifts and masks on the payload, the plan's steps written out per signal, the
+record made in place), used once it decodes sample payloads exactly as the general path does. The general
+path (`CanCodec._general`: cantools' layouts unpack the raw values, the plan's steps are looped over) takes
+the messages it does not cover, a multiplexer inside a page say, and payloads that are neither bytes nor
+bytearray.
 """
 
 from __future__ import annotations
