@@ -517,6 +517,55 @@ def _decoder(message: Any) -> Callable[..., Any] | None:
         return whole
     if message.is_container:
         return None
+    parts = _disjoint_parts(message, works)
+    if parts is None:
+        parts = _tried_parts(message, works)
+    if parts is None:
+        return None
+    decoders = [p.decode for p in parts]
+
+    def decode(data: bytes, decode_choices: bool, scaling: bool) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for part in decoders:
+            values.update(part(data, decode_choices, scaling))
+        return values
+
+    return decode
+
+
+def _signal_bits(signal: Any) -> set[int]:
+    """The payload bits a signal covers, as byte * 8 + bit (bit 0 the least significant of its byte)."""
+    if signal.byte_order == "little_endian":
+        return set(range(signal.start, signal.start + signal.length))
+    bits, position = set(), signal.start  # big endian: from its most significant bit, numbered as DBC does
+    for _ in range(signal.length):
+        bits.add(position)
+        position = position - 1 if position % 8 else position + 15
+    return bits
+
+
+def _disjoint_parts(message: Any, works: Callable[[Any], bool]) -> list[Any] | None:
+    """``message``'s signals in groups whose bits do not overlap (each signal in the first group it fits), as
+    cantools messages: a few set operations a signal, so that a file of thousands of overlapping signals
+    still loads quickly. None if a group does not decode (then `_tried_parts` tries)."""
+    groups: list[list[Any]] = []
+    taken: list[set[int]] = []
+    for signal in message.signals:
+        bits = _signal_bits(signal)
+        for group, used in zip(groups, taken, strict=True):
+            if used.isdisjoint(bits):
+                group.append(signal)
+                used |= bits
+                break
+        else:
+            groups.append([signal])
+            taken.append(bits)
+    parts = [_part(message, group) for group in groups]
+    return parts if all(p is not None and works(p) for p in parts) else None
+
+
+def _tried_parts(message: Any, works: Callable[[Any], bool]) -> list[Any] | None:
+    """``message``'s signals in groups that cantools decodes, found by trying each signal in each group."""
     groups: list[list[Any]] = []
     parts: list[Any] = []
     for signal in message.signals:
@@ -532,15 +581,7 @@ def _decoder(message: Any) -> Callable[..., Any] | None:
                 return None
             groups.append([signal])
             parts.append(candidate)
-    decoders = [p.decode for p in parts]
-
-    def decode(data: bytes, decode_choices: bool, scaling: bool) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for part in decoders:
-            values.update(part(data, decode_choices, scaling))
-        return values
-
-    return decode
+    return parts
 
 
 def _part(message: Any, signals: Sequence[Any], *, plain: bool = False) -> Any:
@@ -668,7 +709,7 @@ class _Route:
                 pages=pages,
                 record=self.record if whole else None,
                 topic=self.topic if whole else None,
-                name=self.what,
+                name=f"0x{message.frame_id:x}",  # numbers only, even in a traceback's file name
                 plain_record=plain_record,
             )
         except Exception:  # a layout nobody foresaw: the general path decodes it

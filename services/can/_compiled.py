@@ -194,7 +194,7 @@ def compile_decoder(
     ``pages`` is (multiplexer name, signal names by multiplexer value) for a message with one multiplexer
     whose pages hold no multiplexer: a signal of no page of the frame's multiplexer value is None, and a
     value of no page counts in ``stats[2]``. ``stats[0]`` and ``stats[1]`` count values out of range and
-    not available. ``name`` is only for tracebacks.
+    not available. ``name`` names the message in tracebacks (the code's file name).
 
     None where the message's layout is not one this covers: the codec's general path decodes it.
     """
