@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 from test_can_gateway import Link, gateway_on
+from test_can_resilience import accounted
 
 from bus import NotAvailable, Topic
 from services.can import (
@@ -88,20 +89,6 @@ async def status(car: Harness, where: Any) -> LinkStatus:
     sample = await car.expect(status_topic(NETWORK), where)
     value: LinkStatus = sample.value
     return value
-
-
-def accounted(s: LinkStatus) -> int:
-    return (
-        s.decoded
-        + s.unknown_ids
-        + s.wrong_lengths
-        + s.undecodable
-        + s.remote_frames
-        + s.fd_frames
-        + s.error_frames
-        + s.refused
-        + s.e2e_failures
-    )
 
 
 async def test_protected_frames_pass_and_a_bad_crc_or_counter_makes_every_signal_not_available(
@@ -278,3 +265,123 @@ profile = "tesla"
     with pytest.raises(ConfigError) as info:
         parse_config(text, path=dbc.parent / "vwos.toml")
     assert [p.key_path for p in info.value.problems] == ["services.sim.config.e2e[0].message"]
+
+
+async def test_a_frame_not_sent_takes_no_counter_value(
+    autojump_clock: trio.testing.MockClock, dbc: Path
+) -> None:
+    """A cyclic period while the link is down, or a frame the interface refuses, uses up no counter value:
+    the receiver sees one step per frame that reached the bus."""
+    link = Link()
+    cyclic = (CyclicMessage("Brake", period=0.1, signals={"Pressure": 2.0}),)
+    async with open_harness(spec(dbc, link, cyclic=cyclic)) as car:
+        await trio.sleep(0.25)  # 0, 0.1, 0.2: three frames
+        link.unplug()
+        await status(car, lambda s: s.state == "down")
+        await trio.sleep(1.0)  # ten periods with nowhere to send
+        link.transport.refusing = "[Errno 22] Invalid argument"
+        link.plug()
+        link.transport.refusing = "[Errno 22] Invalid argument"
+        await status(car, lambda s: s.state == "up")
+        await trio.sleep(0.3)  # refused
+        link.transport.refusing = None
+        await trio.sleep(0.25)
+        sent_after = list(link.transport.sent)
+        report = await status(car, lambda s: s.send_errors > 0)
+    brake: Any = load_database(dbc).get_message_by_name("Brake")
+    assert report.send_errors >= 2
+    counters = [brake.decode(m.data)["Brake_BZ"] for m in sent_after]
+    assert counters[:2] == [3, 4]  # after 0, 1, 2 went out before the outage
+
+
+async def test_a_frame_failing_e2e_is_not_decoded_and_its_signals_are_not_counted(
+    autojump_clock: trio.testing.MockClock, dbc: Path
+) -> None:
+    link = Link()
+    guard = protector(dbc, "Brake")
+    good = guard.protect(frame(dbc, "Brake", {"Pressure": 1.0}).data)
+    raw = bytearray(good)
+    raw[2:4] = b"\xff\x0f"  # Pressure raw 4095 = 409.5 bar: in range; and a wrong CRC now
+    async with open_harness(spec(dbc, link)) as car:
+        link.transport.inject(frame(dbc, "Brake", {}, bytes(raw)))
+        report = await status(car, lambda s: s.frames_received == 1)
+    assert (report.e2e_failures, report.decoded) == (1, 0)
+    assert (report.signals_out_of_range, report.signals_not_available) == (0, 0)
+
+
+async def test_the_simulator_survives_an_interface_that_refuses_its_frames(
+    autojump_clock: trio.testing.MockClock, dbc: Path
+) -> None:
+    from services.can import CanSimulator, CanTransport, MemoryTransport, SimulatorConfig
+
+    transport = MemoryTransport()
+    transport.refusing = "[Errno 22] Invalid argument"
+
+    class Sim(CanSimulator[SimulatorConfig]):
+        def open_transport(self) -> CanTransport:
+            return transport
+
+    config = SimulatorConfig(database=dbc, messages=("Brake",), e2e=E2E_CONFIG[:1])
+    async with open_harness(ServiceSpec("sim", Sim, config)) as car:
+        await trio.sleep(1.0)
+        assert car.status()["sim"].state.value == "running"
+        assert car.status()["sim"].restarts == 0
+
+
+def test_a_value_e2e_would_overwrite_is_a_config_problem(dbc: Path) -> None:
+    text = f"""
+[services.gw]
+plugin = "can_gateway"
+[services.gw.config]
+database = "{dbc}"
+transmit = ["Brake"]
+[[services.gw.config.actuators]]
+topic = "Chassis.Brake.Crc"
+message = "Brake"
+signal = "Brake_CRC"
+[[services.gw.config.cyclic]]
+message = "Brake"
+period = 0.1
+signals = {{ Brake_BZ = 3, Pressure = 1.0 }}
+[[services.gw.config.e2e]]
+message = "Brake"
+profile = "vw_mqb"
+data_id = [1]
+[[services.gw.config.e2e]]
+message = "Drive"
+profile = "counter"
+check_counter = false
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path=dbc.parent / "vwos.toml")
+    problems = sorted(
+        (p.key_path.removeprefix("services.gw.config."), p.message) for p in info.value.problems
+    )
+    overwritten = "but E2E fills it in every frame sent: that value would never reach the bus"
+    assert problems == [
+        ("e2e[0].message", f"Brake.Brake_BZ is set by cyclic[0].signals, {overwritten}"),
+        ("e2e[0].message", f"Brake.Brake_CRC is set by actuators[0], {overwritten}"),
+        (
+            "e2e[1].check_counter",
+            "profile 'counter' with check_counter = false checks nothing: check it, or drop the entry",
+        ),
+    ]
+
+
+def test_the_simulator_never_sends_a_value_the_gateway_decodes_as_not_available(tmp_path: Path) -> None:
+    path = tmp_path / "state.dbc"
+    path.write_text(
+        'VERSION ""\nBS_:\nBU_: ECU\nBO_ 1 Mode: 1 ECU\n SG_ State : 0|3@1+ (1,0) [0|7] "" ECU\n'
+        'VAL_ 1 State 0 "Off" 1 "Eco" 2 "Sport" 3 "n/a" ;\n'
+    )
+    db = load_database(path)
+    codec = CanCodec(db, "t")
+    frames: list[Any] = []
+    ecu = SimulatedEcu(db, frames.append, default_cycle=0.5)
+    ecu.start(0.0)
+    for k in range(200):
+        frames.extend(ecu.poll(k * 0.5))
+    states = [codec.decode(f.arbitration_id, f.data, f.is_extended_id)[0][1].State for f in frames]
+    assert len(states) >= 200
+    assert NotAvailable("not_available") not in states
+    assert {0, 1, 2} <= set(states)

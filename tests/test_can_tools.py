@@ -37,17 +37,17 @@ from services.can import (
     MemoryTransport,
     load_database,
 )
-from services.can._cli import (
+from services.can._cli import register
+from services.can._gen import generate_topics
+from services.can._logtools import (
     FrameView,
     ReplayStats,
-    SimulatedEcu,
     ToolError,
     dump_frames,
-    generate_topics,
     read_log,
-    register,
     replay,
 )
+from services.can._sim import SimulatedEcu
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = "Message_With_A_Long_Name_To_Wrap_The_Topic"

@@ -347,14 +347,14 @@ def test_control_commands_over_the_socket_of_a_running_supervisor(tmp_path: Path
 def test_control_commands_connect_with_the_socket_transport(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The commands reach the supervisor with `bus.connect_unix`, imported with `vwos._cli` (not looked up
-    when a command runs), and say why they cannot: here a socket that nobody listens on."""
+    """The commands reach the supervisor with `bus.connect_unix`, imported with `vwos._control_cli` (not
+    looked up when a command runs), and say why they cannot: here a socket that nobody listens on."""
     import socket
 
     import trio
 
     import bus
-    from vwos import _cli
+    from vwos import _cli, _control_cli
 
     path = tmp_path / "vwos.sock"
     calls: list[tuple[str, str]] = []
@@ -363,11 +363,11 @@ def test_control_commands_connect_with_the_socket_transport(
         calls.append((path, name))
         return bus.connect_unix(path, name=name)
 
-    monkeypatch.setattr(_cli, "connect_unix", spy)
+    monkeypatch.setattr(_control_cli, "connect_unix", spy)
     args = _cli._parser(extensions=False).parse_args(["status", "--socket", str(path)])
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
         bound.bind(str(path))  # bound but not listening: a connection is refused
-        code = trio.run(_cli._connect_and_run, _cli.cmd_status, args)
+        code = trio.run(_control_cli._connect_and_run, _control_cli.cmd_status, args)
     assert code == 3
     assert calls == [(str(path), f"vwos-cli-{os.getpid()}")]
     hint = "(is `vwos run` running? it serves the control socket)"
@@ -550,7 +550,7 @@ async def test_a_socket_that_never_answers_the_handshake_is_exit_3(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """It accepts the connection and says nothing: the handshake times out; docs/cli.md says exit 3."""
-    from vwos import _cli
+    from vwos import _cli, _control_cli
 
     path = tmp_path / "silent.sock"
     listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
@@ -568,7 +568,7 @@ async def test_a_socket_that_never_answers_the_handshake_is_exit_3(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(accept_and_say_nothing)
         with trio.fail_after(60):
-            code = await _cli._connect_and_run(_cli.cmd_status, args)
+            code = await _control_cli._connect_and_run(_control_cli.cmd_status, args)
         nursery.cancel_scope.cancel()
     listener.close()
     assert code == 3

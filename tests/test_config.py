@@ -50,6 +50,7 @@ from vwos._logging import LEVELS
 from vwos._plugins import prepend_sys_path
 from vwos._policy import BackoffPolicy, Restart, Strategy, SupervisorPolicy, start_order
 from vwos._service import NoConfig
+from vwos._spec import ServiceSpec
 from vwos._structure import (
     MAX_DEPTH,
     FieldDoc,
@@ -61,7 +62,6 @@ from vwos._structure import (
     structure,
     toml_literal,
 )
-from vwos._supervisor import ServiceSpec
 
 # -- the test plugins: a module written to a directory on sys.path ---------------------------------------
 

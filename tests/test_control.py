@@ -22,22 +22,8 @@ import trio.testing
 
 from bus import Action, BusClient, Method, Topic, default_codec
 from vwos import NoConfig, Service, ServiceContext, ServiceSpec
-from vwos._cli import (
-    ControlCommand,
-    _hidden_levels_note,
-    _parser,
-    cmd_bus_call,
-    cmd_bus_echo,
-    cmd_bus_hz,
-    cmd_bus_list,
-    cmd_bus_pub,
-    cmd_logs,
-    cmd_operate,
-    cmd_status,
-    cmd_top,
-    default_socket_path,
-    run_control,
-)
+from vwos._cli import _parser
+from vwos._cli_common import default_socket_path
 from vwos._control import (
     CONTROL_ADMIN,
     CONTROL_OPERATE,
@@ -53,6 +39,20 @@ from vwos._control import (
     StatusReply,
     convert_json,
     default_authorize,
+)
+from vwos._control_cli import (
+    ControlCommand,
+    _hidden_levels_note,
+    cmd_bus_call,
+    cmd_bus_echo,
+    cmd_bus_hz,
+    cmd_bus_list,
+    cmd_bus_pub,
+    cmd_logs,
+    cmd_operate,
+    cmd_status,
+    cmd_top,
+    run_control,
 )
 from vwos.testing import Harness, open_harness
 

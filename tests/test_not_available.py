@@ -227,7 +227,7 @@ def test_a_batch_carries_it_and_a_decoder_without_the_codec_can_tell() -> None:
 
 
 def test_the_cli_shows_it() -> None:
-    from vwos._cli import _sample_json, _sample_text
+    from vwos._control_cli import _sample_json, _sample_text
 
     sample = Sample("Vehicle.Speed", NotAvailable("out_of_range"), 1.0, 2.0, "can", 5)
     assert _sample_text(sample) == "Vehicle.Speed = not available (out_of_range)  (can #5)"

@@ -26,8 +26,9 @@ from vwos._policy import (
     TransitionError,
 )
 from vwos._service import NoConfig, Service, ServiceContext
+from vwos._spec import ServiceSpec, ServiceStatus
 from vwos._structure import FieldProblem, StructureError
-from vwos._supervisor import ServiceSpec, ServiceStatus, Supervisor, SupervisorGaveUp
+from vwos._supervisor import Supervisor, SupervisorGaveUp
 
 __all__ = [
     "BackoffPolicy",

@@ -111,6 +111,7 @@ from vwos._policy import (
     start_order,
 )
 from vwos._service import Service
+from vwos._spec import ServiceSpec
 from vwos._structure import (
     INVALID,
     FieldProblem,
@@ -122,7 +123,6 @@ from vwos._structure import (
     suggest,
 )
 from vwos._structure import unknown_key_message as _unknown_key_message
-from vwos._supervisor import ServiceSpec
 
 __all__ = [
     "ConfigError",

@@ -54,7 +54,7 @@ from vwos._logging import LEVELS, configured_level, service_logger
 from vwos._proctree import ENV_RUN, SUBREAPER, LiveProcesses, Processes, Verdict, members, owner, reapable
 
 if TYPE_CHECKING:
-    from vwos._supervisor import ServiceSpec
+    from vwos._spec import ServiceSpec
 
 __all__ = [
     "EXIT_MEMORY",

@@ -110,7 +110,7 @@ class CliDirective(SphinxDirective):
         return [self._command(parser, parser.description or "", top=True)]
 
     def _note_sources(self) -> None:
-        modules = ["vwos._cli"]
+        modules = ["vwos._cli", "vwos._cli_common", "vwos._control_cli"]
         modules += [ep.module for ep in importlib.metadata.entry_points(group="vwos.commands")]
         for name in modules:
             module = sys.modules.get(name)

@@ -4,14 +4,6 @@ tools; end-to-end protection (CRCs and alive counters) per message.
 See ``docs/can.md``.
 """
 
-from services.can._cli import (
-    FrameView,
-    ReplayStats,
-    dump_frames,
-    generate_topics,
-    read_log,
-    replay,
-)
 from services.can._codec import (
     STALE_AFTER_CYCLES,
     CanCodec,
@@ -43,6 +35,14 @@ from services.can._gateway import (
     SendRequest,
     send_method,
     status_topic,
+)
+from services.can._gen import generate_topics
+from services.can._logtools import (
+    FrameView,
+    ReplayStats,
+    dump_frames,
+    read_log,
+    replay,
 )
 from services.can._sim import CanSimulator, SignalValues, SimulatedEcu, SimulatorConfig
 from services.can._transport import (

@@ -965,6 +965,13 @@ class CanCodec:
             if route.topic is not None or route.mapped
         ]
 
+    def frame_lengths(self, message: str) -> tuple[int, ...]:
+        """The data lengths a frame of ``message`` may have: its length, and for a CAN FD message of a
+        length no FD frame has, the padded length its frames have. Raises `EncodeError` for no such
+        message."""
+        route = self._route(message)
+        return (route.length,) if route.padded is None else (route.length, route.padded)
+
     def not_available(self, frame_id: int, extended: bool, reason: str) -> list[tuple[Topic[Any], Any]]:
         """The (topic, value) pairs for a frame of a known message whose content is not to be trusted
         (its end-to-end protection failed, say): ``NotAvailable(reason)`` on the message's topic (the

@@ -598,12 +598,32 @@ def _exception_text(exc: BaseException) -> str:
 
 
 def e2e_problems(cfg: object, configs: Sequence[Any]) -> list[FieldProblem]:
-    """Each E2E config fits its message in the database (see `bind_e2e`): every problem at its key."""
+    """Each E2E config fits its message in the database (see `bind_e2e`), and nothing else the gateway
+    sends sets the signals E2E fills (an actuator or a cyclic value there would never reach the bus):
+    every problem at its key."""
     db = database_of(cfg)
     if db is None:
         return []
     try:
-        bind_e2e(configs, db)
+        protections = bind_e2e(configs, db)
     except E2EConfigError as exc:
         return [FieldProblem(path, text) for path, text in exc.problems]
-    return []
+    index = {c.message: i for i, c in enumerate(configs)}
+    setters: list[tuple[str, str, str]] = []  # (message, signal, who sets it)
+    actuators, cyclic = _get(cfg, "actuators"), _get(cfg, "cyclic")
+    for i, actuator in enumerate(() if actuators is MISSING else actuators):
+        setters.append((actuator.message, actuator.signal, f"actuators[{i}]"))
+    for i, entry in enumerate(() if cyclic is MISSING else cyclic):
+        setters.extend((entry.message, name, f"cyclic[{i}].signals") for name in entry.signals)
+    found: list[FieldProblem] = []
+    for message, signal, who in setters:
+        protection = protections.get(message)
+        if protection is not None and signal in (protection.crc_signal, protection.counter_signal):
+            found.append(
+                FieldProblem(
+                    (index[message], "message"),
+                    f"{message}.{signal} is set by {who}, but E2E fills it in every frame sent: that value "
+                    "would never reach the bus",
+                )
+            )
+    return found

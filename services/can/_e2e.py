@@ -307,6 +307,13 @@ def _check_nibble(inst: Any, attribute: attrs.Attribute[str | None], value: str 
         raise ValueError("is for data_id_mode 'nibble' only")
 
 
+def _check_counter_flag(inst: Any, attribute: attrs.Attribute[bool], value: bool) -> None:
+    if value is False and _profile_of(inst) == "counter":
+        raise ValueError(
+            "profile 'counter' with check_counter = false checks nothing: check it, or drop the entry"
+        )
+
+
 def _check_delta(inst: Any, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"must be an integer of at least 1, not {value!r}")
@@ -354,7 +361,9 @@ class E2E:
         metadata={"help": "the largest counter step still accepted (2: one frame lost)"},
     )
     check_counter: bool = attrs.field(
-        default=True, metadata={"help": "false: the counter only enters the CRC, its steps are not checked"}
+        default=True,
+        validator=_check_counter_flag,
+        metadata={"help": "false: the counter only enters the CRC, its steps are not checked"},
     )
 
     def bind(self, message: Any) -> E2EProtection:
@@ -765,9 +774,14 @@ class E2EProtector:
         """The counter the next protected payload gets."""
         return self._counter
 
-    def protect(self, data: Payload) -> bytes:
+    def advance(self) -> None:
+        """Move the counter one step (what `protect` does unless told not to)."""
+        self._counter = (self._counter + 1) % self.protection.counter_modulo
+
+    def protect(self, data: Payload, *, advance: bool = True) -> bytes:
         """``data`` with its counter and CRC filled in. Raises ValueError if it is shorter than the
-        message."""
+        message. With ``advance=False`` the counter stays where it is until `advance` (call it once the
+        frame was sent: a frame that was not sent takes no counter value)."""
         p = self.protection
         if len(data) < p._need:
             raise ValueError(
@@ -777,7 +791,8 @@ class E2EProtector:
         counter = self._counter
         if p._counter_field is not None:
             p._counter_field.put(buf, counter)
-            self._counter = (counter + 1) % p.counter_modulo
+            if advance:
+                self.advance()
         if p._nibble_field is not None:
             p._nibble_field.put(buf, p._nibble)
         if p._crc_field is not None:

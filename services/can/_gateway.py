@@ -21,7 +21,8 @@ from services.can._codec import (
     cached_database,
 )
 from services.can._database import EXTENDED_FLAG
-from services.can._e2e import E2E, E2EChecker, E2EProtector, bind_e2e
+from services.can._e2e import E2E, E2EProtection, E2EProtector, bind_e2e
+from services.can._link import keep_link_open, reconnect_backoff
 from services.can._transport import (
     CanTransport,
     FrameRefusedError,
@@ -321,6 +322,18 @@ class _Counters:
         self.fd_frames = self.refused = self.e2e = self.send_errors = 0
 
 
+class _Guard:
+    """The E2E check of one received message: its checker, the frame lengths it takes (others are wrong
+    lengths, counted by the codec), and what a frame that fails publishes."""
+
+    __slots__ = ("checker", "lengths", "unavailable")
+
+    def __init__(self, protection: E2EProtection, codec: CanCodec) -> None:
+        self.checker = protection.checker()
+        self.lengths = codec.frame_lengths(protection.message)
+        self.unavailable = codec.not_available(protection.frame_id, protection.extended, "e2e")
+
+
 class CanGateway(Service[GatewayConfig]):
     """Bridges one CAN network and the bus: decodes frames into typed topics, sends frames on request."""
 
@@ -358,8 +371,8 @@ class CanGateway(Service[GatewayConfig]):
         self._cyclic_values = {c.message: dict(c.signals) for c in cfg.cyclic}
         protections = bind_e2e(cfg.e2e, db)  # checked by the config's validator
         #: E2E checkers of received frames, by route key (frame id, with EXTENDED_FLAG if extended).
-        self._checkers: dict[int, E2EChecker] = {
-            p.frame_id | EXTENDED_FLAG if p.extended else p.frame_id: p.checker()
+        self._checkers: dict[int, _Guard] = {
+            (p.frame_id | EXTENDED_FLAG if p.extended else p.frame_id): _Guard(p, self.codec)
             for p in protections.values()
         }
         #: E2E protectors of sent frames, by message name: Send, cyclic messages and actuators share one
@@ -401,35 +414,31 @@ class CanGateway(Service[GatewayConfig]):
         """Keep the link open: receive while it is up; when it fails, report degraded and reopen with
         exponential backoff (never a crash loop)."""
         cfg = self.config
-        delay = cfg.reconnect_initial
-        first = True
-        while True:
-            try:
-                transport = self.open_transport()
-            except LinkDownError as exc:
-                self._down(str(exc))
-            else:
-                if not first:
-                    self.counters.reconnects += 1
-                first = False
-                self._transport = transport
-                self._up(transport.mode)
-                delay = cfg.reconnect_initial
-                try:
-                    while True:
-                        self._handle(await transport.receive())
-                except LinkDownError as exc:
-                    self._down(str(exc))
-                finally:
-                    self._transport = None
-                    transport.close()
-            await trio.sleep(delay)
-            delay = min(delay * 2, cfg.reconnect_max)
+        opened = 0
+
+        def up(transport: CanTransport) -> None:
+            nonlocal opened
+            if opened:
+                self.counters.reconnects += 1
+            opened += 1
+            self._transport = transport
+            self._up(transport.mode)
+
+        def closed() -> None:
+            self._transport = None
+
+        await keep_link_open(
+            self.open_transport,
+            self._handle,
+            reconnect_backoff(cfg.reconnect_initial, cfg.reconnect_max),
+            up=up,
+            down=self._down,
+            closed=closed,
+        )
 
     def _up(self, mode: str) -> None:
         self._state, self._reason, self._mode = "up", "", mode
-        for checker in self._checkers.values():  # the counters start anew after a gap
-            checker.reset()
+        self.reset_e2e()  # the counters start anew after a gap
         self.ctx.log.info("CAN link up", network=self.config.network, channel=self.config.channel, mode=mode)
         self._publish_status()
 
@@ -455,24 +464,29 @@ class CanGateway(Service[GatewayConfig]):
             if msg.is_error_frame or msg.is_remote_frame or (msg.is_fd and classic_only):
                 self._odd_frame(msg)
                 continue
-            try:
-                decoded = decode(msg.arbitration_id, msg.data, msg.is_extended_id)
-            except FrameError as exc:
-                setattr(counters, exc.kind, getattr(counters, exc.kind) + 1)
-                self._problem(exc.kind, str(exc))
-                continue
-            except Exception as exc:  # a payload the codec did not foresee: this frame only
-                self._refused(msg, exc)
-                continue
-            failed = False
-            if checkers:
+            decoded = None
+            if (
+                checkers
+            ):  # checked before decoding: a frame that fails is not decoded, nor its signals counted
                 ident = msg.arbitration_id
-                checker = checkers.get(ident | EXTENDED_FLAG if msg.is_extended_id else ident)
-                if checker is not None:
-                    reason = checker.check(msg.data)
+                guard = checkers.get(ident | EXTENDED_FLAG if msg.is_extended_id else ident)
+                if (
+                    guard is not None and len(msg.data) in guard.lengths
+                ):  # a wrong length: the codec's to count
+                    reason = guard.checker.check(msg.data)
                     if reason is not None:
-                        decoded = self._e2e_failed(msg, reason)
-                        failed = True
+                        decoded = self._e2e_failed(msg, reason, guard)
+            failed = decoded is not None
+            if decoded is None:
+                try:
+                    decoded = decode(msg.arbitration_id, msg.data, msg.is_extended_id)
+                except FrameError as exc:
+                    setattr(counters, exc.kind, getattr(counters, exc.kind) + 1)
+                    self._problem(exc.kind, str(exc))
+                    continue
+                except Exception as exc:  # a payload the codec did not foresee: this frame only
+                    self._refused(msg, exc)
+                    continue
             timestamp = msg.timestamp
             try:
                 for topic, value in decoded:
@@ -485,14 +499,20 @@ class CanGateway(Service[GatewayConfig]):
             else:
                 counters.decoded += 1
 
-    def _e2e_failed(self, msg: can.Message, reason: str) -> list[tuple[Topic[Any], Any]]:
+    def _e2e_failed(self, msg: can.Message, reason: str, guard: _Guard) -> list[tuple[Topic[Any], Any]]:
         """What a frame whose E2E check failed publishes: every signal not available (reason ``e2e``)."""
         self._problem(
             "e2e",
             f"frame 0x{msg.arbitration_id:x} [{bytes(msg.data).hex()}] on {self.config.network} failed its "
             f"end-to-end check ({reason}): published as not available",
         )
-        return self.codec.not_available(msg.arbitration_id, bool(msg.is_extended_id), "e2e")
+        return guard.unavailable
+
+    def reset_e2e(self) -> None:
+        """Forget the last alive counter of every E2E-checked message: the next frame's counter is taken
+        as it is. Done when the link comes up (after a gap, a counter jump is no fault)."""
+        for guard in self._checkers.values():
+            guard.checker.reset()
 
     def _odd_frame(self, msg: can.Message) -> None:
         """An error, remote or (on a classic network) CAN FD frame: counted, never decoded."""
@@ -572,9 +592,6 @@ class CanGateway(Service[GatewayConfig]):
         frame = self.codec.encode(message, signals, base=None if base is None else defaults | base)
         if base is not None:
             base.update(signals)  # a cyclic message carries the new values from now on
-        protector = self._protectors.get(message)
-        if protector is not None:  # its alive counter and CRC, as the receivers check them
-            frame = attrs.evolve(frame, data=protector.protect(frame.data))
         if frame.is_fd and not self.config.fd:
             raise FrameRefusedError(
                 f"{message} is a CAN FD message ({len(frame.data)} bytes) and CAN network "
@@ -583,11 +600,16 @@ class CanGateway(Service[GatewayConfig]):
         transport = self._transport
         if transport is None:
             raise LinkDownError(f"CAN network {self.config.network} is down: {self._reason}")
+        protector = self._protectors.get(message)
+        if protector is not None:  # its alive counter and CRC, as the receivers check them
+            frame = attrs.evolve(frame, data=protector.protect(frame.data, advance=False))
         try:
             transport.send(frame_message(frame))
         except FrameRefusedError:
             self.counters.send_errors += 1
             raise
+        if protector is not None:  # one counter step per frame sent, none for a frame that was not
+            protector.advance()
         self.counters.frames_sent += 1
 
     async def _send_request(self, request: SendRequest) -> bool:

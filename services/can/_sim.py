@@ -29,6 +29,7 @@ from services.can._codec import (
     CanDatabaseError,
     EncodeError,
     Frame,
+    not_available_values,
 )
 from services.can._codec import (
     cached_database as _database_of,
@@ -38,8 +39,10 @@ from services.can._codec import (
 )
 from services.can._config_check import e2e_problems, interface_problem
 from services.can._e2e import E2E, E2EProtection, bind_e2e
+from services.can._link import keep_link_open, reconnect_backoff
 from services.can._transport import (
     CanTransport,
+    FrameRefusedError,
     LinkDownError,
     ProblemLog,
     ReceiveMode,
@@ -170,8 +173,10 @@ def _plan_signal(message: Any, sig: Any, default: float) -> _SignalPlan:
     physical = not integer or (bool(sig.unit) and sig.length > 2)
     seed = zlib.crc32(f"{message.name}.{sig.name}".encode())
     choices = _choices(sig)
-    # Raw values whose choices mean "no valid value" (Init, SNA, ...): never sent.
+    # Raw values whose choices mean "no valid value" (Init, SNA, ...), and those the gateway's codec takes
+    # for "not available" (its labels, GenSigSNA-style attributes): never sent.
     avoid = frozenset(raw for raw, name in choices if sig.scale and _means_no_value(name))
+    avoid |= not_available_values(sig)
     if physical and high > low:  # a value, perhaps with a few special raw values named
         if low < 0 < high:  # around zero: a steering angle, an acceleration
             center, amplitude = 0.0, 0.3 * min(-low, high)
@@ -192,7 +197,7 @@ def _plan_signal(message: Any, sig: Any, default: float) -> _SignalPlan:
             scale=float(sig.scale),
             offset=float(sig.offset),
         )
-    steps = _steps(sig, choices, low, high)
+    steps = _steps(sig, choices, low, high, not_available_values(sig))
     if len(steps) > 1:  # an enumeration or a flag with named values: through them, a few seconds each
         return _SignalPlan(
             sig.name,
@@ -230,11 +235,17 @@ def _choices(sig: Any) -> list[tuple[int, str]]:
     return [(int(raw), str(name)) for raw, name in (sig.choices or {}).items() if isinstance(raw, int)]
 
 
-def _steps(sig: Any, choices: list[tuple[int, str]], low: float, high: float) -> tuple[float, ...]:
+def _steps(
+    sig: Any, choices: list[tuple[int, str]], low: float, high: float, unavailable: frozenset[int]
+) -> tuple[float, ...]:
     """The physical values of a signal's choices that are in range, those that mean "no valid value" (or a
-    fault) left out, in order."""
-    values = [(raw * sig.scale + sig.offset, name) for raw, name in sorted(choices)]
-    return tuple(v for v, name in values if low - 1e-9 <= v <= high + 1e-9 and not _means_no_value(name))
+    fault, or that the codec decodes as not available: ``unavailable`` raw values) left out, in order."""
+    values = [(raw * sig.scale + sig.offset, raw, name) for raw, name in sorted(choices)]
+    return tuple(
+        v
+        for v, raw, name in values
+        if low - 1e-9 <= v <= high + 1e-9 and not _means_no_value(name) and raw not in unavailable
+    )
 
 
 class _MessagePlan:
@@ -428,7 +439,7 @@ class SimulatedEcu:
         for check in checksums:
             values[check.name] = check.constant
         frame = self.codec.encode(plan.name, values, base={})
-        if not checksums:
+        if not checksums or plan.name in self._protectors:  # E2E fills its CRC (`_next_frame`)
             return frame
         xor = 0
         for byte in frame.data:
@@ -708,8 +719,8 @@ class CanSimulator(Service[SimConfigT]):
             return
         try:
             transport.send(frame_message(frame))
-        except (LinkDownError, can.CanError) as exc:
-            self.frames_dropped += 1
+        except (LinkDownError, FrameRefusedError, can.CanError) as exc:
+            self.frames_dropped += 1  # a frame the interface refuses (EINVAL: FD on a classic vcan) too
             self._problem("send", f"a frame was not sent: {exc}")
             return
         self.frames_sent += 1
@@ -718,35 +729,33 @@ class CanSimulator(Service[SimConfigT]):
         """Keep the link open (ready after the first try, whether it worked or not): read what arrives
         while it is up; when it fails, log it and reopen with exponential backoff."""
         cfg = self.config
-        delay = cfg.reconnect_initial
         down: str | None = None
-        while True:
-            try:
-                transport = self.open_transport()
-            except LinkDownError as exc:
-                if down != str(exc):
-                    self.ctx.log.warning("CAN link down: frames are dropped, reconnecting", reason=str(exc))
-                down = str(exc)
-                task_status.started()
-            else:
-                self._transport = transport
-                if down is not None:
-                    self.ctx.log.info("CAN link up again", channel=cfg.channel)
-                down = None
-                delay = cfg.reconnect_initial
-                task_status.started()
-                try:
-                    while True:
-                        self._handle(await transport.receive())
-                except LinkDownError as exc:
-                    self.ctx.log.warning("CAN link down: frames are dropped, reconnecting", reason=str(exc))
-                    down = str(exc)
-                finally:
-                    self._transport = None
-                    transport.close()
-            task_status = trio.TASK_STATUS_IGNORED
-            await trio.sleep(delay)
-            delay = min(delay * 2, cfg.reconnect_max)
+
+        def up(transport: CanTransport) -> None:
+            nonlocal down
+            self._transport = transport
+            if down is not None:
+                self.ctx.log.info("CAN link up again", channel=cfg.channel)
+            down = None
+
+        def failed(reason: str) -> None:
+            nonlocal down
+            if down != reason:
+                self.ctx.log.warning("CAN link down: frames are dropped, reconnecting", reason=reason)
+            down = reason
+
+        def closed() -> None:
+            self._transport = None
+
+        await keep_link_open(
+            self.open_transport,
+            self._handle,
+            reconnect_backoff(cfg.reconnect_initial, cfg.reconnect_max),
+            up=up,
+            down=failed,
+            closed=closed,
+            task_status=task_status,
+        )
 
     def _handle(self, batch: list[can.Message]) -> None:
         """Hand the frames of ``receive`` messages to `received`; drop the rest."""

@@ -16,7 +16,8 @@ import trio
 from bus import Bus, BusClient, Method, NotAvailable, Overflow, Permissions, Sample, Topic, matches
 from vwos._policy import GroupSpec, SupervisorPolicy
 from vwos._service import Service
-from vwos._supervisor import ServiceSpec, ServiceStatus, Supervisor, SupervisorGaveUp
+from vwos._spec import ServiceSpec, ServiceStatus
+from vwos._supervisor import Supervisor, SupervisorGaveUp
 
 T = TypeVar("T")
 Req = TypeVar("Req")
