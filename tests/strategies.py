@@ -1050,3 +1050,33 @@ def any_can_payloads(*, max_size: int = 72) -> st.SearchStrategy[bytes]:
 
 
 __all__ += ["any_can_payloads"]
+
+
+# -- CAN: payloads that reach every page of a message (tests/test_can_compiled.py) -------------------------
+
+
+@st.composite
+def can_message_payloads(draw: st.DrawFn, message: Any) -> bytes:
+    """A payload of ``message`` (a cantools ``Message``): `can_payloads`, or, for a multiplexed message,
+    often one whose multiplexer selects one of its pages (the page's signals random raw values)."""
+    pages = sorted({i for s in message.signals for i in (s.multiplexer_ids or ())})
+    if not pages or draw(st.booleans()):
+        return draw(can_payloads(message.length))
+    page = draw(st.sampled_from(pages))
+    raw: dict[str, Any] = {}
+    for signal in message.signals:
+        if signal.is_float:
+            raw[signal.name] = draw(st.floats(width=32, allow_nan=False, allow_infinity=False))
+        elif signal.is_signed:
+            raw[signal.name] = draw(st.integers(-(1 << (signal.length - 1)), (1 << (signal.length - 1)) - 1))
+        else:
+            raw[signal.name] = draw(st.integers(0, (1 << signal.length) - 1))
+        if signal.is_multiplexer:
+            raw[signal.name] = page
+    try:
+        return bytes(message.encode(raw, scaling=False, strict=False))
+    except Exception:  # a page of a nested multiplexer this page does not select: any payload
+        return draw(can_payloads(message.length))
+
+
+__all__ += ["can_message_payloads"]

@@ -3,10 +3,17 @@
 Every message of the database becomes a topic ``CAN.<network>.<Message>`` whose value is an attrs record
 with one field per signal (class made from the database, registered with the bus codec). A mapping table
 can also publish chosen signals under VSS-style names (``Vehicle.Speed``) with a unit and a linear
-transform. Signal values are unpacked by cantools (raw), then checked and scaled here, once per signal, by
-a plan made per message when the codec is built: a raw value the database marks as "no valid value", or one
-outside the signal's declared range (compared in raw integer space, so the check agrees with the
-database's scaling), becomes a `bus.NotAvailable` in its field; the frame's other signals keep their values.
+transform. Signal values are checked and scaled here, once per signal, by a plan made per message when the
+codec is built: a raw value the database marks as "no valid value", or one outside the signal's declared
+range (compared in raw integer space, so the check agrees with the database's scaling), becomes a
+`bus.NotAvailable` in its field; the frame's other signals keep their values.
+
+Each message gets a decoder compiled from its layout and plan when the codec is built
+(`services.can._compiled`: shifts and masks on the payload, the plan's steps written out per signal, the
+record made in place), used once it decodes sample payloads exactly as the general path does. The general
+path (`CanCodec._general`: cantools' layouts unpack the raw values, the plan's steps are looped over) takes
+the messages it does not cover, a multiplexer inside a page say, and payloads that are neither bytes nor
+bytearray.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import cantools.database
 import cantools.database.utils
 
 from bus import Codec, NotAvailable, Topic, default_codec
+from services.can._compiled import compile_decoder
 from services.can._database import (
     EXTENDED_FLAG,
     CanDatabaseError,
@@ -387,7 +395,8 @@ class _Plan:
         elif identity:
             self.guarded.append((index, lo, hi, na))
         elif clamp:
-            self.clamped.append((index, scale, offset, lo, hi, vmin, vmax, na))
+            # kept inside [min, max] as the signal's type: a float signal's value never becomes an int 100
+            self.clamped.append((index, scale, offset, lo, hi, float(vmin), float(vmax), na))
         else:
             self.checked.append((index, scale, offset, lo, hi, na))
 
@@ -508,6 +517,55 @@ def _decoder(message: Any) -> Callable[..., Any] | None:
         return whole
     if message.is_container:
         return None
+    parts = _disjoint_parts(message, works)
+    if parts is None:
+        parts = _tried_parts(message, works)
+    if parts is None:
+        return None
+    decoders = [p.decode for p in parts]
+
+    def decode(data: bytes, decode_choices: bool, scaling: bool) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for part in decoders:
+            values.update(part(data, decode_choices, scaling))
+        return values
+
+    return decode
+
+
+def _signal_bits(signal: Any) -> set[int]:
+    """The payload bits a signal covers, as byte * 8 + bit (bit 0 the least significant of its byte)."""
+    if signal.byte_order == "little_endian":
+        return set(range(signal.start, signal.start + signal.length))
+    bits, position = set(), signal.start  # big endian: from its most significant bit, numbered as DBC does
+    for _ in range(signal.length):
+        bits.add(position)
+        position = position - 1 if position % 8 else position + 15
+    return bits
+
+
+def _disjoint_parts(message: Any, works: Callable[[Any], bool]) -> list[Any] | None:
+    """``message``'s signals in groups whose bits do not overlap (each signal in the first group it fits), as
+    cantools messages: a few set operations a signal, so that a file of thousands of overlapping signals
+    still loads quickly. None if a group does not decode (then `_tried_parts` tries)."""
+    groups: list[list[Any]] = []
+    taken: list[set[int]] = []
+    for signal in message.signals:
+        bits = _signal_bits(signal)
+        for group, used in zip(groups, taken, strict=True):
+            if used.isdisjoint(bits):
+                group.append(signal)
+                used |= bits
+                break
+        else:
+            groups.append([signal])
+            taken.append(bits)
+    parts = [_part(message, group) for group in groups]
+    return parts if all(p is not None and works(p) for p in parts) else None
+
+
+def _tried_parts(message: Any, works: Callable[[Any], bool]) -> list[Any] | None:
+    """``message``'s signals in groups that cantools decodes, found by trying each signal in each group."""
     groups: list[list[Any]] = []
     parts: list[Any] = []
     for signal in message.signals:
@@ -523,15 +581,7 @@ def _decoder(message: Any) -> Callable[..., Any] | None:
                 return None
             groups.append([signal])
             parts.append(candidate)
-    decoders = [p.decode for p in parts]
-
-    def decode(data: bytes, decode_choices: bool, scaling: bool) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for part in decoders:
-            values.update(part(data, decode_choices, scaling))
-        return values
-
-    return decode
+    return parts
 
 
 def _part(message: Any, signals: Sequence[Any], *, plain: bool = False) -> Any:
@@ -564,6 +614,7 @@ class _Route:
         "big",
         "checked",
         "clamped",
+        "compiled",
         "decode",
         "fast",
         "floats",
@@ -633,6 +684,106 @@ class _Route:
         if message.is_multiplexed():
             part = _part(message, [s for s in message.signals if not _multiplexed(s)], plain=True)
             self.top = None if part is None else _decoder(part)
+        #: The message's own decoder, what `CanCodec.decode` returns for a frame of the database's length
+        #: (see `compile`); None until then, and for messages it does not cover.
+        self.compiled: Callable[[Any, list[int]], list[tuple[Topic[Any], Any]]] | None = None
+
+    def compile(
+        self,
+        general: Callable[[_Route, Any, list[int]], list[tuple[Topic[Any], Any]]],
+        *,
+        plain_record: bool,
+    ) -> None:
+        """Make `compiled` (see `services.can._compiled`), once the route's mapped signals are known, if it
+        decodes exactly as ``general`` (`CanCodec._general`) does on sample payloads: all zeros, all ones,
+        random ones and, for a multiplexed message, some of each page. Else it stays None."""
+        message = self.message
+        pages = _page_map(message)
+        if message.is_multiplexed() and pages is None:
+            return  # a multiplexer inside a page (extended multiplexing): the general path does it
+        whole = self.topic is not None and not self.mapped
+        try:
+            values = compile_decoder(
+                message,
+                self,
+                pages=pages,
+                record=self.record if whole else None,
+                topic=self.topic if whole else None,
+                name=f"0x{message.frame_id:x}",  # numbers only, even in a traceback's file name
+                plain_record=plain_record,
+            )
+        except Exception:  # a layout nobody foresaw: the general path decodes it
+            return
+        if values is None:
+            return
+        compiled: Callable[[Any, list[int]], list[tuple[Topic[Any], Any]]]
+        if whole:
+            compiled = values
+        else:
+            finish = CanCodec._finish
+
+            def compiled(data: Any, stats: list[int]) -> list[tuple[Topic[Any], Any]]:
+                return finish(self, values(data, stats), stats)
+
+        for data in _samples(message, pages):
+            try:
+                expected = general(self, data, [0, 0, 0])
+            except Exception:
+                return  # the general path fails on it: leave such a message to the general path
+            try:
+                got = compiled(data, [0, 0, 0])
+            except Exception:
+                return
+            if not _identical(got, expected):
+                return
+        self.compiled = compiled
+
+
+def _page_map(message: Any) -> tuple[str, dict[int, list[str]]] | None:
+    """For a message with one multiplexer whose pages hold no multiplexer: its name and the names of the
+    signals of each page by multiplexer value. None for other messages."""
+    if not message.is_multiplexed():
+        return None
+    tree = message.signal_tree
+    multiplexers = [node for node in tree if isinstance(node, dict)]
+    if len(multiplexers) != 1 or len(multiplexers[0]) != 1:
+        return None
+    ((name, branches),) = multiplexers[0].items()
+    if any(not isinstance(node, str) for branch in branches.values() for node in branch):
+        return None
+    return name, {value: list(branch) for value, branch in branches.items()}
+
+
+def _samples(message: Any, pages: tuple[str, dict[int, list[str]]] | None) -> list[bytes]:
+    """Payloads to check a compiled decoder on (seeded: the same every time)."""
+    length = message.length
+    rng = random.Random(message.frame_id)
+    samples = [bytes(length), b"\xff" * length, *(rng.randbytes(length) for _ in range(16))]
+    if pages is not None:
+        name, branches = pages
+        common = [s for s in message.signals if not _multiplexed(s)]
+        by_name = {s.name: s for s in message.signals}
+        for value, branch in branches.items():
+            for _ in range(2):
+                raw = {
+                    s.name: 0.0 if s.is_float else rng.randint(*_raw_extent(s))
+                    for s in [*common, *(by_name[n] for n in branch)]
+                }
+                raw[name] = value
+                try:
+                    samples.append(bytes(message.encode(raw, scaling=False, strict=False)))
+                except Exception:
+                    continue
+    return samples
+
+
+def _identical(a: list[tuple[Topic[Any], Any]], b: list[tuple[Topic[Any], Any]]) -> bool:
+    """The same (topic, value) pairs, each value of the same type and printing the same: a record's
+    ``repr`` shows its fields' (an int 100 is not a float 100.0, -0.0 is not 0.0, NaN is NaN)."""
+    return len(a) == len(b) and all(
+        x[0] is y[0] and type(x[1]) is type(y[1]) and repr(x[1]) == repr(y[1])
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 class CanCodec:
@@ -665,7 +816,8 @@ class CanCodec:
         #: Routes by frame id, with `EXTENDED_FLAG` set for extended frames.
         self._routes: dict[int, _Route] = {}
         self._by_name: dict[str, _Route] = {}
-        self._out_of_range = self._not_available = self._unknown_multiplexer = 0
+        #: What decode met: [values out of range, values not available, unknown multiplexer values].
+        self._stats = [0, 0, 0]
         for message in db.messages:
             record: type | None = None
             topic: Topic[Any] | None = None
@@ -684,6 +836,8 @@ class CanCodec:
         self._mapped_topics: list[Topic[Any]] = []
         for mapping in mappings:
             self._add_mapping(mapping)
+        for route in self._routes.values():  # a given record class may do more in its __init__: called
+            route.compile(self._general, plain_record=route.message.name not in self._given)
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -693,7 +847,7 @@ class CanCodec:
 
     def statistics(self) -> CodecStatistics:
         """Counts of what `decode` met so far: see `CodecStatistics`."""
-        return CodecStatistics(self._out_of_range, self._not_available, self._unknown_multiplexer)
+        return CodecStatistics(*self._stats)
 
     # -- topics ---------------------------------------------------------------------------------------
 
@@ -862,91 +1016,113 @@ class CanCodec:
                         f"{route.what}: {len(data)} data bytes, the database says {route.length}",
                     )
                 data = data[: route.length]  # a CAN FD frame padded to the next length FD has
-            little = route.fast
-            if little is not None:  # the usual case: an Intel (little-endian) layout
-                raw = little(data[::-1])
-                values = [*reversed(raw.values())] if route.order < 0 else [*raw.values()]
-            else:
-                values = self._values(route, data)
-            for index, scale, offset in route.scaled:
-                raw_value = values[index]
-                if raw_value is not None:  # None: a multiplexed signal not in this frame
-                    values[index] = raw_value * scale + offset
-            for index, lo, hi, na in route.guarded:
-                raw_value = values[index]
-                if raw_value is None:
-                    continue
-                if na and raw_value in na:
-                    values[index] = _NOT_AVAILABLE
-                    self._not_available += 1
-                elif not lo <= raw_value <= hi:
-                    values[index] = _OUT_OF_RANGE
-                    self._out_of_range += 1
-            for index, scale, offset, lo, hi, na in route.checked:
-                raw_value = values[index]
-                if raw_value is None:
-                    continue
-                if na and raw_value in na:
-                    values[index] = _NOT_AVAILABLE
-                    self._not_available += 1
-                elif lo <= raw_value <= hi:
-                    values[index] = raw_value * scale + offset
-                else:
-                    values[index] = _OUT_OF_RANGE
-                    self._out_of_range += 1
-            for index, scale, offset, lo, hi, vmin, vmax, na in route.clamped:
-                raw_value = values[index]
-                if raw_value is None:
-                    continue
-                if na and raw_value in na:
-                    values[index] = _NOT_AVAILABLE
-                    self._not_available += 1
-                elif lo <= raw_value <= hi:
-                    value = raw_value * scale + offset
-                    # the scaled value of a raw value in range is in range, never a rounding error outside
-                    values[index] = vmax if value > vmax else vmin if value < vmin else value
-                else:
-                    values[index] = _OUT_OF_RANGE
-                    self._out_of_range += 1
-            for index, scale, offset, vmin, vmax in route.floats:
-                raw_value = values[index]
-                if raw_value is None:
-                    continue
-                if raw_value != raw_value:  # NaN: the IEEE "no value"
-                    values[index] = _NOT_AVAILABLE
-                    self._not_available += 1
-                    continue
-                value = raw_value * scale + offset
-                if vmin <= value <= vmax:
-                    values[index] = value
-                else:
-                    values[index] = _OUT_OF_RANGE
-                    self._out_of_range += 1
-            out: list[tuple[Topic[Any], Any]] = []
-            if route.topic is not None:
-                out.append((route.topic, route.record(*values)))
-            for topic, index, scale, offset, kind, low, high in route.mapped:
-                value = values[index]
-                if value is None:  # a multiplexed signal not in this frame
-                    continue
-                if value.__class__ is not NotAvailable:
-                    if kind is bool:
-                        value = bool(value)
-                    else:
-                        value = value * scale + offset
-                        value = round(value) if kind is int else float(value)
-                        if not low <= value <= high:  # the mapping's own range (NaN too)
-                            value = _OUT_OF_RANGE
-                            self._out_of_range += 1
-                out.append((topic, value))
-            return out
+            compiled = route.compiled
+            kind = data.__class__
+            if compiled is not None and (kind is bytearray or kind is bytes):  # see `_Route.compile`
+                return compiled(data, self._stats)
+            return self._general(route, data, self._stats)
         except FrameError:
             raise
         except Exception as exc:  # a payload or a database nobody foresaw: still only a FrameError
             ident = f"0x{frame_id:x}" if isinstance(frame_id, int) else repr(frame_id)
             raise FrameError("undecodable", f"frame id {ident}: {type(exc).__name__}: {exc}") from exc
 
-    def _values(self, route: _Route, data: bytes | bytearray) -> list[Any]:
+    def _general(
+        self, route: _Route, data: bytes | bytearray, stats: list[int]
+    ) -> list[tuple[Topic[Any], Any]]:
+        """`decode`'s general path, for a frame of the database's length: cantools' layouts unpack the raw
+        values, the plan's steps check and scale them, then the record and the mapped signals. Messages
+        with a compiled decoder (`_Route.compile`) take this path only when the decoder is checked."""
+        values = self._checked_values(route, data, stats)
+        return self._finish(route, values, stats)
+
+    def _checked_values(self, route: _Route, data: bytes | bytearray, stats: list[int]) -> list[Any]:
+        """The signals' values in field order, checked and scaled as the plan says."""
+        little = route.fast
+        if little is not None:  # the usual case: an Intel (little-endian) layout
+            raw = little(data[::-1])
+            values = [*reversed(raw.values())] if route.order < 0 else [*raw.values()]
+        else:
+            values = self._values(route, data, stats)
+        for index, scale, offset in route.scaled:
+            raw_value = values[index]
+            if raw_value is not None:  # None: a multiplexed signal not in this frame
+                values[index] = raw_value * scale + offset
+        for index, lo, hi, na in route.guarded:
+            raw_value = values[index]
+            if raw_value is None:
+                continue
+            if na and raw_value in na:
+                values[index] = _NOT_AVAILABLE
+                stats[1] += 1
+            elif not lo <= raw_value <= hi:
+                values[index] = _OUT_OF_RANGE
+                stats[0] += 1
+        for index, scale, offset, lo, hi, na in route.checked:
+            raw_value = values[index]
+            if raw_value is None:
+                continue
+            if na and raw_value in na:
+                values[index] = _NOT_AVAILABLE
+                stats[1] += 1
+            elif lo <= raw_value <= hi:
+                values[index] = raw_value * scale + offset
+            else:
+                values[index] = _OUT_OF_RANGE
+                stats[0] += 1
+        for index, scale, offset, lo, hi, vmin, vmax, na in route.clamped:
+            raw_value = values[index]
+            if raw_value is None:
+                continue
+            if na and raw_value in na:
+                values[index] = _NOT_AVAILABLE
+                stats[1] += 1
+            elif lo <= raw_value <= hi:
+                value = raw_value * scale + offset
+                # the scaled value of a raw value in range is in range, never a rounding error outside
+                values[index] = vmax if value > vmax else vmin if value < vmin else value
+            else:
+                values[index] = _OUT_OF_RANGE
+                stats[0] += 1
+        for index, scale, offset, vmin, vmax in route.floats:
+            raw_value = values[index]
+            if raw_value is None:
+                continue
+            if raw_value != raw_value:  # NaN: the IEEE "no value"
+                values[index] = _NOT_AVAILABLE
+                stats[1] += 1
+                continue
+            value = raw_value * scale + offset
+            if vmin <= value <= vmax:
+                values[index] = value
+            else:
+                values[index] = _OUT_OF_RANGE
+                stats[0] += 1
+        return values
+
+    @staticmethod
+    def _finish(route: _Route, values: list[Any], stats: list[int]) -> list[tuple[Topic[Any], Any]]:
+        """The (topic, value) pairs of a frame's checked and scaled values: its record and mapped signals."""
+        out: list[tuple[Topic[Any], Any]] = []
+        if route.topic is not None:
+            out.append((route.topic, route.record(*values)))
+        for topic, index, scale, offset, kind, low, high in route.mapped:
+            value = values[index]
+            if value is None:  # a multiplexed signal not in this frame
+                continue
+            if value.__class__ is not NotAvailable:
+                if kind is bool:
+                    value = bool(value)
+                else:
+                    value = value * scale + offset
+                    value = round(value) if kind is int else float(value)
+                    if not low <= value <= high:  # the mapping's own range (NaN too)
+                        value = _OUT_OF_RANGE
+                        stats[0] += 1
+            out.append((topic, value))
+        return out
+
+    def _values(self, route: _Route, data: bytes | bytearray, stats: list[int]) -> list[Any]:
         """Raw values in field order, the slower ways: big-endian or mixed layouts, multiplexed messages and
         those cantools unpacks in parts. None for a signal the frame does not carry."""
         if route.order:
@@ -964,7 +1140,7 @@ class CanCodec:
             raw = top(data)
             layout = layouts.get(raw[multiplexer])
             if layout is None:  # the multiplexer selects nothing the database knows
-                self._unknown_multiplexer += 1
+                stats[2] += 1
             else:
                 raw.update(layout(data))
             get = raw.get
@@ -978,7 +1154,7 @@ class CanCodec:
             if route.top is None:
                 raise
             raw = route.top(data, False, False)  # the multiplexer selects nothing the database knows
-            self._unknown_multiplexer += 1
+            stats[2] += 1
         get = raw.get
         return [get(name) for name in route.names]
 
