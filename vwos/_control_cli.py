@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
 import attrs
+import cattrs
+import cattrs.gen
 import trio
 
 from bus import NotAvailable, connect_unix
@@ -52,22 +54,43 @@ EXIT_UNREACHABLE = 3  # cannot reach the supervisor
 ControlCommand: TypeAlias = Callable[[Any, argparse.Namespace, TextIO], Awaitable[int]]
 
 
+def _scalar_json(value: Any) -> Any:
+    return value.name if isinstance(value, enum.Enum) else value
+
+
+def _json_converter() -> cattrs.Converter:
+    """Bus values as JSON, on cattrs' unstructuring: attrs classes as objects (each field by the type of
+    its value, not its annotation: any field may hold a `bus.NotAvailable`), enums by name, bytes as hex,
+    tuples and sets as arrays, a `bus.NotAvailable` as ``{"not_available": reason}``, keys as text."""
+    converter = cattrs.Converter()
+    unstructure = converter.unstructure
+
+    def by_value(cls: type) -> Any:
+        fields: dict[str, Any] = {
+            f.name: cattrs.gen.override(unstruct_hook=unstructure) for f in attrs.fields(cls)
+        }
+        return cattrs.gen.make_dict_unstructure_fn(cls, converter, **fields)
+
+    converter.register_unstructure_hook_factory(attrs.has, by_value)
+    converter.register_unstructure_hook(NotAvailable, lambda value: {"not_available": value.reason})
+    # By name, also for enums of str or int: found by their MRO, those would reach the str or int hook.
+    for base in (enum.Enum, str, int, float):
+        converter.register_unstructure_hook(base, _scalar_json)
+    converter.register_unstructure_hook(bytes, bytes.hex)
+    for array in (list, tuple, set, frozenset):
+        converter.register_unstructure_hook(array, lambda items: [unstructure(v) for v in items])
+    converter.register_unstructure_hook(
+        dict, lambda table: {str(k): unstructure(v) for k, v in table.items()}
+    )
+    return converter
+
+
+_JSON = _json_converter()
+
+
 def _jsonable(value: Any) -> Any:
-    """A bus value as JSON: attrs classes as objects, enums by name, bytes as hex, tuples as arrays, a
-    `bus.NotAvailable` as ``{"not_available": reason}``."""
-    if type(value) is NotAvailable:
-        return {"not_available": value.reason}
-    if isinstance(value, enum.Enum):
-        return value.name
-    if attrs.has(type(value)):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in attrs.fields(type(value))}
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
+    """A bus value as JSON data (see `_json_converter`)."""
+    return _JSON.unstructure(value)
 
 
 def _dump(obj: Any) -> str:

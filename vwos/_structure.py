@@ -13,7 +13,11 @@ left out to get the default), unions of the above, ``list[T]``, ``tuple[T, ...]`
 or a ``Literal``), nested attrs classes (nested tables), and ``Any``.
 
 Every problem is collected, not just the first: a `Structurer` walks the whole value and records a
-`FieldProblem` (a key path and a message) for each thing that is wrong. Validators and converters of attrs
+`FieldProblem` (a key path and a message) for each thing that is wrong. The walking is done by one cattrs
+converter with strict hooks of ours (see "the converter" below): its detailed validation collects every bad
+item of an array or table, and its notes give each one's index or key. What cattrs does not do is ours:
+attrs classes are built key by key (unknown keys with a did-you-mean, every missing key), their converters
+and validators run per field, and the depth bound. Validators and converters of attrs
 fields run per field, so a failing validator is reported at the key it is about, with its own message.
 Every bad item of an array is reported at its index (``key[i]``) where the structurer can tell the items
 apart: the member validator of ``attrs.validators.deep_iterable`` runs on each item (also as a part of a
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import contextvars
 import datetime
 import difflib
 import enum
@@ -50,6 +55,9 @@ from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar, Union, overload
 
 import attrs
+import cattrs
+import cattrs.cols
+import cattrs.gen
 
 __all__ = [
     "MAX_DEPTH",
@@ -364,134 +372,49 @@ class Structurer:
         self.problem(path, f"expected {expected_text(tp)}, got {describe_value(value)}")
         return INVALID
 
-    def structure(self, value: object, tp: Any, path: KeyPath = ()) -> Any:
-        """``value`` built into ``tp``, or `INVALID` (with the problems recorded)."""
+    def structure(self, value: object, tp: Any, path: KeyPath = (), *, field: bool = False) -> Any:
+        """``value`` built into ``tp``, or `INVALID` (with the problems recorded).
+
+        The walking is cattrs' (`_CONVERTER`); its errors are read back into key paths below ``path``.
+        ``field``: the value of a field of a table, whose validator may check the items of an array that
+        were built when others were not (see `_check_partial`)."""
         if len(path) > MAX_DEPTH:
             self.problem(path, f"nested more than {MAX_DEPTH} levels deep")
             return INVALID
+        depth = _DEPTH.set(len(path)) if _DEPTH.get() is None else None  # the outermost call: its depth
+        base = _BASE_DIR.set(self.base_dir)
         try:
-            return self._structure(value, tp, path)
-        except RecursionError:  # a type or a validator that recurses on its own: still a problem, not a crash
-            self.problem(path, "nested too deeply to be built (Python's recursion limit)")
+            return _CONVERTER.structure(value, tp)
+        except Exception as exc:
+            found = _problems_of(exc)
+            for problem in found:
+                self.problem((*path, *problem.path), problem.message)
+            if field:
+                self._remember_partial(value, tp, found, path)
             return INVALID
+        finally:
+            _BASE_DIR.reset(base)
+            if depth is not None:
+                _DEPTH.reset(depth)
 
-    def _structure(self, value: object, tp: Any, path: KeyPath) -> Any:
-        if tp is Any or tp is object:
-            return value
-        origin = typing.get_origin(tp)
+    def _remember_partial(self, value: object, tp: Any, found: list[FieldProblem], path: KeyPath) -> None:
+        """For an array (not a fixed tuple) some of whose items could not be built: the items that could,
+        and their indices, for the validator of its field (see `_check_partial`)."""
+        tp = _strip_optional(tp)
+        origin = typing.get_origin(tp) or tp
         args = typing.get_args(tp)
-        if origin is typing.Annotated:
-            return self.structure(value, args[0], path)
-        if _is_union(tp):
-            return self._union(value, tp, path)
-        if origin is Literal:
-            return self._choice(value, tp, list(args), path)
-        if tp is bool:
-            return value if isinstance(value, bool) else self._wrong_type(value, tp, path)
-        if tp is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            return value if ok else self._wrong_type(value, tp, path)
-        if tp is float:
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            return float(value) if ok else self._wrong_type(value, tp, path)  # type: ignore[arg-type]
-        if tp is str:
-            return value if isinstance(value, str) else self._wrong_type(value, tp, path)
-        if tp is datetime.datetime or tp is datetime.time:
-            return value if isinstance(value, tp) else self._wrong_type(value, tp, path)
-        if tp is datetime.date:
-            ok = isinstance(value, datetime.date) and not isinstance(value, datetime.datetime)
-            return value if ok else self._wrong_type(value, tp, path)
-        if isinstance(tp, type):
-            if issubclass(tp, PurePath):
-                return self._path(value, tp, path)
-            if issubclass(tp, enum.Enum):
-                return self._choice(value, tp, list(tp), path)
-            if attrs.has(tp):
-                return self._attrs(value, tp, path)
-        if origin in _SEQUENCES or tp in _SEQUENCES:
-            return self._sequence(value, tp, origin or tp, args, path)
-        if origin in _MAPPINGS or tp in _MAPPINGS:
-            return self._mapping(value, tp, args, path)
-        name = f"{tp.__module__}.{tp.__qualname__}" if isinstance(tp, type) else repr(tp)
-        self.problem(path, f"cannot be built from TOML: its type, {name}, is not supported")
-        return INVALID
-
-    def _union(self, value: object, tp: Any, path: KeyPath) -> Any:
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        alternatives = [a for a in args if a is not type(None)]
-        if len(alternatives) == 1:
-            return self.structure(value, alternatives[0], path)
-        for alternative in alternatives:
-            trial = Structurer(base_dir=self.base_dir)
-            trial._hints = self._hints
-            result = trial.structure(value, alternative, path)
-            if not trial.problems:
-                return result
-        return self._wrong_type(value, tp, path)
-
-    def _choice(self, value: object, tp: Any, choices: list[Any], path: KeyPath) -> Any:
-        for choice in choices:
-            wanted = choice.value if isinstance(choice, enum.Enum) else choice
-            if type(wanted) is type(value) and wanted == value:
-                return choice
-        message = f"expected {expected_text(tp)}, got {describe_value(value)}"
-        if isinstance(value, str):
-            names = [c.value if isinstance(c, enum.Enum) else c for c in choices]
-            close = suggest(value, [n for n in names if isinstance(n, str)])
-            if close is not None:
-                message += f"; did you mean {close!r}?"
-        self.problem(path, message)
-        return INVALID
-
-    def _path(self, value: object, tp: type[PurePath], path: KeyPath) -> Any:
-        if not isinstance(value, str):
-            return self._wrong_type(value, tp, path)
-        if not value:
-            self.problem(path, "expected a path, got an empty string")
-            return INVALID
-        result = tp(value)
-        if self.base_dir is not None and issubclass(tp, Path) and not result.is_absolute():
-            result = tp(self.base_dir, result)
-        return result
-
-    def _sequence(self, value: object, tp: Any, origin: Any, args: tuple[Any, ...], path: KeyPath) -> Any:
-        if not isinstance(value, list):
-            return self._wrong_type(value, tp, path)
-        fixed = origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis)
-        if fixed:
-            types_ = [] if args == ((),) else list(args)
-            if len(value) != len(types_):
-                items = "item" if len(types_) == 1 else "items"
-                self.problem(path, f"expected an array of exactly {len(types_)} {items}, got {len(value)}")
-                return INVALID
-        else:
-            types_ = [args[0] if args else Any] * len(value)
-        before = len(self.problems)
-        items_ = [
-            self.structure(item, t, (*path, i)) for i, (item, t) in enumerate(zip(value, types_, strict=True))
-        ]
-        as_list = origin in (list, collections.abc.MutableSequence, typing.List)  # noqa: UP006
-        if len(self.problems) > before:
-            if not fixed:  # for the validators of the field: the items that were built (see _check_partial)
-                kept = [i for i, item in enumerate(items_) if item is not INVALID]
-                built = [items_[i] for i in kept]
-                self._partial[path] = (built if as_list else tuple(built), kept)
-            return INVALID
-        return items_ if as_list else tuple(items_)
-
-    def _mapping(self, value: object, tp: Any, args: tuple[Any, ...], path: KeyPath) -> Any:
-        if not isinstance(value, dict):
-            return self._wrong_type(value, tp, path)
-        key_type, item_type = args if len(args) == 2 else (Any, Any)
-        before = len(self.problems)
-        result = {}
-        for key, item in value.items():
-            built_key = self.structure(key, key_type, (*path, key))
-            built = self.structure(item, item_type, (*path, key))
-            result[built_key] = built
-        return INVALID if len(self.problems) > before else result
+        if not isinstance(value, list) or origin not in _SEQUENCES or _is_fixed_tuple(origin, args):
+            return
+        failing = {p.path[0] for p in found if p.path and isinstance(p.path[0], int)}
+        if not failing or any(not p.path for p in found):
+            return
+        item_type = args[0] if args else Any
+        kept = [i for i in range(len(value)) if i not in failing]
+        try:
+            built = [_CONVERTER.structure(value[i], item_type) for i in kept]
+        except Exception:  # an item that was built in the array is not built alone: leave it to the array
+            return
+        self._partial[path] = (built if origin in _LISTS else tuple(built), kept)
 
     # -- attrs classes -------------------------------------------------------------------------------
 
@@ -543,7 +466,7 @@ class Structurer:
             if field is None:
                 self.problem((*path, key), unknown_key_message(key, list(by_key)))
                 continue
-            result = self.structure(item, types_[field.name], (*path, key))
+            result = self.structure(item, types_[field.name], (*path, key), field=True)
             if result is INVALID:
                 failed.add(field.name)
             else:
@@ -726,6 +649,280 @@ class Structurer:
         if good is None or len(self.problems) > before:
             return INVALID
         return self.build(cls, good, path)
+
+
+# -- the converter -------------------------------------------------------------------------------------
+#
+# One cattrs Converter does the walking: dispatch by type, arrays, fixed tuples and tables item by item with
+# every bad item collected (its detailed validation: an ExceptionGroup whose members carry the index or key
+# in a note). Its hooks are ours where TOML needs strictness cattrs does not have (no str -> int, no
+# int -> bool; only int -> float widens), and for what it does not do: an attrs class is built key by key
+# by `Structurer.table` (unknown keys with a did-you-mean, every missing key, converters and validators run
+# per field), unions try their members in order, choices suggest the closest value, paths are anchored at
+# ``base_dir``, and nesting is bounded by `MAX_DEPTH`. Any type with no hook here is a problem, not a
+# guess: cattrs' own lenient defaults (``int("1")``, a set from an array) are never reached.
+
+#: The directory relative paths are anchored at, for the structuring under way.
+_BASE_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("vwos_structure_base", default=None)
+#: The length of the key path of the value being structured (None: no structuring under way).
+_DEPTH: contextvars.ContextVar[int | None] = contextvars.ContextVar("vwos_structure_depth", default=None)
+
+_LISTS: tuple[object, ...] = (list, collections.abc.MutableSequence, typing.List)  # noqa: UP006
+#: The builtin generics, for parametrizing with types known only at run time.
+_LIST: Any = list
+_TUPLE: Any = tuple
+_DICT: Any = dict
+
+
+class _Problem(ValueError):
+    """What is wrong with one value (at the key path cattrs' notes give it)."""
+
+
+def _wrong_type(value: object, tp: Any) -> typing.NoReturn:
+    raise _Problem(f"expected {expected_text(tp)}, got {describe_value(value)}")
+
+
+def _enter() -> contextvars.Token[int | None]:
+    """One level deeper, or a problem if that is more than `MAX_DEPTH`; reset the token on the way out."""
+    depth = _DEPTH.get() or 0
+    if depth > MAX_DEPTH:
+        raise _Problem(f"nested more than {MAX_DEPTH} levels deep")
+    return _DEPTH.set(depth + 1)
+
+
+def _is_fixed_tuple(origin: Any, args: tuple[Any, ...]) -> bool:
+    return origin is tuple and bool(args) and (len(args) != 2 or args[1] is not Ellipsis)
+
+
+def _unsupported(tp: Any) -> Any:
+    name = f"{tp.__module__}.{tp.__qualname__}" if isinstance(tp, type) else repr(tp)
+
+    def refuse(value: object, _: Any) -> typing.NoReturn:
+        raise _Problem(f"cannot be built from TOML: its type, {name}, is not supported")
+
+    return refuse
+
+
+def _leaf(value: object, tp: Any) -> Any:
+    """The scalar types (cattrs finds this for them and their subclasses): strictly, no coercion."""
+    if (_DEPTH.get() or 0) > MAX_DEPTH:
+        raise _Problem(f"nested more than {MAX_DEPTH} levels deep")
+    if tp is bool:
+        return value if isinstance(value, bool) else _wrong_type(value, tp)
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _wrong_type(value, tp)
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        _wrong_type(value, tp)
+    if tp is str:
+        return value if isinstance(value, str) else _wrong_type(value, tp)
+    if tp is datetime.datetime or tp is datetime.time:
+        return value if isinstance(value, tp) else _wrong_type(value, tp)
+    if tp is datetime.date:
+        ok = isinstance(value, datetime.date) and not isinstance(value, datetime.datetime)
+        return value if ok else _wrong_type(value, tp)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return _choice(value, tp, list(tp))
+    if isinstance(tp, type) and issubclass(tp, PurePath):
+        if not isinstance(value, str):
+            _wrong_type(value, tp)
+        if not value:
+            raise _Problem("expected a path, got an empty string")
+        result = tp(value)
+        base_dir = _BASE_DIR.get()
+        if base_dir is not None and issubclass(tp, Path) and not result.is_absolute():
+            result = tp(base_dir, result)
+        return result
+    return _unsupported(tp)(value, tp)
+
+
+def _choice(value: object, tp: Any, choices: list[Any]) -> Any:
+    """One of ``choices`` (enum members by value, or Literal values), of the same type; else did-you-mean."""
+    for choice in choices:
+        wanted = choice.value if isinstance(choice, enum.Enum) else choice
+        if type(wanted) is type(value) and wanted == value:
+            return choice
+    message = f"expected {expected_text(tp)}, got {describe_value(value)}"
+    if isinstance(value, str):
+        names = [c.value if isinstance(c, enum.Enum) else c for c in choices]
+        close = suggest(value, [n for n in names if isinstance(n, str)])
+        if close is not None:
+            message += f"; did you mean {close!r}?"
+    raise _Problem(message)
+
+
+def _literal_hook(tp: Any) -> Any:
+    choices = list(typing.get_args(tp))
+    return lambda value, _: _choice(value, tp, choices)
+
+
+def _union_hook(tp: Any) -> Any:
+    args = typing.get_args(tp)
+    takes_none = type(None) in args
+    alternatives = [a for a in args if a is not type(None)]
+
+    def structure_union(value: object, _: Any) -> Any:
+        if value is None and takes_none:
+            return None
+        if len(alternatives) == 1:  # X | None: X's own problems, at their own paths
+            return _CONVERTER.structure(value, alternatives[0])
+        for alternative in alternatives:  # the first that takes it, in the order written
+            try:
+                return _CONVERTER.structure(value, alternative)
+            except Exception:
+                continue
+        _wrong_type(value, tp)
+
+    return structure_union
+
+
+def _sequence_hook(tp: Any) -> Any:
+    origin = typing.get_origin(tp) or tp
+    args = typing.get_args(tp)
+    inner: Any
+    if _is_fixed_tuple(origin, args):
+        types_ = [] if args == ((),) else list(args)
+        inner = _CONVERTER.gen_structure_hetero_tuple(_TUPLE[tuple(types_)]) if types_ else None
+
+        def structure_fixed(value: object, _: Any) -> Any:
+            if not isinstance(value, list):
+                _wrong_type(value, tp)
+            if len(value) != len(types_):
+                items = "item" if len(types_) == 1 else "items"
+                raise _Problem(f"expected an array of exactly {len(types_)} {items}, got {len(value)}")
+            if inner is None:
+                return ()
+            token = _enter()
+            try:
+                return inner(value, tp)
+            finally:
+                _DEPTH.reset(token)
+
+        return structure_fixed
+    item = args[0] if args else Any
+    if origin in _LISTS:
+        inner = cattrs.cols.list_structure_factory(_LIST[item], _CONVERTER)
+    else:
+        inner = cattrs.cols.homogenous_tuple_structure_factory(_TUPLE[item, ...], _CONVERTER)
+
+    def structure_array(value: object, _: Any) -> Any:
+        if not isinstance(value, list):
+            _wrong_type(value, tp)
+        token = _enter()
+        try:
+            return inner(value, tp)
+        finally:
+            _DEPTH.reset(token)
+
+    return structure_array
+
+
+def _mapping_hook(tp: Any) -> Any:
+    args = typing.get_args(tp)
+    key_type, item_type = args if len(args) == 2 else (Any, Any)
+    inner = cattrs.gen.mapping_structure_factory(
+        _DICT[key_type, item_type], _CONVERTER, dict, detailed_validation=True
+    )
+
+    def structure_table(value: object, _: Any) -> Any:
+        if not isinstance(value, dict):
+            _wrong_type(value, tp)
+        token = _enter()
+        try:
+            return inner(value, tp)
+        finally:
+            _DEPTH.reset(token)
+
+    return structure_table
+
+
+def _structure_attrs(value: object, cls: type) -> Any:
+    """An attrs class, key by key (`Structurer.table`): every problem, raised as one `StructureError`."""
+    token = _enter()
+    try:
+        structurer = Structurer(base_dir=_BASE_DIR.get())
+        result = structurer._attrs(value, cls, ())
+    finally:
+        _DEPTH.reset(token)
+    if structurer.problems:
+        raise StructureError(structurer.problems)
+    return result
+
+
+def _problems_of(exc: BaseException, path: KeyPath = ()) -> list[FieldProblem]:
+    """cattrs' error (an ExceptionGroup of errors noted with their index or key), ours, or a converter's or
+    validator's, as problems at key paths below ``path``."""
+    if isinstance(exc, StructureError):
+        return [FieldProblem((*path, *p.path), p.message) for p in exc.problems]
+    if isinstance(exc, cattrs.BaseValidationError):
+        found = []
+        for member in exc.exceptions:
+            step: KeyPath = ()
+            for note in getattr(member, "__notes__", ()):
+                if isinstance(note, cattrs.IterableValidationNote):
+                    step = (note.index,)
+                elif isinstance(note, cattrs.AttributeValidationNote):
+                    step = (note.name,)
+            found.extend(_problems_of(member, (*path, *step)))
+        return found
+    if isinstance(
+        exc, RecursionError
+    ):  # a type or validator that recurses on its own: a problem, not a crash
+        return [FieldProblem(path, "nested too deeply to be built (Python's recursion limit)")]
+    return [FieldProblem(path, _exception_message(exc))]
+
+
+def _is_any(tp: Any) -> bool:
+    return tp is Any or tp is object
+
+
+def _as_is(value: object, _: Any) -> object:
+    return value
+
+
+def _is_annotated(tp: Any) -> bool:
+    return typing.get_origin(tp) is typing.Annotated
+
+
+def _annotated_hook(tp: Any) -> Any:
+    return _CONVERTER.get_structure_hook(typing.get_args(tp)[0])
+
+
+def _is_literal(tp: Any) -> bool:
+    return typing.get_origin(tp) is Literal
+
+
+def _is_sequence(tp: Any) -> bool:
+    return typing.get_origin(tp) in _SEQUENCES or tp in _SEQUENCES
+
+
+def _is_mapping(tp: Any) -> bool:
+    return typing.get_origin(tp) in _MAPPINGS or tp in _MAPPINGS
+
+
+def _is_attrs(tp: Any) -> bool:
+    return isinstance(tp, type) and attrs.has(tp)
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(detailed_validation=True)
+    # First, so that every later hook wins over it: a type with no hook of ours is not supported.
+    converter.register_structure_hook_factory(lambda _: True, _unsupported)
+    # cattrs finds hooks for classes by their MRO first: ours for the scalars, subclasses included.
+    for leaf in (bool, int, float, str, bytes, datetime.date, datetime.time, PurePath, Path, enum.Enum):
+        converter.register_structure_hook(leaf, _leaf)
+    converter.register_structure_hook_func(_is_any, _as_is)
+    converter.register_structure_hook_factory(_is_annotated, _annotated_hook)
+    converter.register_structure_hook_factory(_is_literal, _literal_hook)
+    converter.register_structure_hook_factory(_is_union, _union_hook)
+    converter.register_structure_hook_factory(_is_sequence, _sequence_hook)
+    converter.register_structure_hook_factory(_is_mapping, _mapping_hook)
+    converter.register_structure_hook_func(_is_attrs, _structure_attrs)
+    return converter
+
+
+_CONVERTER = _make_converter()
 
 
 def _failing_items(value: object, check: Any) -> list[tuple[int, str]] | None:

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 import attrs
+import cattrs
+import cattrs.gen
 import cbor2
 
 from bus import NotAvailable
@@ -255,35 +257,62 @@ def _json_lines(file: Path, batch: Batch, summary: bool) -> Iterator[str]:
         )
 
 
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _opaque_json(value: OpaqueValue) -> dict[str, Any]:
+    try:
+        plain = jsonable(_plain(loads_generic(value.cbor)))
+    except BatchError:
+        plain = None
+    return {"type": value.type_name, "cbor_hex": value.cbor.hex(), "undecoded": value.reason, "plain": plain}
+
+
+def _scalar_json(value: Any) -> Any:
+    """Enums typed (also those of str or int, which cattrs finds by MRO at the str or int hook), non-finite
+    floats as strings, the rest as they are."""
+    if isinstance(value, enum.Enum):
+        return {"type": _type_name(type(value)), "member": value.name}
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _json_converter() -> cattrs.Converter:
+    """Decoded values as JSON, on cattrs' unstructuring: attrs values typed (``{"type", "fields"}``, each
+    field by the type of its value), bytes as ``{"bytes_hex"}``, arrays and tables as such, anything else
+    as its repr."""
+    converter = cattrs.Converter()
+    unstructure = converter.unstructure
+
+    def typed(cls: type) -> Any:
+        fields: dict[str, Any] = {
+            f.name: cattrs.gen.override(unstruct_hook=unstructure) for f in attrs.fields(cls)
+        }
+        as_dict: Any = cattrs.gen.make_dict_unstructure_fn(cls, converter, **fields)
+        name = _type_name(cls)
+        return lambda value: {"type": name, "fields": as_dict(value)}
+
+    converter.register_unstructure_hook_func(lambda _: True, repr)  # first: every later hook wins over it
+    converter.register_unstructure_hook_factory(attrs.has, typed)
+    converter.register_unstructure_hook(type(None), lambda value: value)
+    for scalar in (bool, int, float, str, enum.Enum):
+        converter.register_unstructure_hook(scalar, _scalar_json)
+    converter.register_unstructure_hook(NotAvailable, lambda value: {"not_available": value.reason})
+    converter.register_unstructure_hook(bytes, lambda value: {"bytes_hex": value.hex()})
+    converter.register_unstructure_hook(OpaqueValue, _opaque_json)
+    for array in (list, tuple, set, frozenset):
+        converter.register_unstructure_hook(array, lambda items: [unstructure(v) for v in items])
+    converter.register_unstructure_hook(
+        dict, lambda table: {str(k): unstructure(v) for k, v in table.items()}
+    )
+    return converter
+
+
+_JSON: Final = _json_converter()
+
+
 def jsonable(value: object) -> Any:
     """A decoded value as JSON: non-finite floats as strings, bytes as hex, attrs values and enums typed."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if type(value) is NotAvailable:
-        return {"not_available": value.reason}
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, bytes):
-        return {"bytes_hex": value.hex()}
-    if isinstance(value, enum.Enum):
-        return {"type": f"{type(value).__module__}.{type(value).__qualname__}", "member": value.name}
-    if isinstance(value, OpaqueValue):
-        try:
-            plain = jsonable(_plain(loads_generic(value.cbor)))
-        except BatchError:
-            plain = None
-        return {
-            "type": value.type_name,
-            "cbor_hex": value.cbor.hex(),
-            "undecoded": value.reason,
-            "plain": plain,
-        }
-    if attrs.has(type(value)):
-        cls: Any = type(value)
-        fields = {f.name: jsonable(getattr(value, f.name)) for f in attrs.fields(cls)}
-        return {"type": f"{type(value).__module__}.{type(value).__qualname__}", "fields": fields}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(x) for x in value]
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    return repr(value)
+    return _JSON.unstructure(value)
