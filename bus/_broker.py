@@ -35,28 +35,11 @@ from bus._errors import (
     ValueRefusedError,
     shown,
 )
-from bus._pattern import covers
-from bus._permissions import Permissions
-from bus._sample import Sample, _sliced
-from bus._stream import (
-    _HANDSHAKE_TIMEOUT,
-    _READ_SIZE,
-    DEFAULT_MAX_PENDING,
-    _aclose,
-    _Outbox,
-    _Pending,
-    _Stalled,
-    _write_loop,
-)
-from bus._subscription import ColumnSubscription, Subscription
-from bus._topic import Overflow, QoS
-from bus._wire import (
+from bus._messages import (
     _ACTIONS,
     DEFAULT_MAX_FRAME,
     Call,
     Cancel,
-    Closed,
-    Connection,
     Declare,
     Deliver,
     Error,
@@ -75,6 +58,25 @@ from bus._wire import (
     Unsubscribe,
     Welcome,
     error_from_exception,
+)
+from bus._pattern import covers
+from bus._permissions import Permissions
+from bus._sample import Sample, _sliced
+from bus._stream import (
+    _HANDSHAKE_TIMEOUT,
+    _READ_SIZE,
+    DEFAULT_MAX_PENDING,
+    _aclose,
+    _Outbox,
+    _Pending,
+    _Stalled,
+    _write_loop,
+)
+from bus._subscription import ColumnSubscription, Subscription
+from bus._topic import Overflow, QoS
+from bus._wire import (
+    Closed,
+    Connection,
 )
 
 T = TypeVar("T")

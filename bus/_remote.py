@@ -27,26 +27,10 @@ from bus._errors import (
     shown,
 )
 from bus._handle import _check_request, _ClientBase, _method_of, _subscribed
-from bus._permissions import Action, Permissions
-from bus._sample import NotAvailable, Sample
-from bus._stream import (
-    _HANDSHAKE_TIMEOUT,
-    _READ_SIZE,
-    DEFAULT_MAX_PENDING,
-    _aclose,
-    _Outbox,
-    _Pending,
-    _Stalled,
-    _write_loop,
-)
-from bus._subscription import Subscription, SubscriptionStatistics
-from bus._topic import FloatList, Method, Overflow, QoS, Topic
-from bus._wire import (
+from bus._messages import (
     DEFAULT_MAX_FRAME,
     Call,
     Cancel,
-    Closed,
-    Connection,
     Declare,
     Deliver,
     Error,
@@ -67,6 +51,24 @@ from bus._wire import (
     error_from_exception,
     remote_error,
     timeout_to_wire,
+)
+from bus._permissions import Action, Permissions
+from bus._sample import NotAvailable, Sample
+from bus._stream import (
+    _HANDSHAKE_TIMEOUT,
+    _READ_SIZE,
+    DEFAULT_MAX_PENDING,
+    _aclose,
+    _Outbox,
+    _Pending,
+    _Stalled,
+    _write_loop,
+)
+from bus._subscription import Subscription, SubscriptionStatistics
+from bus._topic import FloatList, Method, Overflow, QoS, Topic
+from bus._wire import (
+    Closed,
+    Connection,
 )
 
 T = TypeVar("T")

@@ -14,11 +14,9 @@ from strategies import column_batches, mutated_bytes, wire_handshakes, wire_mess
 
 import bus
 from bus import Permissions, Sample, Topic
-from bus._wire import (
+from bus._messages import (
     DEFAULT_MAX_FRAME,
     Call,
-    Closed,
-    Connection,
     Declare,
     Deliver,
     Error,
@@ -31,6 +29,10 @@ from bus._wire import (
     Subscribe,
     Welcome,
     error_from_exception,
+)
+from bus._wire import (
+    Closed,
+    Connection,
 )
 
 
