@@ -27,16 +27,15 @@ from bus._messages import (
     MIN_MAX_FRAME,
     SENT_BY_BOTH,
     Deliver,
-    Error,
     Hello,
     Message,
     ProtocolError,
     Publish,
-    Refused,
     Role,
     Welcome,
     label,
 )
+from bus._state import ConnectionState
 
 __all__ = ["Closed", "Connection"]
 
@@ -84,14 +83,13 @@ class Connection:
         self._items: deque[Any] = deque()
         self._eof = False
         self._error: ProtocolError | None = None
-        self._received_handshake = False  # the peer's HELLO / the server's WELCOME or REFUSED arrived
-        self._sent_handshake = False  # our HELLO / our WELCOME or REFUSED went out
-        self._refused = False
+        #: The handshake's progress on both ends, and what may flow when (`bus._state`).
+        self.state = ConnectionState(role)
 
     @property
     def open(self) -> bool:
         """True once the handshake is complete (WELCOME sent or received) and the connection not broken."""
-        return self.welcome is not None and self._error is None and not self._refused
+        return self.welcome is not None and self._error is None and not self.state.refused
 
     # -- receiving -----------------------------------------------------------------------------------------
 
@@ -185,31 +183,13 @@ class Connection:
         return message
 
     def _check_incoming(self, message: Message) -> None:
-        if self._refused:
-            raise ProtocolError(f"{message.NAME} received after REFUSED")
-        if self.role is Role.SERVER:
-            if isinstance(message, Hello):
-                if self._received_handshake:
-                    raise ProtocolError("a second HELLO")
-                self._received_handshake = True
-                self.hello = message
-                self.peer_max_frame = message.max_frame
-            elif not self._received_handshake:
-                raise ProtocolError(f"expected HELLO first, got {message.NAME}")
-            elif not self._sent_handshake:
-                raise ProtocolError(f"{message.NAME} received before WELCOME: wait for the server's answer")
-            return
-        if isinstance(message, Welcome | Refused):
-            if self._received_handshake:
-                raise ProtocolError(f"{message.NAME} received after the handshake")
-            self._received_handshake = True
-            if isinstance(message, Welcome):
-                self.welcome = message
-                self.peer_max_frame = message.max_frame
-            else:
-                self._refused = True
-        elif not self._received_handshake and not isinstance(message, Error):
-            raise ProtocolError(f"expected WELCOME or REFUSED first, got {message.NAME}")
+        self.state.process(message, sending=False)
+        if type(message) is Hello:
+            self.hello = message
+            self.peer_max_frame = message.max_frame
+        elif type(message) is Welcome:
+            self.welcome = message
+            self.peer_max_frame = message.max_frame
 
     # -- sending -------------------------------------------------------------------------------------------
 
@@ -244,25 +224,6 @@ class Connection:
     def _check_outgoing(self, message: Message) -> None:
         if self.role not in message.SENT_BY:
             raise ProtocolError(f"a {self.role.value} does not send {message.NAME} messages")
-        if self._refused:
-            raise ProtocolError(f"cannot send {message.NAME}: the connection was refused")
-        if self.role is Role.CLIENT:
-            if isinstance(message, Hello):
-                if self._sent_handshake:
-                    raise ProtocolError("HELLO was sent already")
-                self._sent_handshake = True
-            elif not self._sent_handshake:
-                raise ProtocolError(f"send HELLO before {message.NAME}")
-            return
-        if isinstance(message, Welcome | Refused):
-            if self._sent_handshake:
-                raise ProtocolError(f"cannot send {message.NAME}: the handshake is over")
-            if not self._received_handshake:
-                raise ProtocolError(f"cannot send {message.NAME} before the client's HELLO")
-            self._sent_handshake = True
-            if isinstance(message, Welcome):
-                self.welcome = message
-            else:
-                self._refused = True
-        elif not self._sent_handshake and not isinstance(message, Error):
-            raise ProtocolError(f"send WELCOME or REFUSED before {message.NAME}")
+        self.state.process(message, sending=True)
+        if type(message) is Welcome:
+            self.welcome = message
