@@ -30,6 +30,11 @@ from bus._errors import (
     ValueRefusedError,
 )
 from bus._handle import DEFAULT_CALL_TIMEOUT, MAX_SUBSCRIPTION_PATTERNS, BusHandle, PublisherHandle
+from bus._messages import (
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+    ProtocolError,
+)
 from bus._pattern import MAX_NAME_LENGTH, MAX_SEGMENT_LENGTH, MAX_SEGMENTS, check_pattern, covers, matches
 from bus._permissions import Action, Permissions
 from bus._remote import (
@@ -42,7 +47,6 @@ from bus._remote import (
 from bus._sample import NotAvailable, Sample
 from bus._subscription import Subscription, SubscriptionStatistics
 from bus._topic import Method, Overflow, QoS, Topic
-from bus._wire import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, ProtocolError
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",

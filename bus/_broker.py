@@ -4,7 +4,6 @@ everything exactly as in-process. See ``docs/protocol.md``."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import socket
@@ -18,12 +17,7 @@ import attrs
 import structlog
 import trio
 
-from bus._bus import (
-    Bus,
-    BusClient,
-    Publisher,
-    _RequestRefused,
-)
+from bus._bus import BrokerSide, Bus
 from bus._errors import (
     BusError,
     CodecError,
@@ -35,28 +29,11 @@ from bus._errors import (
     ValueRefusedError,
     shown,
 )
-from bus._pattern import covers
-from bus._permissions import Permissions
-from bus._sample import Sample, _sliced
-from bus._stream import (
-    _HANDSHAKE_TIMEOUT,
-    _READ_SIZE,
-    DEFAULT_MAX_PENDING,
-    _aclose,
-    _Outbox,
-    _Pending,
-    _Stalled,
-    _write_loop,
-)
-from bus._subscription import ColumnSubscription, Subscription
-from bus._topic import Overflow, QoS
-from bus._wire import (
+from bus._messages import (
     _ACTIONS,
     DEFAULT_MAX_FRAME,
     Call,
     Cancel,
-    Closed,
-    Connection,
     Declare,
     Deliver,
     Error,
@@ -75,6 +52,25 @@ from bus._wire import (
     Unsubscribe,
     Welcome,
     error_from_exception,
+)
+from bus._pattern import covers
+from bus._permissions import Permissions
+from bus._sample import Sample
+from bus._stream import (
+    _HANDSHAKE_TIMEOUT,
+    _READ_SIZE,
+    DEFAULT_MAX_PENDING,
+    _aclose,
+    _Outbox,
+    _Pending,
+    _Stalled,
+    _write_loop,
+)
+from bus._subscription import ColumnSubscription, Subscription
+from bus._topic import Overflow, QoS
+from bus._wire import (
+    Closed,
+    Connection,
 )
 
 T = TypeVar("T")
@@ -389,9 +385,7 @@ async def _serve_connection(
         granted = _grant(authorized, hello.permissions)
         await stream.send_all(conn.send([Welcome(granted, max_frame)]))
         log.info("client connected")
-        session = _Session(
-            bus.client(hello.name, granted), stream, conn, log, write_timeout, max_pending, limits
-        )
+        session = _Session(bus, hello.name, granted, stream, conn, log, write_timeout, max_pending, limits)
         await session.run()
     except ProtocolError as exc:
         log.warning("connection closed: protocol error", error=str(exc))
@@ -453,7 +447,9 @@ class _Session:
 
     def __init__(
         self,
-        client: BusClient,
+        bus: Bus,
+        name: str,
+        permissions: Permissions,
         stream: trio.SocketStream,
         conn: Connection,
         log: Any,
@@ -461,13 +457,14 @@ class _Session:
         max_pending: int,
         limits: ConnectionLimits,
     ) -> None:
-        self.client = client
         self.stream = stream
         self.conn = conn
         self.log = log
         self.limits = limits
         self.refusals = _Refusals(log)
-        client._log = self.refusals
+        #: The connection's client on the bus, and the broker's side of it (its client logs refusals here).
+        self.side = BrokerSide(bus, name, permissions, self.refusals)
+        self.client = self.side.client
         self.write_timeout = write_timeout
         self.outbox = _Outbox(max_pending)
         self.subs: dict[int, Subscription[Any]] = {}
@@ -479,6 +476,21 @@ class _Session:
         self.next_id = 0
         self.ending: BaseException | None = None
         self.nursery: trio.Nursery | None = None
+        #: What to do with each kind of message the client sends.
+        self._handlers: dict[type[Message], Callable[[Any], Awaitable[None]]] = {
+            Publish: self._on_publish,
+            Declare: self._on_declare,
+            Subscribe: self._on_subscribe,
+            Unsubscribe: self._on_unsubscribe,
+            Get: self._on_get,
+            IsStale: self._on_is_stale,
+            Call: self._on_call,
+            Cancel: self._on_cancel,
+            Serve: self._on_serve,
+            Unserve: self._on_unserve,
+            Reply: self._on_answer,
+            Error: self._on_answer,
+        }
 
     async def run(self) -> None:
         try:
@@ -519,13 +531,15 @@ class _Session:
 
     async def _read_loop(self) -> None:
         conn = self.conn
+        handlers = self._handlers
+        unexpected = self._unexpected
         while True:
             for handled, event in enumerate(conn.events(), 1):
                 if isinstance(event, Closed):
                     return
                 if handled % _YIELD_EVERY == 0:  # within one read: one huge frame cannot starve the others
                     await trio.lowlevel.checkpoint()
-                await self._dispatch(event)
+                await handlers.get(type(event), unexpected)(event)
             conn.receive_data(await self.stream.receive_some(_READ_SIZE))
 
     def _check_queue(self, qos: QoS) -> None:
@@ -540,129 +554,115 @@ class _Session:
             self.refusals.warning("request refused", op=op, error=str(exc))
         self.outbox.put(error_from_exception(id, exc))
 
-    async def _dispatch(self, m: Message) -> None:
-        put = self.outbox.put
-        if isinstance(m, Publish):
-            try:
-                await self._publish(self.client._publisher(m.topic, False), m.values, m.timestamps, m.wait)
-            except BusError as exc:
-                self._refuse(None, exc, "PUBLISH")
-        elif isinstance(m, Deliver | Hello | Welcome | Refused):  # pragma: no cover - the state machine
-            raise ProtocolError(f"unexpected {m.NAME}")
-        elif isinstance(m, Declare):
-            try:
-                self.client.declare(m.to_topic(self.conn.codec))
-            except BusError as exc:
-                self._refuse(None, exc, "DECLARE")
-            except Exception as exc:  # e.g. unhashable allowed values
-                self._refuse(None, TopicError(f"{shown(m.name)}: invalid declaration: {exc}"), "DECLARE")
-        elif isinstance(m, Subscribe):
-            if m.sub_id in self.subs:
-                raise ProtocolError(f"SUBSCRIBE: subscription id {m.sub_id} is already in use")
-            if len(self.subs) >= self.limits.subscriptions:
-                limit = LimitExceededError(self.client.name, "subscriptions", self.limits.subscriptions)
-                self._refuse(m.sub_id, limit, "SUBSCRIBE")
-                return
-            try:
-                patterns = [m.pattern] if type(m.pattern) is str else m.pattern
-                sub = self.client._subscribe(
-                    patterns, m.queue_size, m.overflow, m.latest, columns=True, check_qos=self._check_queue
-                )
-            except BusError as exc:
-                self._refuse(m.sub_id, exc, "SUBSCRIBE")
-                return
-            self.subs[m.sub_id] = sub
-            self.queued += _queued(sub.overflow, sub.capacity)
-            assert self.nursery is not None
-            self.nursery.start_soon(self._forward, m.sub_id, sub)
-        elif isinstance(m, Unsubscribe):
-            found = self.subs.pop(m.sub_id, None)
-            if found is not None:
-                self.queued -= _queued(found.overflow, found.capacity)
-                found.close()
-        elif isinstance(m, Get):
-            try:
-                sample = self.client._get_now(m.topic, m.allow_stale)
-            except StaleValueError as exc:
-                put(error_from_exception(m.id, exc))  # an answer, not a refusal
-            except BusError as exc:
-                self._refuse(m.id, exc, "GET")
-            else:
-                put(Reply(m.id, None if sample is None else list(sample)))
-        elif isinstance(m, IsStale):
-            try:
-                put(Reply(m.id, self.client._is_stale_now(m.topic)))
-            except BusError as exc:
-                self._refuse(m.id, exc, "STALE")
-        elif isinstance(m, Call):
-            if m.id in self.calls:
-                self._refuse(m.id, BusError(f"call {m.id} refused: its id is in use"), "CALL")
-                return
-            if len(self.calls) >= self.limits.calls:
-                self._refuse(m.id, LimitExceededError(self.client.name, "calls", self.limits.calls), "CALL")
-                return
-            scope = trio.CancelScope()
-            self.calls[m.id] = scope
-            assert self.nursery is not None
-            self.nursery.start_soon(self._call, m, scope)
-        elif isinstance(m, Cancel):
-            found_scope = self.calls.get(m.id)
-            if found_scope is not None:
-                found_scope.cancel()
-        elif isinstance(m, Serve):
-            if m.method in self.served:
-                self._refuse(m.id, MethodAlreadyServedError(m.method, self.client.name), "SERVE")
-                return
-            if len(self.served) >= self.limits.methods:
-                limit = LimitExceededError(self.client.name, "methods", self.limits.methods)
-                self._refuse(m.id, limit, "SERVE")
-                return
-            scope = trio.CancelScope()
-            self.served[m.method] = scope
-            assert self.nursery is not None
-            self.nursery.start_soon(self._serve, m, scope)
-        elif isinstance(m, Unserve):
-            found_scope = self.served.pop(m.method, None)
-            if found_scope is not None:
-                found_scope.cancel()
-        elif isinstance(m, Reply | Error):
-            if m.id is None:
-                assert isinstance(m, Error)
-                self.log.warning("the client reports an error", kind=m.kind, message=m.message)
-                return
-            pending = self.forwarded.get(m.id)
-            if pending is None:
-                return  # a late answer to a call already given up
-            if isinstance(m, Reply):
-                pending.finish(m.result)
-            elif m.kind == "value_refused" and len(m.args) == 3:  # the serving client refused the request
-                pending.finish(error=_RequestRefused(*m.args))
-            else:
-                pending.finish(error=_named_exception(m.error_type, m.message))
+    # -- the handlers of `_handlers`: one per kind of message a client sends ---------------------------
 
-    async def _publish(
-        self, publisher: Publisher[Any], values: list[Any], timestamps: list[float], wait: bool
-    ) -> None:
-        """Publish a PUBLISH's run: all at once while the subscribers' queues take it. With ``wait`` (the
-        remote publisher awaited, or was made with ``block=True``) it waits for room in ``block`` queues
-        as an in-process ``await publish`` would, reading nothing more from this connection meanwhile:
-        the back-pressure reaches the remote publisher. Without, it never waits: a full ``block`` queue
-        does not get what does not fit, as with ``publish_nowait``. If a value is refused, the others are
-        still published, one by one, and the first refusal is reported."""
+    async def _unexpected(self, m: Message) -> None:  # pragma: no cover - the state machine
+        raise ProtocolError(f"unexpected {m.NAME}")
+
+    async def _on_publish(self, m: Publish) -> None:
         try:
-            while values:
-                done = publisher._publish_run(values, timestamps, wait)
-                if done == 0:  # a `block` subscriber's queue is full: wait, like an in-process publisher
-                    await publisher._wait_for_room()
-                values, timestamps = _sliced(values, done, None), timestamps[done:]
-        except ValueRefusedError as refused:
-            for value, timestamp in zip(values, timestamps, strict=True):
-                with contextlib.suppress(ValueRefusedError):
-                    if wait:
-                        await publisher.publish(value, timestamp=timestamp)  # waits for room, as above
-                    else:
-                        Publisher.publish_nowait(publisher, value, timestamp=timestamp)
-            raise refused from None
+            await self.side.publish_run(m.topic, m.values, m.timestamps, m.wait)
+        except BusError as exc:
+            self._refuse(None, exc, "PUBLISH")
+
+    async def _on_declare(self, m: Declare) -> None:
+        try:
+            self.client.declare(m.to_topic(self.conn.codec))
+        except BusError as exc:
+            self._refuse(None, exc, "DECLARE")
+        except Exception as exc:  # e.g. unhashable allowed values
+            self._refuse(None, TopicError(f"{shown(m.name)}: invalid declaration: {exc}"), "DECLARE")
+
+    async def _on_subscribe(self, m: Subscribe) -> None:
+        if m.sub_id in self.subs:
+            raise ProtocolError(f"SUBSCRIBE: subscription id {m.sub_id} is already in use")
+        if len(self.subs) >= self.limits.subscriptions:
+            limit = LimitExceededError(self.client.name, "subscriptions", self.limits.subscriptions)
+            self._refuse(m.sub_id, limit, "SUBSCRIBE")
+            return
+        try:
+            patterns = [m.pattern] if type(m.pattern) is str else m.pattern
+            sub = self.side.subscribe(patterns, m.queue_size, m.overflow, m.latest, self._check_queue)
+        except BusError as exc:
+            self._refuse(m.sub_id, exc, "SUBSCRIBE")
+            return
+        self.subs[m.sub_id] = sub
+        self.queued += _queued(sub.overflow, sub.capacity)
+        assert self.nursery is not None
+        self.nursery.start_soon(self._forward, m.sub_id, sub)
+
+    async def _on_unsubscribe(self, m: Unsubscribe) -> None:
+        found = self.subs.pop(m.sub_id, None)
+        if found is not None:
+            self.queued -= _queued(found.overflow, found.capacity)
+            found.close()
+
+    async def _on_get(self, m: Get) -> None:
+        try:
+            sample = self.side.get_now(m.topic, m.allow_stale)
+        except StaleValueError as exc:
+            self.outbox.put(error_from_exception(m.id, exc))  # an answer, not a refusal
+        except BusError as exc:
+            self._refuse(m.id, exc, "GET")
+        else:
+            self.outbox.put(Reply(m.id, None if sample is None else list(sample)))
+
+    async def _on_is_stale(self, m: IsStale) -> None:
+        try:
+            self.outbox.put(Reply(m.id, self.side.is_stale_now(m.topic)))
+        except BusError as exc:
+            self._refuse(m.id, exc, "STALE")
+
+    async def _on_call(self, m: Call) -> None:
+        if m.id in self.calls:
+            self._refuse(m.id, BusError(f"call {m.id} refused: its id is in use"), "CALL")
+            return
+        if len(self.calls) >= self.limits.calls:
+            self._refuse(m.id, LimitExceededError(self.client.name, "calls", self.limits.calls), "CALL")
+            return
+        scope = trio.CancelScope()
+        self.calls[m.id] = scope
+        assert self.nursery is not None
+        self.nursery.start_soon(self._call, m, scope)
+
+    async def _on_cancel(self, m: Cancel) -> None:
+        found = self.calls.get(m.id)
+        if found is not None:
+            found.cancel()
+
+    async def _on_serve(self, m: Serve) -> None:
+        if m.method in self.served:
+            self._refuse(m.id, MethodAlreadyServedError(m.method, self.client.name), "SERVE")
+            return
+        if len(self.served) >= self.limits.methods:
+            limit = LimitExceededError(self.client.name, "methods", self.limits.methods)
+            self._refuse(m.id, limit, "SERVE")
+            return
+        scope = trio.CancelScope()
+        self.served[m.method] = scope
+        assert self.nursery is not None
+        self.nursery.start_soon(self._serve, m, scope)
+
+    async def _on_unserve(self, m: Unserve) -> None:
+        found = self.served.pop(m.method, None)
+        if found is not None:
+            found.cancel()
+
+    async def _on_answer(self, m: Reply | Error) -> None:
+        """A REPLY or ERROR: the client's answer to a call the broker forwarded to it (`_serve`)."""
+        if m.id is None:
+            assert isinstance(m, Error)
+            self.log.warning("the client reports an error", kind=m.kind, message=m.message)
+            return
+        pending = self.forwarded.get(m.id)
+        if pending is None:
+            return  # a late answer to a call already given up
+        if isinstance(m, Reply):
+            pending.finish(m.result)
+        elif m.kind == "value_refused" and len(m.args) == 3:  # the serving client refused the request
+            pending.finish(error=BrokerSide.request_refused(*m.args))
+        else:
+            pending.finish(error=_named_exception(m.error_type, m.message))
 
     async def _forward(self, sub_id: int, sub: Subscription[Any]) -> None:
         """Move the subscription's samples to the outbox, one SAMPLES message per batch, while the outbox

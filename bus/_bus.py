@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import time
@@ -866,3 +867,73 @@ class _BlockingPublisher(Publisher[T]):
 
     def __repr__(self) -> str:
         return f"<Publisher {self.topic.name!r} of {self._name!r} (block)>"
+
+
+class BrokerSide:
+    """The socket broker's side of one connection's `BusClient`: what ``bus/_broker.py`` needs of the
+    in-process bus beyond the `BusHandle` API, and all it uses of its internals.
+
+    Internal, not public API (not exported from ``bus``): the one place the two modules meet, so that the
+    broker reaches into no private name of the bus. ``client`` is the connection's `BusClient` (the broker
+    uses its public API for everything else: declare, call, serve, close); ``log`` is where the client's
+    refusals go (the connection's logger, which adds the peer's uid and pid).
+    """
+
+    __slots__ = ("client",)
+
+    def __init__(self, bus: Bus, name: str, permissions: Permissions, log: Any) -> None:
+        self.client = bus.client(name, permissions)
+        self.client._log = log
+
+    async def publish_run(self, topic: str, values: list[Any], timestamps: list[float], wait: bool) -> None:
+        """Publish a PUBLISH's run: all at once while the subscribers' queues take it. With ``wait`` (the
+        remote publisher awaited, or was made with ``block=True``) it waits for room in ``block`` queues
+        as an in-process ``await publish`` would, reading nothing more from this connection meanwhile:
+        the back-pressure reaches the remote publisher. Without, it never waits: a full ``block`` queue
+        does not get what does not fit, as with ``publish_nowait``. If a value is refused, the others are
+        still published, one by one, and the first refusal is reported."""
+        publisher: Publisher[Any] = self.client._publisher(topic, False)
+        try:
+            while values:
+                done = publisher._publish_run(values, timestamps, wait)
+                if done == 0:  # a `block` subscriber's queue is full: wait, like an in-process publisher
+                    await publisher._wait_for_room()
+                values, timestamps = _sliced(values, done, None), timestamps[done:]
+        except ValueRefusedError as refused:
+            for value, timestamp in zip(values, timestamps, strict=True):
+                with contextlib.suppress(ValueRefusedError):
+                    if wait:
+                        await publisher.publish(value, timestamp=timestamp)  # waits for room, as above
+                    else:
+                        Publisher.publish_nowait(publisher, value, timestamp=timestamp)
+            raise refused from None
+
+    def subscribe(
+        self,
+        patterns: Sequence[str],
+        queue_size: int | None,
+        overflow: str | None,
+        latest: bool,
+        check_qos: Callable[[QoS], None],
+    ) -> Subscription[Any]:
+        """A SUBSCRIBE's subscription: a `ColumnSubscription` (runs queued as they are published, for the
+        connection's writer); ``check_qos`` may refuse the queue asked for (it raises) before anything is
+        made."""
+        return self.client._subscribe(
+            patterns, queue_size, overflow, latest, columns=True, check_qos=check_qos
+        )
+
+    def get_now(self, topic: str, allow_stale: bool) -> Sample[Any] | None:
+        """A GET's answer, at once (`BusHandle.get` without its checkpoint)."""
+        return self.client._get_now(topic, allow_stale)
+
+    def is_stale_now(self, topic: str) -> bool:
+        """A STALE's answer, at once (`BusHandle.is_stale` without its checkpoint)."""
+        return self.client._is_stale_now(topic)
+
+    @staticmethod
+    def request_refused(topic: str, rule: str, value: Any) -> ValueRefusedError:
+        """What the broker's handler for a method served by a remote client raises when that client
+        refused the request: the caller gets it as the `ValueRefusedError` it is, not as a `RemoteError`
+        of the handler."""
+        return _RequestRefused(topic, rule, value)

@@ -27,26 +27,10 @@ from bus._errors import (
     shown,
 )
 from bus._handle import _check_request, _ClientBase, _method_of, _subscribed
-from bus._permissions import Action, Permissions
-from bus._sample import NotAvailable, Sample
-from bus._stream import (
-    _HANDSHAKE_TIMEOUT,
-    _READ_SIZE,
-    DEFAULT_MAX_PENDING,
-    _aclose,
-    _Outbox,
-    _Pending,
-    _Stalled,
-    _write_loop,
-)
-from bus._subscription import Subscription, SubscriptionStatistics
-from bus._topic import FloatList, Method, Overflow, QoS, Topic
-from bus._wire import (
+from bus._messages import (
     DEFAULT_MAX_FRAME,
     Call,
     Cancel,
-    Closed,
-    Connection,
     Declare,
     Deliver,
     Error,
@@ -67,6 +51,24 @@ from bus._wire import (
     error_from_exception,
     remote_error,
     timeout_to_wire,
+)
+from bus._permissions import Action, Permissions
+from bus._sample import NotAvailable, Sample
+from bus._stream import (
+    _HANDSHAKE_TIMEOUT,
+    _READ_SIZE,
+    DEFAULT_MAX_PENDING,
+    _aclose,
+    _Outbox,
+    _Pending,
+    _Stalled,
+    _write_loop,
+)
+from bus._subscription import Subscription, SubscriptionStatistics
+from bus._topic import FloatList, Method, Overflow, QoS, Topic
+from bus._wire import (
+    Closed,
+    Connection,
 )
 
 T = TypeVar("T")
@@ -524,16 +526,23 @@ class RemoteBusClient(_ClientBase):
 
     async def _read_loop(self) -> None:
         conn = self._conn
+        handlers: dict[type[Message], Callable[[Any], None]] = {
+            Reply: self._on_reply,
+            Error: self._on_error,
+            Call: self._on_call,
+            Cancel: self._on_cancel,
+        }
+        unexpected = self._unexpected
         while True:
             for event in conn.events():
                 if isinstance(event, Closed):
                     return
-                if isinstance(event, Deliver):
+                if type(event) is Deliver:  # samples, the hot path: pushed, which may wait for room
                     sub = self._subs.get(event.sub_id)
                     if sub is not None:
                         await self._push(event.sub_id, sub, event.samples)
                 else:
-                    self._dispatch(event)
+                    handlers.get(type(event), unexpected)(event)
             conn.receive_data(await self._stream.receive_some(_READ_SIZE))
 
     async def _push(self, sub_id: int, sub: Subscription[Any], samples: Sequence[Sample[Any]]) -> None:
@@ -555,43 +564,50 @@ class RemoteBusClient(_ClientBase):
             counter[0] += len(now)
             sub.wake()
 
-    def _dispatch(self, m: Message) -> None:
-        if isinstance(m, Reply | Error):
-            if m.id is None:
-                assert isinstance(m, Error)
-                if m.kind == "protocol":
-                    self._lost = ConnectionLostError(
-                        f"{self.name}: the broker closed the connection: {m.message}"
-                    )
-                    _log.error("the broker reports a protocol error", client=self.name, error=m.message)
-                    return
-                _log.warning("the broker refused an operation", client=self.name, error=m.message)
-                self._async_error = m.to_exception()
-                self._set_problem(self._async_error)
+    # -- the handlers of `_handlers`: one per kind of message the broker sends (SAMPLES aside) ------------
+
+    def _unexpected(self, m: Message) -> None:  # pragma: no cover - the state machine
+        raise ProtocolError(f"unexpected {m.NAME}")
+
+    def _on_reply(self, m: Reply) -> None:
+        pending = self._pending.get(m.id)
+        if pending is not None:
+            pending.finish(m.result)
+
+    def _on_error(self, m: Error) -> None:
+        if m.id is None:
+            if m.kind == "protocol":
+                self._lost = ConnectionLostError(
+                    f"{self.name}: the broker closed the connection: {m.message}"
+                )
+                _log.error("the broker reports a protocol error", client=self.name, error=m.message)
                 return
-            pending = self._pending.get(m.id)
-            if pending is not None:
-                if isinstance(m, Reply):
-                    pending.finish(m.result)
-                else:
-                    pending.finish(error=m.to_exception())
-                return
-            sub = self._subs.get(m.id)
-            if sub is not None and isinstance(m, Error):
-                _log.warning("the broker refused a subscription", client=self.name, error=m.message)
-                self._async_error = m.to_exception()
-                self._set_problem(self._async_error)
-                sub._fail(m.to_exception())  # its reads raise why
-        elif isinstance(m, Call):
-            send = self._handlers.get(m.method)
-            if send is None:
-                self._outbox.put(Error(m.id, "no_such_method", "NoSuchMethodError", m.method, [m.method]))
-            else:
-                send.send_nowait(m)
-        elif isinstance(m, Cancel):
-            scope = self._handler_scopes.get(m.id)
-            if scope is not None:
-                scope.cancel()
+            _log.warning("the broker refused an operation", client=self.name, error=m.message)
+            self._async_error = m.to_exception()
+            self._set_problem(self._async_error)
+            return
+        pending = self._pending.get(m.id)
+        if pending is not None:
+            pending.finish(error=m.to_exception())
+            return
+        sub = self._subs.get(m.id)
+        if sub is not None:
+            _log.warning("the broker refused a subscription", client=self.name, error=m.message)
+            self._async_error = m.to_exception()
+            self._set_problem(self._async_error)
+            sub._fail(m.to_exception())  # its reads raise why
+
+    def _on_call(self, m: Call) -> None:
+        send = self._handlers.get(m.method)
+        if send is None:
+            self._outbox.put(Error(m.id, "no_such_method", "NoSuchMethodError", m.method, [m.method]))
+        else:
+            send.send_nowait(m)
+
+    def _on_cancel(self, m: Cancel) -> None:
+        scope = self._handler_scopes.get(m.id)
+        if scope is not None:
+            scope.cancel()
 
     # -- life cycle ------------------------------------------------------------------------------------
 

@@ -12,14 +12,16 @@ import trio
 from bus._errors import (
     CodecError,
 )
-from bus._wire import (
+from bus._messages import (
     Call,
-    Connection,
     Deliver,
     Error,
     Message,
     ProtocolError,
     Reply,
+)
+from bus._wire import (
+    Connection,
 )
 
 _log = structlog.get_logger("vwos.bus.socket")

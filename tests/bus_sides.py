@@ -9,7 +9,9 @@ from pathlib import Path
 import trio
 
 import bus
-from bus._wire import Get
+from bus._messages import (
+    Get,
+)
 
 KINDS = ("in_process", "socket")
 

@@ -700,7 +700,7 @@ def uplink_samples(
 # `wire_messages` draws any message of the socket protocol (bus/_wire.py) with the role that sends it.
 
 from bus import Permissions, Sample  # noqa: E402 - this section's own imports
-from bus import _wire as wire  # noqa: E402
+from bus import _messages as wire  # noqa: E402
 
 __all__ += ["topics_and_runs", "wire_messages", "wire_sample_runs"]
 

@@ -45,10 +45,8 @@ from bus import (
     TopicError,
     ValueRefusedError,
 )
-from bus._wire import (
+from bus._messages import (
     Call,
-    Closed,
-    Connection,
     Declare,
     Error,
     Hello,
@@ -60,6 +58,10 @@ from bus._wire import (
     Subscribe,
     Unsubscribe,
     Welcome,
+)
+from bus._wire import (
+    Closed,
+    Connection,
 )
 from vwos._runtime import tune_gc
 

@@ -31,9 +31,16 @@ from bus import (
     Topic,
     ValueRefusedError,
 )
+from bus._messages import (
+    Hello,
+    Publish,
+    Role,
+)
 from bus._remote import RemotePublisher
 from bus._stream import _Outbox
-from bus._wire import Connection, Hello, Publish, Role
+from bus._wire import (
+    Connection,
+)
 
 LIMIT = 10  # seconds: every test ends within this, or fails
 
@@ -372,7 +379,7 @@ async def test_a_client_that_never_reads_is_disconnected(broker: Broker) -> None
             conn = Connection(Role.CLIENT)
             await stream.send_all(conn.send([Hello("sleeper")]))
             await stream.receive_some(65536)
-            from bus._wire import Subscribe
+            from bus._messages import Subscribe
 
             await stream.send_all(conn.send([Subscribe(1, "**", 1000, "drop_oldest", False)]))
             await trio.sleep(0.1)

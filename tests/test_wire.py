@@ -14,11 +14,9 @@ from strategies import column_batches, mutated_bytes, wire_handshakes, wire_mess
 
 import bus
 from bus import Permissions, Sample, Topic
-from bus._wire import (
+from bus._messages import (
     DEFAULT_MAX_FRAME,
     Call,
-    Closed,
-    Connection,
     Declare,
     Deliver,
     Error,
@@ -31,6 +29,10 @@ from bus._wire import (
     Subscribe,
     Welcome,
     error_from_exception,
+)
+from bus._wire import (
+    Closed,
+    Connection,
 )
 
 
@@ -222,6 +224,80 @@ def test_handshake_rules() -> None:
     client.receive_data(refused)
     assert client.next_event() == Refused("no")
     assert not client.open
+
+
+_HELLO = Hello("x")
+_WELCOME = Welcome(Permissions.ALL)
+_PUBLISH = Publish("A.b", [1], [1.0])
+_SAMPLES = Deliver(1, [Sample("A.b", 1, 1.0, 1.0, "p", 1)])
+
+
+def _wire(message: Any) -> bytes:
+    body = cbor2.dumps([message.to_wire()])
+    return len(body).to_bytes(4, "big") + body
+
+
+def _fed(conn: Connection, message: Any) -> None:
+    """``conn`` receives ``message`` (framed by hand: the sender's rules are not asked)."""
+    conn.receive_data(_wire(message))
+    assert conn.next_event() == message
+
+
+# Each rule of the handshake (bus/_state.py's table and its two rules linking the ends), as the end
+# that finds it words it: (role, the messages sent or received first, in order, then the one that
+# breaks a rule, sent (True) or received, and the error).
+_RULES: list[tuple[Role, list[Any], Any, bool, str]] = [
+    (Role.CLIENT, [], _PUBLISH, True, "send HELLO before PUBLISH"),
+    (Role.CLIENT, [_HELLO], _HELLO, True, "HELLO was sent already"),
+    (Role.SERVER, [], _PUBLISH, False, "expected HELLO first, got PUBLISH"),
+    (Role.SERVER, [], Error(None, "bus", "BusError", "m"), False, "expected HELLO first, got ERROR"),
+    (Role.SERVER, [_HELLO], _HELLO, False, "a second HELLO"),
+    (Role.SERVER, [_HELLO], _PUBLISH, False, "PUBLISH received before WELCOME: wait for the server's answer"),
+    (Role.SERVER, [_HELLO], Reply(1), True, "send WELCOME or REFUSED before REPLY"),
+    (Role.SERVER, [], _WELCOME, True, "cannot send WELCOME before the client's HELLO"),
+    (Role.SERVER, [], Refused("no"), True, "cannot send REFUSED before the client's HELLO"),
+    (Role.SERVER, [_HELLO, _WELCOME], Refused("no"), True, "cannot send REFUSED: the handshake is over"),
+    (Role.SERVER, [_HELLO, Refused("no")], Reply(1), True, "cannot send REPLY: the connection was refused"),
+    (Role.SERVER, [_HELLO, Refused("no")], _PUBLISH, False, "PUBLISH received after REFUSED"),
+    (Role.CLIENT, [_HELLO], _SAMPLES, False, "expected WELCOME or REFUSED first, got SAMPLES"),
+    (Role.CLIENT, [_HELLO, _WELCOME], _WELCOME, False, "WELCOME received after the handshake"),
+    (Role.CLIENT, [_HELLO, Refused("no")], _PUBLISH, True, "cannot send PUBLISH: the connection was refused"),
+    (Role.CLIENT, [_HELLO, Refused("no")], _WELCOME, False, "WELCOME received after REFUSED"),
+]
+
+
+@pytest.mark.parametrize(("role", "before", "message", "sending", "error"), _RULES)
+def test_every_handshake_rule(role: Role, before: list[Any], message: Any, sending: bool, error: str) -> None:
+    conn = Connection(role)
+    for earlier in before:
+        if role in earlier.SENT_BY:
+            conn.send([earlier])
+        else:
+            _fed(conn, earlier)
+    states = dict(conn.state.states)
+    if not sending:
+        conn.receive_data(_wire(message))
+    with pytest.raises(ProtocolError) as raised:
+        conn.send([message]) if sending else conn.next_event()
+    assert str(raised.value) == error
+    if sending:
+        assert conn.state.states == states  # a refused message moves no state
+
+
+def test_what_may_flow_before_the_answer() -> None:
+    """An ERROR flows before the server's answer (its reason for closing); a client's requests may follow
+    its HELLO at once, and a server reads them once it has answered."""
+    server = Connection(Role.SERVER)
+    server.send([Error(None, "protocol", "ProtocolError", "bye")])
+    client = Connection(Role.CLIENT)
+    _fed(client, Error(None, "protocol", "ProtocolError", "bye"))
+    assert not client.open
+    server = Connection(Role.SERVER)
+    server.receive_data(client.send([_HELLO, _PUBLISH]))
+    assert server.next_event() == _HELLO
+    server.send([_WELCOME])
+    assert server.next_event() == _PUBLISH
+    assert server.open
 
 
 def test_version_is_checked_first() -> None:
