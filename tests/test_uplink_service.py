@@ -116,6 +116,30 @@ async def test_a_clean_stop_keeps_what_was_collected_and_the_next_run_sends_it(t
     assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(range(1, 501))
 
 
+async def test_a_clean_stop_keeps_what_no_collector_took_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a busy machine the stop may come before a collector ran: what the subscriptions still hold is
+    stored too (it was lost: found by the full suite under load)."""
+    out, state = tmp_path / "batches", tmp_path / "state"
+
+    async def never_runs(*_: Any) -> None:
+        await trio.sleep_forever()
+
+    with trio.fail_after(30):
+        with monkeypatch.context() as patch:
+            patch.setattr(Uplink, "_collect", never_runs)
+            async with open_harness(
+                uplink(tmp_path, directory=out, batch_delay=60.0), state_dir=state
+            ) as car:
+                for i in range(1, 501):
+                    car.publish(COUNTER, i)
+                await trio.sleep(0.5)  # the collectors would have run by now; these do not
+        async with open_harness(uplink(tmp_path, directory=out), state_dir=state) as car:
+            await car.expect(status_topic("uplink"), lambda s: s.sent_samples == 500, timeout=20)
+    assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(range(1, 501))
+
+
 @pytest.mark.parametrize(
     "campaigns",
     [

@@ -12,7 +12,7 @@ from typing import Any, Final, Literal
 import attrs
 import trio
 
-from bus import Overflow, Subscription, Topic, default_codec
+from bus import Overflow, Sample, Subscription, Topic, default_codec
 from services.uplink._batch import MAX_BODY_BYTES, MIN_MAX_BATCH_BYTES
 from services.uplink._campaign import Campaign, CampaignFilter
 from services.uplink._file import FileTransport
@@ -265,7 +265,7 @@ class Uplink(Service[UplinkConfig]):
         self._subs: list[Subscription[Any]] = []
         try:
             await self._open()
-            filt = CampaignFilter(cfg.campaigns)
+            filt = self._filter = CampaignFilter(cfg.campaigns)
             self._status = ctx.bus.publisher(status_topic(ctx.name))
             subs = [
                 ctx.bus.subscribe(pattern, queue_size=cfg.queue_size, overflow=Overflow.DROP_OLDEST)
@@ -284,6 +284,7 @@ class Uplink(Service[UplinkConfig]):
             try:
                 with trio.move_on_after(5) as cleanup:
                     cleanup.shield = True
+                    self._drain()  # what the subscriptions hold that no collector took yet
                     await self._flush()  # what was collected but not yet committed: keep it on a clean stop
             finally:
                 self._close_outbox()  # whatever the flush did: the lock is always released
@@ -377,17 +378,31 @@ class Uplink(Service[UplinkConfig]):
     async def _collect(self, sub: Subscription[Any], index: int, filt: CampaignFilter) -> None:
         """Collect what ``sub``, the subscription to ``filt.patterns[index]``, delivers. With overlapping
         patterns a sample arrives once per matching subscription: ``keep`` takes it from one only."""
-        keep = filt.keep
         while True:
             try:
                 batch = await sub.receive_batch()
             except trio.ClosedResourceError:
                 return
-            pending = self._pending  # looked up per batch: _flush swaps the list between awaits
-            for s in batch:
-                k = keep(s.topic, s.value, s.bus_time, index)
-                if k is not None:
-                    pending.append((s.topic, s.value, s.timestamp, k))
+            self._take(batch, index, filt)
+
+    def _take(self, batch: list[Sample[Any]], index: int, filt: CampaignFilter) -> None:
+        keep = filt.keep
+        pending = self._pending  # looked up per batch: _flush swaps the list between awaits
+        for s in batch:
+            k = keep(s.topic, s.value, s.bus_time, index)
+            if k is not None:
+                pending.append((s.topic, s.value, s.timestamp, k))
+
+    def _drain(self) -> None:
+        """At stop: take what the subscriptions still queue (a collector the stop came before, on a busy
+        machine) into what the last flush stores, so a clean stop keeps every sample it was given."""
+        for index, sub in enumerate(self._subs):
+            while True:
+                try:
+                    batch = sub.receive_batch_nowait()
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    break
+                self._take(batch, index, self._filter)
 
     async def _flush_loop(self) -> None:
         while True:
