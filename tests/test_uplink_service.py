@@ -912,11 +912,17 @@ async def test_status_is_consistent_while_a_worker_thread_accepts_new_counter_ke
             outbox = probe.outbox
             assert outbox is not None
 
+            # The hammer stops by a deadline well inside the hang guard: the service must outlive this
+            # thread, which uses the service's outbox (closing it under the thread would crash SQLite).
+            deadline = time.monotonic() + 60.0
+
             def hammer() -> None:
                 rng = random.Random(13)
                 for k in range(120):
+                    if time.monotonic() > deadline:
+                        break
                     keep = Keep((f"c{k}",), k % 7)  # a new campaign: new counter keys once it is evicted
-                    rows: list[Row] = [("Test.Other", rng.random(), 1.7e9 + k, keep) for _ in range(500)]
+                    rows: list[Row] = [("Test.Other", rng.random(), 1.7e9 + k, keep) for _ in range(5000)]
                     probe._accept(outbox, rows)
                     if k % 5 == 0:
                         outbox.next_batch(time.time())  # formed, never acknowledged (the link is held)
