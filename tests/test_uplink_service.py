@@ -140,6 +140,31 @@ async def test_a_clean_stop_keeps_what_no_collector_took_yet(
     assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(range(1, 501))
 
 
+async def test_a_stop_while_a_flush_waits_for_the_outbox_keeps_its_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush took the collected rows and then waited for the outbox's lock; the stop cancelled the wait
+    and the rows were gone (found by CI under load). The rows are taken only once the lock is held."""
+    out, state = tmp_path / "batches", tmp_path / "state"
+
+    async def holds_the_lock(self: Uplink) -> None:
+        async with self._lock:
+            await trio.sleep_forever()
+
+    with trio.fail_after(30):
+        with monkeypatch.context() as patch:
+            patch.setattr(Uplink, "_keep_open", holds_the_lock)
+            async with open_harness(
+                uplink(tmp_path, directory=out, batch_delay=60.0), state_dir=state
+            ) as car:
+                for i in range(1, 501):
+                    car.publish(COUNTER, i)
+                await trio.sleep(0.5)  # the collectors ran and every flush waits for the lock
+        async with open_harness(uplink(tmp_path, directory=out), state_dir=state) as car:
+            await car.expect(status_topic("uplink"), lambda s: s.sent_samples == 500, timeout=20)
+    assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(range(1, 501))
+
+
 @pytest.mark.parametrize(
     "campaigns",
     [
@@ -508,8 +533,21 @@ async def test_a_full_disk_under_the_real_supervisor_without_a_mount(
                 status_topic("uplink"), lambda s: s.storage == "disk_full" and s.dropped_quota > 0
             )
             assert little.value.dropped_storage == 0  # the oldest made room for the newest
-            assert 0 < little.value.disk_bytes <= little.value.disk_budget <= 400_000  # occupancy: near 1
-            assert little.value.disk_bytes > 0.8 * little.value.disk_budget
+            assert 0 < little.value.disk_bytes <= little.value.disk_budget <= 400_000
+            # Occupancy near 1: the oldest go one chunk at a time. A flush on a loaded machine may carry
+            # many samples and evict more at once, so the claim is that the disk fills again, not that
+            # every snapshot is near full.
+            near_full = False
+            for _ in range(40):
+                await offer(1000)
+                near_full = any(
+                    s.value.storage == "disk_full" and s.value.disk_bytes > 0.8 * s.value.disk_budget
+                    for s in car.samples(status_topic("uplink"))
+                    if s.available
+                )
+                if near_full:
+                    break
+            assert near_full, [s.value.disk_bytes for s in car.samples(status_topic("uplink"))][-10:]
             disk.size = 0  # someone took the rest: not even the WAL of a write fits
             await offer(5_000)
             none = await car.expect(

@@ -413,8 +413,12 @@ class Uplink(Service[UplinkConfig]):
     async def _flush(self) -> None:
         if not self._pending:
             return
-        rows, self._pending = self._pending, []  # the collectors append to the new list from now on
         async with self._lock:
+            # Taken only once the lock is held: a stop that cancels the wait for the lock leaves the rows
+            # pending, and the last flush stores them (they were lost when taken before the wait).
+            rows, self._pending = self._pending, []  # the collectors append to the new list from now on
+            if not rows:
+                return
             outbox = self.outbox
             if outbox is None:  # none could be opened: what was collected is dropped, and counted
                 self._dropped_unstored += len(rows)
