@@ -520,6 +520,12 @@ async def test_bus_pub_converts_and_refuses(autojump_clock: trio.testing.MockClo
                 "vwos: Vehicle.CurrentLocation: Position has no field 'alt' (fields: lat, lon, fix)\n"
             ),
             ("Vehicle.Odometer", "{oops"): "vwos: the value '{oops' is not JSON: ",
+            ("Vehicle.CurrentLocation", "[" * 200 + "]" * 200): (
+                "vwos: Vehicle.CurrentLocation: nested more than 100 levels deep\n"
+            ),
+            ("Vehicle.CurrentLocation", "[" * 100_000 + "]" * 100_000): (
+                "vwos: the value is nested too deeply to be read as JSON (200000 characters)\n"
+            ),
         }
         for (topic, value), message in refusals.items():
             before = len(h.samples(topic))
@@ -720,6 +726,66 @@ def test_convert_json_nested_and_containers() -> None:
     assert convert_json(Gear, "P") is Gear.P
     with pytest.raises(ControlError, match=r"value\[1\]: expected an integer, got true"):
         convert_json(list[int], [1, True])
+
+
+@attrs.frozen
+class _Trip:
+    stops: list[Position]
+    name: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.min_len(1))
+    )
+    counts: dict[str, int] = attrs.field(factory=dict)
+    pair: tuple[int, str] = (0, "")
+    mode: Literal["eco", "sport"] = "eco"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"stops": [{"lat": 1, "lon": 2}, {"lat": "x", "lon": 2}]},
+            'trip.stops[1].lat: expected a number, got "x"',
+        ),
+        ({"stops": [], "counts": {"a": 1, "b": "c"}}, 'trip.counts.b: expected an integer, got "c"'),
+        ({"stops": [], "name": ""}, "trip: _Trip refused the fields: Length of 'name' must be >= 1: 0"),
+        ({"stops": [], "pair": [1]}, "trip.pair: expected an array of 2 items, got [1]"),
+        ({"stops": [], "pair": [1, 2]}, "trip.pair[1]: expected a string, got 2"),
+        ({"stops": [], "mode": "race"}, "trip.mode: expected one of ['eco', 'sport'], got \"race\""),
+        ({"stops": [{"lat": 1}]}, "trip.stops[0]: Position needs the field 'lon'"),
+        ({"stops": 3}, "trip.stops: expected a JSON array (list[Position]), got 3"),
+        ([1], "trip: expected a JSON object with the fields of _Trip, got [1]"),
+    ],
+)
+def test_convert_json_says_where_each_value_is_wrong(data: Any, message: str) -> None:
+    with pytest.raises(ControlError) as caught:
+        convert_json(_Trip, data, "trip")
+    assert str(caught.value) == message
+
+
+def test_convert_json_builds_nested_records_and_refuses_what_json_cannot_make() -> None:
+    trip = convert_json(_Trip, {"stops": [{"lat": 1, "lon": 2.5}], "counts": {"a": 1}, "pair": [3, "x"]})
+    assert trip == _Trip([Position(1.0, 2.5)], None, {"a": 1}, (3, "x"))
+    assert type(trip.stops[0].lat) is float
+    assert convert_json(frozenset[int], [1, 2, 2]) == frozenset({1, 2})
+    assert convert_json(dict[str, Any], {"k": [1, {"x": None}]}) == {"k": [1, {"x": None}]}
+    for tp, data, message in [
+        (complex, 1, "value: values of type complex cannot be made from JSON"),
+        (int | str, 1.5, "value: expected int or str, got 1.5"),
+        (None, 1, "value: expected null, got 1"),
+        (bytes, "zz", 'value: expected a hex string (bytes), got "zz"'),
+        (list[Any], _nested(101), "value: nested more than 100 levels deep"),
+    ]:
+        with pytest.raises(ControlError) as caught:
+            convert_json(tp, data)
+        assert str(caught.value) == message
+    assert convert_json(list[Any], _nested(100)) == _nested(100)
+
+
+def _nested(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
 
 
 def test_socket_path_default(monkeypatch: pytest.MonkeyPatch) -> None:

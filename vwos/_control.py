@@ -21,8 +21,6 @@ import os
 import reprlib
 import time
 import traceback
-import types
-import typing
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final, Literal
 
@@ -41,6 +39,7 @@ from bus import (
     UnknownTopicError,
     default_codec,
 )
+from vwos._jsonvalue import JsonValueError, structure_json
 from vwos._logging import configured_level
 from vwos._policy import State
 from vwos._supervisor import _SETTLED, Supervisor
@@ -417,108 +416,21 @@ def _type_name(tp: Any) -> str:
 def convert_json(tp: Any, data: Any, where: str = "value") -> Any:
     """Convert decoded JSON ``data`` to the type ``tp``: scalars, enums (by name or value), ``bytes`` (from
     a hex string), attrs classes (from an object with their field names), ``list``/``tuple``/``dict``,
-    unions and Optional. Raises `ControlError` saying where and what was expected.
+    unions and Optional (see `vwos._jsonvalue`). Raises `ControlError` saying where and what was expected.
     """
-
-    def fail(expected: str) -> typing.NoReturn:
-        raise ControlError(f"{where}: expected {expected}, got {json.dumps(data)}")
-
-    origin = typing.get_origin(tp)
-    if tp is Any or tp is object:
-        return data
-    if tp is None or tp is type(None):
-        if data is None:
-            return None
-        fail("null")
-    if origin in (typing.Union, types.UnionType):
-        members = typing.get_args(tp)
-        for member in members:
-            try:
-                return convert_json(member, data, where)
-            except ControlError:
-                pass
-        fail(" or ".join(_type_name(m) for m in members))
-    if origin is Literal:
-        if data in typing.get_args(tp):
-            return data
-        fail(f"one of {list(typing.get_args(tp))!r}")
-    if origin in (list, tuple, frozenset, set):
-        if not isinstance(data, list):
-            fail(f"a JSON array ({_type_name(tp)})")
-        args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(data):
-                fail(f"an array of {len(args)} items")
-            return tuple(
-                convert_json(a, d, f"{where}[{i}]") for i, (a, d) in enumerate(zip(args, data, strict=True))
-            )
-        item = args[0] if args else Any
-        items = [convert_json(item, d, f"{where}[{i}]") for i, d in enumerate(data)]
-        return origin(items) if origin is not list else items
-    if origin is dict:
-        if not isinstance(data, dict):
-            fail("a JSON object")
-        args = typing.get_args(tp)
-        value_type = args[1] if len(args) == 2 else Any
-        return {k: convert_json(value_type, v, f"{where}.{k}") for k, v in data.items()}
-    if not isinstance(tp, type):
-        fail(f"a value of a supported type, not {tp!r}")
-    if tp is bool:
-        if isinstance(data, bool):
-            return data
-        fail("true or false")
-    if tp is int:
-        if isinstance(data, int) and not isinstance(data, bool):
-            return data
-        fail("an integer")
-    if tp is float:
-        if isinstance(data, int | float) and not isinstance(data, bool):
-            return float(data)
-        fail("a number")
-    if tp is str:
-        if isinstance(data, str):
-            return data
-        fail("a string")
-    if tp is bytes:
-        if isinstance(data, str):
-            try:
-                return bytes.fromhex(data)
-            except ValueError:
-                pass
-        fail("a hex string (bytes)")
-    if issubclass(tp, enum.Enum):
-        if isinstance(data, str) and data in tp.__members__:
-            return tp.__members__[data]
-        for member in tp:
-            if member.value == data and type(member.value) is type(data):
-                return member
-        fail(f"one of {list(tp.__members__)!r} ({tp.__qualname__})")
-    if attrs.has(tp):
-        if not isinstance(data, dict):
-            fail(f"a JSON object with the fields of {tp.__qualname__}")
-        hints = typing.get_type_hints(tp)
-        fields = {f.alias: f for f in attrs.fields(tp) if f.init}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ControlError(
-                f"{where}: {tp.__qualname__} has no field {unknown[0]!r} (fields: {', '.join(fields)})"
-            )
-        kwargs = {}
-        for alias, f in fields.items():
-            if alias in data:
-                kwargs[alias] = convert_json(hints.get(f.name, Any), data[alias], f"{where}.{alias}")
-            elif f.default is attrs.NOTHING:
-                raise ControlError(f"{where}: {tp.__qualname__} needs the field {alias!r}")
-        try:
-            return tp(**kwargs)
-        except Exception as exc:
-            raise ControlError(f"{where}: {tp.__qualname__} refused the fields: {exc}") from exc
-    raise ControlError(f"{where}: values of type {tp.__qualname__} cannot be made from JSON")
+    try:
+        return structure_json(tp, data)
+    except JsonValueError as exc:
+        raise ControlError(f"{where}{exc.path}: {exc.message}") from exc
 
 
 def _parse_text(tp: Any, text: str) -> Any:
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ControlError(
+            f"the value is nested too deeply to be read as JSON ({len(text)} characters)"
+        ) from None
     except json.JSONDecodeError as exc:
         if tp is str or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
             return text  # a bare word for a str or enum topic
