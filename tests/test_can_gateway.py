@@ -444,3 +444,40 @@ def test_opening_an_interface_fails_only_with_link_down_and_leaks_no_bus() -> No
         open_python_can("virtual", "fd-less", mode="fd")
     with pytest.raises(LinkDownError):
         open_python_can("no_such_interface", "x")
+
+
+def test_the_one_opener_says_how_to_fix_what_it_cannot_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway, the simulator and the `vwos can` tools open python-can through one function, whose
+    `LinkDownError` carries a hint: the gateway's status shows it as the CLI does."""
+    import errno
+
+    import services.can._transport as transport
+    from services.can._transport import open_python_can
+
+    with pytest.raises(LinkDownError) as unknown:
+        open_python_can("no_such_interface", "x")
+    assert str(unknown.value).startswith("CanInterfaceNotImplementedError: ")
+    assert unknown.value.hint.startswith("python-can knows ")
+    assert "socketcan" in unknown.value.hint
+    assert unknown.value.describe() == f"{unknown.value} ({unknown.value.hint})"
+
+    monkeypatch.setattr(
+        transport, "socketcan_link_problem", lambda channel: f"{channel}: the interface is down"
+    )
+    with pytest.raises(LinkDownError) as down:
+        open_python_can("socketcan", "vcan3")
+    assert down.value.describe() == "vcan3: the interface is down (sudo ip link set up vcan3)"
+
+    monkeypatch.setattr(transport, "socketcan_link_problem", lambda channel: None)
+
+    def refuse(**kwargs: Any) -> None:
+        raise OSError(errno.EAFNOSUPPORT, "Address family not supported\nby protocol")
+
+    monkeypatch.setattr(can, "Bus", refuse)
+    with pytest.raises(LinkDownError) as no_socketcan:
+        open_python_can("socketcan", "vcan3")
+    assert no_socketcan.value.describe() == (
+        "OSError: [Errno 97] Address family not supported by protocol"
+        " (this kernel has no SocketCAN: sudo modprobe can_raw vcan)"
+    )
+    assert LinkDownError("plain").describe() == "plain"

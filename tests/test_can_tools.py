@@ -26,6 +26,7 @@ import trio.testing
 from spawn import wait_for_line
 
 import services.can._cli as cli
+import services.can._transport as can_transport
 import vwos._cli
 from bus import Codec, NotAvailable
 from services.can import (
@@ -977,7 +978,7 @@ def test_dump_refuses_a_socketcan_interface_that_is_down_or_missing_before_openi
 ) -> None:
     """A SocketCAN socket opens fine on an interface that is down, and then nothing ever arrives: the
     tools ask the kernel first (as the gateway does), and say how to bring it up."""
-    monkeypatch.setattr(cli, "socketcan_link_problem", lambda channel: problem)
+    monkeypatch.setattr(can_transport, "socketcan_link_problem", lambda channel: problem)
 
     def no_bus(**kwargs: Any) -> None:
         raise AssertionError("can.Bus must not be opened")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import hashlib
 import math
 import os
@@ -46,7 +45,7 @@ from services.can._transport import (
     PythonCanTransport,
     can_filters,
     frame_message,
-    socketcan_link_problem,
+    open_python_can,
 )
 
 EXIT_OK = 0
@@ -81,10 +80,6 @@ def _messages_named(db: cantools.database.can.Database, names: Sequence[str], op
     return found
 
 
-def _make_vcan(channel: str) -> str:
-    return f"a virtual one: sudo ip link add dev {channel} type vcan && sudo ip link set up {channel}"
-
-
 def open_bus(
     interface: str,
     channel: str,
@@ -93,36 +88,15 @@ def open_bus(
     bitrate: int | None = None,
     filters: list[dict[str, Any]] | None = None,
 ) -> PythonCanTransport:
-    """Open a python-can bus as a transport (waiting on the socket for SocketCAN, a worker thread for
-    interfaces without one). Raises `ToolError` naming the interface, the channel and what went wrong."""
-    if interface == "socketcan":  # a SocketCAN socket opens fine on an interface that is down: ask first
-        problem = socketcan_link_problem(channel)
-        if problem is not None:
-            missing = problem.endswith("no such network interface")
-            hint = _make_vcan(channel) if missing else f"sudo ip link set up {channel}"
-            raise ToolError(f"cannot open {interface} channel {channel!r}: {problem} ({hint})")
-    kwargs: dict[str, Any] = {"interface": interface, "channel": channel, "fd": fd}
-    if bitrate is not None:
-        kwargs["bitrate"] = bitrate
-    if filters:
-        kwargs["can_filters"] = filters
+    """Open a python-can bus as a transport, as the gateway does (`open_python_can`). Raises `ToolError`
+    naming the interface, the channel, what went wrong and how to fix it."""
     try:
-        bus = can.Bus(**kwargs)
-    except can.CanInterfaceNotImplementedError as exc:
-        known = sorted(can.interfaces.VALID_INTERFACES)
-        hint = "" if interface in known else f" (python-can knows {', '.join(known)})"
-        raise ToolError(f"--interface {interface}: {exc}{hint}") from None
-    except (can.CanError, OSError, ValueError, TypeError, ImportError) as exc:
-        hint = ""
-        if isinstance(exc, OSError) and interface == "socketcan":
-            hint = {
-                errno.ENODEV: f" (no such network interface; {_make_vcan(channel)})",
-                errno.ENETDOWN: f" (the interface is down: sudo ip link set up {channel})",
-                errno.EAFNOSUPPORT: " (this kernel has no SocketCAN: sudo modprobe can_raw vcan)",
-            }.get(exc.errno or 0, "")
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise ToolError(f"cannot open {interface} channel {channel!r}: {reason}{hint}") from None
-    return PythonCanTransport(bus)
+        return open_python_can(interface, channel, fd=fd, bitrate=bitrate, filters=filters)
+    except LinkDownError as exc:
+        hint = f" ({exc.hint})" if exc.hint else ""
+        if isinstance(exc.__cause__, can.CanInterfaceNotImplementedError):
+            raise ToolError(f"--interface {interface}: {exc.__cause__}{hint}") from None
+        raise ToolError(f"cannot open {interface} channel {channel!r}: {exc}{hint}") from None
 
 
 # -- the commands -----------------------------------------------------------------------------------------

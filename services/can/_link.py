@@ -46,7 +46,7 @@ async def keep_link_open(
         try:
             transport = open_transport()
         except LinkDownError as exc:
-            down(str(exc))
+            down(exc.describe())
         else:
             opened_at = trio.current_time()
             up(transport)
@@ -57,7 +57,7 @@ async def keep_link_open(
                 while True:
                     handle(await transport.receive())
             except LinkDownError as exc:
-                down(str(exc))
+                down(exc.describe())
             finally:
                 closed()
                 transport.close()

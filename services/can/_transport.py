@@ -22,7 +22,16 @@ ReceiveMode = Literal["auto", "fd", "thread", "poll"]
 
 
 class LinkDownError(Exception):
-    """The CAN interface is down or gone; the message says why."""
+    """The CAN interface is down or gone; the message says why, and `hint` (``""`` if there is none) what
+    would bring it up: ``sudo ip link set up vcan0``, say."""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def describe(self) -> str:
+        """The message with its hint in parentheses, as a log line or a status shows it."""
+        return f"{self} ({self.hint})" if self.hint else str(self)
 
 
 class FrameRefusedError(Exception):
@@ -64,8 +73,23 @@ def _drain(bus: can.BusABC, first: can.Message | None) -> list[can.Message]:
     return batch
 
 
-def _link_error(exc: BaseException) -> LinkDownError:
-    return LinkDownError(f"{type(exc).__name__}: {exc}")
+def _make_vcan(channel: str) -> str:
+    return f"a virtual one: sudo ip link add dev {channel} type vcan && sudo ip link set up {channel}"
+
+
+def _link_error(exc: BaseException, interface: str = "", channel: str = "") -> LinkDownError:
+    """``exc`` from opening a python-can bus as a `LinkDownError` on one line, with a hint where one helps."""
+    hint = ""
+    if isinstance(exc, can.CanInterfaceNotImplementedError):
+        known = sorted(can.interfaces.VALID_INTERFACES)
+        hint = "" if interface in known else f"python-can knows {', '.join(known)}"
+    elif isinstance(exc, OSError) and interface == "socketcan":
+        hint = {
+            errno.ENODEV: f"no such network interface; {_make_vcan(channel)}",
+            errno.ENETDOWN: f"the interface is down: sudo ip link set up {channel}",
+            errno.EAFNOSUPPORT: "this kernel has no SocketCAN: sudo modprobe can_raw vcan",
+        }.get(exc.errno or 0, "")
+    return LinkDownError(" ".join(f"{type(exc).__name__}: {exc}".split()), hint=hint)
 
 
 class PythonCanTransport:
@@ -199,11 +223,17 @@ def open_python_can(
     mode: ReceiveMode = "auto",
     poll_interval: float = 0.01,
 ) -> PythonCanTransport:
-    """Open a python-can bus as a transport. Raises `LinkDownError` if the interface cannot be opened."""
-    if interface == "socketcan":
+    """Open a python-can bus as a transport (waiting on the socket for SocketCAN, a worker thread or polling
+    for interfaces without one). Raises `LinkDownError` if the interface cannot be opened: its message says
+    why, its ``hint`` how to fix it where one is known (``sudo ip link set up vcan0``, the interfaces
+    python-can knows, ...)."""
+    if interface == "socketcan":  # a SocketCAN socket opens fine on an interface that is down: ask first
         problem = socketcan_link_problem(channel)
         if problem is not None:
-            raise LinkDownError(problem)
+            missing = problem.endswith("no such network interface")
+            raise LinkDownError(
+                problem, hint=_make_vcan(channel) if missing else f"sudo ip link set up {channel}"
+            )
     # SocketCAN takes CAN FD frames in on any socket that asks (CAN_RAW_FD_FRAMES): then a network
     # configured fd = false still sees, and counts, the FD frames it will not decode.
     take_fd = fd or interface == "socketcan"
@@ -218,7 +248,7 @@ def open_python_can(
     try:
         bus = can.Bus(**kwargs)
     except Exception as exc:  # CanError, OSError, and what a backend raises for what it cannot do
-        raise _link_error(exc) from exc
+        raise _link_error(exc, interface, channel) from exc
     try:
         return PythonCanTransport(bus, mode, poll_interval=poll_interval)
     except Exception as exc:  # receive_mode = "fd" on an interface without a file descriptor
