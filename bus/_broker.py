@@ -48,6 +48,7 @@ from bus._messages import (
     Role,
     Serve,
     Subscribe,
+    Sync,
     Unserve,
     Unsubscribe,
     Welcome,
@@ -484,6 +485,7 @@ class _Session:
             Unsubscribe: self._on_unsubscribe,
             Get: self._on_get,
             IsStale: self._on_is_stale,
+            Sync: self._on_sync,
             Call: self._on_call,
             Cancel: self._on_cancel,
             Serve: self._on_serve,
@@ -612,6 +614,9 @@ class _Session:
             self.outbox.put(Reply(m.id, self.side.is_stale_now(m.topic)))
         except BusError as exc:
             self._refuse(m.id, exc, "STALE")
+
+    async def _on_sync(self, m: Sync) -> None:
+        self.outbox.put(Reply(m.id, None))  # handled in order: what came before it has been handled
 
     async def _on_call(self, m: Call) -> None:
         if m.id in self.calls:

@@ -152,7 +152,8 @@ class BusHandle(Protocol):
         ...
 
     async def flush(self) -> None:
-        """Wait until what this client published so far has reached the bus."""
+        """Wait until what this client sent so far has reached the bus: its subscriptions are in place,
+        its declarations and samples are on the bus (in-process at once; over the socket a round trip)."""
         ...
 
     def close(self) -> None:

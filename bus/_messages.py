@@ -63,6 +63,7 @@ __all__ = [
     "Role",
     "Serve",
     "Subscribe",
+    "Sync",
     "Unserve",
     "Unsubscribe",
     "Welcome",
@@ -789,6 +790,20 @@ class IsStale(_Message):
 
 
 @attrs.frozen
+class Sync(_Message):
+    """Client -> server: a barrier. The broker handles a connection's messages in order, so its REPLY
+    (null) says that everything the client sent before has been handled: subscriptions are in place,
+    declarations and samples are on the bus."""
+
+    id: int
+
+    OP: ClassVar[int] = 16
+    NAME: ClassVar[str] = "SYNC"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_C})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (("id", _id),)
+
+
+@attrs.frozen
 class Call(_Message):
     """Either way: call ``method`` with ``arg``. A client calls methods served on the bus; the server
     forwards calls of methods a client serves to that client (with ``timeout`` null)."""
@@ -954,6 +969,7 @@ Message = (
     | Deliver
     | Get
     | IsStale
+    | Sync
     | Call
     | Cancel
     | Serve
@@ -976,6 +992,7 @@ BY_OP: Final[dict[int, type[_Message]]] = {
         Deliver,
         Get,
         IsStale,
+        Sync,
         Call,
         Cancel,
         Serve,

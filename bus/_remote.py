@@ -45,6 +45,7 @@ from bus._messages import (
     Role,
     Serve,
     Subscribe,
+    Sync,
     Unserve,
     Unsubscribe,
     Welcome,
@@ -360,7 +361,7 @@ class RemoteBusClient(_ClientBase):
                 if self._lost is None:
                     self._outbox.put(Unsubscribe(sub_id))
 
-    async def _request(self, message: Get | IsStale | Serve) -> Any:
+    async def _request(self, message: Get | IsStale | Serve | Sync) -> Any:
         pending = _Pending()
         self._pending[message.id] = pending
         try:
@@ -627,10 +628,11 @@ class RemoteBusClient(_ClientBase):
         self._outbox.gate = -1
 
     async def flush(self) -> None:
-        """Wait until everything queued (publishes included) has been written to the socket."""
+        """Wait until the broker has handled everything this client sent so far: its subscriptions are in
+        place, its declarations and samples are on the bus (a SYNC round trip)."""
         if self._lost is not None:
             raise self._lost
-        await self._outbox.wait_drained()
+        await self._request(Sync(self._new_id()))
 
     def __repr__(self) -> str:
         return f"<RemoteBusClient {self.name!r}>"

@@ -806,6 +806,7 @@ def wire_messages(*, role: wire.Role) -> st.SearchStrategy[Any]:
         st.builds(wire.Unsubscribe, _ids()),
         st.builds(wire.Get, _ids(), topic_names(), st.booleans()),
         st.builds(wire.IsStale, _ids(), topic_names()),
+        st.builds(wire.Sync, _ids()),
         st.builds(wire.Serve, _ids(), topic_names()),
         st.builds(wire.Unserve, topic_names()),
     )

@@ -255,6 +255,7 @@ def test_a_cyclic_start_value_of_the_wrong_type_is_a_problem_at_its_signal(tmp_p
     }
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_start_value_check_refuses_fails_the_gateway_at_start(
     dbc: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -358,6 +359,7 @@ def test_an_actuator_whose_message_the_gateway_may_not_send_is_a_problem(tmp_pat
     assert check(tmp_path, actuator + cyclic) == []
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_an_actuator_check_refuses_sends_nothing_at_run(
     dbc: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -507,6 +509,7 @@ def test_mapped_topics_are_valid_names_each_taken_once_and_not_the_gateways_own(
     assert check(tmp_path, free + 'topic = "CAN.nasty.Command"\n') == []
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_mapped_topic_check_refuses_fails_the_gateway_at_start(
     dbc: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -583,6 +586,7 @@ def load_database_text(tmp_path: Path) -> Any:
     return load_database(tmp_path / "car.dbc")
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_missing_topics_module_fails_the_gateway_at_start(
     dbc: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -856,6 +860,7 @@ def structured(table: dict[str, Any], base: Path) -> tuple[GatewayConfig | None,
         can_gateway_tables(LAYOUT, database="car.dbc", network=NETWORK, faults=False),
     )
 )
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_config_that_passes_check_runs_sends_and_actuates_without_a_failure(
     dbc: Path, table: dict[str, Any], autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -996,6 +1001,7 @@ def test_a_gateways_bus_names_must_be_granted_by_its_permissions(tmp_path: Path)
     )
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_gateway_its_permissions_do_not_grant_its_topics_fails_at_start(
     dbc: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

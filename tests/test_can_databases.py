@@ -339,6 +339,7 @@ def test_extended_and_standard_frames_of_one_id_are_distinct_messages(tmp_path: 
         assert view.record(frame)["signals"] == {"A" if name == "Std" else "B": 0x201}
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_the_gateway_never_publishes_an_extended_frame_as_the_standard_message(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
@@ -356,6 +357,7 @@ async def test_the_gateway_never_publishes_an_extended_frame_as_the_standard_mes
     assert (report.unknown_ids, report.decoded) == (1, 1)
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_the_gateway_logs_what_loading_its_database_repaired(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

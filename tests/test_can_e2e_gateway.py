@@ -33,6 +33,9 @@ from services.can import (
 from vwos import ConfigError, ServiceSpec, parse_config
 from vwos.testing import Harness, open_harness
 
+# The services run on in-process bus clients, then on clients over the bus socket.
+pytestmark = pytest.mark.usefixtures("vwos_bus_client")
+
 # Volkswagen's layout: CRC in byte 0, the alive counter in the low nibble of byte 1 (Profile 2); a Tesla
 # message with its checksum in the last byte; an extended message whose id, as a standard id, is Brake's.
 DBC = """VERSION ""

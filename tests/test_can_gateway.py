@@ -33,6 +33,9 @@ from services.can import (
 from vwos import ServiceSpec, SupervisorPolicy
 from vwos.testing import Harness, open_harness
 
+# The services run on in-process bus clients, then on clients over the bus socket.
+pytestmark = pytest.mark.usefixtures("vwos_bus_client")
+
 DBC = Path(__file__).parent / "data" / "test.dbc"
 SPEED = Topic("Vehicle.Speed", float)
 

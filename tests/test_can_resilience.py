@@ -33,6 +33,9 @@ from services.can import (
 from vwos import ServiceSpec
 from vwos.testing import open_harness
 
+# The services run on in-process bus clients, then on clients over the bus socket.
+pytestmark = pytest.mark.usefixtures("vwos_bus_client")
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 VW_MQB = SHARED / "dbc" / "vw_mqb.dbc"
 MODEL3 = SHARED / "kuksa" / "Model3CAN.dbc"

@@ -94,6 +94,7 @@ def test_the_plugin_is_installed() -> None:
     assert LockingEcu.config_class is LockingConfig
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_the_plugin_feeds_a_gateway_on_the_virtual_bus(
     autojump_clock: trio.testing.MockClock, dbc: Path
 ) -> None:
@@ -114,6 +115,7 @@ async def test_the_plugin_feeds_a_gateway_on_the_virtual_bus(
         assert 9 <= len(commands) <= 11
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_vehicle_model_sets_values_and_answers_commands(
     autojump_clock: trio.testing.MockClock, dbc: Path
 ) -> None:
@@ -147,6 +149,7 @@ def _drain(bus: can.BusABC) -> list[can.Message]:
     return out
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_missing_interface_is_waited_for_not_crashed_on(
     autojump_clock: trio.testing.MockClock, dbc: Path
 ) -> None:
@@ -391,6 +394,7 @@ def test_a_message_longer_than_8_bytes_is_fd_without_the_attribute(tmp_path: Pat
     assert set(classic.skipped) == {"Wide", "WideFd"}
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_the_service_leaves_fd_messages_out_on_a_classic_link(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:

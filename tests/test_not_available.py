@@ -194,6 +194,7 @@ class Flaky(Service[None]):
         await trio.sleep_forever()
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_the_kit_tells_them_apart(autojump_clock: trio.abc.Clock) -> None:
     async with open_harness(Flaky(None)) as h:
         # a condition never sees a not-available value (it would have to handle it), and matches 30.0

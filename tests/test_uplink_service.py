@@ -72,6 +72,7 @@ def uplink(state: Path, **kwargs: Any) -> ServiceSpec:
     return ServiceSpec("uplink", Uplink, UplinkConfig(vehicle_id="car-1", **(FAST | kwargs)))
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_file_transport_delivers_every_sample_once(tmp_path: Path) -> None:
     out = tmp_path / "batches"
     with trio.fail_after(30):
@@ -86,6 +87,7 @@ async def test_file_transport_delivers_every_sample_once(tmp_path: Path) -> None
     assert got["Test.Counter"] == list(range(1, 20_001))
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_campaign_modes_and_ttl_choose_what_is_kept(tmp_path: Path) -> None:
     out = tmp_path / "batches"
     campaigns = (
@@ -104,6 +106,8 @@ async def test_campaign_modes_and_ttl_choose_what_is_kept(tmp_path: Path) -> Non
 
 
 async def test_a_clean_stop_keeps_what_was_collected_and_the_next_run_sends_it(tmp_path: Path) -> None:
+    """In-process only: over the socket the samples published just before the stop are still in the
+    socket then, never delivered to the service (what it was given is kept: the next tests)."""
     out, state = tmp_path / "batches", tmp_path / "state"
     spec = uplink(tmp_path, directory=out, batch_delay=60.0)  # nothing is sent in the first run
     with trio.fail_after(30):
@@ -116,6 +120,7 @@ async def test_a_clean_stop_keeps_what_was_collected_and_the_next_run_sends_it(t
     assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(range(1, 501))
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_clean_stop_keeps_what_no_collector_took_yet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,6 +145,7 @@ async def test_a_clean_stop_keeps_what_no_collector_took_yet(
     assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(range(1, 501))
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_stop_while_a_flush_waits_for_the_outbox_keeps_its_samples(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -174,6 +180,7 @@ async def test_a_stop_while_a_flush_waits_for_the_outbox_keeps_its_samples(
     ],
     ids=["two-campaigns", "one-campaign", "every-and-change"],
 )
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_sample_matched_by_overlapping_patterns_is_stored_and_sent_once(
     tmp_path: Path, campaigns: tuple[Campaign, ...]
 ) -> None:
@@ -197,7 +204,8 @@ async def test_a_sample_matched_by_overlapping_patterns_is_stored_and_sent_once(
 
 async def test_what_is_left_after_a_full_batch_waits_for_a_fuller_one(tmp_path: Path) -> None:
     """A third of a batch's worth stored starts sending at once; once less than that is left, the rest
-    waits for a fuller batch, for at most batch_delay (here a minute), instead of going out small."""
+    waits for a fuller batch, for at most batch_delay (here a minute), instead of going out small.
+    In-process only: it needs every sample in one commit, and over the socket they arrive in several."""
     out = tmp_path / "batches"
     n = 16_000  # at 1 ms apart: one full batch of 128 KiB and about a tenth of another
     start = time.time() - n / 1000
@@ -395,6 +403,7 @@ def test_vwos_check_refuses_an_infinite_quota_in_one_line(
 QUICK_RECONNECT = BackoffPolicy(initial=0.05, multiplier=2.0, max_delay=0.2, jitter=0.0)
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_full_disk_never_stops_the_uplink_and_it_drains_when_space_returns(
     tmp_path: Path, small_disk: Path
 ) -> None:
@@ -444,6 +453,7 @@ async def test_a_full_disk_never_stops_the_uplink_and_it_drains_when_space_retur
     assert len(got) + lost == n + 5000  # and every other sample is accounted for
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_restarted_on_a_full_disk_with_samples_pending_the_next_incarnation_opens_at_once(
     tmp_path: Path, small_disk: Path
 ) -> None:
@@ -505,6 +515,7 @@ class _FakeDisk:
         return types.SimpleNamespace(f_bavail=free // 4096, f_frsize=4096)
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_full_disk_under_the_real_supervisor_without_a_mount(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -574,6 +585,7 @@ async def test_a_full_disk_under_the_real_supervisor_without_a_mount(
     assert len(got) + status.dropped_quota + status.dropped_storage + status.dropped_before_outbox == offered
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_failing_flush_at_stop_still_releases_the_outbox(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -598,6 +610,7 @@ async def test_a_failing_flush_at_stop_still_releases_the_outbox(
         assert box.statistics().stored_samples == 0
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_an_outbox_that_cannot_be_opened_is_reported_and_opened_once_it_can(tmp_path: Path) -> None:
     state = tmp_path / "state"
     path = state / "uplink" / "outbox.sqlite"
@@ -622,6 +635,7 @@ async def test_an_outbox_that_cannot_be_opened_is_reported_and_opened_once_it_ca
     assert samples_in(p.read_bytes() for p in out.iterdir())["Test.Counter"] == list(range(101, 201))
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_samples_lost_with_a_replaced_outbox_file_are_on_the_status_topic(tmp_path: Path) -> None:
     state = tmp_path / "state"
     path = state / "uplink" / "outbox.sqlite"
@@ -646,6 +660,7 @@ def linked(link: MemoryTransport, state: Path, **kwargs: Any) -> ServiceSpec:
     return ServiceSpec(spec.name, Uplink.with_transport(link), spec.config, stop_timeout=10)
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_link_down_mid_stream_then_up_again_loses_nothing(tmp_path: Path) -> None:
     """The far side goes away mid-stream -- with a batch waiting for its acknowledgement -- and comes back:
     every sample arrives (the batch in flight is sent again), and the uplink never crashes (intensity 0)."""
@@ -675,6 +690,7 @@ async def test_link_down_mid_stream_then_up_again_loses_nothing(tmp_path: Path) 
     assert link.connects >= 2
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_batch_leaves_the_outbox_only_once_acknowledged(tmp_path: Path) -> None:
     """One batch at a time: while its acknowledgement is held back nothing else is published and the
     outbox holds every sample; once released, all of them are sent."""
@@ -700,6 +716,7 @@ async def test_a_batch_leaves_the_outbox_only_once_acknowledged(tmp_path: Path) 
     assert samples_in(link.payloads)["Test.Counter"] == list(range(1, 20_001))
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_restart_sends_again_the_batch_whose_acknowledgement_was_lost(tmp_path: Path) -> None:
     """The service restarted while a batch waits for its acknowledgement: the next incarnation connects to
     the same far side and sends that batch again first, with the same seq; nothing is lost or doubled."""
@@ -726,6 +743,7 @@ async def test_a_restart_sends_again_the_batch_whose_acknowledgement_was_lost(tm
     assert samples_in(link.payloads)["Test.Counter"] == list(range(1, 1001))
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_link_that_refuses_to_connect_is_on_the_status_topic_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
@@ -858,6 +876,7 @@ def test_sigkill_of_the_supervisor_mid_stream_loses_no_accepted_sample(tmp_path:
 # -- a real broker -------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_wrong_password_is_a_clear_error_and_loses_nothing(
     tmp_path: Path, make_mosquitto: mqtt_broker.BrokerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -882,6 +901,7 @@ async def test_wrong_password_is_a_clear_error_and_loses_nothing(
     assert stats.stored_samples + stats.formed_samples == 1000  # all kept for when the password is fixed
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_a_damaged_chunk_found_at_start_is_logged_and_on_the_status_topic(tmp_path: Path) -> None:
     state = tmp_path / "state"
     path = state / "uplink" / "outbox.sqlite"
@@ -917,6 +937,7 @@ async def test_a_damaged_chunk_found_at_start_is_logged_and_on_the_status_topic(
 # -- the status topic while a worker thread writes ------------------------------------------------------
 
 
+@pytest.mark.usefixtures("vwos_bus_client")
 async def test_status_is_consistent_while_a_worker_thread_accepts_new_counter_keys(tmp_path: Path) -> None:
     """`Uplink.status` runs in trio's thread while the outbox works in a worker thread. Here the worker
     accepts, evicts (a small quota: new per-campaign counter keys at every call), forms and acknowledges

@@ -8,10 +8,12 @@ feeds the engine what happened.
 from __future__ import annotations
 
 import math
+import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -20,7 +22,16 @@ import attrs
 import structlog
 import trio
 
-from bus import Bus, ConnectionLimits, PeerCredentials, Permissions, serve_unix
+from bus import (
+    Bus,
+    BusError,
+    BusHandle,
+    ConnectionLimits,
+    PeerCredentials,
+    Permissions,
+    connect_unix,
+    serve_unix,
+)
 from vwos._isolation import (
     IsolatedRuns,
     IsolatedServiceFailed,
@@ -170,6 +181,10 @@ class Supervisor:
     while it is blocked, names the service whose task blocks it, and that service -- only it -- is
     restarted (exit ``blocked``); other services' watchdogs do not count the time the loop was blocked.
     ``connection_limits``: what one client of the bus socket may hold at once (`bus.ConnectionLimits`).
+    ``service_bus``: how a service that is not isolated reaches the bus -- ``"in_process"`` (a
+    `bus.BusClient` of it, the default) or ``"socket"`` (a `bus.RemoteBusClient` over the bus socket, with
+    the service's permissions, as an isolated service's process does; the socket is served then). The
+    test kit runs service tests both ways (`vwos.testing.open_harness`).
     ``undeclared_grace`` (seconds, None to turn it off): a subscription to an exact topic name that nobody
     has declared this long after it was made is logged once, with the declared names closest to it.
 
@@ -190,7 +205,11 @@ class Supervisor:
         loop_block: float | None = 2.0,
         undeclared_grace: float | None = 10.0,
         connection_limits: ConnectionLimits | None = None,
+        service_bus: Literal["in_process", "socket"] = "in_process",
     ) -> None:
+        if service_bus not in ("in_process", "socket"):
+            raise ValueError(f"service_bus must be 'in_process' or 'socket', not {service_bus!r}")
+        self._service_bus = service_bus
         self.policy = policy if policy is not None else SupervisorPolicy()
         if undeclared_grace is not None and not 0 < undeclared_grace < math.inf:
             raise ValueError(
@@ -233,7 +252,9 @@ class Supervisor:
             if spec.isolated:
                 check_picklable(spec)
         self._socket_path = socket_path
-        self._serve_socket = socket_path is not None or any(s.isolated for s in self._specs)
+        self._serve_socket = (
+            socket_path is not None or service_bus == "socket" or any(s.isolated for s in self._specs)
+        )
         self._authorize_other = authorize
         #: The isolated services' runs and their processes, for the socket's authorize.
         self._isolated = IsolatedRuns()
@@ -337,6 +358,10 @@ class Supervisor:
         is handed to the ``authorize`` callback given to the constructor, and refused (None) without one.
         See `vwos._isolation.IsolatedRuns`.
         """
+        if self._service_bus == "socket" and peer.pid == os.getpid():
+            child = self._children.get(client_name)
+            if child is not None and not child.spec.isolated:  # a service of ours, over the socket
+                return child.spec.permissions
         return self._isolated.authorize(peer, client_name, self._authorize_other)
 
     # -- the operator's side -------------------------------------------------------------------------
@@ -733,17 +758,31 @@ class Supervisor:
     ) -> None:
         """Run the service in a task of this process, on a bus client of its own."""
         spec = child.spec
-        bus_client = self.bus.client(spec.name, spec.permissions)
-        try:
-            ctx = self._context(child, bus_client)
+        async with self._service_handle(spec) as handle, trio.open_nursery() as nursery:
+            ctx = self._context(child, handle)
             service = spec.service_class(spec.config)
-            status = _StartedFlag(task_status)
+            # Over the socket, "ready" waits until the broker has handled what the service sent before
+            # it (its subscriptions are in place), as an isolated service's readiness does.
+            barrier = handle.flush if self._service_bus == "socket" else None
+            status = _StartedFlag(task_status, barrier, nursery)
             await service.run(ctx, task_status=status)
             if not status.called:
-                task_status.started()  # returned without saying it was ready: it ran to completion
+                status.started()  # returned without saying it was ready: it ran to completion
             done.cancel()  # ends the watchdog with the service
+
+    @asynccontextmanager
+    async def _service_handle(self, spec: ServiceSpec) -> AsyncIterator[BusHandle]:
+        """The bus handle of a service that is not isolated (see ``service_bus``), closed when it ends."""
+        if self._service_bus == "socket":
+            assert self._socket_path is not None
+            async with connect_unix(self._socket_path, spec.name, permissions=spec.permissions) as remote:
+                yield remote
+            return
+        client = self.bus.client(spec.name, spec.permissions)
+        try:
+            yield client
         finally:
-            bus_client.close()
+            client.close()
 
     async def _run_isolated(
         self, child: _Child, done: trio.CancelScope, *, task_status: trio.TaskStatus[None]
@@ -900,12 +939,32 @@ async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
 
 
 class _StartedFlag:
-    """Wraps a task status to learn whether the service called ``started()``."""
+    """Wraps a task status to learn whether the service called ``started()``; with a ``barrier``, the
+    supervisor learns it once the barrier (the bus handle's `flush`) has passed."""
 
-    def __init__(self, inner: trio.TaskStatus[None]) -> None:
+    def __init__(
+        self,
+        inner: trio.TaskStatus[None],
+        barrier: Callable[[], Awaitable[None]] | None = None,
+        nursery: trio.Nursery | None = None,
+    ) -> None:
         self._inner = inner
+        self._barrier = barrier
+        self._nursery = nursery
         self.called = False
 
     def started(self, value: None = None) -> None:
+        if self.called:
+            raise RuntimeError("called 'started' twice on the same task status")
         self.called = True
+        if self._barrier is None or self._nursery is None:
+            self._inner.started()
+        else:
+            self._nursery.start_soon(self._report, self._barrier)
+
+    async def _report(self, barrier: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await barrier()
+        except (BusError, trio.ClosedResourceError):
+            pass  # the connection is gone: the service will fail on its own; ready is still its to say
         self._inner.started()

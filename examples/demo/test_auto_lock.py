@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 import trio.testing
 from auto_lock import AutoLock, AutoLockConfig
@@ -13,6 +14,9 @@ from demo_signals import AUTO_LOCK_COMMANDS, AUTO_LOCK_STATE, DOOR_LOCKED, DOOR_
 from services.can import SendRequest, send_method
 from vwos import ServiceSpec
 from vwos.testing import Harness, open_harness
+
+# Each test runs twice: the services get in-process bus clients, then clients over the bus socket.
+pytestmark = pytest.mark.usefixtures("vwos_bus_client")
 
 
 class FakeGateway:

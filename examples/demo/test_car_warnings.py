@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 from car_warnings import LowThreshold, VehicleWarnings, WarningsConfig
 from demo_signals import FUEL_LEVEL, LOW_FUEL, TIRE_LOW, TIRE_PRESSURE
 
 from vwos.testing import Harness, open_harness
+
+# Each test runs twice: the services get in-process bus clients, then clients over the bus socket.
+pytestmark = pytest.mark.usefixtures("vwos_bus_client")
 
 
 def test_the_rule_debounces_and_has_hysteresis() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 from dashboard import WIDTH, Dashboard, DashboardConfig, Snapshot, closing_words, render_line, render_panel
@@ -30,6 +31,9 @@ from services.can import LinkStatus
 from services.uplink import UplinkStatus, status_topic
 from vwos import ServiceSpec
 from vwos.testing import open_harness
+
+# Each test runs twice: the services get in-process bus clients, then clients over the bus socket.
+pytestmark = pytest.mark.usefixtures("vwos_bus_client")
 
 
 def status(accepted: int, batches: int, samples: int, stored: int, transport: str = "file") -> UplinkStatus:

@@ -29,6 +29,9 @@ from services.can import CanCodec, Frame, MemoryTransport, SimulatedEcu, load_da
 from vwos import ServiceSpec
 from vwos.testing import open_harness
 
+# Each test runs twice: the services get in-process bus clients, then clients over the bus socket.
+pytestmark = pytest.mark.usefixtures("vwos_bus_client")
+
 DBC = Path(__file__).resolve().with_name("demo_vehicle.dbc")
 
 

@@ -21,6 +21,9 @@ from trip_computer import Trip, TripComputer, TripConfig
 
 from vwos.testing import Harness, open_harness
 
+# Each test runs twice: the services get in-process bus clients, then clients over the bus socket.
+pytestmark = pytest.mark.usefixtures("vwos_bus_client")
+
 
 def test_distance_time_and_averages() -> None:
     trip = Trip(max_gap=1.0, min_distance=0.1)

@@ -9,6 +9,9 @@ from overspeed import OVERSPEED, SET_LIMIT, SPEED, OverspeedConfig, OverspeedWar
 from bus import RemoteError
 from vwos.testing import ExpectationFailed, open_harness
 
+# Each test runs twice: the services get in-process bus clients, then clients over the bus socket.
+pytestmark = pytest.mark.usefixtures("vwos_bus_client")
+
 
 async def test_warns_above_the_limit_and_clears_below_the_hysteresis(
     autojump_clock: trio.testing.MockClock,

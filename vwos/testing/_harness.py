@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeAlias, TypeVar, overload
 
 import attrs
 import trio
@@ -25,6 +26,14 @@ Resp = TypeVar("Resp")
 
 #: How long `Harness.expect` waits unless told otherwise (seconds of trio time: mock time under MockClock).
 DEFAULT_EXPECT_TIMEOUT = 5.0
+
+#: The bus handles a harness gives its services: in-process clients, or clients over the bus socket.
+BusClientKind: TypeAlias = Literal["in_process", "socket"]
+BUS_CLIENT_KINDS: tuple[BusClientKind, ...] = ("in_process", "socket")
+#: The kind `open_harness` uses when it is given none (the ``vwos_bus_client`` fixture sets it).
+DEFAULT_BUS_CLIENT: contextvars.ContextVar[BusClientKind] = contextvars.ContextVar(
+    "vwos_bus_client", default="in_process"
+)
 
 
 class ExpectationFailed(AssertionError):
@@ -199,6 +208,7 @@ async def open_harness(
     groups: Sequence[GroupSpec] = (),
     state_dir: Path | None = None,
     permissions: Permissions = Permissions.ALL,
+    bus_client: BusClientKind | None = None,
 ) -> AsyncIterator[Harness]:
     """Run ``services`` under a real `Supervisor` on a fresh in-memory bus; yield once all are ready.
 
@@ -210,6 +220,11 @@ async def open_harness(
     ``policy``, the services' own ``critical`` settings hold, as in a real run; ``groups`` are the
     supervision tree's groups the specs name. Under pytest-trio's
     ``autojump_clock`` everything runs in mock time, so a test of minutes of driving takes milliseconds.
+
+    ``bus_client``: the bus handle each service gets -- ``"in_process"`` (a `bus.BusClient`) or
+    ``"socket"`` (a `bus.RemoteBusClient` over the supervisor's bus socket, as with ``isolated = true``).
+    None takes the kind of the test's ``vwos_bus_client`` fixture (parametrized over both, so a test that
+    uses it runs once with each), else ``"in_process"``.
     """
     specs: Sequence[ServiceSpec] = [_spec(s) for s in services]
     if policy is None:
@@ -228,6 +243,7 @@ async def open_harness(
             loop_block=None,
             bus=bus,
             state_dir=state_dir,
+            service_bus=bus_client if bus_client is not None else DEFAULT_BUS_CLIENT.get(),
         )
         harness = Harness(supervisor, client, recorder)
 
