@@ -45,6 +45,7 @@ from bus._remote import (
     connect_unix,
 )
 from bus._sample import NotAvailable, Sample
+from bus._schema import EnumMember, Record, TypeSchema
 from bus._subscription import Subscription, SubscriptionStatistics
 from bus._topic import Method, Overflow, QoS, Topic
 
@@ -68,6 +69,7 @@ __all__ = [
     "CodecError",
     "ConnectionLimits",
     "ConnectionLostError",
+    "EnumMember",
     "LimitExceededError",
     "Method",
     "MethodAlreadyServedError",
@@ -82,6 +84,7 @@ __all__ = [
     "Publisher",
     "PublisherHandle",
     "QoS",
+    "Record",
     "RemoteBusClient",
     "RemoteError",
     "RemotePublisher",
@@ -93,6 +96,7 @@ __all__ = [
     "Topic",
     "TopicError",
     "TopicStatistics",
+    "TypeSchema",
     "UndeclaredSubscription",
     "UnknownTopicError",
     "ValueRefusedError",

@@ -29,7 +29,7 @@ from bus._pattern import MAX_NAME_LENGTH, check_pattern, is_pattern, matches
 from bus._permissions import Action, Permissions
 from bus._sample import NotAvailable, Sample, SampleRun, _new_sample, _sliced
 from bus._subscription import ColumnSubscription, Subscription, SubscriptionStatistics
-from bus._topic import Method, Overflow, QoS, Topic
+from bus._topic import Method, Overflow, QoS, Topic, register_type
 
 T = TypeVar("T")
 Req = TypeVar("Req")
@@ -234,6 +234,8 @@ class Bus:
     def _declare(self, topic: Topic[Any], holder: object, declarer: str | None) -> _TopicState:
         name = topic.name
         state = self._topics.get(name)
+        if state is None:
+            register_type(topic.type)  # so that remote clients can be told its schema
         if state is not None:
             if state.topic is not topic:
                 state.topic._check_redeclaration(topic, state.declarer)
@@ -620,6 +622,8 @@ class BusClient(_ClientBase):
         """
         mdef: Method[Any, Any] = _method_of(method)
         self._require(Action.SERVE, mdef.name)
+        register_type(mdef.request)  # so that remote callers can be told their schemas
+        register_type(mdef.response)
         existing = self.bus._servers.get(mdef.name)
         if existing is not None:
             raise MethodAlreadyServedError(mdef.name, existing.owner)

@@ -40,6 +40,7 @@ non-``str`` or duplicate keys, unknown type names, wrong field counts and wrong 
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import hashlib
 import io
@@ -55,6 +56,7 @@ import cbor2
 
 from bus._errors import CodecError, SchemaMismatchError
 from bus._sample import NotAvailable
+from bus._schema import EnumMember, Record, TypeSchema, field_problem
 
 __all__ = ["OBJECT_TAG", "Codec", "default_codec"]
 
@@ -106,6 +108,10 @@ _SUPPORTED_VALUES: Final = (
     "a supported value (None, bool, int, float, str, bytes, list, tuple, dict with str keys, "
     "or an instance of a registered attrs class or enum)"
 )
+
+#: While `Codec.encode` is given ``types``: the set the names of the registered types it encodes go to (a
+#: context variable: each thread, and each trio task, encodes with its own).
+_NOTED: Final[contextvars.ContextVar[set[str] | None]] = contextvars.ContextVar("vwos_noted", default=None)
 
 _TOO_DEEP: Final = "cannot encode value: it is nested too deeply, or contains itself"
 
@@ -161,10 +167,11 @@ class _Shape:
 
     ``types`` is set when the shape is a bare exact-type check that converts nothing either way, which lets
     containers check their items in one C-level pass. ``refs`` are the registered classes the annotation
-    reaches directly (for fingerprints).
+    reaches directly (for fingerprints). ``expr`` is the annotation as a type expression of the schemas
+    that travel (`bus.TypeSchema`; JSON- and CBOR-able: ``"float"``, ``{"list": "int"}``, ...).
     """
 
-    __slots__ = ("decode", "encode", "label", "refs", "types")
+    __slots__ = ("decode", "encode", "expr", "label", "refs", "types")
 
     def __init__(
         self,
@@ -173,21 +180,25 @@ class _Shape:
         decode: _Converter,
         types: frozenset[type] | None = None,
         refs: frozenset[type] = frozenset(),
+        expr: Any = "any",
     ) -> None:
         self.label = label
         self.encode = encode
         self.decode = decode
         self.types = types
         self.refs = refs
+        self.expr = expr
 
 
-def _exact_shape(label: str, allowed: frozenset[type], refs: frozenset[type] = frozenset()) -> _Shape:
+def _exact_shape(
+    label: str, allowed: frozenset[type], refs: frozenset[type] = frozenset(), expr: Any = None
+) -> _Shape:
     def check(value: Any) -> Any:
         if type(value) in allowed:
             return value
         raise _Mismatch(label, value)
 
-    return _Shape(label, check, check, allowed, refs)
+    return _Shape(label, check, check, allowed, refs, label.lower() if expr is None else expr)
 
 
 def _items_converter(label: str, container: Any, item: _Shape, *, rebuild: bool) -> _Converter:
@@ -213,10 +224,11 @@ def _items_converter(label: str, container: Any, item: _Shape, *, rebuild: bool)
 def _sequence_shape(kind: type, item: _Shape) -> _Shape:
     """``list[T]``, ``tuple[T, ...]``, ``frozenset[T]`` and ``set[T]``: each travels as a CBOR array."""
     label = f"{kind.__name__}[{item.label}]" if kind is not tuple else f"tuple[{item.label}, ...]"
+    expr = {kind.__name__: item.expr}
     encode_items = _items_converter(label, kind, item, rebuild=True)
     decode_items = _items_converter(label, list, item, rebuild=False)
     if kind is list:
-        return _Shape(label, encode_items, decode_items, refs=item.refs)
+        return _Shape(label, encode_items, decode_items, refs=item.refs, expr=expr)
 
     def decode(value: Any) -> Any:
         items = decode_items(value)
@@ -226,13 +238,13 @@ def _sequence_shape(kind: type, item: _Shape) -> _Shape:
             raise _Mismatch(f"{label} with hashable items", value) from None
 
     if kind is tuple:
-        return _Shape(label, encode_items, decode, refs=item.refs)
+        return _Shape(label, encode_items, decode, refs=item.refs, expr=expr)
 
     def encode(value: Any) -> Any:
         items = encode_items(value)
         return items if type(items) is list else list(items)
 
-    return _Shape(label, encode, decode, refs=item.refs)
+    return _Shape(label, encode, decode, refs=item.refs, expr=expr)
 
 
 def _fixed_tuple_shape(items: Sequence[_Shape]) -> _Shape:
@@ -261,7 +273,7 @@ def _fixed_tuple_shape(items: Sequence[_Shape]) -> _Shape:
         return tuple(convert(value, list, decoders))
 
     refs = frozenset().union(*(s.refs for s in items))
-    return _Shape(label, encode, decode, refs=refs)
+    return _Shape(label, encode, decode, refs=refs, expr={"tuple": [s.expr for s in items]})
 
 
 def _dict_shape(item: _Shape) -> _Shape:
@@ -286,15 +298,18 @@ def _dict_shape(item: _Shape) -> _Shape:
 
         return convert
 
-    return _Shape(label, converter(item.encode), converter(item.decode), refs=item.refs)
+    return _Shape(
+        label, converter(item.encode), converter(item.decode), refs=item.refs, expr={"dict": item.expr}
+    )
 
 
 def _union_shape(members: Sequence[_Shape]) -> _Shape:
     label = " | ".join(s.label for s in members)
     refs = frozenset().union(*(s.refs for s in members))
+    expr = {"union": [s.expr for s in members]}
     if all(s.types is not None for s in members):
         allowed = frozenset().union(*(s.types for s in members if s.types is not None))
-        return _exact_shape(label, allowed, refs)
+        return _exact_shape(label, allowed, refs, expr)
 
     def converter(converters: Sequence[_Converter]) -> _Converter:
         def convert(value: Any) -> Any:
@@ -308,7 +323,11 @@ def _union_shape(members: Sequence[_Shape]) -> _Shape:
         return convert
 
     return _Shape(
-        label, converter([s.encode for s in members]), converter([s.decode for s in members]), refs=refs
+        label,
+        converter([s.encode for s in members]),
+        converter([s.decode for s in members]),
+        refs=refs,
+        expr=expr,
     )
 
 
@@ -381,6 +400,10 @@ class _AttrsInfo:
         fields = ", ".join(f"{n}: {s.label}" for n, s in zip(self.field_names, self.shapes, strict=True))
         return f"attrs {self.name}({fields})"
 
+    def describe(self) -> TypeSchema:
+        fields = tuple((n, s.expr) for n, s in zip(self.field_names, self.shapes, strict=True))
+        return TypeSchema(self.name, self.fingerprint, fields=fields)
+
     def _field_error(self, values: Sequence[Any], *, decoding: bool) -> str:
         for field, shape, value in zip(self.field_names, self.shapes, values, strict=True):
             try:
@@ -446,6 +469,12 @@ class _EnumInfo:
         members = ", ".join(f"{n}={_stable_repr(m.value)}" for n, m in self.members.items())
         return f"enum {self.name}{{{members}}}"
 
+    def describe(self) -> TypeSchema:
+        members = tuple(
+            (n, m.value if type(m.value) in _SCALAR_TYPES else None) for n, m in self.members.items()
+        )
+        return TypeSchema(self.name, self.fingerprint, members=members)
+
     def finish(self) -> None:
         self.tags.update(
             {n: cbor2.CBORTag(OBJECT_TAG, [self.name, self.fingerprint, n]) for n in self.members}
@@ -459,6 +488,84 @@ class _EnumInfo:
         if member is None:
             raise CodecError(f"{self.name}: expected the name of a member, got {_value_label(payload)}")
         return member
+
+
+class _Learned:
+    """Encodes `Record` and `EnumMember` values (types known by their schema, or registered) as the
+    registered type itself travels. Sits in the codec's table under those two classes."""
+
+    __slots__ = ("codec",)
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+
+    def to_wire(self, value: Any) -> cbor2.CBORTag:
+        codec = self.codec
+        name = value.type_name
+        info = codec._by_name.get(name)
+        if info is not None:  # a registered type after all: travel as its class does
+            if isinstance(value, EnumMember):
+                if not isinstance(info, _EnumInfo) or value.name not in info.members:
+                    raise CodecError(f"cannot encode {name}.{value.name}: {name} has no such member")
+                return info.tags[value.name]
+            if not isinstance(info, _AttrsInfo):
+                raise CodecError(f"cannot encode a record of {name}: it is an enum")
+            return info.to_wire(_construct(info, value))
+        schema = codec._learned.get(name)
+        if schema is None:
+            raise CodecError(f"cannot encode a value of {name!r}: its type is neither registered nor learned")
+        if isinstance(value, EnumMember):
+            if schema.members is None or value.name not in dict(schema.members):
+                raise CodecError(f"cannot encode {name}.{value.name}: {name} has no such member")
+            return cbor2.CBORTag(OBJECT_TAG, [name, schema.fingerprint, value.name])
+        if schema.fields is None:
+            raise CodecError(f"cannot encode a record of {name}: it is an enum")
+        names = [n for n, _ in schema.fields]
+        given = value.fields
+        if set(given) != set(names):
+            unknown = sorted(set(given) - set(names))
+            missing = [n for n in names if n not in given]
+            what = f"has no field {unknown[0]!r}" if unknown else f"needs the field {missing[0]!r}"
+            raise CodecError(f"cannot encode a record of {name}: {name} {what} (fields: {', '.join(names)})")
+        values = [given[n] for n in names]
+        problem = field_problem(schema, values, codec._type_name_of)
+        if problem is not None:
+            raise CodecError(f"cannot encode {problem}")
+        try:
+            prepared = [codec._prepare(v) for v in values]
+        except _Mismatch as exc:
+            raise CodecError(f"cannot encode a record of {name}: {exc.describe()}") from None
+        return cbor2.CBORTag(OBJECT_TAG, [name, schema.fingerprint, prepared])
+
+    def from_wire(self, schema: TypeSchema, payload: object) -> object:
+        name = schema.name
+        if schema.members is not None:
+            if type(payload) is not str or payload not in dict(schema.members):
+                raise CodecError(f"{name}: expected the name of a member, got {_value_label(payload)}")
+            return EnumMember(name, payload)
+        if type(payload) is not list:
+            raise CodecError(f"{name}: expected a list of field values, got {_value_label(payload)}")
+        problem = field_problem(schema, payload, self.codec._type_name_of)
+        if problem is not None:
+            raise CodecError(f"cannot decode {problem}")
+        return Record(name, {n: v for (n, _), v in zip(schema.fields or (), payload, strict=True)})
+
+
+def _construct(info: _AttrsInfo, record: Record) -> object:
+    """An instance of ``info``'s class from a `Record` of it (by field name; validators run)."""
+    names = info.field_names
+    given = record.fields
+    if set(given) != set(names):
+        unknown = sorted(set(given) - set(names))
+        missing = [n for n in names if n not in given]
+        what = f"has no field {unknown[0]!r}" if unknown else f"needs the field {missing[0]!r}"
+        raise CodecError(f"cannot encode a record of {info.name}: {info.name} {what}")
+    try:
+        return info.construct([given[n] for n in names])
+    except Exception as exc:
+        raise CodecError(
+            f"cannot encode a record of {info.name}: the class refused its fields: {exc!r}"
+        ) from exc
 
 
 _Info = _AttrsInfo | _EnumInfo
@@ -545,7 +652,7 @@ class _Registration:
         if simple is not None:
             return _exact_shape(*simple)
         if tp is Any or tp is object or isinstance(tp, TypeVar):
-            return _Shape("Any", codec._prepare, codec._check_decoded)
+            return _Shape("Any", codec._prepare, codec._check_decoded, expr="any")
         if isinstance(tp, str):
             raise _Unsupported("it is a string that could not be resolved")
         supertype = getattr(tp, "__supertype__", None)
@@ -558,7 +665,7 @@ class _Registration:
             info = self.add(cls, None)
             if isinstance(info, _EnumInfo):
                 return self.enum_shape(info)
-            return _exact_shape(info.name, frozenset({cls}), frozenset({cls}))
+            return _exact_shape(info.name, frozenset({cls}), frozenset({cls}), {"type": info.name})
         if origin is typing.Union or origin is types.UnionType:
             return _union_shape([self.shape(a) for a in args])
         if origin is Literal:
@@ -599,20 +706,25 @@ class _Registration:
                 return value
             raise _Mismatch(label, value)
 
-        return _Shape(label, encode, decode, refs=frozenset({cls}))
+        return _Shape(label, encode, decode, refs=frozenset({cls}), expr={"type": info.name})
 
     def literal_shape(self, args: tuple[Any, ...]) -> _Shape:
         options: list[_Shape] = []
+        values: list[Any] = []
         for arg in args:
             if isinstance(arg, enum.Enum):
                 info = self.add(type(arg), None)
                 assert isinstance(info, _EnumInfo)
                 options.append(self.literal_member_shape(info, arg))
+                values.append({"type": info.name, "member": arg.name})
             elif type(arg) in _SCALAR_TYPES:
                 options.append(_literal_scalar_shape(arg))
+                values.append(arg)
             else:
                 raise _Unsupported(f"Literal value {arg!r} is not a scalar or an enum member")
-        return _union_shape(options)
+        shape = _union_shape(options)
+        shape.expr = {"literal": values}
+        return shape
 
     def literal_member_shape(self, info: _EnumInfo, member: enum.Enum) -> _Shape:
         label = f"{info.name}.{member.name}"
@@ -724,7 +836,10 @@ class Codec:
         }
         semantic[OBJECT_TAG] = self._decode_object
         self._semantic_decoders: Mapping[int, Callable[[Any, bool], Any]] = semantic
+        #: Schemas learned from peers, by type name (types this codec has no class for).
+        self._learned: dict[str, TypeSchema] = {}
         self.register(NotAvailable, name="bus.NotAvailable")  # every codec: any topic may carry one
+        self._learner = _Learned(self)
 
     # -- registration ---------------------------------------------------------------------------------------
 
@@ -766,18 +881,71 @@ class Codec:
             raise CodecError(f"{_type_label(cls)} is not registered with this codec")
         return info
 
+    # -- schemas --------------------------------------------------------------------------------------------
+
+    def describe(self, type_: type | str) -> TypeSchema:
+        """The schema of a registered class (or type name), or of a learned type name; `CodecError` if
+        this codec knows neither."""
+        if isinstance(type_, str):
+            info = self._by_name.get(type_)
+            if info is not None:
+                return info.describe()
+            learned = self._learned.get(type_)
+            if learned is None:
+                raise CodecError(f"unknown type name {type_!r}: neither registered nor learned")
+            return learned
+        return self._info(type_).describe()
+
+    def schemas(self, type_: type | str) -> list[TypeSchema]:
+        """The schema of ``type_`` and of every registered or learned type its fields reach (what a peer
+        needs to read and write its values), ``type_``'s first."""
+        first = self.describe(type_)
+        found = {first.name: first}
+        todo = list(first.refs())
+        while todo:
+            name = todo.pop()
+            if name not in found:
+                schema = self.describe(name)
+                found[name] = schema
+                todo.extend(schema.refs())
+        return list(found.values())
+
+    def learn(self, schemas: Iterable[TypeSchema]) -> None:
+        """Learn types from a peer's schemas: their values decode as `Record`/`EnumMember`, and those
+        encode back. A schema of a type registered here is ignored (the class wins; a payload with another
+        fingerprint fails with `SchemaMismatchError` as before); a learned one is replaced."""
+        for schema in schemas:
+            if schema.name not in self._by_name:
+                self._learned[schema.name] = schema
+
+    def knows(self, name: str) -> bool:
+        """Whether values of the type ``name`` can be decoded here (registered or learned)."""
+        return name in self._by_name or name in self._learned
+
+    def _type_name_of(self, value: object) -> str | None:
+        if isinstance(value, Record | EnumMember):
+            return value.type_name
+        info = self._by_type.get(type(value))
+        return None if info is None else info.name
+
     # -- values ---------------------------------------------------------------------------------------------
 
-    def encode(self, value: object) -> bytes:
-        """Encode ``value`` to CBOR bytes; `CodecError` (naming the type) if it holds anything unsupported."""
+    def encode(self, value: object, *, types: set[str] | None = None) -> bytes:
+        """Encode ``value`` to CBOR bytes; `CodecError` (naming the type) if it holds anything unsupported.
+
+        With ``types``, the names of the registered types whose values ``value`` holds are added to it
+        outside typed fields (whose types `schemas` reaches): what a peer needs the schemas of."""
+        token = _NOTED.set(types)
         try:
             prepared = self._prepare(value)
+            return self._dumps(prepared)
         except _Mismatch as exc:
             where = f" at {exc.path}" if exc.path else ""
             raise CodecError(f"cannot encode value{where}: {exc.describe()}") from None
         except RecursionError:
             raise CodecError(_TOO_DEEP) from None
-        return self._dumps(prepared)
+        finally:
+            _NOTED.reset(token)
 
     def decode(self, data: bytes | bytearray | memoryview) -> object:
         """Decode one value from ``data``, which must hold exactly one CBOR item; `CodecError` otherwise."""
@@ -876,7 +1044,13 @@ class Codec:
         """cbor2's hook for the types it does not know: registered attrs instances (enums come prepared)."""
         info = self._by_type.get(type(value))
         if info is None:
+            if type(value) is Record or type(value) is EnumMember:  # a type known by its schema
+                encoder.encode(self._learner.to_wire(value))
+                return
             raise CodecError(f"cannot encode value: expected {_SUPPORTED_VALUES}, got {_value_label(value)}")
+        noted = _NOTED.get()
+        if noted is not None:
+            noted.add(info.name)
         encoder.encode(info.to_wire(value))
 
     def _decode_object(self, content: Any, immutable: bool) -> object:
@@ -891,7 +1065,14 @@ class Codec:
             raise CodecError(f"CBOR tag {OBJECT_TAG}: expected a str type name, got {_value_label(name)}")
         info = self._by_name.get(name)
         if info is None:
-            raise CodecError(f"unknown type name {name!r}: it is not registered with this codec")
+            learned = self._learned.get(name)
+            if learned is None:
+                raise CodecError(f"unknown type name {name!r}: it is not registered with this codec")
+            if fingerprint != learned.fingerprint:
+                if type(fingerprint) is not str:
+                    raise CodecError(f"{name}: expected a str fingerprint, got {_value_label(fingerprint)}")
+                raise SchemaMismatchError(name, learned.fingerprint, fingerprint)
+            return self._learner.from_wire(learned, payload)
         if fingerprint != info.fingerprint:
             if type(fingerprint) is not str:
                 raise CodecError(f"{name}: expected a str fingerprint, got {_value_label(fingerprint)}")
@@ -909,7 +1090,12 @@ class Codec:
             return value
         info = self._by_type.get(kind)
         if info is not None:
-            return info.to_wire(value) if isinstance(info, _EnumInfo) else value
+            if isinstance(info, _EnumInfo):
+                noted = _NOTED.get()
+                if noted is not None:
+                    noted.add(info.name)
+                return info.to_wire(value)
+            return value
         if kind is list or kind is tuple:
             if _SCALAR_TYPES.issuperset(map(type, value)):
                 return value
@@ -941,6 +1127,8 @@ class Codec:
                         changed = dict(value)
                     changed[key] = prepared
             return value if changed is None else changed
+        if kind is Record or kind is EnumMember:  # encoded by `_default`, from the schema
+            return value
         raise _Mismatch(_SUPPORTED_VALUES, value)
 
     def _check_decoded(self, value: Any) -> Any:
@@ -966,6 +1154,8 @@ class Codec:
                         self._check_decoded(item)
                     except _Mismatch as exc:
                         raise exc.at(f"[{key!r}]") from None
+            return value
+        if kind is Record or kind is EnumMember:  # decoded from a learned schema
             return value
         raise _Mismatch(_SUPPORTED_VALUES, value)
 

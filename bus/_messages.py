@@ -37,7 +37,8 @@ from bus._errors import (
 from bus._handle import MAX_SUBSCRIPTION_PATTERNS
 from bus._permissions import Permissions
 from bus._sample import Sample, SampleColumns
-from bus._topic import FloatList, Overflow, QoS, Topic
+from bus._schema import TypeSchema
+from bus._topic import FloatList, Overflow, QoS, Topic, register_type
 
 __all__ = [
     "BY_OP",
@@ -64,6 +65,7 @@ __all__ = [
     "Serve",
     "Subscribe",
     "Sync",
+    "Types",
     "Unserve",
     "Unsubscribe",
     "Welcome",
@@ -555,6 +557,8 @@ class Declare(_Message):
         """The declaration of ``topic``; `CodecError` if its type is neither a scalar nor registered."""
         type_name = _SCALAR_NAMES.get(topic.type)
         if type_name is None:
+            if codec is default_codec:
+                register_type(topic.type)
             if not codec.is_registered(topic.type):
                 raise CodecError(
                     f"{topic.name}: its type {topic.type.__qualname__} is not registered with the codec; "
@@ -789,6 +793,37 @@ class IsStale(_Message):
     FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (("id", _id), ("topic", _str))
 
 
+def _schemas(value: Any, field: str) -> tuple[TypeSchema, ...]:
+    if type(value) is not list or not 1 <= len(value) <= _MAX_SCHEMAS:
+        raise _bad(field, f"an array of 1 to {_MAX_SCHEMAS} type schemas", value)
+    try:
+        return tuple(TypeSchema.from_wire(item) for item in value)
+    except CodecError as exc:
+        raise ProtocolError(f"{field}: {exc}") from None
+
+
+#: At most this many schemas in one TYPES message.
+_MAX_SCHEMAS: Final = 4096
+
+
+@attrs.frozen
+class Types(_Message):
+    """Server -> client: the schemas of registered types (`bus.TypeSchema`), sent before the first message
+    that carries a value of one of them on this connection, so a client without the classes decodes them
+    (as `bus.Record` / `bus.EnumMember`). Each type's schema travels once per connection, with the
+    schemas of the types its fields refer to."""
+
+    schemas: tuple[TypeSchema, ...]
+
+    OP: ClassVar[int] = 17
+    NAME: ClassVar[str] = "TYPES"
+    SENT_BY: ClassVar[frozenset[Role]] = frozenset({_S})
+    FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = (("schemas", _schemas),)
+
+    def to_wire(self) -> list[Any]:
+        return [self.OP, [s.to_wire() for s in self.schemas]]
+
+
 @attrs.frozen
 class Sync(_Message):
     """Client -> server: a barrier. The broker handles a connection's messages in order, so its REPLY
@@ -970,6 +1005,7 @@ Message = (
     | Get
     | IsStale
     | Sync
+    | Types
     | Call
     | Cancel
     | Serve
@@ -993,6 +1029,7 @@ BY_OP: Final[dict[int, type[_Message]]] = {
         Get,
         IsStale,
         Sync,
+        Types,
         Call,
         Cancel,
         Serve,

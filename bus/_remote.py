@@ -46,6 +46,7 @@ from bus._messages import (
     Serve,
     Subscribe,
     Sync,
+    Types,
     Unserve,
     Unsubscribe,
     Welcome,
@@ -66,7 +67,7 @@ from bus._stream import (
     _write_loop,
 )
 from bus._subscription import Subscription, SubscriptionStatistics
-from bus._topic import FloatList, Method, Overflow, QoS, Topic
+from bus._topic import FloatList, Method, Overflow, QoS, Topic, register_type
 from bus._wire import (
     Closed,
     Connection,
@@ -432,6 +433,8 @@ class RemoteBusClient(_ClientBase):
         `MethodAlreadyServedError` are raised before that)."""
         mdef = _method_of(method)
         self._require(Action.SERVE, mdef.name)
+        register_type(mdef.request)  # so that replies and requests of its types can be decoded by name
+        register_type(mdef.response)
         if mdef.name in self._handlers:
             raise MethodAlreadyServedError(mdef.name, self.name)
         send, receive = trio.open_memory_channel[Call](math.inf)
@@ -532,6 +535,7 @@ class RemoteBusClient(_ClientBase):
             Error: self._on_error,
             Call: self._on_call,
             Cancel: self._on_cancel,
+            Types: _learned,  # the connection has taught its codec the schemas already
         }
         unexpected = self._unexpected
         while True:
@@ -636,6 +640,10 @@ class RemoteBusClient(_ClientBase):
 
     def __repr__(self) -> str:
         return f"<RemoteBusClient {self.name!r}>"
+
+
+def _learned(message: Types) -> None:
+    """TYPES: nothing left to do (`bus._wire.Connection` has taught its codec the schemas)."""
 
 
 @asynccontextmanager

@@ -268,6 +268,23 @@ def _declared(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def register_type(tp: object) -> None:
+    """Register the attrs class or enum ``tp`` with `bus.default_codec` if it is not yet: a type used in a
+    topic or method is registered when the topic is declared on a bus (or published on) and when the
+    method is served, under its default name (register it first to give it a name of its own). A type the
+    codec cannot carry stays unregistered: it works in-process, and a use over a socket says why not."""
+    from bus._codec import default_codec
+
+    if not isinstance(tp, type) or not (attrs.has(tp) or issubclass(tp, enum.Enum)):
+        return
+    if default_codec.is_registered(tp):
+        return
+    try:
+        default_codec.register(tp)
+    except Exception:
+        return
+
+
 @attrs.frozen
 class Method(Generic[Req, Resp]):
     """A named request/response endpoint: ``Method("Body.Doors.Lock", LockRequest, bool)``.

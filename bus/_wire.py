@@ -32,9 +32,11 @@ from bus._messages import (
     ProtocolError,
     Publish,
     Role,
+    Types,
     Welcome,
     label,
 )
+from bus._schema import TypeSchema
 from bus._state import ConnectionState
 
 __all__ = ["Closed", "Connection"]
@@ -85,6 +87,8 @@ class Connection:
         self._error: ProtocolError | None = None
         #: The handshake's progress on both ends, and what may flow when (`bus._state`).
         self.state = ConnectionState(role)
+        #: A server's: the types whose schemas it has sent (TYPES); every codec knows bus.NotAvailable.
+        self._described: set[str] = {"bus.NotAvailable"}
 
     @property
     def open(self) -> bool:
@@ -190,6 +194,8 @@ class Connection:
         elif type(message) is Welcome:
             self.welcome = message
             self.peer_max_frame = message.max_frame
+        elif type(message) is Types:  # before the next frame is decoded: its values may need them
+            self.codec.learn(message.schemas)
 
     # -- sending -------------------------------------------------------------------------------------------
 
@@ -204,22 +210,43 @@ class Connection:
             return b""
         for message in messages:
             self._check_outgoing(message)
-        return b"".join(self._frames(messages))
+        if self.role is not Role.SERVER:
+            return b"".join(self._frames(messages, None))
+        noted: set[str] = set()
+        frames = self._frames(messages, noted)
+        noted -= self._described
+        if noted:  # the schemas of types the client has not been told of go first, in a frame of their own
+            frames[:0] = self._types_frames(noted)
+        return b"".join(frames)
 
-    def _frames(self, messages: Sequence[Message]) -> list[bytes]:
-        body = self.codec.encode([m.to_wire() for m in messages])
+    def _types_frames(self, names: set[str]) -> list[bytes]:
+        """TYPES frames for the types ``names`` and those their fields reach, less those described."""
+        schemas: dict[str, TypeSchema] = {}
+        for name in sorted(names):
+            for schema in self.codec.schemas(name):
+                if schema.name not in self._described and schema.name not in schemas:
+                    schemas[schema.name] = schema
+        self._described.update(schemas)
+        if not schemas:
+            return []
+        message = Types(tuple(schemas.values()))
+        self.state.process(message, sending=True)
+        return self._frames([message], None)
+
+    def _frames(self, messages: Sequence[Message], noted: set[str] | None) -> list[bytes]:
+        body = self.codec.encode([m.to_wire() for m in messages], types=noted)
         limit = self.peer_max_frame
         if len(body) <= limit:
             return [len(body).to_bytes(_HEADER, "big") + body]
         if len(messages) == 1:
             only = messages[0]
             if isinstance(only, Publish | Deliver) and len(only) > 1:
-                return self._frames(only.split())
+                return self._frames(only.split(), noted)
             raise ProtocolError(
                 f"a {only.NAME} message of {len(body)} bytes exceeds the peer's frame limit of {limit}"
             )
         half = len(messages) // 2
-        return self._frames(messages[:half]) + self._frames(messages[half:])
+        return self._frames(messages[:half], noted) + self._frames(messages[half:], noted)
 
     def _check_outgoing(self, message: Message) -> None:
         if self.role not in message.SENT_BY:

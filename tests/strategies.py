@@ -1081,3 +1081,48 @@ def can_message_payloads(draw: st.DrawFn, message: Any) -> bytes:
 
 
 __all__ += ["can_message_payloads"]
+
+
+# ==================================================================================== schemas that travel
+# Schemas as a peer may send them: well-formed ones (`bus.TypeSchema.to_wire` of registered classes, in
+# the tests) and junk shaped like them, for `TypeSchema.from_wire`, which must refuse junk with a
+# `bus.CodecError` and nothing else.
+
+_SCHEMA_WORDS = st.sampled_from(
+    [
+        "name",
+        "fingerprint",
+        "fields",
+        "members",
+        "type",
+        "member",
+        "list",
+        "tuple",
+        "dict",
+        "union",
+        "literal",
+        "set",
+        "frozenset",
+        "float",
+        "int",
+        "str",
+        "none",
+        "any",
+        "bytes",
+        "bool",
+        "x",
+    ]
+)
+
+
+def schema_junk(*, max_leaves: int = 30) -> st.SearchStrategy[object]:
+    """Nested maps, arrays and texts built from a schema's own words: mostly wrong, sometimes right."""
+    leaves = st.one_of(_SCHEMA_WORDS, cbor_scalars())
+    return st.recursive(
+        leaves,
+        lambda children: st.one_of(
+            st.lists(children, max_size=4),
+            st.dictionaries(_SCHEMA_WORDS, children, max_size=4),
+        ),
+        max_leaves=max_leaves,
+    )

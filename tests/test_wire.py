@@ -27,6 +27,7 @@ from bus._messages import (
     Reply,
     Role,
     Subscribe,
+    Types,
     Welcome,
     error_from_exception,
 )
@@ -68,6 +69,8 @@ def test_hello_frame_bytes() -> None:
 def test_a_batch_is_one_frame_and_round_trips() -> None:
     client, server = pair()
     messages = [Deliver(1, [Sample("A.b", Point(1.0, float(i)), 1.0, 2.0, "p", i)]) for i in range(100)]
+    client.receive_data(server.send(messages[:1]))  # the first carries the TYPES of Point before it
+    assert [type(m) for m in drain(client)] == [Types, Deliver]
     data = server.send(messages)
     assert int.from_bytes(data[:4], "big") == len(data) - 4  # one frame
     client.receive_data(data)

@@ -18,7 +18,6 @@ import enum
 import json
 import math
 import os
-import reprlib
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -39,6 +38,7 @@ from bus import (
     UnknownTopicError,
     default_codec,
 )
+from vwos._display import value_text
 from vwos._jsonvalue import JsonValueError, structure_json
 from vwos._logging import configured_level
 from vwos._policy import State
@@ -439,15 +439,10 @@ def _parse_text(tp: Any, text: str) -> Any:
 
 # == the control plane =====================================================================================
 
-_short = reprlib.Repr()
-_short.maxstring = 40
-_short.maxother = 60
-_short.maxlist = _short.maxtuple = _short.maxdict = 4
-
 
 def _latest_text(sample: Sample[Any]) -> str:
     """A latest value as ``bus list``/``top`` show it: short, and "not available (why)" for no value."""
-    return _short.repr(sample.value) if sample.available else str(sample.value)
+    return value_text(sample.value)
 
 
 def _record(row: Any, now: float) -> ServiceRecord:

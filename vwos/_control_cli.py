@@ -13,6 +13,7 @@ import argparse
 import datetime
 import enum
 import json
+import math
 import os
 import sys
 import time
@@ -24,7 +25,8 @@ import cattrs
 import cattrs.gen
 import trio
 
-from bus import NotAvailable, connect_unix
+from bus import EnumMember, NotAvailable, Record, connect_unix
+from vwos._display import readable_json, value_text
 from vwos._isolation import unwrap
 from vwos._logging import LEVELS
 
@@ -58,6 +60,16 @@ def _scalar_json(value: Any) -> Any:
     return value.name if isinstance(value, enum.Enum) else value
 
 
+def _float_json(value: float) -> Any:
+    """A float as it is (JSON is for programs: every digit kept); NaN and the infinities, which JSON has
+    not, as the texts ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (as protobuf's JSON mapping)."""
+    if isinstance(value, enum.Enum):
+        return value.name
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
 def _json_converter() -> cattrs.Converter:
     """Bus values as JSON, on cattrs' unstructuring: attrs classes as objects (each field by the type of
     its value, not its annotation: any field may hold a `bus.NotAvailable`), enums by name, bytes as hex,
@@ -73,9 +85,12 @@ def _json_converter() -> cattrs.Converter:
 
     converter.register_unstructure_hook_factory(attrs.has, by_value)
     converter.register_unstructure_hook(NotAvailable, lambda value: {"not_available": value.reason})
+    converter.register_unstructure_hook(Record, lambda r: {k: unstructure(v) for k, v in r.fields.items()})
+    converter.register_unstructure_hook(EnumMember, lambda member: member.name)
     # By name, also for enums of str or int: found by their MRO, those would reach the str or int hook.
-    for base in (enum.Enum, str, int, float):
+    for base in (enum.Enum, str, int):
         converter.register_unstructure_hook(base, _scalar_json)
+    converter.register_unstructure_hook(float, _float_json)
     converter.register_unstructure_hook(bytes, bytes.hex)
     for array in (list, tuple, set, frozenset):
         converter.register_unstructure_hook(array, lambda items: [unstructure(v) for v in items])
@@ -294,18 +309,24 @@ async def cmd_bus_list(client: Any, args: argparse.Namespace, out: TextIO) -> in
     if args.json:
         out.write(_dump({"window": reply.window, "topics": reply.topics}) + "\n")
         return EXIT_OK
-    out.write(f"{'TOPIC':<44} {'TYPE':<12} {'UNIT':<6} {'RATE/s':>8} {'AGE':>7}  LATEST\n")
+    # Columns as wide as their longest entry, so long names keep the table aligned.
+    name_w = max([len("TOPIC"), *(len(t.name) for t in reply.topics)])
+    type_w = max([len("TYPE"), *(len(t.type) for t in reply.topics)])
+    unit_w = max([len("UNIT"), *(len(t.unit or "") for t in reply.topics)])
+    out.write(f"{'TOPIC':<{name_w}} {'TYPE':<{type_w}} {'UNIT':<{unit_w}} {'RATE/s':>8} {'AGE':>7}  LATEST\n")
     for t in reply.topics:
         latest = "-" if t.latest is None else t.latest + ("  (stale)" if t.stale else "")
         age = format_seconds(t.age)
-        out.write(f"{t.name:<44} {t.type:<12} {t.unit or '':<6} {t.rate:>8.1f} {age:>7}  {latest}\n")
+        unit = t.unit or ""
+        out.write(
+            f"{t.name:<{name_w}} {t.type:<{type_w}} {unit:<{unit_w}} {t.rate:>8.1f} {age:>7}  {latest}\n"
+        )
     return EXIT_OK
 
 
 def _shown(value: Any) -> str:
-    if type(value) is NotAvailable:
-        return str(value)
-    return json.dumps(_jsonable(value)) if not isinstance(value, str) else repr(value)
+    """A value as text: records by field, floats at their resolution (`vwos._display.value_text`)."""
+    return value_text(value)
 
 
 def _sample_text(sample: Any) -> str:
@@ -404,7 +425,7 @@ async def cmd_bus_call(client: Any, args: argparse.Namespace, out: TextIO) -> in
     if args.json:
         out.write(_dump({"method": args.method, "result": result}) + "\n")
     else:
-        out.write(json.dumps(_jsonable(result), indent=2) + "\n")
+        out.write(json.dumps(readable_json(_jsonable(result)), indent=2) + "\n")
     return EXIT_OK
 
 

@@ -48,17 +48,24 @@ def busiest(topics: TopicsReply, limit: int) -> list[Any]:
 def render_frame(status: StatusReply, topics: TopicsReply, *, limit: int = 15, width: int = 100) -> str:
     """One frame of ``vwos top``, as plain text."""
     lines = [f"vwos top — supervisor up {format_seconds(status.supervisor_uptime)}", ""]
-    lines.append(f"{'SERVICE':<24} {'STATE':<9} {'RESTARTS':>8} {'UPTIME':>8}  LAST ERROR")
+    # Columns as wide as their longest entry (so long names keep the table aligned).
+    name_w = max([len("SERVICE"), *(len(s.name) for s in status.services)])
+    lines.append(f"{'SERVICE':<{name_w}} {'STATE':<9} {'RESTARTS':>8} {'UPTIME':>8}  LAST ERROR")
     for s in status.services:
-        error = (s.last_error or "")[: max(0, width - 55)]
-        lines.append(f"{s.name:<24} {s.state:<9} {s.restarts:>8} {format_seconds(s.uptime):>8}  {error}")
+        error = (s.last_error or "")[: max(0, width - name_w - 31)]
+        uptime = format_seconds(s.uptime)
+        lines.append(f"{s.name:<{name_w}} {s.state:<9} {s.restarts:>8} {uptime:>8}  {error}")
     lines.append("")
-    lines.append(f"{'TOPIC':<44} {'RATE/s':>9} {'COUNT':>9}  LATEST")
-    for t in busiest(topics, limit):
+    shown = busiest(topics, limit)
+    topic_w = max([len("TOPIC"), *(len(t.name) for t in shown)])
+    lines.append(f"{'TOPIC':<{topic_w}} {'RATE/s':>9} {'COUNT':>9}  LATEST")
+    for t in shown:
         latest = "-" if t.latest is None else t.latest
         if t.stale and t.latest is not None:
             latest += " (stale)"
-        lines.append(f"{t.name:<44} {t.rate:>9.1f} {t.published:>9}  {latest[: max(0, width - 66)]}")
+        lines.append(
+            f"{t.name:<{topic_w}} {t.rate:>9.1f} {t.published:>9}  {latest[: max(0, width - topic_w - 22)]}"
+        )
     return "\n".join(line[:width] for line in lines) + "\n"
 
 
