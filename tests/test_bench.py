@@ -157,8 +157,11 @@ CASES = [
         ("--config", str(FOOTPRINT_CONFIG), "--repeat", "1", "--settle", "0.2"),
         positive=(
             "seconds_to_ready",
+            "cpu_seconds_to_ready",
             "rss_mib",
             "rss_at_ready_mib",
+            "rss_anon_mib",
+            "rss_file_mib",
             "hwm_mib",
             "seconds_to_stop",
             "bare_python_seconds_to_ready",
