@@ -143,3 +143,11 @@ def test_the_file_uplink_loads_neither_the_mqtt_transport_nor_can() -> None:
     for module in ("services.uplink._mqtt", "services.uplink._paho", "services.uplink._cli", "services.can"):
         assert module not in found
     assert not [m for m in found if m.startswith(("paho", "cantools", "can."))] and "can" not in found
+
+
+def test_an_isolated_services_process_loads_neither_the_supervisor_nor_the_broker() -> None:
+    found = imported_after("import vwos._child", ("vwos", "bus", "cattrs", "argparse", "sqlite3"))
+    assert "vwos._child" in found and "bus._remote" in found
+    for module in ("vwos._supervisor", "vwos._config", "vwos._control", "vwos._cli", "bus._broker"):
+        assert module not in found
+    assert "cattrs" not in found and "argparse" not in found and "sqlite3" not in found
