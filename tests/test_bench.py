@@ -176,8 +176,8 @@ CASES = [
             "vwos: RSS after 0.2 s running",
             "python -c pass: RSS",
             'python -c "import trio": spawn -> READY=1',
-            "goal RSS < 60 MiB",
-            "goal spawn -> all services ready < 1.5 s",
+            "goal RSS < 40 MiB",
+            "goal spawn -> all services ready < 0.5 s",
         ),
     ),
 ]
