@@ -157,8 +157,11 @@ CASES = [
         ("--config", str(FOOTPRINT_CONFIG), "--repeat", "1", "--settle", "0.2"),
         positive=(
             "seconds_to_ready",
+            "cpu_seconds_to_ready",
             "rss_mib",
             "rss_at_ready_mib",
+            "rss_anon_mib",
+            "rss_file_mib",
             "hwm_mib",
             "seconds_to_stop",
             "bare_python_seconds_to_ready",
@@ -173,8 +176,8 @@ CASES = [
             "vwos: RSS after 0.2 s running",
             "python -c pass: RSS",
             'python -c "import trio": spawn -> READY=1',
-            "goal RSS < 60 MiB",
-            "goal spawn -> all services ready < 1.5 s",
+            "goal RSS < 40 MiB",
+            "goal spawn -> all services ready < 0.5 s",
         ),
     ),
 ]

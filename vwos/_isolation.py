@@ -49,11 +49,12 @@ import attrs
 import structlog
 import trio
 
-from bus import PeerCredentials, Permissions
+from bus import Permissions
 from vwos._logging import LEVELS, configured_level, service_logger
 from vwos._proctree import ENV_RUN, SUBREAPER, LiveProcesses, Processes, Verdict, members, owner, reapable
 
 if TYPE_CHECKING:
+    from bus import PeerCredentials  # for annotations only: a service's process never loads the broker
     from vwos._spec import ServiceSpec
 
 __all__ = [

@@ -16,7 +16,7 @@ from bus import Overflow, Sample, Subscription, Topic, default_codec
 from services.uplink._batch import MAX_BODY_BYTES, MIN_MAX_BATCH_BYTES
 from services.uplink._campaign import Campaign, CampaignFilter
 from services.uplink._file import FileTransport
-from services.uplink._mqtt import MqttConfig, MqttTransport
+from services.uplink._mqtt_config import MqttConfig
 from services.uplink._outbox import (
     MAX_QUOTA_BYTES,
     MIN_QUOTA_BYTES,
@@ -196,6 +196,9 @@ def configured_transport(
     service's state directory's ``outgoing``)."""
     if config.transport == "mqtt":
         assert config.mqtt is not None  # UplinkConfig refuses transport = "mqtt" without it
+        # Imported here: an uplink that writes files never loads the MQTT transport (nor paho).
+        from services.uplink._mqtt import MqttTransport
+
         return MqttTransport(config.mqtt, config.vehicle_id, log=ctx.log)
     directory = config.directory if config.directory is not None else ctx.state_dir / "outgoing"
     return contextlib.nullcontext(FileTransport(directory))
