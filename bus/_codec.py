@@ -918,6 +918,21 @@ class Codec:
             if schema.name not in self._by_name:
                 self._learned[schema.name] = schema
 
+    def with_schemas(self, schemas: Iterable[TypeSchema]) -> Codec:
+        """A codec with this one's registered classes (shared: registering on either registers on both)
+        that has also learned ``schemas`` -- for data that carries its own schemas (an uplink batch, a
+        recording), without teaching this codec."""
+        other = Codec.__new__(Codec)
+        other._by_type = self._by_type
+        other._by_name = self._by_name
+        other._learned = dict(self._learned)
+        other._learner = _Learned(other)
+        semantic = dict(self._semantic_decoders)
+        semantic[OBJECT_TAG] = other._decode_object
+        other._semantic_decoders = semantic
+        other.learn(schemas)
+        return other
+
     def knows(self, name: str) -> bool:
         """Whether values of the type ``name`` can be decoded here (registered or learned)."""
         return name in self._by_name or name in self._learned

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import enum
 import hashlib
 import importlib
 import importlib.metadata
@@ -47,7 +48,7 @@ from strategies import (
 )
 
 import services.uplink
-from bus import Codec, default_codec, matches
+from bus import Codec, EnumMember, Record, default_codec, matches
 from services.uplink import (
     Batch,
     BatchBuilder,
@@ -400,9 +401,14 @@ def test_attrs_values_travel_as_embedded_bus_codec_cbor() -> None:
     fix = Fix(52.42, 10.78, 9)
     payload = encode_batch("V", "s", 3, [("Vehicle.Fix", T0, fix), ("Vehicle.Speed", T0, 1.5)], codec=codec)
     assert decode_batch(payload, codec=codec).samples[0].value == fix
+    # The default codec does not know the type: the schema the batch carries decodes it, by field name.
+    fields = {"latitude": 52.42, "longitude": 10.78, "satellites": 9}
+    assert decode_batch(payload).samples[0].value == Record("test.Fix", fields)
+    # A version 1 batch carries no schemas: the value stays undecoded (or fails the batch, strictly).
+    old = _envelope([to_us(T0), to_us(T0), ["Vehicle.Fix"], [0], [0], [cbor2.CBORTag(24, codec.encode(fix))]])
     with pytest.raises(BatchError, match=r"value 0: unknown type name 'test\.Fix'"):
-        decode_batch(payload)  # the default codec does not know the type
-    opaque = decode_batch(payload, strict=False).samples[0].value
+        decode_batch(old)
+    opaque = decode_batch(old, strict=False).samples[0].value
     assert isinstance(opaque, services.uplink.OpaqueValue)
     assert opaque.type_name == "test.Fix"
     assert codec.decode(opaque.cbor) == fix
@@ -415,7 +421,8 @@ def test_attrs_values_travel_as_embedded_bus_codec_cbor() -> None:
     assert body[5][1] == 1.5
 
 
-def _envelope(body: object, *, version: int = VERSION, encoding: int = 0, magic: str = FORMAT) -> bytes:
+def _envelope(body: object, *, version: int = 1, encoding: int = 0, magic: str = FORMAT) -> bytes:
+    """A batch of ``body``: version 1 by default (no schemas item), which is still read."""
     raw = cbor2.dumps(body)
     if encoding == ENCODING_ZLIB:
         raw = zlib.compress(raw)
@@ -431,7 +438,13 @@ GOOD_BODY = [100, 105, ["A", "B"], [0, 1, 0], [0, 5, 2], [1.0, "x", None]]
         (b"", "empty data"),
         (b"\x00", "not a vwos uplink batch"),
         (cbor2.dumps(["other", 1]), "not a vwos uplink batch"),
-        (_envelope(GOOD_BODY, version=2), "version 2 is not supported"),
+        (_envelope(GOOD_BODY, version=3), "version 3 is not supported"),
+        (_envelope(GOOD_BODY, version=VERSION), "expected an array of 7 items"),
+        (_envelope([*GOOD_BODY, 5], version=VERSION), "schemas must be an array"),
+        (
+            _envelope([*GOOD_BODY, [{"name": "x"}]], version=VERSION),
+            "batch body: schemas: schema x: the fingerprint",
+        ),
         (_envelope(GOOD_BODY)[:-3], "truncated"),
         (_envelope(GOOD_BODY) + b"\x00", "trailing garbage"),
         (cbor2.dumps([FORMAT, 1, "V", "s", -1, 0, b""]), "seq must be an unsigned integer"),
@@ -1502,7 +1515,8 @@ def test_inspect_prints_batches_for_a_person(batch_dir: Path) -> None:
     assert "3 samples of 2 topics" in out
     assert "Vehicle.Speed         2" in out
     assert "2023-11-14T22:13:20.250000Z  Vehicle.Speed  87.5" in out
-    assert "<test.Fix: [1.5, 2.5, 7]>" in out  # an unregistered type: shown with its fields, undecoded
+    # A type this process never registered: decoded by the schema the batch carries, fields by name.
+    assert "Vehicle.Fix  Fix(latitude=1.5, longitude=2.5, satellites=7)" in out
     code, summary, _ = _inspect(str(batch_dir), "--summary")
     assert code == 0
     assert "87.5" not in summary
@@ -1853,3 +1867,76 @@ def test_a_database_damaged_beyond_use_is_moved_aside_and_what_it_held_is_counte
         assert "was moved aside" in str(outbox.damage)
         assert outbox.statistics().lost_damaged == held
     assert outbox.moved_aside.moved_to.exists()  # kept, for a person to look at
+
+
+# -- batches carry the schemas of their record values ----------------------------------------------------
+
+
+class Gear(enum.Enum):
+    P = "P"
+    D = "D"
+
+
+@attrs.frozen
+class Drive:
+    fix: Fix
+    gear: Gear
+
+
+def test_batches_carry_the_schemas_of_their_records_across_restarts(tmp_path: Path) -> None:
+    """A cloud reader (or `vwos uplink inspect`) without the classes decodes the records by the schemas the
+    batch carries; the outbox keeps the schemas with the samples, so batches formed after a restart carry
+    them too. Topics of plain values carry none."""
+    codec = Codec()
+    codec.register(Drive, name="test.Drive")
+    path = tmp_path / "outbox.sqlite"
+    drive = Drive(Fix(52.4, 10.8, 9), Gear.D)
+    with Outbox(path, quota_bytes=1 << 30, vehicle_id="VIN1", codec=codec) as outbox:
+        keep = Keep(("all",), 0, None)
+        outbox.accept([("Vehicle.Drive", drive, T0, keep), ("Vehicle.Speed", 50.0, T0, keep)])
+        outbox.accept([("Vehicle.Drive", drive, T0 + 1, keep)])
+    with Outbox(path, quota_bytes=1 << 30, vehicle_id="VIN1", codec=codec) as outbox:  # a restart
+        formed = outbox.next_batch(T0)
+        assert formed is not None
+        _, payload = formed
+    batch = decode_batch(payload, codec=Codec())  # a reader that never registered Drive
+    assert {s.name for s in batch.schemas} == {"test.Drive", f"{__name__}.Fix", f"{__name__}.Gear"}
+    values = [s.value for s in batch.samples if s.topic == "Vehicle.Drive"]
+    assert values[0] == Record(
+        "test.Drive",
+        {
+            "fix": Record(f"{__name__}.Fix", {"latitude": 52.4, "longitude": 10.8, "satellites": 9}),
+            "gear": EnumMember(f"{__name__}.Gear", "D"),
+        },
+    )
+    assert decode_batch(payload, codec=codec).samples[0].value == drive  # with the class: the class
+    plain = encode_batch("VIN1", "s", 1, [("Vehicle.Speed", T0, 1.0)])
+    assert decode_batch(plain).schemas == ()
+
+
+def test_a_version_2_outbox_is_upgraded_and_its_values_then_carry_their_schemas(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    codec = Codec()
+    codec.register(Fix, name="test.Fix")
+    with Outbox(path, quota_bytes=1 << 30, vehicle_id="VIN1", codec=codec) as outbox:
+        outbox.accept([("Vehicle.Fix", Fix(1.0, 2.0, 3), T0, Keep(("all",), 0, None))])
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE types")
+    db.execute("DROP TABLE topic_types")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    with Outbox(path, quota_bytes=1 << 30, vehicle_id="VIN1", codec=codec) as outbox:
+        formed = outbox.next_batch(T0)
+        assert formed is not None
+        assert decode_batch(formed[1], codec=codec).schemas == ()  # stored before: no schema known for it
+        outbox.accept([("Vehicle.Fix", Fix(4.0, 5.0, 6), T0 + 1, Keep(("all",), 0, None))])
+        assert outbox.ack(formed[0])
+        formed = outbox.next_batch(T0)
+        assert formed is not None
+    assert decode_batch(formed[1], codec=Codec()).samples[0].value == Record(
+        "test.Fix", {"latitude": 4.0, "longitude": 5.0, "satellites": 6}
+    )
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    db.close()

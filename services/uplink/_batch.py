@@ -8,26 +8,28 @@ decoder from it. In short, a batch is one CBOR array, the *envelope*::
 where ``body`` is a byte string holding (``encoding`` 0) or zlib-compressing (``encoding`` 1) the CBOR
 array::
 
-    [first_us, last_us, topics, topic_index, delta_us, values]
+    [first_us, last_us, topics, topic_index, delta_us, values, schemas]
 
 ``topics`` is the batch's table of topic names, and the three columns hold one entry per sample: an index
 into ``topics``, the timestamp as integer microseconds after ``first_us``, and the value -- ``None``,
 ``bool``, ``int``, ``float``, ``str`` and ``bytes`` as themselves, anything else (registered attrs values,
 enums, lists, dicts) as CBOR tag 24 ("embedded CBOR data item", RFC 8949 section 3.4.5.1) around the bus
-codec's encoding of the value.
+codec's encoding of the value. ``schemas`` (version 2) holds the `bus.TypeSchema` maps of the registered
+types the batch's topics carry, so a reader without the classes decodes their values (as `bus.Record`);
+version 1 had no ``schemas`` item, and is still read.
 """
 
 from __future__ import annotations
 
 import io
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import attrs
 import cbor2
 
-from bus import Codec, CodecError, NotAvailable, default_codec
+from bus import Codec, CodecError, NotAvailable, TypeSchema, default_codec
 
 __all__ = [
     "DEFAULT_MAX_BATCH_BYTES",
@@ -55,7 +57,9 @@ __all__ = [
 #: The envelope's first item: what this is.
 FORMAT: Final = "vwos-uplink"
 #: The envelope's second item: the version of this format. A decoder refuses versions it does not know.
-VERSION: Final = 1
+VERSION: Final = 2
+#: The versions this decoder reads (1: no schemas in the body).
+READ_VERSIONS: Final = (1, 2)
 #: ``encoding`` of a body that is the CBOR array itself.
 ENCODING_CBOR: Final = 0
 #: ``encoding`` of a body that is zlib-compressed (RFC 1950: zlib header, deflate, Adler-32).
@@ -106,12 +110,13 @@ def to_us(timestamp: float) -> int:
     return round(timestamp * 1_000_000)
 
 
-def prepare_value(value: object, codec: Codec = default_codec) -> object:
+def prepare_value(value: object, codec: Codec = default_codec, types: set[str] | None = None) -> object:
     """``value`` as it goes in a batch's values column: a CBOR scalar as itself, else tag 24 around the
-    bus codec's encoding. Raises `bus.CodecError` if the codec cannot encode it."""
+    bus codec's encoding (the names of the registered types it holds added to ``types``, if given).
+    Raises `bus.CodecError` if the codec cannot encode it."""
     if type(value) in _RAW_TYPES:
         return value
-    return cbor2.CBORTag(EMBEDDED_CBOR, codec.encode(value))
+    return cbor2.CBORTag(EMBEDDED_CBOR, codec.encode(value, types=types))
 
 
 def _head_size(n: int) -> int:
@@ -143,6 +148,8 @@ class BatchHeader:
     encoding: int
     #: Bytes of the body as it travels (compressed if ``encoding`` is 1).
     body_size: int
+    #: The format version (1: no schemas in the body).
+    version: int = VERSION
 
     @property
     def compressed(self) -> bool:
@@ -206,6 +213,8 @@ class Batch:
     #: Bytes of the whole batch as it travelled, and of its body uncompressed.
     size: int
     body_size: int
+    #: The schemas the batch carries (version 2), by which its record values were decoded.
+    schemas: tuple[TypeSchema, ...] = ()
 
     def topic_counts(self) -> dict[str, int]:
         """Samples per topic, in the order of the batch's topic table."""
@@ -253,6 +262,8 @@ class BatchBuilder:
         self._envelope_max = self._envelope_size(_INT_MAX, 0)
         #: A sample whose value and topic together take less than this fits on its own: no need to measure.
         self._small = max_bytes - self._envelope_max - 4 * 9 - 16
+        #: The schema maps (`bus.TypeSchema.to_wire`) a batch of the given topics carries; None: none.
+        self.schemas_for: Callable[[list[str]], list[Any]] | None = None
 
     def _envelope_size(self, seq: int, body_size: int) -> int:
         head = len(_dumps([FORMAT, VERSION, self.vehicle_id, self.stream, seq, ENCODING_CBOR, b""])) - 1
@@ -260,7 +271,7 @@ class BatchBuilder:
 
     def single_size(self, topic: str, prepared: object) -> int:
         """Bytes of a batch holding only this sample (with the largest seq: an upper bound for any seq)."""
-        body = _dumps([0, 0, [topic], [0], [0], [prepared]])
+        body = _dumps([0, 0, [topic], [0], [0], [prepared], []])
         return self._envelope_size(_INT_MAX, len(body))
 
     def check(self, topic: str, prepared: object) -> None:
@@ -291,10 +302,10 @@ class BatchBuilder:
         topic_index = [setdefault(topic, len(index)) for topic, _, _ in samples]
         times = [t for _, t, _ in samples]
         first, last = min(times), max(times)
-        body = _dumps(
-            [first, last, list(index), topic_index, [t - first for t in times], [v for _, _, v in samples]]
-        )
-        return body
+        topics = list(index)
+        schemas = self.schemas_for(topics) if self.schemas_for is not None else []
+        deltas = [t - first for t in times]
+        return _dumps([first, last, topics, topic_index, deltas, [v for _, _, v in samples], schemas])
 
     def build(self, seq: int, samples: Sequence[tuple[str, int, object]]) -> bytes:
         """The batch of all ``samples`` (at least one), compressed if enabled and smaller.
@@ -373,7 +384,12 @@ def encode_batch(
     cannot encode.
     """
     builder = BatchBuilder(vehicle_id, stream, max_bytes=max_bytes, compress=compress)
-    prepared = [(topic, to_us(t), prepare_value(v, codec)) for topic, t, v in samples]
+    noted: set[str] = set()
+    prepared = [(topic, to_us(t), prepare_value(v, codec, noted)) for topic, t, v in samples]
+    noted.discard(NOT_AVAILABLE_TYPE)  # every codec knows it
+    if noted:  # the batch carries the schemas of the registered types its values hold
+        wire = {s.name: s.to_wire() for name in sorted(noted) for s in codec.schemas(name)}
+        builder.schemas_for = lambda topics: list(wire.values())
     return builder.build(seq, prepared)
 
 
@@ -448,9 +464,9 @@ def _envelope(data: bytes | bytearray | memoryview) -> tuple[BatchHeader, bytes]
         raise BatchError(f"not a vwos uplink batch (expected a CBOR array starting with {FORMAT!r})")
     if len(item) < 2 or type(item[1]) is not int:
         raise BatchError("batch envelope: no format version")
-    if item[1] != VERSION:
+    if item[1] not in READ_VERSIONS:
         raise BatchError(
-            f"batch format version {item[1]} is not supported (this decoder reads version {VERSION})"
+            f"batch format version {item[1]} is not supported (this decoder reads versions 1 and {VERSION})"
         )
     if len(item) != 7:
         raise BatchError(f"batch envelope: expected 7 items, got {len(item)}")
@@ -465,7 +481,7 @@ def _envelope(data: bytes | bytearray | memoryview) -> tuple[BatchHeader, bytes]
         raise BatchError(f"batch envelope: unknown body encoding {encoding!r} (known: 0 plain, 1 zlib)")
     if type(body) is not bytes:
         raise BatchError(f"batch envelope: the body must be a byte string, got {_describe(body)}")
-    return BatchHeader(vehicle_id, stream, seq, encoding, len(body)), body
+    return BatchHeader(vehicle_id, stream, seq, encoding, len(body), item[1]), body
 
 
 def read_header(data: bytes | bytearray | memoryview) -> BatchHeader:
@@ -509,9 +525,13 @@ def decode_batch(
     elif len(body) > max_body_bytes:
         raise BatchError(f"batch body: {len(body):,} bytes, more than {max_body_bytes:,}")
     item = _loads(body, "batch body")
-    if type(item) is not list or len(item) != 6:
-        raise BatchError(f"batch body: expected an array of 6 items, got {_describe(item)}")
-    first, last, topics, topic_index, deltas, values = item
+    items = 6 if header.version == 1 else 7
+    if type(item) is not list or len(item) != items:
+        raise BatchError(f"batch body: expected an array of {items} items, got {_describe(item)}")
+    first, last, topics, topic_index, deltas, values = item[:6]
+    schemas = _schemas(item[6]) if items == 7 else ()
+    if schemas and codec is not None:
+        codec = codec.with_schemas(schemas)
     for name, value in (("first_us", first), ("last_us", last)):
         if type(value) is not int:
             raise BatchError(f"batch body: {name} must be an integer, got {_describe(value)}")
@@ -561,7 +581,23 @@ def decode_batch(
         samples=samples,
         size=len(data),
         body_size=len(body),
+        schemas=schemas,
     )
+
+
+def _schemas(value: object) -> tuple[TypeSchema, ...]:
+    if type(value) is not list or len(value) > _MAX_SCHEMAS:
+        raise BatchError(
+            f"batch body: schemas must be an array of at most {_MAX_SCHEMAS}, got {_describe(value)}"
+        )
+    try:
+        return tuple(TypeSchema.from_wire(item) for item in value)
+    except CodecError as exc:
+        raise BatchError(f"batch body: schemas: {exc}") from None
+
+
+#: At most this many schemas in one batch.
+_MAX_SCHEMAS: Final = 4096
 
 
 def _value(value: object, k: int, codec: Codec | None, strict: bool) -> object:

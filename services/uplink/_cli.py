@@ -25,7 +25,7 @@ import cattrs
 import cattrs.gen
 import cbor2
 
-from bus import NotAvailable
+from bus import EnumMember, NotAvailable, Record
 from services.uplink._batch import MAX_BODY_BYTES, Batch, BatchError, OpaqueValue, decode_batch, loads_generic
 from services.uplink._file import SUFFIX
 
@@ -193,6 +193,8 @@ def _show(value: object) -> str:
     if isinstance(value, OpaqueValue):
         shown = _generic(value.cbor)
         return f"<{value.type_name or 'undecoded'}: {shown}>"
+    if isinstance(value, Record | EnumMember):  # decoded by the schema the batch carries
+        return str(value)
     return repr(value)
 
 
@@ -302,6 +304,10 @@ def _json_converter() -> cattrs.Converter:
     converter.register_unstructure_hook(NotAvailable, lambda value: {"not_available": value.reason})
     converter.register_unstructure_hook(bytes, lambda value: {"bytes_hex": value.hex()})
     converter.register_unstructure_hook(OpaqueValue, _opaque_json)
+    converter.register_unstructure_hook(
+        Record, lambda r: {"type": r.type_name, "fields": {k: unstructure(v) for k, v in r.fields.items()}}
+    )
+    converter.register_unstructure_hook(EnumMember, lambda m: {"type": m.type_name, "member": m.name})
     for array in (list, tuple, set, frozenset):
         converter.register_unstructure_hook(array, lambda items: [unstructure(v) for v in items])
     converter.register_unstructure_hook(

@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import attrs
+import cbor2
 
-from bus import Codec, default_codec
+from bus import Codec, CodecError, default_codec
 from services.uplink._batch import (
     DEFAULT_MAX_BATCH_BYTES,
     MIN_MAX_BATCH_BYTES,
@@ -88,7 +89,7 @@ __all__ = [
 APPLICATION_ID: Final = 0x76774F42
 #: ``PRAGMA user_version``: the layout of the tables. A file with a higher version is refused; version 1
 #: (no CRC columns) is upgraded in place when opened.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 #: The smallest quota of any outbox: the schema, a WAL, the high-water mark and some room for data.
 MIN_QUOTA_BYTES: Final = 256 * 1024
 #: The largest quota (SQLite's own limit with 4 KiB pages is 16 TiB).
@@ -152,6 +153,12 @@ CREATE TABLE counters (
     value INTEGER NOT NULL,
     PRIMARY KEY (name, key)
 ) STRICT, WITHOUT ROWID;
+CREATE TABLE types (name TEXT PRIMARY KEY, schema BLOB NOT NULL) STRICT, WITHOUT ROWID;
+CREATE TABLE topic_types (
+    topic TEXT NOT NULL,
+    type TEXT NOT NULL,
+    PRIMARY KEY (topic, type)
+) STRICT, WITHOUT ROWID;
 """
 
 #: Version 1 had no CRCs: the columns are added (NULL: written before checksums, checked by decoding only).
@@ -159,6 +166,15 @@ _UPGRADE_1_TO_2: Final = (
     "ALTER TABLE chunks ADD COLUMN crc INTEGER",
     "ALTER TABLE batches ADD COLUMN crc INTEGER",
 )
+#: Version 2 kept no schemas: the tables are added (empty: values stored before travel without schemas).
+_UPGRADE_2_TO_3: Final = (
+    "CREATE TABLE types (name TEXT PRIMARY KEY, schema BLOB NOT NULL) STRICT, WITHOUT ROWID",
+    "CREATE TABLE topic_types (topic TEXT NOT NULL, type TEXT NOT NULL, PRIMARY KEY (topic, type)) "
+    "STRICT, WITHOUT ROWID",
+)
+
+#: Types every codec knows: their schemas need not travel.
+_EVERY_CODEC_KNOWS: Final = frozenset({"bus.NotAvailable"})
 
 _COUNTER_NAMES: Final = (
     "accepted",
@@ -423,6 +439,8 @@ class Outbox:
         self._pending: defaultdict[tuple[str, str], int] | None = None
         #: Topics new in an accept, inserted with the first of its transactions that commits.
         self._pending_topics: list[tuple[int, str]] = []
+        #: (topic, type name, schema map) new in an accept, stored likewise.
+        self._pending_types: list[tuple[str, str, Any]] = []
         #: Counts that could not be committed yet (the storage failed): added to the next commit.
         self._unsaved: defaultdict[tuple[str, str], int] = defaultdict(int)
         #: Pages the last accept needed, and whether fewer are free now (the next one will evict).
@@ -443,6 +461,7 @@ class Outbox:
             self._builder = BatchBuilder(
                 vehicle_id, self.stream, max_bytes=max_batch_bytes, compress=compress
             )
+            self._builder.schemas_for = self._schemas_for
             self._check_damage()
             self._fit_quota()
             self._refresh()
@@ -546,10 +565,10 @@ class Outbox:
         stream, next_seq = meta.get("stream"), meta.get("next_seq")
         if type(stream) is not str or type(next_seq) is not int or next_seq < 1:
             return f"its meta table is damaged (stream {stream!r}, next_seq {next_seq!r})"
-        if version == 1:
+        if version < SCHEMA_VERSION:
             db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _UPGRADE_1_TO_2:
+                for statement in (*(_UPGRADE_1_TO_2 if version == 1 else ()), *_UPGRADE_2_TO_3):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 db.execute("COMMIT")
@@ -611,6 +630,14 @@ class Outbox:
         for tid, name in db.execute("SELECT id, name FROM topics"):
             self._topic_ids[name] = tid
             self._topic_names[tid] = name
+        #: The schemas (wire maps) of the registered types stored values hold, and which topics hold which.
+        self._schemas: dict[str, Any] = {}
+        for name, blob in db.execute("SELECT name, schema FROM types"):
+            with contextlib.suppress(Exception):  # a damaged row: its values travel without their schema
+                self._schemas[name] = cbor2.loads(blob)
+        self._topic_types: dict[str, set[str]] = {}
+        for topic, type_name in db.execute("SELECT topic, type FROM topic_types"):
+            self._topic_types.setdefault(topic, set()).add(type_name)
         self._groups: dict[int, _Group] = {}
         self._group_ids: dict[Keep, int] = {}
         for gid, campaigns, priority, ttl_us in db.execute(
@@ -1028,10 +1055,12 @@ class Outbox:
         storage failure never raises (only a damaged file does, `OutboxStorageError`: open it again).
         """
         self._check_open()
-        plan = plan_accept(rows, self._topic_ids, self._topic_names, self._builder, self.codec)
+        noted: dict[str, set[str]] = {}
+        plan = plan_accept(rows, self._topic_ids, self._topic_names, self._builder, self.codec, noted)
         if plan is None:
             return 0
         chunks, new_topics, refused = plan
+        self._pending_types = self._new_types(noted)
         for _, counter, _ in refused:  # committed with the next write that succeeds
             self._count_unsaved(counter, 1)
         now_us = None if now is None else to_us(now)
@@ -1100,6 +1129,8 @@ class Outbox:
                         for tid, topic in self._pending_topics:  # a rollback reloads both from the database
                             self._topic_names[tid] = topic
                             self._topic_ids[topic] = tid
+                    if self._pending_types:
+                        self._store_types(self._pending_types)
                     if chunks:
                         self._make_room(need << attempt, limits, now_us)
                     rows_out = []
@@ -1123,6 +1154,7 @@ class Outbox:
                     self._chunk_bytes += added_bytes
                     self._count("accepted", count)
                 self._pending_topics = []
+                self._pending_types = []
                 failure = None
                 break
             except sqlite3.DatabaseError as exc:
@@ -1306,6 +1338,46 @@ class Outbox:
                 self._formed_samples += taken
                 self._formed_bytes += size
         return formed, refused
+
+    # -- schemas: what a reader needs to decode the stored values -------------------------------------------
+
+    def _new_types(self, noted: dict[str, set[str]]) -> list[tuple[str, str, Any]]:
+        """(topic, type, schema map) for the types ``noted`` on topics that were not known to hold them,
+        with the types their fields reach."""
+        new: list[tuple[str, str, Any]] = []
+        for topic, names in noted.items():
+            known = self._topic_types.get(topic, set())
+            for name in names - known - _EVERY_CODEC_KNOWS:
+                try:
+                    schemas = self.codec.schemas(name)
+                except CodecError:  # a type the codec cannot describe: its values travel without a schema
+                    continue
+                new.extend((topic, schema.name, schema.to_wire()) for schema in schemas)
+        return new
+
+    def _store_types(self, pending: list[tuple[str, str, Any]]) -> None:
+        """Store ``pending`` types in the current transaction (a rollback reloads them from the database)."""
+        self._db.executemany(
+            "INSERT OR IGNORE INTO topic_types (topic, type) VALUES (?, ?)", [(t, n) for t, n, _ in pending]
+        )
+        self._db.executemany(
+            "INSERT OR REPLACE INTO types (name, schema) VALUES (?, ?)",
+            [(n, cbor2.dumps(wire, canonical=True)) for _, n, wire in pending],
+        )
+        for topic, name, wire in pending:
+            self._topic_types.setdefault(topic, set()).add(name)
+            self._schemas[name] = wire
+
+    def _schemas_for(self, topics: list[str]) -> list[Any]:
+        """The schema maps a batch of ``topics`` carries (those of the types their stored values hold)."""
+        if not self._topic_types:
+            return []
+        names: set[str] = set()
+        for topic in topics:
+            found = self._topic_types.get(topic)
+            if found:
+                names |= found
+        return [self._schemas[n] for n in sorted(names) if n in self._schemas]
 
     def ack(self, seq: int) -> bool:
         """The batch ``seq`` was acknowledged: delete it. False if there is no such formed batch (already

@@ -119,10 +119,12 @@ def plan_accept(
     topic_names: Mapping[int, str],
     builder: BatchBuilder,
     codec: Codec,
+    types: dict[str, set[str]] | None = None,
 ) -> tuple[list[_NewChunk], list[tuple[int, str]], list[tuple[str, str, str]]] | None:
     """What an accept of ``rows`` stores: its chunks (grouped by `Keep`, encoded, at most `CHUNK_SAMPLES`
     each), the topics it names for the first time ``(id, name)`` (ids after the known ``topic_names``), and
-    the samples it refuses ``(topic, counter, reason)``; None if there is nothing at all."""
+    the samples it refuses ``(topic, counter, reason)``; None if there is nothing at all. With ``types``,
+    the names of the registered types each topic's values hold are added to ``types[topic]``."""
     groups: dict[Keep, tuple[list[int], list[int], list[Any]]] = {}
     new_ids: dict[str, int] = {}  # joins topic_ids only once committed
     new_topics: list[tuple[int, str]] = []
@@ -145,7 +147,12 @@ def plan_accept(
         try:
             t_us = round(timestamp * 1_000_000)  # its range is checked per group below
             if type(value) is not float:
-                value = prepare_value(value, codec)
+                noted = None
+                if types is not None:
+                    noted = types.get(topic)
+                    if noted is None:
+                        noted = types[topic] = set()
+                value = prepare_value(value, codec, noted)
                 builder.check(topic, value)
         except BatchError as exc:
             refused.append((topic, "refused_oversize", str(exc)))
