@@ -1880,6 +1880,13 @@ def test_describe_value() -> None:
     assert describe_value([1]) == "an array"
     assert describe_value({"a": 1}) == "a table"
     assert describe_value(datetime.time(7, 30)) == "the time 07:30:00"
+    assert describe_value(datetime.date(2026, 1, 2)) == "the date 2026-01-02"
+    assert describe_value(datetime.datetime(2026, 1, 2, 3, 4)) == "the date-time 2026-01-02T03:04:00"
+    assert describe_value([]) == "an empty array"
+    assert describe_value({}) == "an empty table"
+    assert describe_value(None) == "nothing (None)"
+    assert describe_value(b"ab") == "bytes b'ab'"
+    assert describe_value(b"x" * 100) == f"bytes b'{'x' * 55}..."
 
 
 def test_format_path_quotes_keys_that_are_not_bare() -> None:
@@ -1894,6 +1901,9 @@ def test_toml_literal() -> None:
     assert toml_literal(Inner(1)) == '{ x = 1, label = "inner" }'
     assert toml_literal([Color.RED, Path("/a"), 1.5, False]) == '["red", "/a", 1.5, false]'
     assert toml_literal({}) == "{}"
+    assert toml_literal((datetime.date(2026, 1, 2), datetime.time(7, 30))) == "[2026-01-02, 07:30:00]"
+    assert toml_literal(float("nan")) == "nan"
+    assert toml_literal(b"raw") == "b'raw'"  # no TOML form: shown as Python writes it
 
 
 def test_describe_fields_of_a_plugin_config() -> None:
@@ -2161,3 +2171,9 @@ def test_config_text_too_large_is_refused_before_parsing() -> None:
     assert one_problem("#" * (MAX_FILE_BYTES + 1)) == (
         "vwos.toml: the config file is larger than 4 MiB (is it the right file?)"
     )
+
+
+def test_a_key_in_a_table_that_takes_none() -> None:
+    with pytest.raises(StructureError) as info:
+        structure({"x": 1}, NoConfig)
+    assert info.value.problems == [FieldProblem(("x",), "unknown key (this table takes no keys)")]
