@@ -474,6 +474,44 @@ def test_unsupported_field_annotations_are_refused_and_nothing_is_registered(cls
     assert not codec.is_registered(Point)  # registered along the way, then rolled back
 
 
+@pytest.mark.parametrize("thing", [3, Point(1.0, 2.0)], ids=["an int", "an instance"])
+def test_registering_what_is_not_a_class_is_refused(thing: object) -> None:
+    codec = Codec()
+    with pytest.raises(CodecError, match=r"^cannot register .*: not a class$"):
+        codec.register(thing)  # type: ignore[call-overload]  # the wrong type on purpose
+
+
+def test_an_empty_type_name_is_refused() -> None:
+    codec = Codec()
+    with pytest.raises(CodecError, match="the type name must be a non-empty str"):
+        codec.register(Point, name="")
+    assert not codec.is_registered(Point)
+
+
+@attrs.frozen
+class HasListOfTwo:
+    items: list[int, str]  # type: ignore[type-arg]  # two arguments on purpose
+
+
+@attrs.frozen
+class HasComplexLiteral:
+    value: Literal[1.5j]  # type: ignore[valid-type]  # not a scalar on purpose
+
+
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        (HasListOfTwo, r"field 'items' .*\(list takes one type argument\)"),
+        (HasComplexLiteral, r"field 'value' .*\(Literal value 1\.5j is not a scalar or an enum member\)"),
+    ],
+)
+def test_malformed_annotations_are_refused(cls: type, message: str) -> None:
+    codec = Codec()
+    with pytest.raises(CodecError, match=message):
+        codec.register(cls)
+    assert not codec.is_registered(cls)
+
+
 def test_fingerprint_and_type_name_of_an_unregistered_class_are_errors() -> None:
     codec = Codec()
     with pytest.raises(CodecError, match="Point is not registered"):
