@@ -675,6 +675,7 @@ def test_encoding_an_unsupported_value_names_its_type(value: object, message: st
         ({"tags": {"a"}}, r"Reading\.tags: expected frozenset\[str\], got set"),
         ({"by_name": {"x": [1.0, "y"]}}, r"Reading\.by_name\['x'\]\[1\]: expected float, got str"),
         ({"by_name": {1: []}}, r"Reading\.by_name: expected str dict keys, got int 1"),
+        ({"by_name": []}, r"Reading\.by_name: expected dict\[str, list\[float\]\], got list \[\]"),
         ({"nested": [(Gear.R, frozenset({"s"}))]}, r"Reading\.nested\[0\]\[1\]\[0\]: expected int, got str"),
         ({"extra": {"s": {1}}}, r"Reading\.extra\['s'\]: expected a supported value"),
         ({"level": "medium"}, r"Reading\.level: expected 'low' \| 'high' \| 3 \| test_codec\.Color\.GREEN"),
@@ -685,6 +686,19 @@ def test_encoding_an_unsupported_value_names_its_type(value: object, message: st
 def test_encoding_a_field_of_the_wrong_type_names_the_field(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(CodecError, match=message):
         CODEC.encode(a_reading(**changes))
+
+
+@attrs.frozen
+class Counts:
+    by_name: dict[str, int]
+
+
+def test_a_dict_of_scalars_names_the_first_wrong_value() -> None:
+    codec = Codec()
+    codec.register(Counts)
+    assert codec.decode(codec.encode(Counts({"a": 1, "b": 2}))) == Counts({"a": 1, "b": 2})
+    with pytest.raises(CodecError, match=r"Counts\.by_name\['b'\]: expected int, got float 2\.0"):
+        codec.encode(Counts({"a": 1, "b": 2.0}))
 
 
 def test_a_subclass_of_a_registered_class_is_not_encoded_as_its_base() -> None:
