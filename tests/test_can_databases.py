@@ -513,6 +513,33 @@ def test_raw_values_the_database_marks_as_not_available(tmp_path: Path) -> None:
     assert codec.statistics().not_available == 6 + 1
 
 
+@pytest.mark.parametrize(
+    ("value", "marked"),
+    [
+        (255, {255}),
+        ("0xFF", {255}),
+        ("FFh", {255}),
+        (" 2_55 ", {255}),
+        ("255", {255}),
+        (254.0, {254}),
+        (254.5, set()),  # not a raw value
+        (True, set()),  # a boolean is not a number here
+        (None, set()),
+        ([255], set()),
+        ("junk", set()),
+        ("h", set()),  # a bare hex suffix
+        ("", set()),
+    ],
+)
+def test_the_forms_of_a_not_available_attribute_value(value: object, marked: set[int]) -> None:
+    """The raw value in a GenSigSNA-style attribute, as exports write it; what is not a raw value marks
+    nothing (rather than failing the load)."""
+    signal = types.SimpleNamespace(
+        choices=None, dbc=types.SimpleNamespace(attributes={"GenSigSNA": types.SimpleNamespace(value=value)})
+    )
+    assert not_available_values(signal) == marked
+
+
 def label(signal: Any, raw: int) -> str:
     return str(signal.choices[raw])
 
