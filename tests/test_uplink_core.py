@@ -18,8 +18,10 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1853,3 +1855,156 @@ def test_a_database_damaged_beyond_use_is_moved_aside_and_what_it_held_is_counte
         assert "was moved aside" in str(outbox.damage)
         assert outbox.statistics().lost_damaged == held
     assert outbox.moved_aside.moved_to.exists()  # kept, for a person to look at
+
+
+# ----------------------------------------------------------------------------- schema upgrades, a bad mark
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"synchronous": "off"}, "synchronous must be 'normal' or 'full', not 'off'"),
+        ({"on_unusable": "delete"}, "on_unusable must be 'move_aside' or 'raise', not 'delete'"),
+        ({"max_batch_bytes": 10}, "max_batch_bytes must be at least"),
+        ({"quota_bytes": 10}, "quota_bytes must be from"),
+        ({"quota_bytes": (1 << 40) + 1}, "quota_bytes must be from"),
+    ],
+)
+def test_bad_outbox_options_are_refused_before_any_file_is_made(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    options = {"quota_bytes": 1 << 20, "vehicle_id": "V", **options}
+    with pytest.raises(ValueError, match=message):
+        Outbox(tmp_path / "o.sqlite3", **options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _downgrade_to_schema_1(path: Path) -> None:
+    """The outbox at ``path`` as vwos wrote it before checksums: no crc columns, user_version 1."""
+    db = sqlite3.connect(path)
+    try:
+        db.execute("ALTER TABLE chunks DROP COLUMN crc")
+        db.execute("ALTER TABLE batches DROP COLUMN crc")
+        db.execute("PRAGMA user_version = 1")
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_an_outbox_of_schema_1_is_upgraded_and_its_samples_are_sent(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        outbox.accept(rows(0, 1000))
+        assert outbox.next_batch(T0) is not None  # one batch formed (not acknowledged), the rest in chunks
+    _downgrade_to_schema_1(path)
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        assert outbox.moved_aside is None
+        assert outbox.damage is None
+        assert sorted(ids_of(drain(outbox))) == list(range(1000))
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert "crc" in [row[1] for row in db.execute("PRAGMA table_info(chunks)")]
+    finally:
+        db.close()
+
+
+def test_a_chunk_from_before_checksums_that_does_not_decode_is_dropped_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V") as outbox:
+        outbox.accept(rows(0, 10))
+    _downgrade_to_schema_1(path)
+    db = sqlite3.connect(path)
+    db.execute("UPDATE chunks SET data = x'00ff00ff'")
+    db.commit()
+    db.close()
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V") as outbox:
+        assert outbox.damage is not None
+        assert outbox.damage.corrupt_samples == 10
+        assert "10 samples in 1 chunk were damaged" in str(outbox.damage)
+        assert outbox.statistics().dropped_corrupt == 10
+        assert drain(outbox) == []
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("PRAGMA user_version = 0", "unknown outbox schema version 0"),
+        ("UPDATE meta SET value = 0 WHERE key = 'next_seq'", "its meta table is damaged (stream '"),
+        ("DELETE FROM meta WHERE key = 'stream'", "its meta table is damaged (stream None, next_seq 1)"),
+    ],
+)
+def test_an_outbox_with_a_damaged_schema_or_meta_is_kept_aside(tmp_path: Path, sql: str, reason: str) -> None:
+    path = tmp_path / "o.sqlite3"
+    Outbox(path, quota_bytes=1 << 20, vehicle_id="V").close()
+    db = sqlite3.connect(path)
+    db.execute(sql)
+    db.commit()
+    db.close()
+    with pytest.raises(OutboxError, match=re.escape(reason)):
+        Outbox(path, quota_bytes=1 << 20, vehicle_id="V", on_unusable="raise")
+    with Outbox(path, quota_bytes=1 << 20, vehicle_id="V") as outbox:
+        assert outbox.moved_aside is not None
+        assert reason in outbox.moved_aside.reason
+        assert outbox.moved_aside.moved_to.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"short", b"\xff" * 1024],
+    ids=["empty", "shorter than a slot", "no intact slot"],
+)
+def test_a_damaged_high_water_mark_is_reported_and_rewritten(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, quota_bytes=1 << 20, vehicle_id="V") as outbox:
+        outbox.accept(rows(0, 5))
+    mark = Path(f"{path}-mark")
+    mark.write_bytes(content)
+    with Outbox(path, quota_bytes=1 << 20, vehicle_id="V") as outbox:
+        assert outbox.damage is not None
+        assert (outbox.damage.lost_samples, outbox.damage.corrupt_samples) == (0, 0)
+        assert f"its high-water mark {mark} is damaged" in str(outbox.damage)
+        assert ids_of(drain(outbox)) == list(range(5))  # nothing is lost for it
+    with Outbox(path, quota_bytes=1 << 20, vehicle_id="V") as outbox:
+        assert outbox.damage is None  # written again at the last open
+
+
+def test_a_mark_slot_with_a_valid_crc_but_not_the_magic_does_not_count(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    Outbox(path, quota_bytes=1 << 20, vehicle_id="V").close()
+    body = struct.pack("<8sQ16sQQQ", b"notamark", 99, b"x" * 16, 1, 0, 0)
+    Path(f"{path}-mark").write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    with Outbox(path, quota_bytes=1 << 20, vehicle_id="V") as outbox:
+        assert outbox.damage is not None
+        assert "high-water mark" in str(outbox.damage)
+
+
+def test_batches_formed_but_lost_with_the_wal_do_not_reuse_their_seq(tmp_path: Path) -> None:
+    """The mark remembers the next seq: a crash that loses formed batches must not hand their seqs to
+    different samples (the cloud would take them for duplicates)."""
+    path = tmp_path / "o.sqlite3"
+    wal = Path(f"{path}-wal")
+    outbox = Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096)
+    try:
+        outbox.accept(rows(0, 1000))
+        saved = {p: p.read_bytes() for p in (path, wal) if p.exists()}
+        seqs = []
+        for _ in range(3):
+            formed = outbox.next_batch(T0)
+            assert formed is not None
+            seqs.append(formed[0])
+            assert outbox.ack(formed[0])
+        mark = Path(f"{path}-mark").read_bytes()
+    finally:
+        outbox.close()
+    for p, data in saved.items():
+        p.write_bytes(data)
+    Path(f"{path}-mark").write_bytes(mark)
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        assert outbox.damage is not None
+        assert f"batches up to seq {seqs[-1]} were formed but are missing" in str(outbox.damage)
+        formed = outbox.next_batch(T0)
+        assert formed is not None
+        assert formed[0] == seqs[-1] + 1
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        assert outbox.damage is None
