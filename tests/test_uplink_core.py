@@ -456,11 +456,39 @@ GOOD_BODY = [100, 105, ["A", "B"], [0, 1, 0], [0, 5, 2], [1.0, "x", None]]
         (_envelope([100, 100, ["A"], [0], [0], [cbor2.CBORTag(24, b"\xff")]]), "value 0"),
         (_envelope([100, 100, ["A"], [0], [0], [cbor2.CBORTag(1, 5)]]), "unexpected CBOR tag 1"),
         (_envelope([100, 100, ["A"], [0], [0], [cbor2.CBORTag(99, 5)]]), "unexpected CBOR tag 99"),
+        (cbor2.dumps([FORMAT]), "batch envelope: no format version"),
+        (cbor2.dumps([FORMAT, "1"]), "batch envelope: no format version"),
+        (cbor2.dumps([FORMAT, 1, "V", "s", 1, 0]), "batch envelope: expected 7 items, got 6"),
+        (cbor2.dumps([FORMAT, 1, "V", 5, 1, 0, b""]), "batch envelope: stream must be text, got int 5"),
+        (cbor2.dumps([FORMAT, 1, "V", "s", 1, 0, "body"]), "the body must be a byte string, got str 'body'"),
+        (
+            cbor2.dumps([FORMAT, 1, "V", "s", 1, 1, zlib.compress(cbor2.dumps(GOOD_BODY)) + b"junk"]),
+            "4 bytes of trailing garbage after the zlib data",
+        ),
+        (_envelope(["100", 100, ["A"], [0], [0], [1]]), "first_us must be an integer, got str '100'"),
+        (_envelope([100, 100.0, ["A"], [0], [0], [1]]), "last_us must be an integer, got float 100.0"),
+        (_envelope([100, 100, "A", [0], [0], [1]]), "topics must be an array, got str 'A'"),
+        (_envelope([100, 100, [1], [0], [0], [1]]), "topics must all be text"),
+        (
+            b"\x81" * 100_000 + b"\x00",
+            r"batch envelope: malformed CBOR \(CBORDecodeError: maximum container nesting",
+        ),
     ],
 )
 def test_bad_batches_raise_a_clear_batch_error(data: bytes, message: str) -> None:
     with pytest.raises(BatchError, match=message):
         decode_batch(data)
+
+
+def test_data_that_is_not_bytes_is_refused() -> None:
+    with pytest.raises(BatchError, match="a batch is bytes, not str"):
+        decode_batch("not bytes")  # type: ignore[arg-type]  # the wrong type on purpose
+
+
+def test_a_plain_body_over_the_size_bound_is_refused_before_decoding() -> None:
+    data = _envelope([100, 100, ["A"], [0], [0], ["x" * 2000]], encoding=0)
+    with pytest.raises(BatchError, match=r"batch body: 2,0\d\d bytes, more than 1,000"):
+        decode_batch(data, max_body_bytes=1000)
 
 
 def test_the_good_body_of_the_error_table_decodes() -> None:
