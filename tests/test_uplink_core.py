@@ -378,6 +378,35 @@ def test_a_sample_larger_than_a_batch_is_refused_clearly() -> None:
         BatchBuilder("V", "s", max_bytes=100)
 
 
+def test_the_builder_refuses_what_no_batch_can_be() -> None:
+    with pytest.raises(ValueError, match="zlib level must be 0 to 9, not 10"):
+        BatchBuilder("V", "s", level=10)
+    builder = BatchBuilder(*_BUILDER_IDS, max_bytes=2048)
+    for make in (builder.build, lambda seq, samples: builder.fill(seq, samples)[0]):
+        with pytest.raises(BatchError, match="a batch holds at least one sample"):
+            make(1, [])
+        with pytest.raises(BatchError, match=r"seq must be 0 to 2\*\*64 - 1, not -1"):
+            make(-1, [("A", 0, 1.0)])
+        with pytest.raises(BatchError, match=r"seq must be 0 to 2\*\*64 - 1, not 18446744073709551616"):
+            make(2**64, [("A", 0, 1.0)])
+    with pytest.raises(BatchError, match=r"^3 samples take 3,\d+ bytes, over the limit of 2,048$"):
+        builder.build(1, [("Vehicle.Blob", 0, b"x" * 1000)] * 3)
+
+
+def test_a_sample_near_the_limit_is_measured_exactly() -> None:
+    """Past the quick estimate the builder measures the one-sample batch: what fits is kept, whatever its
+    type (an embedded CBOR value, a long string whose UTF-8 is shorter than the estimate)."""
+    builder = BatchBuilder(*_BUILDER_IDS, max_bytes=2048)
+    tagged = cbor2.CBORTag(24, cbor2.dumps(b"x" * 1900))
+    builder.check("Vehicle.Fix", tagged)  # fits: no error
+    builder.check("Vehicle.Name", "a" * 1000)  # estimated at 4 bytes a character, it takes 1
+    with pytest.raises(SampleTooLargeError):
+        builder.check("Vehicle.Fix", cbor2.CBORTag(24, cbor2.dumps(b"x" * 2100)))
+    payload, taken = builder.fill(1, [("Vehicle.Name", 0, "a" * 1000)])
+    assert taken == 1
+    assert decode_batch(payload).samples[0].value == "a" * 1000
+
+
 def test_compression_is_used_only_when_it_helps() -> None:
     repetitive = [("Vehicle.Speed", i * 1000, 50.0) for i in range(500)]
     payload = encode_batch("V", "s", 1, [(t, ts / 1e6, v) for t, ts, v in repetitive])
