@@ -722,6 +722,77 @@ def test_convert_json_nested_and_containers() -> None:
         convert_json(list[int], [1, True])
 
 
+class Count(enum.Enum):
+    ONE = 1
+
+
+@attrs.frozen
+class NonNegative:
+    x: int = attrs.field(validator=attrs.validators.ge(0))
+
+
+@pytest.mark.parametrize(
+    ("tp", "data", "expected"),
+    [
+        (None, None, None),
+        (int | str, "a", "a"),
+        (Literal["a", "b"], "b", "b"),
+        (tuple[int, str], [1, "a"], (1, "a")),
+        (frozenset[int], [1, 2], frozenset({1, 2})),
+        (dict[str, int], {"a": 1}, {"a": 1}),
+        (float, 2, 2.0),
+        (Count, 1, Count.ONE),  # an enum by value, too
+        (Position, {"lat": 1.0, "lon": 2.0}, Position(1.0, 2.0)),  # a field with a default may be left out
+        (Any, {"z": [1]}, {"z": [1]}),
+    ],
+)
+def test_convert_json_builds_each_supported_type(tp: Any, data: Any, expected: Any) -> None:
+    got = convert_json(tp, data)
+    assert got == expected
+    assert type(got) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("tp", "data", "message"),
+    [
+        (None, 1, "value: expected null, got 1"),
+        (int | None, "a", 'value: expected int or NoneType, got "a"'),
+        (Literal["a", "b"], "c", "value: expected one of ['a', 'b'], got \"c\""),
+        (list[int], {}, "value: expected a JSON array (list[int]), got {}"),
+        (tuple[int, str], [1], "value: expected an array of 2 items, got [1]"),
+        (dict[str, int], [], "value: expected a JSON object, got []"),
+        (dict[str, int], {"a": "x"}, 'value.a: expected an integer, got "x"'),
+        (list["int"], [1], "value[0]: expected a value of a supported type, not 'int', got 1"),
+        (bool, 1, "value: expected true or false, got 1"),
+        (int, 1.5, "value: expected an integer, got 1.5"),
+        (float, True, "value: expected a number, got true"),
+        (str, 3, "value: expected a string, got 3"),
+        (bytes, "zz", 'value: expected a hex string (bytes), got "zz"'),
+        (bytes, 3, "value: expected a hex string (bytes), got 3"),
+        (Count, 1.0, "value: expected one of ['ONE'] (Count), got 1.0"),
+        (Position, [], "value: expected a JSON object with the fields of Position, got []"),
+        (Position, {"lat": 1.0}, "value: Position needs the field 'lon'"),
+        (
+            Position,
+            {"lat": 1.0, "lon": 2.0, "alt": 3},
+            "value: Position has no field 'alt' (fields: lat, lon, fix)",
+        ),
+        (NonNegative, {"x": -1}, "value: NonNegative refused the fields: 'x' must be >= 0: -1"),
+        (complex, 1, "value: values of type complex cannot be made from JSON"),
+        (list, [1], "value: values of type list cannot be made from JSON"),
+    ],
+)
+def test_convert_json_says_where_and_what_was_expected(tp: Any, data: Any, message: str) -> None:
+    with pytest.raises(ControlError) as info:
+        convert_json(tp, data)
+    assert str(info.value) == message
+
+
+def test_a_log_buffer_holds_at_least_one_line() -> None:
+    with pytest.raises(ValueError, match="capacity must be at least 1, not 0"):
+        LogBuffer(capacity=0)
+
+
 def test_socket_path_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VWOS_SOCKET", "/tmp/x.sock")
     assert default_socket_path() == "/tmp/x.sock"
