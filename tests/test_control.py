@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import enum
 import io
 import json
@@ -20,6 +21,7 @@ import structlog
 import trio
 import trio.testing
 
+import bus
 from bus import Action, BusClient, Method, Topic, default_codec
 from vwos import NoConfig, Service, ServiceContext, ServiceSpec
 from vwos._cli import _parser
@@ -791,6 +793,58 @@ def test_convert_json_says_where_and_what_was_expected(tp: Any, data: Any, messa
 def test_a_log_buffer_holds_at_least_one_line() -> None:
     with pytest.raises(ValueError, match="capacity must be at least 1, not 0"):
         LogBuffer(capacity=0)
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        (
+            bus.NoSuchMethodError("Vwos.Control.Status"),
+            3,
+            "the supervisor does not serve the control interface (Vwos.Control.Status)",
+        ),
+        (bus.NoSuchMethodError("Body.Doors.Lock"), 1, str(bus.NoSuchMethodError("Body.Doors.Lock"))),
+        (
+            bus.CallTimeoutError("Vwos.Control.Status", 5.0),
+            3,
+            "the supervisor did not answer in time (Vwos.Control.Status): is it stuck?",
+        ),
+        (bus.CallTimeoutError("Body.Doors.Lock", 5.0), 1, str(bus.CallTimeoutError("Body.Doors.Lock", 5.0))),
+        (bus.UnknownTopicError("Vehicle.Nope"), 1, str(bus.UnknownTopicError("Vehicle.Nope"))),
+        (bus.TopicError("bad pattern 'a..b'"), 2, "bad pattern 'a..b'"),
+        (
+            bus.RemoteError("Body.Doors.Lock", "RuntimeError", "jammed"),
+            1,
+            str(bus.RemoteError("Body.Doors.Lock", "RuntimeError", "jammed")),
+        ),
+        (
+            bus.RemoteError("Vwos.Control.Start", "ControlError", "no such service: 'x'"),
+            1,
+            "no such service: 'x'",
+        ),
+    ],
+)
+async def test_run_control_turns_each_bus_error_into_one_line_and_an_exit_code(
+    error: Exception, code: int, message: str
+) -> None:
+    async def command(client: Any, args: argparse.Namespace, out: Any) -> int:
+        await trio.lowlevel.checkpoint()
+        raise error
+
+    err = io.StringIO()
+    assert await run_control(command, None, argparse.Namespace(), io.StringIO(), err) == code
+    assert err.getvalue() == f"vwos: {message}\n"
+
+
+async def test_run_control_lets_a_bug_through() -> None:
+    async def command(client: Any, args: argparse.Namespace, out: Any) -> int:
+        await trio.lowlevel.checkpoint()
+        raise KeyError("a bug")
+
+    err = io.StringIO()
+    with pytest.raises(KeyError):
+        await run_control(command, None, argparse.Namespace(), io.StringIO(), err)
+    assert err.getvalue() == ""
 
 
 def test_socket_path_default(monkeypatch: pytest.MonkeyPatch) -> None:
