@@ -2177,3 +2177,50 @@ def test_a_key_in_a_table_that_takes_none() -> None:
     with pytest.raises(StructureError) as info:
         structure({"x": 1}, NoConfig)
     assert info.value.problems == [FieldProblem(("x",), "unknown key (this table takes no keys)")]
+
+
+@attrs.frozen
+class Shapes:
+    annotated: typing.Annotated[int, "a note"] = 1
+    counts: dict[str, int] = attrs.Factory(dict)
+    either: int | str | None = None
+    series: dict[str, list[float]] = attrs.Factory(dict)
+
+
+def test_the_names_of_annotated_optional_unions_and_tables_of_a_type() -> None:
+    assert [(f.name, f.type_text) for f in describe_fields(Shapes)] == [
+        ("annotated", "integer"),
+        ("counts", "table of integers"),
+        ("either", "integer or string"),
+        ("series", "table of arrays of numbers"),
+    ]
+    for key, value, path, message in [
+        ("annotated", "x", ("annotated",), "expected an integer, got the string 'x'"),
+        ("counts", {"k": "x"}, ("counts", "k"), "expected an integer, got the string 'x'"),
+        ("counts", 3, ("counts",), "expected a table of integers, got the integer 3"),
+        ("either", 1.5, ("either",), "expected an integer or a string, got the number 1.5"),
+        ("series", 3, ("series",), "expected a table of arrays of numbers, got the integer 3"),
+    ]:
+        with pytest.raises(StructureError) as info:
+            structure({key: value}, Shapes)
+        assert info.value.problems == [FieldProblem(path, message)]
+
+
+def _doubled(value: int, instance: object, field: attrs.Attribute[int]) -> int:
+    if value < 0:
+        raise ValueError(f"{field.name}: cannot double {value}")
+    return value * 2
+
+
+@attrs.frozen
+class Converted:
+    x: int = attrs.field(converter=attrs.Converter(_doubled, takes_self=True, takes_field=True))  # type: ignore[misc]
+    y: int = attrs.field(default=0, converter=attrs.Converter(int))  # type: ignore[misc]
+
+
+def test_an_attrs_converter_that_takes_self_and_field_is_called_with_them_and_its_error_reported() -> None:
+    assert structure({"x": 3, "y": 2}, Converted) == Converted(3, 2)  # x converted once, to 6
+    assert structure({"x": 3}, Converted).x == 6
+    with pytest.raises(StructureError) as info:
+        structure({"x": -1}, Converted)
+    assert info.value.problems == [FieldProblem(("x",), "x: cannot double -1")]
