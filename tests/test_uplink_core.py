@@ -1966,13 +1966,26 @@ def test_an_outbox_of_schema_1_is_upgraded_and_its_samples_are_sent(tmp_path: Pa
         db.close()
 
 
-def test_a_chunk_from_before_checksums_that_does_not_decode_is_dropped_as_corrupt(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00\xff\x00\xff",  # not CBOR
+        cbor2.dumps([[0], [0]]),  # not 3 columns
+        cbor2.dumps([0, [0], [1.0]]),  # a column that is not an array
+        cbor2.dumps([[], [], []]),  # empty
+        cbor2.dumps([[0], [0, 1], [1.0]]),  # columns of different lengths
+        cbor2.dumps([[0], [0], [1.0]]),  # decodes, but 1 sample where the row says 10
+    ],
+)
+def test_a_chunk_from_before_checksums_that_does_not_decode_is_dropped_as_corrupt(
+    tmp_path: Path, data: bytes
+) -> None:
     path = tmp_path / "o.sqlite3"
     with Outbox(path, quota_bytes=64 << 20, vehicle_id="V") as outbox:
         outbox.accept(rows(0, 10))
     _downgrade_to_schema_1(path)
     db = sqlite3.connect(path)
-    db.execute("UPDATE chunks SET data = x'00ff00ff'")
+    db.execute("UPDATE chunks SET data = ?", (data,))
     db.commit()
     db.close()
     with Outbox(path, quota_bytes=64 << 20, vehicle_id="V") as outbox:
