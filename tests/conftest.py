@@ -6,8 +6,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+import hypothesis
 import pytest
 import vcan  # tests/ is on sys.path (pytest's default "prepend" import mode)
+
+# ==================================================================================== hypothesis
+# No per-example deadline: property tests check behaviour, not speed (bench/ does), and under coverage on a
+# loaded machine an example of a SQLite- or codec-heavy test can take longer than hypothesis's 200 ms,
+# which failed CI runs that were otherwise green.
+hypothesis.settings.register_profile("vwos", deadline=None)
+hypothesis.settings.load_profile("vwos")
 
 # ==================================================================================== vcan (real SocketCAN)
 # A test that needs real SocketCAN is marked ``@pytest.mark.vcan`` and takes the ``vcan_runner`` fixture

@@ -373,6 +373,16 @@ async def test_the_gateway_logs_what_loading_its_database_repaired(
 # -- loading: the strict hint -----------------------------------------------------------------------------
 
 
+def test_a_range_declared_upside_down_is_warned_about_and_taken_as_unbounded(tmp_path: Path) -> None:
+    path = write_dbc(
+        tmp_path, 'BO_ 1 X: 8 ECU\n SG_ A : 0|8@1+ (1,0) [10|0] "" GW\n SG_ B : 8|8@1+ (1,0) [0|5] "" GW\n'
+    )
+    db = load_database(path)
+    assert database_warnings(db) == ("signals whose minimum is above their maximum, taken as unbounded: X.A",)
+    ((_, record),) = codec_of(db).decode(1, bytes([200, 3, 0, 0, 0, 0, 0, 0]))
+    assert (record.A, record.B) == (200, 3)  # 200 is outside [10, 0] read either way: not refused
+
+
 def test_the_strict_hint_only_where_strict_false_loads_the_file(tmp_path: Path) -> None:
     overlap = write_dbc(
         tmp_path, 'BO_ 1 X: 1 ECU\n SG_ A : 0|8@1+ (1,0) [0|1] "" GW\n SG_ B : 4|4@1+ (1,0) [0|1] "" GW\n'
@@ -385,6 +395,13 @@ def test_the_strict_hint_only_where_strict_false_loads_the_file(tmp_path: Path) 
         load_database(broken)
     assert "strict = false" not in str(info.value)
     assert str(info.value).startswith(f"{broken}: cannot load the CAN database: ")
+    with pytest.raises(CanDatabaseError) as info:
+        load_database(broken, strict=False)
+    assert str(info.value).startswith(f"{broken}: cannot load the CAN database: ")
+    assert "strict = false" not in str(info.value)
+    long_name = tmp_path / ("x" * 300 + ".dbc")
+    with pytest.raises(CanDatabaseError, match=r"x\.dbc: cannot read it: File name too long$"):
+        load_database(long_name)
     with pytest.raises(CanDatabaseError, match="a directory, not a CAN database"):
         load_database(tmp_path)
     with pytest.raises(CanDatabaseError, match="no such file"):
@@ -513,6 +530,33 @@ def test_raw_values_the_database_marks_as_not_available(tmp_path: Path) -> None:
     (_, record), _ = codec.decode(0x100, bytes([100, 0x00, 0, 0, 0, 0, 0, 0]))
     assert (record.Level, record.Gear, record.Attr) == (100, 0, 0)  # the attributes' defaults mark nothing
     assert codec.statistics().not_available == 6 + 1
+
+
+@pytest.mark.parametrize(
+    ("value", "marked"),
+    [
+        (255, {255}),
+        ("0xFF", {255}),
+        ("FFh", {255}),
+        (" 2_55 ", {255}),
+        ("255", {255}),
+        (254.0, {254}),
+        (254.5, set()),  # not a raw value
+        (True, set()),  # a boolean is not a number here
+        (None, set()),
+        ([255], set()),
+        ("junk", set()),
+        ("h", set()),  # a bare hex suffix
+        ("", set()),
+    ],
+)
+def test_the_forms_of_a_not_available_attribute_value(value: object, marked: set[int]) -> None:
+    """The raw value in a GenSigSNA-style attribute, as exports write it; what is not a raw value marks
+    nothing (rather than failing the load)."""
+    signal = types.SimpleNamespace(
+        choices=None, dbc=types.SimpleNamespace(attributes={"GenSigSNA": types.SimpleNamespace(value=value)})
+    )
+    assert not_available_values(signal) == marked
 
 
 def label(signal: Any, raw: int) -> str:

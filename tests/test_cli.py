@@ -18,11 +18,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
 from spawn import wait_for_line
 
+from vwos import NoConfig, Service
 from vwos._cli import COMMANDS_GROUP, _command_entry_points, _parser, main, seconds_argument
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "overspeed" / "vwos.toml"
@@ -150,6 +152,72 @@ def test_plugins_lists_installed_services_with_their_config_fields(
     assert isinstance(listed, list)
     for plugin in listed:
         assert {"name", "ref", "config", "error"} <= set(plugin)
+
+
+@attrs.frozen
+class _ListedZone:
+    name: str
+    limit: float = attrs.field(default=50.0, metadata={"help": "km/h"})
+
+
+@attrs.frozen
+class _ListedConfig:
+    threshold: float = attrs.field(metadata={"help": "The speed limit."})
+    zone: _ListedZone = _ListedZone("city")
+
+
+class Listed(Service[_ListedConfig]):
+    """Warns above a threshold.
+
+    More text that the listing leaves out."""
+
+
+class Bare(Service[NoConfig]):
+    pass
+
+
+def _listed_plugins(monkeypatch: pytest.MonkeyPatch, refs: dict[str, str]) -> None:
+    import vwos._plugins
+
+    points = [importlib.metadata.EntryPoint(n, r, "vwos.services") for n, r in refs.items()]
+    monkeypatch.setattr(vwos._plugins, "_entry_points", lambda: points)
+
+
+def test_plugins_lists_each_service_its_doc_and_config_or_why_it_cannot_be_loaded(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _listed_plugins(
+        monkeypatch, {"listed": "test_cli:Listed", "bare": "test_cli:Bare", "gone": "vwos_no_such_module:X"}
+    )
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "bare  test_cli:Bare"
+    assert out[1] == "    (no config)"
+    assert out[2] == "gone  vwos_no_such_module:X"
+    assert out[3].startswith("  cannot be loaded: ")
+    assert "vwos_no_such_module" in out[3]
+    assert out[4:] == [
+        "listed  test_cli:Listed",
+        "  Warns above a threshold.",
+        "    threshold: number required  # The speed limit.",
+        '    zone: table = { name = "city", limit = 50.0 }',
+        "      name: string required",
+        "      limit: number = 50.0  # km/h",
+    ]
+    assert main(["plugins", "--json"]) == 0
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert listed["gone"]["config"] == []
+    assert listed["gone"]["error"] == out[3].removeprefix("  cannot be loaded: ")
+    assert [f["name"] for f in listed["listed"]["config"]] == ["threshold", "zone"]
+    assert [f["name"] for f in listed["listed"]["config"][1]["fields"]] == ["name", "limit"]
+
+
+def test_plugins_says_when_none_are_installed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _listed_plugins(monkeypatch, {})
+    assert main(["plugins"]) == 0
+    assert capsys.readouterr().out == "no services are installed (entry point group 'vwos.services')\n"
 
 
 def test_version_and_usage() -> None:

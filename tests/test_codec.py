@@ -474,6 +474,44 @@ def test_unsupported_field_annotations_are_refused_and_nothing_is_registered(cls
     assert not codec.is_registered(Point)  # registered along the way, then rolled back
 
 
+@pytest.mark.parametrize("thing", [3, Point(1.0, 2.0)], ids=["an int", "an instance"])
+def test_registering_what_is_not_a_class_is_refused(thing: object) -> None:
+    codec = Codec()
+    with pytest.raises(CodecError, match=r"^cannot register .*: not a class$"):
+        codec.register(thing)  # type: ignore[call-overload]  # the wrong type on purpose
+
+
+def test_an_empty_type_name_is_refused() -> None:
+    codec = Codec()
+    with pytest.raises(CodecError, match="the type name must be a non-empty str"):
+        codec.register(Point, name="")
+    assert not codec.is_registered(Point)
+
+
+@attrs.frozen
+class HasListOfTwo:
+    items: list[int, str]  # type: ignore[type-arg]  # two arguments on purpose
+
+
+@attrs.frozen
+class HasComplexLiteral:
+    value: Literal[1.5j]  # type: ignore[valid-type]  # not a scalar on purpose
+
+
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        (HasListOfTwo, r"field 'items' .*\(list takes one type argument\)"),
+        (HasComplexLiteral, r"field 'value' .*\(Literal value 1\.5j is not a scalar or an enum member\)"),
+    ],
+)
+def test_malformed_annotations_are_refused(cls: type, message: str) -> None:
+    codec = Codec()
+    with pytest.raises(CodecError, match=message):
+        codec.register(cls)
+    assert not codec.is_registered(cls)
+
+
 def test_fingerprint_and_type_name_of_an_unregistered_class_are_errors() -> None:
     codec = Codec()
     with pytest.raises(CodecError, match="Point is not registered"):
@@ -637,6 +675,7 @@ def test_encoding_an_unsupported_value_names_its_type(value: object, message: st
         ({"tags": {"a"}}, r"Reading\.tags: expected frozenset\[str\], got set"),
         ({"by_name": {"x": [1.0, "y"]}}, r"Reading\.by_name\['x'\]\[1\]: expected float, got str"),
         ({"by_name": {1: []}}, r"Reading\.by_name: expected str dict keys, got int 1"),
+        ({"by_name": []}, r"Reading\.by_name: expected dict\[str, list\[float\]\], got list \[\]"),
         ({"nested": [(Gear.R, frozenset({"s"}))]}, r"Reading\.nested\[0\]\[1\]\[0\]: expected int, got str"),
         ({"extra": {"s": {1}}}, r"Reading\.extra\['s'\]: expected a supported value"),
         ({"level": "medium"}, r"Reading\.level: expected 'low' \| 'high' \| 3 \| test_codec\.Color\.GREEN"),
@@ -647,6 +686,19 @@ def test_encoding_an_unsupported_value_names_its_type(value: object, message: st
 def test_encoding_a_field_of_the_wrong_type_names_the_field(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(CodecError, match=message):
         CODEC.encode(a_reading(**changes))
+
+
+@attrs.frozen
+class Counts:
+    by_name: dict[str, int]
+
+
+def test_a_dict_of_scalars_names_the_first_wrong_value() -> None:
+    codec = Codec()
+    codec.register(Counts)
+    assert codec.decode(codec.encode(Counts({"a": 1, "b": 2}))) == Counts({"a": 1, "b": 2})
+    with pytest.raises(CodecError, match=r"Counts\.by_name\['b'\]: expected int, got float 2\.0"):
+        codec.encode(Counts({"a": 1, "b": 2.0}))  # type: ignore[dict-item]  # on purpose
 
 
 def test_a_subclass_of_a_registered_class_is_not_encoded_as_its_base() -> None:

@@ -1880,6 +1880,13 @@ def test_describe_value() -> None:
     assert describe_value([1]) == "an array"
     assert describe_value({"a": 1}) == "a table"
     assert describe_value(datetime.time(7, 30)) == "the time 07:30:00"
+    assert describe_value(datetime.date(2026, 1, 2)) == "the date 2026-01-02"
+    assert describe_value(datetime.datetime(2026, 1, 2, 3, 4)) == "the date-time 2026-01-02T03:04:00"
+    assert describe_value([]) == "an empty array"
+    assert describe_value({}) == "an empty table"
+    assert describe_value(None) == "nothing (None)"
+    assert describe_value(b"ab") == "bytes b'ab'"
+    assert describe_value(b"x" * 100) == f"bytes b'{'x' * 55}..."
 
 
 def test_format_path_quotes_keys_that_are_not_bare() -> None:
@@ -1894,6 +1901,9 @@ def test_toml_literal() -> None:
     assert toml_literal(Inner(1)) == '{ x = 1, label = "inner" }'
     assert toml_literal([Color.RED, Path("/a"), 1.5, False]) == '["red", "/a", 1.5, false]'
     assert toml_literal({}) == "{}"
+    assert toml_literal((datetime.date(2026, 1, 2), datetime.time(7, 30))) == "[2026-01-02, 07:30:00]"
+    assert toml_literal(float("nan")) == "nan"
+    assert toml_literal(b"raw") == "b'raw'"  # no TOML form: shown as Python writes it
 
 
 def test_describe_fields_of_a_plugin_config() -> None:
@@ -1976,3 +1986,241 @@ def test_the_bus_socket_s_connection_limits_are_configured_and_checked(tmp_path:
         f"{config}: supervisor.connection_limits.subscriptions: ConnectionLimits.subscriptions must be a "
         "positive int, not 0",
     ]
+
+
+# -- groups: the supervision tree of the config file -----------------------------------------------------
+
+
+def test_groups_become_group_specs_in_file_order_and_services_join_them() -> None:
+    config = parse(
+        f"""
+        [groups.body]
+        strategy = "one_for_all"
+        intensity = 2
+        period = 30.0
+        critical = true
+
+        [groups.doors]
+        group = "body"
+        after = ["gateway"]
+        revive_after = 60.0
+
+        [services.gateway]
+        plugin = "{GATEWAY}"
+
+        [services.lock]
+        plugin = "{GATEWAY}"
+        group = "doors"
+        """
+    )
+    body, doors = config.groups
+    assert (body.name, body.strategy, body.intensity, body.period, body.critical, body.group) == (
+        "body",
+        Strategy.ONE_FOR_ALL,
+        2,
+        30.0,
+        True,
+        None,
+    )
+    assert (doors.name, doors.group, doors.after, doors.revive_after, doors.critical) == (
+        "doors",
+        "body",
+        ("gateway",),
+        60.0,
+        False,
+    )
+    assert [s.name for s in config.services] == ["gateway", "lock"]
+
+
+def test_groups_must_be_a_table_of_tables() -> None:
+    assert one_problem("groups = 3\n") == "vwos.toml: groups: expected a table of groups, got the integer 3"
+
+
+def test_a_group_name_is_checked_like_a_service_name() -> None:
+    assert one_problem("[groups.-body]\n") == (
+        "vwos.toml: groups.-body: invalid group name: use letters, digits, '_' and '-', not starting with '-'"
+    )
+
+
+def test_a_group_may_not_share_a_service_s_name() -> None:
+    assert one_problem(f'[groups.gateway]\n[services.gateway]\nplugin = "{GATEWAY}"\n') == (
+        "vwos.toml: groups.gateway: 'gateway' names a service too: services and groups share one namespace"
+    )
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        ("[groups.body]\n", "no group 'bdy'; did you mean 'body'?"),
+        ("[groups.body]\n[groups.cabin]\n", "no group 'zzz' (groups: body, cabin)"),
+        ("", "no group 'zzz' (there is no [groups] table)"),
+    ],
+)
+def test_a_service_in_an_unknown_group(groups: str, message: str) -> None:
+    name = "bdy" if "did you mean" in message else "zzz"
+    text = f'{groups}[services.a]\nplugin = "{GATEWAY}"\ngroup = "{name}"\n'
+    assert one_problem(text) == f"vwos.toml: services.a.group: {message}"
+
+
+def test_groups_nesting_in_a_cycle_are_named_once_per_group_in_it() -> None:
+    found = problems('[groups.a]\ngroup = "b"\n[groups.b]\ngroup = "a"\n[groups.c]\ngroup = "c"\n')
+    assert found == [
+        "vwos.toml: groups.a.group: groups nest in a cycle: a -> b -> a",
+        "vwos.toml: groups.c.group: groups nest in a cycle: c -> c",
+    ]
+
+
+def test_a_unit_cannot_start_after_a_group_that_holds_it_or_that_it_holds() -> None:
+    found = problems(
+        f"""
+        [groups.body]
+        after = ["body", "doors"]
+        [groups.doors]
+        group = "body"
+        [services.lock]
+        plugin = "{GATEWAY}"
+        group = "doors"
+        after = ["body"]
+        """
+    )
+    assert found == [
+        "vwos.toml: services.lock.after[0]: 'lock' cannot start after 'body': one contains the other, so it "
+        "would wait for itself",
+        "vwos.toml: groups.body.after[0]: 'body' cannot start after 'body': one contains the other, so it "
+        "would wait for itself",
+        "vwos.toml: groups.body.after[1]: 'body' cannot start after 'doors': one contains the other, so it "
+        "would wait for itself",
+    ]
+
+
+def test_a_group_after_a_disabled_service() -> None:
+    text = f'[groups.body]\nafter = ["gateway"]\n[services.gateway]\nplugin = "{GATEWAY}"\nenabled = false\n'
+    assert one_problem(text) == (
+        "vwos.toml: groups.body.after[0]: 'gateway' is disabled (enabled = false), so 'body', which starts "
+        "after it, cannot start: enable 'gateway' or remove it from 'body''s after"
+    )
+
+
+def test_a_group_after_an_unknown_name() -> None:
+    assert one_problem('[groups.body]\nafter = ["bdy"]\n') == (
+        "vwos.toml: groups.body.after[0]: unknown service or group 'bdy'; did you mean 'body'?"
+    )
+
+
+def test_a_dependency_cycle_through_a_group_s_after() -> None:
+    found = problems(
+        f"""
+        [groups.body]
+        after = ["gateway"]
+        [services.lock]
+        plugin = "{GATEWAY}"
+        group = "body"
+        [services.gateway]
+        plugin = "{GATEWAY}"
+        after = ["lock"]
+        """
+    )
+    assert found == [
+        "vwos.toml: services.lock: dependency cycle (through the `after` of groups): lock -> gateway -> lock"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            "loop_block_limit = 0.1",
+            "supervisor.loop_block_limit: expected 0 (off) or a number of seconds from 0.5 to 1000000000, "
+            "got the number 0.1",
+        ),
+        (
+            "undeclared_grace = -1.0",
+            "supervisor.undeclared_grace: expected a number of seconds >= 0 and at most 1000000000, got the "
+            "number -1.0",
+        ),
+        (
+            "undeclared_grace = nan",
+            "supervisor.undeclared_grace: expected a number of seconds >= 0 and at most 1000000000, got the "
+            "number nan",
+        ),
+    ],
+)
+def test_out_of_range_supervisor_seconds(line: str, message: str) -> None:
+    assert one_problem(f"[supervisor]\n{line}\n") == f"vwos.toml: {message}"
+
+
+def test_zero_turns_the_loop_block_check_and_the_undeclared_report_off() -> None:
+    config = parse("[supervisor]\nloop_block_limit = 0\nundeclared_grace = 0\n")
+    assert (config.loop_block_limit, config.undeclared_grace) == (None, None)
+
+
+def test_a_memory_limit_below_one_mib_is_refused() -> None:
+    assert one_problem(f"{ISOLATED}memory_limit_mb = 0\n") == (
+        "vwos.toml: services.a.memory_limit_mb: expected a number of MiB >= 1, got the integer 0"
+    )
+
+
+def test_a_config_file_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / ("x" * 300))
+    (problem,) = info.value.problems
+    assert problem.message == "cannot read the config file: File name too long"
+
+
+def test_config_text_too_large_is_refused_before_parsing() -> None:
+    assert one_problem("#" * (MAX_FILE_BYTES + 1)) == (
+        "vwos.toml: the config file is larger than 4 MiB (is it the right file?)"
+    )
+
+
+def test_a_key_in_a_table_that_takes_none() -> None:
+    with pytest.raises(StructureError) as info:
+        structure({"x": 1}, NoConfig)
+    assert info.value.problems == [FieldProblem(("x",), "unknown key (this table takes no keys)")]
+
+
+@attrs.frozen
+class Shapes:
+    annotated: typing.Annotated[int, "a note"] = 1
+    counts: dict[str, int] = attrs.Factory(dict)
+    either: int | str | None = None
+    series: dict[str, list[float]] = attrs.Factory(dict)
+
+
+def test_the_names_of_annotated_optional_unions_and_tables_of_a_type() -> None:
+    assert [(f.name, f.type_text) for f in describe_fields(Shapes)] == [
+        ("annotated", "integer"),
+        ("counts", "table of integers"),
+        ("either", "integer or string"),
+        ("series", "table of arrays of numbers"),
+    ]
+    for key, value, path, message in [
+        ("annotated", "x", ("annotated",), "expected an integer, got the string 'x'"),
+        ("counts", {"k": "x"}, ("counts", "k"), "expected an integer, got the string 'x'"),
+        ("counts", 3, ("counts",), "expected a table of integers, got the integer 3"),
+        ("either", 1.5, ("either",), "expected an integer or a string, got the number 1.5"),
+        ("series", 3, ("series",), "expected a table of arrays of numbers, got the integer 3"),
+    ]:
+        with pytest.raises(StructureError) as info:
+            structure({key: value}, Shapes)
+        assert info.value.problems == [FieldProblem(path, message)]
+
+
+def _doubled(value: int, instance: object, field: attrs.Attribute[int]) -> int:
+    if value < 0:
+        raise ValueError(f"{field.name}: cannot double {value}")
+    return value * 2
+
+
+@attrs.frozen
+class Converted:
+    x: int = attrs.field(converter=attrs.Converter(_doubled, takes_self=True, takes_field=True))  # type: ignore[misc]
+    y: int = attrs.field(default=0, converter=attrs.Converter(int))  # type: ignore[misc]
+
+
+def test_an_attrs_converter_that_takes_self_and_field_is_called_with_them_and_its_error_reported() -> None:
+    assert structure({"x": 3, "y": 2}, Converted) == Converted(3, 2)  # x converted once, to 6
+    assert structure({"x": 3}, Converted).x == 6
+    with pytest.raises(StructureError) as info:
+        structure({"x": -1}, Converted)
+    assert info.value.problems == [FieldProblem(("x",), "x: cannot double -1")]

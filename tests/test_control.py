@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import enum
 import io
 import json
@@ -20,6 +21,7 @@ import structlog
 import trio
 import trio.testing
 
+import bus
 from bus import Action, BusClient, Method, Topic, default_codec
 from vwos import NoConfig, Service, ServiceContext, ServiceSpec
 from vwos._cli import _parser
@@ -786,6 +788,129 @@ def _nested(levels: int) -> Any:
     for _ in range(levels - 1):
         value = [value]
     return value
+
+
+class Count(enum.Enum):
+    ONE = 1
+
+
+@attrs.frozen
+class NonNegative:
+    x: int = attrs.field(validator=attrs.validators.ge(0))
+
+
+@pytest.mark.parametrize(
+    ("tp", "data", "expected"),
+    [
+        (None, None, None),
+        (int | str, "a", "a"),
+        (Literal["a", "b"], "b", "b"),
+        (tuple[int, str], [1, "a"], (1, "a")),
+        (frozenset[int], [1, 2], frozenset({1, 2})),
+        (dict[str, int], {"a": 1}, {"a": 1}),
+        (float, 2, 2.0),
+        (Count, 1, Count.ONE),  # an enum by value, too
+        (Position, {"lat": 1.0, "lon": 2.0}, Position(1.0, 2.0)),  # a field with a default may be left out
+        (Any, {"z": [1]}, {"z": [1]}),
+        (list, [1, "a"], [1, "a"]),  # a bare list: of anything
+    ],
+)
+def test_convert_json_builds_each_supported_type(tp: Any, data: Any, expected: Any) -> None:
+    got = convert_json(tp, data)
+    assert got == expected
+    assert type(got) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("tp", "data", "message"),
+    [
+        (None, 1, "value: expected null, got 1"),
+        (int | None, "a", 'value: expected int or None, got "a"'),
+        (Literal["a", "b"], "c", "value: expected one of ['a', 'b'], got \"c\""),
+        (list[int], {}, "value: expected a JSON array (list[int]), got {}"),
+        (tuple[int, str], [1], "value: expected an array of 2 items, got [1]"),
+        (dict[str, int], [], "value: expected a JSON object, got []"),
+        (dict[str, int], {"a": "x"}, 'value.a: expected an integer, got "x"'),
+        (list["int"], [1], "value[0]: values of type 'int' cannot be made from JSON"),
+        (bool, 1, "value: expected true or false, got 1"),
+        (int, 1.5, "value: expected an integer, got 1.5"),
+        (float, True, "value: expected a number, got true"),
+        (str, 3, "value: expected a string, got 3"),
+        (bytes, "zz", 'value: expected a hex string (bytes), got "zz"'),
+        (bytes, 3, "value: expected a hex string (bytes), got 3"),
+        (Count, 1.0, "value: expected one of ['ONE'] (Count), got 1.0"),
+        (Position, [], "value: expected a JSON object with the fields of Position, got []"),
+        (Position, {"lat": 1.0}, "value: Position needs the field 'lon'"),
+        (
+            Position,
+            {"lat": 1.0, "lon": 2.0, "alt": 3},
+            "value: Position has no field 'alt' (fields: lat, lon, fix)",
+        ),
+        (NonNegative, {"x": -1}, "value: NonNegative refused the fields: 'x' must be >= 0: -1"),
+        (complex, 1, "value: values of type complex cannot be made from JSON"),
+    ],
+)
+def test_convert_json_says_where_and_what_was_expected(tp: Any, data: Any, message: str) -> None:
+    with pytest.raises(ControlError) as info:
+        convert_json(tp, data)
+    assert str(info.value) == message
+
+
+def test_a_log_buffer_holds_at_least_one_line() -> None:
+    with pytest.raises(ValueError, match="capacity must be at least 1, not 0"):
+        LogBuffer(capacity=0)
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        (
+            bus.NoSuchMethodError("Vwos.Control.Status"),
+            3,
+            "the supervisor does not serve the control interface (Vwos.Control.Status)",
+        ),
+        (bus.NoSuchMethodError("Body.Doors.Lock"), 1, str(bus.NoSuchMethodError("Body.Doors.Lock"))),
+        (
+            bus.CallTimeoutError("Vwos.Control.Status", 5.0),
+            3,
+            "the supervisor did not answer in time (Vwos.Control.Status): is it stuck?",
+        ),
+        (bus.CallTimeoutError("Body.Doors.Lock", 5.0), 1, str(bus.CallTimeoutError("Body.Doors.Lock", 5.0))),
+        (bus.UnknownTopicError("Vehicle.Nope"), 1, str(bus.UnknownTopicError("Vehicle.Nope"))),
+        (bus.TopicError("bad pattern 'a..b'"), 2, "bad pattern 'a..b'"),
+        (
+            bus.RemoteError("Body.Doors.Lock", "RuntimeError", "jammed"),
+            1,
+            str(bus.RemoteError("Body.Doors.Lock", "RuntimeError", "jammed")),
+        ),
+        (
+            bus.RemoteError("Vwos.Control.Start", "ControlError", "no such service: 'x'"),
+            1,
+            "no such service: 'x'",
+        ),
+    ],
+)
+async def test_run_control_turns_each_bus_error_into_one_line_and_an_exit_code(
+    error: Exception, code: int, message: str
+) -> None:
+    async def command(client: Any, args: argparse.Namespace, out: Any) -> int:
+        await trio.lowlevel.checkpoint()
+        raise error
+
+    err = io.StringIO()
+    assert await run_control(command, None, argparse.Namespace(), io.StringIO(), err) == code
+    assert err.getvalue() == f"vwos: {message}\n"
+
+
+async def test_run_control_lets_a_bug_through() -> None:
+    async def command(client: Any, args: argparse.Namespace, out: Any) -> int:
+        await trio.lowlevel.checkpoint()
+        raise KeyError("a bug")
+
+    err = io.StringIO()
+    with pytest.raises(KeyError):
+        await run_control(command, None, argparse.Namespace(), io.StringIO(), err)
+    assert err.getvalue() == ""
 
 
 def test_socket_path_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -42,7 +43,7 @@ from vwos import (
     configure_logging,
     parse_config,
 )
-from vwos._isolation import IsolatedRuns, Run, _Lines
+from vwos._isolation import IsolatedRuns, Run, _format_exception, _Lines, decode_payload
 from vwos._policy import BackoffPolicy
 from vwos._proctree import SUBREAPER, Proc, Verdict, members, reapable
 
@@ -1067,3 +1068,41 @@ async def test_a_child_whose_supervisor_is_gone_stops_its_process_group(tmp_path
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+# -- the payload on the child's stdin, and relayed tracebacks -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        (b"", EOFError, "no payload on stdin"),
+        (b"\x00\x00\x00", EOFError, "no payload on stdin"),
+        (b"\x00" * 7 + b"\x10" + b"short", EOFError, "truncated payload on stdin"),
+        (
+            len(pickle.dumps(3)).to_bytes(8, "big") + pickle.dumps(3),
+            TypeError,
+            "expected a ChildPayload, got int",
+        ),
+    ],
+)
+def test_a_payload_that_is_missing_cut_short_or_of_another_type_is_refused(
+    data: bytes, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=f"^{message}$"):
+        decode_payload(io.BytesIO(data).read)
+
+
+def test_a_relayed_exception_in_the_dict_tracebacks_shape_is_laid_out_as_python_does() -> None:
+    assert _format_exception("Traceback ...\nKeyError: 'x'") == "Traceback ...\nKeyError: 'x'"
+    shaped = [
+        "not an entry",
+        {
+            "exc_type": "KeyError",
+            "exc_value": "'x'",
+            "frames": [{"filename": "svc.py", "lineno": 7, "name": "run"}, "not a frame"],
+        },
+    ]
+    assert _format_exception(shaped) == (
+        "Traceback (most recent call last):\n  File \"svc.py\", line 7, in run\nKeyError: 'x'"
+    )

@@ -955,3 +955,39 @@ async def test_the_supervisor_serves_its_socket_with_the_configured_connection_l
                 first.close()
                 second.close()
             supervisor.shutdown()
+
+
+# -- construction and the operator's side before run ----------------------------------------------------
+
+
+@pytest.mark.parametrize("grace", [0.0, -1.0, float("inf"), float("nan")])
+def test_an_undeclared_grace_that_is_not_a_positive_finite_number_is_refused(grace: float) -> None:
+    with pytest.raises(ValueError, match=r"undeclared_grace must be a finite number of seconds > 0, got "):
+        Supervisor([], undeclared_grace=grace)
+
+
+def test_two_enabled_services_of_one_name_are_refused_a_disabled_one_does_not_count() -> None:
+    journal = Journal()
+    with pytest.raises(ValueError, match=r"^service names must be unique: \['a', 'a'\]$"):
+        Supervisor([spec("a", journal), spec("a", journal)])
+    disabled = attrs.evolve(spec("a", journal), enabled=False)
+    Supervisor([spec("a", journal), disabled])  # no error
+
+
+def test_the_bus_is_there_only_once_the_supervisor_runs() -> None:
+    with pytest.raises(RuntimeError, match="the supervisor has not started yet"):
+        _ = Supervisor([]).bus
+
+
+async def test_a_shutdown_before_run_makes_run_stop_at_once_with_the_first_reason(
+    autojump_clock: Any,
+) -> None:
+    journal = Journal()
+    supervisor = Supervisor([spec("a", journal)])
+    supervisor.shutdown("changed my mind")
+    supervisor.shutdown("a second reason")  # the first one given wins
+    with trio.fail_after(10):
+        await supervisor.run()
+    assert journal.events == [(0.0, "start", "a"), (0.0, "cancelled", "a")]  # stopped as soon as it started
+    assert supervisor.stop_reason == "changed my mind"
+    assert supervisor.phase == "stopped"

@@ -19,8 +19,10 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
@@ -377,6 +379,35 @@ def test_a_sample_larger_than_a_batch_is_refused_clearly() -> None:
         BatchBuilder("V", "s", max_bytes=100)
 
 
+def test_the_builder_refuses_what_no_batch_can_be() -> None:
+    with pytest.raises(ValueError, match="zlib level must be 0 to 9, not 10"):
+        BatchBuilder("V", "s", level=10)
+    builder = BatchBuilder(*_BUILDER_IDS, max_bytes=2048)
+    for make in (builder.build, lambda seq, samples: builder.fill(seq, samples)[0]):
+        with pytest.raises(BatchError, match="a batch holds at least one sample"):
+            make(1, [])
+        with pytest.raises(BatchError, match=r"seq must be 0 to 2\*\*64 - 1, not -1"):
+            make(-1, [("A", 0, 1.0)])
+        with pytest.raises(BatchError, match=r"seq must be 0 to 2\*\*64 - 1, not 18446744073709551616"):
+            make(2**64, [("A", 0, 1.0)])
+    with pytest.raises(BatchError, match=r"^3 samples take 3,\d+ bytes, over the limit of 2,048$"):
+        builder.build(1, [("Vehicle.Blob", 0, b"x" * 1000)] * 3)
+
+
+def test_a_sample_near_the_limit_is_measured_exactly() -> None:
+    """Past the quick estimate the builder measures the one-sample batch: what fits is kept, whatever its
+    type (an embedded CBOR value, a long string whose UTF-8 is shorter than the estimate)."""
+    builder = BatchBuilder(*_BUILDER_IDS, max_bytes=2048)
+    tagged = cbor2.CBORTag(24, cbor2.dumps(b"x" * 1900))
+    builder.check("Vehicle.Fix", tagged)  # fits: no error
+    builder.check("Vehicle.Name", "a" * 1000)  # estimated at 4 bytes a character, it takes 1
+    with pytest.raises(SampleTooLargeError):
+        builder.check("Vehicle.Fix", cbor2.CBORTag(24, cbor2.dumps(b"x" * 2100)))
+    payload, taken = builder.fill(1, [("Vehicle.Name", 0, "a" * 1000)])
+    assert taken == 1
+    assert decode_batch(payload).samples[0].value == "a" * 1000
+
+
 def test_compression_is_used_only_when_it_helps() -> None:
     repetitive = [("Vehicle.Speed", i * 1000, 50.0) for i in range(500)]
     payload = encode_batch("V", "s", 1, [(t, ts / 1e6, v) for t, ts, v in repetitive])
@@ -467,11 +498,39 @@ GOOD_BODY = [100, 105, ["A", "B"], [0, 1, 0], [0, 5, 2], [1.0, "x", None]]
         (_envelope([100, 100, ["A"], [0], [0], [cbor2.CBORTag(24, b"\xff")]]), "value 0"),
         (_envelope([100, 100, ["A"], [0], [0], [cbor2.CBORTag(1, 5)]]), "unexpected CBOR tag 1"),
         (_envelope([100, 100, ["A"], [0], [0], [cbor2.CBORTag(99, 5)]]), "unexpected CBOR tag 99"),
+        (cbor2.dumps([FORMAT]), "batch envelope: no format version"),
+        (cbor2.dumps([FORMAT, "1"]), "batch envelope: no format version"),
+        (cbor2.dumps([FORMAT, 1, "V", "s", 1, 0]), "batch envelope: expected 7 items, got 6"),
+        (cbor2.dumps([FORMAT, 1, "V", 5, 1, 0, b""]), "batch envelope: stream must be text, got int 5"),
+        (cbor2.dumps([FORMAT, 1, "V", "s", 1, 0, "body"]), "the body must be a byte string, got str 'body'"),
+        (
+            cbor2.dumps([FORMAT, 1, "V", "s", 1, 1, zlib.compress(cbor2.dumps(GOOD_BODY)) + b"junk"]),
+            "4 bytes of trailing garbage after the zlib data",
+        ),
+        (_envelope(["100", 100, ["A"], [0], [0], [1]]), "first_us must be an integer, got str '100'"),
+        (_envelope([100, 100.0, ["A"], [0], [0], [1]]), "last_us must be an integer, got float 100.0"),
+        (_envelope([100, 100, "A", [0], [0], [1]]), "topics must be an array, got str 'A'"),
+        (_envelope([100, 100, [1], [0], [0], [1]]), "topics must all be text"),
+        (
+            b"\x81" * 100_000 + b"\x00",
+            r"batch envelope: malformed CBOR \(CBORDecodeError: maximum container nesting",
+        ),
     ],
 )
 def test_bad_batches_raise_a_clear_batch_error(data: bytes, message: str) -> None:
     with pytest.raises(BatchError, match=message):
         decode_batch(data)
+
+
+def test_data_that_is_not_bytes_is_refused() -> None:
+    with pytest.raises(BatchError, match="a batch is bytes, not str"):
+        decode_batch("not bytes")  # type: ignore[arg-type]  # the wrong type on purpose
+
+
+def test_a_plain_body_over_the_size_bound_is_refused_before_decoding() -> None:
+    data = _envelope([100, 100, ["A"], [0], [0], ["x" * 2000]], encoding=0)
+    with pytest.raises(BatchError, match=r"batch body: 2,0\d\d bytes, more than 1,000"):
+        decode_batch(data, max_body_bytes=1000)
 
 
 def test_the_good_body_of_the_error_table_decodes() -> None:
@@ -1940,3 +1999,169 @@ def test_a_version_2_outbox_is_upgraded_and_its_values_then_carry_their_schemas(
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()
+
+
+# ----------------------------------------------------------------------------- schema upgrades, a bad mark
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"synchronous": "off"}, "synchronous must be 'normal' or 'full', not 'off'"),
+        ({"on_unusable": "delete"}, "on_unusable must be 'move_aside' or 'raise', not 'delete'"),
+        ({"max_batch_bytes": 10}, "max_batch_bytes must be at least"),
+        ({"quota_bytes": 10}, "quota_bytes must be from"),
+        ({"quota_bytes": (1 << 40) + 1}, "quota_bytes must be from"),
+    ],
+)
+def test_bad_outbox_options_are_refused_before_any_file_is_made(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    options = {"quota_bytes": 1 << 20, "vehicle_id": "V", **options}
+    with pytest.raises(ValueError, match=message):
+        Outbox(tmp_path / "o.sqlite3", **options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _downgrade_to_schema_1(path: Path) -> None:
+    """The outbox at ``path`` as vwos wrote it before checksums: no crc columns, user_version 1."""
+    db = sqlite3.connect(path)
+    try:
+        db.execute("ALTER TABLE chunks DROP COLUMN crc")
+        db.execute("ALTER TABLE batches DROP COLUMN crc")
+        db.execute("PRAGMA user_version = 1")
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_an_outbox_of_schema_1_is_upgraded_and_its_samples_are_sent(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        outbox.accept(rows(0, 1000))
+        assert outbox.next_batch(T0) is not None  # one batch formed (not acknowledged), the rest in chunks
+    _downgrade_to_schema_1(path)
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        assert outbox.moved_aside is None
+        assert outbox.damage is None
+        assert sorted(ids_of(drain(outbox))) == list(range(1000))
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert "crc" in [row[1] for row in db.execute("PRAGMA table_info(chunks)")]
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00\xff\x00\xff",  # not CBOR
+        cbor2.dumps([[0], [0]]),  # not 3 columns
+        cbor2.dumps([0, [0], [1.0]]),  # a column that is not an array
+        cbor2.dumps([[], [], []]),  # empty
+        cbor2.dumps([[0], [0, 1], [1.0]]),  # columns of different lengths
+        cbor2.dumps([[0], [0], [1.0]]),  # decodes, but 1 sample where the row says 10
+    ],
+)
+def test_a_chunk_from_before_checksums_that_does_not_decode_is_dropped_as_corrupt(
+    tmp_path: Path, data: bytes
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V") as outbox:
+        outbox.accept(rows(0, 10))
+    _downgrade_to_schema_1(path)
+    db = sqlite3.connect(path)
+    db.execute("UPDATE chunks SET data = ?", (data,))
+    db.commit()
+    db.close()
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V") as outbox:
+        assert outbox.damage is not None
+        assert outbox.damage.corrupt_samples == 10
+        assert "10 samples in 1 chunk were damaged" in str(outbox.damage)
+        assert outbox.statistics().dropped_corrupt == 10
+        assert drain(outbox) == []
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("PRAGMA user_version = 0", "unknown outbox schema version 0"),
+        ("UPDATE meta SET value = 0 WHERE key = 'next_seq'", "its meta table is damaged (stream '"),
+        ("DELETE FROM meta WHERE key = 'stream'", "its meta table is damaged (stream None, next_seq 1)"),
+    ],
+)
+def test_an_outbox_with_a_damaged_schema_or_meta_is_kept_aside(tmp_path: Path, sql: str, reason: str) -> None:
+    path = tmp_path / "o.sqlite3"
+    Outbox(path, quota_bytes=1 << 20, vehicle_id="V").close()
+    db = sqlite3.connect(path)
+    db.execute(sql)
+    db.commit()
+    db.close()
+    with pytest.raises(OutboxError, match=re.escape(reason)):
+        Outbox(path, quota_bytes=1 << 20, vehicle_id="V", on_unusable="raise")
+    with Outbox(path, quota_bytes=1 << 20, vehicle_id="V") as outbox:
+        assert outbox.moved_aside is not None
+        assert reason in outbox.moved_aside.reason
+        assert outbox.moved_aside.moved_to.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"short", b"\xff" * 1024],
+    ids=["empty", "shorter than a slot", "no intact slot"],
+)
+def test_a_damaged_high_water_mark_is_reported_and_rewritten(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, quota_bytes=1 << 20, vehicle_id="V") as outbox:
+        outbox.accept(rows(0, 5))
+    mark = Path(f"{path}-mark")
+    mark.write_bytes(content)
+    with Outbox(path, quota_bytes=1 << 20, vehicle_id="V") as outbox:
+        assert outbox.damage is not None
+        assert (outbox.damage.lost_samples, outbox.damage.corrupt_samples) == (0, 0)
+        assert f"its high-water mark {mark} is damaged" in str(outbox.damage)
+        assert ids_of(drain(outbox)) == list(range(5))  # nothing is lost for it
+    with Outbox(path, quota_bytes=1 << 20, vehicle_id="V") as outbox:
+        assert outbox.damage is None  # written again at the last open
+
+
+def test_a_mark_slot_with_a_valid_crc_but_not_the_magic_does_not_count(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    Outbox(path, quota_bytes=1 << 20, vehicle_id="V").close()
+    body = struct.pack("<8sQ16sQQQ", b"notamark", 99, b"x" * 16, 1, 0, 0)
+    Path(f"{path}-mark").write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    with Outbox(path, quota_bytes=1 << 20, vehicle_id="V") as outbox:
+        assert outbox.damage is not None
+        assert "high-water mark" in str(outbox.damage)
+
+
+def test_batches_formed_but_lost_with_the_wal_do_not_reuse_their_seq(tmp_path: Path) -> None:
+    """The mark remembers the next seq: a crash that loses formed batches must not hand their seqs to
+    different samples (the cloud would take them for duplicates)."""
+    path = tmp_path / "o.sqlite3"
+    wal = Path(f"{path}-wal")
+    outbox = Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096)
+    try:
+        outbox.accept(rows(0, 1000))
+        saved = {p: p.read_bytes() for p in (path, wal) if p.exists()}
+        seqs = []
+        for _ in range(3):
+            formed = outbox.next_batch(T0)
+            assert formed is not None
+            seqs.append(formed[0])
+            assert outbox.ack(formed[0])
+        mark = Path(f"{path}-mark").read_bytes()
+    finally:
+        outbox.close()
+    for p, data in saved.items():
+        p.write_bytes(data)
+    Path(f"{path}-mark").write_bytes(mark)
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        assert outbox.damage is not None
+        assert f"batches up to seq {seqs[-1]} were formed but are missing" in str(outbox.damage)
+        formed = outbox.next_batch(T0)
+        assert formed is not None
+        assert formed[0] == seqs[-1] + 1
+    with Outbox(path, quota_bytes=64 << 20, vehicle_id="V", max_batch_bytes=4096) as outbox:
+        assert outbox.damage is None

@@ -546,6 +546,12 @@ def test_config_defaults_and_derived_values() -> None:
         ({"rate_burst": 0}, "rate_burst", "at least 1"),
         ({"max_message_size": 0}, "max_message_size", "from 1 to"),
         ({"password": "literal"}, "password", "unknown key"),
+        ({"topic": ""}, "topic", "the topic must not be empty (e.g. 'vwos/{vehicle}/batches')"),
+        ({"topic": "a/" + "x" * 60_001}, "topic", "the topic is too long (MQTT allows 65535 bytes)"),
+        ({"client_id": "a\0b"}, "client_id", "client_id must not contain NUL"),
+        ({"keepalive": 70_000}, "keepalive", "expected seconds from 0 (no keepalive) to 65535, got 70000"),
+        ({"keepalive": -1}, "keepalive", "expected seconds from 0 (no keepalive) to 65535, got -1"),
+        ({"password_env": ""}, "password_env", "password_env must name an environment variable"),
     ],
 )
 def test_config_problems_name_the_key(table: dict[str, Any], key: str, message: str) -> None:

@@ -249,6 +249,30 @@ def test_mqtt_transport_needs_its_table(tmp_path: Path) -> None:
         UplinkConfig(vehicle_id="car-1", campaigns=(Campaign("a", ("**",)),), transport="mqtt")
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"campaigns": ()}, r"^at least one campaign is needed: \[\[services\.NAME\.config\.campaigns\]\]$"),
+        (
+            {"campaigns": (Campaign("a", ("X",)), Campaign("a", ("Y",)))},
+            r"^campaign names must be unique: \['a', 'a'\]$",
+        ),
+        ({"vehicle_id": ""}, r"^'' must be 1-128 characters without"),
+        (
+            {"vehicle_id": "car/1"},
+            r"^'car/1' must be 1-128 characters without '/', '\+', '#', spaces or NUL$",
+        ),
+        ({"vehicle_id": "car 1"}, r"^'car 1' must be"),
+        ({"vehicle_id": "c" * 129}, r"must be 1-128 characters"),
+    ],
+)
+def test_the_vehicle_id_and_campaigns_are_checked(changes: dict[str, Any], message: str) -> None:
+    table: dict[str, Any] = {"vehicle_id": "car-1", "campaigns": (Campaign("a", ("**",)),), **changes}
+    with pytest.raises(ValueError, match=message):
+        UplinkConfig(**table)
+    assert UplinkConfig(vehicle_id="c" * 128, campaigns=(Campaign("a", ("**",)),)).vehicle_id == "c" * 128
+
+
 def test_a_batch_larger_than_the_mqtt_message_size_is_refused_at_load_time() -> None:
     campaigns = (Campaign("a", ("**",)),)
     mqtt = MqttConfig(host="broker.example", max_message_size=2048)

@@ -359,6 +359,92 @@ def test_malformed_input_raises_protocol_error(data: bytes, match: str) -> None:
         drain(server)
 
 
+@pytest.mark.parametrize(
+    ("items", "match"),
+    [
+        ([0], r"^HELLO message: expected \[0, version, name, permissions, max_frame\]$"),
+        ([0, "3"], r"^HELLO\.version: expected an int protocol version, got str '3'$"),
+        ([0, 3, "x"], r"^HELLO message: expected 5 items .*, got 3$"),
+        (
+            [0, 3, "x", None, 100],
+            r"^HELLO\.max_frame: expected a frame limit \(an int from 1024 to 2\*\*32-1\)",
+        ),
+        (
+            [0, 3, "x", [], 1 << 20],
+            r"^HELLO\.permissions: expected a map of permission lists, got list \[\]$",
+        ),
+        ([0, 3, "x", {"fly": []}, 1 << 20], r"^HELLO\.permissions: unknown actions \['fly'\]; known: "),
+        (
+            [0, 3, "x", {"publish": "A"}, 1 << 20],
+            r"^HELLO\.permissions\.publish: expected a list of text patterns, got str 'A'$",
+        ),
+    ],
+)
+def test_a_malformed_hello_is_a_protocol_error_naming_the_field(items: list[Any], match: str) -> None:
+    server = Connection(Role.SERVER)
+    server.receive_data(_frame([items]))
+    with pytest.raises(ProtocolError, match=match):
+        drain(server)
+
+
+@pytest.mark.parametrize(
+    ("items", "match"),
+    [
+        ([1], r"^WELCOME message: expected \[1, version, permissions, max_frame\]$"),
+        ([1, 3, {}], r"^WELCOME message: expected 4 items \[1, version, permissions, max_frame\], got 3$"),
+        ([1, 3, {}, 1 << 20, 5], r"^WELCOME message: expected 4 items .*, got 5$"),
+    ],
+)
+def test_a_malformed_welcome_is_a_protocol_error(items: list[Any], match: str) -> None:
+    client = Connection(Role.CLIENT)
+    client.send([Hello("c")])
+    client.receive_data(_frame([items]))
+    with pytest.raises(ProtocolError, match=match):
+        drain(client)
+
+
+@pytest.mark.parametrize(
+    ("items", "match"),
+    [
+        ([7, 1, "A", [1]], r"^SAMPLES message: expected 8 items .*, got 4$"),
+        (
+            [7, 1, "A", [1], [1.0], 1.0, ["p", "q"], 1],
+            r"^SAMPLES\.publisher: expected a text, or an array of 1 texts, got list \['p', 'q'\]$",
+        ),
+        ([7, 1, "A", [1], [1.0], 1.0, "p", "1"], r"^SAMPLES\.seq: expected the first sequence number"),
+    ],
+)
+def test_malformed_samples_from_the_server_are_a_protocol_error(items: list[Any], match: str) -> None:
+    client, _ = pair()
+    client.receive_data(_frame([items]))
+    with pytest.raises(ProtocolError, match=match):
+        drain(client)
+
+
+@pytest.mark.parametrize(
+    ("items", "match"),
+    [
+        ([4], r"^DECLARE message: expected 2 items \[4, topic\], got 1$"),
+        ([4, "x"], r"^DECLARE\.topic: expected a map, got str 'x'$"),
+        ([3, "A.b", [1], [None]], r"^PUBLISH\.timestamps: expected 1 numbers"),
+        ([8, 1, "M", 1, None], r"^GET message: expected 4 items \[op, id, topic, allow_stale\], got 5$"),
+    ],
+)
+def test_malformed_requests_from_a_client_name_the_message(items: list[Any], match: str) -> None:
+    _, server = pair()
+    server.receive_data(_frame([items]))
+    with pytest.raises(ProtocolError, match=match):
+        drain(server)
+
+
+def test_integer_timestamps_arrive_as_floats() -> None:
+    _, server = pair()
+    server.receive_data(_frame([[3, "A.b", [1, 2], [1, 2.5]]]))
+    (publish,) = drain(server)
+    assert publish.timestamps == [1.0, 2.5]
+    assert [type(t) for t in publish.timestamps] == [float, float]
+
+
 def test_size_checked_before_the_body_arrives() -> None:
     _, server = pair(max_frame=2048)
     server.receive_data((4096).to_bytes(4, "big"))  # only the prefix: the body never needs buffering

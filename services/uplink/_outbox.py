@@ -168,9 +168,9 @@ _UPGRADE_1_TO_2: Final = (
 )
 #: Version 2 kept no schemas: the tables are added (empty: values stored before travel without schemas).
 _UPGRADE_2_TO_3: Final = (
-    "CREATE TABLE types (name TEXT PRIMARY KEY, schema BLOB NOT NULL) STRICT, WITHOUT ROWID",
-    "CREATE TABLE topic_types (topic TEXT NOT NULL, type TEXT NOT NULL, PRIMARY KEY (topic, type)) "
-    "STRICT, WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS types (name TEXT PRIMARY KEY, schema BLOB NOT NULL) STRICT, WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS topic_types "
+    "(topic TEXT NOT NULL, type TEXT NOT NULL, PRIMARY KEY (topic, type)) STRICT, WITHOUT ROWID",
 )
 
 #: Types every codec knows: their schemas need not travel.
