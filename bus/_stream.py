@@ -73,6 +73,12 @@ class _Outbox:
         if len(self.items) == 1:
             self._wake.unpark_all()
 
+    def grow(self, weight: int) -> None:
+        """The tail message took ``weight`` more samples (it is still queued)."""
+        self.count += weight
+        if self.count > 4 * self.limit:
+            self.overfull = True
+
     async def wait_room(self) -> None:
         while self.room <= 0:
             await self._room.park()
@@ -86,12 +92,16 @@ class _Outbox:
             # Woken by the first message: let the tasks that are runnable now add theirs first (one pass
             # of the scheduler; nothing waits when nothing else runs), so that a busy publisher's bursts
             # travel as one run in one write. Fewer, larger frames save per-frame work on both ends.
-            # While each pass brings more (a publisher bursting in this process), one more pass, up to
-            # half the limit: a lone sample still goes after one pass.
-            count = -1
-            while count != self.count and self.count < self.limit // 2 and not self.overfull:
-                count = self.count
+            # While the passes bring more (a publisher bursting in this process), more passes, up to half
+            # the limit; it stops after two passes that brought nothing (not one: trio runs a pass's
+            # tasks in either order, so the writer may run before the task that adds in that pass).
+            seen, idle = self.count, 0
+            while idle < 2 and self.count < self.limit // 2 and not self.overfull:
                 await trio.lowlevel.cancel_shielded_checkpoint()
+                if self.count == seen:
+                    idle += 1
+                else:
+                    seen, idle = self.count, 0
         if self.overfull:
             raise _Stalled(f"more than {4 * self.limit} samples queued for a peer that does not read")
         self.writing = True
