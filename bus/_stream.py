@@ -31,6 +31,8 @@ _log = structlog.get_logger("vwos.bus.socket")
 DEFAULT_MAX_PENDING: Final = 4096
 _HANDSHAKE_TIMEOUT: Final = 5.0
 _READ_SIZE: Final = 65536
+#: The most scheduler passes the writer lets other tasks fill the outbox before it writes.
+_GATHER_PASSES: Final = 16
 
 
 class _Stalled(Exception):
@@ -93,10 +95,12 @@ class _Outbox:
             # of the scheduler; nothing waits when nothing else runs), so that a busy publisher's bursts
             # travel as one run in one write. Fewer, larger frames save per-frame work on both ends.
             # While the passes bring more (a publisher bursting in this process), more passes, up to half
-            # the limit; it stops after two passes that brought nothing (not one: trio runs a pass's
-            # tasks in either order, so the writer may run before the task that adds in that pass).
-            seen, idle = self.count, 0
-            while idle < 2 and self.count < self.limit // 2 and not self.overfull:
+            # the limit and at most `_GATHER_PASSES` (a task adding one message per pass does not hold
+            # a reply back for long); it stops after two passes that brought nothing (not one: trio runs
+            # a pass's tasks in either order, so the writer may run before the task that adds in it).
+            seen, idle, passes = self.count, 0, 0
+            while idle < 2 and passes < _GATHER_PASSES and self.count < self.limit // 2 and not self.overfull:
+                passes += 1
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 if self.count == seen:
                     idle += 1
