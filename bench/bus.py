@@ -1,7 +1,7 @@
 """The in-process bus benchmark: vwos's bus beside eclipse-zenoh and a bare trio memory channel.
 
 Measured in one run, each figure the best of ``--repeat`` runs (the median and the run-to-run spread are
-reported too):
+reported too; the goals are judged on the medians, against zenoh's median of the same run):
 
 * vwos delivery rate, samples received by subscribers per second (summed over subscribers), 1 publisher to
   1 subscriber and to 10, on a checked ``float`` topic (unit, min, max). A declared publisher (like
@@ -353,7 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p99: _table.Runs = bus["p99"]
     chan: _table.Runs = bus["trio"]
     zenoh_best = zenoh_runs.best if zenoh_runs else None
+    zenoh_median = zenoh_runs.median if zenoh_runs else None
     vs_zenoh = _table.ratio(one.best, zenoh_best)
+    # The goals are judged on the medians (the best run alone flatters a noisy machine), each against
+    # the reference's median measured in the same run.
+    vs_zenoh_median = _table.ratio(one.median, zenoh_median)
     vs_trio = _table.ratio(one.best, chan.best)
     dropped = bus["dropped_1to1"] + bus["dropped_1to10"]
 
@@ -372,10 +376,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "zenoh_dropped_1to1": None if zenoh_runs is None else z.dropped,
         "zenoh_unavailable": z.unavailable,
         "zenoh_open_sockets": z.sockets,
+        "median_per_s_1to1": one.median,
+        "zenoh_median_per_s_1to1": zenoh_median,
+        "vwos_vs_zenoh_1to1_median": vs_zenoh_median,
         "goal_per_s_1to1": GOAL_PER_S,
         "goal_vs_zenoh": GOAL_VS_ZENOH,
-        "goal_per_s_met": one.best >= GOAL_PER_S,
-        "goal_vs_zenoh_met": None if vs_zenoh is None else vs_zenoh >= GOAL_VS_ZENOH,
+        "goal_per_s_met": one.median >= GOAL_PER_S,
+        "goal_vs_zenoh_met": None if vs_zenoh_median is None else vs_zenoh_median >= GOAL_VS_ZENOH,
+        "goals": "judged on the medians: vwos 1->1 median, and over zenoh's median of the same run",
         "figures": "best of the runs (highest rate, lowest latency); spread = (max - min) / median",
         "runs": {
             "delivered_per_s_1to1": one,
@@ -423,11 +431,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if z.sockets is not None:
         table.note(f"sockets open while the zenoh session ran: {z.sockets}")
-    table.goal(f">= {GOAL_PER_S:,} samples/s 1 -> 1", one.best >= GOAL_PER_S, _table.rate(one.best))
     table.goal(
-        f">= {GOAL_VS_ZENOH:g}x zenoh 1 -> 1",
+        f">= {GOAL_PER_S:,} samples/s 1 -> 1 (median)",
+        one.median >= GOAL_PER_S,
+        _table.rate(one.median),
+    )
+    table.goal(
+        f">= {GOAL_VS_ZENOH:g}x zenoh 1 -> 1 (median over median)",
         result["goal_vs_zenoh_met"],
-        _table.times(vs_zenoh) if vs_zenoh is not None else "zenoh not measured",
+        _table.times(vs_zenoh_median) if vs_zenoh_median is not None else "zenoh not measured",
     )
     _table.emit(args, result, table)
     if dropped:

@@ -75,6 +75,9 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 3.0
 #: mosquitto's log without its per-message debug lines (``log_type all`` writes one for every PUBLISH).
 QUIET_LOG = ("error", "warning", "notice", "information")
+#: The goals of issue 13, judged on the medians: three processes, and the publisher in the broker process.
+GOAL_VS_ZENOH = 2.0
+GOAL_TWO_PROCESS_VS_ZENOH = 1.0
 #: The 8-byte payload of zenoh and MQTT: a little-endian double.
 PACK = struct.Struct("<d").pack
 
@@ -638,6 +641,10 @@ def report(args: Any, vwos: Figure, vwos_2: Figure, zenoh: Figure, mosquitto: Fi
     if vs_zenoh is not None and vs_mosquitto is not None:
         ahead = vs_zenoh > 1 and vs_mosquitto > 1
     dropped = vwos.missing
+    # The issue-13 goals, on the medians (each against zenoh's median measured in the same run).
+    z_median = z.median if z else None
+    vs_zenoh_median = _table.ratio(ours.median if ours else None, z_median)
+    two_vs_zenoh_median = _table.ratio(two.median if two else None, z_median)
     subscriber_drops = sum(r.dropped_by_subscriber for r in vwos.runs) if vwos.runs else None
     result: dict[str, Any] = {
         "benchmark": "ipc",
@@ -667,6 +674,14 @@ def report(args: Any, vwos: Figure, vwos_2: Figure, zenoh: Figure, mosquitto: Fi
         "two_process_per_s": two.best if two else None,
         "two_process_vs_zenoh": _table.ratio(two.best if two else None, z.best if z else None),
         "two_process_layout": "publisher in the broker process (an in-process service), subscriber apart",
+        "vwos_vs_zenoh_median": vs_zenoh_median,
+        "two_process_vs_zenoh_median": two_vs_zenoh_median,
+        "goal_vs_zenoh": GOAL_VS_ZENOH,
+        "goal_two_process_vs_zenoh": GOAL_TWO_PROCESS_VS_ZENOH,
+        "goal_vs_zenoh_met": None if vs_zenoh_median is None else vs_zenoh_median >= GOAL_VS_ZENOH,
+        "goal_two_process_vs_zenoh_met": (
+            None if two_vs_zenoh_median is None else two_vs_zenoh_median >= GOAL_TWO_PROCESS_VS_ZENOH
+        ),
         "two_process_unavailable": vwos_2.unavailable,
         "samples": n,
         "repeat": repeat,
@@ -704,6 +719,16 @@ def report(args: Any, vwos: Figure, vwos_2: Figure, zenoh: Figure, mosquitto: Fi
     )
     table.goal("ahead of zenoh and mosquitto", ahead, f"{_table.times(vs_zenoh)} zenoh, "
                f"{_table.times(vs_mosquitto)} mosquitto")  # fmt: skip
+    table.goal(
+        f">= {GOAL_VS_ZENOH:g}x zenoh, three processes (median over median)",
+        result["goal_vs_zenoh_met"],
+        _table.times(vs_zenoh_median),
+    )
+    table.goal(
+        f">= {GOAL_TWO_PROCESS_VS_ZENOH:g}x zenoh, publisher in the broker (median over median)",
+        result["goal_two_process_vs_zenoh_met"],
+        _table.times(two_vs_zenoh_median),
+    )
     _table.emit(args, result, table)
     if ours is None:
         print(f"error: vwos not measured: {vwos.unavailable}", file=sys.stderr)

@@ -152,6 +152,15 @@ class SampleColumns(Sequence[Sample[Any]]):
         #: The samples, once built (or given: ``entries`` when they are all single samples).
         self._samples = samples
 
+    def _absorb(self, other: SampleColumns) -> None:
+        """Append ``other``'s samples: the broker grows the SAMPLES message it queued last, while the writer
+        has not taken it yet (the entries lists are the batches' own, fresh from `take_columns`)."""
+        singles = self._samples is self._entries and other._samples is other._entries
+        self._entries.extend(other._entries)
+        self._len += other._len
+        if not singles:
+            self._samples = None  # built from the entries on first use
+
     def run_columns(self) -> tuple[str, str, list[Any], list[float], float | list[float], int] | None:
         """``(topic, publisher, values, timestamps, bus_time, first_seq)`` when the batch is runs of one
         topic from one publisher with consecutive seqs (``bus_time`` a number when they share it, else one

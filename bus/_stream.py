@@ -31,6 +31,11 @@ _log = structlog.get_logger("vwos.bus.socket")
 DEFAULT_MAX_PENDING: Final = 4096
 _HANDSHAKE_TIMEOUT: Final = 5.0
 _READ_SIZE: Final = 65536
+#: The most scheduler passes the writer lets other tasks fill the outbox before it writes.
+_GATHER_PASSES: Final = 16
+#: The most samples it gathers so: enough to spread the per-frame work thin, and a frame a subscriber's
+#: queue of the default size (1,024 in bench/ipc.py) takes twice over, so that no end waits on another.
+_GATHER_SAMPLES: Final = 512
 
 
 class _Stalled(Exception):
@@ -47,6 +52,8 @@ class _Outbox:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        #: The writer gathers bursts up to this many samples (`take`).
+        self.gather = min(limit // 2, _GATHER_SAMPLES)
         #: What `RemotePublisher.publish_nowait` compares ``count`` with: ``limit``, or -1 while the client
         #: has something to raise first (closed, an asynchronous error): one comparison on the hot path.
         self.gate = limit
@@ -73,6 +80,12 @@ class _Outbox:
         if len(self.items) == 1:
             self._wake.unpark_all()
 
+    def grow(self, weight: int) -> None:
+        """The tail message took ``weight`` more samples (it is still queued)."""
+        self.count += weight
+        if self.count > 4 * self.limit:
+            self.overfull = True
+
     async def wait_room(self) -> None:
         while self.room <= 0:
             await self._room.park()
@@ -86,7 +99,20 @@ class _Outbox:
             # Woken by the first message: let the tasks that are runnable now add theirs first (one pass
             # of the scheduler; nothing waits when nothing else runs), so that a busy publisher's bursts
             # travel as one run in one write. Fewer, larger frames save per-frame work on both ends.
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            # While the passes bring more (a publisher bursting in this process), more passes, up to
+            # `gather` samples in at most `_GATHER_PASSES` passes (a task adding one message per pass
+            # does not hold a reply back for long); it stops after two passes that brought nothing (not
+            # one: trio runs a pass's tasks in either order, so the writer may run before the task that
+            # adds in it).
+            seen, idle, passes = self.count, 0, 0
+            gather = self.gather
+            while idle < 2 and passes < _GATHER_PASSES and self.count < gather and not self.overfull:
+                passes += 1
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                if self.count == seen:
+                    idle += 1
+                else:
+                    seen, idle = self.count, 0
         if self.overfull:
             raise _Stalled(f"more than {4 * self.limit} samples queued for a peer that does not read")
         self.writing = True

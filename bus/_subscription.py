@@ -49,6 +49,7 @@ class Subscription(Generic[T]):
         "_closed",
         "_detach",
         "_error",
+        "_extra",
         "_latest",
         "_missed",
         "_parked",
@@ -101,6 +102,10 @@ class Subscription(Generic[T]):
         #: Called by the bus with a run of samples of one topic: for queues, the deque's own C ``extend``.
         self.push_run: Callable[[Sequence[Sample[T]]], None]
         self._queue: deque[Any]
+        #: Samples queued beyond the queue's entries (a `ColumnSubscription`'s runs; 0 here), so that
+        #: ``len(_queue) + _extra`` is the queued count of either kind: what publishers compare with
+        #: ``capacity`` on the hot path, without a property call.
+        self._extra = 0
         self._make_queue()
 
     def _make_queue(self) -> None:
@@ -328,7 +333,7 @@ class ColumnSubscription(Subscription[Any]):
     Samples queued = entries + ``_extra`` (each run adds its length less one); ``_runs`` counts the run
     entries, so that a queue of single samples is taken as fast as a `Subscription`'s."""
 
-    __slots__ = ("_extra", "_runs")
+    __slots__ = ("_runs",)
 
     def _make_queue(self) -> None:
         if self.overflow is Overflow.LATEST:
