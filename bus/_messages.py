@@ -691,7 +691,9 @@ class Deliver(_Message):
         first_bus_time = bus_times[0]
         bus_time: Any = (
             first_bus_time
-            if bus_times.count(first_bus_time) == n and first_bus_time == first_bus_time  # not NaN
+            if bus_times.count(first_bus_time) == n
+            and first_bus_time == first_bus_time  # not NaN
+            and (first_bus_time != 0.0 or _same_zeros(bus_times))  # 0.0 == -0.0: keep the sign
             else pack_doubles(bus_times)
         )
         first_seq = seqs[0]
@@ -1038,6 +1040,12 @@ BY_OP: Final[dict[int, type[_Message]]] = {
         Error,
     )
 }
+
+
+def _same_zeros(values: Sequence[float]) -> bool:
+    """Whether the zeros ``values`` (all equal to 0.0) have one sign: 0.0 and -0.0 compare equal."""
+    sign = math.copysign(1.0, values[0])
+    return all(math.copysign(1.0, v) == sign for v in values)
 
 
 def timeout_to_wire(timeout: float) -> float | None:

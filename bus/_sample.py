@@ -3,6 +3,7 @@ a broker forwards runs in."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from itertools import repeat
 from typing import Any, Final, Generic, NamedTuple, TypeVar, overload
@@ -199,7 +200,14 @@ class SampleColumns(Sequence[Sample[Any]]):
             values.extend(run.values)
             timestamps.extend(run.timestamps)
             bus_times.extend(repeat(run.bus_time, n))
-            shared_time = shared_time and run.bus_time == first.bus_time
+            shared_time = (
+                shared_time
+                and run.bus_time == first.bus_time
+                and (
+                    run.bus_time != 0.0
+                    or math.copysign(1.0, run.bus_time) == math.copysign(1.0, first.bus_time)
+                )
+            )
         bus_time: float | list[float] = first.bus_time if shared_time else bus_times
         if type(values) is not kind:
             values = list(values)
