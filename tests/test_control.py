@@ -1019,3 +1019,34 @@ async def test_status_shows_a_failed_unit_and_why_and_restart_revives_it(
             await trio.sleep(0.1)
             assert h.status()["flaky"].state.value == "running"  # revived with a fresh budget
             nursery.cancel_scope.cancel()
+
+
+@default_codec.register(name="tests.control.Wide")
+@attrs.frozen
+class Wide:
+    pressure: float
+    flags: tuple[bool, ...]
+    note: str
+
+
+async def test_bus_list_keeps_its_columns_for_long_names_and_shows_records_whole_at_their_resolution(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Long names widened their column and pushed the rest out of line; records were cut off with "...";
+    a scaled signal showed binary noise (50.480000000000004)."""
+    long_name = "Vehicle.Chassis.Axle.Row1.Wheel.Left.Tire.Sensor.Temperature.Raw"
+    wide = Topic("Vehicle.Wide", Wide)
+    async with running() as (h, _):
+        feeder = h.bus.client("feeder")
+        feeder.publish_nowait(Topic(long_name, float), 5048 * 0.01)
+        feeder.publish_nowait(wide, Wide(2.1 * 3, (True, False, True), "x" * 80))
+        client = h.bus.client("cli", CONTROL_READ)
+        code, out, _ = await invoke(cmd_bus_list, ["bus", "list", "Vehicle.**"], client)
+    assert code == 0
+    lines = out.splitlines()
+    starts = {line.index(line.split()[1], len(line.split()[0])) for line in lines}
+    assert len(starts) == 1, lines  # the TYPE column starts at one offset on every row
+    row = next(line for line in lines if line.startswith(long_name))
+    assert row.endswith("  50.48")
+    wide_row = next(line for line in lines if line.startswith("Vehicle.Wide "))
+    assert wide_row.endswith(f"Wide(pressure=6.3, flags=(True, False, True), note='{'x' * 80}')")
