@@ -520,14 +520,7 @@ class _Learned:
             return cbor2.CBORTag(OBJECT_TAG, [name, schema.fingerprint, value.name])
         if schema.fields is None:
             raise CodecError(f"cannot encode a record of {name}: it is an enum")
-        names = [n for n, _ in schema.fields]
-        given = value.fields
-        if set(given) != set(names):
-            unknown = sorted(set(given) - set(names))
-            missing = [n for n in names if n not in given]
-            what = f"has no field {unknown[0]!r}" if unknown else f"needs the field {missing[0]!r}"
-            raise CodecError(f"cannot encode a record of {name}: {name} {what} (fields: {', '.join(names)})")
-        values = [given[n] for n in names]
+        values = _in_order(name, [n for n, _ in schema.fields], value.fields)
         problem = field_problem(schema, values, codec._type_name_of)
         if problem is not None:
             raise CodecError(f"cannot encode {problem}")
@@ -551,17 +544,22 @@ class _Learned:
         return Record(name, {n: v for (n, _), v in zip(schema.fields or (), payload, strict=True)})
 
 
-def _construct(info: _AttrsInfo, record: Record) -> object:
-    """An instance of ``info``'s class from a `Record` of it (by field name; validators run)."""
-    names = info.field_names
-    given = record.fields
+def _in_order(name: str, names: Sequence[str], given: Mapping[str, Any]) -> list[Any]:
+    """The values of a record of type ``name`` in the order of its fields ``names``; `CodecError` naming
+    a field it lacks or one it has not."""
     if set(given) != set(names):
         unknown = sorted(set(given) - set(names))
         missing = [n for n in names if n not in given]
         what = f"has no field {unknown[0]!r}" if unknown else f"needs the field {missing[0]!r}"
-        raise CodecError(f"cannot encode a record of {info.name}: {info.name} {what}")
+        raise CodecError(f"cannot encode a record of {name}: {name} {what} (fields: {', '.join(names)})")
+    return [given[n] for n in names]
+
+
+def _construct(info: _AttrsInfo, record: Record) -> object:
+    """An instance of ``info``'s class from a `Record` of it (by field name; validators run)."""
+    values = _in_order(info.name, info.field_names, record.fields)
     try:
-        return info.construct([given[n] for n in names])
+        return info.construct(values)
     except Exception as exc:
         raise CodecError(
             f"cannot encode a record of {info.name}: the class refused its fields: {exc!r}"

@@ -21,7 +21,7 @@ import cattrs
 import cattrs.cols
 import cattrs.gen
 
-from vwos._structure import MAX_DEPTH
+from vwos._structure import MAX_DEPTH, _as_is, _is_any, _is_attrs, _is_literal, _is_union
 
 __all__ = ["JsonValueError", "structure_json"]
 
@@ -208,24 +208,8 @@ def _attrs_hook(cls: type) -> Any:
     return structure_record
 
 
-def _is_any(tp: Any) -> bool:
-    return tp is Any or tp is object
-
-
-def _as_is(value: object, _: Any) -> object:
-    return value
-
-
 def _is_none(tp: Any) -> bool:
     return tp is None or tp is type(None)
-
-
-def _is_literal(tp: Any) -> bool:
-    return typing.get_origin(tp) is Literal
-
-
-def _is_union(tp: Any) -> bool:
-    return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
 
 def _is_array(tp: Any) -> bool:
@@ -234,10 +218,6 @@ def _is_array(tp: Any) -> bool:
 
 def _is_mapping(tp: Any) -> bool:
     return typing.get_origin(tp) is dict or tp is dict
-
-
-def _is_attrs(tp: Any) -> bool:
-    return isinstance(tp, type) and attrs.has(tp)
 
 
 def _make_converter() -> cattrs.Converter:
