@@ -152,11 +152,17 @@ def _refuse(where: str, expected: str, data: object) -> RecordingError:
 
 
 def from_json(
-    data: Any, expr: Any, schemas: Mapping[str, TypeSchema], where: str = "value", depth: int = 0
+    data: Any,
+    expr: Any,
+    schemas: Mapping[str, TypeSchema],
+    where: str = "value",
+    depth: int = 0,
+    resolve: Callable[[Any], Any] | None = None,
 ) -> Any:
     """The value ``data`` (JSON) stands for, by its type expression ``expr``: records as `bus.Record`,
-    enum members as `bus.EnumMember`, `bus.NotAvailable` as itself. `RecordingError` saying where what
-    does not fit."""
+    enum members as `bus.EnumMember`, `bus.NotAvailable` as itself. ``resolve`` is applied to each record
+    and enum member, innermost first (`read_recording` makes registered classes of them with it).
+    `RecordingError` saying where what does not fit."""
     if depth > MAX_DEPTH:
         raise RecordingError(f"{where}: nested more than {MAX_DEPTH} levels deep")
     if type(expr) is str:
@@ -199,8 +205,8 @@ def from_json(
             if len(data) != len(arg):
                 raise _refuse(where, f"an array of {len(arg)} items", data)
             pairs = enumerate(zip(data, arg, strict=True))
-            return tuple(from_json(d, e, schemas, f"{where}[{i}]", inner) for i, (d, e) in pairs)
-        items = [from_json(d, arg, schemas, f"{where}[{i}]", inner) for i, d in enumerate(data)]
+            return tuple(from_json(d, e, schemas, f"{where}[{i}]", inner, resolve) for i, (d, e) in pairs)
+        items = [from_json(d, arg, schemas, f"{where}[{i}]", inner, resolve) for i, d in enumerate(data)]
         kind: Callable[[list[Any]], Any] = {"list": list, "set": set, "frozenset": frozenset, "tuple": tuple}[
             key
         ]
@@ -211,12 +217,12 @@ def from_json(
     if key == "dict":
         if type(data) is not dict:
             raise _refuse(where, "an object", data)
-        return {k: from_json(v, arg, schemas, f"{where}.{k}", inner) for k, v in data.items()}
+        return {k: from_json(v, arg, schemas, f"{where}.{k}", inner, resolve) for k, v in data.items()}
     if key == "union":
         problems = []
         for member in arg:
             try:
-                return from_json(data, member, schemas, where, inner)
+                return from_json(data, member, schemas, where, inner, resolve)
             except RecordingError as exc:
                 problems.append(exc)
         raise _refuse(where, "one of the union's types", data)
@@ -224,16 +230,24 @@ def from_json(
         for v in arg:
             if type(v) is dict:
                 if data == v["member"]:
-                    return EnumMember(v["type"], data)
+                    member = EnumMember(v["type"], data)
+                    return member if resolve is None else resolve(member)
             elif data == v and type(data) is type(v):
                 return data
         raise _refuse(where, f"one of {arg!r:.60}", data)
     if key == "type":
-        return _typed(data, arg, schemas, where, inner)
+        return _typed(data, arg, schemas, where, inner, resolve)
     raise RecordingError(f"{where}: unknown type expression {key!r}")
 
 
-def _typed(data: Any, name: str, schemas: Mapping[str, TypeSchema], where: str, depth: int) -> Any:
+def _typed(
+    data: Any,
+    name: str,
+    schemas: Mapping[str, TypeSchema],
+    where: str,
+    depth: int,
+    resolve: Callable[[Any], Any] | None,
+) -> Any:
     if name == NOT_AVAILABLE:
         if type(data) is dict and type(data.get("reason")) is str and data.get("available") is False:
             try:
@@ -246,7 +260,8 @@ def _typed(data: Any, name: str, schemas: Mapping[str, TypeSchema], where: str, 
         raise RecordingError(f"{where}: the recording has no schema of the type {name!r}")
     if schema.members is not None:
         if type(data) is str and data in dict(schema.members):
-            return EnumMember(name, data)
+            member = EnumMember(name, data)
+            return member if resolve is None else resolve(member)
         raise _refuse(where, f"a member of {name}", data)
     if type(data) is not dict:
         raise _refuse(where, f"an object of {name}'s fields", data)
@@ -257,4 +272,7 @@ def _typed(data: Any, name: str, schemas: Mapping[str, TypeSchema], where: str, 
             f"{where}: {name} has the fields {', '.join(names)}; the recording has "
             f"{', '.join(map(str, data))}"
         )
-    return Record(name, {n: from_json(data[n], e, schemas, f"{where}.{n}", depth) for n, e in fields})
+    record = Record(
+        name, {n: from_json(data[n], e, schemas, f"{where}.{n}", depth, resolve) for n, e in fields}
+    )
+    return record if resolve is None else resolve(record)

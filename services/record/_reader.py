@@ -157,18 +157,20 @@ class _ChannelDecoder:
         self.schemas = {s.name: s for s in schemas}
         self.expr = value_expr(key) if key is not None and not key.startswith("?") else "any"
         self.codec = codec
-        self.typed = key is not None and key in self.schemas
         if schemas:
             codec.learn(schemas)  # ignored for the types registered here: their classes win
 
+    def _resolve(self, value: Any) -> Any:
+        """A registered class's instance if this process has the class, else the Record/EnumMember."""
+        try:
+            resolved = self.codec.decode(self.codec.encode(value))
+        except CodecError as exc:
+            raise RecordingError(f"{self.where}: {exc}") from None
+        # Still a Record or EnumMember: no class here; keep the one built by the schema (tuples stay tuples)
+        return value if type(resolved) is type(value) else resolved
+
     def value(self, data: Any) -> Any:
-        value = from_json(data, self.expr, self.schemas, self.where)
-        if self.typed:  # a registered class if this process has it, else the Record/EnumMember itself
-            try:
-                value = self.codec.decode(self.codec.encode(value))
-            except CodecError as exc:
-                raise RecordingError(f"{self.where}: {exc}") from None
-        return value
+        return from_json(data, self.expr, self.schemas, self.where, resolve=self._resolve)
 
 
 def read_recording(

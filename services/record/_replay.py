@@ -10,7 +10,18 @@ from typing import Any, Final
 import attrs
 import trio
 
-from bus import BusHandle, Codec, PublisherHandle, default_codec
+from bus import (
+    BusHandle,
+    Codec,
+    EnumMember,
+    NotAvailable,
+    PublisherHandle,
+    Record,
+    Topic,
+    TopicError,
+    UnknownTopicError,
+    default_codec,
+)
 from services.record._json import RecordingError
 from services.record._reader import read_recording
 
@@ -22,11 +33,35 @@ _YIELD_EVERY: Final = 512
 
 @attrs.frozen
 class ReplayResult:
-    """What a replay published: samples, passes through the recording, trio-clock seconds it took."""
+    """What a replay published: samples, passes through the recording, trio-clock seconds it took, and
+    the samples skipped (not available on a topic not declared yet, whose type was not known yet)."""
 
     published: int
     loops: int
     seconds: float
+    skipped: int = 0
+
+
+async def _publisher(handle: BusHandle, name: str, value: Any) -> PublisherHandle[Any] | None:
+    """A publisher for the topic ``name``: by name when the bus has it declared, else declared here with
+    the class of ``value`` (None while that is not known: a not-available value)."""
+    try:
+        await handle.get(name, allow_stale=True)
+        return handle.publisher(name)
+    except UnknownTopicError:
+        pass
+    cls = type(value)
+    if cls in (NotAvailable, Record, EnumMember):
+        if cls is NotAvailable:
+            return None
+        raise RecordingError(
+            f"{name}: no such topic is declared on the bus, and this process has no class for its type "
+            f"{value.type_name} to declare it with: start the service that declares it first"
+        )
+    try:
+        return handle.publisher(Topic(name, cls))
+    except TopicError as exc:
+        raise RecordingError(f"{name}: cannot declare the topic to replay it: {exc}") from None
 
 
 async def replay(
@@ -47,13 +82,15 @@ async def replay(
     broker checks against its classes). ``loop`` starts over at the end (``loops`` passes at most; for ever
     without), the next pass after the last one's span. Returns what was published. Raises `RecordingError`
     for a file that is not a whole recording (what came before the bad part has been published) and
-    the bus's own errors (a value its topic refuses, a permission denied).
+    the bus's own errors (a value its topic refuses, a permission denied). A topic the bus has not
+    declared is declared with the class of its first value (no unit or range: start the service that
+    declares it first to have those); its not-available samples before that are skipped (counted).
     """
     if not rate >= 0 or rate == float("inf"):
         raise RecordingError(f"rate must be a finite number >= 0, not {rate!r}")
     publishers: dict[str, PublisherHandle[Any]] = {}
     started = trio.current_time()
-    published = passes = 0
+    published = passes = skipped = 0
     origin = started
     while True:
         first: float | None = None
@@ -71,7 +108,11 @@ async def replay(
                 await trio.lowlevel.checkpoint()
             publisher = publishers.get(sample.topic)
             if publisher is None:
-                publisher = publishers[sample.topic] = handle.publisher(sample.topic)
+                publisher = await _publisher(handle, sample.topic, sample.value)
+                if publisher is None:
+                    skipped += 1
+                    continue
+                publishers[sample.topic] = publisher
             try:
                 publisher.publish_nowait(sample.value, timestamp=sample.timestamp)
             except trio.WouldBlock:  # the outgoing queue is full: wait for room
@@ -83,4 +124,4 @@ async def replay(
         origin += last_offset / rate if rate else 0.0
         await trio.lowlevel.checkpoint()
     await handle.flush()
-    return ReplayResult(published, passes, trio.current_time() - started)
+    return ReplayResult(published, passes, trio.current_time() - started, skipped)
