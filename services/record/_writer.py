@@ -45,7 +45,8 @@ class _Channel:
     def __init__(self, channel_id: int, key: str | None) -> None:
         self.id = channel_id
         self.key = key
-        self.publisher = ""
+        #: The publisher whose floats `encode_float` encodes (None: not a float channel yet).
+        self.publisher: str | None = None
         self.encode_float: Any = None
 
 
@@ -209,29 +210,33 @@ class RecordingWriter:
         missed = 0
         n = 0
         for sample in samples:
+            topic, value, timestamp, bus_time, publisher, seq = sample
             if splits:
-                self._maybe_split(sample.bus_time)
+                self._maybe_split(bus_time)
                 add = self._writer.add_message
                 channels = self._current
-            value = sample.value
-            topic = sample.topic
-            seq = sample.seq
             last = last_seq.get(topic)
             if last is not None and seq > last + 1:
                 missed += seq - last - 1
             last_seq[topic] = seq
             channel = channels.get(topic)
-            if type(value) is float and channel is not None and channel.key == "float":
-                if channel.publisher != sample.publisher or channel.encode_float is None:
-                    channel.publisher = sample.publisher
-                    channel.encode_float = float_encoder(sample.publisher)
-                data = channel.encode_float(value, sample.seq)
+            if type(value) is float and channel is not None and channel.publisher == publisher:
+                data = channel.encode_float(value, seq)  # the hot path: a float of the topic's publisher
             else:
                 key = type_key(value, codec) if type(value) is not NotAvailable else None
                 if channel is None or (key is not None and channel.key != key):
                     channel = self._channel(topic, key)
-                data = sample_json(sample, codec)
-            add(channel.id, _ns(sample.timestamp), data, _ns(sample.bus_time), sample.seq & 0xFFFFFFFF)
+                if key == "float" and type(value) is float:
+                    if channel.publisher != publisher:
+                        channel.publisher = publisher
+                        channel.encode_float = float_encoder(publisher)
+                    data = channel.encode_float(value, seq)
+                else:
+                    data = sample_json(sample, codec)
+            # (seconds to nanoseconds inline for the times of this century; _ns for the rest)
+            log_time = int(timestamp * 1e9) if 0.0 < timestamp < 4e9 else _ns(timestamp)
+            publish_time = int(bus_time * 1e9) if 0.0 < bus_time < 4e9 else _ns(bus_time)
+            add(channel.id, log_time, data, publish_time, seq & 0xFFFFFFFF)
             n += 1
             if splits:
                 self._file_recorded += 1
