@@ -37,6 +37,7 @@ import trio
 import bus
 from bench import _table
 from services.record import RecordingWriter, record_bus, replay, sample_json
+from vwos._runtime import tune_gc
 
 #: Goals (docs/record.md): the recorder at least half the bare writer's rate, and at least this many/s.
 GOAL_RATIO = 0.5
@@ -76,6 +77,7 @@ async def _child(path: str, n: int, topics: int) -> None:
         values = _values(n)
         print("ready", flush=True)
         await trio.to_thread.run_sync(sys.stdin.readline)
+        started = time.perf_counter()
         i = 0
         while i < n:
             for publisher in publishers:
@@ -85,7 +87,7 @@ async def _child(path: str, n: int, topics: int) -> None:
                 if i >= n:
                     break
             await trio.lowlevel.checkpoint()
-        print("sent", flush=True)
+        print("sent", repr(time.perf_counter() - started), flush=True)
         await trio.to_thread.run_sync(sys.stdin.readline)
         nursery.cancel_scope.cancel()
 
@@ -93,8 +95,8 @@ async def _child(path: str, n: int, topics: int) -> None:
 # -- the measurements ----------------------------------------------------------------------------------
 
 
-async def _record_once(scratch: Path, n: int, topics: int) -> tuple[float, int, int]:
-    """(samples/s, dropped, bytes) of one live recording."""
+async def _record_once(scratch: Path, n: int, topics: int) -> tuple[float, int, int, float]:
+    """(samples/s, dropped, bytes, the publisher's own samples/s) of one live recording."""
     sock = scratch / "bus.sock"
     out = scratch / "live.mcap"
     child = subprocess.Popen(  # noqa: ASYNC220 -- started before the timing, read through a thread
@@ -139,9 +141,11 @@ async def _record_once(scratch: Path, n: int, topics: int) -> tuple[float, int, 
                     stop.set()
             elapsed = time.perf_counter() - started
             (result,) = results
+        sent = (await trio.to_thread.run_sync(child.stdout.readline)).split()
         child.stdin.write("quit\n")
         child.stdin.flush()
-        return result.recorded / elapsed, n - result.recorded, out.stat().st_size
+        publish_rate = n / float(sent[1]) if len(sent) == 2 and sent[0] == "sent" else 0.0
+        return result.recorded / elapsed, n - result.recorded, out.stat().st_size, publish_rate
     finally:
         with contextlib.suppress(OSError):
             child.kill()
@@ -185,13 +189,14 @@ async def _replay_once(path: Path) -> float:
 
 
 async def _measure(args: Any) -> dict[str, Any]:
-    record, bare, replays, dropped, sizes = [], [], [], [], []
+    record, bare, replays, dropped, sizes, publish = [], [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="vwos-bench-record-") as tmp:
         for i in range(args.repeat):
             scratch = Path(tmp) / f"run{i}"
             scratch.mkdir()
-            rate, lost, size = await _record_once(scratch, args.samples, args.topics)
+            rate, lost, size, published = await _record_once(scratch, args.samples, args.topics)
             record.append(rate)
+            publish.append(published)
             dropped.append(lost)
             sizes.append(size)
             bare.append(_bare_once(args.samples, args.topics))
@@ -200,6 +205,7 @@ async def _measure(args: Any) -> dict[str, Any]:
         "record": _table.Runs("samples/s", record),
         "bare": _table.Runs("samples/s", bare),
         "replay": _table.Runs("samples/s", replays),
+        "publish": _table.Runs("samples/s", publish),
         "dropped": max(dropped),
         "bytes_per_sample": min(sizes) / args.samples,
     }
@@ -207,6 +213,7 @@ async def _measure(args: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    tune_gc()  # as `vwos run`, isolated services and `vwos record` do
     if argv and argv[0] == "--child":
         _quiet()
         trio.run(_child, argv[1], int(argv[2]), int(argv[3]))
@@ -224,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     table.runs("record from a live bus (socket)", record, _table.times(ratio))
     table.runs("mcap Writer alone (reference)", bare, "1.0x")
+    published = m["publish"]
+    table.runs(
+        "the publisher alone (child)", published, _table.times(_table.ratio(published.best, bare.best))
+    )
     table.runs(
         "replay into an in-process bus", replayed, _table.times(_table.ratio(replayed.best, bare.best))
     )
@@ -238,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "record_per_s": record.best,
         "mcap_bare_per_s": bare.best,
         "replay_per_s": replayed.best,
+        "publish_per_s": m["publish"].best,
         "bytes_per_sample": m["bytes_per_sample"],
         "dropped": m["dropped"],
         "record_vs_bare": ratio,
