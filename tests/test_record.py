@@ -387,6 +387,24 @@ def test_split_by_duration_and_by_size(tmp_path: Path, check_file: Any) -> None:
     assert [s.seq for f in writer.files for s in read_recording(f)] == [s.seq for s in written]
 
 
+def test_a_value_json_cannot_hold_is_counted_and_the_recording_goes_on(tmp_path: Path) -> None:
+    deep: Any = 1.0
+    for _ in range(100):
+        deep = [deep]
+    with RecordingWriter(tmp_path / "deep.mcap") as writer:
+        writer.write(Sample("A", 1.0, 1.0, 1.0, "p", 1))
+        writer.write(Sample("A", deep, 1.0, 1.0, "p", 2))
+        writer.write(Sample("A", object(), 1.0, 1.0, "p", 3))
+        writer.write(Sample("A", 2.0, 1.0, 1.0, "p", 4))
+    assert (writer.recorded, writer.refused, writer.dropped) == (2, 2, 2)
+    info = bag_info(tmp_path / "deep.mcap")
+    assert (info.messages, info.metadata["vwos"]["refused"], info.metadata["vwos"]["dropped"]) == (
+        2,
+        "2",
+        "2",
+    )
+
+
 def test_refuses_bad_split_options_and_unwritable_paths(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="split_size"):
         RecordingWriter(tmp_path / "a.mcap", split_size=0)

@@ -52,8 +52,8 @@ async def record_bus(
     started once subscribed.
     """
     started = trio.current_time()
-    sub = handle.subscribe(*patterns, queue_size=queue_size, overflow=Overflow.DROP_OLDEST)
     try:
+        sub = handle.subscribe(*patterns, queue_size=queue_size, overflow=Overflow.DROP_OLDEST)
         with sub:
             task_status.started()
             with trio.move_on_after(math.inf if duration is None else duration) as scope:

@@ -90,6 +90,9 @@ class RecordingWriter:
         self.files: list[Path] = []
         #: Samples recorded (all files) and counted as dropped.
         self.recorded = 0
+        #: Samples that could not be recorded (a value the JSON form cannot hold: nested too deep, of a
+        #: type it does not know); counted in `dropped` too.
+        self.refused = 0
         #: Samples missing by their topics' seq numbers (a gap between two recorded samples of a topic).
         self.missed = 0
         self._counted = 0
@@ -135,6 +138,7 @@ class RecordingWriter:
             "patterns": json.dumps(list(self.patterns)),
             "recorded": str(self._file_recorded),
             "dropped": str(self.dropped),
+            "refused": str(self.refused),
             "file_index": str(len(self.files) - 1),
             **self.extra_metadata,
         }
@@ -232,7 +236,11 @@ class RecordingWriter:
                         channel.encode_float = float_encoder(publisher)
                     data = channel.encode_float(value, seq)
                 else:
-                    data = sample_json(sample, codec)
+                    try:
+                        data = sample_json(sample, codec)
+                    except RecordingError:  # a value JSON cannot hold: counted, the recording goes on
+                        self.refused += 1
+                        continue
             # (seconds to nanoseconds inline for the times of this century; _ns for the rest)
             log_time = int(timestamp * 1e9) if 0.0 < timestamp < 4e9 else _ns(timestamp)
             publish_time = int(bus_time * 1e9) if 0.0 < bus_time < 4e9 else _ns(bus_time)
@@ -253,8 +261,8 @@ class RecordingWriter:
     @property
     def dropped(self) -> int:
         """Samples that never reached the recording: the larger of `missed` (seq gaps) and the count given
-        to `count_dropped` (written into each file's metadata)."""
-        return max(self.missed, self._counted)
+        to `count_dropped`, plus `refused` (written into each file's metadata)."""
+        return max(self.missed, self._counted) + self.refused
 
     def close(self) -> list[Path]:
         """Write the metadata and the summary, close the file; the files written. Idempotent."""
