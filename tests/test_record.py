@@ -369,6 +369,20 @@ def test_a_topic_whose_samples_change_type_gets_a_channel_per_type(tmp_path: Pat
     ]
 
 
+async def test_replay_counts_what_the_bus_refuses_and_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "odd.mcap"
+    with RecordingWriter(path) as writer:
+        writer.write(Sample("Odd", NotAvailable("startup"), 1.0, 1.0, "p", 1))  # before any type: skipped
+        writer.write(Sample("Odd", 1.5, 1.0, 1.1, "p", 2))  # declares Odd as float
+        writer.write(Sample("Odd", "text", 1.0, 1.2, "p", 3))  # refused: Odd is a float topic
+        writer.write(Sample("Odd", 2.5, 1.0, 1.3, "p", 4))
+    the_bus = Bus()
+    sub = the_bus.client("listener").subscribe("Odd")
+    result = await replay(the_bus.client("replayer"), path, rate=0)
+    assert (result.published, result.refused, result.skipped) == (3, 1, 1)
+    assert [s.value for s in sub.receive_batch_nowait()] == [1.5, 2.5]
+
+
 def test_split_by_duration_and_by_size(tmp_path: Path, check_file: Any) -> None:
     written = samples(300)  # 30 s of bus time
     with RecordingWriter(tmp_path / "by_time.mcap", split_duration=10.0) as writer:

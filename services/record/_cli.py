@@ -247,7 +247,7 @@ def replay_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
     rate = 0.0 if args.fast else args.rate
     _tune_gc()
     try:
-        published, loops, seconds = trio.run(_replay, args, rate, socket)
+        published, loops, seconds, refused = trio.run(_replay, args, rate, socket)
     except RecordingError as exc:
         _say(err, "replay", str(exc))
         return EXIT_FAILED
@@ -257,29 +257,30 @@ def replay_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
     except (BusError, ProtocolError) as exc:
         _say(err, "replay", f"{type(exc).__name__}: {exc}")
         return EXIT_FAILED
-    out.write(f"published {published} samples in {loops} pass(es), {seconds:.1f} s\n")
+    also = f" ({refused} refused by the bus)" if refused else ""
+    out.write(f"published {published} samples in {loops} pass(es), {seconds:.1f} s{also}\n")
     return EXIT_OK
 
 
-async def _replay(args: argparse.Namespace, rate: float, socket: str) -> tuple[int, int, float]:
+async def _replay(args: argparse.Namespace, rate: float, socket: str) -> tuple[int, int, float, int]:
     from bus import connect_unix
     from services.record._replay import replay
 
     async with connect_unix(socket, "vwos-replay") as client:
         stopped = trio.Event()
-        results: list[tuple[int, int, float]] = []
+        results: list[tuple[int, int, float, int]] = []
         async with trio.open_nursery() as nursery:
 
             async def run() -> None:
                 r = await replay(client, args.file, args.patterns, rate=rate, loop=args.loop)
-                results.append((r.published, r.loops, r.seconds))
+                results.append((r.published - r.refused, r.loops, r.seconds, r.refused))
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(run)
             nursery.start_soon(_stop_on_signal, stopped)
             await stopped.wait()
             nursery.cancel_scope.cancel()
-    return results[0] if results else (0, 0, 0.0)
+    return results[0] if results else (0, 0, 0.0, 0)
 
 
 # -- bag info -----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from bus import (
     Topic,
     TopicError,
     UnknownTopicError,
+    ValueRefusedError,
     default_codec,
 )
 from services.record._json import RecordingError
@@ -33,13 +34,16 @@ _YIELD_EVERY: Final = 512
 
 @attrs.frozen
 class ReplayResult:
-    """What a replay published: samples, passes through the recording, trio-clock seconds it took, and
-    the samples skipped (not available on a topic not declared yet, whose type was not known yet)."""
+    """What a replay published: samples handed to the bus (``refused`` included), passes through the
+    recording, trio-clock seconds it took, and
+    the samples skipped (not available on a topic not declared yet, whose type was not known yet) and
+    refused by the bus (a value its topic's type or rules do not take: a topic whose type changed)."""
 
     published: int
     loops: int
     seconds: float
     skipped: int = 0
+    refused: int = 0
 
 
 async def _publisher(handle: BusHandle, name: str, value: Any) -> PublisherHandle[Any] | None:
@@ -90,7 +94,7 @@ async def replay(
         raise RecordingError(f"rate must be a finite number >= 0, not {rate!r}")
     publishers: dict[str, PublisherHandle[Any]] = {}
     started = trio.current_time()
-    published = passes = skipped = 0
+    published = passes = skipped = refused = 0
     origin = started
     while True:
         first: float | None = None
@@ -117,11 +121,25 @@ async def replay(
                 publisher.publish_nowait(sample.value, timestamp=sample.timestamp)
             except trio.WouldBlock:  # the outgoing queue is full: wait for room
                 await publisher.publish(sample.value, timestamp=sample.timestamp)
+            except ValueRefusedError:
+                # This sample (in-process), or an earlier one the broker refused (over a socket, where the
+                # refusal comes later and this sample was not queued): counted once, this one tried again.
+                refused += 1
+                try:
+                    publisher.publish_nowait(sample.value, timestamp=sample.timestamp)
+                except ValueRefusedError:
+                    published += 1  # this very sample: handed to the bus, and counted as refused above
+                    continue
+                except trio.WouldBlock:
+                    await publisher.publish(sample.value, timestamp=sample.timestamp)
             published += 1
         passes += 1
         if not loop or first is None or (loops is not None and passes >= loops):
             break
         origin += last_offset / rate if rate else 0.0
         await trio.lowlevel.checkpoint()
-    await handle.flush()
-    return ReplayResult(published, passes, trio.current_time() - started, skipped)
+    try:
+        await handle.flush()
+    except ValueRefusedError:
+        refused += 1
+    return ReplayResult(published, passes, trio.current_time() - started, skipped, refused)
