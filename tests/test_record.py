@@ -1,8 +1,9 @@
 """services.record: the JSON form, the MCAP writer and its splitting, the reader, recording a live bus over
 the socket, replay (deterministic into a harness), the CLI, and damaged files.
 
-Every MCAP file a test makes is read twice (`check_file`): by the ``mcap`` package and by npm's
-``@mcap/core`` run by node, an independent implementation, so the files are valid for other tools too.
+Every MCAP file a test makes is read twice (`check_file`): by the ``mcap`` package (CRCs checked, each
+message validated against its channel's JSON Schema with ``jsonschema``) and by npm's ``@mcap/core`` run
+by node, an independent implementation, so the files are valid for other tools too.
 """
 
 from __future__ import annotations
@@ -173,6 +174,7 @@ def check_file(node_reader: Path) -> Any:
     both found (messages per topic, channels, metadata); returns the Python reader's `BagInfo`."""
 
     def check(*paths: Path) -> list[Any]:
+        import jsonschema
         from mcap.reader import make_reader
 
         infos = []
@@ -180,9 +182,16 @@ def check_file(node_reader: Path) -> Any:
             with open(path, "rb") as stream:
                 reader = make_reader(stream, validate_crcs=True)
                 counts: dict[str, int] = {}
-                for _, channel, message in reader.iter_messages(log_time_order=False):
+                validators: dict[int, Any] = {}
+                for schema, channel, message in reader.iter_messages(log_time_order=False):
                     counts[channel.topic] = counts.get(channel.topic, 0) + 1
-                    assert json.loads(message.data)["publisher"] is not None
+                    assert schema is not None  # every channel has its schema
+                    validator = validators.get(schema.id)
+                    if validator is None:  # each schema is a valid JSON Schema, each message valid by it
+                        document = json.loads(schema.data)
+                        jsonschema.Draft202012Validator.check_schema(document)
+                        validator = validators[schema.id] = jsonschema.Draft202012Validator(document)
+                    validator.validate(json.loads(message.data))
             info = bag_info(path)
             assert seen["footer"] is True
             assert seen["messages"] == info.messages == sum(counts.values())
