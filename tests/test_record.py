@@ -548,6 +548,7 @@ async def test_records_a_live_bus_over_the_socket(
     (result,) = results
     assert result.recorded == n + n // 10
     assert result.dropped == 0
+    assert result.ended == "stopped"
     (info,) = check_file(out)
     assert {c.topic: c.messages for c in info.channels} == {"Test.Speed": n, "Test.Fix": n // 10}
     assert info.metadata["vwos"]["vehicle_id"] == "WVW-9"

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import hypothesis
 import hypothesis.strategies as st
 import pytest
@@ -19,9 +20,18 @@ import trio
 
 import bus
 from bus import Bus, NotAvailable, Permissions, Sample, Topic
-from services.record import bag_info, from_json, read_recording, sample_json
+from services.record import RecordingWriter, bag_info, from_json, read_recording, record_bus, sample_json
 
 SPEED = Topic("Cli.Speed", float, unit="km/h")
+
+
+@bus.default_codec.register(name="cli.Pos")
+@attrs.frozen
+class Pos:
+    x: float
+    y: float
+
+
 GEAR = Topic("Cli.Gear", str)
 TIMEOUT = 60
 
@@ -117,6 +127,58 @@ async def test_commands_say_in_one_line_what_is_wrong(tmp_path: Path) -> None:
         assert b"Traceback" not in bad.stderr
 
 
+async def test_a_bus_error_during_replay_is_one_line(broker: tuple[Bus, Path], tmp_path: Path) -> None:
+    _, socket = broker
+    path = tmp_path / "fix.mcap"
+    with RecordingWriter(path) as writer:  # a record type the vwos process has no class for
+        writer.write(Sample("Cli.Fix", Pos(1.0, 2.0), 1.0, 1.0, "p", 1))
+    with trio.fail_after(TIMEOUT):
+        done = await trio.run_process(
+            _vwos("replay", str(path), "--fast", "--socket", str(socket)),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert err.count("\n") == 1, err
+    assert "Cli.Fix: no such topic is declared on the bus" in err
+
+
+async def test_a_lost_broker_ends_the_recording_with_the_file_closed(tmp_path: Path) -> None:
+    the_bus = Bus()
+    socket = tmp_path / "bus.sock"
+    out = tmp_path / "lost.mcap"
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as outer:
+            broker_scope = trio.CancelScope()
+
+            async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                with broker_scope:
+                    await bus.serve_unix(the_bus, socket, authorize=_allow_all, task_status=task_status)
+
+            await outer.start(serve)
+            car = the_bus.client("car").publisher(SPEED)
+            async with bus.connect_unix(socket, "recorder") as client:
+                writer = RecordingWriter(out)
+
+                results = []
+                async with trio.open_nursery() as nursery:
+
+                    async def record() -> None:
+                        results.append(await record_bus(client, writer, ["Cli.**"]))
+
+                    nursery.start_soon(record)
+                    await trio.sleep(0.2)
+                    for i in range(100):
+                        car.publish_nowait(float(i))
+                    await _until(lambda: writer.recorded == 100)
+                    broker_scope.cancel()  # the broker goes away
+    (result,) = results
+    assert (result.ended, result.recorded) == ("closed", 100)
+    assert bag_info(out).messages == 100  # closed properly: the summary is there
+
+
 @hypothesis.given(
     value=st.one_of(
         st.floats(),
@@ -138,8 +200,6 @@ def test_scalars_survive_the_json_form(value: Any) -> None:
 
 
 def test_read_recording_filters_by_pattern(tmp_path: Path) -> None:
-    from services.record import RecordingWriter
-
     with RecordingWriter(tmp_path / "a.mcap") as writer:
         writer.write_many([Sample(f"T.{c}", 1.0, 1.0, 1.0, "p", 1) for c in "abc"])
     assert [s.topic for s in read_recording(tmp_path / "a.mcap", ["T.b", "T.c"])] == ["T.b", "T.c"]

@@ -141,6 +141,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     info.set_defaults(handler=bag_info_command)
 
 
+def _run(fn: Any, *args: Any) -> Any:
+    """``trio.run(fn, *args)``, with an error that ended a nursery raised as itself, not in a group."""
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
 def _say(err: TextIO, command: str, message: str) -> None:
     err.write(f"vwos {command}: {' '.join(message.split())}\n")
 
@@ -165,7 +183,7 @@ def record_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
     socket = args.socket or _default_socket()
     _tune_gc()
     try:
-        result = trio.run(_record, args, patterns, socket)
+        result = _run(_record, args, patterns, socket)
     except RecordingError as exc:
         _say(err, "record", str(exc))
         return EXIT_FAILED
@@ -213,6 +231,8 @@ async def _record(
                     stop=stop,
                 )
                 recorded, dropped, seconds = result.recorded, result.dropped, result.seconds
+                if result.ended == "closed":
+                    lost = "the broker closed the connection"
             except ConnectionLostError as exc:
                 lost = str(exc)
                 recorded, dropped, seconds = writer.recorded, writer.dropped, 0.0
@@ -247,7 +267,7 @@ def replay_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
     rate = 0.0 if args.fast else args.rate
     _tune_gc()
     try:
-        published, loops, seconds, refused = trio.run(_replay, args, rate, socket)
+        published, loops, seconds, refused = _run(_replay, args, rate, socket)
     except RecordingError as exc:
         _say(err, "replay", str(exc))
         return EXIT_FAILED

@@ -23,12 +23,15 @@ _BATCH: Final = 8192
 
 @attrs.frozen
 class RecordResult:
-    """What a recording took: samples recorded and dropped (never received), bus-time seconds, files."""
+    """What a recording took: samples recorded and dropped (never received), bus-time seconds, files,
+    and why it ended: ``"duration"``, ``"stopped"`` (the ``stop`` event) or ``"closed"`` (the client or
+    its connection to the broker closed)."""
 
     recorded: int
     dropped: int
     seconds: float
     files: tuple[str, ...]
+    ended: str = "duration"
 
 
 async def record_bus(
@@ -52,28 +55,37 @@ async def record_bus(
     started once subscribed.
     """
     started = trio.current_time()
+    ended = "duration"
     try:
         sub = handle.subscribe(*patterns, queue_size=queue_size, overflow=Overflow.DROP_OLDEST)
         with sub:
             task_status.started()
             with trio.move_on_after(math.inf if duration is None else duration) as scope:
-                async with trio.open_nursery() as nursery:
-                    if stop is not None:
-                        nursery.start_soon(_cancel_on, stop, scope)
-                    while True:
-                        try:
-                            batch = await sub.receive_batch(_BATCH)
-                        except (trio.EndOfChannel, trio.ClosedResourceError):
-                            break  # the client closed
-                        writer.write_many(batch)
-                    nursery.cancel_scope.cancel()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        if stop is not None:
+                            nursery.start_soon(_cancel_on, stop, scope)
+                        while True:
+                            try:
+                                batch = await sub.receive_batch(_BATCH)
+                            except (trio.EndOfChannel, trio.ClosedResourceError):
+                                ended = "closed"  # the client closed, or lost its connection
+                                break
+                            writer.write_many(batch)
+                        nursery.cancel_scope.cancel()
+                except BaseExceptionGroup as group:  # the loop's error (a lost connection) as itself
+                    if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+                        raise group.exceptions[0] from None
+                    raise
+            if stop is not None and stop.is_set() and ended != "closed":
+                ended = "stopped"
             for batch in _drain(sub):
                 writer.write_many(batch)
             writer.count_dropped(sub.statistics().dropped)
     finally:
         files = writer.close()  # no await: a cancellation cannot stop it half-way
     return RecordResult(
-        writer.recorded, writer.dropped, trio.current_time() - started, tuple(str(f) for f in files)
+        writer.recorded, writer.dropped, trio.current_time() - started, tuple(str(f) for f in files), ended
     )
 
 
