@@ -476,6 +476,41 @@ def test_damaged_files_give_one_line_errors(tmp_path: Path, capsys: pytest.Captu
             assert str(p) in captured.err
 
 
+def test_a_foreign_mcap_file_is_summarized_but_not_replayed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], check_file: Any
+) -> None:
+    from mcap.writer import Writer
+
+    path = tmp_path / "foreign.mcap"
+    with path.open("wb") as stream:
+        writer = Writer(stream)
+        writer.start(profile="ros2", library="someone else")
+        schema = writer.register_schema("Odd", "ros2msg", b"float64 x")
+        channel = writer.register_channel("/odd", "cdr", schema)
+        writer.add_message(channel, 1, b"\x00\x01garbage", 1)
+        writer.finish()  # type: ignore[no-untyped-call]
+    info = bag_info(path)
+    assert (info.messages, info.channels[0].type, info.library) == (1, "Odd", "someone else")
+    with pytest.raises(RecordingError, match="channel /odd: its schema is not a vwos sample schema"):
+        list(read_recording(path))
+    assert vwos_main(["replay", str(path), "--socket", str(tmp_path / "none.sock")]) == 1
+    assert "channel /odd is cdr with a ros2msg schema, not a vwos recording's" in capsys.readouterr().err
+    bad_json = tmp_path / "bad_json.mcap"
+    with bad_json.open("wb") as stream:
+        writer = Writer(stream)
+        writer.start()
+        schema = writer.register_schema(
+            "float", "jsonschema", b'{"x-vwos": {"type": "float", "schemas": []}}'
+        )
+        channel = writer.register_channel("A", "json", schema)
+        writer.add_message(channel, 1, b'{"value": 1.0, "available": true, "publisher": "p", "seq": 1}', 1)
+        writer.add_message(channel, 2, b"{not json", 2)
+        writer.add_message(channel, 3, b'{"value": "x", "available": true, "publisher": "p", "seq": 3}', 3)
+        writer.finish()  # type: ignore[no-untyped-call]
+    with pytest.raises(RecordingError, match="channel A, message 1: not JSON"):
+        list(read_recording(bad_json))
+
+
 # -- the CLI's bag info ---------------------------------------------------------------------------------
 
 

@@ -259,10 +259,19 @@ def replay_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
-        bag_info(args.file)  # a damaged file fails here, before anything is published
+        info = bag_info(args.file)  # a damaged file fails here, before anything is published
     except RecordingError as exc:
         _say(err, "replay", str(exc))
         return EXIT_FAILED
+    for channel in info.channels:
+        if (channel.message_encoding, channel.schema_encoding) != ("json", "jsonschema"):
+            _say(
+                err,
+                "replay",
+                f"{args.file}: channel {channel.topic} is {channel.message_encoding} with a "
+                f"{channel.schema_encoding or 'no'} schema, not a vwos recording's json/jsonschema",
+            )
+            return EXIT_FAILED
     socket = args.socket or _default_socket()
     rate = 0.0 if args.fast else args.rate
     _tune_gc()
