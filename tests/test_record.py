@@ -428,6 +428,17 @@ def test_a_value_json_cannot_hold_is_counted_and_the_recording_goes_on(tmp_path:
     )
 
 
+def test_a_full_disk_is_one_error_naming_the_file(small_disk: Path) -> None:
+    path = small_disk / "full.mcap"
+    writer = RecordingWriter(path, chunk_size=16_384)
+    big = [Sample("Big", os.urandom(4096), 1.0, 1.0, "p", i + 1) for i in range(200)]  # 800 KiB, random
+    with pytest.raises(RecordingError, match=r"full\.mcap: cannot write the recording: No space left"):
+        writer.write_many(big)
+    with pytest.raises(RecordingError, match="closed"):
+        writer.write(Sample("Big", "y", 1.0, 1.0, "p", 201))
+    assert writer.close() == [path]
+
+
 def test_refuses_bad_split_options_and_unwritable_paths(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="split_size"):
         RecordingWriter(tmp_path / "a.mcap", split_size=0)

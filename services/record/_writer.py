@@ -3,6 +3,7 @@ type, zstd chunks, the metadata record, and splitting into numbered files by siz
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import math
@@ -37,6 +38,16 @@ def _ns(seconds: float) -> int:
     if not seconds > 0 or not math.isfinite(seconds):
         return 0
     return min(int(seconds * _NS), 2**64 - 1)
+
+
+def _close_quietly(stream: IO[bytes]) -> None:
+    """Close a file whose last flush may fail again (a full disk), the file descriptor included."""
+    with contextlib.suppress(OSError):
+        stream.close()
+    raw = getattr(stream, "raw", None)
+    if raw is not None and not raw.closed:
+        with contextlib.suppress(OSError):
+            raw.close()
 
 
 class _Channel:
@@ -154,8 +165,13 @@ class RecordingWriter:
         try:
             writer.add_metadata(METADATA_NAME, self._metadata())
             writer.finish()
+        except OSError as exc:
+            raise self._write_error(exc) from None
         finally:
-            stream.close()
+            _close_quietly(stream)
+
+    def _write_error(self, exc: OSError) -> RecordingError:
+        return RecordingError(f"{self.files[-1]}: cannot write the recording: {exc.strerror or exc}")
 
     def _maybe_split(self, bus_time: float) -> None:
         if self._first_bus_time is None:
@@ -203,9 +219,20 @@ class RecordingWriter:
         self.write_many((sample,))
 
     def write_many(self, samples: Iterable[Sample[Any]]) -> None:
-        """Record samples, in order."""
+        """Record samples, in order. `RecordingError` if the file cannot be written (a full disk): the
+        recording is closed then, what was written before the last chunk kept."""
         if self._closed:
             raise RecordingError("the recording is closed")
+        try:
+            self._write_many(samples)
+        except OSError as exc:
+            self._closed = True
+            stream, self._stream, self._writer = self._stream, None, None
+            if stream is not None:
+                _close_quietly(stream)
+            raise self._write_error(exc) from None
+
+    def _write_many(self, samples: Iterable[Sample[Any]]) -> None:
         splits = self.split_size is not None or self.split_duration is not None
         channels = self._current
         add = self._writer.add_message
