@@ -151,6 +151,14 @@ CASES = [
         ),
     ),
     Case(
+        "record.py",
+        # A broker child publishing to this process's recorder over the socket, the bare mcap writer, replay.
+        ("--samples", "3000", "--repeat", "1", "--topics", "2"),
+        positive=("record_per_s", "mcap_bare_per_s", "replay_per_s", "bytes_per_sample"),
+        zero=("dropped",),
+        table_mentions=("record from a live bus (socket)", "mcap Writer alone (reference)", "replay", "goal"),
+    ),
+    Case(
         "footprint.py",
         # `vwos run` of a small config (the script's default is the demo's, examples/demo/vwos.toml), one
         # measured run after the warm-up, a short settle; beside the bare-interpreter references.

@@ -15,6 +15,7 @@ import pytest
 
 import bus
 import services.can
+import services.record
 import services.uplink
 import vwos
 import vwos.testing
@@ -27,11 +28,14 @@ PUBLIC_SUBMODULES = {
     "vwos.testing": set(),
     "services.can": set(),
     "services.uplink": set(),
+    "services.record": set(),
 }
 
 
 @pytest.mark.parametrize(
-    "package", [bus, vwos, vwos.testing, services.can, services.uplink], ids=lambda m: m.__name__
+    "package",
+    [bus, vwos, vwos.testing, services.can, services.uplink, services.record],
+    ids=lambda m: m.__name__,
 )
 def test_every_submodule_is_private_or_known(package: ModuleType) -> None:
     names = {info.name for info in pkgutil.iter_modules(package.__path__)}
@@ -41,7 +45,9 @@ def test_every_submodule_is_private_or_known(package: ModuleType) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", [bus, vwos, vwos.testing, services.can, services.uplink], ids=lambda m: m.__name__
+    "module",
+    [bus, vwos, vwos.testing, services.can, services.uplink, services.record],
+    ids=lambda m: m.__name__,
 )
 def test_public_names_are_exported_and_documented(module: object) -> None:
     names = module.__all__  # type: ignore[attr-defined]

@@ -1,0 +1,376 @@
+"""``vwos record``, ``vwos replay`` and ``vwos bag info``: the command-line face of services.record.
+
+Registered through the ``vwos.commands`` entry-point group (``register``). Exit codes: 0 -- done; 1 -- the
+system refused something (the socket, a file) or the recording is damaged (one line says what); 2 -- a
+usage error; 3 -- ``record`` dropped samples (the recording is complete otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import trio
+
+__all__ = ["register"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_DROPPED: Final = 3
+_MAX_SECONDS: Final = 1e9
+#: The garbage collector's first-generation threshold of `vwos record` and `replay`, as vwos's own
+#: processes set theirs (vwos._runtime.tune_gc, the same 10,000): samples allocate fast, and collecting
+#: every 700 allocations cost the recorder a third of its rate (bench/record.py).
+_GC_THRESHOLD: Final = 10_000
+
+
+def _tune_gc() -> None:
+    gen0, gen1, gen2 = gc.get_threshold()
+    if gen0 < _GC_THRESHOLD:
+        gc.set_threshold(_GC_THRESHOLD, gen1, gen2)
+
+
+def _default_socket() -> str:
+    """The socket `vwos run` serves by default (as vwos's own commands find it: $VWOS_SOCKET first)."""
+    env = os.environ.get("VWOS_SOCKET")
+    if env:
+        return env
+    if os.getuid() == 0:
+        return "/run/vwos/vwos.sock"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "vwos.sock")
+    return f"/tmp/vwos-{os.getuid()}/vwos.sock"
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value <= _MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _megabytes(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of megabytes, got {text!r}") from None
+    if not 0 < value <= 1e7:
+        raise argparse.ArgumentTypeError(f"expected a number of megabytes > 0, got {text!r}")
+    return max(1, int(value * 1_000_000))
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate (1 real time, 0 fastest), got {text!r}") from None
+    if not 0 <= value <= 1e6:
+        raise argparse.ArgumentTypeError(f"expected a rate from 0 to 1e6, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``record``, ``replay`` and ``bag`` to the ``vwos`` command's subparsers."""
+    socket_help = "the bus socket (default: $VWOS_SOCKET, as vwos run)"
+    record = subparsers.add_parser(
+        "record",
+        help="record bus samples to an MCAP file",
+        description="Record the samples of the topics the patterns match (all without) to MCAP, until "
+        "--duration or Ctrl-C.",
+    )
+    record.add_argument("out", metavar="OUT.mcap", help="the file to write")
+    record.add_argument("patterns", metavar="PATTERN", nargs="*", help="topics or patterns (default: **)")
+    record.add_argument("--duration", type=_seconds, metavar="S", help="stop after this many seconds")
+    record.add_argument(
+        "--split-size", type=_megabytes, metavar="MB", help="start a new file once one has this many MB"
+    )
+    record.add_argument(
+        "--split-duration", type=_seconds, metavar="S", help="start a new file every this many seconds"
+    )
+    record.add_argument("--vehicle-id", metavar="ID", help="the vehicle id written into the metadata")
+    record.add_argument(
+        "--queue-size", type=_count, default=None, metavar="N", help="the recorder's queue (default 200000)"
+    )
+    record.add_argument("--socket", metavar="PATH", help=socket_help)
+    record.set_defaults(handler=record_command)
+
+    play = subparsers.add_parser(
+        "replay",
+        help="publish an MCAP recording into a running bus",
+        description="Publish a recording made by vwos record into the bus, its timing scaled by --rate.",
+    )
+    play.add_argument("file", metavar="FILE.mcap", help="the recording")
+    play.add_argument("patterns", metavar="PATTERN", nargs="*", help="only these topics (default: all)")
+    play.add_argument("--rate", type=_rate, default=1.0, metavar="X", help="speed: 1 real time, 0 fastest")
+    play.add_argument("--fast", action="store_true", help="as fast as the bus takes them (--rate 0)")
+    play.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
+    play.add_argument("--socket", metavar="PATH", help=socket_help)
+    play.set_defaults(handler=replay_command)
+
+    bag = subparsers.add_parser("bag", help="tools for MCAP recordings")
+    commands = bag.add_subparsers(dest="bag_command", metavar="COMMAND", required=True)
+    info = commands.add_parser(
+        "info", help="what a recording holds", description="Channels, counts, times, size of a recording."
+    )
+    info.add_argument("file", metavar="FILE", help="an MCAP file")
+    info.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    info.set_defaults(handler=bag_info_command)
+
+
+def _run(fn: Any, *args: Any) -> Any:
+    """``trio.run(fn, *args)``, with an error that ended a nursery raised as itself, not in a group."""
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _say(err: TextIO, command: str, message: str) -> None:
+    err.write(f"vwos {command}: {' '.join(message.split())}\n")
+
+
+# -- record -------------------------------------------------------------------------------------------------
+
+
+def record_command(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """The handler of ``vwos record``."""
+    from bus import BusError, ProtocolError, check_pattern
+    from services.record._json import RecordingError
+
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    patterns = list(args.patterns) or ["**"]
+    for pattern in patterns:
+        try:
+            check_pattern(pattern)
+        except Exception as exc:
+            _say(err, "record", f"{pattern!r}: not a topic pattern: {exc}")
+            return EXIT_USAGE
+    socket = args.socket or _default_socket()
+    _tune_gc()
+    try:
+        result = _run(_record, args, patterns, socket)
+    except RecordingError as exc:
+        _say(err, "record", str(exc))
+        return EXIT_FAILED
+    except OSError as exc:
+        _say(err, "record", f"cannot connect to the bus at {socket}: {exc.strerror or exc}")
+        return EXIT_FAILED
+    except (BusError, ProtocolError) as exc:
+        _say(err, "record", f"{type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    recorded, dropped, seconds, files, lost = result
+    where = ", ".join(files)
+    out.write(f"recorded {recorded} samples ({dropped} dropped) in {seconds:.1f} s to {where}\n")
+    if lost is not None:
+        _say(err, "record", f"the connection to the bus was lost ({lost}); the recording ends there")
+        return EXIT_FAILED
+    return EXIT_DROPPED if dropped else EXIT_OK
+
+
+async def _record(
+    args: argparse.Namespace, patterns: Sequence[str], socket: str
+) -> tuple[int, int, float, list[str], str | None]:
+    from bus import ConnectionLostError, connect_unix
+    from services.record._recorder import DEFAULT_QUEUE_SIZE, record_bus
+    from services.record._writer import RecordingWriter
+
+    stop = trio.Event()
+    async with connect_unix(socket, "vwos-record") as client:
+        writer = RecordingWriter(
+            args.out,
+            patterns=patterns,
+            vehicle_id=args.vehicle_id,
+            split_size=args.split_size,
+            split_duration=args.split_duration,
+        )
+        lost: str | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, stop)
+            try:
+                result = await record_bus(
+                    client,
+                    writer,
+                    patterns,
+                    duration=args.duration,
+                    queue_size=args.queue_size or DEFAULT_QUEUE_SIZE,
+                    stop=stop,
+                )
+                recorded, dropped, seconds = result.recorded, result.dropped, result.seconds
+                if result.ended == "closed":
+                    lost = "the broker closed the connection"
+            except ConnectionLostError as exc:
+                lost = str(exc)
+                recorded, dropped, seconds = writer.recorded, writer.dropped, 0.0
+            nursery.cancel_scope.cancel()
+    return recorded, dropped, seconds, [str(f) for f in writer.files], lost
+
+
+async def _stop_on_signal(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            stop.set()
+            return
+
+
+# -- replay -------------------------------------------------------------------------------------------------
+
+
+def replay_command(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """The handler of ``vwos replay``."""
+    from bus import BusError, ProtocolError
+    from services.record._json import RecordingError
+    from services.record._reader import bag_info
+
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        info = bag_info(args.file)  # a damaged file fails here, before anything is published
+    except RecordingError as exc:
+        _say(err, "replay", str(exc))
+        return EXIT_FAILED
+    for channel in info.channels:
+        if (channel.message_encoding, channel.schema_encoding) != ("json", "jsonschema"):
+            _say(
+                err,
+                "replay",
+                f"{args.file}: channel {channel.topic} is {channel.message_encoding} with a "
+                f"{channel.schema_encoding or 'no'} schema, not a vwos recording's json/jsonschema",
+            )
+            return EXIT_FAILED
+    socket = args.socket or _default_socket()
+    rate = 0.0 if args.fast else args.rate
+    _tune_gc()
+    try:
+        published, loops, seconds, refused = _run(_replay, args, rate, socket)
+    except RecordingError as exc:
+        _say(err, "replay", str(exc))
+        return EXIT_FAILED
+    except OSError as exc:
+        _say(err, "replay", f"cannot connect to the bus at {socket}: {exc.strerror or exc}")
+        return EXIT_FAILED
+    except (BusError, ProtocolError) as exc:
+        _say(err, "replay", f"{type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    also = f" ({refused} refused by the bus)" if refused else ""
+    out.write(f"published {published} samples in {loops} pass(es), {seconds:.1f} s{also}\n")
+    return EXIT_OK
+
+
+async def _replay(args: argparse.Namespace, rate: float, socket: str) -> tuple[int, int, float, int]:
+    from bus import connect_unix
+    from services.record._replay import replay
+
+    async with connect_unix(socket, "vwos-replay") as client:
+        stopped = trio.Event()
+        results: list[tuple[int, int, float, int]] = []
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                r = await replay(client, args.file, args.patterns, rate=rate, loop=args.loop)
+                results.append((r.published - r.refused, r.loops, r.seconds, r.refused))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            nursery.start_soon(_stop_on_signal, stopped)
+            await stopped.wait()
+            nursery.cancel_scope.cancel()
+    return results[0] if results else (0, 0, 0.0, 0)
+
+
+# -- bag info -----------------------------------------------------------------------------------------------
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    try:
+        moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds:.9f}"
+    return f"{moment.isoformat(timespec='milliseconds').replace('+00:00', 'Z')} ({seconds:.9f})"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"  # pragma: no cover
+
+
+def bag_info_command(
+    args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    """The handler of ``vwos bag info``."""
+    from services.record._json import RecordingError
+    from services.record._reader import bag_info
+
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        info = bag_info(args.file)
+    except RecordingError as exc:
+        _say(err, "bag info", str(exc))
+        return EXIT_FAILED
+    if args.json:
+        out.write(json.dumps(info.to_json(), ensure_ascii=False, default=str) + "\n")
+        return EXIT_OK
+    rows: list[tuple[str, Any]] = [
+        ("Files", Path(info.path).name),
+        ("Bag size", _size(info.size)),
+        ("Library", info.library),
+        ("Duration", f"{info.duration:.3f} s" if math.isfinite(info.duration) else "-"),
+        ("Start", _when(info.start)),
+        ("End", _when(info.end)),
+        ("Messages", info.messages),
+        ("Chunks", f"{info.chunks} ({', '.join(info.compression) or 'none'})"),
+    ]
+    for name, value in rows:
+        out.write(f"{name + ':':<14}{value}\n")
+    width = max((len(c.topic) for c in info.channels), default=5)
+    type_width = max((len(c.type) for c in info.channels), default=4)
+    out.write(f"{'Topic information:':<14}\n")
+    for c in info.channels:
+        out.write(
+            f"  {c.topic:<{width}}  {c.type:<{type_width}}  {c.messages:>10} msgs  "
+            f"{c.message_encoding}/{c.schema_encoding}\n"
+        )
+    for name, data in info.metadata.items():
+        shown = ", ".join(f"{k}={v}" for k, v in data.items())
+        out.write(f"Metadata {name}: {shown}\n")
+    return EXIT_OK

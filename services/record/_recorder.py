@@ -1,0 +1,104 @@
+"""Recording from a live bus: a subscriber with its own queue that writes every sample it receives with a
+`RecordingWriter`, and counts what it did not receive."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Final
+
+import attrs
+import trio
+
+from bus import BusHandle, Overflow, Sample, Subscription
+from services.record._writer import RecordingWriter
+
+__all__ = ["DEFAULT_QUEUE_SIZE", "RecordResult", "record_bus"]
+
+#: The recorder's subscription queue: it drops its oldest sample when full, so that no publisher waits.
+DEFAULT_QUEUE_SIZE: Final = 200_000
+#: At most this many samples are written per batch (between checkpoints).
+_BATCH: Final = 8192
+
+
+@attrs.frozen
+class RecordResult:
+    """What a recording took: samples recorded and dropped (never received), bus-time seconds, files,
+    and why it ended: ``"duration"``, ``"stopped"`` (the ``stop`` event) or ``"closed"`` (the client or
+    its connection to the broker closed)."""
+
+    recorded: int
+    dropped: int
+    seconds: float
+    files: tuple[str, ...]
+    ended: str = "duration"
+
+
+async def record_bus(
+    handle: BusHandle,
+    writer: RecordingWriter,
+    patterns: Sequence[str] = ("**",),
+    *,
+    duration: float | None = None,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> RecordResult:
+    """Record the samples of the topics ``patterns`` match from ``handle`` with ``writer`` for
+    ``duration`` seconds (or until ``stop`` is set; until cancelled without either), then close the
+    writer. A lost connection to the broker ends the recording too: its error is raised once the files
+    are closed.
+
+    The subscription is a ``drop_oldest`` queue of ``queue_size`` samples: a slow disk never slows a
+    publisher, and what the queue drops is counted (`RecordResult.dropped`, and the files' metadata: the
+    larger of the subscription's own count and the gaps in the topics' seq numbers). ``task_status`` is
+    started once subscribed.
+    """
+    started = trio.current_time()
+    ended = "duration"
+    try:
+        sub = handle.subscribe(*patterns, queue_size=queue_size, overflow=Overflow.DROP_OLDEST)
+        with sub:
+            task_status.started()
+            with trio.move_on_after(math.inf if duration is None else duration) as scope:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        if stop is not None:
+                            nursery.start_soon(_cancel_on, stop, scope)
+                        while True:
+                            try:
+                                batch = await sub.receive_batch(_BATCH)
+                            except (trio.EndOfChannel, trio.ClosedResourceError):
+                                ended = "closed"  # the client closed, or lost its connection
+                                break
+                            writer.write_many(batch)
+                        nursery.cancel_scope.cancel()
+                except BaseExceptionGroup as group:  # the loop's error (a lost connection) as itself
+                    if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+                        raise group.exceptions[0] from None
+                    raise
+            if stop is not None and stop.is_set() and ended != "closed":
+                ended = "stopped"
+            for batch in _drain(sub):
+                writer.write_many(batch)
+            writer.count_dropped(sub.statistics().dropped)
+    finally:
+        files = writer.close()  # no await: a cancellation cannot stop it half-way
+    return RecordResult(
+        writer.recorded, writer.dropped, trio.current_time() - started, tuple(str(f) for f in files), ended
+    )
+
+
+def _drain(sub: Subscription[Any]) -> list[list[Sample[Any]]]:
+    """What is still queued once the recording stops (it arrived in time: it is recorded too)."""
+    batches = []
+    while True:
+        try:
+            batches.append(sub.receive_batch_nowait(_BATCH))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+            return batches
+
+
+async def _cancel_on(stop: trio.Event, scope: trio.CancelScope) -> None:
+    await stop.wait()
+    scope.cancel()
