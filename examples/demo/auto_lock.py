@@ -95,12 +95,13 @@ class AutoLock(Service[AutoLockConfig]):
             task_status.started()
             with speeds:
                 async for sample in speeds:
-                    self._on_speed(sample.value)
+                    if sample.available:  # no speed now: nothing to decide on
+                        self._on_speed(sample.value)
 
     async def _watch_door(self, sub: Subscription[bool], table: dict[str, bool | None], door: str) -> None:
         with sub:
             async for sample in sub:
-                table[door] = sample.value
+                table[door] = sample.value if sample.available else None  # unknown: never locks on it
                 self._doors_changed.set()
                 self._doors_changed = trio.Event()
 

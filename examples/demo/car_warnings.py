@@ -110,6 +110,8 @@ class VehicleWarnings(Service[WarningsConfig]):
     ) -> None:
         with readings:
             async for sample in readings:
+                if not sample.available:  # no reading now (an ECU's SNA): the warning stays as it is
+                    continue
                 if rule.update(sample.value, sample.bus_time):
                     ctx.log.info(
                         f"{what}: warning {'on' if rule.on else 'off'}", reading=round(sample.value, 2)

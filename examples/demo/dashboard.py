@@ -358,7 +358,7 @@ class Dashboard(Service[DashboardConfig]):
             return None
         if sample is None or (fresh and trio.current_time() - sample.bus_time > STALE_AFTER):
             return None
-        return sample.value
+        return sample.value if sample.available else None  # not available: shown as unknown
 
     async def _services(self, ctx: ServiceContext) -> tuple[tuple[str, str], ...] | None:
         try:

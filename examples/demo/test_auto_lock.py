@@ -11,6 +11,7 @@ import trio.testing
 from auto_lock import AutoLock, AutoLockConfig
 from demo_signals import AUTO_LOCK_COMMANDS, AUTO_LOCK_STATE, DOOR_LOCKED, DOOR_OPEN, SPEED
 
+from bus import NotAvailable
 from services.can import SendRequest, send_method
 from vwos import ServiceSpec
 from vwos.testing import Harness, open_harness
@@ -148,4 +149,22 @@ async def test_without_speed_samples_the_watchdog_does_not_restart_it(
         await accelerate(car, 10.0, 20.0)  # the same run of the service still locks on the next drive
         await car.expect(AUTO_LOCK_STATE, lambda state: state == "locked")
         assert gateway.requests == [LOCK]
+        assert car.status()["auto_lock"].restarts == 0
+
+
+async def test_a_speed_or_door_that_is_not_available_never_locks_and_never_crashes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A NotAvailable speed crashed the service (TypeError); a door whose state is not available is
+    unknown, and it does not lock on an unknown door."""
+    async with open_harness(AutoLock(AutoLockConfig())) as car:
+        for topic in DOOR_LOCKED.values():
+            car.publish(topic, False)
+        for topic in DOOR_OPEN.values():
+            car.publish(topic, False)
+        car.publish(next(iter(DOOR_LOCKED.values())), NotAvailable("not_available"))
+        car.publish(SPEED, NotAvailable("e2e"))
+        await accelerate(car, 10.0, 20.0)
+        await car.expect_none(AUTO_LOCK_STATE, lambda state: state == "locking", within=2.0)
+        assert car.samples(AUTO_LOCK_COMMANDS) == [] or car.samples(AUTO_LOCK_COMMANDS)[-1].value == 0
         assert car.status()["auto_lock"].restarts == 0

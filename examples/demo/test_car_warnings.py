@@ -8,6 +8,7 @@ import trio.testing
 from car_warnings import LowThreshold, VehicleWarnings, WarningsConfig
 from demo_signals import FUEL_LEVEL, LOW_FUEL, TIRE_LOW, TIRE_PRESSURE
 
+from bus import NotAvailable
 from vwos.testing import Harness, open_harness
 
 # Each test runs twice: the services get in-process bus clients, then clients over the bus socket.
@@ -67,3 +68,18 @@ async def test_the_thresholds_are_configurable(autojump_clock: trio.testing.Mock
         await feed(car, 20.0, {"FR": 225.0}, 1.0)
         assert car.samples(LOW_FUEL)[-1].value is True
         assert car.samples(TIRE_LOW["FR"])[-1].value is True
+
+
+async def test_a_reading_that_is_not_available_keeps_the_warning_as_it_is(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A NotAvailable fuel level or pressure (an ECU's SNA) crashed the service; it is no news."""
+    async with open_harness(VehicleWarnings(WarningsConfig())) as car:
+        await feed(car, 5.0, SOUND, 5.0)  # low fuel: on
+        assert car.samples(LOW_FUEL)[-1].value is True
+        for _ in range(10):
+            car.publish(FUEL_LEVEL, NotAvailable("not_available"))
+            car.publish(TIRE_PRESSURE["FL"], NotAvailable("e2e"))
+            await trio.sleep(0.5)
+        assert car.samples(LOW_FUEL)[-1].value is True
+        assert car.status()["vehicle_warnings"].restarts == 0

@@ -19,6 +19,7 @@ from demo_signals import (
 )
 from trip_computer import Trip, TripComputer, TripConfig
 
+from bus import NotAvailable
 from vwos.testing import Harness, open_harness
 
 # Each test runs twice: the services get in-process bus clients, then clients over the bus socket.
@@ -90,3 +91,17 @@ async def test_reset_starts_a_new_trip(autojump_clock: trio.testing.MockClock) -
         await drive(car, 36.0, 3.0, 10.0)
         await trio.sleep(1.0)
         assert car.samples(TRIP_DISTANCE)[-1].value == pytest.approx(0.1, rel=0.02)
+
+
+async def test_a_not_available_speed_is_a_gap_not_a_crash(autojump_clock: trio.testing.MockClock) -> None:
+    """A NotAvailable speed or fuel rate (an ECU's SNA, a failed E2E check) crashed the service with a
+    TypeError (found by replaying recordings); it is a gap: nothing is integrated across it."""
+    async with open_harness(TripComputer(TripConfig(period=1.0))) as car:
+        await drive(car, 72.0, 7.2, 10.0)  # 200 m
+        car.publish(SPEED, NotAvailable("e2e"))
+        car.publish(FUEL_RATE, NotAvailable("not_available"))
+        await trio.sleep(5.0)  # nothing arrives for 5 s: within max_gap of nothing, since the gap reset it
+        await drive(car, 72.0, 7.2, 10.0)  # another 200 m
+        await trio.sleep(1.0)
+        assert car.samples(TRIP_DISTANCE)[-1].value == pytest.approx(0.4, rel=0.02)
+        assert car.status()["trip_computer"].restarts == 0

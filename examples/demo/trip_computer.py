@@ -73,6 +73,10 @@ class _Integral:
                 return  # out of order or simultaneous: keep the earlier point
         self.last = (t, value)
 
+    def lose(self) -> None:
+        """The signal said it has no value: the next sample starts afresh (nothing made up across)."""
+        self.last = None
+
 
 class Trip:
     """One trip's figures, from speed and fuel rate samples (value, time in seconds)."""
@@ -87,6 +91,14 @@ class Trip:
 
     def fuel_rate(self, litres_per_hour: float, t: float) -> None:
         self._fuel.add(litres_per_hour, t)
+
+    def speed_lost(self) -> None:
+        """The speed is not available (an ECU's SNA, a failed E2E check): a gap, as a lost signal is."""
+        self._distance.lose()
+
+    def fuel_rate_lost(self) -> None:
+        """The fuel rate is not available: a gap."""
+        self._fuel.lose()
 
     @property
     def distance(self) -> float:
@@ -132,7 +144,9 @@ class TripComputer(Service[TripConfig]):
         async def feed(samples: Subscription[float], speed: bool) -> None:
             with samples:
                 async for sample in samples:
-                    if speed:
+                    if not sample.available:  # a bus.NotAvailable: a gap, not a number
+                        self.trip.speed_lost() if speed else self.trip.fuel_rate_lost()
+                    elif speed:
                         self.trip.speed(sample.value, sample.bus_time)
                     else:
                         self.trip.fuel_rate(sample.value, sample.bus_time)

@@ -91,6 +91,8 @@ class OverspeedWarning(Service[OverspeedConfig]):
                 task_status.started()
                 async for sample in speeds:
                     ctx.heartbeat()
+                    if not sample.available:  # no speed now: the warning stays as it is
+                        continue
                     speed = sample.value
                     if not warning and speed > self.limit:
                         warning = True

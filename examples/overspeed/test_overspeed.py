@@ -6,7 +6,7 @@ import pytest
 import trio.testing
 from overspeed import OVERSPEED, SET_LIMIT, SPEED, OverspeedConfig, OverspeedWarning
 
-from bus import RemoteError
+from bus import NotAvailable, RemoteError
 from vwos.testing import ExpectationFailed, open_harness
 
 # Each test runs twice: the services get in-process bus clients, then clients over the bus socket.
@@ -42,3 +42,17 @@ async def test_expect_fails_clearly_when_nothing_comes(autojump_clock: trio.test
         car.publish(SPEED, 50.0)
         with pytest.raises(ExpectationFailed, match=r"no sample on Vehicle\.Warning\.Overspeed matching"):
             await car.expect(OVERSPEED, lambda warning: warning, timeout=10)
+
+
+async def test_a_speed_that_is_not_available_keeps_the_warning_as_it_is(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A NotAvailable speed crashed the service with a TypeError; it is no news."""
+    async with open_harness(OverspeedWarning(OverspeedConfig(limit=130))) as car:
+        car.publish(SPEED, 140.0)
+        await car.expect(OVERSPEED, lambda on: on is True)
+        car.publish(SPEED, NotAvailable("e2e"))
+        await car.expect_none(OVERSPEED, lambda on: on is False, within=1.0)
+        car.publish(SPEED, 100.0)
+        await car.expect(OVERSPEED, lambda on: on is False)
+        assert car.status()["overspeed_warning"].restarts == 0
