@@ -505,16 +505,25 @@ def _number_options() -> list[tuple[list[str], argparse.Action]]:
 
 
 #: Options for which 0 means something (tail's ``-n 0``; replay as fast as possible).
-ZERO_ALLOWED = {("logs", "--lines"), ("can", "replay", "--speed")}
+ZERO_ALLOWED = {("logs", "--lines"), ("can", "replay", "--speed"), ("replay", "--rate")}
 BAD_SECONDS = ["nan", "inf", "-inf", "-1", "0", "-0.0", "abc", "", "1e300", "1e10"]
 BAD_COUNTS = ["nan", "inf", "-5", "0", "1.5", "abc", "", "9" * 5000]
+
+
+def _takes(parse: Any, text: str) -> bool:
+    try:
+        parse(text)
+    except (argparse.ArgumentTypeError, ValueError):
+        return False
+    return True
 
 
 def _sweep() -> list[Any]:
     cases = []
     for words, action in _number_options():
         option = max(action.option_strings, key=len)
-        integer = isinstance(action.type("2"), int)  # type: ignore[misc, operator]
+        # A count takes whole numbers only; a size in MB may be fractional (`record --split-size 1.5`).
+        integer = isinstance(action.type("2"), int) and not _takes(action.type, "1.5")  # type: ignore[misc, operator]
         core = action.type is seconds_argument or words[0] not in ("can", "uplink")
         command = tuple(word for word in words if word != "x")
         for value in BAD_COUNTS if integer else BAD_SECONDS:
