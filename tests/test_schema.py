@@ -400,3 +400,76 @@ def test_the_cli_echoes_and_calls_records_it_never_imported(
         as_json.stdout
         == '{"method": "Demo.Fuel.Get", "result": {"level": 50.480000000000004, "unit": "%"}}\n'
     )
+
+
+_OK = {"name": "x.T", "fingerprint": "00"}
+
+
+@pytest.mark.parametrize(
+    ("wire", "message"),
+    [
+        ([], "a type schema is a map, got list"),
+        ({"name": "", "fingerprint": "0", "fields": []}, "schema.name: expected a non-empty text"),
+        ({"name": "x.T", "fingerprint": 5, "fields": []}, "schema x.T: the fingerprint is a text"),
+        ({**_OK, "fields": [], "extra": 1}, "schema x.T: unknown keys ['extra']"),
+        ({**_OK, "fields": [], "members": []}, "either fields (a record) or members (an enum)"),
+        (_OK, "either fields (a record) or members (an enum)"),
+        ({**_OK, "members": [["P"]]}, "schema x.T.members[0]: expected [name, value]"),
+        ({**_OK, "fields": ["a"]}, "schema x.T.fields[0]: expected [name, type]"),
+        ({**_OK, "fields": [["a", "int"], ["a", "str"]]}, "the field 'a' is named twice"),
+        ({**_OK, "fields": [["a", "integer"]]}, "schema x.T.a: unknown type 'integer'"),
+        ({**_OK, "fields": [["a", {"list": "int", "set": "int"}]]}, "a text or a map of one key"),
+        ({**_OK, "fields": [["a", 7]]}, "a text or a map of one key"),
+        ({**_OK, "fields": [["a", {"union": []}]]}, "schema x.T.a.union: a union has at least one member"),
+        ({**_OK, "fields": [["a", {"optional": "int"}]]}, "unknown type expression 'optional'"),
+        ({**_OK, "fields": [["a", {"literal": [[1]]}]]}, "a literal value is a scalar or an enum member"),
+        ({**_OK, "fields": [["a", {"type": ""}]]}, "schema x.T.a.type: expected a non-empty text"),
+    ],
+)
+def test_a_malformed_schema_is_refused_saying_where(wire: Any, message: str) -> None:
+    with pytest.raises(CodecError) as caught:
+        TypeSchema.from_wire(wire)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("expr", "value", "message"),
+    [
+        ({"type": "x.E"}, 1, "expected x.E, got int 1"),
+        ({"union": ["int", "str"]}, 1.5, "expected int | str, got float 1.5"),
+        ({"dict": "int"}, [1], "expected a map with text keys"),
+        ({"list": "int"}, 3, "expected an array (list[int])"),
+        ({"tuple": ["int", "str"]}, [1, 2], "r.f[1]: expected str, got int 2"),
+        ({"literal": [1, {"type": "x.E", "member": "A"}]}, 2, "expected one of 1, {'type': 'x.E'"),
+        ({"set": {"frozenset": "bool"}}, [[1]], "r.f[0][0]: expected bool, got int 1"),
+    ],
+)
+def test_a_learned_record_checks_each_field_against_its_type(expr: Any, value: Any, message: str) -> None:
+    codec = Codec()
+    codec.learn([TypeSchema("r", "00", fields=(("f", expr),)), TypeSchema("x.E", "01", members=(("A", 1),))])
+    with pytest.raises(CodecError) as caught:
+        codec.encode(Record("r", {"f": value}))
+    assert message in str(caught.value)
+    assert codec.decode(codec.encode(Record("r", {"f": _good(expr)}))) == Record("r", {"f": _good(expr)})
+
+
+def _good(expr: Any) -> Any:
+    """A value of ``expr``, as a decoded learned value reads (arrays as lists)."""
+    good = {
+        "type": EnumMember("x.E", "A"),
+        "union": 1,
+        "dict": {"k": 1},
+        "list": [1],
+        "tuple": [1, "a"],
+        "literal": EnumMember("x.E", "A"),
+        "set": [[True]],
+    }
+    return good[next(iter(expr))]
+
+
+def test_a_learned_enum_member_reads_as_its_name() -> None:
+    member = EnumMember("x.E", "A")
+    assert (str(member), str(Record("a.b.Fix", {"lat": 1.5}))) == ("A", "Fix(lat=1.5)")
+    assert Record("a.b.Fix", {"lat": 1.5}).lat == 1.5
+    with pytest.raises(AttributeError, match=r"a\.b\.Fix has no field 'lon'"):
+        _ = Record("a.b.Fix", {"lat": 1.5}).lon
