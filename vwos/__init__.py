@@ -6,6 +6,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from vwos._cli_common import default_socket_path
     from vwos._config import (
         ConfigError,
         ConfiguredService,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
         SupervisorPolicy,
         TransitionError,
     )
+    from vwos._runtime import tune_gc
     from vwos._service import NoConfig, Service, ServiceContext
     from vwos._spec import ServiceSpec, ServiceStatus
     from vwos._structure import FieldProblem, StructureError
@@ -66,10 +68,12 @@ __all__ = [
     "SupervisorPolicy",
     "TransitionError",
     "configure_logging",
+    "default_socket_path",
     "installed_plugins",
     "load_config",
     "load_plugin",
     "parse_config",
+    "tune_gc",
 ]
 
 #: The private module each public name is defined in. Each is imported when one of its names is first used
@@ -83,6 +87,8 @@ _LAZY: dict[str, str] = {
     "load_config": "_config",
     "parse_config": "_config",
     "configure_logging": "_logging",
+    "default_socket_path": "_cli_common",
+    "tune_gc": "_runtime",
     "PluginError": "_plugins",
     "PluginInfo": "_plugins",
     "installed_plugins": "_plugins",

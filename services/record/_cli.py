@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
 import math
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -21,6 +19,8 @@ from typing import Any, Final, TextIO
 
 import trio
 
+from vwos import default_socket_path, tune_gc
+
 __all__ = ["register"]
 
 EXIT_OK: Final = 0
@@ -28,29 +28,6 @@ EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_DROPPED: Final = 3
 _MAX_SECONDS: Final = 1e9
-#: The garbage collector's first-generation threshold of `vwos record` and `replay`, as vwos's own
-#: processes set theirs (vwos._runtime.tune_gc, the same 10,000): samples allocate fast, and collecting
-#: every 700 allocations cost the recorder a third of its rate (bench/record.py).
-_GC_THRESHOLD: Final = 10_000
-
-
-def _tune_gc() -> None:
-    gen0, gen1, gen2 = gc.get_threshold()
-    if gen0 < _GC_THRESHOLD:
-        gc.set_threshold(_GC_THRESHOLD, gen1, gen2)
-
-
-def _default_socket() -> str:
-    """The socket `vwos run` serves by default (as vwos's own commands find it: $VWOS_SOCKET first)."""
-    env = os.environ.get("VWOS_SOCKET")
-    if env:
-        return env
-    if os.getuid() == 0:
-        return "/run/vwos/vwos.sock"
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "vwos.sock")
-    return f"/tmp/vwos-{os.getuid()}/vwos.sock"
 
 
 def _seconds(text: str) -> float:
@@ -180,8 +157,8 @@ def record_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
         except Exception as exc:
             _say(err, "record", f"{pattern!r}: not a topic pattern: {exc}")
             return EXIT_USAGE
-    socket = args.socket or _default_socket()
-    _tune_gc()
+    socket = args.socket or default_socket_path()
+    tune_gc()  # as vwos's own processes (collecting every 700 allocations cost a third of the rate)
     try:
         result = _run(_record, args, patterns, socket)
     except RecordingError as exc:
@@ -272,9 +249,9 @@ def replay_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
                 f"{channel.schema_encoding or 'no'} schema, not a vwos recording's json/jsonschema",
             )
             return EXIT_FAILED
-    socket = args.socket or _default_socket()
+    socket = args.socket or default_socket_path()
     rate = 0.0 if args.fast else args.rate
-    _tune_gc()
+    tune_gc()  # as vwos's own processes (collecting every 700 allocations cost a third of the rate)
     try:
         published, loops, seconds, refused = _run(_replay, args, rate, socket)
     except RecordingError as exc:
