@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         UndeclaredSubscription,
     )
     from bus._codec import Codec, default_codec
+    from bus._condition import Condition, ConditionError, Trigger, TriggerMode
     from bus._errors import (
         BusError,
         CallTimeoutError,
@@ -73,6 +74,8 @@ __all__ = [
     "CallTimeoutError",
     "Codec",
     "CodecError",
+    "Condition",
+    "ConditionError",
     "ConnectionLimits",
     "ConnectionLostError",
     "EnumMember",
@@ -102,6 +105,8 @@ __all__ = [
     "Topic",
     "TopicError",
     "TopicStatistics",
+    "Trigger",
+    "TriggerMode",
     "TypeSchema",
     "UndeclaredSubscription",
     "UnknownTopicError",
@@ -119,6 +124,10 @@ __all__ = [
 #: (PEP 562), not with the package: a process that only talks to a broker does not load the broker, and one
 #: bus in a process does not load the remote client.
 _LAZY: dict[str, str] = {
+    "Condition": "_condition",
+    "ConditionError": "_condition",
+    "Trigger": "_condition",
+    "TriggerMode": "_condition",
     "ConnectionLimits": "_broker",
     "PeerCredentials": "_broker",
     "prepare_socket_dir": "_broker",

@@ -15,6 +15,9 @@ Bus
     `topic_names`, `patterns` (with ``*`` and ``**``), `topic_values` for a topic's rules;
     `extreme_patterns` (at and beyond the bounds) and `hostile_sessions` (a hostile socket client's
     requests, `HostileOp`).
+Conditions
+    `conditions` (a random condition over a few topics as text, with a reference three-valued evaluator),
+    `condition_values` (values a condition may meet: numbers, NaN, texts, booleans, not available).
 Restart policy
     `backoff_policies`, `supervisor_policies`, `child_specs`; `supervision_trees` (a `Tree` of nested groups,
     services, ``after`` edges, critical flags, budgets and revivals); and `steps` of a simulated supervisor
@@ -50,6 +53,8 @@ __all__ = [
     "cbor_values",
     "cbor_values_with_tuples",
     "child_specs",
+    "condition_values",
+    "conditions",
     "cyclic_dependency_graphs",
     "dependency_graphs",
     "instances_of",
@@ -388,6 +393,101 @@ def patterns(*, max_depth: int = 5) -> st.SearchStrategy[str]:
     """Subscription patterns: names whose segments may also be ``*`` or ``**``."""
     segment = st.one_of(_SEGMENTS, st.just("*"), st.just("**"))
     return st.lists(segment, min_size=1, max_size=max_depth).map(".".join)
+
+
+# -- conditions (tests/test_condition.py) ------------------------------------------------------------------
+
+CONDITION_TOPICS = ("Vehicle.Speed", "Vehicle.ABS.IsEngaged", "Vehicle.Gear", "`Up.up-1.State`")
+
+
+def condition_values() -> st.SearchStrategy[object]:
+    """What a topic a condition reads may hold (a missing topic is left out of the mapping)."""
+    return st.one_of(
+        st.integers(-200, 200),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.booleans(),
+        st.sampled_from(["D", "R", "P", ""]),
+        st.builds(NotAvailable, not_available_reasons()),
+        st.none(),
+        st.lists(st.integers(), max_size=2),
+    )
+
+
+Truth = bool | None  # None: unknown
+
+
+def _ref_truth(value: object) -> Truth:
+    return value if isinstance(value, bool) else None
+
+
+@st.composite
+def conditions(
+    draw: st.DrawFn, *, max_leaves: int = 6
+) -> tuple[str, typing.Callable[[typing.Mapping[str, object]], Truth]]:
+    """A random condition's text and a reference evaluator of its three-valued truth, written apart from
+    `bus.Condition` (Kleene logic; comparisons of numbers, of booleans, of texts; the rest unknown)."""
+
+    def known(value: object) -> bool:
+        if value is None or isinstance(value, NotAvailable):
+            return False
+        return not (isinstance(value, float) and math.isnan(value))
+
+    def kind(value: object) -> str:
+        if isinstance(value, bool):
+            return "bool"
+        if isinstance(value, int | float):
+            return "number"
+        return "text" if isinstance(value, str) else "other"
+
+    def leaf(d: st.DrawFn) -> tuple[str, typing.Callable[[typing.Mapping[str, object]], Truth]]:
+        topic = d(st.sampled_from(CONDITION_TOPICS))
+        key = topic.strip("`")
+        if d(st.booleans()):
+            return topic, lambda values: _ref_truth(values.get(key))
+        if d(st.integers(0, 4)) == 0:
+            return f"available({topic})", lambda values: known(values.get(key))
+        op = d(st.sampled_from(["==", "!=", "<", "<=", ">", ">="]))
+        constant = d(st.one_of(st.integers(-150, 150), st.booleans(), st.sampled_from(["D", "R"])))
+        compare: typing.Callable[[Any, Any], bool] = {
+            "==": lambda a, b: a == b,
+            "!=": lambda a, b: a != b,
+            "<": lambda a, b: a < b,
+            "<=": lambda a, b: a <= b,
+            ">": lambda a, b: a > b,
+            ">=": lambda a, b: a >= b,
+        }[op]
+
+        def evaluate(values: typing.Mapping[str, object]) -> Truth:
+            value = values.get(key)
+            if not known(value) or kind(value) != kind(constant) or kind(value) == "other":
+                return None
+            return bool(compare(value, constant))
+
+        return f"{topic} {op} {constant!r}", evaluate
+
+    def tree(d: st.DrawFn, leaves: int) -> tuple[str, typing.Callable[[typing.Mapping[str, object]], Truth]]:
+        if leaves <= 1 or d(st.integers(0, 2)) == 0:
+            return leaf(d)
+        shape = d(st.sampled_from(["and", "or", "not"]))
+        if shape == "not":
+            text, inner = tree(d, leaves - 1)
+
+            def negated(values: typing.Mapping[str, object]) -> Truth:
+                truth = inner(values)
+                return None if truth is None else not truth
+
+            return f"not ({text})", negated
+        (ltext, left), (rtext, right) = tree(d, leaves // 2), tree(d, leaves - leaves // 2)
+
+        def combined(values: typing.Mapping[str, object]) -> Truth:
+            a, b = left(values), right(values)
+            if shape == "and":
+                return False if False in (a, b) else (None if None in (a, b) else True)
+            return True if True in (a, b) else (None if None in (a, b) else False)
+
+        return f"({ltext}) {shape} ({rtext})", combined
+
+    return tree(draw, draw(st.integers(1, max_leaves)))
 
 
 # -- restart policy (tests/test_policy.py) ------------------------------------------------------------------
