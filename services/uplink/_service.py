@@ -181,6 +181,8 @@ class UplinkStatus:
     #: less when the disk has less room. Their ratio is the outbox's occupancy.
     disk_bytes: int = 0
     disk_budget: int = 0
+    #: Samples condition campaigns dropped from full pre-trigger rings (their ``window_samples``).
+    dropped_window: int = 0
 
 
 def status_topic(service: str) -> Topic[UplinkStatus]:
@@ -391,10 +393,14 @@ class Uplink(Service[UplinkConfig]):
     def _take(self, batch: list[Sample[Any]], index: int, filt: CampaignFilter) -> None:
         keep = filt.keep
         pending = self._pending  # looked up per batch: _flush swaps the list between awaits
+        start = len(pending)
         for s in batch:
-            k = keep(s.topic, s.value, s.bus_time, index)
+            k = keep(s.topic, s.value, s.bus_time, index, s.timestamp)
             if k is not None:
                 pending.append((s.topic, s.value, s.timestamp, k))
+        released = filt.take_released()  # what condition campaigns' triggers let out of their rings
+        if released:  # older than this batch's samples: stored before them
+            pending[start:start] = released
 
     def _drain(self) -> None:
         """At stop: take what the subscriptions still queue (a collector the stop came before, on a busy
@@ -536,6 +542,8 @@ class Uplink(Service[UplinkConfig]):
         elif s is not None:
             storage, storage_error = s.storage, s.storage_error
         dropped_before = sum(sub.statistics().dropped for sub in self._subs)
+        filt = getattr(self, "_filter", None)
+        dropped_window = 0 if filt is None else filt.window_dropped
         if s is None:
             return UplinkStatus(
                 connected=self._connected,
@@ -553,6 +561,7 @@ class Uplink(Service[UplinkConfig]):
                 storage=storage,
                 storage_error=storage_error,
                 dropped_storage=self._dropped_unstored,
+                dropped_window=dropped_window,
             )
         return UplinkStatus(
             connected=self._connected,
@@ -573,6 +582,7 @@ class Uplink(Service[UplinkConfig]):
             dropped_damaged=s.dropped_corrupt + s.lost_damaged,
             disk_bytes=s.disk_bytes,
             disk_budget=s.disk_budget,
+            dropped_window=dropped_window,
         )
 
     def _publish_status(self) -> None:

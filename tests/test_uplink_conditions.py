@@ -1,0 +1,216 @@
+"""Condition campaigns (FleetWise's condition-based collection): a trigger over signals releases a
+pre-trigger ring and opens a post-trigger window. The filter alone, then the service end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bus import Topic
+from services.uplink import Campaign, CampaignFilter, UplinkConfig, decode_batch, status_topic
+from vwos import ConfigError, ServiceSpec, parse_config
+from vwos.testing import open_harness
+
+SPEED = Topic("Vehicle.Speed", float, unit="km/h", min=0, max=400)
+ABS = Topic("Vehicle.ADAS.ABS.IsEngaged", bool)
+ACCEL = Topic("Vehicle.Acceleration.Longitudinal", float)
+
+
+def braking(**kwargs: Any) -> Campaign:
+    kwargs.setdefault("pre_trigger", 2.0)
+    kwargs.setdefault("post_trigger", 1.0)
+    return Campaign(
+        "hard-braking",
+        ("Vehicle.Acceleration.*",),
+        condition="Vehicle.Speed > 130 and Vehicle.ADAS.ABS.IsEngaged",
+        **kwargs,
+    )
+
+
+def feed(filt: CampaignFilter, samples: list[tuple[float, str, Any]]) -> list[tuple[str, Any, float]]:
+    """Every row the filter stores, in store order: (topic, value, bus time = timestamp)."""
+    stored: list[tuple[str, Any, float]] = []
+    for t, topic, value in samples:
+        keep = filt.keep(topic, value, t, None, t)
+        released = filt.take_released()
+        stored.extend((row[0], row[1], row[2]) for row in released)
+        if keep is not None:
+            stored.append((topic, value, t))
+    return stored
+
+
+def test_a_firing_releases_the_pre_trigger_window_and_keeps_the_post_trigger_window() -> None:
+    filt = CampaignFilter([braking()])
+    assert filt.patterns == ("Vehicle.Acceleration.*", "Vehicle.ADAS.ABS.IsEngaged", "Vehicle.Speed")
+    accel = [(t / 2, ACCEL.name, -t / 2) for t in range(21)]  # every 0.5 s for 10 s
+    events = [(4.99, SPEED.name, 140.0), (5.0, ABS.name, True), (7.0, ABS.name, False)]
+    stored = feed(filt, sorted(accel + events))
+    times = [t for topic, _, t in stored]
+    assert all(topic == ACCEL.name for topic, _, _ in stored)  # the condition's topics are not collected
+    assert times == [3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0]  # 2 s before the firing at 5.0, 1 s after
+    assert filt.fired("hard-braking") == 1
+    assert filt.window_dropped == 0
+
+
+def test_a_condition_that_stays_true_fires_once_and_a_new_edge_after_min_interval_again() -> None:
+    filt = CampaignFilter([braking(min_interval=10.0, pre_trigger=0.0, post_trigger=0.0)])
+    samples = [(0.0, SPEED.name, 140.0)]
+    for t in range(1, 30):
+        samples.append((float(t), ABS.name, t not in (3, 4, 15)))  # edges at 1, 5 (too soon) and 16
+        samples.append((float(t), ACCEL.name, float(t)))
+    stored = feed(filt, samples)
+    assert filt.fired("hard-braking") == 2
+    assert [t for _, _, t in stored] == [1.0, 16.0]  # post_trigger 0: the sample at the firing time
+
+
+def test_a_full_ring_drops_its_oldest_and_counts() -> None:
+    filt = CampaignFilter([braking(window_samples=3, pre_trigger=100.0, post_trigger=0.0)])
+    samples = [(float(t), ACCEL.name, float(t)) for t in range(10)]
+    samples += [(10.0, SPEED.name, 150.0), (10.0, ABS.name, True)]
+    stored = feed(filt, samples)
+    assert [v for _, v, _ in stored] == [7.0, 8.0, 9.0]
+    assert filt.window_dropped == 7
+
+
+def test_a_not_available_signal_is_unknown_and_does_not_fire() -> None:
+    from bus import NotAvailable
+
+    filt = CampaignFilter([braking()])
+    feed(filt, [(0.0, SPEED.name, NotAvailable("sna")), (0.1, ABS.name, True)])
+    assert filt.fired("hard-braking") == 0
+
+
+def test_a_campaign_with_a_condition_and_one_without_share_samples_without_losing_any() -> None:
+    every = Campaign("all-accel", ("Vehicle.Acceleration.*",))
+    filt = CampaignFilter([every, braking(pre_trigger=1.0, post_trigger=0.0)])
+    stored = feed(
+        filt,
+        [(0.0, ACCEL.name, 1.0), (0.5, ACCEL.name, 2.0), (1.0, SPEED.name, 200.0), (1.0, ABS.name, True)],
+    )
+    # Both samples went out live for "all-accel", and once more, released, for "hard-braking".
+    assert [(v, t) for _, v, t in stored] == [(1.0, 0.0), (2.0, 0.5), (1.0, 0.0), (2.0, 0.5)]
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ({"condition": "Vehicle.Speed >"}, "at column 16"),
+        ({"condition": "__import__('os')"}, "the only functions"),
+        ({"condition": 3}, "expected"),
+        ({"pre_trigger": 5.0}, "only apply to a campaign with a condition"),
+        ({"condition": "V.A", "pre_trigger": -1.0}, "pre_trigger must be seconds"),
+        ({"condition": "V.A", "post_trigger": math.inf}, "post_trigger must be seconds"),
+        ({"condition": "V.A", "trigger_mode": "often"}, "expected one of 'rising_edge', 'always'"),
+        ({"condition": "V.A", "window_samples": 0}, "window_samples must be"),
+    ],
+)
+def test_bad_condition_campaigns_are_refused_at_their_key(
+    tmp_path: Path, table: dict[str, Any], words: str
+) -> None:
+    lines = [
+        f"{key} = {json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else 'inf'}"
+        for key, value in table.items()
+    ]
+    text = "\n".join(
+        [
+            "[services.uplink]",
+            'plugin = "uplink"',
+            "[services.uplink.config]",
+            'vehicle_id = "car-1"',
+            "[[services.uplink.config.campaigns]]",
+            'name = "c"',
+            'topics = ["A.**"]',
+            *lines,
+        ]
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, path=tmp_path / "vwos.toml")
+    problems = "\n".join(str(p) for p in caught.value.problems)
+    assert words in problems
+    assert "services.uplink.config.campaigns[0]" in problems
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 0.5), st.sampled_from(["speed", "abs", "accel"]), st.booleans()), max_size=80
+    ),
+    st.floats(0, 3),
+    st.floats(0, 3),
+    st.floats(0, 2),
+    st.integers(1, 20),
+)
+def test_every_kept_sample_lies_in_a_window_around_a_firing(
+    steps: list[tuple[float, str, bool]], pre: float, post: float, interval: float, cap: int
+) -> None:
+    filt = CampaignFilter(
+        [braking(pre_trigger=pre, post_trigger=post, min_interval=interval, window_samples=cap)]
+    )
+    now, samples = 0.0, []
+    for dt, which, flag in steps:
+        now += dt
+        if which == "speed":
+            samples.append((now, SPEED.name, 140.0 if flag else 100.0))
+        elif which == "abs":
+            samples.append((now, ABS.name, flag))
+        else:
+            samples.append((now, ACCEL.name, float(len(samples))))  # the value tells samples apart
+    firings: list[float] = []
+    stored: list[float] = []
+    values: list[float] = []
+    for t, topic, value in samples:
+        before = filt.fired("hard-braking")
+        keep = filt.keep(topic, value, t, None, t)
+        if filt.fired("hard-braking") > before:
+            firings.append(t)
+        released = filt.take_released()
+        assert len(released) <= cap
+        stored.extend(row[2] for row in released)
+        values.extend(row[1] for row in released)
+        if keep is not None:
+            stored.append(t)
+            values.append(value)
+    for t in stored:
+        assert any(f - pre <= t <= f + post for f in firings)
+    assert len(values) == len(set(values))  # no sample stored twice by one campaign
+
+
+def uplink_spec(out: Path) -> ServiceSpec:
+    from services.uplink import Uplink
+
+    config = UplinkConfig(
+        vehicle_id="car-1",
+        campaigns=(braking(pre_trigger=1.0, post_trigger=0.5),),
+        directory=out,
+        flush_interval=0.01,
+        batch_delay=0.05,
+        status_period=0.1,
+    )
+    return ServiceSpec("uplink", Uplink, config)
+
+
+async def test_the_service_ships_the_window_around_a_hard_braking(tmp_path: Path) -> None:
+    out = tmp_path / "batches"
+    with trio.fail_after(30):
+        async with open_harness(uplink_spec(out), state_dir=tmp_path / "state") as car:
+            car.publish(SPEED, 150.0)
+            for i in range(40):  # 4 s at 10 Hz; the ABS engages after 2 s
+                car.publish(ACCEL, -float(i))
+                if i == 20:
+                    car.publish(ABS, True)
+                await trio.sleep(0.1)
+            await car.expect(status_topic("uplink"), lambda s: s.sent_samples >= 10, timeout=20)
+    values = sorted(
+        -s.value for p in out.iterdir() for s in decode_batch(p.read_bytes()).samples if s.topic == ACCEL.name
+    )
+    # About 1 s before and 0.5 s after sample 20 (real clock: a sample or so either way).
+    assert 9 <= values[0] <= 11
+    assert 24 <= values[-1] <= 26
+    assert values == list(range(int(values[0]), int(values[-1]) + 1))
