@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,10 @@ async def test_the_service_ships_the_window_around_a_hard_braking(tmp_path: Path
                 await trio.sleep(0.1)
             await car.expect(status_topic("uplink"), lambda s: s.sent_samples >= 10, timeout=20)
     values = sorted(
-        -s.value for p in out.iterdir() for s in decode_batch(p.read_bytes()).samples if s.topic == ACCEL.name
+        -typing.cast(float, s.value)
+        for p in out.iterdir()
+        for s in decode_batch(p.read_bytes()).samples
+        if s.topic == ACCEL.name
     )
     # About 1 s before and 0.5 s after sample 20 (real clock: a sample or so either way).
     assert 9 <= values[0] <= 11
