@@ -14,8 +14,17 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus import Topic
-from services.uplink import Campaign, CampaignFilter, UplinkConfig, decode_batch, status_topic
+from bus import RemoteError, Topic
+from services.uplink import (
+    Campaign,
+    CampaignFilter,
+    StateTemplate,
+    StateTracker,
+    UplinkConfig,
+    decode_batch,
+    fetch_state_method,
+    status_topic,
+)
 from vwos import ConfigError, ServiceSpec, parse_config
 from vwos.testing import open_harness
 
@@ -218,3 +227,94 @@ async def test_the_service_ships_the_window_around_a_hard_braking(tmp_path: Path
     assert 9 <= values[0] <= 11
     assert 24 <= values[-1] <= 26
     assert values == list(range(int(values[0]), int(values[-1]) + 1))
+
+
+# -- last known state ---------------------------------------------------------------------------------------
+
+
+def test_an_on_change_template_stores_changes_and_a_snapshot_every_latest_value() -> None:
+    tracker = StateTracker([StateTemplate("body", ("Vehicle.Body.**",))])
+    rows = [
+        tracker.observe(t, v, ts)
+        for t, v, ts in [
+            ("Vehicle.Body.Door", True, 1.0),
+            ("Vehicle.Body.Door", True, 2.0),
+            ("Vehicle.Body.Trunk", False, 3.0),
+            ("Vehicle.Speed", 3.0, 4.0),
+        ]
+    ]
+    assert [[(r[0], r[1], r[2]) for r in rs] for rs in rows] == [
+        [("Vehicle.Body.Door", True, 1.0)],
+        [],
+        [("Vehicle.Body.Trunk", False, 3.0)],
+        [],
+    ]
+    snapshot = tracker.snapshot(tracker.index("body"))
+    assert [(r[0], r[1], r[2]) for r in snapshot] == [
+        ("Vehicle.Body.Door", True, 2.0),
+        ("Vehicle.Body.Trunk", False, 3.0),
+    ]
+    assert {r[3].campaigns for r in snapshot} == {("state:body",)}
+    with pytest.raises(KeyError, match="no state template 'nope'"):
+        tracker.index("nope")
+
+
+def test_a_template_cannot_grow_without_bound_on_a_busy_bus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.uplink._state as state
+
+    monkeypatch.setattr(state, "MAX_TOPICS", 3)
+    tracker = StateTracker([StateTemplate("all", ("**",), update="periodic", period=1.0)])
+    for i in range(10):
+        tracker.observe(f"T.N{i}", i, 0.0)
+    assert len(tracker.snapshot(0)) == 3
+    assert tracker.overflow == 7
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"update": "periodic"}, "needs a period"),
+        ({"period": 1.0}, "period is only for update 'periodic'"),
+        ({"update": "periodic", "period": 0.0}, "period must be seconds > 0"),
+        ({"update": "sometimes"}, "update must be"),
+        ({"ttl": -1.0}, "ttl must be a positive"),
+    ],
+)
+def test_bad_templates_say_what_is_wrong(kwargs: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        StateTemplate("t", ("A.**",), **kwargs)
+
+
+async def test_the_service_ships_periodic_state_and_state_on_request(tmp_path: Path) -> None:
+    from services.uplink import Uplink
+
+    out = tmp_path / "batches"
+    config = UplinkConfig(
+        vehicle_id="car-1",
+        campaigns=(Campaign("none", ("Nothing.Here",)),),
+        state_templates=(
+            StateTemplate("drive", ("Vehicle.Speed",), update="periodic", period=0.5),
+            StateTemplate("abs", ("Vehicle.ADAS.**",)),
+        ),
+        directory=out,
+        flush_interval=0.01,
+        batch_delay=0.05,
+        status_period=0.1,
+    )
+    with trio.fail_after(30):
+        async with open_harness(ServiceSpec("uplink", Uplink, config), state_dir=tmp_path / "state") as car:
+            car.publish(SPEED, 88.0)  # published once, shipped every half second
+            for engaged in (True, True, False):
+                car.publish(ABS, engaged)
+            await trio.sleep(1.3)
+            stored = await car.client.call(fetch_state_method("uplink"), "abs")
+            assert stored == 1
+            with pytest.raises(RemoteError, match="no state template 'nope'"):
+                await car.client.call(fetch_state_method("uplink"), "nope")
+            await car.expect(status_topic("uplink"), lambda s: s.sent_samples >= 5, timeout=20)
+    got: dict[str, list[Any]] = {}
+    for p in sorted(out.iterdir()):
+        for s in decode_batch(p.read_bytes()).samples:
+            got.setdefault(s.topic, []).append(s.value)
+    assert got["Vehicle.Speed"][:2] == [88.0, 88.0]  # at 0.5 s and 1.0 s, unchanged
+    assert got["Vehicle.ADAS.ABS.IsEngaged"] == [True, False, False]  # two changes, then the request

@@ -49,8 +49,10 @@ if TYPE_CHECKING:
         UplinkConfig,
         UplinkStatus,
         configured_transport,
+        fetch_state_method,
         status_topic,
     )
+    from services.uplink._state import StateTemplate, StateTracker
     from services.uplink._transport import TransportError, TransportFactory, UplinkTransport
 
 __all__ = [
@@ -78,6 +80,8 @@ __all__ = [
     "OutboxStorageError",
     "Row",
     "SampleTooLargeError",
+    "StateTemplate",
+    "StateTracker",
     "StorageState",
     "TokenBucket",
     "TransportError",
@@ -90,6 +94,7 @@ __all__ = [
     "configured_transport",
     "decode_batch",
     "encode_batch",
+    "fetch_state_method",
     "min_quota_bytes",
     "prepare_value",
     "read_header",
@@ -135,6 +140,9 @@ _LAZY: dict[str, str] = {
     "UplinkConfig": "_service",
     "UplinkStatus": "_service",
     "configured_transport": "_service",
+    "fetch_state_method": "_service",
+    "StateTemplate": "_state",
+    "StateTracker": "_state",
     "status_topic": "_service",
     "TransportError": "_transport",
     "TransportFactory": "_transport",

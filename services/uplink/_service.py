@@ -12,7 +12,7 @@ from typing import Any, Final, Literal
 import attrs
 import trio
 
-from bus import Overflow, Sample, Subscription, Topic, default_codec
+from bus import Method, Overflow, Sample, Subscription, Topic, default_codec
 from services.uplink._batch import MAX_BODY_BYTES, MIN_MAX_BATCH_BYTES
 from services.uplink._campaign import Campaign, CampaignFilter
 from services.uplink._file import FileTransport
@@ -27,6 +27,7 @@ from services.uplink._outbox import (
     Row,
     min_quota_bytes,
 )
+from services.uplink._state import StateTemplate, StateTracker
 from services.uplink._transport import TransportError, TransportFactory, UplinkTransport
 from vwos import BackoffPolicy, Service, ServiceContext
 
@@ -82,6 +83,12 @@ def _campaigns(_: object, attribute: attrs.Attribute[Any], value: tuple[Campaign
         raise ValueError(f"campaign names must be unique: {names}")
 
 
+def _templates(_: object, attribute: attrs.Attribute[Any], value: tuple[StateTemplate, ...]) -> None:
+    names = [t.name for t in value]
+    if len(set(names)) != len(names):
+        raise ValueError(f"state template names must be unique: {names}")
+
+
 def _vehicle_id(_: object, attribute: attrs.Attribute[str], value: str) -> None:
     if not value or any(c in value for c in "/+#\0 ") or len(value) > 128:
         raise ValueError(f"{value!r} must be 1-128 characters without '/', '+', '#', spaces or NUL")
@@ -95,6 +102,13 @@ class UplinkConfig:
         validator=_vehicle_id, metadata={"help": "names the vehicle in every batch"}
     )
     campaigns: tuple[Campaign, ...] = attrs.field(validator=_campaigns, metadata={"help": "what to collect"})
+    state_templates: tuple[StateTemplate, ...] = attrs.field(
+        default=(),
+        validator=_templates,
+        metadata={
+            "help": "last known state: the latest values of topic sets, on change, periodic, on request"
+        },
+    )
     transport: Literal["file", "mqtt"] = attrs.field(
         default="file", metadata={"help": "file (no broker: batches as files) | mqtt"}
     )
@@ -190,6 +204,12 @@ def status_topic(service: str) -> Topic[UplinkStatus]:
     return Topic(f"Uplink.{service}.Status", UplinkStatus, description="uplink progress and losses")
 
 
+def fetch_state_method(service: str) -> Method[str, int]:
+    """The method an uplink service called ``service`` serves to store a state template's latest values now
+    (the template's name; ``""``: every template). It answers how many samples it stored."""
+    return Method(f"Uplink.{service}.FetchState", str, int)
+
+
 def configured_transport(
     config: UplinkConfig, ctx: ServiceContext
 ) -> contextlib.AbstractAsyncContextManager[UplinkTransport]:
@@ -277,9 +297,22 @@ class Uplink(Service[UplinkConfig]):
                 for pattern in filt.patterns
             ]
             self._subs = subs
+            tracker = self._tracker = StateTracker(cfg.state_templates)
+            state_subs = [
+                ctx.bus.subscribe(pattern, queue_size=cfg.queue_size, overflow=Overflow.DROP_OLDEST)
+                for pattern in tracker.patterns
+            ]
+            self._state_subs = state_subs
             async with trio.open_nursery() as nursery:
                 for index, sub in enumerate(subs):
                     nursery.start_soon(self._collect, sub, index, filt)
+                for sub in state_subs:
+                    nursery.start_soon(self._collect_state, sub, tracker)
+                for index, template in enumerate(cfg.state_templates):
+                    if template.period is not None:
+                        nursery.start_soon(self._periodic_state, tracker, index, template.period)
+                if cfg.state_templates:
+                    await nursery.start(ctx.bus.serve, fetch_state_method(ctx.name), self._fetch_state)
                 nursery.start_soon(self._flush_loop)
                 nursery.start_soon(self._send_loop)
                 nursery.start_soon(self._report)
@@ -402,6 +435,36 @@ class Uplink(Service[UplinkConfig]):
         if released:  # older than this batch's samples: stored before them
             pending[start:start] = released
 
+    async def _collect_state(self, sub: Subscription[Any], tracker: StateTracker) -> None:
+        """Note what a state template's subscription delivers; store what an on_change template keeps.
+        A topic matched by several of the templates' patterns arrives once per subscription: a repeated
+        sample changes nothing."""
+        while True:
+            try:
+                batch = await sub.receive_batch()
+            except trio.ClosedResourceError:
+                return
+            pending = self._pending
+            for s in batch:
+                rows = tracker.observe(s.topic, s.value, s.timestamp)
+                if rows:
+                    pending.extend(rows)
+
+    async def _periodic_state(self, tracker: StateTracker, index: int, period: float) -> None:
+        while True:
+            await trio.sleep(period)
+            self._pending.extend(tracker.snapshot(index))
+
+    async def _fetch_state(self, name: str) -> int:
+        """``FetchState``: store the latest values of template ``name`` ("": of every template) now."""
+        tracker = self._tracker
+        indexes = range(len(tracker.templates)) if name == "" else [tracker.index(name)]
+        rows = [row for i in indexes for row in tracker.snapshot(i)]
+        self._pending.extend(rows)
+        await self._flush()
+        self._batch_ready.set()  # asked for: send it without waiting for a fuller batch
+        return len(rows)
+
     def _drain(self) -> None:
         """At stop: take what the subscriptions still queue (a collector the stop came before, on a busy
         machine) into what the last flush stores, so a clean stop keeps every sample it was given."""
@@ -412,6 +475,14 @@ class Uplink(Service[UplinkConfig]):
                 except (trio.WouldBlock, trio.ClosedResourceError):
                     break
                 self._take(batch, index, self._filter)
+        for sub in getattr(self, "_state_subs", ()):
+            while True:
+                try:
+                    batch = sub.receive_batch_nowait()
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    break
+                for s in batch:
+                    self._pending.extend(self._tracker.observe(s.topic, s.value, s.timestamp))
 
     async def _flush_loop(self) -> None:
         while True:
