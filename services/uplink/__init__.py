@@ -13,6 +13,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from services.uplink._azure import AzureDialect
     from services.uplink._batch import (
         DEFAULT_MAX_BATCH_BYTES,
         Batch,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_BATCH_BYTES",
+    "AzureDialect",
     "Batch",
     "BatchBuilder",
     "BatchError",
@@ -99,6 +101,7 @@ __all__ = [
 #: The private module each public name is defined in. Each is imported when one of its names is first used
 #: (PEP 562), not with the package: an uplink that writes files never loads the MQTT transport.
 _LAZY: dict[str, str] = {
+    "AzureDialect": "_azure",
     "DEFAULT_MAX_BATCH_BYTES": "_batch",
     "Batch": "_batch",
     "BatchBuilder": "_batch",
