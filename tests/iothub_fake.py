@@ -40,6 +40,7 @@ import hmac
 import itertools
 import json
 import random
+import selectors
 import socket
 import ssl
 import struct
@@ -60,8 +61,6 @@ PORT = 8883
 ACCEPTED, BAD_PROTOCOL, BAD_IDENTIFIER, BAD_CREDENTIALS, NOT_AUTHORIZED = 0, 1, 2, 4, 5
 #: The largest CONNECT the front reads (IoT Hub's user names and tokens are far smaller).
 MAX_CONNECT = 64 * 1024
-#: The largest packet relayed to a device (IoT Hub's messages are at most 256 KB).
-MAX_PACKET = 1024 * 1024
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -164,6 +163,34 @@ def _length(size: int) -> bytes:
         out += bytes([byte | (0x80 if size else 0)])
         if not size:
             return out
+
+
+def _take_packet(data: bytes) -> tuple[bytes, bytes] | None:
+    """The first whole packet of ``data`` and the rest, or None while it is incomplete."""
+    length, shift = 0, 0
+    for index in range(1, min(len(data), 5)):
+        byte = data[index]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            end = index + 1 + length
+            return (data[:end], data[end:]) if len(data) >= end else None
+    if len(data) >= 5:
+        raise ValueError("malformed remaining length")
+    return None
+
+
+def _unmount(packet: bytes, mount: bytes) -> bytes:
+    """A PUBLISH with ``mount`` taken off its topic; any other packet as it is."""
+    if packet[0] >> 4 != 3:
+        return packet
+    at = 1
+    while packet[at] & 0x80:
+        at += 1
+    body = packet[at + 1 :]
+    topic, offset = _string(body, 0)
+    body = _encode_string(topic.removeprefix(mount)) + body[offset:]
+    return bytes([packet[0]]) + _length(len(body)) + body
 
 
 def publish_packet(topic: str, payload: bytes) -> bytes:
@@ -342,7 +369,7 @@ class FakeIotHub:
         *,
         dps: bool = False,
         enrolments: Mapping[str, tuple[bytes | None, str]] | None = None,
-        id_scope: str = "0ne00FAKE01",
+        id_scope: str = "0ne00FA4E01",
     ) -> None:
         self.directory = directory
         self.devices = {name: Device(name, key=key, x509=key is None) for name, key in devices.items()}
@@ -536,47 +563,44 @@ class FakeIotHub:
                 self.lock.notify_all()
 
     def _relay(self, sock: ssl.SSLSocket, connect: bytes, device: Device, expiry: int) -> None:
+        """Relay bytes both ways in this one thread (an SSLSocket must not be read and written by two
+        threads at once), taking the mount point off what the broker delivers."""
         upstream = socket.create_connection((mqtt_broker.HOST, device.port), timeout=DEFAULT_TIMEOUT)
         with self.lock:
             self._connections.append(upstream)
         upstream.sendall(connect)
-        sock.settimeout(0.2)
-        upstream.settimeout(None)
-        done = threading.Event()
-
+        sock.settimeout(DEFAULT_TIMEOUT)
         mount = f"fakehub/{device.device_id}/".encode()
-
-        def down() -> None:  # broker -> device, the mount point taken off each PUBLISH's topic
-            try:
-                while True:
-                    first, body, packet = read_packet(upstream, MAX_PACKET)
-                    if first >> 4 == 3:
-                        topic, at = _string(body, 0)
-                        body = _encode_string(topic.removeprefix(mount)) + body[at:]
-                        packet = bytes([first]) + _length(len(body)) + body
-                    sock.sendall(packet)
-            except (OSError, ValueError, ConnectionError):
-                pass
-            finally:
-                done.set()
-
-        self._spawn(down)
+        selector = selectors.DefaultSelector()
+        selector.register(sock, selectors.EVENT_READ)
+        selector.register(upstream, selectors.EVENT_READ)
+        pending = b""
         try:
-            while not done.is_set() and not self._stopping:
+            while not self._stopping:
                 if expiry and time.time() >= expiry:
                     break  # IoT Hub ends a connection when its token expires
-                try:
-                    chunk = sock.recv(65536)
-                except TimeoutError:
-                    continue
-                except ssl.SSLWantReadError:
-                    continue
-                if not chunk:
-                    break
-                upstream.sendall(chunk)
-        except OSError:
+                ready = {key.fileobj for key, _ in selector.select(0 if sock.pending() else 0.1)}
+                if sock in ready or sock.pending():
+                    try:
+                        chunk = sock.recv(65536)
+                    except ssl.SSLWantReadError:
+                        chunk = None
+                    if chunk == b"":
+                        break
+                    if chunk:
+                        upstream.sendall(chunk)
+                if upstream in ready:
+                    chunk = upstream.recv(65536)
+                    if not chunk:
+                        break
+                    pending += chunk
+                    while (taken := _take_packet(pending)) is not None:
+                        packet, pending = taken
+                        sock.sendall(_unmount(packet, mount))
+        except (OSError, ValueError):
             pass
         finally:
+            selector.close()
             for s in (upstream, sock):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
