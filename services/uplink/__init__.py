@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from services.uplink._azure import AzureDialect
+    from services.uplink._azure_config import AzureConfig, DpsConfig
+    from services.uplink._azure_transport import AzureTransport
     from services.uplink._batch import (
         DEFAULT_MAX_BATCH_BYTES,
         Batch,
@@ -56,7 +58,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_BATCH_BYTES",
+    "AzureConfig",
     "AzureDialect",
+    "AzureTransport",
     "Batch",
     "BatchBuilder",
     "BatchError",
@@ -65,6 +69,7 @@ __all__ = [
     "Campaign",
     "CampaignFilter",
     "Damage",
+    "DpsConfig",
     "FileTransport",
     "Keep",
     "MemoryTransport",
@@ -102,6 +107,9 @@ __all__ = [
 #: (PEP 562), not with the package: an uplink that writes files never loads the MQTT transport.
 _LAZY: dict[str, str] = {
     "AzureDialect": "_azure",
+    "AzureConfig": "_azure_config",
+    "DpsConfig": "_azure_config",
+    "AzureTransport": "_azure_transport",
     "DEFAULT_MAX_BATCH_BYTES": "_batch",
     "Batch": "_batch",
     "BatchBuilder": "_batch",
