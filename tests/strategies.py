@@ -26,6 +26,9 @@ Config
     `service_names`; `dependency_graphs` (acyclic ``after`` graphs), `cyclic_dependency_graphs`;
     `toml_scalars`, `toml_values` (anything a TOML document can hold); `toml_strings` (each of the four
     kinds, brackets and quotes inside), `nested_toml_documents` (valid TOML nested to a drawn depth).
+Azure IoT Hub
+    `iothub_property_bags` (names and values with IoT Hub's separators in them), `iothub_topics` (real
+    prefixes with hostile remainders).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ __all__ = [
     "cyclic_dependency_graphs",
     "dependency_graphs",
     "instances_of",
+    "iothub_property_bags",
+    "iothub_topics",
     "mutated_bytes",
     "nested_toml_documents",
     "patterns",
@@ -1226,3 +1231,37 @@ def schema_junk(*, max_leaves: int = 30) -> st.SearchStrategy[object]:
         ),
         max_leaves=max_leaves,
     )
+
+
+# -- Azure IoT Hub (services/uplink/_azure.py) ------------------------------------------------------------
+
+#: Characters that mean something in an IoT Hub topic or property bag, and others that must be escaped.
+_IOTHUB_SPECIALS = "$?&=%/+#. \0\n~é😀"
+
+
+def iothub_property_bags() -> st.SearchStrategy[dict[str, str]]:
+    """Property bags (name -> value) with every kind of character, IoT Hub's separators included."""
+    chars = st.one_of(st.sampled_from(_IOTHUB_SPECIALS), st.characters(codec="utf-8"))
+    text = st.text(alphabet=chars, max_size=12)
+    return st.dictionaries(text.filter(bool), text, max_size=6)
+
+
+@st.composite
+def iothub_topics(draw: st.DrawFn) -> str:
+    """Topics an IoT Hub device may be sent: real prefixes with hostile remainders, and plain junk."""
+    prefix = draw(
+        st.sampled_from(
+            [
+                "$iothub/methods/POST/",
+                "$iothub/twin/res/",
+                "$iothub/twin/PATCH/properties/desired",
+                "$iothub/twin/PATCH/properties/desired/?",
+                "devices/car-1/messages/devicebound/",
+                "devices/other/messages/devicebound/",
+                "devices/car-1/messages/",
+                "",
+            ]
+        )
+    )
+    tail = st.text(alphabet=st.one_of(st.sampled_from(_IOTHUB_SPECIALS + "0123456789rid"), st.characters()))
+    return prefix + draw(tail)

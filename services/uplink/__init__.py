@@ -13,6 +13,9 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from services.uplink._azure import AzureDialect
+    from services.uplink._azure_config import AzureConfig, DpsConfig
+    from services.uplink._azure_transport import AzureTransport
     from services.uplink._batch import (
         DEFAULT_MAX_BATCH_BYTES,
         Batch,
@@ -57,6 +60,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_BATCH_BYTES",
+    "AzureConfig",
+    "AzureDialect",
+    "AzureTransport",
     "Batch",
     "BatchBuilder",
     "BatchError",
@@ -65,6 +71,7 @@ __all__ = [
     "Campaign",
     "CampaignFilter",
     "Damage",
+    "DpsConfig",
     "FileTransport",
     "Keep",
     "MemoryTransport",
@@ -104,6 +111,10 @@ __all__ = [
 #: The private module each public name is defined in. Each is imported when one of its names is first used
 #: (PEP 562), not with the package: an uplink that writes files never loads the MQTT transport.
 _LAZY: dict[str, str] = {
+    "AzureDialect": "_azure",
+    "AzureConfig": "_azure_config",
+    "DpsConfig": "_azure_config",
+    "AzureTransport": "_azure_transport",
     "DEFAULT_MAX_BATCH_BYTES": "_batch",
     "Batch": "_batch",
     "BatchBuilder": "_batch",

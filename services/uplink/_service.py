@@ -13,6 +13,8 @@ import attrs
 import trio
 
 from bus import Method, Overflow, Sample, Subscription, Topic, default_codec
+from services.uplink._azure import check_device_id
+from services.uplink._azure_config import AzureConfig
 from services.uplink._batch import MAX_BODY_BYTES, MIN_MAX_BATCH_BYTES
 from services.uplink._campaign import Campaign, CampaignFilter
 from services.uplink._file import FileTransport
@@ -109,13 +111,16 @@ class UplinkConfig:
             "help": "last known state: the latest values of topic sets, on change, periodic, on request"
         },
     )
-    transport: Literal["file", "mqtt"] = attrs.field(
-        default="file", metadata={"help": "file (no broker: batches as files) | mqtt"}
+    transport: Literal["file", "mqtt", "azure"] = attrs.field(
+        default="file", metadata={"help": "file (no broker: batches as files) | mqtt | azure (IoT Hub)"}
     )
     directory: Path | None = attrs.field(
         default=None, metadata={"help": "file transport: where batch files go (default: state dir/outgoing)"}
     )
     mqtt: MqttConfig | None = attrs.field(default=None, metadata={"help": "the broker, for transport = mqtt"})
+    azure: AzureConfig | None = attrs.field(
+        default=None, metadata={"help": "the IoT Hub device, for transport = azure"}
+    )
     quota_mb: float = attrs.field(
         default=64.0, validator=_quota_mb, metadata={"help": "disk quota of the outbox (its WAL included)"}
     )
@@ -153,6 +158,18 @@ class UplinkConfig:
     )
 
     def __attrs_post_init__(self) -> None:
+        if self.transport == "azure":
+            azure = self.azure
+            if azure is None:
+                raise ValueError("transport = 'azure' needs an [services.NAME.config.azure] table")
+            if azure.device_id is None and azure.dps is None:
+                check_device_id(self.vehicle_id)  # it is the device id: IoT Hub's rules apply
+            if self.max_batch_bytes > azure.max_message_size:
+                raise ValueError(
+                    f"max_batch_bytes = {self.max_batch_bytes} is more than azure.max_message_size = "
+                    f"{azure.max_message_size}: IoT Hub refuses messages over 256 KB, and a larger batch "
+                    f"would never leave the outbox; set max_batch_bytes to at most {azure.max_message_size}"
+                )
         if self.transport == "mqtt":
             if self.mqtt is None:
                 raise ValueError("transport = 'mqtt' needs an [services.NAME.config.mqtt] table")
@@ -216,6 +233,11 @@ def configured_transport(
     """The `TransportFactory` the service uses by default: the transport ``config.transport`` names --
     `MqttTransport` on ``config.mqtt``, or `FileTransport` into ``config.directory`` (by default the
     service's state directory's ``outgoing``)."""
+    if config.transport == "azure":
+        assert config.azure is not None  # UplinkConfig refuses transport = "azure" without it
+        from services.uplink._azure_transport import AzureTransport
+
+        return AzureTransport(config.azure, config.vehicle_id, state_dir=ctx.state_dir, log=ctx.log)
     if config.transport == "mqtt":
         assert config.mqtt is not None  # UplinkConfig refuses transport = "mqtt" without it
         # Imported here: an uplink that writes files never loads the MQTT transport (nor paho).
