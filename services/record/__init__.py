@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from services.record._recorder import DEFAULT_QUEUE_SIZE, RecordResult, record_bus
     from services.record._replay import ReplayResult, replay
     from services.record._schema import sample_schema
+    from services.record._snapshot import Condition, ConditionError, SnapshotTooSoonError, parse_condition
     from services.record._writer import METADATA_NAME, RecordingWriter
 
 __all__ = [
@@ -26,12 +27,16 @@ __all__ = [
     "METADATA_NAME",
     "BagInfo",
     "ChannelInfo",
+    "Condition",
+    "ConditionError",
     "RecordResult",
     "RecordingError",
     "RecordingWriter",
     "ReplayResult",
+    "SnapshotTooSoonError",
     "bag_info",
     "from_json",
+    "parse_condition",
     "read_recording",
     "record_bus",
     "replay",
@@ -59,6 +64,10 @@ _LAZY: dict[str, str] = {
     "ReplayResult": "_replay",
     "replay": "_replay",
     "sample_schema": "_schema",
+    "Condition": "_snapshot",
+    "ConditionError": "_snapshot",
+    "SnapshotTooSoonError": "_snapshot",
+    "parse_condition": "_snapshot",
     "METADATA_NAME": "_writer",
     "RecordingWriter": "_writer",
 }
