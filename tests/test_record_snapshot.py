@@ -1,31 +1,58 @@
 """Snapshot mode of services.record: the conditions (parsed, evaluated), the ring's bounds and the rising
-edges (hypothesis), the state machine."""
+edges (hypothesis), the state machine, and `SnapshotRecorder` on a live bus under MockClock (conditions, the
+bus method, post windows, floods, a full disk).
+
+Every snapshot file is read back with the mcap reader and with npm's @mcap/core (`check_file`, from
+test_record)."""
 
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import math
 import os
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import hypothesis
 import hypothesis.strategies as st
 import pytest
 import strategies
+import trio
+import trio.testing
+from test_record import check_file, node_reader  # noqa: F401 -- the fixtures behind `read_twice`
 
 import bus
-from bus import NotAvailable, Sample
+from bus import Bus, NotAvailable, RemoteError, Sample, Topic
 from services.record import (
+    SNAPSHOT_METHOD,
     Condition,
     ConditionError,
     RecordingError,
+    SnapshotRecorder,
+    SnapshotReply,
+    SnapshotResult,
     SnapshotTooSoonError,
+    bag_info,
     parse_condition,
+    read_recording,
+    record_bus,
 )
 from services.record._snapshot import Snapshot, SnapshotRing, Snapshotter, Trigger, sample_size
+
+SPEED = Topic("Snap.Speed", float, unit="km/h")
+GEAR = Topic("Snap.Gear", str)
+BRAKE = Topic("Brake.Pressed", bool)
+TIMEOUT = 60
+
+
+@pytest.fixture
+def read_twice(request: pytest.FixtureRequest) -> Any:
+    """test_record's ``check_file``: read files with the mcap reader and with @mcap/core, compare them."""
+    return request.getfixturevalue("check_file")
 
 
 def speed(value: Any, t: float, seq: int, topic: str = "Snap.Speed") -> Sample[Any]:
@@ -518,3 +545,322 @@ def test_topics_only_watched_are_not_kept() -> None:
 def test_the_snapshotter_refuses_bad_settings(kwargs: dict[str, Any], problem: str) -> None:
     with pytest.raises(RecordingError, match=problem):
         Snapshotter(10.0, **kwargs)
+
+
+# -- a live bus under MockClock ---------------------------------------------------------------------------
+
+
+class Recording:
+    """A `SnapshotRecorder` recording an in-process bus in the background."""
+
+    def __init__(self, the_bus: Bus, recorder: SnapshotRecorder, patterns: list[str]) -> None:
+        self.bus, self.recorder, self.patterns = the_bus, recorder, patterns
+        self.stop = trio.Event()
+        self.results: list[Any] = []
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        client = self.bus.client("vwos-record")
+        self.results.append(
+            await record_bus(client, self.recorder, self.patterns, stop=self.stop, task_status=task_status)
+        )
+
+
+@pytest.fixture
+async def recording(tmp_path: Path) -> AsyncIterator[Any]:
+    """``await recording(recorder_kwargs...)``: a bus and a running recorder; stopped at the end."""
+    started: list[Recording] = []
+    async with trio.open_nursery() as nursery:
+
+        async def start(seconds: float = 10.0, patterns: list[str] | None = None, **kwargs: Any) -> Recording:
+            the_bus = Bus()
+            patterns = patterns or ["Snap.**"]
+            kwargs.setdefault("min_interval", 0.0)
+            recorder = SnapshotRecorder(tmp_path / "drive.mcap", seconds, patterns=patterns, **kwargs)
+            rec = Recording(the_bus, recorder, patterns)
+            await nursery.start(rec.run)
+            started.append(rec)
+            return rec
+
+        yield start
+        for rec in started:
+            rec.stop.set()
+
+
+async def publish_drive(car: Any, profile: Any, seconds: float, rate: float = 10.0) -> None:
+    """Publish ``profile(t)`` on Snap.Speed at ``rate`` Hz for ``seconds`` (bus time from now)."""
+    pub = car.publisher(SPEED)
+    start = trio.current_time()
+    for i in range(int(seconds * rate)):
+        await trio.sleep_until(start + i / rate)
+        pub.publish_nowait(profile(i / rate))
+
+
+async def test_a_condition_writes_the_minute_before_and_the_seconds_after(
+    recording: Any, autojump_clock: trio.testing.MockClock, read_twice: Any
+) -> None:
+    rec = await recording(
+        60.05,  # the window's edges fall between the samples (10 Hz)
+        conditions=[parse_condition("Snap.Speed > 130")],
+        post=5.05,
+        min_interval=20.0,
+        vehicle_id="WVW-3",
+    )
+    car = rec.bus.client("car")
+
+    def profile(t: float) -> float:
+        # over 130 from 70 s to 80 s (one file), a dip, over again at 81 s (too soon: suppressed), and again
+        # from 110 s (a second file)
+        return 140.0 if 70 <= t < 80 or 81 <= t < 82 or t >= 110 else 100.0 + t / 100
+
+    t0 = trio.current_time()
+    await publish_drive(car, profile, 120.0)
+    await trio.sleep(1.0)
+    recorder = rec.recorder
+    assert [r.index for r in recorder.results] == [0, 1]
+    assert [Path(f).name for f in recorder.files] == ["drive_snap_0000.mcap", "drive_snap_0001.mcap"]
+    assert recorder.snapshotter.triggers[0].suppressed == 1
+    first, second = read_twice(*recorder.files)
+    assert first.messages == 651  # 10 s .. 75 s at 10 Hz: the minute before 70 s, 5 s after
+    assert second.messages == 651  # 50 s .. 115 s
+    meta = first.metadata["vwos"]
+    assert json.loads(meta["trigger"]) == ["Snap.Speed > 130"]
+    assert float(meta["trigger_bus_time"]) == pytest.approx(t0 + 70.0)
+    assert float(meta["window_end"]) - float(meta["window_start"]) == pytest.approx(65.1)
+    assert meta["vehicle_id"] == "WVW-3"
+    assert meta["snapshot_seconds"] == "60.05"
+    assert meta["trigger_time"].endswith("Z")
+    back = list(read_recording(recorder.files[0]))
+    assert back[0].bus_time == pytest.approx(t0 + 10.0, abs=1e-6)
+    assert back[-1].bus_time == pytest.approx(t0 + 75.0, abs=1e-6)
+    assert all(b.seq == a.seq + 1 for a, b in itertools.pairwise(back))
+    rec.stop.set()
+    await trio.sleep(1.0)
+    (result,) = rec.results
+    assert result.files == tuple(str(f) for f in recorder.files)
+    assert (result.recorded, result.dropped) == (1200, 0)
+
+
+async def test_the_post_window_ends_on_time_without_samples(
+    recording: Any, autojump_clock: trio.testing.MockClock, read_twice: Any
+) -> None:
+    rec = await recording(10.0, conditions=[parse_condition("Snap.Speed is not available")], post=3.0)
+    car = rec.bus.client("car").publisher(SPEED)
+    for i in range(50):
+        car.publish_nowait(float(i))
+        await trio.sleep(0.1)
+    car.publish_nowait(NotAvailable("e2e"))  # at 5.0 s; then nothing more
+    t = trio.current_time()
+    await trio.sleep(2.9)
+    assert rec.recorder.results == []
+    await trio.sleep(0.2)
+    (result,) = rec.recorder.results
+    assert result.error is None
+    assert result.window_end == pytest.approx(t + 3.0)
+    assert not result.truncated
+    (info,) = read_twice(Path(result.path))
+    assert info.messages == 51
+
+
+async def test_the_bus_method_writes_a_snapshot_and_replies(
+    recording: Any, autojump_clock: trio.testing.MockClock, read_twice: Any
+) -> None:
+    rec = await recording(5.05)
+    car = rec.bus.client("car").publisher(SPEED)
+    caller = rec.bus.client("operator")
+    for i in range(100):
+        car.publish_nowait(float(i))
+        await trio.sleep(0.1)
+    car.publish_nowait(1000.0)  # published just before the call: in the snapshot
+    reply = await caller.call(SNAPSHOT_METHOD, "hard braking")
+    assert isinstance(reply, SnapshotReply)
+    assert reply.triggers == ("request: hard braking",)
+    assert reply.samples == 51  # 5.0 s .. 9.9 s, and the last one
+    assert reply.window_end - reply.window_start == pytest.approx(5.05)
+    (info,) = read_twice(Path(reply.file))
+    assert info.messages == reply.samples
+    assert json.loads(info.metadata["vwos"]["trigger"]) == ["request: hard braking"]
+    assert list(read_recording(reply.file))[-1].value == 1000.0
+    with pytest.raises(RemoteError, match="the argument is the snapshot's reason"):
+        await caller.call(SNAPSHOT_METHOD, 42)
+    with pytest.raises(RemoteError, match="printable"):
+        await caller.call(SNAPSHOT_METHOD, "line\nbreak")
+    await trio.sleep(1.0)
+    second = await caller.call(SNAPSHOT_METHOD, None)  # min_interval 0 here
+    assert second.triggers == ("request",)
+    assert Path(second.file).name == "drive_snap_0001.mcap"
+
+
+async def test_a_request_waits_for_its_post_window_and_is_refused_too_soon(
+    recording: Any, autojump_clock: trio.testing.MockClock, read_twice: Any
+) -> None:
+    rec = await recording(5.05, post=2.05, min_interval=30.0)
+    car = rec.bus.client("car").publisher(SPEED)
+    caller = rec.bus.client("operator")
+    async with trio.open_nursery() as nursery:
+
+        async def drive() -> None:
+            for i in range(200):
+                car.publish_nowait(float(i))
+                await trio.sleep(0.1)
+
+        nursery.start_soon(drive)
+        await trio.sleep(10.0)
+        asked = trio.current_time()
+        reply = await caller.call(SNAPSHOT_METHOD, "x", timeout=10.0)
+        assert trio.current_time() - asked >= 2.0
+        assert reply.samples == 71  # 5.0 s .. 12.0 s: 5 s before, 2 s after
+        with pytest.raises(RemoteError, match=r"the next can be taken in 2[78]"):
+            await caller.call(SNAPSHOT_METHOD, None)
+    (info,) = read_twice(Path(reply.file))
+    assert info.messages == 71
+
+
+async def test_stopping_during_a_post_window_writes_it_cut_short(
+    recording: Any, autojump_clock: trio.testing.MockClock, read_twice: Any
+) -> None:
+    rec = await recording(10.0, conditions=[parse_condition("Snap.Speed >= 20")], post=30.0)
+    car = rec.bus.client("car").publisher(SPEED)
+    for i in range(30):
+        car.publish_nowait(float(i))
+        await trio.sleep(0.1)
+    rec.stop.set()
+    await trio.sleep(0.1)
+    (result,) = rec.results
+    (snapshot,) = rec.recorder.results
+    assert snapshot.truncated
+    assert snapshot.samples == 30
+    (info,) = read_twice(Path(snapshot.path))
+    assert info.metadata["vwos"]["truncated"] == "true"
+    assert result.files == (snapshot.path,)
+
+
+async def test_a_flood_is_bounded_and_counted(
+    recording: Any, autojump_clock: trio.testing.MockClock, read_twice: Any
+) -> None:
+    rec = await recording(60.0, max_samples=1000)
+    car = rec.bus.client("car").publisher(SPEED)
+    for burst in range(5):
+        for i in range(1000):
+            car.publish_nowait(float(burst * 1000 + i))
+        await trio.sleep(0.01)
+    ring = rec.recorder.snapshotter.ring
+    assert (len(ring), ring.evicted) == (1000, 4000)
+    reply = await rec.bus.client("operator").call(SNAPSHOT_METHOD, None)
+    assert (reply.samples, reply.evicted) == (1000, 4000)
+    (info,) = read_twice(Path(reply.file))
+    assert info.metadata["vwos"]["evicted"] == "4000"
+    assert float(info.metadata["vwos"]["complete_from"]) <= float(info.metadata["vwos"]["window_end"])
+    rec.stop.set()
+    await trio.sleep(0.1)
+    (result,) = rec.results
+    assert (result.recorded, result.dropped) == (5000, 4000)
+
+
+async def test_a_condition_on_a_topic_not_recorded_is_watched(
+    recording: Any, autojump_clock: trio.testing.MockClock, read_twice: Any
+) -> None:
+    rec = await recording(10.0, conditions=[parse_condition("Brake.Pressed == true")])
+    assert rec.recorder.watch_topics == ("Brake.Pressed",)
+    car = rec.bus.client("car")
+    speed_pub, brake = car.publisher(SPEED), car.publisher(BRAKE)
+    for i in range(20):
+        speed_pub.publish_nowait(float(i))
+        brake.publish_nowait(i == 15)
+        await trio.sleep(0.1)
+    (result,) = rec.recorder.results
+    (info,) = read_twice(Path(result.path))
+    assert {c.topic for c in info.channels} == {"Snap.Speed"}
+    assert info.messages == 16
+
+
+async def test_existing_snapshots_are_never_overwritten(
+    tmp_path: Path, recording: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    (tmp_path / "drive_snap_0000.mcap").write_bytes(b"an earlier incident")
+    (tmp_path / "drive_snap_0001.mcap").write_bytes(b"another")
+    rec = await recording(5.0)
+    rec.bus.client("car").publisher(SPEED).publish_nowait(1.0)
+    reply = await rec.bus.client("operator").call(SNAPSHOT_METHOD, None)
+    assert Path(reply.file).name == "drive_snap_0002.mcap"
+    assert (tmp_path / "drive_snap_0000.mcap").read_bytes() == b"an earlier incident"
+    assert bag_info(reply.file).messages == 1
+
+
+async def test_a_snapshot_before_any_sample_is_an_empty_file(
+    recording: Any, autojump_clock: trio.testing.MockClock, read_twice: Any
+) -> None:
+    rec = await recording(5.0)
+    reply = await rec.bus.client("operator").call(SNAPSHOT_METHOD, None)
+    assert reply.samples == 0
+    (info,) = read_twice(Path(reply.file))
+    assert info.messages == 0
+
+
+async def test_a_full_disk_fails_the_snapshot_not_the_recording(
+    small_disk: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    the_bus = Bus()
+    seen: list[SnapshotResult] = []
+    recorder = SnapshotRecorder(
+        small_disk / "full.mcap", 60.0, patterns=["Big"], min_interval=0.0, on_snapshot=seen.append
+    )
+    rec = Recording(the_bus, recorder, ["Big"])
+    big = the_bus.client("car").publisher(Topic("Big", bytes))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rec.run)
+        for _ in range(200):  # 800 KiB, random: more than the disk holds
+            big.publish_nowait(os.urandom(4096))
+            await trio.sleep(0.01)
+        caller = the_bus.client("operator")
+        with pytest.raises(
+            RemoteError, match=r"full_snap_0000\.mcap: cannot write the recording: No space left"
+        ):
+            await caller.call(SNAPSHOT_METHOD, None)
+        big.publish_nowait(b"still recording")
+        await trio.sleep(0.1)
+        assert recorder.recorded == 201
+        rec.stop.set()
+    assert seen[0].error is not None
+    (result,) = rec.results
+    assert result.recorded == 201
+
+
+async def test_serving_the_method_twice_is_an_error(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    the_bus = Bus()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            first = Recording(the_bus, SnapshotRecorder(tmp_path / "a.mcap", 5.0), ["**"])
+            await nursery.start(first.run)
+            second = Recording(the_bus, SnapshotRecorder(tmp_path / "b.mcap", 5.0), ["**"])
+            with pytest.raises(bus.MethodAlreadyServedError):
+                await nursery.start(second.run)
+            first.stop.set()
+    assert second.recorder.files == []
+
+
+def test_the_recorder_counts_gaps_and_writes_what_is_left_when_closed(
+    tmp_path: Path, read_twice: Any
+) -> None:
+    recorder = SnapshotRecorder(
+        tmp_path / "d.mcap", 5.0, conditions=[parse_condition("Snap.Speed > 2")], method=None
+    )
+    recorder.write_many([speed(1.0, 1.0, 1), speed(2.0, 1.1, 5)])  # outside trio: fed all the same
+    recorder.write_many([])
+    recorder.write(Sample("Snap.Speed", 3.0, 1e20, 1.2, "ecu", 6))  # a source timestamp out of range
+    recorder.count_dropped(2)
+    assert (recorder.recorded, recorder.dropped) == (3, 3)  # 3 missing by the seq numbers
+    (path,) = recorder.close()  # the snapshot the writer task never took: written now
+    (info,) = read_twice(path)
+    assert info.messages == 3
+    assert info.metadata["vwos"]["trigger_time"] == "1e+20"
+    assert info.metadata["vwos"]["dropped"] == "3"  # the gap, in the window
+    assert recorder.close() == [path]
+    with pytest.raises(RecordingError, match="closed"):
+        recorder.write(speed(4.0, 1.3, 7))
+
+
+def test_a_recorder_needs_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(RecordingError, match="is not a directory"):
+        SnapshotRecorder(tmp_path / "no" / "drive.mcap", 5.0)
