@@ -1,6 +1,6 @@
 """Snapshot mode of services.record: the conditions (parsed, evaluated), the ring's bounds and the rising
 edges (hypothesis), the state machine, and `SnapshotRecorder` on a live bus under MockClock (conditions, the
-bus method, post windows, floods, a full disk).
+bus method, post windows, floods, a full disk); `vwos record --snapshot` as a real process.
 
 Every snapshot file is read back with the mcap reader and with npm's @mcap/core (`check_file`, from
 test_record)."""
@@ -12,6 +12,8 @@ import itertools
 import json
 import math
 import os
+import signal
+import sys
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ import trio.testing
 from test_record import check_file, node_reader  # noqa: F401 -- the fixtures behind `read_twice`
 
 import bus
-from bus import Bus, NotAvailable, RemoteError, Sample, Topic
+from bus import Bus, NotAvailable, Permissions, RemoteError, Sample, Topic
 from services.record import (
     SNAPSHOT_METHOD,
     Condition,
@@ -42,6 +44,7 @@ from services.record import (
     record_bus,
 )
 from services.record._snapshot import Snapshot, SnapshotRing, Snapshotter, Trigger, sample_size
+from vwos._cli import main as vwos_main
 
 SPEED = Topic("Snap.Speed", float, unit="km/h")
 GEAR = Topic("Snap.Gear", str)
@@ -864,3 +867,124 @@ def test_the_recorder_counts_gaps_and_writes_what_is_left_when_closed(
 def test_a_recorder_needs_a_directory(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="is not a directory"):
         SnapshotRecorder(tmp_path / "no" / "drive.mcap", 5.0)
+
+
+# -- the command --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        (
+            ["--snapshot", "10", "--trigger", "Vehicle.Speed >"],
+            "trigger 'Vehicle.Speed >': nothing to compare",
+        ),
+        (["--snapshot", "10", "--trigger", "Vehicle.* > 3"], "one name, not a pattern"),
+        (["--trigger", "Vehicle.Speed > 3"], "--trigger needs --snapshot SECONDS"),
+        (["--post", "3"], "--post needs --snapshot SECONDS"),
+        (["--min-interval", "3"], "--min-interval needs --snapshot SECONDS"),
+        (["--snapshot-method", "A.B"], "--snapshot-method needs --snapshot SECONDS"),
+        (["--snapshot-max-mb", "3"], "--snapshot-max-mb needs --snapshot SECONDS"),
+        (["--snapshot", "10", "--split-size", "5"], "--split-size does not go with --snapshot"),
+        (["--snapshot", "10", "--snapshot-method", "Bad..Name"], "--snapshot-method: "),
+        (["--snapshot", "10", "--no-snapshot-method"], "needs a --trigger"),
+    ],
+)
+def test_bad_snapshot_options_are_one_line_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], problem: str
+) -> None:
+    argv = ["record", str(tmp_path / "x.mcap"), "--socket", str(tmp_path / "none.sock"), *extra]
+    assert vwos_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("vwos record: ")
+    assert problem in err
+    assert not (tmp_path / "x.mcap").exists()
+
+
+def _allow_all(creds: bus.PeerCredentials, name: str) -> Permissions:
+    return Permissions.ALL
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[tuple[Bus, Path]]:
+    the_bus = Bus()
+    path = tmp_path / "bus.sock"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: bus.serve_unix(the_bus, path, authorize=_allow_all, task_status=task_status)
+        )
+        yield the_bus, path
+        nursery.cancel_scope.cancel()
+
+
+def _vwos(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vwos", *args]
+
+
+async def _until(predicate: Any) -> None:
+    with trio.fail_after(TIMEOUT):
+        while not predicate():  # noqa: ASYNC110 -- a file another process writes
+            await trio.sleep(0.02)
+
+
+def served(the_bus: Bus, method: str) -> bool:
+    try:
+        the_bus.method(method)
+    except bus.NoSuchMethodError:
+        return False
+    return True
+
+
+async def test_vwos_record_snapshot_with_a_trigger_and_vwos_bus_call(
+    broker: tuple[Bus, Path], tmp_path: Path, read_twice: Any
+) -> None:
+    the_bus, socket = broker
+    out = tmp_path / "drive.mcap"
+    car = the_bus.client("car")
+    speed_pub, gear = car.publisher(Topic("Cli.Speed", float)), car.publisher(Topic("Cli.Gear", str))
+    log_out, log_err = tmp_path / "record.out", tmp_path / "record.err"
+    with trio.fail_after(TIMEOUT), log_out.open("wb") as stdout, log_err.open("wb") as stderr:
+        recorder = await trio.lowlevel.open_process(
+            _vwos(
+                "record", str(out), "Cli.**", "--snapshot", "30", "--trigger", 'Cli.Gear == "R"',
+                "--post", "0.3", "--socket", str(socket), "--vehicle-id", "WVW-5",
+            ),
+            stdout=stdout,
+            stderr=stderr,
+        )  # fmt: skip
+        try:
+            await _until(lambda: served(the_bus, SNAPSHOT_METHOD))
+            for i in range(300):
+                speed_pub.publish_nowait(float(i))
+                if i in (100, 250):
+                    gear.publish_nowait("R" if i == 100 else "D")
+                await trio.sleep(0.002)
+            await _until(lambda: "snapshot 0:" in log_out.read_text())
+            done = await trio.run_process(
+                _vwos("bus", "call", SNAPSHOT_METHOD, "--socket", str(socket), "--json"),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            recorder.send_signal(signal.SIGINT)
+            await recorder.wait()
+        finally:
+            if recorder.returncode is None:
+                recorder.kill()
+                await recorder.wait()
+    assert recorder.returncode == 0, log_err.read_text()
+    reply = json.loads(done.stdout)["result"]
+    assert Path(reply["file"]).name == "drive_snap_0001.mcap"
+    assert reply["samples"] == 302
+    assert reply["triggers"] == ["request"]
+    text = log_out.read_text()
+    assert "snapshot 0: " in text
+    assert '(Cli.Gear == "R")' in text
+    assert "recorded 302 samples (0 dropped)" in text
+    first, second = read_twice(tmp_path / "drive_snap_0000.mcap", tmp_path / "drive_snap_0001.mcap")
+    assert first.metadata["vwos"]["vehicle_id"] == "WVW-5"
+    assert json.loads(first.metadata["vwos"]["trigger"]) == ['Cli.Gear == "R"']
+    assert {c.topic for c in first.channels} == {"Cli.Speed", "Cli.Gear"}
+    assert 102 <= first.messages <= second.messages == 302
