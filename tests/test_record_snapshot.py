@@ -864,6 +864,27 @@ def test_the_recorder_counts_gaps_and_writes_what_is_left_when_closed(
         recorder.write(speed(4.0, 1.3, 7))
 
 
+async def test_a_flood_of_calls_joins_one_snapshot(
+    recording: Any, autojump_clock: trio.testing.MockClock, read_twice: Any
+) -> None:
+    rec = await recording(5.0, post=1.0)
+    rec.bus.client("car").publisher(SPEED).publish_nowait(1.0)
+    replies: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        for i in range(50):
+            caller = rec.bus.client(f"caller-{i}")
+
+            async def call(caller: Any = caller, i: int = i) -> None:
+                replies.append(await caller.call(SNAPSHOT_METHOD, f"call {i}"))
+
+            nursery.start_soon(call)
+    assert len({r.file for r in replies}) == 1
+    assert len(replies) == 50
+    assert len(replies[0].triggers) == 32  # the rest counted
+    (info,) = read_twice(Path(replies[0].file))
+    assert info.metadata["vwos"]["more_triggers"] == "18"
+
+
 def test_a_recorder_needs_a_directory(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="is not a directory"):
         SnapshotRecorder(tmp_path / "no" / "drive.mcap", 5.0)
@@ -948,7 +969,8 @@ async def test_vwos_record_snapshot_with_a_trigger_and_vwos_bus_call(
         recorder = await trio.lowlevel.open_process(
             _vwos(
                 "record", str(out), "Cli.**", "--snapshot", "30", "--trigger", 'Cli.Gear == "R"',
-                "--post", "0.3", "--socket", str(socket), "--vehicle-id", "WVW-5",
+                "--trigger", "Cli.Gear > 3", "--post", "0.3", "--socket", str(socket),
+                "--vehicle-id", "WVW-5",
             ),
             stdout=stdout,
             stderr=stderr,
@@ -975,6 +997,10 @@ async def test_vwos_record_snapshot_with_a_trigger_and_vwos_bus_call(
                 recorder.kill()
                 await recorder.wait()
     assert recorder.returncode == 0, log_err.read_text()
+    assert log_err.read_text() == (
+        "vwos record: trigger 'Cli.Gear > 3': 2 samples of Cli.Gear were str, which it cannot compare (false "
+        "for them)\n"
+    )
     reply = json.loads(done.stdout)["result"]
     assert Path(reply["file"]).name == "drive_snap_0001.mcap"
     assert reply["samples"] == 302

@@ -174,7 +174,7 @@ def record_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
         return EXIT_USAGE
     socket = args.socket or default_socket_path()
     tune_gc()  # as vwos's own processes (collecting every 700 allocations cost a third of the rate)
-    args.snapshot_out, args.snapshot_failures = out, 0
+    args.snapshot_out, args.snapshot_failures, args.snapshot_recorder = out, 0, None
     try:
         result = _run(_record, args, patterns, socket)
     except RecordingError as exc:
@@ -192,6 +192,15 @@ def record_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
     if lost is not None:
         _say(err, "record", f"the connection to the bus was lost ({lost}); the recording ends there")
         return EXIT_FAILED
+    for trigger in args.snapshot_recorder.snapshotter.triggers if args.snapshot_recorder else ():
+        if trigger.mismatched:
+            _say(
+                err,
+                "record",
+                f"trigger {trigger.condition.text!r}: {trigger.mismatched} samples of "
+                f"{trigger.condition.topic} were {trigger.mismatched_type}, which it cannot compare "
+                "(false for them)",
+            )
     if args.snapshot_failures:
         _say(err, "record", f"{args.snapshot_failures} snapshot(s) could not be written (see above)")
         return EXIT_FAILED
@@ -352,7 +361,7 @@ def _snapshot_recorder(args: argparse.Namespace, patterns: Sequence[str]) -> Any
             )
         out.flush()
 
-    return SnapshotRecorder(
+    args.snapshot_recorder = SnapshotRecorder(
         args.out,
         args.snapshot,
         conditions=args.conditions,
@@ -365,6 +374,7 @@ def _snapshot_recorder(args: argparse.Namespace, patterns: Sequence[str]) -> Any
         vehicle_id=args.vehicle_id,
         on_snapshot=said,
     )
+    return args.snapshot_recorder
 
 
 async def _stop_on_signal(stop: trio.Event) -> None:
