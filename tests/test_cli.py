@@ -504,8 +504,10 @@ def _number_options() -> list[tuple[list[str], argparse.Action]]:
     return found
 
 
-#: Options for which 0 means something (tail's ``-n 0``; replay as fast as possible).
+#: Options for which 0 means something (tail's ``-n 0``; replay as fast as possible; no post window, no
+#: minimum interval between snapshots).
 ZERO_ALLOWED = {("logs", "--lines"), ("can", "replay", "--speed"), ("replay", "--rate")}
+ZERO_ALLOWED |= {("record", "--post"), ("record", "--min-interval")}
 BAD_SECONDS = ["nan", "inf", "-inf", "-1", "0", "-0.0", "abc", "", "1e300", "1e10"]
 BAD_COUNTS = ["nan", "inf", "-5", "0", "1.5", "abc", "", "9" * 5000]
 

@@ -4,7 +4,9 @@
 the form Foxglove reads; zstd chunks; splitting); `record_bus` records a live bus through any
 `bus.BusHandle`; `read_recording` reads the samples back as bus values and `bag_info` summarizes a file;
 `replay` publishes a recording into a bus (under trio's MockClock, deterministically: the test kit's way to
-play a drive into a harness). `sample_json`, `to_json`, `from_json` and `sample_schema` are the JSON form.
+play a drive into a harness). Snapshot mode: `SnapshotRecorder` (given to `record_bus`) keeps the last N
+seconds in memory and writes them when a `Condition` (`parse_condition`) or a call of `SNAPSHOT_METHOD`
+triggers it. `sample_json`, `to_json`, `from_json` and `sample_schema` are the JSON form.
 Needs the ``record`` extra (the ``mcap`` and ``zstandard`` packages). See ``docs/record.md``.
 """
 
@@ -19,19 +21,29 @@ if TYPE_CHECKING:
     from services.record._recorder import DEFAULT_QUEUE_SIZE, RecordResult, record_bus
     from services.record._replay import ReplayResult, replay
     from services.record._schema import sample_schema
+    from services.record._snapshot import Condition, ConditionError, SnapshotTooSoonError, parse_condition
+    from services.record._snapshot_run import SNAPSHOT_METHOD, SnapshotRecorder, SnapshotReply, SnapshotResult
     from services.record._writer import METADATA_NAME, RecordingWriter
 
 __all__ = [
     "DEFAULT_QUEUE_SIZE",
     "METADATA_NAME",
+    "SNAPSHOT_METHOD",
     "BagInfo",
     "ChannelInfo",
+    "Condition",
+    "ConditionError",
     "RecordResult",
     "RecordingError",
     "RecordingWriter",
     "ReplayResult",
+    "SnapshotRecorder",
+    "SnapshotReply",
+    "SnapshotResult",
+    "SnapshotTooSoonError",
     "bag_info",
     "from_json",
+    "parse_condition",
     "read_recording",
     "record_bus",
     "replay",
@@ -59,6 +71,14 @@ _LAZY: dict[str, str] = {
     "ReplayResult": "_replay",
     "replay": "_replay",
     "sample_schema": "_schema",
+    "Condition": "_snapshot",
+    "ConditionError": "_snapshot",
+    "SnapshotTooSoonError": "_snapshot",
+    "parse_condition": "_snapshot",
+    "SNAPSHOT_METHOD": "_snapshot_run",
+    "SnapshotRecorder": "_snapshot_run",
+    "SnapshotReply": "_snapshot_run",
+    "SnapshotResult": "_snapshot_run",
     "METADATA_NAME": "_writer",
     "RecordingWriter": "_writer",
 }

@@ -70,6 +70,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _seconds_or_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value <= _MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``record``, ``replay`` and ``bag`` to the ``vwos`` command's subparsers."""
     socket_help = "the bus socket (default: $VWOS_SOCKET, as vwos run)"
@@ -93,6 +103,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--queue-size", type=_count, default=None, metavar="N", help="the recorder's queue (default 200000)"
     )
     record.add_argument("--socket", metavar="PATH", help=socket_help)
+    _snapshot_options(record)
     record.set_defaults(handler=record_command)
 
     play = subparsers.add_parser(
@@ -157,8 +168,13 @@ def record_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
         except Exception as exc:
             _say(err, "record", f"{pattern!r}: not a topic pattern: {exc}")
             return EXIT_USAGE
+    problem = _check_snapshot_options(args)
+    if problem is not None:
+        _say(err, "record", problem)
+        return EXIT_USAGE
     socket = args.socket or default_socket_path()
     tune_gc()  # as vwos's own processes (collecting every 700 allocations cost a third of the rate)
+    args.snapshot_out, args.snapshot_failures, args.snapshot_recorder = out, 0, None
     try:
         result = _run(_record, args, patterns, socket)
     except RecordingError as exc:
@@ -171,10 +187,22 @@ def record_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
         _say(err, "record", f"{type(exc).__name__}: {exc}")
         return EXIT_FAILED
     recorded, dropped, seconds, files, lost = result
-    where = ", ".join(files)
+    where = ", ".join(files) or "no file (no snapshot was triggered)"
     out.write(f"recorded {recorded} samples ({dropped} dropped) in {seconds:.1f} s to {where}\n")
     if lost is not None:
         _say(err, "record", f"the connection to the bus was lost ({lost}); the recording ends there")
+        return EXIT_FAILED
+    for trigger in args.snapshot_recorder.snapshotter.triggers if args.snapshot_recorder else ():
+        if trigger.mismatched:
+            _say(
+                err,
+                "record",
+                f"trigger {trigger.condition.text!r}: {trigger.mismatched} samples of "
+                f"{trigger.condition.topic} were {trigger.mismatched_type}, which it cannot compare "
+                "(false for them)",
+            )
+    if args.snapshot_failures:
+        _say(err, "record", f"{args.snapshot_failures} snapshot(s) could not be written (see above)")
         return EXIT_FAILED
     return EXIT_DROPPED if dropped else EXIT_OK
 
@@ -188,13 +216,17 @@ async def _record(
 
     stop = trio.Event()
     async with connect_unix(socket, "vwos-record") as client:
-        writer = RecordingWriter(
-            args.out,
-            patterns=patterns,
-            vehicle_id=args.vehicle_id,
-            split_size=args.split_size,
-            split_duration=args.split_duration,
-        )
+        writer: Any
+        if args.snapshot is not None:
+            writer = _snapshot_recorder(args, patterns)
+        else:
+            writer = RecordingWriter(
+                args.out,
+                patterns=patterns,
+                vehicle_id=args.vehicle_id,
+                split_size=args.split_size,
+                split_duration=args.split_duration,
+            )
         lost: str | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, stop)
@@ -215,6 +247,134 @@ async def _record(
                 recorded, dropped, seconds = writer.recorded, writer.dropped, 0.0
             nursery.cancel_scope.cancel()
     return recorded, dropped, seconds, [str(f) for f in writer.files], lost
+
+
+# -- record --snapshot ------------------------------------------------------------------------------------
+
+_MAX_TRIGGERS: Final = 100
+
+
+def _snapshot_options(record: argparse.ArgumentParser) -> None:
+    from services.record._snapshot import DEFAULT_MIN_INTERVAL
+    from services.record._snapshot_run import SNAPSHOT_METHOD
+
+    group = record.add_argument_group(
+        "snapshot mode",
+        "Keep the last SECONDS in memory and write them to OUT_snap_NNNN.mcap when a --trigger condition "
+        f"becomes true or the bus method {SNAPSHOT_METHOD} is called (docs/record.md).",
+    )
+    group.add_argument("--snapshot", type=_seconds, metavar="SECONDS", help="keep this many seconds")
+    group.add_argument(
+        "--trigger",
+        action="append",
+        default=[],
+        metavar="COND",
+        help="snapshot when COND becomes true: 'TOPIC OP VALUE' (OP > >= < <= == !=) or 'TOPIC is not "
+        "available'; repeatable",
+    )
+    group.add_argument(
+        "--post", type=_seconds_or_zero, default=0.0, metavar="S", help="also keep S seconds after a trigger"
+    )
+    group.add_argument(
+        "--min-interval",
+        type=_seconds_or_zero,
+        default=DEFAULT_MIN_INTERVAL,
+        metavar="S",
+        help=f"each trigger fires at most once per S seconds (default {DEFAULT_MIN_INTERVAL:g})",
+    )
+    group.add_argument(
+        "--snapshot-max-samples", type=_count, default=None, metavar="N", help="hold at most N samples"
+    )
+    group.add_argument(
+        "--snapshot-max-mb",
+        type=_megabytes,
+        default=None,
+        metavar="MB",
+        help="hold about MB megabytes at most",
+    )
+    group.add_argument(
+        "--snapshot-method",
+        default=SNAPSHOT_METHOD,
+        metavar="NAME",
+        help=f"the bus method that takes a snapshot (default {SNAPSHOT_METHOD})",
+    )
+    group.add_argument("--no-snapshot-method", action="store_true", help="serve no method (triggers only)")
+
+
+def _check_snapshot_options(args: argparse.Namespace) -> str | None:
+    """What is wrong with the snapshot options (one line), or None; parses the triggers into
+    ``args.conditions``."""
+    from bus import Method
+    from services.record._snapshot import DEFAULT_MIN_INTERVAL, ConditionError, parse_condition
+    from services.record._snapshot_run import SNAPSHOT_METHOD
+
+    args.conditions = []
+    snapshot_only = [
+        ("--trigger", bool(args.trigger)),
+        ("--post", args.post != 0.0),
+        ("--min-interval", args.min_interval != DEFAULT_MIN_INTERVAL),
+        ("--snapshot-method", args.snapshot_method != SNAPSHOT_METHOD),
+        ("--snapshot-max-samples", args.snapshot_max_samples is not None),
+        ("--snapshot-max-mb", args.snapshot_max_mb is not None),
+        ("--no-snapshot-method", args.no_snapshot_method),
+    ]
+    if args.snapshot is None:
+        for option, given in snapshot_only:
+            if given:
+                return f"{option} needs --snapshot SECONDS"
+        return None
+    for option, value in (("--split-size", args.split_size), ("--split-duration", args.split_duration)):
+        if value is not None:
+            return f"{option} does not go with --snapshot (each snapshot is one file)"
+    if len(args.trigger) > _MAX_TRIGGERS:
+        return f"at most {_MAX_TRIGGERS} --trigger conditions, not {len(args.trigger)}"
+    for text in args.trigger:
+        try:
+            args.conditions.append(parse_condition(text))
+        except ConditionError as exc:
+            return str(exc)
+    if not args.no_snapshot_method:
+        try:
+            Method(args.snapshot_method)
+        except Exception as exc:
+            return f"--snapshot-method: {exc}"
+    elif not args.conditions:
+        return "--no-snapshot-method needs a --trigger: nothing could take a snapshot"
+    return None
+
+
+def _snapshot_recorder(args: argparse.Namespace, patterns: Sequence[str]) -> Any:
+    from services.record._snapshot import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES
+    from services.record._snapshot_run import SnapshotRecorder, SnapshotResult
+
+    out: TextIO = args.snapshot_out
+
+    def said(result: SnapshotResult) -> None:
+        if result.error is not None:
+            args.snapshot_failures += 1
+            out.write(f"snapshot {result.index} failed: {result.error}\n")
+        else:
+            cut = " (cut short: the recording ended)" if result.truncated else ""
+            out.write(
+                f"snapshot {result.index}: {result.samples} samples to {result.path} "
+                f"({'; '.join(result.triggers)}){cut}\n"
+            )
+        out.flush()
+
+    args.snapshot_recorder = SnapshotRecorder(
+        args.out,
+        args.snapshot,
+        conditions=args.conditions,
+        post=args.post,
+        min_interval=args.min_interval,
+        max_samples=args.snapshot_max_samples or DEFAULT_MAX_SAMPLES,
+        max_bytes=args.snapshot_max_mb or DEFAULT_MAX_BYTES,
+        patterns=patterns,
+        method=None if args.no_snapshot_method else args.snapshot_method,
+        vehicle_id=args.vehicle_id,
+        on_snapshot=said,
+    )
+    return args.snapshot_recorder
 
 
 async def _stop_on_signal(stop: trio.Event) -> None:

@@ -11,6 +11,7 @@ import attrs
 import trio
 
 from bus import BusHandle, Overflow, Sample, Subscription
+from services.record._snapshot_run import SnapshotRecorder
 from services.record._writer import RecordingWriter
 
 __all__ = ["DEFAULT_QUEUE_SIZE", "RecordResult", "record_bus"]
@@ -36,7 +37,7 @@ class RecordResult:
 
 async def record_bus(
     handle: BusHandle,
-    writer: RecordingWriter,
+    writer: RecordingWriter | SnapshotRecorder,
     patterns: Sequence[str] = ("**",),
     *,
     duration: float | None = None,
@@ -53,16 +54,26 @@ async def record_bus(
     publisher, and what the queue drops is counted (`RecordResult.dropped`, and the files' metadata: the
     larger of the subscription's own count and the gaps in the topics' seq numbers). ``task_status`` is
     started once subscribed.
+
+    With a `SnapshotRecorder` in place of the writer it records in snapshot mode: the samples go to its
+    ring, it serves its bus method and writes its snapshots while the recording goes on (``task_status``
+    is started once the method is served too); `RecordResult.files` are the snapshots written.
     """
     started = trio.current_time()
     ended = "duration"
     try:
-        sub = handle.subscribe(*patterns, queue_size=queue_size, overflow=Overflow.DROP_OLDEST)
+        snapshots = writer if isinstance(writer, SnapshotRecorder) else None
+        watched = snapshots.watch_topics if snapshots is not None else ()
+        sub = handle.subscribe(*patterns, *watched, queue_size=queue_size, overflow=Overflow.DROP_OLDEST)
         with sub:
-            task_status.started()
+            if snapshots is None:
+                task_status.started()
             with trio.move_on_after(math.inf if duration is None else duration) as scope:
                 try:
                     async with trio.open_nursery() as nursery:
+                        if snapshots is not None:
+                            await nursery.start(snapshots.run, handle, sub)
+                            task_status.started()
                         if stop is not None:
                             nursery.start_soon(_cancel_on, stop, scope)
                         while True:
