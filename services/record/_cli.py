@@ -240,6 +240,8 @@ def replay_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
     except RecordingError as exc:
         _say(err, "replay", str(exc))
         return EXIT_FAILED
+    for warning in info.warnings:  # no summary (its recorder was killed): replayed as far as it goes
+        _say(err, "replay", warning)
     for channel in info.channels:
         if (channel.message_encoding, channel.schema_encoding) != ("json", "jsonschema"):
             _say(
@@ -337,6 +339,7 @@ def bag_info_command(
         ("Messages", info.messages),
         ("Chunks", f"{info.chunks} ({', '.join(info.compression) or 'none'})"),
     ]
+    rows.extend(("Warning", w) for w in info.warnings)  # no summary: what was lost, in one line
     for name, value in rows:
         out.write(f"{name + ':':<14}{value}\n")
     width = max((len(c.topic) for c in info.channels), default=5)

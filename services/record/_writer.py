@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import math
 import os
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any, Final
@@ -116,6 +117,9 @@ class RecordingWriter:
         self._schemas: dict[str | None, int] = {}
         self._first_bus_time: float | None = None
         self._closed = False
+        #: Names this recording in each file's metadata (``recording_id``): the parts of one split recording
+        #: have the same.
+        self.recording_id = uuid.uuid4().hex
         self._open_next()
 
     # -- files ----------------------------------------------------------------------------------------
@@ -136,23 +140,32 @@ class RecordingWriter:
             raise RecordingError(f"{path}: cannot write the recording: {exc.strerror or exc}") from None
         self.files.append(path)
         self._writer = Writer(self._stream, chunk_size=self.chunk_size, compression=CompressionType.ZSTD)
-        self._writer.start(profile=PROFILE, library=f"vwos {_version()}")
+        try:
+            self._writer.start(profile=PROFILE, library=f"vwos {_version()}")
+            # What is known at the start, on disk at once: a file whose recorder is killed still says what
+            # it is (the metadata record at the end, with the counts, supersedes this one).
+            self._writer.add_metadata(METADATA_NAME, self._metadata(final=False))
+            self._stream.flush()
+        except OSError as exc:
+            _close_quietly(self._stream)
+            self._stream = self._writer = None
+            self._closed = True
+            raise self._write_error(exc) from None
         self._channels.clear()
         self._current.clear()
         self._schemas.clear()
         self._first_bus_time = None
         self._file_recorded = 0
 
-    def _metadata(self) -> dict[str, str]:
-        data = {
-            "vwos_version": _version(),
-            "patterns": json.dumps(list(self.patterns)),
-            "recorded": str(self._file_recorded),
-            "dropped": str(self.dropped),
-            "refused": str(self.refused),
-            "file_index": str(len(self.files) - 1),
-            **self.extra_metadata,
-        }
+    def _metadata(self, *, final: bool = True) -> dict[str, str]:
+        data = {"vwos_version": _version(), "patterns": json.dumps(list(self.patterns))}
+        if final:
+            data["recorded"] = str(self._file_recorded)
+            data["dropped"] = str(self.dropped)
+            data["refused"] = str(self.refused)
+        data["file_index"] = str(len(self.files) - 1)
+        data["recording_id"] = self.recording_id
+        data.update(self.extra_metadata)
         if self.vehicle_id is not None:
             data["vehicle_id"] = self.vehicle_id
         return data
@@ -280,6 +293,29 @@ class RecordingWriter:
         if not splits:
             self._file_recorded += n
             self.recorded += n
+
+    def flush(self) -> None:
+        """End the chunk being built and hand everything written so far to the operating system (not
+        fsync'd): what a ``kill -9`` of the recorder cannot lose from then on. `record_bus` calls it every
+        ``flush_interval`` seconds. Compression works per chunk: flushing very often costs size."""
+        if self._closed or self._writer is None or self._stream is None:
+            return
+        try:
+            self._writer.flush()
+        except OSError as exc:
+            self._closed = True
+            stream, self._stream, self._writer = self._stream, None, None
+            _close_quietly(stream)
+            raise self._write_error(exc) from None
+
+    def _dup_fd(self) -> int | None:
+        """A duplicate of the current file's descriptor, for an fsync in another thread (None: closed)."""
+        if self._stream is None:
+            return None
+        try:
+            return os.dup(self._stream.fileno())
+        except (OSError, ValueError):
+            return None
 
     def count_dropped(self, n: int) -> None:
         """Say that at least ``n`` samples never reached the recording (a subscription's own count)."""
