@@ -268,7 +268,7 @@ def test_bag_info_says_in_one_line_that_a_file_has_no_summary(
     assert data["lost_bytes"] == bag_info(path).lost_bytes > 0
     assert data["messages"] == expected_messages(cut)
     assert vwos_main(["bag", "info", "--json", str(tmp_path / "whole.mcap")]) == 1  # missing: still an error
-    assert "No such file" in capsys.readouterr().err
+    assert "no such file" in capsys.readouterr().err
 
 
 # -- the recorder's flushes -----------------------------------------------------------------------------

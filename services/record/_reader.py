@@ -15,7 +15,7 @@ import attrs
 
 from bus import Codec, CodecError, NotAvailable, Sample, TypeSchema, default_codec, matches
 from services.record._json import RecordingError, from_json
-from services.record._scan import MAGIC, Scan, scan_messages
+from services.record._scan import MAGIC, Scan, leading_metadata, scan_messages
 from services.record._schema import TYPE_KEY, value_expr
 
 __all__ = ["BagInfo", "ChannelInfo", "bag_info", "read_recording"]
@@ -79,6 +79,19 @@ def _whole(file: Path) -> tuple[Any, Any, dict[str, dict[str, str]]] | str:
     except OSError as exc:
         raise RecordingError(f"{file}: {exc.strerror or exc}") from None
     return header, summary, metadata
+
+
+def file_metadata(file: Path) -> dict[str, dict[str, str]]:
+    """The metadata records of a file by name: a whole file's (the last of each name), else those written
+    before its first chunk (a killed recorder's file). Cheap: no chunk is decompressed."""
+    whole = _whole(file)
+    if not isinstance(whole, str):
+        return whole[2]
+    try:
+        with open(file, "rb") as stream:
+            return leading_metadata(stream, os.fstat(stream.fileno()).st_size)
+    except OSError as exc:
+        raise RecordingError(f"{file}: {exc.strerror or exc}") from None
 
 
 @contextmanager

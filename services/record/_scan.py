@@ -17,7 +17,7 @@ from typing import IO, Any, Final
 
 from services.record._json import RecordingError
 
-__all__ = ["MAGIC", "Scan", "scan_messages"]
+__all__ = ["MAGIC", "Scan", "leading_metadata", "scan_messages"]
 
 #: The bytes every MCAP file starts and ends with.
 MAGIC: Final = b"\x89MCAP0\r\n"
@@ -174,6 +174,25 @@ def scan_messages(path: Path, stream: IO[bytes], scan: Scan) -> Iterator[tuple[A
         scan.problem = f"no closing magic at byte {scan.end_offset}"
     except (McapError, struct.error, ValueError, UnicodeDecodeError, MemoryError) as exc:
         scan.problem = f"an unreadable record at byte {scan.end_offset}: {_what(exc)}"
+
+
+def leading_metadata(stream: IO[bytes], size: int) -> dict[str, dict[str, str]]:
+    """The metadata records before the first chunk of the file open as ``stream`` (at its start): what a
+    vwos recorder writes at the start of each file. Reads no further than the first chunk."""
+    from mcap.records import Chunk, Footer, Metadata
+    from mcap.stream_reader import StreamReader
+
+    found: dict[str, dict[str, str]] = {}
+    records = StreamReader(_Exact(stream, size), emit_chunks=True, record_size_limit=RECORD_LIMIT).records  # type: ignore[arg-type]
+    try:
+        for record in records:
+            if isinstance(record, Metadata):
+                found[record.name] = dict(record.metadata)
+            elif isinstance(record, (Chunk, Footer)):
+                break
+    except Exception:  # a file cut short or damaged before its first chunk: what was found so far
+        pass
+    return found
 
 
 def _what(exc: BaseException) -> str:

@@ -114,6 +114,8 @@ class RecordingWriter:
         self._stream: IO[bytes] | None = None
         self._channels: dict[tuple[str, str | None], _Channel] = {}
         self._current: dict[str, _Channel] = {}
+        #: Each topic's type (its last), across the files of a split recording.
+        self._last_keys: dict[str, str] = {}
         self._schemas: dict[str | None, int] = {}
         self._first_bus_time: float | None = None
         self._closed = False
@@ -211,10 +213,13 @@ class RecordingWriter:
         return schema_id
 
     def _channel(self, topic: str, key: str | None) -> _Channel:
-        if key is None:  # not available: the topic's channel as it is
+        if key is None:  # not available: the topic's channel as it is (its type's in an earlier part)
             current = self._current.get(topic)
             if current is not None:
                 return current
+            key = self._last_keys.get(topic)
+        else:
+            self._last_keys[topic] = key
         channel = self._channels.get((topic, key))
         if channel is None:
             channel_id = self._writer.register_channel(
