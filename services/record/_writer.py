@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from bus import Codec, NotAvailable, Sample, default_codec
-from services.record._json import RecordingError, float_encoder, sample_json, type_key
+from services.record._fastmcap import MessageAdder, message_adder
+from services.record._json import RecordingError, float_encoder, float_tail, sample_json, type_key
 from services.record._schema import SCHEMA_ENCODING, sample_schema, schemas_of
 
 __all__ = ["METADATA_NAME", "PROFILE", "RecordingWriter"]
@@ -52,14 +53,16 @@ def _close_quietly(stream: IO[bytes]) -> None:
 
 
 class _Channel:
-    __slots__ = ("encode_float", "id", "key", "publisher")
+    __slots__ = ("encode_float", "id", "key", "publisher", "tail")
 
     def __init__(self, channel_id: int, key: str | None) -> None:
         self.id = channel_id
         self.key = key
-        #: The publisher whose floats `encode_float` encodes (None: not a float channel yet).
+        #: The publisher whose floats `encode_float` encodes (None: not a float channel yet), and the end
+        #: of their messages after the value (`float_tail`).
         self.publisher: str | None = None
         self.encode_float: Any = None
+        self.tail = ""
 
 
 class RecordingWriter:
@@ -142,6 +145,7 @@ class RecordingWriter:
             raise RecordingError(f"{path}: cannot write the recording: {exc.strerror or exc}") from None
         self.files.append(path)
         self._writer = Writer(self._stream, chunk_size=self.chunk_size, compression=CompressionType.ZSTD)
+        self._add: MessageAdder = message_adder(self._writer)
         try:
             self._writer.start(profile=PROFILE, library=f"vwos {_version()}")
             # What is known at the start, on disk at once: a file whose recorder is killed still says what
@@ -253,7 +257,7 @@ class RecordingWriter:
     def _write_many(self, samples: Iterable[Sample[Any]]) -> None:
         splits = self.split_size is not None or self.split_duration is not None
         channels = self._current
-        add = self._writer.add_message
+        add = self._add
         codec = self.codec
         last_seq = self._last_seq
         missed = 0
@@ -262,15 +266,20 @@ class RecordingWriter:
             topic, value, timestamp, bus_time, publisher, seq = sample
             if splits:
                 self._maybe_split(bus_time)
-                add = self._writer.add_message
+                add = self._add
                 channels = self._current
             last = last_seq.get(topic)
             if last is not None and seq > last + 1:
                 missed += seq - last - 1
             last_seq[topic] = seq
             channel = channels.get(topic)
-            if type(value) is float and channel is not None and channel.publisher == publisher:
-                data = channel.encode_float(value, seq)  # the hot path: a float of the topic's publisher
+            if (
+                type(value) is float
+                and channel is not None
+                and channel.publisher == publisher
+                and value - value == 0.0  # finite
+            ):  # the hot path: a finite float of the topic's publisher, its message built here
+                data = f'{{"value":{value!r}{channel.tail}{seq}}}'.encode()
             else:
                 key = type_key(value, codec) if type(value) is not NotAvailable else None
                 if channel is None or (key is not None and channel.key != key):
@@ -279,6 +288,7 @@ class RecordingWriter:
                     if channel.publisher != publisher:
                         channel.publisher = publisher
                         channel.encode_float = float_encoder(publisher)
+                        channel.tail = float_tail(publisher)
                     data = channel.encode_float(value, seq)
                 else:
                     try:
