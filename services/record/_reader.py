@@ -1,5 +1,7 @@
-"""Reading a recording: its samples back as bus values (`read_recording`) and its summary (`bag_info`);
-a file that is not a whole MCAP recording gives one `RecordingError` naming the file and what is wrong."""
+"""Reading one recording file: its samples back as bus values (`read_recording`) and its summary
+(`bag_info`); a file without a summary (its recorder was killed) is read by a scan (`_scan`) up to its
+first incomplete record; a file that is not MCAP, or whose chunks are damaged, gives one `RecordingError`
+naming the file and what is wrong. Several files as one: `_parts`."""
 
 from __future__ import annotations
 
@@ -176,8 +178,8 @@ class BagInfo:
 def bag_info(path: str | os.PathLike[str]) -> BagInfo:
     """The summary of the recording at ``path``. A file without a summary (its recorder was killed before
     it finished the file) is read chunk by chunk instead: what it holds up to its first incomplete record,
-    with ``summary`` False, the bytes lost at its end in ``lost_bytes`` and a line in ``warnings``.
-    `RecordingError` if it is not an MCAP file, or its summary cannot be read."""
+    with ``summary`` False, the bytes lost at its end in ``lost_bytes`` and a line in ``warnings`` (so is a
+    file whose summary is damaged). `RecordingError` if it cannot be opened or is not an MCAP file."""
     file = Path(path)
     whole = _whole(file)
     if isinstance(whole, str):

@@ -126,19 +126,22 @@ def scan_messages(path: Path, stream: IO[bytes], scan: Scan) -> Iterator[tuple[A
                     inner = breakup_chunk(record, validate_crc=True)
                 except Exception as exc:  # zstd's errors, a CRC mismatch, a record cut short inside
                     raise _Unreadable(f"a damaged chunk: {_what(exc)}") from None
-                schemas, channels = dict(scan.schemas), dict(scan.channels)
+                schemas: dict[int, Any] = {}  # declared in this chunk: kept only if all of it is read
+                channels: dict[int, Any] = {}
                 found = []
-                for item in inner:  # all of the chunk or none of it
+                for item in inner:
                     if type(item) is Schema:
                         schemas[item.id] = item
                     elif type(item) is Channel:
                         channels[item.id] = item
                     elif type(item) is Message:
-                        channel = channels.get(item.channel_id)
+                        channel = channels.get(item.channel_id) or scan.channels.get(item.channel_id)
                         if channel is None:
                             raise _Unreadable(f"a message of channel {item.channel_id}, which none declared")
-                        found.append((schemas.get(channel.schema_id), channel, item))
-                scan.schemas, scan.channels = schemas, channels
+                        schema = schemas.get(channel.schema_id) or scan.schemas.get(channel.schema_id)
+                        found.append((schema, channel, item))
+                scan.schemas.update(schemas)
+                scan.channels.update(channels)
                 for _, _, message in found:
                     scan._count(message)
                 scan.chunks += 1
