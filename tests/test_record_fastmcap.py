@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hypothesis
 import hypothesis.strategies as st
+import pytest
 from strategies import mcap_messages
 
 from bus import Sample
@@ -71,3 +72,17 @@ def test_the_recorders_float_messages_are_sample_json(values: list[float]) -> No
         with path.open("rb") as stream:
             got = [m.data for _, _, m in make_reader(stream).iter_messages(log_time_order=False)]
     assert got == [sample_json(s) for s in written]
+
+
+def test_it_steps_aside_where_it_cannot_help_or_would_be_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcap.writer import Writer
+
+    from services.record import _fastmcap
+
+    unchunked = Writer(io.BytesIO(), use_chunking=False)
+    assert message_adder(unchunked) == unchunked.add_message  # nothing to save without chunks
+    monkeypatch.setattr(_fastmcap, "_checked", {})  # another mcap, whose Writer has other insides
+    monkeypatch.setattr(_fastmcap, "_fast_adder", lambda writer: writer._no_such_attribute)
+    writer = Writer(io.BytesIO())
+    assert not fast_path_works()
+    assert message_adder(writer) == writer.add_message

@@ -395,3 +395,57 @@ async def test_kill_9_of_vwos_record_keeps_what_it_flushed(
     assert "it has no summary" in err
     assert f"published {info.messages} samples" in done.stdout.decode()
     assert [s.value for s in listener.receive_batch_nowait()] == [float(i) for i in range(info.messages)]
+
+
+def test_an_unchunked_file_and_chunks_no_recorder_writes(tmp_path: Path) -> None:
+    from mcap.data_stream import RecordBuilder
+    from mcap.records import Chunk, Message
+    from mcap.writer import Writer
+
+    path = tmp_path / "unchunked.mcap"  # another tool's file: messages outside chunks
+    with path.open("wb") as stream:
+        writer = Writer(stream, use_chunking=False)
+        writer.start()
+        schema = writer.register_schema(
+            "float", "jsonschema", b'{"x-vwos": {"type": "float", "schemas": []}}'
+        )
+        channel = writer.register_channel("A", "json", schema)
+        for i in range(10):
+            data = json.dumps({"value": float(i), "available": True, "publisher": "p", "seq": i + 1}).encode()
+            writer.add_message(channel, i + 1, data, i + 1, i + 1)
+        writer.finish()  # type: ignore[no-untyped-call]
+    whole = path.read_bytes()
+    cut = tmp_path / "unchunked_cut.mcap"
+    cut.write_bytes(whole[: len(whole) // 2])
+    info = bag_info(cut)
+    got = [s.value for s in read_recording(cut)]
+    assert 0 < info.messages == len(got) < 10
+    assert got == [float(i) for i in range(len(got))]
+    assert (info.chunks, info.summary) == (0, False)
+
+    def chunk(records: bytes, size: int | None = None) -> bytes:
+        builder = RecordBuilder()
+        Chunk(
+            compression="",
+            data=records,
+            message_start_time=0,
+            message_end_time=0,
+            uncompressed_crc=0,
+            uncompressed_size=len(records) if size is None else size,
+        ).write(builder)
+        return bytes(builder.end())
+
+    orphan = RecordBuilder()  # a message whose channel no record declares
+    Message(channel_id=7, log_time=1, data=b"{}", publish_time=1, sequence=1).write(orphan)
+    whole_data, chunks = whole_recording()
+    head = whole_data[: chunks[0][0]]
+    for name, tail, problem in (
+        ("orphan", chunk(bytes(orphan.end())), "channel 7, which none declared"),
+        ("huge", chunk(b"", size=2**40), f"a chunk of {2**40} bytes"),
+    ):
+        odd = tmp_path / f"{name}.mcap"
+        odd.write_bytes(head + tail)
+        info = bag_info(odd)
+        assert info.messages == expected_messages(chunks[0][0])
+        assert info.lost_bytes == len(tail)
+        assert problem in info.warnings[0]

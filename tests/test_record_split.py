@@ -221,3 +221,15 @@ async def test_vwos_replay_takes_the_parts_and_patterns(broker: tuple[Bus, Path]
     assert bad.stderr.decode().count("\n") == 1
     assert "parts 1, 2 are missing" in bad.stderr.decode()
     assert len(written) > len(speeds)
+
+
+def test_two_files_of_the_same_part_and_no_file_at_all(tmp_path: Path) -> None:
+    _, files = split_recording(tmp_path)
+    copy = tmp_path / "copy.mcap"
+    copy.write_bytes(files[1].read_bytes())
+    with pytest.raises(RecordingError, match=f"{files[1]} and {copy} are both part 1 of the recording"):
+        bag_info([files[0], files[1], copy])
+    with pytest.raises(RecordingError, match="no recording given"):
+        bag_info([])
+    with pytest.raises(RecordingError, match="no such file, nor the parts"):
+        bag_info(tmp_path / "no" / "such" / "dir.mcap")
