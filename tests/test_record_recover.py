@@ -433,14 +433,14 @@ def test_an_unchunked_file_and_chunks_no_recorder_writes(tmp_path: Path) -> None
             uncompressed_crc=0,
             uncompressed_size=len(records) if size is None else size,
         ).write(builder)
-        return bytes(builder.end())
+        return bytes(builder.end())  # type: ignore[no-untyped-call]
 
     orphan = RecordBuilder()  # a message whose channel no record declares
     Message(channel_id=7, log_time=1, data=b"{}", publish_time=1, sequence=1).write(orphan)
     whole_data, chunks = whole_recording()
     head = whole_data[: chunks[0][0]]
     for name, tail, problem in (
-        ("orphan", chunk(bytes(orphan.end())), "channel 7, which none declared"),
+        ("orphan", chunk(bytes(orphan.end())), "channel 7, which none declared"),  # type: ignore[no-untyped-call]
         ("huge", chunk(b"", size=2**40), f"a chunk of {2**40} bytes"),
     ):
         odd = tmp_path / f"{name}.mcap"
