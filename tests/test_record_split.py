@@ -233,3 +233,18 @@ def test_two_files_of_the_same_part_and_no_file_at_all(tmp_path: Path) -> None:
         bag_info([])
     with pytest.raises(RecordingError, match="no such file, nor the parts"):
         bag_info(tmp_path / "no" / "such" / "dir.mcap")
+
+
+def test_parts_an_older_recording_left_behind_are_left_out(tmp_path: Path) -> None:
+    _, old = split_recording(tmp_path)  # four parts
+    written = samples(100)[:-2]  # a shorter recording to the same name: two parts
+    with RecordingWriter(tmp_path / "drive.mcap", split_duration=8.0) as writer:
+        writer.write_many(written)
+    assert len(writer.files) == 2
+    info = bag_info(tmp_path / "drive.mcap")
+    assert info.files == tuple(map(str, writer.files))
+    assert [w.split(":")[0] for w in info.warnings] == [str(old[2]), str(old[3])]
+    assert all("left out, from another recording" in w for w in info.warnings)
+    assert [_key(s) for s in read_recording(tmp_path / "drive.mcap")] == [_key(s) for s in written]
+    with pytest.raises(RecordingError, match="not a part of the recording"):
+        bag_info([*writer.files, old[2]])  # named by the caller: refused

@@ -80,13 +80,19 @@ def recording_set(paths: Recordings) -> RecordingSet:
     """The files ``paths`` name, in order: a file, a split recording's base name (its parts), or several
     of either. Several files must be the parts of one recording (`RecordingError` if one is from another
     recording, if a part is missing between two given, or given twice); given out of order, they are put
-    in order, with a warning; files without vwos's metadata are read in the order given, with a warning."""
+    in order, with a warning; files without vwos's metadata are read in the order given, with a warning.
+    Of the parts a base name finds, those of another recording than the first part's (an older recording
+    to the same name that had more parts) are left out, with a warning."""
     given = _as_list(paths)
     if not given:
         raise RecordingError("no recording given")
     files: list[Path] = []
+    found: set[Path] = set()  # parts a base name found (not named by the caller)
     for path in given:
-        files.extend(_expand(path))
+        expanded = _expand(path)
+        files.extend(expanded)
+        if expanded != [path]:
+            found.update(expanded)
     name = str(given[0]) if len(given) == 1 else ", ".join(map(str, given))
     if len(files) == 1:
         return RecordingSet(name, tuple(files))
@@ -106,15 +112,19 @@ def recording_set(paths: Recordings) -> RecordingSet:
         )
         return RecordingSet(name, tuple(files), (warning,))
     first, first_id, _ = known[0]
-    for file, rid, _ in known[1:]:
-        if rid != first_id:
-            raise RecordingError(
-                f"{file}: not a part of the recording {first} is from (recording_id {rid}, not {first_id}): "
-                "replay one recording at a time"
-            )
-    ordered = sorted(known, key=lambda k: k[2])
     warnings = []
-    if ordered != known:
+    for file, rid, _ in known[1:]:
+        if rid == first_id:
+            continue
+        if file in found:  # a part an earlier recording to the same name left behind
+            warnings.append(f"{file}: left out, from another recording than {first} (an older one?)")
+            continue
+        raise RecordingError(
+            f"{file}: not a part of the recording {first} is from (recording_id {rid}, not {first_id}): "
+            "replay one recording at a time"
+        )
+    ordered = sorted((k for k in known if k[1] == first_id), key=lambda k: k[2])
+    if ordered != [k for k in known if k[1] == first_id]:
         names = ", ".join(str(file) for file, _, _ in ordered)
         warnings.append(f"the parts were given out of order: read as {names} (by their file_index)")
     for (a, _, i), (b, _, j) in itertools.pairwise(ordered):
