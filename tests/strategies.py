@@ -22,6 +22,8 @@ Restart policy
     `backoff_policies`, `supervisor_policies`, `child_specs`; `supervision_trees` (a `Tree` of nested groups,
     services, ``after`` edges, critical flags, budgets and revivals); and `steps` of a simulated supervisor
     driver (`Step`, `DriverAction`).
+Recordings
+    `mcap_messages`: the arguments of MCAP messages to write (channels, times in any order, odd data).
 Config
     `service_names`; `dependency_graphs` (acyclic ``after`` graphs), `cyclic_dependency_graphs`;
     `toml_scalars`, `toml_values` (anything a TOML document can hold); `toml_strings` (each of the four
@@ -1265,3 +1267,24 @@ def iothub_topics(draw: st.DrawFn) -> str:
     )
     tail = st.text(alphabet=st.one_of(st.sampled_from(_IOTHUB_SPECIALS + "0123456789rid"), st.characters()))
     return prefix + draw(tail)
+
+
+# ==================================================================================== recordings (MCAP)
+
+
+def mcap_messages(
+    *, channels: int = 3, max_size: int = 200
+) -> st.SearchStrategy[list[tuple[int, int, bytes, int, int]]]:
+    """Arguments of ``mcap.writer.Writer.add_message`` (channel id from 1 to ``channels``, log time, data,
+    publish time, sequence): times in any order and at the ends of their range, empty and long data."""
+    u64 = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**63, 2**64 - 1]))
+    return st.lists(
+        st.tuples(
+            st.integers(1, channels),
+            u64,
+            st.one_of(st.binary(max_size=64), st.binary(min_size=500, max_size=3000)),
+            u64,
+            st.integers(0, 2**32 - 1),
+        ),
+        max_size=max_size,
+    )

@@ -456,7 +456,7 @@ def test_damaged_files_give_one_line_errors(tmp_path: Path, capsys: pytest.Captu
     with RecordingWriter(whole, chunk_size=4_000) as writer:
         writer.write_many(samples(200))
     data = whole.read_bytes()
-    cuts = sorted({1, 7, 8, 20, 100, len(data) // 3, len(data) // 2, len(data) - 30, len(data) - 1})
+    cuts = [1, 7]  # not even the magic (a file cut later is read up to the cut: tests/test_record_recover.py)
     damaged = []
     for cut in cuts:
         p = tmp_path / f"cut_{cut}.mcap"
@@ -468,17 +468,22 @@ def test_damaged_files_give_one_line_errors(tmp_path: Path, capsys: pytest.Captu
         damaged.append(p)
     (tmp_path / "empty.mcap").write_bytes(b"")
     damaged.append(tmp_path / "empty.mcap")
-    errors = []
+    errors, refused = [], []  # refused: by bag_info itself
     for p in damaged:
         try:
             info = bag_info(p)
+        except RecordingError as exc:
+            errors.append((p, str(exc)))
+            refused.append(p)
+            continue
+        try:
             list(read_recording(p))
             assert info.messages >= 0
         except RecordingError as exc:
             errors.append((p, str(exc)))
     assert all(str(p) in e and "\n" not in e for p, e in errors)
-    assert len(errors) >= len(cuts)  # every truncation is refused; a flipped byte may land in a text
-    for p in [*damaged[:5], tmp_path / "missing.mcap"]:
+    assert len(refused) >= len(cuts) + 1  # each cut and the empty file; a flipped byte may land in a text
+    for p in [*refused[:5], tmp_path / "missing.mcap"]:
         for argv in (["bag", "info", str(p)], ["replay", str(p), "--socket", str(tmp_path / "none.sock")]):
             assert vwos_main(argv) == 1
             captured = capsys.readouterr()

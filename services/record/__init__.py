@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from services.record._json import RecordingError, from_json, sample_json, to_json, type_key
-    from services.record._reader import BagInfo, ChannelInfo, bag_info, read_recording
+    from services.record._parts import bag_info, read_recording
+    from services.record._reader import BagInfo, ChannelInfo
     from services.record._recorder import DEFAULT_QUEUE_SIZE, RecordResult, record_bus
     from services.record._replay import ReplayResult, replay
     from services.record._schema import sample_schema
@@ -63,8 +64,8 @@ _LAZY: dict[str, str] = {
     "type_key": "_json",
     "BagInfo": "_reader",
     "ChannelInfo": "_reader",
-    "bag_info": "_reader",
-    "read_recording": "_reader",
+    "bag_info": "_parts",
+    "read_recording": "_parts",
     "DEFAULT_QUEUE_SIZE": "_recorder",
     "RecordResult": "_recorder",
     "record_bus": "_recorder",

@@ -111,8 +111,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="publish an MCAP recording into a running bus",
         description="Publish a recording made by vwos record into the bus, its timing scaled by --rate.",
     )
-    play.add_argument("file", metavar="FILE.mcap", help="the recording")
-    play.add_argument("patterns", metavar="PATTERN", nargs="*", help="only these topics (default: all)")
+    play.add_argument(
+        "file", metavar="FILE.mcap", help="the recording (a split one: its base name, or its parts in order)"
+    )
+    play.add_argument(
+        "patterns",
+        metavar="PATTERN",
+        nargs="*",
+        help="only these topics (default: all); more files (the arguments ending in .mcap)",
+    )
     play.add_argument("--rate", type=_rate, default=1.0, metavar="X", help="speed: 1 real time, 0 fastest")
     play.add_argument("--fast", action="store_true", help="as fast as the bus takes them (--rate 0)")
     play.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
@@ -124,7 +131,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     info = commands.add_parser(
         "info", help="what a recording holds", description="Channels, counts, times, size of a recording."
     )
-    info.add_argument("file", metavar="FILE", help="an MCAP file")
+    info.add_argument(
+        "file", metavar="FILE", nargs="+", help="an MCAP file; several, or a split one's base name: as one"
+    )
     info.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     info.set_defaults(handler=bag_info_command)
 
@@ -391,21 +400,24 @@ def replay_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
     """The handler of ``vwos replay``."""
     from bus import BusError, ProtocolError
     from services.record._json import RecordingError
-    from services.record._reader import bag_info
+    from services.record._parts import bag_info
 
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
+    args.files, args.patterns = _files_and_patterns(args.file, args.patterns)
     try:
-        info = bag_info(args.file)  # a damaged file fails here, before anything is published
+        info = bag_info(args.files)  # a damaged file fails here, before anything is published
     except RecordingError as exc:
         _say(err, "replay", str(exc))
         return EXIT_FAILED
+    for warning in info.warnings:  # no summary (its recorder was killed): replayed as far as it goes
+        _say(err, "replay", warning)
     for channel in info.channels:
         if (channel.message_encoding, channel.schema_encoding) != ("json", "jsonschema"):
             _say(
                 err,
                 "replay",
-                f"{args.file}: channel {channel.topic} is {channel.message_encoding} with a "
+                f"{info.path}: channel {channel.topic} is {channel.message_encoding} with a "
                 f"{channel.schema_encoding or 'no'} schema, not a vwos recording's json/jsonschema",
             )
             return EXIT_FAILED
@@ -428,6 +440,13 @@ def replay_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
     return EXIT_OK
 
 
+def _files_and_patterns(first: str, rest: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``vwos replay FILE [FILE.mcap ...] [PATTERN ...]``: the arguments after the first that end in
+    ``.mcap`` are files too (a split recording's parts, a glob the shell expanded), the others patterns."""
+    files = [first, *(a for a in rest if a.lower().endswith(".mcap"))]
+    return files, [a for a in rest if not a.lower().endswith(".mcap")]
+
+
 async def _replay(args: argparse.Namespace, rate: float, socket: str) -> tuple[int, int, float, int]:
     from bus import connect_unix
     from services.record._replay import replay
@@ -438,7 +457,7 @@ async def _replay(args: argparse.Namespace, rate: float, socket: str) -> tuple[i
         async with trio.open_nursery() as nursery:
 
             async def run() -> None:
-                r = await replay(client, args.file, args.patterns, rate=rate, loop=args.loop)
+                r = await replay(client, args.files, args.patterns, rate=rate, loop=args.loop)
                 results.append((r.published - r.refused, r.loops, r.seconds, r.refused))
                 nursery.cancel_scope.cancel()
 
@@ -475,7 +494,7 @@ def bag_info_command(
 ) -> int:
     """The handler of ``vwos bag info``."""
     from services.record._json import RecordingError
-    from services.record._reader import bag_info
+    from services.record._parts import bag_info
 
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
@@ -488,7 +507,7 @@ def bag_info_command(
         out.write(json.dumps(info.to_json(), ensure_ascii=False, default=str) + "\n")
         return EXIT_OK
     rows: list[tuple[str, Any]] = [
-        ("Files", Path(info.path).name),
+        ("Files", "\n              ".join(Path(f).name for f in info.files or (info.path,))),
         ("Bag size", _size(info.size)),
         ("Library", info.library),
         ("Duration", f"{info.duration:.3f} s" if math.isfinite(info.duration) else "-"),
@@ -497,6 +516,7 @@ def bag_info_command(
         ("Messages", info.messages),
         ("Chunks", f"{info.chunks} ({', '.join(info.compression) or 'none'})"),
     ]
+    rows.extend(("Warning", w) for w in info.warnings)  # no summary: what was lost, in one line
     for name, value in rows:
         out.write(f"{name + ':':<14}{value}\n")
     width = max((len(c.topic) for c in info.channels), default=5)

@@ -129,9 +129,15 @@ def sample_json(sample: Sample[Any], codec: Codec | None = None) -> bytes:
     return _dumps(data).encode()
 
 
+def float_tail(publisher: str) -> str:
+    """What follows the value in a float sample's message, up to its seq: ``FLOAT_HEAD + repr(value) + tail
+    + str(seq) + "}"`` is `sample_json`'s message for a finite float (the recorder's hot path)."""
+    return ',"available":true,"publisher":' + _dumps(publisher) + ',"seq":'
+
+
 def float_encoder(publisher: str) -> Callable[[float, int], bytes]:
     """The fast path of `sample_json` for a float sample of ``publisher``: the same bytes."""
-    tail = ',"available":true,"publisher":' + _dumps(publisher) + ',"seq":'
+    tail = float_tail(publisher)
     head = '{"value":'
     frepr = float.__repr__
     isfinite = math.isfinite

@@ -3,7 +3,6 @@ by a rate (or as fast as it can), in trio's clock, so that under MockClock a rep
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -24,7 +23,7 @@ from bus import (
     default_codec,
 )
 from services.record._json import RecordingError
-from services.record._reader import read_recording
+from services.record._parts import Recordings, read_recording
 
 __all__ = ["ReplayResult", "replay"]
 
@@ -70,7 +69,7 @@ async def _publisher(handle: BusHandle, name: str, value: Any) -> PublisherHandl
 
 async def replay(
     handle: BusHandle,
-    path: str | os.PathLike[str],
+    path: Recordings,
     patterns: Sequence[str] = (),
     *,
     rate: float = 1.0,
@@ -78,7 +77,9 @@ async def replay(
     loops: int | None = None,
     codec: Codec = default_codec,
 ) -> ReplayResult:
-    """Publish the recording at ``path`` (the topics ``patterns`` match; all without) through ``handle``.
+    """Publish the recording at ``path`` (the topics ``patterns`` match; all without) through ``handle``:
+    one file, or the parts of a split recording as one (its base name, or the files: see `bag_info`), their
+    timing continuous across the parts, ``loop`` going over all of them.
 
     Each sample is published at its recorded bus time less the first one's, divided by ``rate``, from now
     in trio's clock (``rate=0``: as fast as the bus takes them), with its recorded source timestamp, and its

@@ -8,12 +8,14 @@ import importlib.metadata
 import json
 import math
 import os
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any, Final
 
 from bus import Codec, NotAvailable, Sample, default_codec
-from services.record._json import RecordingError, float_encoder, sample_json, type_key
+from services.record._fastmcap import MessageAdder, message_adder
+from services.record._json import RecordingError, float_encoder, float_tail, sample_json, type_key
 from services.record._schema import SCHEMA_ENCODING, sample_schema, schemas_of
 
 __all__ = ["METADATA_NAME", "PROFILE", "RecordingWriter"]
@@ -51,14 +53,16 @@ def _close_quietly(stream: IO[bytes]) -> None:
 
 
 class _Channel:
-    __slots__ = ("encode_float", "id", "key", "publisher")
+    __slots__ = ("encode_float", "id", "key", "publisher", "tail")
 
     def __init__(self, channel_id: int, key: str | None) -> None:
         self.id = channel_id
         self.key = key
-        #: The publisher whose floats `encode_float` encodes (None: not a float channel yet).
+        #: The publisher whose floats `encode_float` encodes (None: not a float channel yet), and the end
+        #: of their messages after the value (`float_tail`).
         self.publisher: str | None = None
         self.encode_float: Any = None
+        self.tail = ""
 
 
 class RecordingWriter:
@@ -113,9 +117,14 @@ class RecordingWriter:
         self._stream: IO[bytes] | None = None
         self._channels: dict[tuple[str, str | None], _Channel] = {}
         self._current: dict[str, _Channel] = {}
+        #: Each topic's type (its last), across the files of a split recording.
+        self._last_keys: dict[str, str] = {}
         self._schemas: dict[str | None, int] = {}
         self._first_bus_time: float | None = None
         self._closed = False
+        #: Names this recording in each file's metadata (``recording_id``): the parts of one split recording
+        #: have the same.
+        self.recording_id = uuid.uuid4().hex
         self._open_next()
 
     # -- files ----------------------------------------------------------------------------------------
@@ -136,23 +145,33 @@ class RecordingWriter:
             raise RecordingError(f"{path}: cannot write the recording: {exc.strerror or exc}") from None
         self.files.append(path)
         self._writer = Writer(self._stream, chunk_size=self.chunk_size, compression=CompressionType.ZSTD)
-        self._writer.start(profile=PROFILE, library=f"vwos {_version()}")
+        self._add: MessageAdder = message_adder(self._writer)
+        try:
+            self._writer.start(profile=PROFILE, library=f"vwos {_version()}")
+            # What is known at the start, on disk at once: a file whose recorder is killed still says what
+            # it is (the metadata record at the end, with the counts, supersedes this one).
+            self._writer.add_metadata(METADATA_NAME, self._metadata(final=False))
+            self._stream.flush()
+        except OSError as exc:
+            _close_quietly(self._stream)
+            self._stream = self._writer = None
+            self._closed = True
+            raise self._write_error(exc) from None
         self._channels.clear()
         self._current.clear()
         self._schemas.clear()
         self._first_bus_time = None
         self._file_recorded = 0
 
-    def _metadata(self) -> dict[str, str]:
-        data = {
-            "vwos_version": _version(),
-            "patterns": json.dumps(list(self.patterns)),
-            "recorded": str(self._file_recorded),
-            "dropped": str(self.dropped),
-            "refused": str(self.refused),
-            "file_index": str(len(self.files) - 1),
-            **self.extra_metadata,
-        }
+    def _metadata(self, *, final: bool = True) -> dict[str, str]:
+        data = {"vwos_version": _version(), "patterns": json.dumps(list(self.patterns))}
+        if final:
+            data["recorded"] = str(self._file_recorded)
+            data["dropped"] = str(self.dropped)
+            data["refused"] = str(self.refused)
+        data["file_index"] = str(len(self.files) - 1)
+        data["recording_id"] = self.recording_id
+        data.update(self.extra_metadata)
         if self.vehicle_id is not None:
             data["vehicle_id"] = self.vehicle_id
         return data
@@ -198,10 +217,13 @@ class RecordingWriter:
         return schema_id
 
     def _channel(self, topic: str, key: str | None) -> _Channel:
-        if key is None:  # not available: the topic's channel as it is
+        if key is None:  # not available: the topic's channel as it is (its type's in an earlier part)
             current = self._current.get(topic)
             if current is not None:
                 return current
+            key = self._last_keys.get(topic)
+        else:
+            self._last_keys[topic] = key
         channel = self._channels.get((topic, key))
         if channel is None:
             channel_id = self._writer.register_channel(
@@ -235,7 +257,7 @@ class RecordingWriter:
     def _write_many(self, samples: Iterable[Sample[Any]]) -> None:
         splits = self.split_size is not None or self.split_duration is not None
         channels = self._current
-        add = self._writer.add_message
+        add = self._add
         codec = self.codec
         last_seq = self._last_seq
         missed = 0
@@ -244,15 +266,20 @@ class RecordingWriter:
             topic, value, timestamp, bus_time, publisher, seq = sample
             if splits:
                 self._maybe_split(bus_time)
-                add = self._writer.add_message
+                add = self._add
                 channels = self._current
             last = last_seq.get(topic)
             if last is not None and seq > last + 1:
                 missed += seq - last - 1
             last_seq[topic] = seq
             channel = channels.get(topic)
-            if type(value) is float and channel is not None and channel.publisher == publisher:
-                data = channel.encode_float(value, seq)  # the hot path: a float of the topic's publisher
+            if (
+                type(value) is float
+                and channel is not None
+                and channel.publisher == publisher
+                and value - value == 0.0  # finite
+            ):  # the hot path: a finite float of the topic's publisher, its message built here
+                data = f'{{"value":{value!r}{channel.tail}{seq}}}'.encode()
             else:
                 key = type_key(value, codec) if type(value) is not NotAvailable else None
                 if channel is None or (key is not None and channel.key != key):
@@ -261,6 +288,7 @@ class RecordingWriter:
                     if channel.publisher != publisher:
                         channel.publisher = publisher
                         channel.encode_float = float_encoder(publisher)
+                        channel.tail = float_tail(publisher)
                     data = channel.encode_float(value, seq)
                 else:
                     try:
@@ -280,6 +308,29 @@ class RecordingWriter:
         if not splits:
             self._file_recorded += n
             self.recorded += n
+
+    def flush(self) -> None:
+        """End the chunk being built and hand everything written so far to the operating system (not
+        fsync'd): what a ``kill -9`` of the recorder cannot lose from then on. `record_bus` calls it every
+        ``flush_interval`` seconds. Compression works per chunk: flushing very often costs size."""
+        if self._closed or self._writer is None or self._stream is None:
+            return
+        try:
+            self._writer.flush()
+        except OSError as exc:
+            self._closed = True
+            stream, self._stream, self._writer = self._stream, None, None
+            _close_quietly(stream)
+            raise self._write_error(exc) from None
+
+    def _dup_fd(self) -> int | None:
+        """A duplicate of the current file's descriptor, for an fsync in another thread (None: closed)."""
+        if self._stream is None:
+            return None
+        try:
+            return os.dup(self._stream.fileno())
+        except (OSError, ValueError):
+            return None
 
     def count_dropped(self, n: int) -> None:
         """Say that at least ``n`` samples never reached the recording (a subscription's own count)."""
