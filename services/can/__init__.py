@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         bind_e2e,
         find_e2e_signals,
     )
+    from services.can._frames import RawFrame, frames_topic
     from services.can._gateway import (
         Actuator,
         CanGateway,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
         status_topic,
     )
     from services.can._gen import generate_topics
+    from services.can._logdecode import LogDecoding
     from services.can._logtools import (
         FrameView,
         ReplayStats,
@@ -85,8 +87,10 @@ __all__ = [
     "GatewayConfig",
     "LinkDownError",
     "LinkStatus",
+    "LogDecoding",
     "MemoryTransport",
     "PythonCanTransport",
+    "RawFrame",
     "ReplayStats",
     "SendRequest",
     "SignalMapping",
@@ -96,6 +100,7 @@ __all__ = [
     "bind_e2e",
     "dump_frames",
     "find_e2e_signals",
+    "frames_topic",
     "generate_topics",
     "load_database",
     "open_python_can",
@@ -134,7 +139,10 @@ _LAZY: dict[str, str] = {
     "SendRequest": "_gateway",
     "send_method": "_gateway",
     "status_topic": "_gateway",
+    "RawFrame": "_frames",
+    "frames_topic": "_frames",
     "generate_topics": "_gen",
+    "LogDecoding": "_logdecode",
     "FrameView": "_logtools",
     "ReplayStats": "_logtools",
     "dump_frames": "_logtools",

@@ -274,7 +274,10 @@ def _own_topics(cfg: object, db: cantools.database.can.Database | None) -> dict[
     network = _network(cfg)
     if network is None:
         return {}
-    own = {f"CAN.{network}.Status": "the gateway's status topic"}
+    own = {
+        f"CAN.{network}.Status": "the gateway's status topic",
+        f"CAN.{network}.frames": "the gateway's raw frames topic",
+    }
     if _get(cfg, "message_topics") is True and db is not None:
         for message in db.messages:
             own.setdefault(f"CAN.{network}.{message.name}", f"the topic of message {message.name}")
@@ -581,6 +584,8 @@ def bus_names(cfg: Any) -> Permissions | None:
     if db is None or network is None:
         return None
     publish = [f"CAN.{network}.Status"]
+    if cfg.raw_frames:
+        publish.append(f"CAN.{network}.frames")
     if cfg.message_topics:
         publish += [f"CAN.{network}.{m.name}" for m in db.messages]
     publish += [m.topic for m in cfg.signals]

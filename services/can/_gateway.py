@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 import can
@@ -22,6 +24,7 @@ from services.can._codec import (
 )
 from services.can._database import EXTENDED_FLAG
 from services.can._e2e import E2E, E2EProtection, E2EProtector, bind_e2e
+from services.can._frames import FRAMES_NAME, frames_topic, raw_frame
 from services.can._link import keep_link_open, reconnect_backoff
 from services.can._transport import (
     CanTransport,
@@ -34,6 +37,9 @@ from services.can._transport import (
     open_python_can,
 )
 from vwos import FieldProblem, Service, ServiceContext, StructureError
+
+if TYPE_CHECKING:
+    from services.can._logdecode import LogDecoding
 
 #: SocketCAN error class bit of a bus-off error frame (linux/can/error.h, CAN_ERR_BUSOFF).
 CAN_ERR_BUSOFF = 0x40
@@ -214,7 +220,11 @@ class GatewayConfig:
         metadata={"help": "end-to-end protection (CRC, alive counter) of messages, checked and filled"},
     )
     kernel_filters: bool = attrs.field(
-        default=True, metadata={"help": "let the kernel drop frames nobody wants"}
+        default=True, metadata={"help": "let the kernel drop frames nobody wants (not with raw_frames)"}
+    )
+    raw_frames: bool = attrs.field(
+        default=False,
+        metadata={"help": "also publish every received frame, as it is, on CAN.<network>.frames"},
     )
     receive_mode: ReceiveMode = attrs.field(
         default="auto", validator=_receive_mode, metadata={"help": "auto | fd | thread | poll"}
@@ -282,10 +292,13 @@ class LinkStatus:
     signals_out_of_range: int = 0
     #: ... or a raw value the database marks as no valid value (SNA, Init, error): see `CodecStatistics`.
     signals_not_available: int = 0
+    #: With ``raw_frames``: received frames the bus did not take on ``CAN.<network>.frames`` (a full
+    #: outgoing queue); each is still decoded and counted above.
+    raw_frames_dropped: int = 0
 
 
 #: Names under CAN.<network> that the gateway itself uses: a database message may not take them.
-_GATEWAY_NAMES: Final = {"Status": "status topic", "Send": "send method"}
+_GATEWAY_NAMES: Final = {"Status": "status topic", "Send": "send method", FRAMES_NAME: "raw frames topic"}
 
 
 def status_topic(network: str) -> Topic[LinkStatus]:
@@ -307,6 +320,7 @@ class _Counters:
         "fd_frames",
         "frames_received",
         "frames_sent",
+        "raw_dropped",
         "reconnects",
         "refused",
         "remote_frames",
@@ -319,7 +333,7 @@ class _Counters:
     def __init__(self) -> None:
         self.frames_received = self.frames_sent = self.error_frames = self.bus_off = self.reconnects = 0
         self.unknown_id = self.wrong_length = self.undecodable = self.decoded = self.remote_frames = 0
-        self.fd_frames = self.refused = self.e2e = self.send_errors = 0
+        self.fd_frames = self.refused = self.e2e = self.send_errors = self.raw_dropped = 0
 
 
 class _Guard:
@@ -342,42 +356,26 @@ class CanGateway(Service[GatewayConfig]):
         """Its topics, its ``Send`` method and its actuators' topics: for the config check."""
         return _check.bus_names(config)
 
+    @classmethod
+    def decode_log(cls, config: GatewayConfig, path: str | os.PathLike[str], *, name: str) -> LogDecoding:
+        """The frames of the CAN log at ``path`` decoded as this gateway, service ``name`` with ``config``,
+        decodes them live: a `LogDecoding` (iterate it for its samples). What ``vwos bag convert`` uses to
+        make a recording of a log; it opens no CAN link and needs no bus."""
+        from services.can._logdecode import LogDecoding  # not loaded by a running gateway
+
+        return LogDecoding(cls(config), path, name=name)
+
     async def run(
         self, ctx: ServiceContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         cfg = self.config
         self.ctx = ctx
-        records = None
-        if cfg.topics_module is not None:
-            records = importlib.import_module(cfg.topics_module).RECORDS
-        db = cached_database(cfg.database, cfg.strict)  # names checked by the config's validators
-        self.codec = CanCodec(
-            db,
-            cfg.network,
-            message_topics=cfg.message_topics,
-            mappings=cfg.signals,
-            records=records,
-        )
+        self._prepare(ctx.bus.publisher, ProblemLog(ctx.log, "CAN frame problem", cfg.log_interval))
         for warning in self.codec.warnings:  # what loading the database repaired
             ctx.log.warning("CAN database repaired", database=str(cfg.database), repair=warning)
-        self.counters = _Counters()
-        self._publishers: dict[str, PublisherHandle[Any]] = {
-            t.name: ctx.bus.publisher(t) for t in self.codec.topics
-        }
         self._status = ctx.bus.publisher(status_topic(cfg.network))
         self._transport: CanTransport | None = None
-        self._state, self._reason, self._mode = "down", "starting", ""
-        self._problem = ProblemLog(ctx.log, "CAN frame problem", cfg.log_interval)
         self._cyclic_values = {c.message: dict(c.signals) for c in cfg.cyclic}
-        protections = bind_e2e(cfg.e2e, db)  # checked by the config's validator
-        #: E2E checkers of received frames, by route key (frame id, with EXTENDED_FLAG if extended).
-        self._checkers: dict[int, _Guard] = {
-            (p.frame_id | EXTENDED_FLAG if p.extended else p.frame_id): _Guard(p, self.codec)
-            for p in protections.values()
-        }
-        #: E2E protectors of sent frames, by message name: Send, cyclic messages and actuators share one
-        #: counter per message.
-        self._protectors: dict[str, E2EProtector] = {name: p.protector() for name, p in protections.items()}
         for cyclic in cfg.cyclic:  # fail at start, not at the first period, if the config is wrong
             self.codec.encode(cyclic.message, cyclic.signals)
         async with trio.open_nursery() as nursery:
@@ -390,13 +388,53 @@ class CanGateway(Service[GatewayConfig]):
             nursery.start_soon(self._report)
             task_status.started()
 
+    def _prepare(
+        self, publisher: Callable[[Topic[Any]], PublisherHandle[Any]], problem: Callable[..., None]
+    ) -> None:
+        """What receiving needs, without I/O: the codec, the counters, a publisher of each topic (made by
+        ``publisher``), the E2E checkers; ``problem(kind, detail, exc=None)`` reports a bad frame. Shared
+        by `run` and the conversion of a recorded log (``services.can._logdecode``): one decoding."""
+        cfg = self.config
+        records = None
+        if cfg.topics_module is not None:
+            records = importlib.import_module(cfg.topics_module).RECORDS
+        db = cached_database(cfg.database, cfg.strict)  # names checked by the config's validators
+        self.codec = CanCodec(
+            db,
+            cfg.network,
+            message_topics=cfg.message_topics,
+            mappings=cfg.signals,
+            records=records,
+        )
+        self.counters = _Counters()
+        self._state, self._reason, self._mode = "down", "starting", ""
+        self._publishers: dict[str, PublisherHandle[Any]] = {t.name: publisher(t) for t in self.codec.topics}
+        #: The raw frames topic's publisher (None: ``raw_frames = false``, and `_handle` receives alone).
+        self._frames = publisher(frames_topic(cfg.network)) if cfg.raw_frames else None
+        self._problem = problem
+        protections = bind_e2e(cfg.e2e, db)  # checked by the config's validator
+        #: E2E checkers of received frames, by route key (frame id, with EXTENDED_FLAG if extended).
+        self._checkers: dict[int, _Guard] = {
+            (p.frame_id | EXTENDED_FLAG if p.extended else p.frame_id): _Guard(p, self.codec)
+            for p in protections.values()
+        }
+        #: E2E protectors of sent frames, by message name: Send, cyclic messages and actuators share one
+        #: counter per message.
+        self._protectors: dict[str, E2EProtector] = {name: p.protector() for name, p in protections.items()}
+
     # -- receive --------------------------------------------------------------------------------------
+
+    @property
+    def receive(self) -> Callable[[list[can.Message]], None]:
+        """What handles a batch of received frames: `_handle`, behind `_handle_raw` with ``raw_frames``
+        (chosen once: without raw frames the receive path has not one step more)."""
+        return self._handle if self._frames is None else self._handle_raw
 
     def open_transport(self) -> CanTransport:
         """Open the CAN link (tests override this with a `MemoryTransport`)."""
         cfg = self.config
         filters = None
-        if cfg.kernel_filters:
+        if cfg.kernel_filters and not cfg.raw_frames:  # raw frames are all frames, unknown ids too
             wanted = self.codec.wanted_ids()
             if len(wanted) <= 512:  # CAN_RAW_FILTER_MAX
                 filters = can_filters(wanted)
@@ -429,7 +467,7 @@ class CanGateway(Service[GatewayConfig]):
 
         await keep_link_open(
             self.open_transport,
-            self._handle,
+            self.receive,
             reconnect_backoff(cfg.reconnect_initial, cfg.reconnect_max),
             up=up,
             down=self._down,
@@ -449,6 +487,17 @@ class CanGateway(Service[GatewayConfig]):
             )
         self._state, self._reason = "down", reason
         self._publish_status()
+
+    def _handle_raw(self, batch: list[can.Message]) -> None:
+        """Publish each frame of a batch as it is on ``CAN.<network>.frames``, then `_handle` the batch."""
+        publish = self._frames.publish_nowait  # type: ignore[union-attr]  # set: see `receive`
+        make = raw_frame
+        for msg in batch:
+            try:
+                publish(make(msg), timestamp=msg.timestamp)
+            except Exception:  # a full outgoing queue, a closed client: counted, decoding goes on
+                self.counters.raw_dropped += 1
+        self._handle(batch)
 
     def _handle(self, batch: list[can.Message]) -> None:
         """Decode and publish a batch of received frames: the hot path. Never raises for a frame: each
@@ -566,6 +615,7 @@ class CanGateway(Service[GatewayConfig]):
             send_errors=c.send_errors,
             signals_out_of_range=signals.out_of_range,
             signals_not_available=signals.not_available,
+            raw_frames_dropped=c.raw_dropped,
         )
 
     def _publish_status(self) -> None:

@@ -232,11 +232,14 @@ class _Lines:
 
 
 @contextlib.contextmanager
-def read_log(path: str | Path) -> Iterator[Iterator[can.Message]]:
+def read_log(path: str | Path, *, absolute: bool = False) -> Iterator[Iterator[can.Message]]:
     """The frames of a CAN log file, in file order, as python-can reads them (candump ``.log``, ``.asc``,
     ``.blf``, ``.csv``, ``.trc``, ...; also gzipped). Closes the file on exit.
 
-    Raises `ToolError` naming the file, and for text formats the line, of anything unreadable.
+    ``absolute``: an ASC file's timestamps from its start date, in seconds since the epoch, rather than
+    from 0 (the other formats' timestamps are as the file has them). Raises `ToolError` naming the file,
+    and for text formats the line, of anything unreadable, and for a BLF file shorter than its header
+    says (cut off) once its last whole frame is read.
     """
     path = Path(path)
     if not path.is_file():
@@ -246,7 +249,8 @@ def read_log(path: str | Path) -> Iterator[Iterator[can.Message]]:
     try:
         if reader_class is not None and issubclass(reader_class, can.io.generic.TextIOMessageReader):
             lines = _Lines(path.open(encoding="utf-8", errors="replace"))
-            reader: Any = cast(Any, reader_class)(lines)
+            options = {"relative_timestamp": False} if absolute and reader_class is can.ASCReader else {}
+            reader: Any = cast(Any, reader_class)(lines, **options)
         else:
             reader = can.LogReader(path)
     except Exception as exc:
@@ -263,6 +267,7 @@ def read_log(path: str | Path) -> Iterator[Iterator[can.Message]]:
             try:
                 msg = next(iterator)
             except StopIteration:
+                _check_complete(path, reader)
                 return
             except Exception as exc:
                 reason = " ".join(f"{type(exc).__name__}: {exc}".split())
@@ -278,6 +283,17 @@ def read_log(path: str | Path) -> Iterator[Iterator[can.Message]]:
         yield frames()
     finally:
         reader.stop()
+
+
+def _check_complete(path: Path, reader: Any) -> None:
+    """A BLF file shorter than its header says was cut off (python-can's reader just stops there)."""
+    if isinstance(reader, can.BLFReader) and path.suffix.lower() == ".blf":  # not gzipped
+        size = path.stat().st_size
+        if reader.file_size > size:
+            raise ToolError(
+                f"{path}: cut off after {size} bytes (its header says {reader.file_size}): the frames "
+                "after that are missing"
+            )
 
 
 @attrs.define
