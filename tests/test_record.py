@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,10 @@ import pytest
 import trio
 import trio.testing
 from conftest import skip_or_fail
+from record_kit import broker
 
 import bus
-from bus import Bus, Codec, EnumMember, NotAvailable, Permissions, Record, Sample, Topic
+from bus import Bus, Codec, EnumMember, NotAvailable, Record, Sample, Topic
 from services.record import (
     RecordingError,
     RecordingWriter,
@@ -41,6 +42,8 @@ from services.record import (
     to_json,
 )
 from vwos._cli import main as vwos_main
+
+__all__ = ["broker"]  # record_kit's fixture, used here
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo"
@@ -549,22 +552,6 @@ def test_bag_info_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 # -- a live bus over the socket -------------------------------------------------------------------------
-
-
-def _allow_all(creds: bus.PeerCredentials, name: str) -> Permissions:
-    return Permissions.ALL
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[tuple[Bus, Path]]:
-    the_bus = Bus()
-    path = tmp_path / "bus.sock"
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: bus.serve_unix(the_bus, path, authorize=_allow_all, task_status=task_status)
-        )
-        yield the_bus, path
-        nursery.cancel_scope.cancel()
 
 
 async def test_records_a_live_bus_over_the_socket(

@@ -7,20 +7,20 @@ import json
 import math
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import hypothesis
 import hypothesis.strategies as st
-import pytest
 import trio
+from record_kit import allow_all, broker, until, vwos_command
 
 import bus
-from bus import Bus, NotAvailable, Permissions, Sample, Topic
+from bus import Bus, NotAvailable, Sample, Topic
 from services.record import RecordingWriter, bag_info, from_json, read_recording, record_bus, sample_json
+
+__all__ = ["broker"]  # record_kit's fixture, used here
 
 SPEED = Topic("Cli.Speed", float, unit="km/h")
 
@@ -36,32 +36,6 @@ GEAR = Topic("Cli.Gear", str)
 TIMEOUT = 60
 
 
-def _allow_all(creds: bus.PeerCredentials, name: str) -> Permissions:
-    return Permissions.ALL
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[tuple[Bus, Path]]:
-    the_bus = Bus()
-    path = tmp_path / "bus.sock"
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: bus.serve_unix(the_bus, path, authorize=_allow_all, task_status=task_status)
-        )
-        yield the_bus, path
-        nursery.cancel_scope.cancel()
-
-
-def _vwos(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vwos", *args]
-
-
-async def _until(predicate: Any) -> None:
-    with trio.fail_after(TIMEOUT):
-        while not predicate():  # noqa: ASYNC110 -- a file another process writes
-            await trio.sleep(0.02)
-
-
 async def test_vwos_record_until_sigint_then_vwos_replay(broker: tuple[Bus, Path], tmp_path: Path) -> None:
     the_bus, socket = broker
     out = tmp_path / "drive.mcap"
@@ -71,13 +45,13 @@ async def test_vwos_record_until_sigint_then_vwos_replay(broker: tuple[Bus, Path
     log_out, log_err = tmp_path / "record.out", tmp_path / "record.err"
     with trio.fail_after(TIMEOUT), log_out.open("wb") as stdout, log_err.open("wb") as stderr:
         recorder = await trio.lowlevel.open_process(
-            _vwos("record", str(out), "Cli.**", "--vehicle-id", "WVW-7"),
+            vwos_command("record", str(out), "Cli.**", "--vehicle-id", "WVW-7"),
             env=env,
             stdout=stdout,
             stderr=stderr,
         )
         try:
-            await _until(lambda: any(s.client == "vwos-record" for s in the_bus.statistics().subscriptions))
+            await until(lambda: any(s.client == "vwos-record" for s in the_bus.statistics().subscriptions))
             for i in range(500):
                 speed.publish_nowait(float(i))
                 if i % 100 == 0:
@@ -100,7 +74,10 @@ async def test_vwos_record_until_sigint_then_vwos_replay(broker: tuple[Bus, Path
     listener = the_bus.client("listener").subscribe("Cli.**", queue_size=10_000)
     with trio.fail_after(TIMEOUT):
         done = await trio.run_process(
-            _vwos("replay", str(out), "Cli.Gear", "--fast"), env=env, capture_stdout=True, capture_stderr=True
+            vwos_command("replay", str(out), "Cli.Gear", "--fast"),
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
         )
     assert b"published 5 samples" in done.stdout
     got = [s.value for s in listener.receive_batch_nowait()]
@@ -111,7 +88,7 @@ async def test_commands_say_in_one_line_what_is_wrong(tmp_path: Path) -> None:
     missing = tmp_path / "no.sock"
     with trio.fail_after(TIMEOUT):
         done = await trio.run_process(
-            _vwos("record", str(tmp_path / "x.mcap"), "--socket", str(missing), "--duration", "1"),
+            vwos_command("record", str(tmp_path / "x.mcap"), "--socket", str(missing), "--duration", "1"),
             capture_stdout=True,
             capture_stderr=True,
             check=False,
@@ -120,7 +97,7 @@ async def test_commands_say_in_one_line_what_is_wrong(tmp_path: Path) -> None:
         assert done.stderr.decode().count("\n") == 1
         assert f"cannot connect to the bus at {missing}" in done.stderr.decode()
         bad = await trio.run_process(
-            _vwos("record", str(tmp_path / "x.mcap"), "Bad..Pattern"), capture_stderr=True, check=False
+            vwos_command("record", str(tmp_path / "x.mcap"), "Bad..Pattern"), capture_stderr=True, check=False
         )
         assert bad.returncode == 2
         assert "not a topic pattern" in bad.stderr.decode()
@@ -134,7 +111,7 @@ async def test_a_bus_error_during_replay_is_one_line(broker: tuple[Bus, Path], t
         writer.write(Sample("Cli.Fix", Pos(1.0, 2.0), 1.0, 1.0, "p", 1))
     with trio.fail_after(TIMEOUT):
         done = await trio.run_process(
-            _vwos("replay", str(path), "--fast", "--socket", str(socket)),
+            vwos_command("replay", str(path), "--fast", "--socket", str(socket)),
             capture_stdout=True,
             capture_stderr=True,
             check=False,
@@ -155,7 +132,7 @@ async def test_a_lost_broker_ends_the_recording_with_the_file_closed(tmp_path: P
 
             async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 with broker_scope:
-                    await bus.serve_unix(the_bus, socket, authorize=_allow_all, task_status=task_status)
+                    await bus.serve_unix(the_bus, socket, authorize=allow_all, task_status=task_status)
 
             await outer.start(serve)
             car = the_bus.client("car").publisher(SPEED)
@@ -172,7 +149,7 @@ async def test_a_lost_broker_ends_the_recording_with_the_file_closed(tmp_path: P
                     await trio.sleep(0.2)
                     for i in range(100):
                         car.publish_nowait(float(i))
-                    await _until(lambda: writer.recorded == 100)
+                    await until(lambda: writer.recorded == 100)
                     broker_scope.cancel()  # the broker goes away
     (result,) = results
     assert (result.ended, result.recorded) == ("closed", 100)

@@ -11,10 +11,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +21,14 @@ import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
+from record_kit import broker, until, vwos_command
 from test_record import NODE_TIMEOUT, NPM_CACHE, node_reader, samples
 
-import bus
-from bus import Bus, Permissions, Topic
+from bus import Bus, Topic
 from services.record import RecordingError, RecordingWriter, bag_info, read_recording, record_bus
 from vwos._cli import main as vwos_main
 
-__all__ = ["node_reader"]  # a fixture of test_record's, used here through `partial_reader`
+__all__ = ["broker", "node_reader"]  # fixtures of record_kit and of test_record (through `partial_reader`)
 
 SPEED = Topic("Recover.Speed", float, unit="km/h")
 TIMEOUT = 60
@@ -315,32 +313,6 @@ async def test_the_recorder_flushes_every_second(
 # -- kill -9 of a real `vwos record` --------------------------------------------------------------------
 
 
-def _allow_all(creds: bus.PeerCredentials, name: str) -> Permissions:
-    return Permissions.ALL
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[tuple[Bus, Path]]:
-    the_bus = Bus()
-    path = tmp_path / "bus.sock"
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: bus.serve_unix(the_bus, path, authorize=_allow_all, task_status=task_status)
-        )
-        yield the_bus, path
-        nursery.cancel_scope.cancel()
-
-
-def _vwos(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vwos", *args]
-
-
-async def _until(predicate: Any) -> None:
-    with trio.fail_after(TIMEOUT):
-        while not predicate():  # noqa: ASYNC110 -- a file another process writes
-            await trio.sleep(0.05)
-
-
 def _messages(path: Path) -> int:
     try:
         return bag_info(path).messages
@@ -357,14 +329,18 @@ async def test_kill_9_of_vwos_record_keeps_what_it_flushed(
     env = {**os.environ, "VWOS_SOCKET": str(socket)}
     with trio.fail_after(TIMEOUT), (tmp_path / "record.err").open("wb") as stderr:
         recorder = await trio.lowlevel.open_process(
-            _vwos("record", str(out), "Recover.**", "--vehicle-id", "WVW-9"), env=env, stderr=stderr
+            vwos_command("record", str(out), "Recover.**", "--vehicle-id", "WVW-9"), env=env, stderr=stderr
         )
         try:
-            await _until(lambda: any(s.client == "vwos-record" for s in the_bus.statistics().subscriptions))
+            await until(
+                lambda: any(s.client == "vwos-record" for s in the_bus.statistics().subscriptions), poll=0.05
+            )
             for i in range(300):
                 speed.publish_nowait(float(i))
                 await trio.sleep(0.001)
-            await _until(lambda: _messages(out) == 300)  # flushed within a second, the recorder still running
+            await until(
+                lambda: _messages(out) == 300, poll=0.05
+            )  # flushed within a second, the recorder still running
             for i in range(300, 400):  # and these while it is being killed: some may be lost
                 speed.publish_nowait(float(i))
             recorder.send_signal(signal.SIGKILL)
@@ -388,7 +364,7 @@ async def test_kill_9_of_vwos_record_keeps_what_it_flushed(
     listener = the_bus.client("listener").subscribe("Recover.**", queue_size=1_000)
     with trio.fail_after(TIMEOUT):
         done = await trio.run_process(
-            _vwos("replay", str(out), "--fast"), env=env, capture_stdout=True, capture_stderr=True
+            vwos_command("replay", str(out), "--fast"), env=env, capture_stdout=True, capture_stderr=True
         )
     err = done.stderr.decode()
     assert err.count("\n") == 1

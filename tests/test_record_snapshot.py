@@ -13,7 +13,6 @@ import json
 import math
 import os
 import signal
-import sys
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,10 +24,11 @@ import pytest
 import strategies
 import trio
 import trio.testing
+from record_kit import broker, until, vwos_command
 from test_record import check_file, node_reader  # noqa: F401 -- the fixtures behind `read_twice`
 
 import bus
-from bus import Bus, NotAvailable, Permissions, RemoteError, Sample, Topic
+from bus import Bus, NotAvailable, RemoteError, Sample, Topic
 from services.record import (
     SNAPSHOT_METHOD,
     Condition,
@@ -45,6 +45,8 @@ from services.record import (
 )
 from services.record._snapshot import Snapshot, SnapshotRing, Snapshotter, Trigger, sample_size
 from vwos._cli import main as vwos_main
+
+__all__ = ["broker"]  # record_kit's fixture, used here
 
 SPEED = Topic("Snap.Speed", float, unit="km/h")
 GEAR = Topic("Snap.Gear", str)
@@ -923,32 +925,6 @@ def test_bad_snapshot_options_are_one_line_usage_errors(
     assert not (tmp_path / "x.mcap").exists()
 
 
-def _allow_all(creds: bus.PeerCredentials, name: str) -> Permissions:
-    return Permissions.ALL
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[tuple[Bus, Path]]:
-    the_bus = Bus()
-    path = tmp_path / "bus.sock"
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: bus.serve_unix(the_bus, path, authorize=_allow_all, task_status=task_status)
-        )
-        yield the_bus, path
-        nursery.cancel_scope.cancel()
-
-
-def _vwos(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vwos", *args]
-
-
-async def _until(predicate: Any) -> None:
-    with trio.fail_after(TIMEOUT):
-        while not predicate():  # noqa: ASYNC110 -- a file another process writes
-            await trio.sleep(0.02)
-
-
 def served(the_bus: Bus, method: str) -> bool:
     try:
         the_bus.method(method)
@@ -967,7 +943,7 @@ async def test_vwos_record_snapshot_with_a_trigger_and_vwos_bus_call(
     log_out, log_err = tmp_path / "record.out", tmp_path / "record.err"
     with trio.fail_after(TIMEOUT), log_out.open("wb") as stdout, log_err.open("wb") as stderr:
         recorder = await trio.lowlevel.open_process(
-            _vwos(
+            vwos_command(
                 "record", str(out), "Cli.**", "--snapshot", "30", "--trigger", 'Cli.Gear == "R"',
                 "--trigger", "Cli.Gear > 3", "--post", "0.3", "--socket", str(socket),
                 "--vehicle-id", "WVW-5",
@@ -976,15 +952,15 @@ async def test_vwos_record_snapshot_with_a_trigger_and_vwos_bus_call(
             stderr=stderr,
         )  # fmt: skip
         try:
-            await _until(lambda: served(the_bus, SNAPSHOT_METHOD))
+            await until(lambda: served(the_bus, SNAPSHOT_METHOD))
             for i in range(300):
                 speed_pub.publish_nowait(float(i))
                 if i in (100, 250):
                     gear.publish_nowait("R" if i == 100 else "D")
                 await trio.sleep(0.002)
-            await _until(lambda: "snapshot 0:" in log_out.read_text())
+            await until(lambda: "snapshot 0:" in log_out.read_text())
             done = await trio.run_process(
-                _vwos("bus", "call", SNAPSHOT_METHOD, "--socket", str(socket), "--json"),
+                vwos_command("bus", "call", SNAPSHOT_METHOD, "--socket", str(socket), "--json"),
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,

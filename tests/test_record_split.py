@@ -8,21 +8,20 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from record_kit import broker
 from test_record import SPEED, check_file, node_reader, samples
 
-import bus
-from bus import Bus, NotAvailable, Permissions, Sample
+from bus import Bus, NotAvailable, Sample
 from services.record import RecordingError, RecordingWriter, bag_info, read_recording, replay
 from vwos._cli import main as vwos_main
 
-__all__ = ["check_file", "node_reader"]  # test_record's fixtures, used here
+__all__ = ["broker", "check_file", "node_reader"]  # fixtures of record_kit and test_record, used here
 
 TIMEOUT = 60
 
@@ -177,22 +176,6 @@ def test_bag_info_of_a_split_recording(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "part 1 is missing" in err
-
-
-def _allow_all(creds: bus.PeerCredentials, name: str) -> Permissions:
-    return Permissions.ALL
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[tuple[Bus, Path]]:
-    the_bus = Bus()
-    path = tmp_path / "bus.sock"
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: bus.serve_unix(the_bus, path, authorize=_allow_all, task_status=task_status)
-        )
-        yield the_bus, path
-        nursery.cancel_scope.cancel()
 
 
 async def test_vwos_replay_takes_the_parts_and_patterns(broker: tuple[Bus, Path], tmp_path: Path) -> None:
