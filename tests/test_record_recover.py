@@ -10,7 +10,6 @@ import functools
 import json
 import os
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 import trio
 import trio.testing
 from record_kit import broker, until, vwos_command
-from test_record import NODE_TIMEOUT, NPM_CACHE, node_reader, samples
+from test_record import node_reader, read_with_node, samples
 
 from bus import Bus, Topic
 from services.record import RecordingError, RecordingWriter, bag_info, read_recording, record_bus
@@ -67,21 +66,6 @@ def partial_reader(node_reader: Path) -> Path:
     script = node_reader.with_name("read_partial_mcap.cjs")
     script.write_text(PARTIAL_READER)
     return script
-
-
-def read_partially_with_node(script: Path, files: list[Path]) -> list[dict[str, Any]]:
-    env = {**os.environ, "NODE_PATH": str(NPM_CACHE / "node_modules")}
-    done = subprocess.run(
-        ["node", str(script), *map(str, files)],
-        capture_output=True,
-        text=True,
-        timeout=NODE_TIMEOUT,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result: list[dict[str, Any]] = json.loads(done.stdout)
-    return result
 
 
 # -- a whole recording, and where its chunks end ------------------------------------------------------
@@ -166,7 +150,7 @@ def test_node_reads_as_much_of_a_cut_file_as_we_do(tmp_path: Path, partial_reade
         path = tmp_path / f"cut_{cut}.mcap"
         path.write_bytes(whole[:cut])
         files.append(path)
-    for path, seen in zip(files, read_partially_with_node(partial_reader, files), strict=True):
+    for path, seen in zip(files, read_with_node(partial_reader, files), strict=True):
         info = bag_info(path)
         assert seen["error"] is None, (path, seen)
         assert seen["messages"] == info.messages == expected_messages(info.size), path
@@ -191,7 +175,7 @@ def test_a_power_loss_tail_of_zeros_and_a_damaged_last_chunk(tmp_path: Path, par
     assert info.messages == expected_messages(chunks[3][0]) == len(list(read_recording(damaged)))
     assert "damaged chunk" in info.warnings[0]
     assert info.lost_bytes == len(data) - chunks[3][0] - _message_index_bytes(whole, chunks[3][0], chunks)
-    seen = read_partially_with_node(partial_reader, [damaged])[0]
+    seen = read_with_node(partial_reader, [damaged])[0]
     assert seen["messages"] == info.messages  # node stops at the same chunk (its CRC)
     assert seen["error"] is not None
 
@@ -358,7 +342,7 @@ async def test_kill_9_of_vwos_record_keeps_what_it_flushed(
     back = list(read_recording(out))
     assert [s.value for s in back] == [float(i) for i in range(info.messages)]
     assert [s.seq for s in back] == list(range(1, info.messages + 1))
-    (seen,) = read_partially_with_node(partial_reader, [out])
+    (seen,) = read_with_node(partial_reader, [out])
     assert (seen["messages"], seen["remaining"], seen["error"]) == (info.messages, info.lost_bytes, None)
 
     listener = the_bus.client("listener").subscribe("Recover.**", queue_size=1_000)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import collections
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -57,21 +57,37 @@ PRIORITY_MIN = -(2**31)
 PRIORITY_MAX = 2**31 - 1
 
 
-def _name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not _NAME.match(value):
-        raise ValueError(
-            f"campaign name {value!r} must be letters, digits, '_' and '-', not starting with '-'"
-        )
+def _name_check(what: str) -> Callable[[object, attrs.Attribute[str], str], None]:
+    """The validator of a ``what``'s name (a campaign's, a state template's)."""
+
+    def check(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"{what} name {value!r} must be letters, digits, '_' and '-', not starting with '-'"
+            )
+
+    return check
 
 
-def _topics(_: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
-    if not value:
-        raise ValueError("a campaign needs at least one topic pattern (e.g. 'Vehicle.Speed' or 'Vehicle.**')")
-    for pattern in value:
-        try:
-            check_pattern(pattern)
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
+def _topics_check(what: str) -> Callable[[object, attrs.Attribute[tuple[str, ...]], tuple[str, ...]], None]:
+    """The validator of a ``what``'s topic patterns: at least one, each a valid bus pattern."""
+
+    def check(_: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+        if not value:
+            raise ValueError(
+                f"{what} needs at least one topic pattern (e.g. 'Vehicle.Speed' or 'Vehicle.**')"
+            )
+        for pattern in value:
+            try:
+                check_pattern(pattern)
+            except TopicError as exc:
+                raise ValueError(str(exc)) from None
+
+    return check
+
+
+_name = _name_check("campaign")
+_topics = _topics_check("a campaign")
 
 
 def _mode(_: object, attribute: attrs.Attribute[str], value: str) -> None:

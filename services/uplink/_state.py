@@ -13,42 +13,23 @@ they survive outages and restarts the same way.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import attrs
 
-from bus import TopicError, check_pattern, matches
-from services.uplink._campaign import Keep, _same
+from bus import matches
+from services.uplink._campaign import Keep, _as_tuple, _name_check, _same, _topics_check
 
 __all__ = ["StateTemplate", "StateTracker", "UpdateMode"]
 
 UpdateMode = Literal["on_change", "periodic"]
 
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 #: Rows the tracker remembers per template at most: a pattern like ``**`` on a busy bus cannot grow it
 #: without bound (topics beyond are not part of the state, and counted).
 MAX_TOPICS = 10_000
 
 Row = tuple[str, Any, float, Keep]
-
-
-def _name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not _NAME.match(value):
-        raise ValueError(
-            f"template name {value!r} must be letters, digits, '_' and '-', not starting with '-'"
-        )
-
-
-def _topics(_: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
-    if not value:
-        raise ValueError("a state template needs at least one topic pattern")
-    for pattern in value:
-        try:
-            check_pattern(pattern)
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
 
 
 def _update(_: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -61,19 +42,17 @@ def _period(_: object, attribute: attrs.Attribute[float | None], value: float | 
         raise ValueError(f"period must be seconds > 0 and at most 86400, not {value}")
 
 
-def _as_tuple(value: str | Iterable[str]) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    return value if isinstance(value, tuple) else tuple(value)
-
-
 @attrs.frozen
 class StateTemplate:
     """One last-known-state template: which topics, and when their latest values are shipped."""
 
-    name: str = attrs.field(validator=_name, metadata={"help": "the template's name (in batches and logs)"})
+    name: str = attrs.field(
+        validator=_name_check("template"), metadata={"help": "the template's name (in batches and logs)"}
+    )
     topics: tuple[str, ...] = attrs.field(
-        converter=_as_tuple, validator=_topics, metadata={"help": "bus topic names or patterns"}
+        converter=_as_tuple,
+        validator=_topics_check("a state template"),
+        metadata={"help": "bus topic names or patterns"},
     )
     update: UpdateMode = attrs.field(
         default="on_change",
