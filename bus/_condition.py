@@ -10,7 +10,8 @@ has and tests; and neither knows "not available".
 Allowed:
 
 - topic names as dotted names (``Vehicle.Speed``), or in backquotes for names that are not Python
-  identifiers (```Uplink.up-1.Status```); a record's field or a list's item by subscript
+  identifiers (```Vehicle.OBD.O2.1stSensor```, a segment starting with a digit; checked as the bus checks
+  topic names); a record's field or a list's item by subscript
   (``Vehicle.Door["locked"]``, ``Vehicle.Tyres[0]``);
 - numbers, texts, ``True``/``False`` (also ``true``/``false``);
 - ``+ - * / %``, unary ``-`` and ``+``, ``abs(x)``;
@@ -40,6 +41,8 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from bus._errors import TopicError
+from bus._pattern import check_name
 from bus._sample import NotAvailable
 from bus._schema import EnumMember, Record
 
@@ -54,7 +57,6 @@ MAX_DEPTH: Final = 64
 
 _UNKNOWN: Final = object()  # the third truth value, and a value that could not be had
 _BACKQUOTED = re.compile(r"`([^`]*)`")
-_TOPIC_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_][A-Za-z0-9_\-]*)*\Z")
 
 Values = Mapping[str, Any]
 _Eval = Callable[[Values], Any]
@@ -194,8 +196,9 @@ class _Compiler:
             raise self.fail(node, "a topic name is a dotted name (Vehicle.Speed) or in backquotes")
         head = self.names.get(node.id, node.id)
         name = ".".join([head, *reversed(parts)])
-        if not _TOPIC_NAME.match(name):
-            raise self.fail(node, f"{name!r} is not a topic name")
+        problem = _topic_problem(name)
+        if problem is not None:
+            raise self.fail(node, f"{name!r} is not a topic name: {problem}")
         return name
 
     def _subscript(self, node: ast.Subscript, depth: int) -> _Eval:
@@ -334,6 +337,15 @@ class _Compiler:
         return absolute
 
 
+def _topic_problem(name: str) -> str | None:
+    """Why ``name`` is not a topic name the bus would take (its own check), or None."""
+    try:
+        check_name(name)
+    except TopicError as exc:
+        return str(exc)
+    return None
+
+
 def _replace_backquotes(text: str) -> tuple[str, dict[str, str]]:
     """``text`` with each backquoted name replaced by a placeholder identifier of the same length (so
     columns stay right), and the names the placeholders stand for."""
@@ -341,8 +353,9 @@ def _replace_backquotes(text: str) -> tuple[str, dict[str, str]]:
 
     def placeholder(match: re.Match[str]) -> str:
         name = match.group(1)
-        if not _TOPIC_NAME.match(name):
-            raise ConditionError(f"`{name}` is not a topic name", text, match.start() + 1)
+        problem = _topic_problem(name)
+        if problem is not None:
+            raise ConditionError(f"`{name}` is not a topic name: {problem}", text, match.start() + 1)
         ident = f"_q{len(names)}_"
         ident = ident + "_" * (len(match.group(0)) - len(ident))
         names[ident] = name

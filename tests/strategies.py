@@ -404,7 +404,7 @@ def patterns(*, max_depth: int = 5) -> st.SearchStrategy[str]:
 
 # -- conditions (tests/test_condition.py) ------------------------------------------------------------------
 
-CONDITION_TOPICS = ("Vehicle.Speed", "Vehicle.ABS.IsEngaged", "Vehicle.Gear", "`Up.up-1.State`")
+CONDITION_TOPICS = ("Vehicle.Speed", "Vehicle.ABS.IsEngaged", "Vehicle.Gear", "`Up.1st.State`")
 
 
 def condition_values() -> st.SearchStrategy[object]:

@@ -57,7 +57,7 @@ def test_the_issue_example_reads_two_topics_and_holds_only_when_both_do() -> Non
         ("V.Door['__class__']", {"V.Door": Door(True, 1.0)}, None),  # no way into Python's attributes
         ("V.Tyres[1] > 2", {"V.Tyres": [1.0, 2.5]}, True),
         ("V.Tyres[5] > 2", {"V.Tyres": [1.0, 2.5]}, None),
-        ("`Up.up-1.State` == 'online'", {"Up.up-1.State": "online"}, True),
+        ("`Up.1st.State` == 'online'", {"Up.1st.State": "online"}, True),
         ("available(V.Speed)", {"V.Speed": NotAvailable("out_of_range")}, False),
         ("not available(V.Speed)", {}, True),
         ("V.Speed > 1", {"V.Speed": NotAvailable("sna")}, None),
@@ -94,6 +94,8 @@ def test_values_decide_conditions_three_valued(
         ("abs(V.A).B > 1", 1, "a topic name is a dotted name"),
         ("V.Door[V.Index]", 8, "a subscript is a field name"),
         ("`a b` > 1", 1, "is not a topic name"),
+        ("`Up.up-1.State` > 1", 1, "segment 'up-1' must be non-empty letters, digits or underscores"),
+        ("`1a.b` > 0", 1, "must start with a letter or underscore"),
         ("`V.Speed > 1", 1, "backquote is not closed"),
         ("   V.Speed >> 3", 4, "'>>'"),
         ("V.Speed > b'x'", 11, "is not allowed: use numbers"),
