@@ -363,7 +363,9 @@ class CampaignFilter:
     def take_released(self) -> list[tuple[str, Any, float, Keep]]:
         """The rows (topic, value, timestamp, keep) triggers released from their rings since the last
         call, oldest first: store them as `keep`'s answers are stored."""
-        released, self._released = self._released, []
+        released = self._released
+        if released:  # else the empty list itself: no allocation per batch on the hot path
+            self._released = []
         return released
 
     def fired(self, name: str) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -219,6 +220,15 @@ class UplinkStatus:
 def status_topic(service: str) -> Topic[UplinkStatus]:
     """The topic an uplink service called ``service`` reports its progress and losses on."""
     return Topic(f"Uplink.{service}.Status", UplinkStatus, description="uplink progress and losses")
+
+
+def _queued(sub: Subscription[Any]) -> Iterator[list[Sample[Any]]]:
+    """The batches ``sub`` holds now, without waiting."""
+    while True:
+        try:
+            yield sub.receive_batch_nowait()
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return
 
 
 def fetch_state_method(service: str) -> Method[str, int]:
@@ -466,11 +476,14 @@ class Uplink(Service[UplinkConfig]):
                 batch = await sub.receive_batch()
             except trio.ClosedResourceError:
                 return
-            pending = self._pending
-            for s in batch:
-                rows = tracker.observe(s.topic, s.value, s.timestamp)
-                if rows:
-                    pending.extend(rows)
+            self._note_state(batch, tracker)
+
+    def _note_state(self, batch: list[Sample[Any]], tracker: StateTracker) -> None:
+        pending = self._pending  # looked up per batch: _flush swaps the list between awaits
+        for s in batch:
+            rows = tracker.observe(s.topic, s.value, s.timestamp)
+            if rows:
+                pending.extend(rows)
 
     async def _periodic_state(self, tracker: StateTracker, index: int, period: float) -> None:
         while True:
@@ -491,20 +504,11 @@ class Uplink(Service[UplinkConfig]):
         """At stop: take what the subscriptions still queue (a collector the stop came before, on a busy
         machine) into what the last flush stores, so a clean stop keeps every sample it was given."""
         for index, sub in enumerate(self._subs):
-            while True:
-                try:
-                    batch = sub.receive_batch_nowait()
-                except (trio.WouldBlock, trio.ClosedResourceError):
-                    break
+            for batch in _queued(sub):
                 self._take(batch, index, self._filter)
         for sub in getattr(self, "_state_subs", ()):
-            while True:
-                try:
-                    batch = sub.receive_batch_nowait()
-                except (trio.WouldBlock, trio.ClosedResourceError):
-                    break
-                for s in batch:
-                    self._pending.extend(self._tracker.observe(s.topic, s.value, s.timestamp))
+            for batch in _queued(sub):
+                self._note_state(batch, self._tracker)
 
     async def _flush_loop(self) -> None:
         while True:
