@@ -15,7 +15,8 @@ from typing import Any, Final
 import attrs
 
 from services.uplink._azure import API_VERSION, MAX_MESSAGE_BYTES, S1_RATE_LIMIT, check_device_id
-from services.uplink._mqtt_config import MqttConfig
+from services.uplink._mqtt_config import MqttConfig, _burst, _help, _port
+from services.uplink._mqtt_config import _positive_seconds as _seconds
 
 __all__ = ["DPS_ENDPOINT", "AzureConfig", "DpsConfig"]
 
@@ -34,10 +35,6 @@ _ID_SCOPE: Final = re.compile(r"0ne[0-9A-Za-z]{8}")
 _REGISTRATION_ID: Final = re.compile(r"[a-z0-9\-._:]{1,128}")
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 def _host(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None and _HOST.fullmatch(value) is None:
         raise ValueError(f"{value!r} is not a host name (e.g. 'myhub.azure-devices.net')")
@@ -53,16 +50,6 @@ def _ttl(_: object, __: attrs.Attribute[float], value: float) -> None:
         raise ValueError(f"expected seconds from {_MIN_TTL:g} to {_MAX_TTL:g} (a year), got {value}")
 
 
-def _seconds(_: object, __: attrs.Attribute[float], value: float) -> None:
-    if not 0 < value <= 1_000_000_000:
-        raise ValueError(f"expected a number of seconds > 0 and at most 1000000000, got {value}")
-
-
-def _port(_: object, __: attrs.Attribute[int], value: int) -> None:
-    if not 1 <= value <= 65535:
-        raise ValueError(f"expected a port number from 1 to 65535, got {value}")
-
-
 def _keepalive(_: object, __: attrs.Attribute[int], value: int) -> None:
     if not 1 <= value <= _MAX_KEEPALIVE:
         raise ValueError(f"expected seconds from 1 to {_MAX_KEEPALIVE} (IoT Hub's limit), got {value}")
@@ -71,11 +58,6 @@ def _keepalive(_: object, __: attrs.Attribute[int], value: int) -> None:
 def _rate(_: object, __: attrs.Attribute[float], value: float) -> None:
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"expected messages per second >= 0 (0: no limit), got {value}")
-
-
-def _burst(_: object, __: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        raise ValueError(f"expected at least 1, got {value}")
 
 
 def _message_size(_: object, __: attrs.Attribute[int], value: int) -> None:

@@ -72,7 +72,7 @@ def _non_empty(_: object, attribute: attrs.Attribute[str], value: str) -> None:
         raise ValueError(f"{attribute.name} must not be empty")
 
 
-def _port(_: object, __: attrs.Attribute[int | None], value: int | None) -> None:
+def _port(_: object, __: attrs.Attribute[Any], value: int | None) -> None:
     if value is not None and not 1 <= value <= 65535:
         raise ValueError(f"expected a port number from 1 to 65535, got {value}")
 
