@@ -41,7 +41,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from bus._errors import TopicError
+from bus._errors import TopicError, shown
 from bus._pattern import check_name
 from bus._sample import NotAvailable
 from bus._schema import EnumMember, Record
@@ -70,7 +70,7 @@ class ConditionError(ValueError):
         self.text = text
         self.column = column
         where = f"at column {column}: " if column else ""
-        super().__init__(f"{where}{message} (in condition {text!r})")
+        super().__init__(f"{where}{message} (in condition {shown(text)})")
 
 
 _COMPARE: Final[dict[type[ast.cmpop], Callable[[Any, Any], bool]]] = {
@@ -198,7 +198,7 @@ class _Compiler:
         name = ".".join([head, *reversed(parts)])
         problem = _topic_problem(name)
         if problem is not None:
-            raise self.fail(node, f"{name!r} is not a topic name: {problem}")
+            raise self.fail(node, f"{shown(name)} is not a topic name: {problem}")
         return name
 
     def _subscript(self, node: ast.Subscript, depth: int) -> _Eval:
@@ -355,7 +355,8 @@ def _replace_backquotes(text: str) -> tuple[str, dict[str, str]]:
         name = match.group(1)
         problem = _topic_problem(name)
         if problem is not None:
-            raise ConditionError(f"`{name}` is not a topic name: {problem}", text, match.start() + 1)
+            quoted = f"`{name}`" if len(name) <= 80 else shown(name)
+            raise ConditionError(f"{quoted} is not a topic name: {problem}", text, match.start() + 1)
         ident = f"_q{len(names)}_"
         ident = ident + "_" * (len(match.group(0)) - len(ident))
         names[ident] = name

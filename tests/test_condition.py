@@ -116,6 +116,13 @@ def test_bad_conditions_are_refused_with_the_column_and_the_rule(text: str, colu
     assert repr(text) in str(caught.value)
 
 
+def test_a_huge_name_is_shown_shortened_in_the_error() -> None:
+    for text in ["A." * 2000 + "B > 1", "`" + "A." * 1500 + "B` > 1"]:
+        with pytest.raises(ConditionError, match="is not a topic name") as caught:
+            Condition.parse(text)
+        assert len(str(caught.value)) < 600
+
+
 def test_huge_and_deep_conditions_are_refused_quickly() -> None:
     with pytest.raises(ConditionError, match="longer than 4096"):
         Condition.parse("V.A and " * 1000 + "V.B")
