@@ -318,3 +318,51 @@ async def test_the_service_ships_periodic_state_and_state_on_request(tmp_path: P
             got.setdefault(s.topic, []).append(s.value)
     assert got["Vehicle.Speed"][:2] == [88.0, 88.0]  # at 0.5 s and 1.0 s, unchanged
     assert got["Vehicle.ADAS.ABS.IsEngaged"] == [True, False, False]  # two changes, then the request
+
+
+def test_the_config_check_knows_what_the_uplink_subscribes_publishes_and_serves() -> None:
+    from services.uplink import Uplink
+
+    config = UplinkConfig(
+        vehicle_id="car-1",
+        campaigns=(braking(),),
+        state_templates=(StateTemplate("lks", ("Vehicle.TraveledDistance",)),),
+    )
+    names = Uplink.bus_names(config)
+    assert names is not None
+    assert names.subscribe == (
+        "Vehicle.Acceleration.*",
+        "Vehicle.ADAS.ABS.IsEngaged",
+        "Vehicle.Speed",
+        "Vehicle.TraveledDistance",
+    )
+    assert names.publish == ("Uplink.*.Status",)
+    assert names.serve == ("Uplink.*.FetchState",)
+    plain = Uplink.bus_names(UplinkConfig(vehicle_id="car-1", campaigns=(Campaign("a", ("A.**",)),)))
+    assert plain is not None
+    assert plain.serve == ()
+
+
+async def test_an_uplink_not_allowed_to_serve_fetch_state_ships_its_data_without_it(tmp_path: Path) -> None:
+    from bus import NoSuchMethodError, Permissions
+    from services.uplink import Uplink
+
+    out = tmp_path / "batches"
+    config = UplinkConfig(
+        vehicle_id="car-1",
+        campaigns=(Campaign("speed", ("Vehicle.Speed",)),),
+        state_templates=(StateTemplate("lks", ("Vehicle.Speed",)),),
+        directory=out,
+        flush_interval=0.01,
+        batch_delay=0.05,
+        status_period=0.1,
+    )
+    narrow = Permissions(subscribe=("Vehicle.**",), publish=("Uplink.**",))  # no serve
+    spec = ServiceSpec("uplink", Uplink, config, permissions=narrow)
+    with trio.fail_after(30):
+        async with open_harness(spec, state_dir=tmp_path / "state") as car:
+            car.publish(SPEED, 42.0)
+            done = await car.expect(status_topic("uplink"), lambda s: s.sent_samples >= 2, timeout=20)
+            with pytest.raises(NoSuchMethodError):
+                await car.client.call(fetch_state_method("uplink"), "lks")
+    assert done.value.sent_samples >= 2  # the campaign's sample and the template's change

@@ -13,7 +13,16 @@ from typing import Any, Final, Literal
 import attrs
 import trio
 
-from bus import Method, Overflow, Sample, Subscription, Topic, default_codec
+from bus import (
+    Method,
+    Overflow,
+    PermissionDeniedError,
+    Permissions,
+    Sample,
+    Subscription,
+    Topic,
+    default_codec,
+)
 from services.uplink._azure import check_device_id
 from services.uplink._azure_config import AzureConfig
 from services.uplink._batch import MAX_BODY_BYTES, MIN_MAX_BATCH_BYTES
@@ -279,6 +288,18 @@ class Uplink(Service[UplinkConfig]):
         )
 
     @classmethod
+    def bus_names(cls, config: UplinkConfig) -> Permissions | None:
+        """What it subscribes to (campaigns, their conditions' topics, state templates), publishes (its
+        status) and serves (``FetchState``, with state templates): for the config check."""
+        campaigns = CampaignFilter(config.campaigns).patterns
+        templates = StateTracker(config.state_templates).patterns
+        return Permissions(
+            publish=("Uplink.*.Status",),
+            subscribe=tuple(dict.fromkeys([*campaigns, *templates])),
+            serve=("Uplink.*.FetchState",) if config.state_templates else (),
+        )
+
+    @classmethod
     def with_transport(cls, transport: TransportFactory) -> type[Uplink]:
         """This service class with ``transport`` in place of the configured one, for a `vwos.ServiceSpec`
         (which names a class the supervisor constructs with the config alone)::
@@ -344,7 +365,13 @@ class Uplink(Service[UplinkConfig]):
                     if template.period is not None:
                         nursery.start_soon(self._periodic_state, tracker, index, template.period)
                 if cfg.state_templates:
-                    await nursery.start(ctx.bus.serve, fetch_state_method(ctx.name), self._fetch_state)
+                    try:
+                        await nursery.start(ctx.bus.serve, fetch_state_method(ctx.name), self._fetch_state)
+                    except PermissionDeniedError as exc:  # state on request is off; the rest works on
+                        ctx.log.warning(
+                            "state templates are not served on request: the permissions do not allow it",
+                            error=str(exc),
+                        )
                 nursery.start_soon(self._flush_loop)
                 nursery.start_soon(self._send_loop)
                 nursery.start_soon(self._report)
