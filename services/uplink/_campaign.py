@@ -52,6 +52,8 @@ Mode = Literal["every", "period", "change"]
 
 _MODES: tuple[str, ...] = ("every", "period", "change")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
+#: The keys that only mean something for a campaign with a condition.
+_TRIGGER_KEYS = frozenset({"trigger_mode", "min_interval", "pre_trigger", "post_trigger", "window_samples"})
 #: Priorities are stored as SQLite integers: keep them well inside 64 bits.
 PRIORITY_MIN = -(2**31)
 PRIORITY_MAX = 2**31 - 1
@@ -192,15 +194,9 @@ class Campaign:
     def __attrs_post_init__(self) -> None:
         if self.condition is None:
             given = [
-                name
-                for name, default in (
-                    ("trigger_mode", "rising_edge"),
-                    ("min_interval", 0.0),
-                    ("pre_trigger", 0.0),
-                    ("post_trigger", 0.0),
-                    ("window_samples", 100_000),
-                )
-                if getattr(self, name) != default
+                field.name
+                for field in attrs.fields(type(self))
+                if field.name in _TRIGGER_KEYS and getattr(self, field.name) != field.default
             ]
             if given:
                 raise ValueError(
