@@ -689,6 +689,14 @@ class FakeIotHub:
             if not self.lock.wait_for(predicate, timeout):
                 raise AssertionError(f"fake IoT Hub: not reached within {timeout} s")
 
+    def telemetry_after(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> list[Telemetry]:
+        """The telemetry the service side has received, once it has at least ``count`` messages: a device's
+        publish is acknowledged by mosquitto before mosquitto delivers it to the service side, so a test
+        that has its PUBACKs waits here for what it sent."""
+        self.wait_until(lambda: len(self.telemetry) >= count, timeout)
+        with self.lock:
+            return list(self.telemetry)
+
     def invoke_method(
         self, device_id: str, name: str, payload: Any, *, timeout: float = DEFAULT_TIMEOUT
     ) -> tuple[int, Any]:
